@@ -1,0 +1,53 @@
+//! Parsing FHIR `Reference.reference` strings into (type, id).
+
+use super::ResourceTypes;
+
+/// What a reference string points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReferenceTarget<'a> {
+    /// The target's resource type; `None` for `urn:uuid:` / `urn:oid:` references,
+    /// whose type is only known from `Reference.type` or the element's targets.
+    pub resource_type: Option<&'static str>,
+    /// The target's logical id.
+    pub id: &'a str,
+}
+
+/// Parses a literal reference: relative (`Patient/123`), absolute
+/// (`https://host/fhir/Patient/123`), versioned (`…/_history/2`) or `urn:uuid:`.
+/// Contained (`#x`), conditional (`Patient?identifier=…`) and unparseable
+/// references give `None`: they name no resource by id.
+pub fn parse_reference(reference: &str) -> Option<ReferenceTarget<'_>> {
+    if let Some(id) = reference.strip_prefix("urn:uuid:").or_else(|| reference.strip_prefix("urn:oid:")) {
+        return (!id.is_empty()).then_some(ReferenceTarget { resource_type: None, id });
+    }
+    if reference.starts_with('#') || reference.contains('?') {
+        return None;
+    }
+    let path = match reference.find("/_history/") {
+        Some(i) => &reference[..i],
+        None => reference,
+    };
+    let mut parts = path.rsplit('/');
+    let id = parts.next()?;
+    let type_name = parts.next()?;
+    let resource_type = ResourceTypes::r4().ok()?.get(type_name)?;
+    (!id.is_empty()).then_some(ReferenceTarget { resource_type: Some(resource_type), id })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_reference_forms() {
+        let p = |s| parse_reference(s).map(|t| (t.resource_type, t.id));
+        assert_eq!(p("Patient/123"), Some((Some("Patient"), "123")));
+        assert_eq!(p("https://example.org/fhir/Patient/abc"), Some((Some("Patient"), "abc")));
+        assert_eq!(p("Patient/123/_history/4"), Some((Some("Patient"), "123")));
+        assert_eq!(p("urn:uuid:6c5d9ca9-54d7"), Some((None, "6c5d9ca9-54d7")));
+        assert_eq!(p("#coverage"), None);
+        assert_eq!(p("Practitioner?identifier=x|1"), None);
+        assert_eq!(p("Nonsense/1"), None);
+        assert_eq!(p("Patient/"), None);
+    }
+}

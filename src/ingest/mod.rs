@@ -1,0 +1,328 @@
+//! Loading FHIR R4 bulk NDJSON into the warehouse.
+//!
+//! Data flow: reader threads stream files (object store → gunzip) into chunks
+//! of whole lines → a bounded channel → worker threads parse each line once,
+//! validate it, compute its Patient compartment and append it to per-type Arrow
+//! builders that stream into Parquet files → after all input is read, tables
+//! that gained duplicate ids are merged to the latest version → one manifest
+//! commit makes the whole load visible at once.
+
+pub mod batch;
+pub mod progress;
+pub mod reader;
+pub mod record;
+pub mod source;
+pub mod worker;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::runtime::Handle;
+
+pub use record::RejectReason;
+pub use source::{SourceFile, discover};
+
+use self::progress::{Progress, ProgressDisplay};
+use self::worker::{WorkerContext, WorkerOutput, run_worker};
+use crate::fhir::{DefinitionError, PatientCompartment, ResourceTypes};
+use crate::store::StoreError;
+use crate::warehouse::merge::{has_duplicate_ids, merge_latest};
+use crate::warehouse::{
+    DataFile, REJECTS_TABLE, Snapshot, TableEntry, TableKind, Warehouse, WarehouseError, manifest, now_rfc3339,
+};
+
+/// Errors of a load. Nothing is committed when a load returns one.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// A line is not a valid FHIR R4 resource (and `--skip-invalid` is off).
+    #[error("{file}:{line}: {reason}")]
+    InvalidLine {
+        /// The file's path or URL.
+        file: String,
+        /// 1-based line number.
+        line: u64,
+        /// What is wrong.
+        reason: RejectReason,
+    },
+    /// A source names nothing.
+    #[error("source not found: {source_location}")]
+    SourceNotFound {
+        /// The source as given.
+        source_location: String,
+    },
+    /// A folder source holds no NDJSON.
+    #[error("no NDJSON files (*.ndjson, *.ndjson.gz) in {source_location}")]
+    NoNdjsonFiles {
+        /// The source as given.
+        source_location: String,
+    },
+    /// Reading a source failed (storage, not data).
+    #[error("reading {file}: {source}")]
+    Read {
+        /// The file's path or URL.
+        file: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Storage access failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Reading or committing the warehouse failed.
+    #[error(transparent)]
+    Warehouse(#[from] WarehouseError),
+    /// Writing Parquet failed.
+    #[error("writing Parquet: {0}")]
+    Parquet(#[from] datafusion::parquet::errors::ParquetError),
+    /// Building Arrow batches failed.
+    #[error("building Arrow batches: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    /// The bundled FHIR definitions are unusable.
+    #[error(transparent)]
+    Definitions(&'static DefinitionError),
+    /// A load thread panicked or was cancelled.
+    #[error("load thread failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// How to load.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Record invalid lines in `_rejects` and load the rest, instead of failing.
+    pub skip_invalid: bool,
+    /// Parse threads (default: the machine's cores).
+    pub workers: usize,
+    /// No progress display.
+    pub quiet: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
+        Self { skip_invalid: false, workers: cores, quiet: false }
+    }
+}
+
+/// Per-table result of a load.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct TableReport {
+    /// Resources (or rejected lines) this load read for the table.
+    pub loaded: u64,
+    /// Rows in the table after the commit.
+    pub rows: u64,
+    /// Whether older versions or duplicates were merged away.
+    pub merged: bool,
+}
+
+/// What a load did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoadReport {
+    /// The committed warehouse version.
+    pub version: u64,
+    /// Files read.
+    pub files: usize,
+    /// Bytes read as stored (compressed for `.gz`).
+    pub stored_bytes: u64,
+    /// NDJSON bytes after decompression.
+    pub ndjson_bytes: u64,
+    /// Resources accepted.
+    pub resources: u64,
+    /// Lines rejected (only with `skip_invalid`).
+    pub rejected: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Per table.
+    pub tables: BTreeMap<String, TableReport>,
+}
+
+impl LoadReport {
+    /// NDJSON throughput in MiB/s.
+    pub fn mib_per_second(&self) -> f64 {
+        self.ndjson_bytes as f64 / (1024.0 * 1024.0) / self.seconds.max(1e-9)
+    }
+}
+
+/// Loads `sources` into `warehouse` and commits one new version.
+pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptions) -> Result<LoadReport, IngestError> {
+    let started = Instant::now();
+    let types = ResourceTypes::r4().map_err(IngestError::Definitions)?;
+    let compartment = PatientCompartment::r4().map_err(IngestError::Definitions)?;
+    let files = discover(sources).await?;
+    let total_bytes: u64 = files.iter().map(|f| f.size).sum();
+    let base = warehouse.current().await?;
+    let version = base.as_ref().map_or(1, |s| s.version + 1);
+    let token = unique_token(version);
+    let loaded_at = chrono::Utc::now().timestamp_micros();
+    tracing::info!(files = files.len(), bytes = total_bytes, version, "loading");
+
+    let progress = Arc::new(Progress::default());
+    let display = ProgressDisplay::start(progress.clone(), total_bytes, options.quiet);
+    let outputs = {
+        let (root, files, progress, token, options) =
+            (warehouse.root().clone(), files.clone(), progress.clone(), token.clone(), options.clone());
+        let handle = Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let cancel = AtomicBool::new(false);
+            let ctx = WorkerContext {
+                files: &files,
+                root: &root,
+                token: &token,
+                loaded_at,
+                handle,
+                skip_invalid: options.skip_invalid,
+                types,
+                compartment,
+                cancel: &cancel,
+                progress: &progress,
+            };
+            run_pipeline(&ctx, options.workers.max(1))
+        })
+        .await?
+    };
+    display.finish();
+    let (outputs, error) = outputs;
+    if let Some(error) = error {
+        let written: Vec<DataFile> = outputs.into_iter().flat_map(|o| o.tables.into_values()).flat_map(|t| t.files).collect();
+        warehouse.delete_files(&written).await;
+        return Err(error);
+    }
+
+    // Gather each table's new files over all workers.
+    let mut new_files: BTreeMap<&'static str, (Vec<DataFile>, u64)> = BTreeMap::new();
+    for output in outputs {
+        for (name, table) in output.tables {
+            let entry = new_files.entry(name).or_default();
+            entry.0.extend(table.files);
+            entry.1 += table.resources;
+        }
+    }
+    let mut snapshot = base.clone().unwrap_or_else(|| Snapshot { format: manifest::FORMAT.into(), ..Default::default() });
+    let mut report = LoadReport {
+        files: files.len(),
+        stored_bytes: progress.stored_bytes.load(Ordering::Relaxed),
+        ndjson_bytes: progress.ndjson_bytes.load(Ordering::Relaxed),
+        resources: progress.resources.load(Ordering::Relaxed),
+        rejected: progress.rejected.load(Ordering::Relaxed),
+        ..Default::default()
+    };
+    let all_new: Vec<DataFile> = new_files.values().flat_map(|(f, _)| f.clone()).collect();
+    let mut merged_files: Vec<DataFile> = Vec::new();
+    let result = async {
+        for (name, (files, loaded)) in &new_files {
+            let kind = if *name == REJECTS_TABLE { TableKind::Rejects } else { TableKind::Resource };
+            let old = snapshot.tables.get(*name).map(|t| t.files.clone()).unwrap_or_default();
+            let mut merged = false;
+            let table_files = if kind == TableKind::Rejects {
+                old.into_iter().chain(files.iter().cloned()).collect()
+            } else if old.is_empty() && !has_duplicate_ids(warehouse, files).await? {
+                files.clone()
+            } else {
+                merged = true;
+                let inputs: Vec<DataFile> = old.into_iter().chain(files.iter().cloned()).collect();
+                let out = merge_latest(warehouse, name, &inputs, &token).await?;
+                merged_files.extend(out.iter().cloned());
+                out
+            };
+            let entry = TableEntry { kind, files: table_files };
+            report.tables.insert(name.to_string(), TableReport { loaded: *loaded, rows: entry.rows(), merged });
+            snapshot.tables.insert(name.to_string(), entry);
+        }
+        snapshot.version = version;
+        snapshot.committed_at = now_rfc3339();
+        snapshot.operation = "load".into();
+        snapshot.operation_details = serde_json::json!({
+            "sources": sources,
+            "files": files.len(),
+            "resources": report.resources,
+            "rejected": report.rejected,
+            "loaded_at": loaded_at,
+        });
+        warehouse.commit(&snapshot).await?;
+        Ok::<(), IngestError>(())
+    }
+    .await;
+    if let Err(e) = result {
+        warehouse.delete_files(&all_new).await;
+        warehouse.delete_files(&merged_files).await;
+        return Err(e);
+    }
+    // New files that a merge superseded were never visible: remove them.
+    let superseded: Vec<DataFile> = report
+        .tables
+        .iter()
+        .filter(|(_, t)| t.merged)
+        .flat_map(|(name, _)| new_files.get(name.as_str()).map(|(f, _)| f.clone()).unwrap_or_default())
+        .collect();
+    warehouse.delete_files(&superseded).await;
+    report.version = version;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// A file-name prefix no other load (even a racing one) uses.
+fn unique_token(version: u64) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("v{version:06}-{:x}{:x}", nanos as u64, std::process::id())
+}
+
+/// Runs readers and workers to completion. Returns every worker's output, and
+/// the load's error if any (the failure at the earliest file and line when
+/// several lines are bad).
+fn run_pipeline(ctx: &WorkerContext<'_>, workers: usize) -> (Vec<WorkerOutput>, Option<IngestError>) {
+    let readers = ctx.files.len().clamp(1, 2);
+    let (tx, rx) = sync_channel(workers * 2);
+    let rx = Mutex::new(rx);
+    let next_file = AtomicUsize::new(0);
+    let read_errors: Mutex<Vec<IngestError>> = Mutex::new(Vec::new());
+    let results = std::thread::scope(|scope| {
+        for _ in 0..readers {
+            let tx = tx.clone();
+            let (next_file, read_errors) = (&next_file, &read_errors);
+            scope.spawn(move || {
+                loop {
+                    let index = next_file.fetch_add(1, Ordering::Relaxed);
+                    if index >= ctx.files.len() || ctx.cancel.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let file = &ctx.files[index];
+                    if let Err(e) = reader::read_file(index, file, &ctx.handle, &tx, ctx.cancel, ctx.progress) {
+                        ctx.cancel.store(true, Ordering::Relaxed);
+                        if let Ok(mut errors) = read_errors.lock() {
+                            errors.push(e);
+                        }
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let handles: Vec<_> = (0..workers).map(|i| scope.spawn({ let rx = &rx; move || run_worker(i, ctx, rx) })).collect();
+        handles.into_iter().map(|h| h.join()).collect::<Vec<_>>()
+    });
+    let mut outputs = Vec::new();
+    let mut errors: Vec<IngestError> = read_errors.into_inner().unwrap_or_default();
+    for result in results {
+        match result {
+            Ok((output, error)) => {
+                outputs.push(output);
+                errors.extend(error);
+            }
+            Err(_) => errors.push(IngestError::Read {
+                file: String::new(),
+                source: std::io::Error::other("a load worker panicked"),
+            }),
+        }
+    }
+    // Report the earliest bad line, so the message does not depend on thread timing.
+    errors.sort_by_key(|e| match e {
+        IngestError::InvalidLine { file, line, .. } => {
+            (0, ctx.files.iter().position(|f| &f.url == file).unwrap_or(usize::MAX), *line)
+        }
+        _ => (1, 0, 0),
+    });
+    (outputs, errors.into_iter().next())
+}

@@ -1,0 +1,122 @@
+//! Validating one NDJSON line as a FHIR R4 resource.
+
+use crate::fhir::ResourceTypes;
+use crate::json::{JsonError, JsonValue};
+
+/// Why a line was rejected. The `Display` text is what users see after
+/// `file:line:`, and what `_rejects.reason` stores.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RejectReason {
+    /// The line is not UTF-8.
+    #[error("invalid UTF-8 at byte {offset}")]
+    InvalidUtf8 {
+        /// Byte offset of the first invalid sequence.
+        offset: usize,
+    },
+    /// The line is not JSON.
+    #[error("malformed JSON: {0}")]
+    MalformedJson(#[from] JsonError),
+    /// The line is JSON but not an object.
+    #[error("not a JSON object")]
+    NotAnObject,
+    /// No `resourceType` string.
+    #[error("missing resourceType")]
+    MissingResourceType,
+    /// `resourceType` names no R4 resource.
+    #[error("resourceType '{0}' is not a FHIR R4 resource type")]
+    UnknownResourceType(String),
+    /// No `id` string.
+    #[error("missing id")]
+    MissingId,
+    /// `id` breaks the FHIR id rule.
+    #[error("invalid id '{0}': a FHIR id is 1-64 characters of A-Z, a-z, 0-9, '-' and '.'")]
+    InvalidId(String),
+    /// `meta.lastUpdated` is not a FHIR instant.
+    #[error("invalid meta.lastUpdated '{0}': expected an instant like 2024-01-31T12:00:00Z")]
+    InvalidLastUpdated(String),
+    /// The file could not be read past this point (corrupt or truncated gzip).
+    #[error("unreadable input: {0}")]
+    Unreadable(String),
+}
+
+/// The identifying fields of a valid resource, borrowed from its parsed JSON.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResourceHeader<'a> {
+    /// The R4 type.
+    pub resource_type: &'static str,
+    /// `Resource.id`.
+    pub id: &'a str,
+    /// `meta.versionId`.
+    pub version_id: Option<&'a str>,
+    /// `meta.lastUpdated` in microseconds since the epoch (UTC).
+    pub last_updated: Option<i64>,
+}
+
+/// True if `id` satisfies the FHIR `id` datatype.
+pub fn is_valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// Parses a FHIR instant to microseconds since the epoch.
+pub fn parse_instant(text: &str) -> Option<i64> {
+    // FHIR instants always carry a zone; RFC 3339 is the same grammar.
+    chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_micros())
+}
+
+/// Checks a parsed line and extracts its header.
+pub fn validate<'v>(value: &'v JsonValue<'_>, types: &ResourceTypes) -> Result<ResourceHeader<'v>, RejectReason> {
+    if value.as_object().is_none() {
+        return Err(RejectReason::NotAnObject);
+    }
+    let type_name = value.get("resourceType").and_then(JsonValue::as_str).ok_or(RejectReason::MissingResourceType)?;
+    let resource_type =
+        types.get(type_name).ok_or_else(|| RejectReason::UnknownResourceType(type_name.to_string()))?;
+    let id = match value.get("id") {
+        None | Some(JsonValue::Null) => return Err(RejectReason::MissingId),
+        Some(JsonValue::String(s)) if is_valid_id(s) => s.as_ref(),
+        Some(other) => return Err(RejectReason::InvalidId(other.to_json_string())),
+    };
+    let meta = value.get("meta");
+    let version_id = meta.and_then(|m| m.get("versionId")).and_then(JsonValue::as_str);
+    let last_updated = match meta.and_then(|m| m.get("lastUpdated")) {
+        None => None,
+        Some(JsonValue::String(s)) => {
+            Some(parse_instant(s).ok_or_else(|| RejectReason::InvalidLastUpdated(s.to_string()))?)
+        }
+        Some(other) => return Err(RejectReason::InvalidLastUpdated(other.to_json_string())),
+    };
+    Ok(ResourceHeader { resource_type, id, version_id, last_updated })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::json::parse;
+
+    fn check(line: &str) -> Result<(&'static str, String, Option<i64>), RejectReason> {
+        let types = ResourceTypes::r4().unwrap();
+        let v = parse(line)?;
+        validate(&v, types).map(|h| (h.resource_type, h.id.to_string(), h.last_updated))
+    }
+
+    #[test]
+    fn accepts_valid_resources() {
+        assert_eq!(check(r#"{"resourceType":"Patient","id":"p1"}"#), Ok(("Patient", "p1".into(), None)));
+        let with_meta = r#"{"resourceType":"Patient","id":"p1","meta":{"lastUpdated":"2024-01-02T03:04:05.5+01:00"}}"#;
+        assert_eq!(check(with_meta).unwrap().2, Some(1_704_161_045_500_000));
+    }
+
+    #[test]
+    fn rejects_with_reasons() {
+        use RejectReason::*;
+        assert_eq!(check("[1]"), Err(NotAnObject));
+        assert_eq!(check(r#"{"id":"x"}"#), Err(MissingResourceType));
+        assert_eq!(check(r#"{"resourceType":"Pateint","id":"x"}"#), Err(UnknownResourceType("Pateint".into())));
+        assert_eq!(check(r#"{"resourceType":"Patient"}"#), Err(MissingId));
+        assert_eq!(check(r#"{"resourceType":"Patient","id":"a b"}"#), Err(InvalidId("\"a b\"".into())));
+        assert_eq!(check(r#"{"resourceType":"Patient","id":7}"#), Err(InvalidId("7".into())));
+        assert!(matches!(check(r#"{"resourceType":"Patient","id":"x","meta":{"lastUpdated":"yesterday"}}"#),
+            Err(InvalidLastUpdated(_))));
+        assert!(matches!(check(r#"{"resourceType":"Patient""#), Err(MalformedJson(_))));
+    }
+}

@@ -1,0 +1,275 @@
+//! A parse worker: turns chunks of lines into rows of the per-type tables and
+//! streams them into Parquet files. Each worker owns its writers, so parsing,
+//! encoding and compression all run in parallel.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+
+use tokio::runtime::Handle;
+
+use super::batch::{RejectBatchBuilder, ResourceBatchBuilder};
+use super::progress::Progress;
+use super::reader::{Chunk, Work};
+use super::record::{RejectReason, validate};
+use super::source::SourceFile;
+use super::IngestError;
+use crate::fhir::{PatientCompartment, ResourceTypes};
+use crate::json;
+use crate::store::StoreLocation;
+use crate::warehouse::parquet_file::ParquetFileWriter;
+use crate::warehouse::schema::{rejects_schema, resource_schema};
+use crate::warehouse::{DataFile, REJECTS_TABLE};
+
+/// A batch is handed to the Parquet writer at this much raw JSON…
+const BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// …or this many rows.
+const BATCH_ROWS: usize = 8192;
+/// Files are rolled at this (approximate, compressed) size.
+const FILE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// What every worker of one load shares.
+pub struct WorkerContext<'a> {
+    /// The files being loaded, in load order.
+    pub files: &'a [SourceFile],
+    /// Warehouse root the data files go to.
+    pub root: &'a StoreLocation,
+    /// Unique prefix of this load's file names.
+    pub token: &'a str,
+    /// The load's timestamp (µs since the epoch, UTC).
+    pub loaded_at: i64,
+    /// Runtime for object-store calls.
+    pub handle: Handle,
+    /// Record bad lines in `_rejects` instead of failing.
+    pub skip_invalid: bool,
+    /// R4 resource types.
+    pub types: &'static ResourceTypes,
+    /// The R4 Patient compartment.
+    pub compartment: &'static PatientCompartment,
+    /// Set when the load must stop (a failure elsewhere).
+    pub cancel: &'a AtomicBool,
+    /// Shared counters.
+    pub progress: &'a Progress,
+}
+
+/// Files a worker wrote for one table.
+#[derive(Debug, Default)]
+pub struct TableOutput {
+    /// Completed files.
+    pub files: Vec<DataFile>,
+    /// Resources written.
+    pub resources: u64,
+}
+
+/// Everything a worker wrote (also on failure, so the caller can delete it).
+#[derive(Debug, Default)]
+pub struct WorkerOutput {
+    /// Per table name (resource types and `_rejects`).
+    pub tables: BTreeMap<&'static str, TableOutput>,
+}
+
+struct OpenTable {
+    builder: ResourceBatchBuilder,
+    writer: Option<ParquetFileWriter>,
+    output: TableOutput,
+}
+
+struct Worker<'a> {
+    index: usize,
+    ctx: &'a WorkerContext<'a>,
+    tables: BTreeMap<&'static str, OpenTable>,
+    rejects: RejectBatchBuilder,
+    rejects_writer: Option<ParquetFileWriter>,
+    rejects_output: TableOutput,
+    patients: Vec<String>,
+}
+
+/// Runs worker `index` until the channel closes. On error, the error is
+/// returned beside the output written so far.
+pub fn run_worker(
+    index: usize,
+    ctx: &WorkerContext<'_>,
+    rx: &Mutex<Receiver<Work>>,
+) -> (WorkerOutput, Option<IngestError>) {
+    let mut worker = Worker {
+        index,
+        ctx,
+        tables: BTreeMap::new(),
+        rejects: RejectBatchBuilder::default(),
+        rejects_writer: None,
+        rejects_output: TableOutput::default(),
+        patients: Vec::new(),
+    };
+    let mut error = None;
+    loop {
+        let work = match rx.lock() {
+            Ok(guard) => guard.recv(),
+            Err(_) => break,
+        };
+        let Ok(work) = work else { break };
+        // After a failure keep draining, so readers never block on a full channel.
+        if error.is_some() || ctx.cancel.load(Ordering::Relaxed) {
+            continue;
+        }
+        let result = match work {
+            Work::Lines(chunk) => worker.process(&chunk),
+            Work::Unreadable { file, line, reason } => {
+                worker.reject(file, line, RejectReason::Unreadable(reason), None)
+            }
+        };
+        if let Err(e) = result {
+            ctx.cancel.store(true, Ordering::Relaxed);
+            error = Some(e);
+        }
+    }
+    if error.is_none() && !ctx.cancel.load(Ordering::Relaxed) {
+        if let Err(e) = worker.close() {
+            error = Some(e);
+        }
+    } else {
+        worker.abort();
+    }
+    (worker.into_output(), error)
+}
+
+impl Worker<'_> {
+    fn process(&mut self, chunk: &Chunk) -> Result<(), IngestError> {
+        for (i, line) in chunk.data.split(|b| *b == b'\n').enumerate() {
+            let line_no = chunk.first_line + i as u64;
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let text = match std::str::from_utf8(line) {
+                Ok(text) => text,
+                Err(e) => {
+                    let reason = RejectReason::InvalidUtf8 { offset: e.valid_up_to() };
+                    self.reject(chunk.file, line_no, reason, Some(&String::from_utf8_lossy(line)))?;
+                    continue;
+                }
+            };
+            if let Err(reason) = self.add_resource(chunk.file, line_no, text)? {
+                self.reject(chunk.file, line_no, reason, Some(text))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses and buffers one resource. The outer error is fatal (writing
+    /// failed), the inner one is the line's fault.
+    fn add_resource(&mut self, file: usize, line_no: u64, text: &str) -> Result<Result<(), RejectReason>, IngestError> {
+        let name = match self.append_row(file, line_no, text) {
+            Ok(name) => name,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let full = self.tables.get(name).is_some_and(|t| t.builder.bytes() >= BATCH_BYTES || t.builder.rows() >= BATCH_ROWS);
+        if full {
+            self.flush_table(name, false)?;
+        }
+        Ok(Ok(()))
+    }
+
+    fn append_row(&mut self, file: usize, line_no: u64, text: &str) -> Result<&'static str, RejectReason> {
+        let value = json::parse(text)?;
+        let header = validate(&value, self.ctx.types)?;
+        self.patients.clear();
+        self.ctx.compartment.patients_of(header.resource_type, &value, &mut self.patients);
+        let seq = ((file as i64) << 32) | (line_no as i64 & 0xFFFF_FFFF);
+        let table = self.tables.entry(header.resource_type).or_insert_with(|| OpenTable {
+            builder: ResourceBatchBuilder::default(),
+            writer: None,
+            output: TableOutput::default(),
+        });
+        table.builder.append(&header, seq, &self.patients, text);
+        self.ctx.progress.resources.fetch_add(1, Ordering::Relaxed);
+        Ok(header.resource_type)
+    }
+
+    fn reject(&mut self, file: usize, line: u64, reason: RejectReason, content: Option<&str>) -> Result<(), IngestError> {
+        let file_name = &self.ctx.files[file].url;
+        if !self.ctx.skip_invalid {
+            return Err(IngestError::InvalidLine { file: file_name.clone(), line, reason });
+        }
+        tracing::debug!(file = %file_name, line, %reason, "rejected line");
+        self.rejects.append(file_name, line, &reason.to_string(), content);
+        self.ctx.progress.rejected.fetch_add(1, Ordering::Relaxed);
+        if self.rejects.rows() >= BATCH_ROWS {
+            self.flush_rejects()?;
+        }
+        Ok(())
+    }
+
+    fn new_writer(&self, table: &str, n: usize, schema: datafusion::arrow::datatypes::SchemaRef) -> Result<ParquetFileWriter, IngestError> {
+        let path = format!("tables/{table}/{}-w{}-{n:05}.parquet", self.ctx.token, self.index);
+        Ok(ParquetFileWriter::create(self.ctx.root, path, schema, self.ctx.handle.clone())?)
+    }
+
+    fn flush_table(&mut self, name: &'static str, last: bool) -> Result<(), IngestError> {
+        let Some(mut table) = self.tables.remove(name) else { return Ok(()) };
+        let result = (|| {
+            if table.builder.rows() > 0 {
+                let batch = table.builder.finish(self.ctx.loaded_at)?;
+                let writer = match table.writer.as_mut() {
+                    Some(w) => w,
+                    None => table.writer.insert(self.new_writer(name, table.output.files.len(), resource_schema())?),
+                };
+                writer.write(&batch)?;
+                table.output.resources += batch.num_rows() as u64;
+            }
+            let roll = table.writer.as_ref().is_some_and(|w| last || w.approximate_size() >= FILE_BYTES);
+            if roll && let Some(w) = table.writer.take() {
+                table.output.files.push(w.finish()?);
+            }
+            Ok(())
+        })();
+        self.tables.insert(name, table);
+        result
+    }
+
+    fn flush_rejects(&mut self) -> Result<(), IngestError> {
+        if self.rejects.rows() > 0 {
+            let batch = self.rejects.finish(self.ctx.loaded_at)?;
+            if self.rejects_writer.is_none() {
+                self.rejects_writer = Some(self.new_writer(REJECTS_TABLE, 0, rejects_schema())?);
+            }
+            if let Some(w) = self.rejects_writer.as_mut() {
+                w.write(&batch)?;
+            }
+            self.rejects_output.resources += batch.num_rows() as u64;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), IngestError> {
+        let names: Vec<&'static str> = self.tables.keys().copied().collect();
+        for name in names {
+            self.flush_table(name, true)?;
+        }
+        self.flush_rejects()?;
+        if let Some(w) = self.rejects_writer.take() {
+            self.rejects_output.files.push(w.finish()?);
+        }
+        Ok(())
+    }
+
+    fn abort(&mut self) {
+        for table in self.tables.values_mut() {
+            if let Some(w) = table.writer.take() {
+                w.abort();
+            }
+        }
+        if let Some(w) = self.rejects_writer.take() {
+            w.abort();
+        }
+    }
+
+    fn into_output(self) -> WorkerOutput {
+        let mut tables: BTreeMap<&'static str, TableOutput> =
+            self.tables.into_iter().map(|(name, t)| (name, t.output)).collect();
+        if !self.rejects_output.files.is_empty() {
+            tables.insert(REJECTS_TABLE, self.rejects_output);
+        }
+        WorkerOutput { tables }
+    }
+}

@@ -1,0 +1,183 @@
+//! The `fhirlake` command line.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fhirlake::ingest::{LoadOptions, LoadReport, load};
+use fhirlake::query::{OutputFormat, open_session, run_statements, write_batches};
+use fhirlake::warehouse::{DEFAULT_WAREHOUSE, WAREHOUSE_ENV, Warehouse};
+
+/// FHIR R4 bulk data → columnar warehouse, SQL, Bulk Cohort API and $export.
+#[derive(Parser)]
+#[command(name = "fhirlake", version, about)]
+struct Cli {
+    /// Warehouse location: a folder or file:// URL.
+    #[arg(long, global = true, env = WAREHOUSE_ENV, default_value = DEFAULT_WAREHOUSE)]
+    warehouse: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load FHIR R4 NDJSON (files or folders; *.ndjson, *.ndjson.gz) into the warehouse.
+    Load {
+        /// Files or folders to load; default: the bundled sample data.
+        sources: Vec<String>,
+        /// Record invalid lines in the `_rejects` table and load the rest.
+        #[arg(long)]
+        skip_invalid: bool,
+        /// Parse threads (default: number of cores).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// No progress display.
+        #[arg(long, short)]
+        quiet: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run SQL over the warehouse (statements from stdin when QUERY is omitted).
+    Sql {
+        /// The SQL; several statements may be separated by `;`.
+        query: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+        /// Write results to this file instead of stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Generate scaled-up data: COPIES copies of a dataset with fresh, consistent ids.
+    Gen {
+        /// Folder with the source NDJSON.
+        #[arg(long)]
+        from: PathBuf,
+        /// Number of copies (copy 0 is the source itself).
+        #[arg(long)]
+        copies: usize,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Write .ndjson.gz instead of .ndjson.
+        #[arg(long)]
+        gzip: bool,
+    },
+}
+
+/// The sample dataset shipped in the repository (synthea-10).
+fn sample_data() -> String {
+    let bundled = concat!(env!("CARGO_MANIFEST_DIR"), "/data/synthea-10");
+    if std::path::Path::new(bundled).exists() { bundled.to_string() } else { "data/synthea-10".to_string() }
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FHIRLAKE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fhirlake=info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Load { sources, skip_invalid, workers, quiet, json } => {
+            let sources = if sources.is_empty() { vec![sample_data()] } else { sources };
+            let warehouse = Warehouse::open(&cli.warehouse)?;
+            let mut options = LoadOptions { skip_invalid, quiet, ..LoadOptions::default() };
+            if let Some(w) = workers {
+                options.workers = w;
+            }
+            let report = load(&warehouse, &sources, &options).await?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                serde_json::to_writer_pretty(&mut out, &report)?;
+                writeln!(out)?;
+            } else {
+                print_load_summary(&mut out, &cli.warehouse, &report)?;
+            }
+        }
+        Command::Sql { query, format, output } => {
+            let sql = match query {
+                Some(q) => q,
+                None => {
+                    let mut text = String::new();
+                    std::io::stdin().read_to_string(&mut text).context("reading SQL from stdin")?;
+                    text
+                }
+            };
+            if format == OutputFormat::Parquet && output.is_none() {
+                anyhow::bail!("--format parquet needs --output FILE");
+            }
+            let warehouse = Warehouse::open(&cli.warehouse)?;
+            let ctx = open_session(&warehouse).await?;
+            let results = run_statements(&ctx, &sql).await?;
+            let (mut sink, target): (Box<dyn Write + Send>, String) = match &output {
+                Some(path) => (
+                    Box::new(std::io::BufWriter::new(
+                        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+                    )),
+                    path.display().to_string(),
+                ),
+                None => (Box::new(std::io::BufWriter::new(std::io::stdout())), "stdout".to_string()),
+            };
+            for result in &results {
+                write_batches(result.schema.clone(), &result.batches, format, &mut sink, &target)?;
+            }
+        }
+        Command::Gen { from, copies, out, gzip } => {
+            let started = std::time::Instant::now();
+            let report = fhirlake::generate::generate(&from, copies, &out, gzip)?;
+            println!(
+                "wrote {} files, {} resources, {:.1} MiB NDJSON to {} in {:.1} s",
+                report.files,
+                report.lines,
+                report.bytes as f64 / 1048576.0,
+                out.display(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_load_summary(out: &mut impl Write, warehouse: &str, r: &LoadReport) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "loaded {} resources from {} files ({:.1} MiB NDJSON, {:.1} MiB stored) in {:.2} s: {:.1} MiB/s, {:.0} resources/s; {} rejected",
+        r.resources,
+        r.files,
+        r.ndjson_bytes as f64 / 1048576.0,
+        r.stored_bytes as f64 / 1048576.0,
+        r.seconds,
+        r.mib_per_second(),
+        r.resources as f64 / r.seconds.max(1e-9),
+        r.rejected
+    )?;
+    writeln!(out, "warehouse {warehouse} is now at version {}", r.version)?;
+    writeln!(out, "{:<28} {:>12} {:>12}", "table", "loaded", "rows")?;
+    for (name, t) in &r.tables {
+        let note = if t.merged { "  (merged with earlier versions)" } else { "" };
+        writeln!(out, "{name:<28} {:>12} {:>12}{note}", t.loaded, t.rows)?;
+    }
+    if r.rejected > 0 {
+        writeln!(out, "rejected lines are in the _rejects table: fhirlake sql \"SELECT * FROM _rejects\"")?;
+    }
+    Ok(())
+}

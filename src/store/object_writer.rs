@@ -1,0 +1,100 @@
+//! A blocking `std::io::Write` that streams into an object store.
+//!
+//! The Parquet writer is synchronous and runs on ingest worker threads; this
+//! adapter lets it stream straight into the store with bounded memory: bytes are
+//! buffered up to one part, small objects become a single atomic `put`, large
+//! ones a multipart upload. Nothing is visible under the final key until
+//! [`ObjectWriter::finish`] succeeds.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
+use tokio::runtime::Handle;
+
+/// Size of one multipart part (S3 requires ≥ 5 MiB for all but the last).
+const PART_SIZE: usize = 16 * 1024 * 1024;
+
+/// Streams bytes to one object; see the module docs.
+pub struct ObjectWriter {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    handle: Handle,
+    buffer: Vec<u8>,
+    upload: Option<Box<dyn MultipartUpload>>,
+    written: u64,
+}
+
+impl ObjectWriter {
+    /// A writer for `path` in `store`; `handle` runs the store's async calls,
+    /// so this must be used from a thread outside the tokio runtime.
+    pub fn new(store: Arc<dyn ObjectStore>, path: Path, handle: Handle) -> Self {
+        Self { store, path, handle, buffer: Vec::with_capacity(64 * 1024), upload: None, written: 0 }
+    }
+
+    /// The object's key.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes accepted so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.written
+    }
+
+    fn flush_part(&mut self) -> std::io::Result<()> {
+        if self.upload.is_none() {
+            let upload = self.handle.block_on(self.store.put_multipart(&self.path)).map_err(std::io::Error::other)?;
+            self.upload = Some(upload);
+        }
+        let part = Bytes::from(std::mem::replace(&mut self.buffer, Vec::with_capacity(PART_SIZE)));
+        if let Some(upload) = self.upload.as_mut() {
+            let fut = upload.put_part(PutPayload::from(part));
+            self.handle.block_on(fut).map_err(std::io::Error::other)?;
+        }
+        Ok(())
+    }
+
+    /// Completes the object; returns its size in bytes.
+    pub fn finish(mut self) -> std::io::Result<u64> {
+        match self.upload.take() {
+            None => {
+                let payload = PutPayload::from(Bytes::from(std::mem::take(&mut self.buffer)));
+                self.handle.block_on(self.store.put(&self.path, payload)).map_err(std::io::Error::other)?;
+            }
+            Some(mut upload) => {
+                if !self.buffer.is_empty() {
+                    let part = Bytes::from(std::mem::take(&mut self.buffer));
+                    self.handle.block_on(upload.put_part(PutPayload::from(part))).map_err(std::io::Error::other)?;
+                }
+                self.handle.block_on(upload.complete()).map_err(std::io::Error::other)?;
+            }
+        }
+        Ok(self.written)
+    }
+
+    /// Abandons the object; a started multipart upload is aborted.
+    pub fn abort(mut self) {
+        if let Some(mut upload) = self.upload.take() {
+            // Best effort: an orphaned upload is invisible and cleaned by the store.
+            let _ = self.handle.block_on(upload.abort());
+        }
+    }
+}
+
+impl Write for ObjectWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(data);
+        self.written += data.len() as u64;
+        if self.buffer.len() >= PART_SIZE {
+            self.flush_part()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,95 @@
+//! Registering a warehouse snapshot as DataFusion tables.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
+use datafusion::datasource::empty::EmptyTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use super::schema::{rejects_schema, resource_schema};
+use super::{Snapshot, TableEntry, TableKind, Warehouse, WarehouseError};
+
+/// Memory DataFusion may use for sorts, joins and aggregates before it spills
+/// to disk; keeps queries over large warehouses within a fixed budget.
+pub const QUERY_MEMORY_LIMIT: usize = 2 * 1024 * 1024 * 1024;
+
+/// A DataFusion session with fhirlake's settings and SQL functions (the JSON
+/// functions `json_get_str`, `->>`, … over the `resource` column).
+pub fn new_session() -> Result<SessionContext, WarehouseError> {
+    let runtime = RuntimeEnvBuilder::new().with_memory_limit(QUERY_MEMORY_LIMIT, 1.0).build_arc()?;
+    let config = SessionConfig::new().with_information_schema(true);
+    let mut ctx = SessionContext::new_with_config_rt(config, runtime);
+    datafusion_functions_json::register_all(&mut ctx)?;
+    Ok(ctx)
+}
+
+/// The schema of a table of `kind`.
+pub fn schema_of(kind: TableKind) -> SchemaRef {
+    match kind {
+        TableKind::Resource => resource_schema(),
+        TableKind::Rejects => rejects_schema(),
+    }
+}
+
+/// A table provider reading exactly the files of `entry`.
+pub async fn table_provider(
+    warehouse: &Warehouse,
+    entry: &TableEntry,
+) -> Result<Arc<dyn TableProvider>, WarehouseError> {
+    let schema = schema_of(entry.kind);
+    if entry.files.is_empty() {
+        return Ok(Arc::new(EmptyTable::new(schema)));
+    }
+    let root = warehouse.root();
+    let urls = entry
+        .files
+        .iter()
+        .map(|f| ListingTableUrl::parse(root.url_of(&root.child(&f.path))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
+    Ok(Arc::new(ListingTable::try_new(config)?))
+}
+
+/// Registers every table of `snapshot` in `ctx` under its name (and, when it
+/// differs, its lower-case name, since SQL folds unquoted identifiers), plus
+/// the `compartment` view (resource_type, resource_id, patient_id).
+pub async fn register_snapshot(
+    warehouse: &Warehouse,
+    ctx: &SessionContext,
+    snapshot: &Snapshot,
+) -> Result<(), WarehouseError> {
+    let mut compartment_branches = Vec::new();
+    for (name, entry) in &snapshot.tables {
+        let provider = table_provider(warehouse, entry).await?;
+        ctx.register_table(datafusion::common::TableReference::bare(name.as_str()), provider.clone())?;
+        let lower = name.to_lowercase();
+        if lower != *name && !snapshot.tables.contains_key(&lower) {
+            ctx.register_table(datafusion::common::TableReference::bare(lower), provider)?;
+        }
+        if entry.kind == TableKind::Resource {
+            compartment_branches.push(format!(
+                "SELECT '{name}' AS resource_type, id AS resource_id, unnest(patients) AS patient_id FROM \"{name}\""
+            ));
+        }
+    }
+    if !compartment_branches.is_empty() {
+        let view = format!("CREATE VIEW compartment AS {}", compartment_branches.join(" UNION ALL "));
+        ctx.sql(&view).await?;
+    }
+    Ok(())
+}
+
+/// A session over the current state of `warehouse` (empty if nothing is committed).
+pub async fn session_for(warehouse: &Warehouse) -> Result<(SessionContext, Option<Snapshot>), WarehouseError> {
+    let ctx = new_session()?;
+    let snapshot = warehouse.current().await?;
+    if let Some(snapshot) = &snapshot {
+        register_snapshot(warehouse, &ctx, snapshot).await?;
+    }
+    Ok((ctx, snapshot))
+}

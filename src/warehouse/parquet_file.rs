@@ -1,0 +1,87 @@
+//! Writing one warehouse Parquet file, streamed into the object store.
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use datafusion::parquet::schema::types::ColumnPath;
+use tokio::runtime::Handle;
+
+use super::manifest::DataFile;
+use super::schema::resource_columns;
+use crate::store::{ObjectWriter, StoreLocation};
+
+/// A row group is closed once its encoded size passes this, so memory per open
+/// file stays bounded whatever the row width.
+const ROW_GROUP_BYTES: usize = 32 * 1024 * 1024;
+/// Rows per row group at most (keeps statistics selective for narrow rows).
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Writer settings for warehouse files: zstd, no dictionary or statistics on the
+/// raw JSON column (unique per row, long).
+pub fn writer_properties() -> WriterProperties {
+    let raw = ColumnPath::from(resource_columns::RESOURCE);
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_column_dictionary_enabled(raw.clone(), false)
+        .set_column_statistics_enabled(raw, EnabledStatistics::None)
+        .set_created_by(concat!("fhirlake ", env!("CARGO_PKG_VERSION")).to_string())
+        .build()
+}
+
+/// One Parquet file being written; becomes a [`DataFile`] on `finish`.
+pub struct ParquetFileWriter {
+    writer: ArrowWriter<ObjectWriter>,
+    relative_path: String,
+    rows: u64,
+}
+
+impl ParquetFileWriter {
+    /// Starts `relative_path` (relative to `root`) with `schema`.
+    pub fn create(
+        root: &StoreLocation,
+        relative_path: String,
+        schema: SchemaRef,
+        handle: Handle,
+    ) -> Result<Self, datafusion::parquet::errors::ParquetError> {
+        let sink = ObjectWriter::new(root.store.clone(), root.child(&relative_path), handle);
+        let writer = ArrowWriter::try_new(sink, schema, Some(writer_properties()))?;
+        Ok(Self { writer, relative_path, rows: 0 })
+    }
+
+    /// Appends a batch, closing the row group when it is large enough.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), datafusion::parquet::errors::ParquetError> {
+        self.writer.write(batch)?;
+        self.rows += batch.num_rows() as u64;
+        if self.writer.in_progress_size() >= ROW_GROUP_BYTES {
+            self.writer.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Bytes written so far (closed row groups) plus the open row group's estimate.
+    pub fn approximate_size(&self) -> u64 {
+        (self.writer.bytes_written() + self.writer.in_progress_size()) as u64
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Writes the footer and completes the object.
+    pub fn finish(self) -> Result<DataFile, datafusion::parquet::errors::ParquetError> {
+        let sink = self.writer.into_inner()?;
+        let bytes = sink.finish()?;
+        Ok(DataFile { path: self.relative_path, rows: self.rows, bytes })
+    }
+
+    /// Abandons the file (nothing becomes visible under its key).
+    pub fn abort(self) {
+        if let Ok(sink) = self.writer.into_inner() {
+            sink.abort();
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::Int64Type;
+use fhirlake::ingest::{LoadOptions, LoadReport, load};
+use fhirlake::query::{open_session, run_statements};
+use fhirlake::warehouse::Warehouse;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The bundled sample data (synthea-10).
+pub fn sample_data() -> PathBuf {
+    repo().join("data/synthea-10")
+}
+
+/// A dataset from `../shared/data`, or `None` (with a note) when it is absent.
+pub fn shared_dataset(name: &str) -> Option<PathBuf> {
+    let dir = repo().join("../shared/data").join(name);
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("SKIPPED: {} is absent", dir.display());
+        None
+    }
+}
+
+/// Loads `sources` quietly into `warehouse`.
+pub async fn load_into(warehouse: &Warehouse, sources: &[&Path], skip_invalid: bool) -> LoadReport {
+    let sources: Vec<String> = sources.iter().map(|p| p.display().to_string()).collect();
+    let options = LoadOptions { skip_invalid, quiet: true, ..LoadOptions::default() };
+    load(warehouse, &sources, &options).await.expect("load succeeds")
+}
+
+/// Runs a query returning one BIGINT, e.g. a `count(*)`.
+pub async fn query_i64(warehouse: &Warehouse, sql: &str) -> i64 {
+    let ctx = open_session(warehouse).await.expect("session");
+    let results = run_statements(&ctx, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let batch = &results[0].batches[0];
+    let column = batch.column(0);
+    assert_eq!(column.len(), 1, "{sql} returns one row");
+    column.as_primitive::<Int64Type>().value(0)
+}
+
+/// Runs a query returning strings in its first column.
+pub async fn query_strings(warehouse: &Warehouse, sql: &str) -> Vec<String> {
+    let ctx = open_session(warehouse).await.expect("session");
+    let results = run_statements(&ctx, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut out = Vec::new();
+    for batch in &results[0].batches {
+        let column = datafusion::arrow::compute::cast(batch.column(0), &datafusion::arrow::datatypes::DataType::Utf8)
+            .expect("castable to text");
+        let strings = column.as_string::<i32>();
+        out.extend((0..strings.len()).map(|i| strings.value(i).to_string()));
+    }
+    out
+}
+
+/// Runs the `fhirlake` binary.
+pub fn fhirlake(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fhirlake")).args(args).output().expect("run fhirlake")
+}
+
+/// Per-type line counts from a dataset's `dataset-stats.json`.
+pub fn expected_counts(dataset: &Path) -> Vec<(String, i64)> {
+    let stats: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dataset.join("dataset-stats.json")).expect("stats")).expect("json");
+    let mut out: Vec<(String, i64)> = stats["types"]
+        .as_object()
+        .expect("types")
+        .iter()
+        .map(|(t, v)| (t.clone(), v["lines"].as_i64().expect("lines")))
+        .collect();
+    out.sort();
+    out
+}

@@ -1,0 +1,9 @@
+//! Integration tests (one binary: each test file would otherwise be its own
+//! large link).
+
+mod common;
+mod crash;
+mod generate;
+mod json_differential;
+mod load;
+mod sql_cli;
