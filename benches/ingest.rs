@@ -27,9 +27,15 @@ impl Run {
 }
 
 /// Runs `cmd`, returning stdout, wall seconds and the child's peak RSS (MiB).
+// The child is reaped by `libc::wait4`, which also yields its resource usage.
+#[allow(clippy::zombie_processes)]
 fn run_measured(cmd: &mut Command) -> (String, f64, f64) {
     let started = Instant::now();
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn");
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn");
     let pid = child.id() as libc::pid_t;
     let stdout = child.stdout.expect("stdout");
     let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
@@ -38,7 +44,10 @@ fn run_measured(cmd: &mut Command) -> (String, f64, f64) {
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let seconds = started.elapsed().as_secs_f64();
-    assert!(rc == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed");
+    assert!(
+        rc == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{cmd:?} failed"
+    );
     let out = reader.join().unwrap_or_default();
     (out, seconds, usage.ru_maxrss as f64 / 1024.0)
 }
@@ -46,10 +55,14 @@ fn run_measured(cmd: &mut Command) -> (String, f64, f64) {
 fn fhirlake_load(data: &Path, work: &Path, name: &str) -> Run {
     let wh = work.join(format!("wh-{name}"));
     let _ = std::fs::remove_dir_all(&wh);
-    let (out, seconds, rss) = run_measured(
-        Command::new(env!("CARGO_BIN_EXE_fhirlake"))
-            .args(["--warehouse", wh.to_str().unwrap(), "load", "--quiet", "--json", data.to_str().unwrap()]),
-    );
+    let (out, seconds, rss) = run_measured(Command::new(env!("CARGO_BIN_EXE_fhirlake")).args([
+        "--warehouse",
+        wh.to_str().unwrap(),
+        "load",
+        "--quiet",
+        "--json",
+        data.to_str().unwrap(),
+    ]));
     let report: serde_json::Value = serde_json::from_str(&out).expect("load --json output");
     Run {
         tool: "fhirlake load".into(),
@@ -62,7 +75,9 @@ fn fhirlake_load(data: &Path, work: &Path, name: &str) -> Run {
 }
 
 fn duckdb(script: &str, data: &Path, work: &Path, name: &str) -> Option<Run> {
-    let script_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench").join(script);
+    let script_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/bench")
+        .join(script);
     if !script_path.exists() {
         eprintln!("SKIPPED: {} is absent", script_path.display());
         return None;
@@ -76,15 +91,27 @@ fn duckdb(script: &str, data: &Path, work: &Path, name: &str) -> Option<Run> {
         "--threads",
         "2",
     ]));
-    let report: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap_or("{}")).ok()?;
+    let report: serde_json::Value =
+        serde_json::from_str(out.trim().lines().last().unwrap_or("{}")).ok()?;
     let (input_mib, inner_seconds, resources) = if script == "duckdb_ingest.py" {
-        (report["input_mib"].as_f64()?, report["seconds"].as_f64()?, report["resources"].as_u64().unwrap_or(0))
+        (
+            report["input_mib"].as_f64()?,
+            report["seconds"].as_f64()?,
+            report["resources"].as_u64().unwrap_or(0),
+        )
     } else {
         // duckdb_view.py's `load` phase parses only Patient, Condition and
         // Encounter; measure their NDJSON size (uncompressed) ourselves.
         let types = ["Patient", "Condition", "Encounter"];
-        let resources = types.iter().filter_map(|t| report["rows"][t].as_u64()).sum();
-        (ndjson_mib(data, &types), report["timings"]["load_s"].as_f64()?, resources)
+        let resources = types
+            .iter()
+            .filter_map(|t| report["rows"][t].as_u64())
+            .sum();
+        (
+            ndjson_mib(data, &types),
+            report["timings"]["load_s"].as_f64()?,
+            resources,
+        )
     };
     let _ = seconds;
     Some(Run {
@@ -102,13 +129,20 @@ fn ndjson_mib(dir: &Path, types: &[&str]) -> f64 {
     let mut bytes = 0u64;
     for entry in std::fs::read_dir(dir).expect("data dir").flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        let type_name = name.split('.').find(|p| p.chars().next().is_some_and(char::is_uppercase)).unwrap_or("");
+        let type_name = name
+            .split('.')
+            .find(|p| p.chars().next().is_some_and(char::is_uppercase))
+            .unwrap_or("");
         if !types.contains(&type_name) {
             continue;
         }
         let file = std::fs::File::open(entry.path()).expect("open");
         bytes += if name.ends_with(".gz") {
-            std::io::copy(&mut flate2::read::MultiGzDecoder::new(file), &mut std::io::sink()).expect("gunzip")
+            std::io::copy(
+                &mut flate2::read::MultiGzDecoder::new(file),
+                &mut std::io::sink(),
+            )
+            .expect("gunzip")
         } else {
             entry.metadata().map(|m| m.len()).unwrap_or(0)
         };
@@ -123,13 +157,23 @@ fn main() {
         eprintln!("SKIPPED: {} is absent", shared.display());
         return;
     }
-    let copies: usize = std::env::var("FHIRLAKE_BENCH_COPIES").ok().and_then(|v| v.parse().ok()).unwrap_or(8);
+    let copies: usize = std::env::var("FHIRLAKE_BENCH_COPIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
     let work = root.join("target/bench-data");
     std::fs::create_dir_all(&work).expect("bench folder");
     let scaled = work.join(format!("synthea-615x{copies}"));
     if !scaled.exists() {
         let status = Command::new(env!("CARGO_BIN_EXE_fhirlake"))
-            .args(["gen", "--from", shared.to_str().unwrap(), "--copies", &copies.to_string(), "--out"])
+            .args([
+                "gen",
+                "--from",
+                shared.to_str().unwrap(),
+                "--copies",
+                &copies.to_string(),
+                "--out",
+            ])
             .arg(&scaled)
             .arg("--gzip")
             .status()
@@ -137,30 +181,56 @@ fn main() {
         assert!(status.success());
     }
     let mut runs = Vec::new();
-    for (name, data) in [("synthea-615".to_string(), shared.clone()), (format!("synthea-615x{copies}"), scaled.clone())] {
+    for (name, data) in [
+        ("synthea-615".to_string(), shared.clone()),
+        (format!("synthea-615x{copies}"), scaled.clone()),
+    ] {
         runs.push(fhirlake_load(&data, &work, &name));
         runs.extend(duckdb("duckdb_ingest.py", &data, &work, &name));
         runs.extend(duckdb("duckdb_view.py", &data, &work, &name));
     }
-    println!("| dataset | tool | NDJSON MiB | resources | seconds | MiB/s | resources/s | peak RSS MiB |");
+    println!(
+        "| dataset | tool | NDJSON MiB | resources | seconds | MiB/s | resources/s | peak RSS MiB |"
+    );
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for r in &runs {
         println!(
             "| {} | {} | {:.1} | {} | {:.2} | {:.1} | {:.0} | {:.0} |",
-            r.dataset, r.tool, r.input_mib, r.resources, r.seconds, r.mib_per_s(), r.resources as f64 / r.seconds, r.peak_rss_mib
+            r.dataset,
+            r.tool,
+            r.input_mib,
+            r.resources,
+            r.seconds,
+            r.mib_per_s(),
+            r.resources as f64 / r.seconds,
+            r.peak_rss_mib
         );
     }
     let mut json = Vec::new();
-    for dataset in runs.iter().map(|r| r.dataset.clone()).collect::<std::collections::BTreeSet<_>>() {
-        let ours = runs.iter().find(|r| r.dataset == dataset && r.tool == "fhirlake load");
-        let duck = runs.iter().find(|r| r.dataset == dataset && r.tool == "duckdb duckdb_ingest");
+    for dataset in runs
+        .iter()
+        .map(|r| r.dataset.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let ours = runs
+            .iter()
+            .find(|r| r.dataset == dataset && r.tool == "fhirlake load");
+        let duck = runs
+            .iter()
+            .find(|r| r.dataset == dataset && r.tool == "duckdb duckdb_ingest");
         if let (Some(o), Some(d)) = (ours, duck) {
-            println!("{dataset}: fhirlake ingest throughput = {:.2}x DuckDB's", o.mib_per_s() / d.mib_per_s());
+            println!(
+                "{dataset}: fhirlake ingest throughput = {:.2}x DuckDB's",
+                o.mib_per_s() / d.mib_per_s()
+            );
         }
     }
     for r in &runs {
         json.push(serde_json::json!({"dataset": r.dataset, "tool": r.tool, "input_mib": r.input_mib, "resources": r.resources,
             "seconds": r.seconds, "mib_per_s": r.mib_per_s(), "peak_rss_mib": r.peak_rss_mib}));
     }
-    let _ = std::fs::write(root.join("target/bench-ingest.json"), serde_json::to_string_pretty(&json).unwrap_or_default());
+    let _ = std::fs::write(
+        root.join("target/bench-ingest.json"),
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    );
 }

@@ -71,15 +71,25 @@ enum Command {
 /// The sample dataset shipped in the repository (synthea-10).
 fn sample_data() -> String {
     let bundled = concat!(env!("CARGO_MANIFEST_DIR"), "/data/synthea-10");
-    if std::path::Path::new(bundled).exists() { bundled.to_string() } else { "data/synthea-10".to_string() }
+    if std::path::Path::new(bundled).exists() {
+        bundled.to_string()
+    } else {
+        "data/synthea-10".to_string()
+    }
 }
 
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FHIRLAKE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fhirlake=info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -97,10 +107,24 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Load { sources, skip_invalid, workers, quiet, json } => {
-            let sources = if sources.is_empty() { vec![sample_data()] } else { sources };
+        Command::Load {
+            sources,
+            skip_invalid,
+            workers,
+            quiet,
+            json,
+        } => {
+            let sources = if sources.is_empty() {
+                vec![sample_data()]
+            } else {
+                sources
+            };
             let warehouse = Warehouse::open(&cli.warehouse)?;
-            let mut options = LoadOptions { skip_invalid, quiet, ..LoadOptions::default() };
+            let mut options = LoadOptions {
+                skip_invalid,
+                quiet,
+                ..LoadOptions::default()
+            };
             if let Some(w) = workers {
                 options.workers = w;
             }
@@ -113,12 +137,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_load_summary(&mut out, &cli.warehouse, &report)?;
             }
         }
-        Command::Sql { query, format, output } => {
+        Command::Sql {
+            query,
+            format,
+            output,
+        } => {
             let sql = match query {
                 Some(q) => q,
                 None => {
                     let mut text = String::new();
-                    std::io::stdin().read_to_string(&mut text).context("reading SQL from stdin")?;
+                    std::io::stdin()
+                        .read_to_string(&mut text)
+                        .context("reading SQL from stdin")?;
                     text
                 }
             };
@@ -131,17 +161,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (mut sink, target): (Box<dyn Write + Send>, String) = match &output {
                 Some(path) => (
                     Box::new(std::io::BufWriter::new(
-                        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+                        std::fs::File::create(path)
+                            .with_context(|| format!("creating {}", path.display()))?,
                     )),
                     path.display().to_string(),
                 ),
-                None => (Box::new(std::io::BufWriter::new(std::io::stdout())), "stdout".to_string()),
+                None => (
+                    Box::new(std::io::BufWriter::new(std::io::stdout())),
+                    "stdout".to_string(),
+                ),
             };
             for result in &results {
-                write_batches(result.schema.clone(), &result.batches, format, &mut sink, &target)?;
+                write_batches(
+                    result.schema.clone(),
+                    &result.batches,
+                    format,
+                    &mut sink,
+                    &target,
+                )?;
             }
         }
-        Command::Gen { from, copies, out, gzip } => {
+        Command::Gen {
+            from,
+            copies,
+            out,
+            gzip,
+        } => {
             let started = std::time::Instant::now();
             let report = fhirlake::generate::generate(&from, copies, &out, gzip)?;
             println!(
@@ -157,7 +202,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_load_summary(out: &mut impl Write, warehouse: &str, r: &LoadReport) -> std::io::Result<()> {
+fn print_load_summary(
+    out: &mut impl Write,
+    warehouse: &str,
+    r: &LoadReport,
+) -> std::io::Result<()> {
     writeln!(
         out,
         "loaded {} resources from {} files ({:.1} MiB NDJSON, {:.1} MiB stored) in {:.2} s: {:.1} MiB/s, {:.0} resources/s; {} rejected",
@@ -173,11 +222,18 @@ fn print_load_summary(out: &mut impl Write, warehouse: &str, r: &LoadReport) -> 
     writeln!(out, "warehouse {warehouse} is now at version {}", r.version)?;
     writeln!(out, "{:<28} {:>12} {:>12}", "table", "loaded", "rows")?;
     for (name, t) in &r.tables {
-        let note = if t.merged { "  (merged with earlier versions)" } else { "" };
+        let note = if t.merged {
+            "  (merged with earlier versions)"
+        } else {
+            ""
+        };
         writeln!(out, "{name:<28} {:>12} {:>12}{note}", t.loaded, t.rows)?;
     }
     if r.rejected > 0 {
-        writeln!(out, "rejected lines are in the _rejects table: fhirlake sql \"SELECT * FROM _rejects\"")?;
+        writeln!(
+            out,
+            "rejected lines are in the _rejects table: fhirlake sql \"SELECT * FROM _rejects\""
+        )?;
     }
     Ok(())
 }

@@ -17,8 +17,14 @@ pub struct ReferenceTarget<'a> {
 /// Contained (`#x`), conditional (`Patient?identifier=…`) and unparseable
 /// references give `None`: they name no resource by id.
 pub fn parse_reference(reference: &str) -> Option<ReferenceTarget<'_>> {
-    if let Some(id) = reference.strip_prefix("urn:uuid:").or_else(|| reference.strip_prefix("urn:oid:")) {
-        return (!id.is_empty()).then_some(ReferenceTarget { resource_type: None, id });
+    if let Some(id) = reference
+        .strip_prefix("urn:uuid:")
+        .or_else(|| reference.strip_prefix("urn:oid:"))
+    {
+        return (!id.is_empty()).then_some(ReferenceTarget {
+            resource_type: None,
+            id,
+        });
     }
     if reference.starts_with('#') || reference.contains('?') {
         return None;
@@ -31,7 +37,10 @@ pub fn parse_reference(reference: &str) -> Option<ReferenceTarget<'_>> {
     let id = parts.next()?;
     let type_name = parts.next()?;
     let resource_type = ResourceTypes::r4().ok()?.get(type_name)?;
-    (!id.is_empty()).then_some(ReferenceTarget { resource_type: Some(resource_type), id })
+    (!id.is_empty()).then_some(ReferenceTarget {
+        resource_type: Some(resource_type),
+        id,
+    })
 }
 
 #[cfg(test)]
@@ -42,7 +51,10 @@ mod tests {
     fn parses_reference_forms() {
         let p = |s| parse_reference(s).map(|t| (t.resource_type, t.id));
         assert_eq!(p("Patient/123"), Some((Some("Patient"), "123")));
-        assert_eq!(p("https://example.org/fhir/Patient/abc"), Some((Some("Patient"), "abc")));
+        assert_eq!(
+            p("https://example.org/fhir/Patient/abc"),
+            Some((Some("Patient"), "abc"))
+        );
         assert_eq!(p("Patient/123/_history/4"), Some((Some("Patient"), "123")));
         assert_eq!(p("urn:uuid:6c5d9ca9-54d7"), Some((None, "6c5d9ca9-54d7")));
         assert_eq!(p("#coverage"), None);

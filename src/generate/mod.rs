@@ -45,15 +45,27 @@ pub struct GenerateReport {
 /// `Patient.000.ndjson` becomes `Patient.c0003-000.ndjson` in copy 3 (still
 /// bulk-export naming: type, one segment, `.ndjson`). With `gzip`, output is
 /// `.ndjson.gz`.
-pub fn generate(from: &Path, copies: usize, out: &Path, gzip: bool) -> Result<GenerateReport, GenerateError> {
+pub fn generate(
+    from: &Path,
+    copies: usize,
+    out: &Path,
+    gzip: bool,
+) -> Result<GenerateReport, GenerateError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| GenerateError::Io { path: path.clone(), source }
+        move |source| GenerateError::Io {
+            path: path.clone(),
+            source,
+        }
     };
     let mut inputs: Vec<PathBuf> = std::fs::read_dir(from)
         .map_err(io(from))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(is_ndjson_name))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(is_ndjson_name)
+        })
         .collect();
     if inputs.is_empty() {
         return Err(GenerateError::NoInput(from.to_path_buf()));
@@ -63,11 +75,17 @@ pub fn generate(from: &Path, copies: usize, out: &Path, gzip: bool) -> Result<Ge
     let mut report = GenerateReport::default();
     for copy in 0..copies {
         for input in &inputs {
-            let name = input.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = input
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             let stem = name.trim_end_matches(".gz").trim_end_matches(".ndjson");
             let (resource_type, rest) = stem.split_once('.').unwrap_or((stem, "0"));
             let ext = if gzip { "ndjson.gz" } else { "ndjson" };
-            let target = out.join(format!("{resource_type}.c{copy:04}-{}.{ext}", rest.replace('.', "-")));
+            let target = out.join(format!(
+                "{resource_type}.c{copy:04}-{}.{ext}",
+                rest.replace('.', "-")
+            ));
             let reader = File::open(input).map_err(io(input))?;
             let reader: Box<dyn Read> = if name.ends_with(".gz") {
                 Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(reader)))
@@ -76,7 +94,10 @@ pub fn generate(from: &Path, copies: usize, out: &Path, gzip: bool) -> Result<Ge
             };
             let file = File::create(&target).map_err(io(&target))?;
             let mut writer: Box<dyn Write> = if gzip {
-                Box::new(flate2::write::GzEncoder::new(BufWriter::new(file), flate2::Compression::fast()))
+                Box::new(flate2::write::GzEncoder::new(
+                    BufWriter::new(file),
+                    flate2::Compression::fast(),
+                ))
             } else {
                 Box::new(BufWriter::with_capacity(1 << 20, file))
             };
@@ -126,7 +147,13 @@ pub fn rewrite_uuids(line: &mut [u8], copy: u64) {
 }
 
 fn is_uuid(s: &[u8]) -> bool {
-    s.iter().enumerate().all(|(i, &b)| if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { is_hex(b) })
+    s.iter().enumerate().all(|(i, &b)| {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            b == b'-'
+        } else {
+            is_hex(b)
+        }
+    })
 }
 
 fn fnv1a(seed: u64, parts: &[&[u8]]) -> u64 {
@@ -170,12 +197,14 @@ mod tests {
     fn rewrites_ids_and_references_consistently() {
         let id = "6c5d9ca9-54d7-42f5-bfae-a7c19cd217f2";
         let mut patient = format!(r#"{{"resourceType":"Patient","id":"{id}"}}"#).into_bytes();
-        let mut cond = format!(r#"{{"subject":{{"reference":"Patient/{id}"}},"x":"urn:uuid:{id}"}}"#).into_bytes();
+        let mut cond =
+            format!(r#"{{"subject":{{"reference":"Patient/{id}"}},"x":"urn:uuid:{id}"}}"#)
+                .into_bytes();
         rewrite_uuids(&mut patient, 2);
         rewrite_uuids(&mut cond, 2);
         let patient = String::from_utf8(patient).unwrap();
         let cond = String::from_utf8(cond).unwrap();
-        let new_id = &patient[31..67];
+        let new_id = &patient[32..68];
         assert_ne!(new_id, id);
         assert!(is_uuid(new_id.as_bytes()));
         assert!(cond.contains(&format!("Patient/{new_id}")));

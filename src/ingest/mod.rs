@@ -32,7 +32,8 @@ use crate::fhir::{DefinitionError, PatientCompartment, ResourceTypes};
 use crate::store::StoreError;
 use crate::warehouse::merge::{has_duplicate_ids, merge_latest};
 use crate::warehouse::{
-    DataFile, REJECTS_TABLE, Snapshot, TableEntry, TableKind, Warehouse, WarehouseError, manifest, now_rfc3339,
+    DataFile, REJECTS_TABLE, Snapshot, TableEntry, TableKind, Warehouse, WarehouseError, manifest,
+    now_rfc3339,
 };
 
 /// Errors of a load. Nothing is committed when a load returns one.
@@ -102,8 +103,14 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
-        Self { skip_invalid: false, workers: cores, quiet: false }
+        let cores = std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(2);
+        Self {
+            skip_invalid: false,
+            workers: cores,
+            quiet: false,
+        }
     }
 }
 
@@ -147,7 +154,11 @@ impl LoadReport {
 }
 
 /// Loads `sources` into `warehouse` and commits one new version.
-pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptions) -> Result<LoadReport, IngestError> {
+pub async fn load(
+    warehouse: &Warehouse,
+    sources: &[String],
+    options: &LoadOptions,
+) -> Result<LoadReport, IngestError> {
     let started = Instant::now();
     let types = ResourceTypes::r4().map_err(IngestError::Definitions)?;
     let compartment = PatientCompartment::r4().map_err(IngestError::Definitions)?;
@@ -162,8 +173,13 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
     let progress = Arc::new(Progress::default());
     let display = ProgressDisplay::start(progress.clone(), total_bytes, options.quiet);
     let outputs = {
-        let (root, files, progress, token, options) =
-            (warehouse.root().clone(), files.clone(), progress.clone(), token.clone(), options.clone());
+        let (root, files, progress, token, options) = (
+            warehouse.root().clone(),
+            files.clone(),
+            progress.clone(),
+            token.clone(),
+            options.clone(),
+        );
         let handle = Handle::current();
         tokio::task::spawn_blocking(move || {
             let cancel = AtomicBool::new(false);
@@ -186,7 +202,11 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
     display.finish();
     let (outputs, error) = outputs;
     if let Some(error) = error {
-        let written: Vec<DataFile> = outputs.into_iter().flat_map(|o| o.tables.into_values()).flat_map(|t| t.files).collect();
+        let written: Vec<DataFile> = outputs
+            .into_iter()
+            .flat_map(|o| o.tables.into_values())
+            .flat_map(|t| t.files)
+            .collect();
         warehouse.delete_files(&written).await;
         return Err(error);
     }
@@ -200,7 +220,10 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
             entry.1 += table.resources;
         }
     }
-    let mut snapshot = base.clone().unwrap_or_else(|| Snapshot { format: manifest::FORMAT.into(), ..Default::default() });
+    let mut snapshot = base.clone().unwrap_or_else(|| Snapshot {
+        format: manifest::FORMAT.into(),
+        ..Default::default()
+    });
     let mut report = LoadReport {
         files: files.len(),
         stored_bytes: progress.stored_bytes.load(Ordering::Relaxed),
@@ -213,8 +236,16 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
     let mut merged_files: Vec<DataFile> = Vec::new();
     let result = async {
         for (name, (files, loaded)) in &new_files {
-            let kind = if *name == REJECTS_TABLE { TableKind::Rejects } else { TableKind::Resource };
-            let old = snapshot.tables.get(*name).map(|t| t.files.clone()).unwrap_or_default();
+            let kind = if *name == REJECTS_TABLE {
+                TableKind::Rejects
+            } else {
+                TableKind::Resource
+            };
+            let old = snapshot
+                .tables
+                .get(*name)
+                .map(|t| t.files.clone())
+                .unwrap_or_default();
             let mut merged = false;
             let table_files = if kind == TableKind::Rejects {
                 old.into_iter().chain(files.iter().cloned()).collect()
@@ -227,8 +258,18 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
                 merged_files.extend(out.iter().cloned());
                 out
             };
-            let entry = TableEntry { kind, files: table_files };
-            report.tables.insert(name.to_string(), TableReport { loaded: *loaded, rows: entry.rows(), merged });
+            let entry = TableEntry {
+                kind,
+                files: table_files,
+            };
+            report.tables.insert(
+                name.to_string(),
+                TableReport {
+                    loaded: *loaded,
+                    rows: entry.rows(),
+                    merged,
+                },
+            );
             snapshot.tables.insert(name.to_string(), entry);
         }
         snapshot.version = version;
@@ -255,7 +296,12 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
         .tables
         .iter()
         .filter(|(_, t)| t.merged)
-        .flat_map(|(name, _)| new_files.get(name.as_str()).map(|(f, _)| f.clone()).unwrap_or_default())
+        .flat_map(|(name, _)| {
+            new_files
+                .get(name.as_str())
+                .map(|(f, _)| f.clone())
+                .unwrap_or_default()
+        })
         .collect();
     warehouse.delete_files(&superseded).await;
     report.version = version;
@@ -265,14 +311,20 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
 
 /// A file-name prefix no other load (even a racing one) uses.
 fn unique_token(version: u64) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!("v{version:06}-{:x}{:x}", nanos as u64, std::process::id())
 }
 
 /// Runs readers and workers to completion. Returns every worker's output, and
 /// the load's error if any (the failure at the earliest file and line when
 /// several lines are bad).
-fn run_pipeline(ctx: &WorkerContext<'_>, workers: usize) -> (Vec<WorkerOutput>, Option<IngestError>) {
+fn run_pipeline(
+    ctx: &WorkerContext<'_>,
+    workers: usize,
+) -> (Vec<WorkerOutput>, Option<IngestError>) {
     let readers = ctx.files.len().clamp(1, 2);
     let (tx, rx) = sync_channel(workers * 2);
     let rx = Mutex::new(rx);
@@ -289,7 +341,9 @@ fn run_pipeline(ctx: &WorkerContext<'_>, workers: usize) -> (Vec<WorkerOutput>, 
                         break;
                     }
                     let file = &ctx.files[index];
-                    if let Err(e) = reader::read_file(index, file, &ctx.handle, &tx, ctx.cancel, ctx.progress) {
+                    if let Err(e) =
+                        reader::read_file(index, file, &ctx.handle, &tx, ctx.cancel, ctx.progress)
+                    {
                         ctx.cancel.store(true, Ordering::Relaxed);
                         if let Ok(mut errors) = read_errors.lock() {
                             errors.push(e);
@@ -300,7 +354,14 @@ fn run_pipeline(ctx: &WorkerContext<'_>, workers: usize) -> (Vec<WorkerOutput>, 
             });
         }
         drop(tx);
-        let handles: Vec<_> = (0..workers).map(|i| scope.spawn({ let rx = &rx; move || run_worker(i, ctx, rx) })).collect();
+        let handles: Vec<_> = (0..workers)
+            .map(|i| {
+                scope.spawn({
+                    let rx = &rx;
+                    move || run_worker(i, ctx, rx)
+                })
+            })
+            .collect();
         handles.into_iter().map(|h| h.join()).collect::<Vec<_>>()
     });
     let mut outputs = Vec::new();
@@ -319,9 +380,14 @@ fn run_pipeline(ctx: &WorkerContext<'_>, workers: usize) -> (Vec<WorkerOutput>, 
     }
     // Report the earliest bad line, so the message does not depend on thread timing.
     errors.sort_by_key(|e| match e {
-        IngestError::InvalidLine { file, line, .. } => {
-            (0, ctx.files.iter().position(|f| &f.url == file).unwrap_or(usize::MAX), *line)
-        }
+        IngestError::InvalidLine { file, line, .. } => (
+            0,
+            ctx.files
+                .iter()
+                .position(|f| &f.url == file)
+                .unwrap_or(usize::MAX),
+            *line,
+        ),
         _ => (1, 0, 0),
     });
     (outputs, errors.into_iter().next())

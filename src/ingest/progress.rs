@@ -46,7 +46,11 @@ impl ProgressDisplay {
         });
         let bar_for_task = bar.clone();
         let task = tokio::spawn(async move {
-            let period = if bar_for_task.is_some() { Duration::from_millis(200) } else { Duration::from_secs(10) };
+            let period = if bar_for_task.is_some() {
+                Duration::from_millis(200)
+            } else {
+                Duration::from_secs(10)
+            };
             let mut ticker = tokio::time::interval(period);
             ticker.tick().await;
             loop {

@@ -9,9 +9,9 @@ use object_store::ObjectStoreExt;
 use tokio::runtime::Handle;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
+use super::IngestError;
 use super::progress::Progress;
 use super::source::{Compression, SourceFile};
-use super::IngestError;
 
 /// Target size of a chunk handed to a worker. A line longer than this is read
 /// whole into one larger chunk.
@@ -62,7 +62,9 @@ impl<R: Read> Read for CountingReader<'_, R> {
 fn is_data_error(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
-        std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput | std::io::ErrorKind::UnexpectedEof
+        std::io::ErrorKind::InvalidData
+            | std::io::ErrorKind::InvalidInput
+            | std::io::ErrorKind::UnexpectedEof
     )
 }
 
@@ -81,20 +83,30 @@ pub fn read_file(
         .map_err(|e| file.location.error("reading", &file.path, e))?;
     let stream = get.into_stream().map_err(std::io::Error::other);
     let bridge = SyncIoBridge::new_with_handle(StreamReader::new(stream), handle.clone());
-    let counted = CountingReader { inner: bridge, counter: &progress.stored_bytes };
+    let counted = CountingReader {
+        inner: bridge,
+        counter: &progress.stored_bytes,
+    };
     let mut input: Box<dyn Read + '_> = match file.compression {
         Compression::None => Box::new(counted),
-        Compression::Gzip => {
-            Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(256 * 1024, counted)))
-        }
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
+            256 * 1024,
+            counted,
+        ))),
     };
     let mut next_line: u64 = 1;
     let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_BYTES);
-    let send = |chunk: Chunk| -> bool { !cancel.load(Ordering::Relaxed) && tx.send(Work::Lines(chunk)).is_ok() };
+    let send = |chunk: Chunk| -> bool {
+        !cancel.load(Ordering::Relaxed) && tx.send(Work::Lines(chunk)).is_ok()
+    };
     loop {
         // Fill up to a chunk; a line longer than that doubles the buffer
         // instead of re-copying it for every read.
-        let want = if buf.len() < CHUNK_BYTES { CHUNK_BYTES - buf.len() } else { buf.len() };
+        let want = if buf.len() < CHUNK_BYTES {
+            CHUNK_BYTES - buf.len()
+        } else {
+            buf.len()
+        };
         let read = input.by_ref().take(want as u64).read_to_end(&mut buf);
         let n = match read {
             Ok(n) => n,
@@ -103,22 +115,39 @@ pub fn read_file(
                 if let Some(end) = memchr::memrchr(b'\n', &buf) {
                     buf.truncate(end + 1);
                     let lines = memchr::memchr_iter(b'\n', &buf).count() as u64;
-                    if !send(Chunk { file: index, first_line: next_line, data: buf }) {
+                    if !send(Chunk {
+                        file: index,
+                        first_line: next_line,
+                        data: buf,
+                    }) {
                         return Ok(());
                     }
                     next_line += lines;
                 }
                 let reason = format!("{e} (after {} lines)", next_line - 1);
-                let _ = tx.send(Work::Unreadable { file: index, line: next_line, reason });
+                let _ = tx.send(Work::Unreadable {
+                    file: index,
+                    line: next_line,
+                    reason,
+                });
                 return Ok(());
             }
-            Err(source) => return Err(IngestError::Read { file: file.url.clone(), source }),
+            Err(source) => {
+                return Err(IngestError::Read {
+                    file: file.url.clone(),
+                    source,
+                });
+            }
         };
         progress.ndjson_bytes.fetch_add(n as u64, Ordering::Relaxed);
         if n == 0 {
             // End of file: whatever is left is the last line (no trailing newline).
             if !buf.is_empty() {
-                send(Chunk { file: index, first_line: next_line, data: std::mem::take(&mut buf) });
+                send(Chunk {
+                    file: index,
+                    first_line: next_line,
+                    data: std::mem::take(&mut buf),
+                });
             }
             return Ok(());
         }
@@ -127,7 +156,11 @@ pub fn read_file(
             rest.extend_from_slice(&buf[end + 1..]);
             buf.truncate(end + 1);
             let lines = memchr::memchr_iter(b'\n', &buf).count() as u64;
-            if !send(Chunk { file: index, first_line: next_line, data: std::mem::replace(&mut buf, rest) }) {
+            if !send(Chunk {
+                file: index,
+                first_line: next_line,
+                data: std::mem::replace(&mut buf, rest),
+            }) {
                 return Ok(());
             }
             next_line += lines;

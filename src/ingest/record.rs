@@ -54,30 +54,44 @@ pub struct ResourceHeader<'a> {
 
 /// True if `id` satisfies the FHIR `id` datatype.
 pub fn is_valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// Parses a FHIR instant to microseconds since the epoch.
 pub fn parse_instant(text: &str) -> Option<i64> {
     // FHIR instants always carry a zone; RFC 3339 is the same grammar.
-    chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_micros())
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.timestamp_micros())
 }
 
 /// Checks a parsed line and extracts its header.
-pub fn validate<'v>(value: &'v JsonValue<'_>, types: &ResourceTypes) -> Result<ResourceHeader<'v>, RejectReason> {
+pub fn validate<'v>(
+    value: &'v JsonValue<'_>,
+    types: &ResourceTypes,
+) -> Result<ResourceHeader<'v>, RejectReason> {
     if value.as_object().is_none() {
         return Err(RejectReason::NotAnObject);
     }
-    let type_name = value.get("resourceType").and_then(JsonValue::as_str).ok_or(RejectReason::MissingResourceType)?;
-    let resource_type =
-        types.get(type_name).ok_or_else(|| RejectReason::UnknownResourceType(type_name.to_string()))?;
+    let type_name = value
+        .get("resourceType")
+        .and_then(JsonValue::as_str)
+        .ok_or(RejectReason::MissingResourceType)?;
+    let resource_type = types
+        .get(type_name)
+        .ok_or_else(|| RejectReason::UnknownResourceType(type_name.to_string()))?;
     let id = match value.get("id") {
         None | Some(JsonValue::Null) => return Err(RejectReason::MissingId),
         Some(JsonValue::String(s)) if is_valid_id(s) => s.as_ref(),
         Some(other) => return Err(RejectReason::InvalidId(other.to_json_string())),
     };
     let meta = value.get("meta");
-    let version_id = meta.and_then(|m| m.get("versionId")).and_then(JsonValue::as_str);
+    let version_id = meta
+        .and_then(|m| m.get("versionId"))
+        .and_then(JsonValue::as_str);
     let last_updated = match meta.and_then(|m| m.get("lastUpdated")) {
         None => None,
         Some(JsonValue::String(s)) => {
@@ -85,7 +99,12 @@ pub fn validate<'v>(value: &'v JsonValue<'_>, types: &ResourceTypes) -> Result<R
         }
         Some(other) => return Err(RejectReason::InvalidLastUpdated(other.to_json_string())),
     };
-    Ok(ResourceHeader { resource_type, id, version_id, last_updated })
+    Ok(ResourceHeader {
+        resource_type,
+        id,
+        version_id,
+        last_updated,
+    })
 }
 
 #[cfg(test)]
@@ -101,7 +120,10 @@ mod tests {
 
     #[test]
     fn accepts_valid_resources() {
-        assert_eq!(check(r#"{"resourceType":"Patient","id":"p1"}"#), Ok(("Patient", "p1".into(), None)));
+        assert_eq!(
+            check(r#"{"resourceType":"Patient","id":"p1"}"#),
+            Ok(("Patient", "p1".into(), None))
+        );
         let with_meta = r#"{"resourceType":"Patient","id":"p1","meta":{"lastUpdated":"2024-01-02T03:04:05.5+01:00"}}"#;
         assert_eq!(check(with_meta).unwrap().2, Some(1_704_161_045_500_000));
     }
@@ -111,12 +133,26 @@ mod tests {
         use RejectReason::*;
         assert_eq!(check("[1]"), Err(NotAnObject));
         assert_eq!(check(r#"{"id":"x"}"#), Err(MissingResourceType));
-        assert_eq!(check(r#"{"resourceType":"Pateint","id":"x"}"#), Err(UnknownResourceType("Pateint".into())));
+        assert_eq!(
+            check(r#"{"resourceType":"Pateint","id":"x"}"#),
+            Err(UnknownResourceType("Pateint".into()))
+        );
         assert_eq!(check(r#"{"resourceType":"Patient"}"#), Err(MissingId));
-        assert_eq!(check(r#"{"resourceType":"Patient","id":"a b"}"#), Err(InvalidId("\"a b\"".into())));
-        assert_eq!(check(r#"{"resourceType":"Patient","id":7}"#), Err(InvalidId("7".into())));
-        assert!(matches!(check(r#"{"resourceType":"Patient","id":"x","meta":{"lastUpdated":"yesterday"}}"#),
-            Err(InvalidLastUpdated(_))));
-        assert!(matches!(check(r#"{"resourceType":"Patient""#), Err(MalformedJson(_))));
+        assert_eq!(
+            check(r#"{"resourceType":"Patient","id":"a b"}"#),
+            Err(InvalidId("\"a b\"".into()))
+        );
+        assert_eq!(
+            check(r#"{"resourceType":"Patient","id":7}"#),
+            Err(InvalidId("7".into()))
+        );
+        assert!(matches!(
+            check(r#"{"resourceType":"Patient","id":"x","meta":{"lastUpdated":"yesterday"}}"#),
+            Err(InvalidLastUpdated(_))
+        ));
+        assert!(matches!(
+            check(r#"{"resourceType":"Patient""#),
+            Err(MalformedJson(_))
+        ));
     }
 }

@@ -3,7 +3,7 @@
 
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, ObjectMeta};
+use object_store::{ObjectMeta, ObjectStoreExt};
 
 use super::IngestError;
 use crate::store::StoreLocation;
@@ -39,7 +39,11 @@ pub fn is_ndjson_name(name: &str) -> bool {
 }
 
 fn compression_of(name: &str) -> Compression {
-    if name.ends_with(".gz") { Compression::Gzip } else { Compression::None }
+    if name.ends_with(".gz") {
+        Compression::Gzip
+    } else {
+        Compression::None
+    }
 }
 
 /// Resolves each source (a file, or a folder searched recursively for
@@ -60,15 +64,22 @@ pub async fn discover(sources: &[String]) -> Result<Vec<SourceFile>, IngestError
             match location.store.head(&location.prefix).await {
                 Ok(meta) => vec![meta],
                 Err(object_store::Error::NotFound { .. }) => {
-                    return Err(IngestError::SourceNotFound { source_location: source.clone() });
+                    return Err(IngestError::SourceNotFound {
+                        source_location: source.clone(),
+                    });
                 }
                 Err(e) => return Err(location.error("reading", &location.prefix, e).into()),
             }
         } else {
-            listed.into_iter().filter(|m| m.location.filename().is_some_and(is_ndjson_name)).collect()
+            listed
+                .into_iter()
+                .filter(|m| m.location.filename().is_some_and(is_ndjson_name))
+                .collect()
         };
         if found.is_empty() {
-            return Err(IngestError::NoNdjsonFiles { source_location: source.clone() });
+            return Err(IngestError::NoNdjsonFiles {
+                source_location: source.clone(),
+            });
         }
         found.sort_by(|a, b| a.location.cmp(&b.location));
         for meta in found {

@@ -9,12 +9,12 @@ use std::sync::mpsc::Receiver;
 
 use tokio::runtime::Handle;
 
+use super::IngestError;
 use super::batch::{RejectBatchBuilder, ResourceBatchBuilder};
 use super::progress::Progress;
 use super::reader::{Chunk, Work};
 use super::record::{RejectReason, validate};
 use super::source::SourceFile;
-use super::IngestError;
 use crate::fhir::{PatientCompartment, ResourceTypes};
 use crate::json;
 use crate::store::StoreLocation;
@@ -144,8 +144,15 @@ impl Worker<'_> {
             let text = match std::str::from_utf8(line) {
                 Ok(text) => text,
                 Err(e) => {
-                    let reason = RejectReason::InvalidUtf8 { offset: e.valid_up_to() };
-                    self.reject(chunk.file, line_no, reason, Some(&String::from_utf8_lossy(line)))?;
+                    let reason = RejectReason::InvalidUtf8 {
+                        offset: e.valid_up_to(),
+                    };
+                    self.reject(
+                        chunk.file,
+                        line_no,
+                        reason,
+                        Some(&String::from_utf8_lossy(line)),
+                    )?;
                     continue;
                 }
             };
@@ -158,41 +165,70 @@ impl Worker<'_> {
 
     /// Parses and buffers one resource. The outer error is fatal (writing
     /// failed), the inner one is the line's fault.
-    fn add_resource(&mut self, file: usize, line_no: u64, text: &str) -> Result<Result<(), RejectReason>, IngestError> {
+    fn add_resource(
+        &mut self,
+        file: usize,
+        line_no: u64,
+        text: &str,
+    ) -> Result<Result<(), RejectReason>, IngestError> {
         let name = match self.append_row(file, line_no, text) {
             Ok(name) => name,
             Err(reason) => return Ok(Err(reason)),
         };
-        let full = self.tables.get(name).is_some_and(|t| t.builder.bytes() >= BATCH_BYTES || t.builder.rows() >= BATCH_ROWS);
+        let full = self
+            .tables
+            .get(name)
+            .is_some_and(|t| t.builder.bytes() >= BATCH_BYTES || t.builder.rows() >= BATCH_ROWS);
         if full {
             self.flush_table(name, false)?;
         }
         Ok(Ok(()))
     }
 
-    fn append_row(&mut self, file: usize, line_no: u64, text: &str) -> Result<&'static str, RejectReason> {
+    fn append_row(
+        &mut self,
+        file: usize,
+        line_no: u64,
+        text: &str,
+    ) -> Result<&'static str, RejectReason> {
         let value = json::parse(text)?;
         let header = validate(&value, self.ctx.types)?;
         self.patients.clear();
-        self.ctx.compartment.patients_of(header.resource_type, &value, &mut self.patients);
+        self.ctx
+            .compartment
+            .patients_of(header.resource_type, &value, &mut self.patients);
         let seq = ((file as i64) << 32) | (line_no as i64 & 0xFFFF_FFFF);
-        let table = self.tables.entry(header.resource_type).or_insert_with(|| OpenTable {
-            builder: ResourceBatchBuilder::default(),
-            writer: None,
-            output: TableOutput::default(),
-        });
+        let table = self
+            .tables
+            .entry(header.resource_type)
+            .or_insert_with(|| OpenTable {
+                builder: ResourceBatchBuilder::default(),
+                writer: None,
+                output: TableOutput::default(),
+            });
         table.builder.append(&header, seq, &self.patients, text);
         self.ctx.progress.resources.fetch_add(1, Ordering::Relaxed);
         Ok(header.resource_type)
     }
 
-    fn reject(&mut self, file: usize, line: u64, reason: RejectReason, content: Option<&str>) -> Result<(), IngestError> {
+    fn reject(
+        &mut self,
+        file: usize,
+        line: u64,
+        reason: RejectReason,
+        content: Option<&str>,
+    ) -> Result<(), IngestError> {
         let file_name = &self.ctx.files[file].url;
         if !self.ctx.skip_invalid {
-            return Err(IngestError::InvalidLine { file: file_name.clone(), line, reason });
+            return Err(IngestError::InvalidLine {
+                file: file_name.clone(),
+                line,
+                reason,
+            });
         }
         tracing::debug!(file = %file_name, line, %reason, "rejected line");
-        self.rejects.append(file_name, line, &reason.to_string(), content);
+        self.rejects
+            .append(file_name, line, &reason.to_string(), content);
         self.ctx.progress.rejected.fetch_add(1, Ordering::Relaxed);
         if self.rejects.rows() >= BATCH_ROWS {
             self.flush_rejects()?;
@@ -200,24 +236,46 @@ impl Worker<'_> {
         Ok(())
     }
 
-    fn new_writer(&self, table: &str, n: usize, schema: datafusion::arrow::datatypes::SchemaRef) -> Result<ParquetFileWriter, IngestError> {
-        let path = format!("tables/{table}/{}-w{}-{n:05}.parquet", self.ctx.token, self.index);
-        Ok(ParquetFileWriter::create(self.ctx.root, path, schema, self.ctx.handle.clone())?)
+    fn new_writer(
+        &self,
+        table: &str,
+        n: usize,
+        schema: datafusion::arrow::datatypes::SchemaRef,
+    ) -> Result<ParquetFileWriter, IngestError> {
+        let path = format!(
+            "tables/{table}/{}-w{}-{n:05}.parquet",
+            self.ctx.token, self.index
+        );
+        Ok(ParquetFileWriter::create(
+            self.ctx.root,
+            path,
+            schema,
+            self.ctx.handle.clone(),
+        )?)
     }
 
     fn flush_table(&mut self, name: &'static str, last: bool) -> Result<(), IngestError> {
-        let Some(mut table) = self.tables.remove(name) else { return Ok(()) };
+        let Some(mut table) = self.tables.remove(name) else {
+            return Ok(());
+        };
         let result = (|| {
             if table.builder.rows() > 0 {
                 let batch = table.builder.finish(self.ctx.loaded_at)?;
                 let writer = match table.writer.as_mut() {
                     Some(w) => w,
-                    None => table.writer.insert(self.new_writer(name, table.output.files.len(), resource_schema())?),
+                    None => table.writer.insert(self.new_writer(
+                        name,
+                        table.output.files.len(),
+                        resource_schema(),
+                    )?),
                 };
                 writer.write(&batch)?;
                 table.output.resources += batch.num_rows() as u64;
             }
-            let roll = table.writer.as_ref().is_some_and(|w| last || w.approximate_size() >= FILE_BYTES);
+            let roll = table
+                .writer
+                .as_ref()
+                .is_some_and(|w| last || w.approximate_size() >= FILE_BYTES);
             if roll && let Some(w) = table.writer.take() {
                 table.output.files.push(w.finish()?);
             }
@@ -265,8 +323,11 @@ impl Worker<'_> {
     }
 
     fn into_output(self) -> WorkerOutput {
-        let mut tables: BTreeMap<&'static str, TableOutput> =
-            self.tables.into_iter().map(|(name, t)| (name, t.output)).collect();
+        let mut tables: BTreeMap<&'static str, TableOutput> = self
+            .tables
+            .into_iter()
+            .map(|(name, t)| (name, t.output))
+            .collect();
         if !self.rejects_output.files.is_empty() {
             tables.insert(REJECTS_TABLE, self.rejects_output);
         }

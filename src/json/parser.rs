@@ -20,7 +20,12 @@ pub struct JsonError {
 
 /// Parses one JSON text (surrounding whitespace allowed, nothing else after it).
 pub fn parse(text: &str) -> Result<JsonValue<'_>, JsonError> {
-    let mut p = Parser { text, bytes: text.as_bytes(), pos: 0, depth: 0 };
+    let mut p = Parser {
+        text,
+        bytes: text.as_bytes(),
+        pos: 0,
+        depth: 0,
+    };
     p.skip_ws();
     let value = p.value()?;
     p.skip_ws();
@@ -39,7 +44,10 @@ struct Parser<'a> {
 
 impl<'a> Parser<'a> {
     fn error(&self, message: &'static str) -> JsonError {
-        JsonError { offset: self.pos, message }
+        JsonError {
+            offset: self.pos,
+            message,
+        }
     }
 
     #[inline]
@@ -72,7 +80,11 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn literal(&mut self, word: &'static str, value: JsonValue<'a>) -> Result<JsonValue<'a>, JsonError> {
+    fn literal(
+        &mut self,
+        word: &'static str,
+        value: JsonValue<'a>,
+    ) -> Result<JsonValue<'a>, JsonError> {
         if self.bytes[self.pos..].starts_with(word.as_bytes()) {
             self.pos += word.len();
             Ok(value)
@@ -300,8 +312,21 @@ mod tests {
     #[test]
     fn rejects_invalid_json() {
         for bad in [
-            "", "{", "{\"a\"}", "{\"a\":}", "[1,]", "01", "1.", "-", "\"a", "tru", "{} x", "\"\\x\"",
-            "\"\t\"", "\"\\ud800\"", "{a:1}",
+            "",
+            "{",
+            "{\"a\"}",
+            "{\"a\":}",
+            "[1,]",
+            "01",
+            "1.",
+            "-",
+            "\"a",
+            "tru",
+            "{} x",
+            "\"\\x\"",
+            "\"\t\"",
+            "\"\\ud800\"",
+            "{a:1}",
         ] {
             assert!(parse(bad).is_err(), "accepted {bad:?}");
         }

@@ -60,7 +60,10 @@ pub struct StatementResult {
 }
 
 /// Runs every `;`-separated statement of `sql`, returning each one's result.
-pub async fn run_statements(ctx: &SessionContext, sql: &str) -> Result<Vec<StatementResult>, QueryError> {
+pub async fn run_statements(
+    ctx: &SessionContext,
+    sql: &str,
+) -> Result<Vec<StatementResult>, QueryError> {
     let statements = DFParser::parse_sql(sql)?;
     if statements.is_empty() {
         return Err(QueryError::Empty);
@@ -70,7 +73,10 @@ pub async fn run_statements(ctx: &SessionContext, sql: &str) -> Result<Vec<State
         let plan = ctx.state().statement_to_plan(statement).await?;
         let frame = ctx.execute_logical_plan(plan).await?;
         let schema = SchemaRef::new(frame.schema().as_arrow().clone());
-        results.push(StatementResult { schema, batches: frame.collect().await? });
+        results.push(StatementResult {
+            schema,
+            batches: frame.collect().await?,
+        });
     }
     Ok(results)
 }

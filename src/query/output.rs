@@ -32,7 +32,10 @@ pub fn write_batches(
     out: &mut (dyn Write + Send),
     target: &str,
 ) -> Result<(), QueryError> {
-    let io = |source| QueryError::Io { target: target.to_string(), source };
+    let io = |source| QueryError::Io {
+        target: target.to_string(),
+        source,
+    };
     match format {
         OutputFormat::Table => {
             let table = if batches.is_empty() {
@@ -43,7 +46,9 @@ pub fn write_batches(
             writeln!(out, "{table}").map_err(io)?;
         }
         OutputFormat::Csv => {
-            let mut writer = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut *out);
+            let mut writer = datafusion::arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut *out);
             for batch in batches {
                 writer.write(batch)?;
             }

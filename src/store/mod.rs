@@ -25,7 +25,9 @@ pub enum StoreError {
         reason: String,
     },
     /// The URL scheme has no object store in this build.
-    #[error("unsupported storage scheme '{scheme}' in '{location}' (supported: file://, local paths)")]
+    #[error(
+        "unsupported storage scheme '{scheme}' in '{location}' (supported: file://, local paths)"
+    )]
     UnsupportedScheme {
         /// The scheme found.
         scheme: String,
@@ -70,15 +72,23 @@ impl StoreLocation {
     /// Resolves a user-given location: a local path (relative or absolute) or a
     /// `file://` URL. With `create_local`, a missing local folder is created.
     pub fn parse(location: &str, create_local: bool) -> Result<Self, StoreError> {
-        let invalid = |reason: String| StoreError::InvalidLocation { location: location.to_string(), reason };
+        let invalid = |reason: String| StoreError::InvalidLocation {
+            location: location.to_string(),
+            reason,
+        };
         if let Some((scheme, _)) = location.split_once("://") {
             let url = Url::parse(location).map_err(|e| invalid(e.to_string()))?;
             return match scheme {
                 "file" => {
-                    let path = url.to_file_path().map_err(|()| invalid("not a local file URL".into()))?;
+                    let path = url
+                        .to_file_path()
+                        .map_err(|()| invalid("not a local file URL".into()))?;
                     Self::local(&path, location, create_local)
                 }
-                other => Err(StoreError::UnsupportedScheme { scheme: other.to_string(), location: location.to_string() }),
+                other => Err(StoreError::UnsupportedScheme {
+                    scheme: other.to_string(),
+                    location: location.to_string(),
+                }),
             };
         }
         Self::local(std::path::Path::new(location), location, create_local)
@@ -86,23 +96,32 @@ impl StoreLocation {
 
     fn local(path: &std::path::Path, location: &str, create: bool) -> Result<Self, StoreError> {
         if create {
-            std::fs::create_dir_all(path)
-                .map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
+            std::fs::create_dir_all(path).map_err(|source| StoreError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
         }
-        let absolute = std::path::absolute(path)
-            .map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
+        let absolute = std::path::absolute(path).map_err(|source| StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
         // Canonicalize when it exists so symlinks and `..` do not produce two
         // names for one warehouse.
         let absolute = absolute.canonicalize().unwrap_or(absolute);
-        let prefix = Path::from_absolute_path(&absolute).map_err(|e| StoreError::InvalidLocation {
-            location: location.to_string(),
-            reason: e.to_string(),
-        })?;
+        let prefix =
+            Path::from_absolute_path(&absolute).map_err(|e| StoreError::InvalidLocation {
+                location: location.to_string(),
+                reason: e.to_string(),
+            })?;
         let store_url = Url::parse("file:///").map_err(|e| StoreError::InvalidLocation {
             location: location.to_string(),
             reason: e.to_string(),
         })?;
-        Ok(Self { store: Arc::new(LocalFileSystem::new()), store_url, prefix })
+        Ok(Self {
+            store: Arc::new(LocalFileSystem::new()),
+            store_url,
+            prefix,
+        })
     }
 
     /// The full key of `relative` under this location.
@@ -122,7 +141,11 @@ impl StoreLocation {
     /// How to show the object at `path` to a user: a plain path for local
     /// files (so `path:line` works in editors), the URL otherwise.
     pub fn display_of(&self, path: &Path) -> String {
-        if self.store_url.scheme() == "file" { format!("/{path}") } else { self.url_of(path) }
+        if self.store_url.scheme() == "file" {
+            format!("/{path}")
+        } else {
+            self.url_of(path)
+        }
     }
 
     /// The URL of this location itself.
@@ -131,8 +154,17 @@ impl StoreLocation {
     }
 
     /// Wraps an object store error with the operation and the object's URL.
-    pub fn error(&self, operation: &'static str, path: &Path, source: object_store::Error) -> StoreError {
-        StoreError::ObjectStore { operation, url: self.url_of(path), source }
+    pub fn error(
+        &self,
+        operation: &'static str,
+        path: &Path,
+        source: object_store::Error,
+    ) -> StoreError {
+        StoreError::ObjectStore {
+            operation,
+            url: self.url_of(path),
+            source,
+        }
     }
 }
 
@@ -148,11 +180,17 @@ mod tests {
         let by_url = StoreLocation::parse(url.as_str(), false).unwrap();
         assert_eq!(by_path.prefix, by_url.prefix);
         assert!(by_path.url().starts_with("file:///"));
-        assert_eq!(by_path.child("a/b.json").as_ref(), format!("{}/a/b.json", by_path.prefix));
+        assert_eq!(
+            by_path.child("a/b.json").as_ref(),
+            format!("{}/a/b.json", by_path.prefix)
+        );
     }
 
     #[test]
     fn rejects_unknown_scheme() {
-        assert!(matches!(StoreLocation::parse("ftp://x/y", false), Err(StoreError::UnsupportedScheme { .. })));
+        assert!(matches!(
+            StoreLocation::parse("ftp://x/y", false),
+            Err(StoreError::UnsupportedScheme { .. })
+        ));
     }
 }

@@ -31,7 +31,14 @@ impl ObjectWriter {
     /// A writer for `path` in `store`; `handle` runs the store's async calls,
     /// so this must be used from a thread outside the tokio runtime.
     pub fn new(store: Arc<dyn ObjectStore>, path: Path, handle: Handle) -> Self {
-        Self { store, path, handle, buffer: Vec::with_capacity(64 * 1024), upload: None, written: 0 }
+        Self {
+            store,
+            path,
+            handle,
+            buffer: Vec::with_capacity(64 * 1024),
+            upload: None,
+            written: 0,
+        }
     }
 
     /// The object's key.
@@ -46,10 +53,16 @@ impl ObjectWriter {
 
     fn flush_part(&mut self) -> std::io::Result<()> {
         if self.upload.is_none() {
-            let upload = self.handle.block_on(self.store.put_multipart(&self.path)).map_err(std::io::Error::other)?;
+            let upload = self
+                .handle
+                .block_on(self.store.put_multipart(&self.path))
+                .map_err(std::io::Error::other)?;
             self.upload = Some(upload);
         }
-        let part = Bytes::from(std::mem::replace(&mut self.buffer, Vec::with_capacity(PART_SIZE)));
+        let part = Bytes::from(std::mem::replace(
+            &mut self.buffer,
+            Vec::with_capacity(PART_SIZE),
+        ));
         if let Some(upload) = self.upload.as_mut() {
             let fut = upload.put_part(PutPayload::from(part));
             self.handle.block_on(fut).map_err(std::io::Error::other)?;
@@ -62,14 +75,20 @@ impl ObjectWriter {
         match self.upload.take() {
             None => {
                 let payload = PutPayload::from(Bytes::from(std::mem::take(&mut self.buffer)));
-                self.handle.block_on(self.store.put(&self.path, payload)).map_err(std::io::Error::other)?;
+                self.handle
+                    .block_on(self.store.put(&self.path, payload))
+                    .map_err(std::io::Error::other)?;
             }
             Some(mut upload) => {
                 if !self.buffer.is_empty() {
                     let part = Bytes::from(std::mem::take(&mut self.buffer));
-                    self.handle.block_on(upload.put_part(PutPayload::from(part))).map_err(std::io::Error::other)?;
+                    self.handle
+                        .block_on(upload.put_part(PutPayload::from(part)))
+                        .map_err(std::io::Error::other)?;
                 }
-                self.handle.block_on(upload.complete()).map_err(std::io::Error::other)?;
+                self.handle
+                    .block_on(upload.complete())
+                    .map_err(std::io::Error::other)?;
             }
         }
         Ok(self.written)

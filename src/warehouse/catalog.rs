@@ -6,7 +6,9 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::empty::EmptyTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -20,7 +22,9 @@ pub const QUERY_MEMORY_LIMIT: usize = 2 * 1024 * 1024 * 1024;
 /// A DataFusion session with fhirlake's settings and SQL functions (the JSON
 /// functions `json_get_str`, `->>`, … over the `resource` column).
 pub fn new_session() -> Result<SessionContext, WarehouseError> {
-    let runtime = RuntimeEnvBuilder::new().with_memory_limit(QUERY_MEMORY_LIMIT, 1.0).build_arc()?;
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(QUERY_MEMORY_LIMIT, 1.0)
+        .build_arc()?;
     let config = SessionConfig::new().with_information_schema(true);
     let mut ctx = SessionContext::new_with_config_rt(config, runtime);
     datafusion_functions_json::register_all(&mut ctx)?;
@@ -50,8 +54,11 @@ pub async fn table_provider(
         .iter()
         .map(|f| ListingTableUrl::parse(root.url_of(&root.child(&f.path))))
         .collect::<Result<Vec<_>, _>>()?;
-    let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options).with_schema(schema);
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .with_schema(schema);
     Ok(Arc::new(ListingTable::try_new(config)?))
 }
 
@@ -66,7 +73,10 @@ pub async fn register_snapshot(
     let mut compartment_branches = Vec::new();
     for (name, entry) in &snapshot.tables {
         let provider = table_provider(warehouse, entry).await?;
-        ctx.register_table(datafusion::common::TableReference::bare(name.as_str()), provider.clone())?;
+        ctx.register_table(
+            datafusion::common::TableReference::bare(name.as_str()),
+            provider.clone(),
+        )?;
         let lower = name.to_lowercase();
         if lower != *name && !snapshot.tables.contains_key(&lower) {
             ctx.register_table(datafusion::common::TableReference::bare(lower), provider)?;
@@ -78,14 +88,19 @@ pub async fn register_snapshot(
         }
     }
     if !compartment_branches.is_empty() {
-        let view = format!("CREATE VIEW compartment AS {}", compartment_branches.join(" UNION ALL "));
+        let view = format!(
+            "CREATE VIEW compartment AS {}",
+            compartment_branches.join(" UNION ALL ")
+        );
         ctx.sql(&view).await?;
     }
     Ok(())
 }
 
 /// A session over the current state of `warehouse` (empty if nothing is committed).
-pub async fn session_for(warehouse: &Warehouse) -> Result<(SessionContext, Option<Snapshot>), WarehouseError> {
+pub async fn session_for(
+    warehouse: &Warehouse,
+) -> Result<(SessionContext, Option<Snapshot>), WarehouseError> {
     let ctx = new_session()?;
     let snapshot = warehouse.current().await?;
     if let Some(snapshot) = &snapshot {

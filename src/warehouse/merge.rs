@@ -22,15 +22,24 @@ const MERGED_FILE_BYTES: u64 = 256 * 1024 * 1024;
 
 const SOURCE: &str = "merge_source";
 
-async fn source_session(warehouse: &Warehouse, files: &[DataFile]) -> Result<SessionContext, WarehouseError> {
+async fn source_session(
+    warehouse: &Warehouse,
+    files: &[DataFile],
+) -> Result<SessionContext, WarehouseError> {
     let ctx = new_session()?;
-    let entry = TableEntry { kind: TableKind::Resource, files: files.to_vec() };
+    let entry = TableEntry {
+        kind: TableKind::Resource,
+        files: files.to_vec(),
+    };
     ctx.register_table(SOURCE, table_provider(warehouse, &entry).await?)?;
     Ok(ctx)
 }
 
 /// True if some id occurs more than once in `files`.
-pub async fn has_duplicate_ids(warehouse: &Warehouse, files: &[DataFile]) -> Result<bool, WarehouseError> {
+pub async fn has_duplicate_ids(
+    warehouse: &Warehouse,
+    files: &[DataFile],
+) -> Result<bool, WarehouseError> {
     if files.is_empty() {
         return Ok(false);
     }
@@ -65,12 +74,19 @@ pub async fn merge_latest(
         let result = (|| -> Result<(), WarehouseError> {
             while let Some(batch) = handle.block_on(stream.next()) {
                 let batch = batch?;
-                let batch = batch.with_schema(resource_schema()).map_err(datafusion::error::DataFusionError::from)?;
+                let batch = batch
+                    .with_schema(resource_schema())
+                    .map_err(datafusion::error::DataFusionError::from)?;
                 let writer = match current.as_mut() {
                     Some(w) => w,
                     None => {
                         let path = format!("tables/{table}/{token}-m-{:05}.parquet", done.len());
-                        current.insert(ParquetFileWriter::create(&root, path, resource_schema(), handle.clone())?)
+                        current.insert(ParquetFileWriter::create(
+                            &root,
+                            path,
+                            resource_schema(),
+                            handle.clone(),
+                        )?)
                     }
                 };
                 writer.write(&batch)?;

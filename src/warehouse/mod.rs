@@ -42,7 +42,10 @@ pub enum WarehouseError {
         source: serde_json::Error,
     },
     /// The manifest was written by an incompatible version.
-    #[error("warehouse manifest {url} has format '{found}', this build reads '{}'", manifest::FORMAT)]
+    #[error(
+        "warehouse manifest {url} has format '{found}', this build reads '{}'",
+        manifest::FORMAT
+    )]
     UnknownFormat {
         /// The manifest's URL.
         url: String,
@@ -74,7 +77,9 @@ pub struct Warehouse {
 impl Warehouse {
     /// Opens (for a local path: creates the folder of) the warehouse at `location`.
     pub fn open(location: &str) -> Result<Self, WarehouseError> {
-        Ok(Self { root: StoreLocation::parse(location, true)? })
+        Ok(Self {
+            root: StoreLocation::parse(location, true)?,
+        })
     }
 
     /// The warehouse's root location.
@@ -94,7 +99,11 @@ impl Warehouse {
             .map_err(|e| self.root.error("listing", &dir, e))?;
         let latest = metas
             .iter()
-            .filter_map(|m| m.location.filename().and_then(manifest::parse_manifest_name))
+            .filter_map(|m| {
+                m.location
+                    .filename()
+                    .and_then(manifest::parse_manifest_name)
+            })
             .max();
         match latest {
             Some(version) => self.snapshot(version).await.map(Some),
@@ -110,9 +119,15 @@ impl Warehouse {
             .map_err(|e| self.root.error("reading", &path, e))?;
         let url = self.root.url_of(&path);
         let snapshot: Snapshot =
-            serde_json::from_slice(&bytes).map_err(|source| WarehouseError::CorruptManifest { url: url.clone(), source })?;
+            serde_json::from_slice(&bytes).map_err(|source| WarehouseError::CorruptManifest {
+                url: url.clone(),
+                source,
+            })?;
         if snapshot.format != manifest::FORMAT {
-            return Err(WarehouseError::UnknownFormat { url, found: snapshot.format });
+            return Err(WarehouseError::UnknownFormat {
+                url,
+                found: snapshot.format,
+            });
         }
         Ok(snapshot)
     }
@@ -122,13 +137,27 @@ impl Warehouse {
     /// writers exactly one wins and the other gets `ConcurrentCommit`.
     pub async fn commit(&self, snapshot: &Snapshot) -> Result<(), WarehouseError> {
         let path = self.root.child(&manifest::manifest_path(snapshot.version));
-        let body = serde_json::to_vec_pretty(snapshot)
-            .map_err(|source| WarehouseError::CorruptManifest { url: self.root.url_of(&path), source })?;
-        let options = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.root.store.put_opts(&path, PutPayload::from(body), options).await {
+        let body = serde_json::to_vec_pretty(snapshot).map_err(|source| {
+            WarehouseError::CorruptManifest {
+                url: self.root.url_of(&path),
+                source,
+            }
+        })?;
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .root
+            .store
+            .put_opts(&path, PutPayload::from(body), options)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(object_store::Error::AlreadyExists { .. }) => {
-                Err(WarehouseError::ConcurrentCommit { version: snapshot.version })
+                Err(WarehouseError::ConcurrentCommit {
+                    version: snapshot.version,
+                })
             }
             Err(e) => Err(self.root.error("committing", &path, e).into()),
         }

@@ -48,11 +48,18 @@ impl ParquetFileWriter {
     ) -> Result<Self, datafusion::parquet::errors::ParquetError> {
         let sink = ObjectWriter::new(root.store.clone(), root.child(&relative_path), handle);
         let writer = ArrowWriter::try_new(sink, schema, Some(writer_properties()))?;
-        Ok(Self { writer, relative_path, rows: 0 })
+        Ok(Self {
+            writer,
+            relative_path,
+            rows: 0,
+        })
     }
 
     /// Appends a batch, closing the row group when it is large enough.
-    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), datafusion::parquet::errors::ParquetError> {
+    pub fn write(
+        &mut self,
+        batch: &RecordBatch,
+    ) -> Result<(), datafusion::parquet::errors::ParquetError> {
         self.writer.write(batch)?;
         self.rows += batch.num_rows() as u64;
         if self.writer.in_progress_size() >= ROW_GROUP_BYTES {
@@ -75,7 +82,11 @@ impl ParquetFileWriter {
     pub fn finish(self) -> Result<DataFile, datafusion::parquet::errors::ParquetError> {
         let sink = self.writer.into_inner()?;
         let bytes = sink.finish()?;
-        Ok(DataFile { path: self.relative_path, rows: self.rows, bytes })
+        Ok(DataFile {
+            path: self.relative_path,
+            rows: self.rows,
+            bytes,
+        })
     }
 
     /// Abandons the file (nothing becomes visible under its key).

@@ -41,7 +41,11 @@ pub fn resource_schema() -> SchemaRef {
                 Field::new(LAST_UPDATED, timestamp_type(), true),
                 Field::new(LOADED_AT, timestamp_type(), false),
                 Field::new(LOAD_SEQ, DataType::Int64, false),
-                Field::new(PATIENTS, DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))), false),
+                Field::new(
+                    PATIENTS,
+                    DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
+                    false,
+                ),
                 Field::new(RESOURCE, DataType::Utf8, false),
             ]))
         })

@@ -9,7 +9,9 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_load_leaves_previous_state() {
-    let Some(big) = shared_dataset("synthea-615") else { return };
+    let Some(big) = shared_dataset("synthea-615") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let wh = tmp.path().join("wh");
     let warehouse = Warehouse::open(wh.to_str().unwrap()).unwrap();
@@ -17,7 +19,13 @@ async fn killed_load_leaves_previous_state() {
     let observations = query_i64(&warehouse, "SELECT count(*) FROM \"Observation\"").await;
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_fhirlake"))
-        .args(["--warehouse", wh.to_str().unwrap(), "load", "--quiet", big.to_str().unwrap()])
+        .args([
+            "--warehouse",
+            wh.to_str().unwrap(),
+            "load",
+            "--quiet",
+            big.to_str().unwrap(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -40,12 +48,21 @@ async fn killed_load_leaves_previous_state() {
 
     let snapshot = warehouse.current().await.unwrap().unwrap();
     assert_eq!(snapshot.version, 1, "the killed load committed nothing");
-    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM \"Observation\"").await, observations);
-    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM patient").await, 10);
+    assert_eq!(
+        query_i64(&warehouse, "SELECT count(*) FROM \"Observation\"").await,
+        observations
+    );
+    assert_eq!(
+        query_i64(&warehouse, "SELECT count(*) FROM patient").await,
+        10
+    );
     // The warehouse stays writable: the next load commits on top.
     let report = load_into(&warehouse, &[&sample_data()], false).await;
     assert_eq!(report.version, 2);
-    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM patient").await, 10);
+    assert_eq!(
+        query_i64(&warehouse, "SELECT count(*) FROM patient").await,
+        10
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

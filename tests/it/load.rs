@@ -9,26 +9,43 @@ use fhirlake::warehouse::Warehouse;
 use crate::common::*;
 
 async fn check_dataset(name: &str, patients: i64, female: i64) {
-    let Some(dir) = shared_dataset(name) else { return };
+    let Some(dir) = shared_dataset(name) else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let warehouse = Warehouse::open(tmp.path().to_str().unwrap()).unwrap();
     let report = load_into(&warehouse, &[&dir], false).await;
     let expected = expected_counts(&dir);
-    assert_eq!(report.resources as i64, expected.iter().map(|(_, n)| n).sum::<i64>());
+    assert_eq!(
+        report.resources as i64,
+        expected.iter().map(|(_, n)| n).sum::<i64>()
+    );
     assert_eq!(report.rejected, 0);
     for (resource_type, lines) in &expected {
-        let count = query_i64(&warehouse, &format!("SELECT count(*) FROM \"{resource_type}\"")).await;
+        let count = query_i64(
+            &warehouse,
+            &format!("SELECT count(*) FROM \"{resource_type}\""),
+        )
+        .await;
         assert_eq!(count, *lines, "{name} {resource_type}");
-        assert!(!report.tables[resource_type].merged, "{resource_type} has unique ids: no merge needed");
+        assert!(
+            !report.tables[resource_type].merged,
+            "{resource_type} has unique ids: no merge needed"
+        );
     }
-    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM patient").await, patients);
-    let female_sql = "SELECT count(*) FROM patient WHERE json_get_str(resource, 'gender') = 'female'";
+    assert_eq!(
+        query_i64(&warehouse, "SELECT count(*) FROM patient").await,
+        patients
+    );
+    let female_sql =
+        "SELECT count(*) FROM patient WHERE json_get_str(resource, 'gender') = 'female'";
     assert_eq!(query_i64(&warehouse, female_sql).await, female);
     // Every clinical resource of Synthea has a subject or patient: each is in one
     // patient's compartment, and the compartment view agrees.
     let orphans = "SELECT count(*) FROM \"Condition\" WHERE cardinality(patients) <> 1";
     assert_eq!(query_i64(&warehouse, orphans).await, 0);
-    let in_compartments = "SELECT count(DISTINCT patient_id) FROM compartment WHERE resource_type = 'Observation'";
+    let in_compartments =
+        "SELECT count(DISTINCT patient_id) FROM compartment WHERE resource_type = 'Observation'";
     assert_eq!(query_i64(&warehouse, in_compartments).await, patients);
 }
 
@@ -48,15 +65,29 @@ async fn loads_bundled_sample_and_reload_is_idempotent() {
     let warehouse = Warehouse::open(tmp.path().to_str().unwrap()).unwrap();
     let first = load_into(&warehouse, &[&sample_data()], false).await;
     assert_eq!(first.version, 1);
-    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM patient").await, 10);
-    let before = query_strings(&warehouse, "SELECT resource FROM \"Observation\" ORDER BY id").await;
+    assert_eq!(
+        query_i64(&warehouse, "SELECT count(*) FROM patient").await,
+        10
+    );
+    let before = query_strings(
+        &warehouse,
+        "SELECT resource FROM \"Observation\" ORDER BY id",
+    )
+    .await;
     let second = load_into(&warehouse, &[&sample_data()], false).await;
     assert_eq!(second.version, 2);
     assert!(second.tables["Observation"].merged);
     for (table, t) in &second.tables {
-        assert_eq!(t.rows, first.tables[table].rows, "{table} row count unchanged by a reload");
+        assert_eq!(
+            t.rows, first.tables[table].rows,
+            "{table} row count unchanged by a reload"
+        );
     }
-    let after = query_strings(&warehouse, "SELECT resource FROM \"Observation\" ORDER BY id").await;
+    let after = query_strings(
+        &warehouse,
+        "SELECT resource FROM \"Observation\" ORDER BY id",
+    )
+    .await;
     assert_eq!(before, after, "reload leaves identical resources");
 }
 
@@ -69,48 +100,107 @@ fn write_file(dir: &Path, name: &str, lines: &[&str]) {
 
 fn patient(id: &str, gender: &str, last_updated: Option<&str>) -> String {
     match last_updated {
-        Some(t) => format!(r#"{{"resourceType":"Patient","id":"{id}","meta":{{"lastUpdated":"{t}"}},"gender":"{gender}"}}"#),
+        Some(t) => format!(
+            r#"{{"resourceType":"Patient","id":"{id}","meta":{{"lastUpdated":"{t}"}},"gender":"{gender}"}}"#
+        ),
         None => format!(r#"{{"resourceType":"Patient","id":"{id}","gender":"{gender}"}}"#),
     }
 }
 
 async fn gender_of(warehouse: &Warehouse, id: &str) -> Vec<String> {
-    query_strings(warehouse, &format!("SELECT json_get_str(resource, 'gender') FROM patient WHERE id = '{id}'")).await
+    query_strings(
+        warehouse,
+        &format!("SELECT json_get_str(resource, 'gender') FROM patient WHERE id = '{id}'"),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newer_versions_replace_older_ones() {
     let tmp = tempfile::tempdir().unwrap();
     let warehouse = Warehouse::open(tmp.path().join("wh").to_str().unwrap()).unwrap();
-    let (a, b, c, d) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"), tmp.path().join("d"));
+    let (a, b, c, d) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("c"),
+        tmp.path().join("d"),
+    );
     for dir in [&a, &b, &c, &d] {
         std::fs::create_dir(dir).unwrap();
     }
     // Same id twice in one load: the later line wins (no lastUpdated).
-    write_file(&a, "Patient.ndjson", &[&patient("p1", "male", Some("2021-01-01T00:00:00Z")), &patient("p2", "male", None), &patient("p2", "female", None)]);
+    write_file(
+        &a,
+        "Patient.ndjson",
+        &[
+            &patient("p1", "male", Some("2021-01-01T00:00:00Z")),
+            &patient("p2", "male", None),
+            &patient("p2", "female", None),
+        ],
+    );
     load_into(&warehouse, &[&a], false).await;
     assert_eq!(gender_of(&warehouse, "p1").await, ["male"]);
     assert_eq!(gender_of(&warehouse, "p2").await, ["female"]);
     // A newer lastUpdated replaces; an older one does not.
-    write_file(&b, "Patient.ndjson", &[&patient("p1", "female", Some("2022-01-01T00:00:00+02:00"))]);
+    write_file(
+        &b,
+        "Patient.ndjson",
+        &[&patient("p1", "female", Some("2022-01-01T00:00:00+02:00"))],
+    );
     load_into(&warehouse, &[&b], false).await;
     assert_eq!(gender_of(&warehouse, "p1").await, ["female"]);
-    write_file(&c, "Patient.ndjson", &[&patient("p1", "other", Some("2019-06-01T00:00:00Z")), &patient("p2", "other", None)]);
+    write_file(
+        &c,
+        "Patient.ndjson",
+        &[
+            &patient("p1", "other", Some("2019-06-01T00:00:00Z")),
+            &patient("p2", "other", None),
+        ],
+    );
     load_into(&warehouse, &[&c], false).await;
-    assert_eq!(gender_of(&warehouse, "p1").await, ["female"], "older version ignored");
-    assert_eq!(gender_of(&warehouse, "p2").await, ["other"], "without lastUpdated the later load wins");
-    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM patient").await, 2);
+    assert_eq!(
+        gender_of(&warehouse, "p1").await,
+        ["female"],
+        "older version ignored"
+    );
+    assert_eq!(
+        gender_of(&warehouse, "p2").await,
+        ["other"],
+        "without lastUpdated the later load wins"
+    );
+    assert_eq!(
+        query_i64(&warehouse, "SELECT count(*) FROM patient").await,
+        2
+    );
     // Loads into other tables leave the Patient table as it was.
-    write_file(&d, "Observation.000.ndjson", &[r#"{"resourceType":"Observation","id":"o1","status":"final","subject":{"reference":"Patient/p1"}}"#]);
+    write_file(
+        &d,
+        "Observation.000.ndjson",
+        &[
+            r#"{"resourceType":"Observation","id":"o1","status":"final","subject":{"reference":"Patient/p1"}}"#,
+        ],
+    );
     load_into(&warehouse, &[&d], false).await;
-    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM patient").await, 2);
-    let patients = query_strings(&warehouse, "SELECT patient_id FROM compartment WHERE resource_id = 'o1'").await;
+    assert_eq!(
+        query_i64(&warehouse, "SELECT count(*) FROM patient").await,
+        2
+    );
+    let patients = query_strings(
+        &warehouse,
+        "SELECT patient_id FROM compartment WHERE resource_id = 'o1'",
+    )
+    .await;
     assert_eq!(patients, ["p1"]);
 }
 
 async fn load_error(warehouse: &Warehouse, source: &Path) -> IngestError {
-    let options = LoadOptions { quiet: true, ..LoadOptions::default() };
-    load(warehouse, &[source.display().to_string()], &options).await.expect_err("load fails")
+    let options = LoadOptions {
+        quiet: true,
+        ..LoadOptions::default()
+    };
+    load(warehouse, &[source.display().to_string()], &options)
+        .await
+        .expect_err("load fails")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,22 +212,60 @@ async fn bad_lines_fail_the_load_and_change_nothing() {
     let files_before = count_files(&wh_dir);
     let good = patient("ok", "male", None);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("malformed", format!("{good}\n{good}\n{{\"resourceType\":\"Patient\",\"id\":\"x\"\n").into_bytes(), ":3: malformed JSON"),
-        ("unknown-type", format!("{good}\n{{\"resourceType\":\"Pateint\",\"id\":\"x\"}}\n").into_bytes(), ":2: resourceType 'Pateint' is not a FHIR R4 resource type"),
-        ("no-type", b"{\"id\":\"x\"}\n".to_vec(), ":1: missing resourceType"),
-        ("no-id", format!("{good}\n{good}\n{good}\n{{\"resourceType\":\"Patient\"}}\n").into_bytes(), ":4: missing id"),
-        ("bad-utf8", [good.as_bytes(), b"\n{\"resourceType\":\"Patient\",\"id\":\"\xff\"}\n"].concat(), ":2: invalid UTF-8 at byte 32"),
+        (
+            "malformed",
+            format!("{good}\n{good}\n{{\"resourceType\":\"Patient\",\"id\":\"x\"\n").into_bytes(),
+            ":3: malformed JSON",
+        ),
+        (
+            "unknown-type",
+            format!("{good}\n{{\"resourceType\":\"Pateint\",\"id\":\"x\"}}\n").into_bytes(),
+            ":2: resourceType 'Pateint' is not a FHIR R4 resource type",
+        ),
+        (
+            "no-type",
+            b"{\"id\":\"x\"}\n".to_vec(),
+            ":1: missing resourceType",
+        ),
+        (
+            "no-id",
+            format!("{good}\n{good}\n{good}\n{{\"resourceType\":\"Patient\"}}\n").into_bytes(),
+            ":4: missing id",
+        ),
+        (
+            "bad-utf8",
+            [
+                good.as_bytes(),
+                b"\n{\"resourceType\":\"Patient\",\"id\":\"\xff\"}\n",
+            ]
+            .concat(),
+            ":2: invalid UTF-8 at byte 32",
+        ),
     ];
     for (name, content, expected) in cases {
         let dir = tmp.path().join(name);
         std::fs::create_dir(&dir).unwrap();
         std::fs::write(dir.join("Patient.000.ndjson"), content).unwrap();
         let message = load_error(&warehouse, &dir).await.to_string();
-        assert!(message.contains("Patient.000.ndjson") && message.contains(expected), "{name}: {message}");
-        assert_eq!(warehouse.current().await.unwrap().unwrap().version, 1, "{name}: nothing committed");
-        assert_eq!(count_files(&wh_dir), files_before, "{name}: no files left behind");
+        assert!(
+            message.contains("Patient.000.ndjson") && message.contains(expected),
+            "{name}: {message}"
+        );
+        assert_eq!(
+            warehouse.current().await.unwrap().unwrap().version,
+            1,
+            "{name}: nothing committed"
+        );
+        assert_eq!(
+            count_files(&wh_dir),
+            files_before,
+            "{name}: no files left behind"
+        );
     }
-    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM patient").await, 10);
+    assert_eq!(
+        query_i64(&warehouse, "SELECT count(*) FROM patient").await,
+        10
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,12 +281,18 @@ async fn truncated_gzip_names_the_file_and_line() {
     let full = encoder.finish().unwrap();
     std::fs::write(dir.join("Patient.ndjson.gz"), &full[..full.len() / 2]).unwrap();
     let message = load_error(&warehouse, &dir).await.to_string();
-    assert!(message.contains("Patient.ndjson.gz:") && message.contains("unreadable input"), "{message}");
+    assert!(
+        message.contains("Patient.ndjson.gz:") && message.contains("unreadable input"),
+        "{message}"
+    );
     assert!(warehouse.current().await.unwrap().is_none());
 
     // Lenient: the lines before the damage are loaded, the damage is a reject.
     let report = load_into(&warehouse, &[&dir], true).await;
-    assert!(report.resources > 0 && report.resources < 2000, "{report:?}");
+    assert!(
+        report.resources > 0 && report.resources < 2000,
+        "{report:?}"
+    );
     assert_eq!(report.rejected, 1);
     let reasons = query_strings(&warehouse, "SELECT reason FROM _rejects").await;
     assert!(reasons[0].starts_with("unreadable input"), "{reasons:?}");
@@ -170,17 +304,46 @@ async fn skip_invalid_keeps_rejects_with_file_line_and_reason() {
     let warehouse = Warehouse::open(tmp.path().join("wh").to_str().unwrap()).unwrap();
     let dir = tmp.path().join("in");
     std::fs::create_dir(&dir).unwrap();
-    write_file(&dir, "1.Patient.ndjson", &[&patient("a", "male", None), "not json", &patient("b", "female", None), r#"{"resourceType":"Patient","id":"b!"}"#]);
+    write_file(
+        &dir,
+        "1.Patient.ndjson",
+        &[
+            &patient("a", "male", None),
+            "not json",
+            &patient("b", "female", None),
+            r#"{"resourceType":"Patient","id":"b!"}"#,
+        ],
+    );
     let report = load_into(&warehouse, &[&dir], true).await;
     assert_eq!((report.resources, report.rejected), (2, 2));
-    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM patient").await, 2);
-    let rejects = query_strings(&warehouse, "SELECT concat(file, ':', line, ' ', reason, ' | ', content) FROM _rejects ORDER BY line").await;
+    assert_eq!(
+        query_i64(&warehouse, "SELECT count(*) FROM patient").await,
+        2
+    );
+    let rejects = query_strings(
+        &warehouse,
+        "SELECT concat(file, ':', line, ' ', reason, ' | ', content) FROM _rejects ORDER BY line",
+    )
+    .await;
     assert_eq!(rejects.len(), 2);
-    assert!(rejects[0].ends_with("1.Patient.ndjson:2 malformed JSON: invalid JSON at byte 0: expected a JSON value | not json"), "{}", rejects[0]);
-    assert!(rejects[1].contains(":4 invalid id '\"b!\"'"), "{}", rejects[1]);
+    assert!(
+        rejects[0].ends_with(
+            "1.Patient.ndjson:2 malformed JSON: invalid JSON at byte 0: invalid literal | not json"
+        ),
+        "{}",
+        rejects[0]
+    );
+    assert!(
+        rejects[1].contains(":4 invalid id '\"b!\"'"),
+        "{}",
+        rejects[1]
+    );
     // A second lenient load appends to _rejects.
     load_into(&warehouse, &[&dir], true).await;
-    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM _rejects").await, 4);
+    assert_eq!(
+        query_i64(&warehouse, "SELECT count(*) FROM _rejects").await,
+        4
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +352,10 @@ async fn missing_sources_are_clear_errors() {
     let warehouse = Warehouse::open(tmp.path().join("wh").to_str().unwrap()).unwrap();
     let missing = tmp.path().join("nope");
     let message = load_error(&warehouse, &missing).await.to_string();
-    assert!(message.contains("source not found") && message.contains("nope"), "{message}");
+    assert!(
+        message.contains("source not found") && message.contains("nope"),
+        "{message}"
+    );
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     std::fs::write(empty.join("notes.txt"), "x").unwrap();

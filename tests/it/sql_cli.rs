@@ -8,10 +8,23 @@ use crate::common::*;
 fn loaded_warehouse() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     let wh = tmp.path().join("wh");
-    let out = fhirlake(&["--warehouse", wh.to_str().unwrap(), "load", "--quiet", sample_data().to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = fhirlake(&[
+        "--warehouse",
+        wh.to_str().unwrap(),
+        "load",
+        "--quiet",
+        sample_data().to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary = String::from_utf8_lossy(&out.stdout);
-    assert!(summary.contains("loaded 4253 resources from 15 files"), "{summary}");
+    assert!(
+        summary.contains("loaded 4253 resources from 15 files"),
+        "{summary}"
+    );
     assert!(summary.contains("0 rejected"), "{summary}");
     tmp
 }
@@ -24,20 +37,52 @@ fn sql_outputs_table_csv_json_ndjson_parquet() {
     let query = "SELECT json_get_str(resource, 'gender') AS gender, count(*) AS n FROM Patient GROUP BY 1 ORDER BY 1";
     let sql = |format: &str| {
         let out = fhirlake(&["--warehouse", wh, "sql", "--format", format, query]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let table = sql("table");
-    assert!(table.contains("| gender | n |") && table.contains("| female | 4 |") && table.contains("| male   | 6 |"), "{table}");
+    assert!(
+        table.contains("| gender | n |")
+            && table.contains("| female | 4 |")
+            && table.contains("| male   | 6 |"),
+        "{table}"
+    );
     assert_eq!(sql("csv"), "gender,n\nfemale,4\nmale,6\n");
-    assert_eq!(sql("json"), "[{\"gender\":\"female\",\"n\":4},{\"gender\":\"male\",\"n\":6}]\n");
-    assert_eq!(sql("ndjson"), "{\"gender\":\"female\",\"n\":4}\n{\"gender\":\"male\",\"n\":6}\n");
+    assert_eq!(
+        sql("json"),
+        "[{\"gender\":\"female\",\"n\":4},{\"gender\":\"male\",\"n\":6}]\n"
+    );
+    assert_eq!(
+        sql("ndjson"),
+        "{\"gender\":\"female\",\"n\":4}\n{\"gender\":\"male\",\"n\":6}\n"
+    );
 
     let parquet = tmp.path().join("out.parquet");
-    let out = fhirlake(&["--warehouse", wh, "sql", "--format", "parquet", "--output", parquet.to_str().unwrap(), query]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = fhirlake(&[
+        "--warehouse",
+        wh,
+        "sql",
+        "--format",
+        "parquet",
+        "--output",
+        parquet.to_str().unwrap(),
+        query,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let file = std::fs::File::open(&parquet).unwrap();
-    let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    let reader =
+        datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
     let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
     assert_eq!(rows, 2);
 }
@@ -47,18 +92,34 @@ fn sql_reads_statements_from_stdin_and_reports_errors() {
     let tmp = loaded_warehouse();
     let wh = tmp.path().join("wh");
     let mut child = Command::new(env!("CARGO_BIN_EXE_fhirlake"))
-        .args(["--warehouse", wh.to_str().unwrap(), "sql", "--format", "csv"])
+        .args([
+            "--warehouse",
+            wh.to_str().unwrap(),
+            "sql",
+            "--format",
+            "csv",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(b"SELECT count(*) AS c FROM condition; SELECT count(*) AS e FROM encounter;").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"SELECT count(*) AS c FROM condition; SELECT count(*) AS e FROM encounter;")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.starts_with("c\n") && text.contains("\ne\n"), "{text}");
 
-    let bad = fhirlake(&["--warehouse", wh.to_str().unwrap(), "sql", "SELECT nope FROM patient"]);
+    let bad = fhirlake(&[
+        "--warehouse",
+        wh.to_str().unwrap(),
+        "sql",
+        "SELECT nope FROM patient",
+    ]);
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("nope"), "{err}");
