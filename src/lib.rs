@@ -11,9 +11,11 @@
 //! - [`generate`]: scaled-up benchmark data from a real dataset
 
 pub mod fhir;
+pub mod fhirpath;
 pub mod generate;
 pub mod ingest;
 pub mod json;
 pub mod query;
+pub mod view;
 pub mod store;
 pub mod warehouse;

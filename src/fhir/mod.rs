@@ -3,6 +3,7 @@
 //! compartment, and reference parsing.
 
 pub mod compartment;
+pub mod model;
 pub mod reference;
 pub mod resource_types;
 

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::catalog::TableProvider;
+use datafusion::catalog::{MemorySchemaProvider, TableProvider};
+use datafusion::common::TableReference;
 use datafusion::datasource::empty::EmptyTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -62,36 +63,44 @@ pub async fn table_provider(
     Ok(Arc::new(ListingTable::try_new(config)?))
 }
 
-/// Registers every table of `snapshot` in `ctx` under its name (and, when it
-/// differs, its lower-case name, since SQL folds unquoted identifiers), plus
-/// the `compartment` view (resource_type, resource_id, patient_id).
+/// Schema holding the raw resource tables (`fhir.patient`, `fhir."Observation"`)
+/// and the `fhir.compartment` view; the default schema is left to the
+/// analyst views (`patient`, `condition`, …).
+pub const RESOURCE_SCHEMA: &str = "fhir";
+
+/// Registers every table of `snapshot` in `ctx`: resource tables in schema
+/// [`RESOURCE_SCHEMA`] under their type name and (since SQL folds unquoted
+/// identifiers) its lower-case form, the `fhir.compartment` view
+/// (resource_type, resource_id, patient_id), and `_rejects`.
 pub async fn register_snapshot(
     warehouse: &Warehouse,
     ctx: &SessionContext,
     snapshot: &Snapshot,
 ) -> Result<(), WarehouseError> {
+    let catalog = ctx
+        .catalog("datafusion")
+        .ok_or_else(|| datafusion::error::DataFusionError::Plan("default catalog missing".into()))?;
+    if catalog.schema(RESOURCE_SCHEMA).is_none() {
+        catalog.register_schema(RESOURCE_SCHEMA, Arc::new(MemorySchemaProvider::new()))?;
+    }
     let mut compartment_branches = Vec::new();
     for (name, entry) in &snapshot.tables {
         let provider = table_provider(warehouse, entry).await?;
-        ctx.register_table(
-            datafusion::common::TableReference::bare(name.as_str()),
-            provider.clone(),
-        )?;
+        if entry.kind != TableKind::Resource {
+            ctx.register_table(TableReference::bare(name.as_str()), provider)?;
+            continue;
+        }
+        ctx.register_table(TableReference::partial(RESOURCE_SCHEMA, name.as_str()), provider.clone())?;
         let lower = name.to_lowercase();
-        if lower != *name && !snapshot.tables.contains_key(&lower) {
-            ctx.register_table(datafusion::common::TableReference::bare(lower), provider)?;
+        if lower != *name {
+            ctx.register_table(TableReference::partial(RESOURCE_SCHEMA, lower), provider)?;
         }
-        if entry.kind == TableKind::Resource {
-            compartment_branches.push(format!(
-                "SELECT '{name}' AS resource_type, id AS resource_id, unnest(patients) AS patient_id FROM \"{name}\""
-            ));
-        }
+        compartment_branches.push(format!(
+            "SELECT '{name}' AS resource_type, id AS resource_id, unnest(patients) AS patient_id FROM {RESOURCE_SCHEMA}.\"{name}\""
+        ));
     }
     if !compartment_branches.is_empty() {
-        let view = format!(
-            "CREATE VIEW compartment AS {}",
-            compartment_branches.join(" UNION ALL ")
-        );
+        let view = format!("CREATE VIEW {RESOURCE_SCHEMA}.compartment AS {}", compartment_branches.join(" UNION ALL "));
         ctx.sql(&view).await?;
     }
     Ok(())

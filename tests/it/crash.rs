@@ -16,7 +16,7 @@ async fn killed_load_leaves_previous_state() {
     let wh = tmp.path().join("wh");
     let warehouse = Warehouse::open(wh.to_str().unwrap()).unwrap();
     load_into(&warehouse, &[&sample_data()], false).await;
-    let observations = query_i64(&warehouse, "SELECT count(*) FROM \"Observation\"").await;
+    let observations = query_i64(&warehouse, "SELECT count(*) FROM fhir.\"Observation\"").await;
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_fhirlake"))
         .args([
@@ -49,18 +49,18 @@ async fn killed_load_leaves_previous_state() {
     let snapshot = warehouse.current().await.unwrap().unwrap();
     assert_eq!(snapshot.version, 1, "the killed load committed nothing");
     assert_eq!(
-        query_i64(&warehouse, "SELECT count(*) FROM \"Observation\"").await,
+        query_i64(&warehouse, "SELECT count(*) FROM fhir.\"Observation\"").await,
         observations
     );
     assert_eq!(
-        query_i64(&warehouse, "SELECT count(*) FROM patient").await,
+        query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await,
         10
     );
     // The warehouse stays writable: the next load commits on top.
     let report = load_into(&warehouse, &[&sample_data()], false).await;
     assert_eq!(report.version, 2);
     assert_eq!(
-        query_i64(&warehouse, "SELECT count(*) FROM patient").await,
+        query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await,
         10
     );
 }

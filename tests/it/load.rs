@@ -24,7 +24,7 @@ async fn check_dataset(name: &str, patients: i64, female: i64) {
     for (resource_type, lines) in &expected {
         let count = query_i64(
             &warehouse,
-            &format!("SELECT count(*) FROM \"{resource_type}\""),
+            &format!("SELECT count(*) FROM fhir.\"{resource_type}\""),
         )
         .await;
         assert_eq!(count, *lines, "{name} {resource_type}");
@@ -34,18 +34,18 @@ async fn check_dataset(name: &str, patients: i64, female: i64) {
         );
     }
     assert_eq!(
-        query_i64(&warehouse, "SELECT count(*) FROM patient").await,
+        query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await,
         patients
     );
     let female_sql =
-        "SELECT count(*) FROM patient WHERE json_get_str(resource, 'gender') = 'female'";
+        "SELECT count(*) FROM fhir.patient WHERE json_get_str(resource, 'gender') = 'female'";
     assert_eq!(query_i64(&warehouse, female_sql).await, female);
     // Every clinical resource of Synthea has a subject or patient: each is in one
     // patient's compartment, and the compartment view agrees.
-    let orphans = "SELECT count(*) FROM \"Condition\" WHERE cardinality(patients) <> 1";
+    let orphans = "SELECT count(*) FROM fhir.\"Condition\" WHERE cardinality(patients) <> 1";
     assert_eq!(query_i64(&warehouse, orphans).await, 0);
     let in_compartments =
-        "SELECT count(DISTINCT patient_id) FROM compartment WHERE resource_type = 'Observation'";
+        "SELECT count(DISTINCT patient_id) FROM fhir.compartment WHERE resource_type = 'Observation'";
     assert_eq!(query_i64(&warehouse, in_compartments).await, patients);
 }
 
@@ -66,12 +66,12 @@ async fn loads_bundled_sample_and_reload_is_idempotent() {
     let first = load_into(&warehouse, &[&sample_data()], false).await;
     assert_eq!(first.version, 1);
     assert_eq!(
-        query_i64(&warehouse, "SELECT count(*) FROM patient").await,
+        query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await,
         10
     );
     let before = query_strings(
         &warehouse,
-        "SELECT resource FROM \"Observation\" ORDER BY id",
+        "SELECT resource FROM fhir.\"Observation\" ORDER BY id",
     )
     .await;
     let second = load_into(&warehouse, &[&sample_data()], false).await;
@@ -85,7 +85,7 @@ async fn loads_bundled_sample_and_reload_is_idempotent() {
     }
     let after = query_strings(
         &warehouse,
-        "SELECT resource FROM \"Observation\" ORDER BY id",
+        "SELECT resource FROM fhir.\"Observation\" ORDER BY id",
     )
     .await;
     assert_eq!(before, after, "reload leaves identical resources");
@@ -110,7 +110,7 @@ fn patient(id: &str, gender: &str, last_updated: Option<&str>) -> String {
 async fn gender_of(warehouse: &Warehouse, id: &str) -> Vec<String> {
     query_strings(
         warehouse,
-        &format!("SELECT json_get_str(resource, 'gender') FROM patient WHERE id = '{id}'"),
+        &format!("SELECT json_get_str(resource, 'gender') FROM fhir.patient WHERE id = '{id}'"),
     )
     .await
 }
@@ -169,7 +169,7 @@ async fn newer_versions_replace_older_ones() {
         "without lastUpdated the later load wins"
     );
     assert_eq!(
-        query_i64(&warehouse, "SELECT count(*) FROM patient").await,
+        query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await,
         2
     );
     // Loads into other tables leave the Patient table as it was.
@@ -182,12 +182,12 @@ async fn newer_versions_replace_older_ones() {
     );
     load_into(&warehouse, &[&d], false).await;
     assert_eq!(
-        query_i64(&warehouse, "SELECT count(*) FROM patient").await,
+        query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await,
         2
     );
     let patients = query_strings(
         &warehouse,
-        "SELECT patient_id FROM compartment WHERE resource_id = 'o1'",
+        "SELECT patient_id FROM fhir.compartment WHERE resource_id = 'o1'",
     )
     .await;
     assert_eq!(patients, ["p1"]);
@@ -263,7 +263,7 @@ async fn bad_lines_fail_the_load_and_change_nothing() {
         );
     }
     assert_eq!(
-        query_i64(&warehouse, "SELECT count(*) FROM patient").await,
+        query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await,
         10
     );
 }
@@ -317,7 +317,7 @@ async fn skip_invalid_keeps_rejects_with_file_line_and_reason() {
     let report = load_into(&warehouse, &[&dir], true).await;
     assert_eq!((report.resources, report.rejected), (2, 2));
     assert_eq!(
-        query_i64(&warehouse, "SELECT count(*) FROM patient").await,
+        query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await,
         2
     );
     let rejects = query_strings(

@@ -7,3 +7,4 @@ mod generate;
 mod json_differential;
 mod load;
 mod sql_cli;
+mod sql_on_fhir;

@@ -34,7 +34,7 @@ fn sql_outputs_table_csv_json_ndjson_parquet() {
     let tmp = loaded_warehouse();
     let wh = tmp.path().join("wh");
     let wh = wh.to_str().unwrap();
-    let query = "SELECT json_get_str(resource, 'gender') AS gender, count(*) AS n FROM Patient GROUP BY 1 ORDER BY 1";
+    let query = "SELECT json_get_str(resource, 'gender') AS gender, count(*) AS n FROM fhir.Patient GROUP BY 1 ORDER BY 1";
     let sql = |format: &str| {
         let out = fhirlake(&["--warehouse", wh, "sql", "--format", format, query]);
         assert!(
@@ -107,7 +107,7 @@ fn sql_reads_statements_from_stdin_and_reports_errors() {
         .stdin
         .take()
         .unwrap()
-        .write_all(b"SELECT count(*) AS c FROM condition; SELECT count(*) AS e FROM encounter;")
+        .write_all(b"SELECT count(*) AS c FROM fhir.condition; SELECT count(*) AS e FROM fhir.encounter;")
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
@@ -118,7 +118,7 @@ fn sql_reads_statements_from_stdin_and_reports_errors() {
         "--warehouse",
         wh.to_str().unwrap(),
         "sql",
-        "SELECT nope FROM patient",
+        "SELECT nope FROM fhir.patient",
     ]);
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);

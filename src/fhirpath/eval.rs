@@ -1,0 +1,495 @@
+//! Evaluating a parsed FHIRPath expression over a resource.
+
+use std::collections::HashMap;
+
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+
+use super::FhirPathError;
+use super::ast::{BinaryOp, Expr, Literal, TypeSpecifier};
+use super::functions;
+use super::temporal::{DateTimeValue, TimeValue};
+use super::value::{Collection, Quantity, Value, compare, equals, equivalent, parse_decimal};
+use crate::fhir::model::{FhirModel, choice_json_name};
+use crate::json::JsonValue;
+
+/// The iteration scope: `$this` (also the focus of bare names), `$index`, `$total`.
+#[derive(Debug, Clone)]
+pub struct Scope<'a> {
+    /// `$this` and the focus.
+    pub this: Collection<'a>,
+    /// `$index` inside `where`, `select`, … .
+    pub index: Option<i64>,
+    /// `$total` inside `aggregate`.
+    pub total: Option<Collection<'a>>,
+}
+
+impl<'a> Scope<'a> {
+    /// A scope whose focus is `this`.
+    pub fn new(this: Collection<'a>) -> Self {
+        Self { this, index: None, total: None }
+    }
+}
+
+/// Evaluation state shared by one evaluation: the model, `%resource` and the
+/// environment variables (`%name` constants, `%rowIndex`).
+pub struct Evaluator<'a, 'v> {
+    /// The FHIR type model.
+    pub model: &'static FhirModel,
+    /// `%resource` / `%context` / `%rootResource`.
+    pub resource: Collection<'a>,
+    /// `%name` variables.
+    pub variables: &'v HashMap<String, Collection<'a>>,
+}
+
+pub(crate) fn eval_error(pos: Option<usize>, message: impl Into<String>) -> FhirPathError {
+    FhirPathError::Evaluation { message: message.into(), pos }
+}
+
+/// System type names (FHIRPath `System.*`).
+const SYSTEM_TYPES: [&str; 8] = ["Boolean", "String", "Integer", "Decimal", "Date", "DateTime", "Time", "Quantity"];
+
+fn system_type_of_fhir(t: &str) -> Option<&'static str> {
+    Some(match t {
+        "boolean" => "Boolean",
+        "integer" | "positiveInt" | "unsignedInt" | "integer64" => "Integer",
+        "decimal" => "Decimal",
+        "date" => "Date",
+        "dateTime" | "instant" => "DateTime",
+        "time" => "Time",
+        "string" | "code" | "id" | "uri" | "url" | "canonical" | "oid" | "uuid" | "markdown" | "base64Binary"
+        | "xhtml" => "String",
+        _ => return None,
+    })
+}
+
+impl<'a> Evaluator<'a, '_> {
+    /// Evaluates `expr` in `scope`.
+    pub fn eval(&self, expr: &Expr, scope: &Scope<'a>) -> Result<Collection<'a>, FhirPathError> {
+        match expr {
+            Expr::Literal(literal) => literal_value(literal),
+            Expr::Identifier(name) => {
+                let mut out = Vec::new();
+                for item in &scope.this {
+                    self.navigate(item, name, true, &mut out);
+                }
+                Ok(out)
+            }
+            Expr::Member(target, name) => {
+                let input = self.eval(target, scope)?;
+                let mut out = Vec::new();
+                for item in &input {
+                    self.navigate(item, name, false, &mut out);
+                }
+                Ok(out)
+            }
+            Expr::External(name) => self.external(name),
+            Expr::This => Ok(scope.this.clone()),
+            Expr::Index => Ok(scope.index.map(|i| vec![Value::Integer(i)]).unwrap_or_default()),
+            Expr::Total => Ok(scope.total.clone().unwrap_or_default()),
+            Expr::Function { target, name, args, pos } => {
+                let input = match target {
+                    Some(t) => self.eval(t, scope)?,
+                    None => scope.this.clone(),
+                };
+                functions::call(self, name, *pos, input, args, scope)
+            }
+            Expr::Indexer(target, index) => {
+                let input = self.eval(target, scope)?;
+                let index = self.eval(index, scope)?;
+                let Some(i) = singleton_integer(&index, "indexer")? else { return Ok(Vec::new()) };
+                Ok(usize::try_from(i).ok().and_then(|i| input.into_iter().nth(i)).into_iter().collect())
+            }
+            Expr::Negate(operand) => {
+                let value = self.eval(operand, scope)?;
+                let Some(item) = singleton(&value, "unary minus")? else { return Ok(Vec::new()) };
+                Ok(vec![match item.to_system() {
+                    Value::Integer(i) => Value::Integer(-i),
+                    Value::Decimal(d) => Value::Decimal(-d),
+                    Value::Quantity(q) => Value::Quantity(Quantity { value: -q.value, unit: q.unit }),
+                    other => return Err(eval_error(None, format!("cannot negate a {}", other.type_name()))),
+                }])
+            }
+            Expr::Binary(op, left, right) => self.binary(*op, left, right, scope),
+            Expr::Is(target, type_spec) => {
+                let input = self.eval(target, scope)?;
+                match singleton(&input, "is")? {
+                    None => Ok(Vec::new()),
+                    Some(item) => Ok(vec![Value::Boolean(self.is_type(item, type_spec))]),
+                }
+            }
+            Expr::As(target, type_spec) => {
+                let input = self.eval(target, scope)?;
+                Ok(input.into_iter().filter(|v| self.is_type(v, type_spec)).collect())
+            }
+        }
+    }
+
+    fn external(&self, name: &str) -> Result<Collection<'a>, FhirPathError> {
+        if let Some(value) = self.variables.get(name) {
+            return Ok(value.clone());
+        }
+        match name {
+            "resource" | "context" | "rootResource" => Ok(self.resource.clone()),
+            "ucum" => Ok(vec![Value::String("http://unitsofmeasure.org".into())]),
+            "sct" => Ok(vec![Value::String("http://snomed.info/sct".into())]),
+            "loinc" => Ok(vec![Value::String("http://loinc.org".into())]),
+            _ => Err(eval_error(None, format!("unknown variable %{name}"))),
+        }
+    }
+
+    /// Type test for `is`, `as`, `ofType`.
+    pub fn is_type(&self, value: &Value<'_>, spec: &TypeSpecifier) -> bool {
+        let name = spec.name.as_str();
+        let system_only = spec.namespace.as_deref() == Some("System");
+        let fhir_only = spec.namespace.as_deref() == Some("FHIR");
+        match value {
+            Value::Node(node) => {
+                let Some(t) = node.fhir_type.or_else(|| match node.json {
+                    JsonValue::Bool(_) => Some("boolean"),
+                    JsonValue::String(_) => Some("string"),
+                    JsonValue::Number(n) if n.contains('.') => Some("decimal"),
+                    JsonValue::Number(_) => Some("integer"),
+                    _ => None,
+                }) else {
+                    return false;
+                };
+                if !system_only && (t == name || (!self.model.is_primitive(t) && self.model.derives_from(t, name))) {
+                    return true;
+                }
+                // `System.String` etc. (or an unqualified System name that is no FHIR type).
+                let system_name = !fhir_only && SYSTEM_TYPES.contains(&name) && (system_only || self.model.type_def(name).is_none());
+                system_name && system_type_of_fhir(t) == Some(name)
+            }
+            Value::ReferenceTarget { resource_type, .. } => !system_only && self.model.derives_from(resource_type, name),
+            other => {
+                let t = other.type_name();
+                !fhir_only && (t == name || t.eq_ignore_ascii_case(name) && system_type_of_fhir(name) == Some(t))
+            }
+        }
+    }
+
+    /// Appends the children called `name` of `item` to `out`. At the root of a
+    /// path (`root`), a type name selects the focus itself (`Patient.name`).
+    pub fn navigate(&self, item: &Value<'a>, name: &str, root: bool, out: &mut Collection<'a>) {
+        let Value::Node(node) = item else { return };
+        let JsonValue::Object(members) = node.json else { return };
+        if root
+            && name.starts_with(|c: char| c.is_ascii_uppercase())
+            && let Some(t) = node.fhir_type
+            && self.model.is_resource(t)
+            && self.model.derives_from(t, name)
+        {
+            out.push(item.clone());
+            return;
+        }
+        let element = node.children_owner.and_then(|owner| self.model.element(owner, name));
+        match element {
+            Some(def) if def.choice => {
+                for code in &def.types {
+                    let key = choice_json_name(name, code);
+                    if let Some(v) = node.json.get(&key) {
+                        self.push_items(v, Some(code), Some(code), out);
+                    }
+                }
+            }
+            Some(def) => {
+                if let Some(v) = node.json.get(name) {
+                    let t = if def.types.len() == 1 { Some(def.types[0]) } else { None };
+                    self.push_items(v, t, def.children_owner, out);
+                }
+            }
+            None => {
+                if let Some(v) = node.json.get(name) {
+                    self.push_items(v, None, None, out);
+                } else {
+                    // Unknown owner: resolve a choice by its JSON name (`valueQuantity`).
+                    for (key, v) in members {
+                        if let Some(suffix) = key.strip_prefix(name)
+                            && suffix.starts_with(|c: char| c.is_ascii_uppercase())
+                        {
+                            let t = self.choice_suffix_type(suffix);
+                            self.push_items(v, t, t, out);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn choice_suffix_type(&self, suffix: &str) -> Option<&'static str> {
+        if let Some(t) = self.model.type_name(suffix) {
+            return Some(t);
+        }
+        let mut lowered = suffix.to_string();
+        if let Some(first) = lowered.get_mut(0..1) {
+            first.make_ascii_lowercase();
+        }
+        self.model.type_name(&lowered)
+    }
+
+    fn push_items(&self, v: &'a JsonValue<'a>, t: Option<&'static str>, owner: Option<&'static str>, out: &mut Collection<'a>) {
+        let mut push = |item: &'a JsonValue<'a>| {
+            if matches!(item, JsonValue::Null) {
+                return;
+            }
+            if t == Some("Resource") || (t.is_none() && item.get("resourceType").is_some()) {
+                out.push(Value::resource(item, self.model));
+            } else {
+                let t = t.or_else(|| match item {
+                    JsonValue::Object(_) => None,
+                    _ => None,
+                });
+                out.push(Value::node(item, t, owner));
+            }
+        };
+        match v {
+            JsonValue::Array(items) => items.iter().for_each(&mut push),
+            other => push(other),
+        }
+    }
+
+    fn binary(&self, op: BinaryOp, left: &Expr, right: &Expr, scope: &Scope<'a>) -> Result<Collection<'a>, FhirPathError> {
+        use BinaryOp::*;
+        // Boolean operators short-circuit per FHIRPath three-valued logic.
+        if matches!(op, And | Or | Xor | Implies) {
+            let l = to_boolean(&self.eval(left, scope)?)?;
+            if op == And && l == Some(false) {
+                return Ok(vec![Value::Boolean(false)]);
+            }
+            if op == Or && l == Some(true) {
+                return Ok(vec![Value::Boolean(true)]);
+            }
+            if op == Implies && l == Some(false) {
+                return Ok(vec![Value::Boolean(true)]);
+            }
+            let r = to_boolean(&self.eval(right, scope)?)?;
+            let result = match op {
+                And => match (l, r) {
+                    (Some(true), Some(true)) => Some(true),
+                    (_, Some(false)) => Some(false),
+                    _ => None,
+                },
+                Or => match (l, r) {
+                    (Some(false), Some(false)) => Some(false),
+                    (_, Some(true)) => Some(true),
+                    _ => None,
+                },
+                Xor => match (l, r) {
+                    (Some(a), Some(b)) => Some(a != b),
+                    _ => None,
+                },
+                _ => match (l, r) {
+                    (Some(true), r) => r,
+                    (None, Some(true)) => Some(true),
+                    _ => None,
+                },
+            };
+            return Ok(result.map(Value::Boolean).into_iter().collect());
+        }
+        let l = self.eval(left, scope)?;
+        let r = self.eval(right, scope)?;
+        match op {
+            Union => Ok(distinct(l.into_iter().chain(r))),
+            Eq | NotEq => {
+                if l.is_empty() || r.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let result = if l.len() != r.len() {
+                    Some(false)
+                } else {
+                    let mut all = Some(true);
+                    for (a, b) in l.iter().zip(&r) {
+                        match equals(a, b) {
+                            Some(true) => {}
+                            Some(false) => {
+                                all = Some(false);
+                                break;
+                            }
+                            None => all = None,
+                        }
+                    }
+                    all
+                };
+                Ok(result.map(|b| Value::Boolean(if op == Eq { b } else { !b })).into_iter().collect())
+            }
+            Equivalent | NotEquivalent => {
+                let result = l.len() == r.len() && l.iter().all(|a| r.iter().any(|b| equivalent(a, b)));
+                Ok(vec![Value::Boolean(if op == Equivalent { result } else { !result })])
+            }
+            Lt | Gt | Le | Ge => {
+                let (Some(a), Some(b)) = (singleton(&l, "comparison")?, singleton(&r, "comparison")?) else {
+                    return Ok(Vec::new());
+                };
+                let ordering = compare(a, b).map_err(|m| eval_error(None, m))?;
+                Ok(ordering
+                    .map(|o| {
+                        Value::Boolean(match op {
+                            Lt => o.is_lt(),
+                            Gt => o.is_gt(),
+                            Le => o.is_le(),
+                            _ => o.is_ge(),
+                        })
+                    })
+                    .into_iter()
+                    .collect())
+            }
+            In | Contains => {
+                let (item, collection) = if op == In { (&l, &r) } else { (&r, &l) };
+                let Some(item) = singleton(item, "membership")? else { return Ok(Vec::new()) };
+                Ok(vec![Value::Boolean(collection.iter().any(|c| equals(item, c) == Some(true)))])
+            }
+            Concat => {
+                let s = |c: &Collection<'a>| -> Result<String, FhirPathError> {
+                    Ok(singleton(c, "&")?.and_then(Value::to_fhirpath_string).unwrap_or_default())
+                };
+                Ok(vec![Value::String(s(&l)? + &s(&r)?)])
+            }
+            Add | Sub | Mul | Div | IntDiv | Mod => {
+                let (Some(a), Some(b)) = (singleton(&l, "arithmetic")?, singleton(&r, "arithmetic")?) else {
+                    return Ok(Vec::new());
+                };
+                arithmetic(op, &a.to_system(), &b.to_system())
+            }
+            And | Or | Xor | Implies => Ok(Vec::new()),
+        }
+    }
+}
+
+fn literal_value<'a>(literal: &Literal) -> Result<Collection<'a>, FhirPathError> {
+    let bad = |what: &str, text: &str| eval_error(None, format!("invalid {what} literal '{text}'"));
+    Ok(match literal {
+        Literal::Empty => Vec::new(),
+        Literal::Boolean(b) => vec![Value::Boolean(*b)],
+        Literal::String(s) => vec![Value::String(s.clone())],
+        Literal::Integer(i) => vec![Value::Integer(*i)],
+        Literal::Decimal(d) => vec![Value::Decimal(parse_decimal(d).ok_or_else(|| bad("decimal", d))?)],
+        Literal::Date(d) => vec![Value::Date(DateTimeValue::parse(d).ok_or_else(|| bad("date", d))?)],
+        Literal::DateTime(d) => vec![Value::DateTime(DateTimeValue::parse(d).ok_or_else(|| bad("dateTime", d))?)],
+        Literal::Time(t) => vec![Value::Time(TimeValue::parse(t).ok_or_else(|| bad("time", t))?)],
+        Literal::Quantity { value, unit } => {
+            vec![Value::Quantity(Quantity { value: parse_decimal(value).ok_or_else(|| bad("quantity", value))?, unit: unit.clone() })]
+        }
+    })
+}
+
+/// Removes duplicates (FHIRPath equality), keeping first occurrences.
+pub fn distinct<'a>(items: impl IntoIterator<Item = Value<'a>>) -> Collection<'a> {
+    let mut out: Collection<'a> = Vec::new();
+    for item in items {
+        if !out.iter().any(|o| equals(o, &item) == Some(true)) {
+            out.push(item);
+        }
+    }
+    out
+}
+
+/// The single item of a collection; an error if it has more than one.
+pub fn singleton<'c, 'a>(c: &'c Collection<'a>, what: &str) -> Result<Option<&'c Value<'a>>, FhirPathError> {
+    match c.len() {
+        0 => Ok(None),
+        1 => Ok(c.first()),
+        n => Err(eval_error(None, format!("{what} expects a single item, got {n}"))),
+    }
+}
+
+/// The single integer of a collection.
+pub fn singleton_integer(c: &Collection<'_>, what: &str) -> Result<Option<i64>, FhirPathError> {
+    match singleton(c, what)?.map(Value::to_system) {
+        None => Ok(None),
+        Some(Value::Integer(i)) => Ok(Some(i)),
+        Some(other) => Err(eval_error(None, format!("{what} expects an integer, got {}", other.type_name()))),
+    }
+}
+
+/// FHIRPath singleton evaluation as a boolean: empty → unknown, one boolean →
+/// itself, one other item → true, several → error.
+pub fn to_boolean(c: &Collection<'_>) -> Result<Option<bool>, FhirPathError> {
+    match c.len() {
+        0 => Ok(None),
+        1 => Ok(Some(match c[0].to_system() {
+            Value::Boolean(b) => b,
+            _ => true,
+        })),
+        n => Err(eval_error(None, format!("expected a single boolean, got {n} items"))),
+    }
+}
+
+fn arithmetic<'a>(op: BinaryOp, a: &Value<'a>, b: &Value<'a>) -> Result<Collection<'a>, FhirPathError> {
+    use BinaryOp::*;
+    let dec = |v: &Value<'_>| match v {
+        Value::Integer(i) => Some(Decimal::from(*i)),
+        Value::Decimal(d) => Some(*d),
+        _ => None,
+    };
+    let result = match (op, a, b) {
+        (Add, Value::String(x), Value::String(y)) => Value::String(format!("{x}{y}")),
+        (Add | Sub | Mul, Value::Integer(x), Value::Integer(y)) => {
+            let r = match op {
+                Add => x.checked_add(*y),
+                Sub => x.checked_sub(*y),
+                _ => x.checked_mul(*y),
+            };
+            match r {
+                Some(r) => Value::Integer(r),
+                None => return Ok(Vec::new()),
+            }
+        }
+        (IntDiv, Value::Integer(x), Value::Integer(y)) => match x.checked_div(*y) {
+            Some(r) => Value::Integer(r),
+            None => return Ok(Vec::new()),
+        },
+        (Mod, Value::Integer(x), Value::Integer(y)) => match x.checked_rem(*y) {
+            Some(r) => Value::Integer(r),
+            None => return Ok(Vec::new()),
+        },
+        (Add | Sub, Value::Date(d) | Value::DateTime(d), Value::Quantity(q)) => {
+            let Some(amount) = q.value.trunc().to_i64() else { return Ok(Vec::new()) };
+            let amount = if op == Sub { -amount } else { amount };
+            let shifted = d.add(amount, &q.unit).ok_or_else(|| eval_error(None, format!("'{}' is not a time unit", q.unit)))?;
+            if matches!(a, Value::Date(_)) { Value::Date(shifted) } else { Value::DateTime(shifted) }
+        }
+        (Add | Sub, Value::Quantity(x), Value::Quantity(y)) if x.unit == y.unit => {
+            let value = if op == Add { x.value + y.value } else { x.value - y.value };
+            Value::Quantity(Quantity { value, unit: x.unit.clone() })
+        }
+        (Mul | Div, Value::Quantity(x), Value::Integer(_) | Value::Decimal(_)) => {
+            let Some(y) = dec(b) else { return Ok(Vec::new()) };
+            let value = if op == Mul { x.value * y } else if y.is_zero() { return Ok(Vec::new()) } else { x.value / y };
+            Value::Quantity(Quantity { value, unit: x.unit.clone() })
+        }
+        _ => {
+            let (Some(x), Some(y)) = (dec(a), dec(b)) else {
+                return Err(eval_error(None, format!("cannot apply {op:?} to {} and {}", a.type_name(), b.type_name())));
+            };
+            match op {
+                Add => Value::Decimal(x + y),
+                Sub => Value::Decimal(x - y),
+                Mul => Value::Decimal(x * y),
+                Div => {
+                    if y.is_zero() {
+                        return Ok(Vec::new());
+                    }
+                    Value::Decimal((x / y).normalize())
+                }
+                IntDiv => {
+                    if y.is_zero() {
+                        return Ok(Vec::new());
+                    }
+                    match (x / y).trunc().to_i64() {
+                        Some(i) => Value::Integer(i),
+                        None => return Ok(Vec::new()),
+                    }
+                }
+                Mod => {
+                    if y.is_zero() {
+                        return Ok(Vec::new());
+                    }
+                    Value::Decimal(x % y)
+                }
+                _ => return Ok(Vec::new()),
+            }
+        }
+    };
+    Ok(vec![result])
+}

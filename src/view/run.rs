@@ -1,0 +1,286 @@
+//! Evaluating a ViewDefinition over resources: the row semantics of the
+//! SQL-on-FHIR processing model (cross-joined selections, forEach /
+//! forEachOrNull / repeat iteration, unionAll, `%rowIndex`).
+
+use std::collections::HashMap;
+
+use serde_json::Value as Json;
+
+use super::ViewError;
+use super::model::{Column, Iteration, Select, ViewDefinition, all_columns};
+use crate::fhir::model::FhirModel;
+use crate::fhirpath::temporal::{DateTimeValue, TimeValue};
+use crate::fhirpath::value::{Node, parse_decimal};
+use crate::fhirpath::{Collection, FhirPath, Value};
+use crate::json::JsonValue;
+
+/// One output value (FHIR lexical forms kept: decimals and dates as text).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CellValue {
+    /// boolean
+    Bool(bool),
+    /// integer types
+    Int(i64),
+    /// decimal, as written (`1.0` stays `1.0`)
+    Decimal(String),
+    /// every other primitive (and JSON text of complex values)
+    Str(String),
+}
+
+/// One cell of a row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    /// No value.
+    Null,
+    /// One value.
+    One(CellValue),
+    /// A `collection: true` column (possibly empty).
+    Many(Vec<CellValue>),
+}
+
+/// A row: one cell per view column, in column order.
+pub type Row = Vec<Cell>;
+
+type Partial = Vec<(usize, Cell)>;
+
+/// Converts one FHIRPath item to an output value.
+pub fn cell_value(value: &Value<'_>) -> CellValue {
+    match value {
+        Value::Node(Node { json, fhir_type, .. }) => match json {
+            JsonValue::Bool(b) => CellValue::Bool(*b),
+            JsonValue::Number(n) => {
+                let integer = matches!(fhir_type, Some("integer" | "positiveInt" | "unsignedInt" | "integer64"))
+                    || (fhir_type.is_none() && !n.contains(['.', 'e', 'E']));
+                match n.parse::<i64>() {
+                    Ok(i) if integer => CellValue::Int(i),
+                    _ => CellValue::Decimal(n.to_string()),
+                }
+            }
+            JsonValue::String(s) => CellValue::Str(s.to_string()),
+            other => CellValue::Str(other.to_json_string()),
+        },
+        Value::Boolean(b) => CellValue::Bool(*b),
+        Value::Integer(i) => CellValue::Int(*i),
+        Value::Decimal(d) => CellValue::Decimal(d.to_string()),
+        Value::String(s) => CellValue::Str(s.clone()),
+        Value::Date(d) | Value::DateTime(d) => CellValue::Str(d.format()),
+        Value::Time(t) => CellValue::Str(t.format()),
+        Value::Quantity(q) => CellValue::Str(format!("{} '{}'", q.value, q.unit)),
+        Value::ReferenceTarget { resource_type, id } => CellValue::Str(format!("{resource_type}/{id}")),
+    }
+}
+
+/// A ViewDefinition ready to run: constants resolved.
+pub struct ViewRunner<'v> {
+    view: &'v ViewDefinition,
+    constants: Vec<(String, String)>,
+}
+
+/// The FHIRPath value of a constant's `value[x]`.
+fn constant_value(fhir_type: &str, json: &Json) -> Option<Value<'static>> {
+    Some(match (fhir_type, json) {
+        ("boolean", Json::Bool(b)) => Value::Boolean(*b),
+        ("integer" | "positiveInt" | "unsignedInt" | "integer64", Json::Number(n)) => Value::Integer(n.as_i64()?),
+        ("integer64", Json::String(s)) => Value::Integer(s.parse().ok()?),
+        ("decimal", Json::Number(n)) => Value::Decimal(parse_decimal(&n.to_string())?),
+        ("date", Json::String(s)) => Value::Date(DateTimeValue::parse(s)?),
+        ("dateTime" | "instant", Json::String(s)) => Value::DateTime(DateTimeValue::parse(s)?),
+        ("time", Json::String(s)) => Value::Time(TimeValue::parse(s)?),
+        (_, Json::String(s)) => Value::String(s.clone()),
+        _ => return None,
+    })
+}
+
+/// A ViewDefinition ready to run: constants typed once.
+pub struct ViewRunner<'v> {
+    view: &'v ViewDefinition,
+    constants: Vec<(String, Value<'static>)>,
+}
+
+impl<'v> ViewRunner<'v> {
+    /// Prepares `view`; a constant whose value does not fit its type is an error.
+    pub fn new(view: &'v ViewDefinition) -> Result<Self, ViewError> {
+        let mut constants = Vec::new();
+        for (name, t, value) in &view.constants {
+            let v = constant_value(t, value)
+                .ok_or_else(|| ViewError::invalid(&format!("constant {name}"), &format!("value is not a valid {t}")))?;
+            constants.push((name.clone(), v));
+        }
+        Ok(Self { view, constants })
+    }
+
+    /// The view being run.
+    pub fn view(&self) -> &ViewDefinition {
+        self.view
+    }
+
+    /// The rows `resource` yields (none if it is of another type or filtered out).
+    pub fn rows<'a>(&self, resource: &'a JsonValue<'a>) -> Result<Vec<Row>, ViewError> {
+        if resource.get("resourceType").and_then(JsonValue::as_str) != Some(self.view.resource.as_str()) {
+            return Ok(Vec::new());
+        }
+        let model = FhirModel::r4().map_err(|e| ViewError::invalid("model", &e.to_string()))?;
+        let root = vec![Value::resource(resource, model)];
+        let mut vars: HashMap<String, Collection<'a>> = HashMap::new();
+        for (name, value) in &self.constants {
+            vars.insert(name.clone(), vec![value.clone()]);
+        }
+        vars.insert("rowIndex".into(), vec![Value::Integer(0)]);
+        for path in &self.view.where_paths {
+            let result = path.evaluate_on(root.clone(), root.clone(), &vars).map_err(|source| ViewError::Path { at: "where".into(), source })?;
+            let keep = match result.as_slice() {
+                [] => false,
+                [v] => match v.to_system() {
+                    Value::Boolean(b) => b,
+                    other => return Err(ViewError::NotBoolean { path: path.text().to_string(), found: other.type_name().to_string() }),
+                },
+                many => return Err(ViewError::NotBoolean { path: path.text().to_string(), found: format!("{} items", many.len()) }),
+            };
+            if !keep {
+                return Ok(Vec::new());
+            }
+        }
+        let mut rows: Vec<Partial> = vec![Vec::new()];
+        for select in &self.view.select {
+            let part = self.process(select, &root[0], &root, &mut vars)?;
+            rows = product(rows, part);
+        }
+        let n = self.view.columns.len();
+        Ok(rows
+            .into_iter()
+            .map(|partial| {
+                let mut row = vec![Cell::Null; n];
+                for (i, cell) in partial {
+                    row[i] = cell;
+                }
+                row
+            })
+            .collect())
+    }
+
+    fn process<'a>(
+        &self,
+        select: &Select,
+        node: &Value<'a>,
+        root: &Collection<'a>,
+        vars: &mut HashMap<String, Collection<'a>>,
+    ) -> Result<Vec<Partial>, ViewError> {
+        let eval = |path: &FhirPath, focus: &Value<'a>, vars: &HashMap<String, Collection<'a>>| {
+            path.evaluate_on(vec![focus.clone()], root.clone(), vars).map_err(|source| ViewError::Path { at: path.text().to_string(), source })
+        };
+        let foci: Option<Collection<'a>> = match &select.iteration {
+            None => None,
+            Some(Iteration::ForEach(p) | Iteration::ForEachOrNull(p)) => Some(eval(p, node, vars)?),
+            Some(Iteration::Repeat(paths)) => {
+                let mut out = Vec::new();
+                repeat(paths, node, &eval, vars, &mut out, 0)?;
+                Some(out)
+            }
+        };
+        let saved_index = vars.get("rowIndex").cloned();
+        let mut rows = Vec::new();
+        match foci {
+            None => rows = self.focus_rows(select, node, root, vars)?,
+            Some(foci) if foci.is_empty() => {
+                if matches!(select.iteration, Some(Iteration::ForEachOrNull(_))) {
+                    // One row of nulls, but %rowIndex columns are 0.
+                    let mut row = Partial::new();
+                    for c in all_columns(select) {
+                        let value = if c.path.text().trim() == "%rowIndex" { Cell::One(CellValue::Int(0)) } else { null_cell(&c) };
+                        row.push((c.index, value));
+                    }
+                    rows.push(row);
+                }
+            }
+            Some(foci) => {
+                for (i, focus) in foci.iter().enumerate() {
+                    vars.insert("rowIndex".into(), vec![Value::Integer(i as i64)]);
+                    rows.extend(self.focus_rows(select, focus, root, vars)?);
+                }
+            }
+        }
+        if let Some(index) = saved_index {
+            vars.insert("rowIndex".into(), index);
+        }
+        Ok(rows)
+    }
+
+    fn focus_rows<'a>(
+        &self,
+        select: &Select,
+        focus: &Value<'a>,
+        root: &Collection<'a>,
+        vars: &mut HashMap<String, Collection<'a>>,
+    ) -> Result<Vec<Partial>, ViewError> {
+        let mut own = Partial::new();
+        for column in &select.columns {
+            let result = column
+                .path
+                .evaluate_on(vec![focus.clone()], root.clone(), vars)
+                .map_err(|source| ViewError::Path { at: format!("column {}", column.name), source })?;
+            own.push((column.index, column_cell(column, &result)?));
+        }
+        let mut rows = vec![own];
+        for nested in &select.selects {
+            let part = self.process(nested, focus, root, vars)?;
+            rows = product(rows, part);
+        }
+        if !select.union_all.is_empty() {
+            let mut union = Vec::new();
+            for branch in &select.union_all {
+                union.extend(self.process(branch, focus, root, vars)?);
+            }
+            rows = product(rows, union);
+        }
+        Ok(rows)
+    }
+}
+
+fn null_cell(column: &Column) -> Cell {
+    if column.collection { Cell::Many(Vec::new()) } else { Cell::Null }
+}
+
+fn column_cell(column: &Column, result: &Collection<'_>) -> Result<Cell, ViewError> {
+    if column.collection {
+        return Ok(Cell::Many(result.iter().map(cell_value).collect()));
+    }
+    match result.as_slice() {
+        [] => Ok(Cell::Null),
+        [one] => Ok(Cell::One(cell_value(one))),
+        many => Err(ViewError::MultipleValues { column: column.name.clone(), path: column.path.text().to_string(), count: many.len() }),
+    }
+}
+
+type EvalFn<'e, 'a> = dyn Fn(&FhirPath, &Value<'a>, &HashMap<String, Collection<'a>>) -> Result<Collection<'a>, ViewError> + 'e;
+
+fn repeat<'a>(
+    paths: &[FhirPath],
+    node: &Value<'a>,
+    eval: &EvalFn<'_, 'a>,
+    vars: &HashMap<String, Collection<'a>>,
+    out: &mut Collection<'a>,
+    depth: usize,
+) -> Result<(), ViewError> {
+    if depth > 64 {
+        return Err(ViewError::invalid("repeat", "nesting deeper than 64 levels"));
+    }
+    for path in paths {
+        for child in eval(path, node, vars)? {
+            out.push(child.clone());
+            repeat(paths, &child, eval, vars, out, depth + 1)?;
+        }
+    }
+    Ok(())
+}
+
+fn product(left: Vec<Partial>, right: Vec<Partial>) -> Vec<Partial> {
+    let mut out = Vec::with_capacity(left.len() * right.len());
+    for l in &left {
+        for r in &right {
+            let mut row = l.clone();
+            row.extend(r.iter().cloned());
+            out.push(row);
+        }
+    }
+    out
+}

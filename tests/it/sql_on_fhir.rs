@@ -1,0 +1,134 @@
+//! The SQL-on-FHIR v2 conformance suite (tests/conformance/sql-on-fhir-v2),
+//! run through the ViewDefinition runner and the Arrow conversion. Writes
+//! `target/sof-test-report.json` in the suite's test-report format.
+
+use std::collections::BTreeMap;
+
+use fhirlake::json::{JsonValue, parse};
+use fhirlake::view::{Cell, CellValue, ViewDefinition, ViewRunner, rows_to_batch, view_schema};
+use serde_json::{Value as Json, json};
+
+use crate::common::repo;
+
+fn cell_json(value: &CellValue) -> Json {
+    match value {
+        CellValue::Bool(b) => Json::Bool(*b),
+        CellValue::Int(i) => json!(i),
+        CellValue::Decimal(d) => serde_json::from_str(d).unwrap_or(Json::String(d.clone())),
+        CellValue::Str(s) => Json::String(s.clone()),
+    }
+}
+
+fn same(a: &Json, b: &Json) -> bool {
+    match (a, b) {
+        (Json::Number(x), Json::Number(y)) => (x.as_f64().unwrap_or(f64::NAN) - y.as_f64().unwrap_or(f64::NAN)).abs() < 1e-9,
+        (Json::Array(x), Json::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same(p, q)),
+        (Json::Object(x), Json::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w))),
+        _ => a == b,
+    }
+}
+
+fn run_view(view: &Json, resources: &[JsonValue<'_>]) -> Result<(Vec<String>, Vec<Json>), String> {
+    let view = ViewDefinition::from_json(view).map_err(|e| e.to_string())?;
+    let runner = ViewRunner::new(&view).map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for resource in resources {
+        rows.extend(runner.rows(resource).map_err(|e| e.to_string())?);
+    }
+    // The Arrow conversion must accept every row the runner produced.
+    let schema = view_schema(&view);
+    rows_to_batch(&schema, &rows).map_err(|e| format!("arrow: {e}"))?;
+    let names: Vec<String> = view.columns.iter().map(|c| c.name.clone()).collect();
+    let objects = rows
+        .iter()
+        .map(|row| {
+            let mut obj = serde_json::Map::new();
+            for (name, cell) in names.iter().zip(row) {
+                let value = match cell {
+                    Cell::Null => Json::Null,
+                    Cell::One(v) => cell_json(v),
+                    Cell::Many(vs) => Json::Array(vs.iter().map(cell_json).collect()),
+                };
+                obj.insert(name.clone(), value);
+            }
+            Json::Object(obj)
+        })
+        .collect();
+    Ok((names, objects))
+}
+
+fn check(test: &Json, resources: &[JsonValue<'_>]) -> Result<(), String> {
+    let outcome = run_view(&test["view"], resources);
+    if test.get("expectError").and_then(Json::as_bool) == Some(true) {
+        return match outcome {
+            Err(_) => Ok(()),
+            Ok((_, rows)) => Err(format!("expected an error, got {} rows", rows.len())),
+        };
+    }
+    let (names, rows) = outcome?;
+    if let Some(count) = test.get("expectCount").and_then(Json::as_u64) {
+        return if rows.len() as u64 == count { Ok(()) } else { Err(format!("expected {count} rows, got {}", rows.len())) };
+    }
+    if let Some(columns) = test.get("expectColumns").and_then(Json::as_array) {
+        let expected: Vec<&str> = columns.iter().filter_map(Json::as_str).collect();
+        if expected != names {
+            return Err(format!("columns {names:?}, expected {expected:?}"));
+        }
+    }
+    let expected = test["expect"].as_array().ok_or("test has no expect")?;
+    let mut unused: Vec<&Json> = rows.iter().collect();
+    for row in expected {
+        match unused.iter().position(|r| same(r, row)) {
+            Some(i) => {
+                unused.remove(i);
+            }
+            None => return Err(format!("missing row {row}; got {}", Json::Array(rows.clone()))),
+        }
+    }
+    if !unused.is_empty() {
+        return Err(format!("unexpected rows {:?}", unused));
+    }
+    Ok(())
+}
+
+#[test]
+fn sql_on_fhir_v2_conformance_suite() {
+    let dir = repo().join("tests/conformance/sql-on-fhir-v2/tests");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let mut report = BTreeMap::new();
+    let (mut passed, mut failed) = (0, 0);
+    let mut failures = Vec::new();
+    for file in files {
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        let suite: Json = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let texts: Vec<String> = suite["resources"].as_array().unwrap().iter().map(Json::to_string).collect();
+        let resources: Vec<JsonValue<'_>> = texts.iter().map(|t| parse(t).unwrap()).collect();
+        let mut results = Vec::new();
+        for test in suite["tests"].as_array().unwrap() {
+            let title = test["title"].as_str().unwrap_or("?").to_string();
+            let result = check(test, &resources);
+            match &result {
+                Ok(()) => passed += 1,
+                Err(e) => {
+                    failed += 1;
+                    failures.push(format!("{name} › {title}: {e}"));
+                }
+            }
+            results.push(match result {
+                Ok(()) => json!({"name": title, "result": {"passed": true}}),
+                Err(e) => json!({"name": title, "result": {"passed": false, "error": e}}),
+            });
+        }
+        report.insert(name, json!({"tests": results}));
+    }
+    let target = repo().join("target");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("sof-test-report.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    for f in &failures {
+        eprintln!("FAILED {f}");
+    }
+    println!("sql-on-fhir-v2: {passed} passed, {failed} failed");
+    assert_eq!(passed + failed, 144, "the suite has 144 tests");
+    assert!(failures.is_empty(), "{failed} SQL-on-FHIR tests failed");
+}
