@@ -259,7 +259,7 @@ static FUNCTIONS: &[Function] = &[
     f("log", 1, 1, |e, input, args, scope| {
         let base = e.eval(&args[0], scope)?;
         let Some(base) = singleton(&base, "log()")?.and_then(|b| decimal_of(&b.to_system())) else { return Ok(Vec::new()) };
-        math(&input, "log()", |d| Some((float(d)?.ln() / float(base)?.ln())).and_then(Decimal::from_f64), false)
+        math(&input, "log()", |d| Some(float(d)?.ln() / float(base)?.ln()).and_then(Decimal::from_f64), false)
     }),
     f("power", 1, 1, |e, input, args, scope| {
         let exponent = e.eval(&args[0], scope)?;

@@ -110,11 +110,6 @@ impl TimeValue {
         }
     }
 
-    fn millis_of_day(&self) -> i64 {
-        ((i64::from(self.hour) * 60 + i64::from(self.minute)) * 60 + i64::from(self.second)) * 1000
-            + i64::from(self.millisecond)
-    }
-
     /// FHIRPath comparison: `None` when the precisions differ and the known
     /// parts are equal.
     pub fn compare(&self, other: &Self) -> Option<Ordering> {

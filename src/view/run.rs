@@ -70,12 +70,6 @@ pub fn cell_value(value: &Value<'_>) -> CellValue {
     }
 }
 
-/// A ViewDefinition ready to run: constants resolved.
-pub struct ViewRunner<'v> {
-    view: &'v ViewDefinition,
-    constants: Vec<(String, String)>,
-}
-
 /// The FHIRPath value of a constant's `value[x]`.
 fn constant_value(fhir_type: &str, json: &Json) -> Option<Value<'static>> {
     Some(match (fhir_type, json) {

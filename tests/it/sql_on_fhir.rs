@@ -132,3 +132,19 @@ fn sql_on_fhir_v2_conformance_suite() {
     assert_eq!(passed + failed, 144, "the suite has 144 tests");
     assert!(failures.is_empty(), "{failed} SQL-on-FHIR tests failed");
 }
+
+#[test]
+fn harness_detects_wrong_rows_and_missing_errors() {
+    let texts = [r#"{"resourceType":"Patient","id":"p1","name":[{"family":"F","given":["A","B"]}]}"#];
+    let resources: Vec<JsonValue<'_>> = texts.iter().map(|t| parse(t).unwrap()).collect();
+    let view = json!({"resource": "Patient", "select": [{"column": [{"name": "id", "path": "id"}]}]});
+    assert!(check(&json!({"view": view, "expect": [{"id": "p1"}]}), &resources).is_ok());
+    assert!(check(&json!({"view": view, "expect": [{"id": "p2"}]}), &resources).is_err());
+    assert!(check(&json!({"view": view, "expect": [{"id": "p1"}, {"id": "p1"}]}), &resources).is_err());
+    assert!(check(&json!({"view": view, "expect": []}), &resources).is_err());
+    assert!(check(&json!({"view": view, "expectError": true}), &resources).is_err());
+    // A multi-valued non-collection column is an error naming the column and path.
+    let multi = json!({"resource": "Patient", "select": [{"column": [{"name": "given", "path": "name.given"}]}]});
+    let err = run_view(&multi, &resources).unwrap_err();
+    assert!(err.contains("'given'") && err.contains("name.given") && err.contains("2 values"), "{err}");
+}
