@@ -9,7 +9,7 @@ use super::FhirPathError;
 use super::ast::{BinaryOp, Expr, Literal, TypeSpecifier};
 use super::functions;
 use super::temporal::{DateTimeValue, TimeValue};
-use super::value::{Collection, Quantity, Value, compare, equals, equivalent, parse_decimal};
+use super::value::{Collection, Node, Quantity, Value, compare, equals, equivalent, parse_decimal};
 use crate::fhir::model::{FhirModel, choice_json_name};
 use crate::json::JsonValue;
 
@@ -112,6 +112,7 @@ impl<'a> Evaluator<'a, '_> {
             }
             Expr::Binary(op, left, right) => self.binary(*op, left, right, scope),
             Expr::Is(target, type_spec) => {
+                self.check_type(type_spec)?;
                 let input = self.eval(target, scope)?;
                 match singleton(&input, "is")? {
                     None => Ok(Vec::new()),
@@ -119,8 +120,9 @@ impl<'a> Evaluator<'a, '_> {
                 }
             }
             Expr::As(target, type_spec) => {
+                self.check_type(type_spec)?;
                 let input = self.eval(target, scope)?;
-                Ok(input.into_iter().filter(|v| self.is_type(v, type_spec)).collect())
+                Ok(input.into_iter().filter(|v| self.is_type_exact(v, type_spec)).collect())
             }
         }
     }
@@ -134,12 +136,44 @@ impl<'a> Evaluator<'a, '_> {
             "ucum" => Ok(vec![Value::String("http://unitsofmeasure.org".into())]),
             "sct" => Ok(vec![Value::String("http://snomed.info/sct".into())]),
             "loinc" => Ok(vec![Value::String("http://loinc.org".into())]),
+            _ if name.starts_with("vs-") => Ok(vec![Value::String(format!("http://hl7.org/fhir/ValueSet/{}", &name[3..]))]),
+            _ if name.starts_with("ext-") => {
+                Ok(vec![Value::String(format!("http://hl7.org/fhir/StructureDefinition/{}", &name[4..]))])
+            }
             _ => Err(eval_error(None, format!("unknown variable %{name}"))),
         }
     }
 
-    /// Type test for `is`, `as`, `ofType`.
+    /// Checks that `spec` names a type of the FHIR model or a System type.
+    pub fn check_type(&self, spec: &TypeSpecifier) -> Result<(), FhirPathError> {
+        let known = match spec.namespace.as_deref() {
+            // An unknown System type is simply never matched.
+            Some("System") => true,
+            Some("FHIR") => self.model.type_def(&spec.name).is_some(),
+            None => SYSTEM_TYPES.contains(&spec.name.as_str()) || self.model.type_def(&spec.name).is_some(),
+            Some(_) => false,
+        };
+        if known {
+            Ok(())
+        } else {
+            let ns = spec.namespace.as_deref().map(|n| format!("{n}.")).unwrap_or_default();
+            Err(eval_error(None, format!("unknown type '{ns}{}'", spec.name)))
+        }
+    }
+
+    /// Type test for `is` (a primitive also is its base types: a `code` is a
+    /// `string`).
     pub fn is_type(&self, value: &Value<'_>, spec: &TypeSpecifier) -> bool {
+        self.type_matches(value, spec, false)
+    }
+
+    /// Type filter for `as` and `ofType`: primitives must match exactly (a
+    /// `code` is not returned by `ofType(string)`), other types by inheritance.
+    pub fn is_type_exact(&self, value: &Value<'_>, spec: &TypeSpecifier) -> bool {
+        self.type_matches(value, spec, true)
+    }
+
+    fn type_matches(&self, value: &Value<'_>, spec: &TypeSpecifier, exact_primitives: bool) -> bool {
         let name = spec.name.as_str();
         let system_only = spec.namespace.as_deref() == Some("System");
         let fhir_only = spec.namespace.as_deref() == Some("FHIR");
@@ -154,12 +188,8 @@ impl<'a> Evaluator<'a, '_> {
                 }) else {
                     return false;
                 };
-                if !system_only && (t == name || (!self.model.is_primitive(t) && self.model.derives_from(t, name))) {
-                    return true;
-                }
-                // `System.String` etc. (or an unqualified System name that is no FHIR type).
-                let system_name = !fhir_only && SYSTEM_TYPES.contains(&name) && (system_only || self.model.type_def(name).is_none());
-                system_name && system_type_of_fhir(t) == Some(name)
+                let inherits = !(exact_primitives && self.model.is_primitive(t)) && self.model.derives_from(t, name);
+                !system_only && (t == name || inherits)
             }
             Value::ReferenceTarget { resource_type, .. } => !system_only && self.model.derives_from(resource_type, name),
             other => {
@@ -172,7 +202,22 @@ impl<'a> Evaluator<'a, '_> {
     /// Appends the children called `name` of `item` to `out`. At the root of a
     /// path (`root`), a type name selects the focus itself (`Patient.name`).
     pub fn navigate(&self, item: &Value<'a>, name: &str, root: bool, out: &mut Collection<'a>) {
+        if let Value::TypeInfo { namespace, name: type_name } = item {
+            match name {
+                "namespace" => out.push(Value::String(namespace.to_string())),
+                "name" => out.push(Value::String(type_name.clone())),
+                _ => {}
+            }
+            return;
+        }
         let Value::Node(node) = item else { return };
+        if let Some(element) = node.primitive_element
+            && matches!(name, "extension" | "id")
+        {
+            let companion = Value::node(element, Some("Element"), Some("Element"));
+            self.navigate(&companion, name, false, out);
+            return;
+        }
         let JsonValue::Object(members) = node.json else { return };
         if root
             && name.starts_with(|c: char| c.is_ascii_uppercase())
@@ -194,9 +239,11 @@ impl<'a> Evaluator<'a, '_> {
                 }
             }
             Some(def) => {
-                if let Some(v) = node.json.get(name) {
-                    let t = if def.types.len() == 1 { Some(def.types[0]) } else { None };
-                    self.push_items(v, t, def.children_owner, out);
+                let t = if def.types.len() == 1 { Some(def.types[0]) } else { None };
+                match (node.json.get(name), self.primitive_companion(node.json, name)) {
+                    (Some(v), None) => self.push_items(v, t, def.children_owner, out),
+                    (v, Some(companion)) => self.push_primitives(v, companion, t, out),
+                    (None, None) => {}
                 }
             }
             None => {
@@ -214,6 +261,44 @@ impl<'a> Evaluator<'a, '_> {
                     }
                 }
             }
+        }
+    }
+
+    /// The `_name` object or array that carries a primitive's id and extensions.
+    fn primitive_companion(&self, object: &'a JsonValue<'a>, name: &str) -> Option<&'a JsonValue<'a>> {
+        let JsonValue::Object(members) = object else { return None };
+        members
+            .iter()
+            .find(|(k, _)| k.strip_prefix('_') == Some(name))
+            .map(|(_, v)| v)
+    }
+
+    /// Pushes primitive values paired with their `_name` companions (a value
+    /// may be absent, `null` in an array, when only extensions are given).
+    fn push_primitives(
+        &self,
+        values: Option<&'a JsonValue<'a>>,
+        companions: &'a JsonValue<'a>,
+        t: Option<&'static str>,
+        out: &mut Collection<'a>,
+    ) {
+        static NULL: JsonValue<'static> = JsonValue::Null;
+        let pair = |value: &'a JsonValue<'a>, companion: Option<&'a JsonValue<'a>>| {
+            let companion = companion.filter(|c| !matches!(c, JsonValue::Null));
+            if matches!(value, JsonValue::Null) && companion.is_none() {
+                return None;
+            }
+            Some(Value::Node(Node { json: value, fhir_type: t, children_owner: t, primitive_element: companion }))
+        };
+        match (values, companions) {
+            (Some(JsonValue::Array(vs)), JsonValue::Array(cs)) => {
+                for (i, v) in vs.iter().enumerate() {
+                    out.extend(pair(v, cs.get(i)));
+                }
+            }
+            (None, JsonValue::Array(cs)) => out.extend(cs.iter().filter_map(|c| pair(&NULL, Some(c)))),
+            (Some(v), c) => out.extend(pair(v, Some(c))),
+            (None, c) => out.extend(pair(&NULL, Some(c))),
         }
     }
 
@@ -236,10 +321,6 @@ impl<'a> Evaluator<'a, '_> {
             if t == Some("Resource") || (t.is_none() && item.get("resourceType").is_some()) {
                 out.push(Value::resource(item, self.model));
             } else {
-                let t = t.or_else(|| match item {
-                    JsonValue::Object(_) => None,
-                    _ => None,
-                });
                 out.push(Value::node(item, t, owner));
             }
         };

@@ -43,10 +43,10 @@ static FUNCTIONS: &[Function] = &[
         }
         Ok(boolean(true))
     }),
-    f("allTrue", 0, 0, |_, input, _, _| Ok(boolean(input.iter().all(|v| is_bool(v, true))))),
-    f("anyTrue", 0, 0, |_, input, _, _| Ok(boolean(input.iter().any(|v| is_bool(v, true))))),
-    f("allFalse", 0, 0, |_, input, _, _| Ok(boolean(input.iter().all(|v| is_bool(v, false))))),
-    f("anyFalse", 0, 0, |_, input, _, _| Ok(boolean(input.iter().any(|v| is_bool(v, false))))),
+    f("allTrue", 0, 0, |_, input, _, _| Ok(boolean(booleans(&input)?.iter().all(|b| *b)))),
+    f("anyTrue", 0, 0, |_, input, _, _| Ok(boolean(booleans(&input)?.iter().any(|b| *b)))),
+    f("allFalse", 0, 0, |_, input, _, _| Ok(boolean(booleans(&input)?.iter().all(|b| !*b)))),
+    f("anyFalse", 0, 0, |_, input, _, _| Ok(boolean(booleans(&input)?.iter().any(|b| !*b)))),
     f("subsetOf", 1, 1, |e, input, args, scope| {
         let other = e.eval(&args[0], scope)?;
         Ok(boolean(input.iter().all(|a| other.iter().any(|b| equals(a, b) == Some(true)))))
@@ -91,14 +91,17 @@ static FUNCTIONS: &[Function] = &[
     }),
     f("ofType", 1, 1, |e, input, args, _| {
         let spec = type_argument(&args[0])?;
-        Ok(input.into_iter().filter(|v| e.is_type(v, &spec)).collect())
+        e.check_type(&spec)?;
+        Ok(input.into_iter().filter(|v| e.is_type_exact(v, &spec)).collect())
     }),
     f("as", 1, 1, |e, input, args, _| {
         let spec = type_argument(&args[0])?;
-        Ok(input.into_iter().filter(|v| e.is_type(v, &spec)).collect())
+        e.check_type(&spec)?;
+        Ok(input.into_iter().filter(|v| e.is_type_exact(v, &spec)).collect())
     }),
     f("is", 1, 1, |e, input, args, _| {
         let spec = type_argument(&args[0])?;
+        e.check_type(&spec)?;
         match singleton(&input, "is()")? {
             None => Ok(Vec::new()),
             Some(v) => Ok(boolean(e.is_type(v, &spec))),
@@ -141,8 +144,17 @@ static FUNCTIONS: &[Function] = &[
     // Logic and utility
     f("not", 0, 0, |_, input, _, _| Ok(to_boolean(&input)?.map(|b| boolean(!b)).unwrap_or_default())),
     f("iif", 2, 3, |e, input, args, scope| {
+        if input.len() > 1 {
+            return Err(eval_error(None, "iif() on more than one item"));
+        }
         let inner = if input.is_empty() { scope.clone() } else { Scope { this: input, ..scope.clone() } };
-        match to_boolean(&e.eval(&args[0], &inner)?)? {
+        let criterion = e.eval(&args[0], &inner)?;
+        if let [single] = criterion.as_slice()
+            && !matches!(single.to_system(), Value::Boolean(_))
+        {
+            return Err(eval_error(None, "iif() criterion must be a boolean"));
+        }
+        match to_boolean(&criterion)? {
             Some(true) => e.eval(&args[1], &inner),
             _ => args.get(2).map_or(Ok(Vec::new()), |a| e.eval(a, &inner)),
         }
@@ -164,6 +176,86 @@ static FUNCTIONS: &[Function] = &[
             total = e.eval(&args[0], &s)?;
         }
         Ok(total)
+    }),
+    f("type", 0, 0, |e, input, _, _| {
+        Ok(input
+            .iter()
+            .map(|v| match v {
+                Value::Node(n) => {
+                    let name = v.type_name().to_string();
+                    let _ = n;
+                    Value::TypeInfo { namespace: "FHIR", name }
+                }
+                Value::ReferenceTarget { resource_type, .. } if e.model.is_resource(resource_type) => {
+                    Value::TypeInfo { namespace: "FHIR", name: resource_type.to_string() }
+                }
+                other => Value::TypeInfo { namespace: "System", name: other.type_name().to_string() },
+            })
+            .collect())
+    }),
+    f("sort", 0, 8, |e, input, args, _| {
+        // Keys: each argument, evaluated per item; a leading `-` sorts descending.
+        let mut keyed = Vec::with_capacity(input.len());
+        for (i, item) in input.into_iter().enumerate() {
+            let mut keys = Vec::new();
+            for arg in args {
+                let (expr, descending) = match arg { Expr::Negate(inner) => (inner.as_ref(), true), other => (other, false) };
+                keys.push((e.eval(expr, &item_scope(item.clone(), i))?.into_iter().next(), descending));
+            }
+            keyed.push((keys, item));
+        }
+        let mut error = None;
+        keyed.sort_by(|(ka, a), (kb, b)| {
+            if ka.is_empty() {
+                return order(a, b, &mut error);
+            }
+            for ((x, desc), (y, _)) in ka.iter().zip(kb) {
+                // Items without a key come first, whatever the direction.
+                let o = match (x, y) {
+                    (None, None) => std::cmp::Ordering::Equal,
+                    (None, Some(_)) => return std::cmp::Ordering::Less,
+                    (Some(_), None) => return std::cmp::Ordering::Greater,
+                    (Some(x), Some(y)) => order(x, y, &mut error),
+                };
+                let o = if *desc { o.reverse() } else { o };
+                if o != std::cmp::Ordering::Equal {
+                    return o;
+                }
+            }
+            std::cmp::Ordering::Equal
+        });
+        match error {
+            Some(e) => Err(eval_error(None, e)),
+            None => Ok(keyed.into_iter().map(|(_, v)| v).collect()),
+        }
+    }),
+    f("conformsTo", 1, 1, |e, input, args, scope| {
+        let Some(url) = singleton_string(&e.eval(&args[0], scope)?, "conformsTo()")? else { return Ok(Vec::new()) };
+        let Some(item) = singleton(&input, "conformsTo()")? else { return Ok(Vec::new()) };
+        let t = item.type_name();
+        let Some(base) = url.strip_prefix("http://hl7.org/fhir/StructureDefinition/").filter(|b| e.model.type_def(b).is_some()) else {
+            return Err(eval_error(None, format!("unknown profile '{url}' (only base FHIR types are known)")));
+        };
+        Ok(boolean(e.model.derives_from(t, base)))
+    }),
+    f("comparable", 1, 1, |e, input, args, scope| {
+        let other = e.eval(&args[0], scope)?;
+        let (Some(a), Some(b)) = (singleton(&input, "comparable()")?.map(Value::to_system), singleton(&other, "comparable()")?.map(Value::to_system)) else { return Ok(Vec::new()) };
+        match (a, b) {
+            (Value::Quantity(x), Value::Quantity(y)) => Ok(boolean(super::units::comparable(&x.unit, &y.unit))),
+            _ => Err(eval_error(None, "comparable() expects quantities")),
+        }
+    }),
+    f("precision", 0, 0, |_, input, _, _| {
+        let Some(v) = singleton(&input, "precision()")?.map(Value::to_system) else { return Ok(Vec::new()) };
+        let digits = match v {
+            Value::Decimal(d) => d.scale() as i64,
+            Value::Integer(_) => 0,
+            Value::Date(d) | Value::DateTime(d) => date_digits(d.precision),
+            Value::Time(t) => time_digits(t.precision),
+            _ => return Ok(Vec::new()),
+        };
+        Ok(vec![Value::Integer(digits)])
     }),
     // Tree navigation
     f("children", 0, 0, |e, input, _, _| Ok(children(e, &input))),
@@ -228,8 +320,36 @@ static FUNCTIONS: &[Function] = &[
         } else { s.replace(from, to) }))
     })),
     f("matches", 1, 1, |e, input, args, scope| regex_fn(e, input, args, scope, |s, re, _| Value::Boolean(re.is_match(s)))),
-    f("replaceMatches", 2, 2, |e, input, args, scope| regex_fn(e, input, args, scope, |s, re, a| {
-        Value::String(re.replace_all(s, a.as_deref().unwrap_or("")).into_owned())
+    f("replaceMatches", 2, 2, |e, input, args, scope| {
+        if e.eval(&args[1], scope)?.is_empty() {
+            return Ok(Vec::new());
+        }
+        regex_fn(e, input, args, scope, |s, re, a| {
+            if re.as_str() == "(?s)" {
+                return Value::String(s.to_string());
+            }
+            Value::String(re.replace_all(s, a.as_deref().unwrap_or("")).into_owned())
+        })
+    }),
+    f("matchesFull", 1, 1, |e, input, args, scope| {
+        let Some(pattern) = singleton_string(&e.eval(&args[0], scope)?, "matchesFull()")? else { return Ok(Vec::new()) };
+        let Some(s) = singleton_string(&input, "matchesFull()")? else { return Ok(Vec::new()) };
+        let re = regex::Regex::new(&format!("(?s)^(?:{pattern})$")).map_err(|err| eval_error(None, format!("invalid regex '{pattern}': {err}")))?;
+        Ok(boolean(re.is_match(&s)))
+    }),
+    f("encode", 1, 1, |e, input, args, scope| string_fn(e, input, args, scope, |s, a| encode(s.as_bytes(), a[0].as_deref()?).map(Value::String))),
+    f("decode", 1, 1, |e, input, args, scope| string_fn(e, input, args, scope, |s, a| {
+        decode(s, a[0].as_deref()?).and_then(|b| String::from_utf8(b).ok()).map(Value::String)
+    })),
+    f("escape", 1, 1, |e, input, args, scope| string_fn(e, input, args, scope, |s, a| match a[0].as_deref()? {
+        "html" => Some(Value::String(s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;"))),
+        "json" => Some(Value::String(s.replace('\\', "\\\\").replace('"', "\\\""))),
+        _ => None,
+    })),
+    f("unescape", 1, 1, |e, input, args, scope| string_fn(e, input, args, scope, |s, a| match a[0].as_deref()? {
+        "html" => Some(Value::String(s.replace("&quot;", "\"").replace("&lt;", "<").replace("&gt;", ">").replace("&#39;", "'").replace("&amp;", "&"))),
+        "json" => Some(Value::String(s.replace("\\\"", "\"").replace("\\\\", "\\"))),
+        _ => None,
     })),
     f("split", 1, 1, |e, input, args, scope| {
         let Some(s) = singleton_string(&input, "split()")? else { return Ok(Vec::new()) };
@@ -314,8 +434,14 @@ static FUNCTIONS: &[Function] = &[
             _ => None,
         }).collect())
     }),
-    f("lowBoundary", 0, 1, |_, input, _, _| boundary(&input, true)),
-    f("highBoundary", 0, 1, |_, input, _, _| boundary(&input, false)),
+    f("lowBoundary", 0, 1, |e, input, args, scope| {
+        let precision = match args.first() { Some(a) => singleton_integer(&e.eval(a, scope)?, "lowBoundary()")?, None => None };
+        boundary(&input, true, precision)
+    }),
+    f("highBoundary", 0, 1, |e, input, args, scope| {
+        let precision = match args.first() { Some(a) => singleton_integer(&e.eval(a, scope)?, "highBoundary()")?, None => None };
+        boundary(&input, false, precision)
+    }),
 ];
 
 /// Calls function `name` on `input`.
@@ -352,8 +478,14 @@ fn boolean<'a>(b: bool) -> Collection<'a> {
     vec![Value::Boolean(b)]
 }
 
-fn is_bool(v: &Value<'_>, b: bool) -> bool {
-    matches!(v.to_system(), Value::Boolean(x) if x == b)
+fn booleans(input: &Collection<'_>) -> Result<Vec<bool>, FhirPathError> {
+    input
+        .iter()
+        .map(|v| match v.to_system() {
+            Value::Boolean(b) => Ok(b),
+            other => Err(eval_error(None, format!("expected booleans, got {}", other.type_name()))),
+        })
+        .collect()
 }
 
 fn item_scope(item: Value<'_>, index: usize) -> Scope<'_> {
@@ -586,6 +718,7 @@ fn to_quantity<'a>(v: &Value<'a>) -> Option<Value<'a>> {
     }
     match v.to_system() {
         Value::Quantity(q) => Some(Value::Quantity(q)),
+        Value::Boolean(b) => Some(Value::Quantity(Quantity { value: Decimal::from(i64::from(b)), unit: "1".into() })),
         Value::Integer(i) => Some(Value::Quantity(Quantity { value: Decimal::from(i), unit: "1".into() })),
         Value::Decimal(d) => Some(Value::Quantity(Quantity { value: d, unit: "1".into() })),
         Value::String(s) => {
@@ -605,34 +738,128 @@ fn to_quantity<'a>(v: &Value<'a>) -> Option<Value<'a>> {
     }
 }
 
-/// `lowBoundary()` / `highBoundary()`: the range a value of limited precision
-/// stands for (decimals ± half a unit of their last digit, dates and times to
-/// the ends of their precision).
-fn boundary<'a>(input: &Collection<'a>, low: bool) -> Result<Collection<'a>, FhirPathError> {
+fn order(a: &Value<'_>, b: &Value<'_>, error: &mut Option<String>) -> std::cmp::Ordering {
+    match super::value::compare(a, b) {
+        Ok(Some(o)) => o,
+        Ok(None) => std::cmp::Ordering::Equal,
+        Err(e) => {
+            error.get_or_insert(e);
+            std::cmp::Ordering::Equal
+        }
+    }
+}
+
+fn date_digits(p: Precision) -> i64 {
+    match p {
+        Precision::Year => 4,
+        Precision::Month => 6,
+        Precision::Day => 8,
+        Precision::Hour => 10,
+        Precision::Minute => 12,
+        Precision::Second => 14,
+        Precision::Millisecond => 17,
+    }
+}
+
+fn time_digits(p: Precision) -> i64 {
+    match p {
+        Precision::Hour => 2,
+        Precision::Minute => 4,
+        Precision::Second => 6,
+        _ => 9,
+    }
+}
+
+fn date_precision(digits: i64) -> Option<Precision> {
+    Some(match digits {
+        4 => Precision::Year,
+        6 => Precision::Month,
+        8 => Precision::Day,
+        10 => Precision::Hour,
+        12 => Precision::Minute,
+        14 => Precision::Second,
+        17 => Precision::Millisecond,
+        _ => return None,
+    })
+}
+
+fn encode(bytes: &[u8], format: &str) -> Option<String> {
+    use base64::Engine;
+    Some(match format {
+        "base64" => base64::engine::general_purpose::STANDARD.encode(bytes),
+        "urlbase64" => base64::engine::general_purpose::URL_SAFE.encode(bytes),
+        "hex" => bytes.iter().map(|b| format!("{b:02x}")).collect(),
+        _ => return None,
+    })
+}
+
+fn decode(text: &str, format: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    match format {
+        "base64" => base64::engine::general_purpose::STANDARD.decode(text).ok(),
+        "urlbase64" => base64::engine::general_purpose::URL_SAFE.decode(text).ok(),
+        "hex" => (0..text.len()).step_by(2).map(|i| text.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect(),
+        _ => None,
+    }
+}
+
+/// Rounds `d` to `scale` digits toward −∞ (`low`) or +∞.
+fn round_to(d: Decimal, scale: u32, low: bool) -> Decimal {
+    use rust_decimal::RoundingStrategy;
+    let mut r = d.round_dp_with_strategy(scale, if low { RoundingStrategy::ToNegativeInfinity } else { RoundingStrategy::ToPositiveInfinity });
+    r.rescale(scale);
+    r
+}
+
+/// `lowBoundary([precision])` / `highBoundary([precision])`: the range a value
+/// of limited precision stands for (decimals ± half a unit of their last
+/// digit, default 8 digits; dates and times to the ends of their precision).
+fn boundary<'a>(input: &Collection<'a>, low: bool, precision: Option<i64>) -> Result<Collection<'a>, FhirPathError> {
     let Some(v) = singleton(input, "boundary")? else { return Ok(Vec::new()) };
-    let system = v.to_system();
-    Ok(match system {
-        Value::Decimal(d) => {
-            let half = Decimal::new(5, d.scale() + 1);
-            vec![Value::Decimal(if low { d - half } else { d + half })]
+    let decimal_boundary = |d: Decimal| -> Option<Decimal> {
+        let digits = precision.unwrap_or(8);
+        if !(0..=28).contains(&digits) {
+            return None;
         }
-        Value::Integer(i) => {
-            let d = Decimal::from(i);
-            let half = Decimal::new(5, 1);
-            vec![Value::Decimal(if low { d - half } else { d + half })]
-        }
+        let half = Decimal::new(5, d.scale() + 1);
+        Some(round_to(if low { d - half } else { d + half }, digits as u32, low))
+    };
+    Ok(match v.to_system() {
+        Value::Decimal(d) => decimal_boundary(d).map(Value::Decimal).into_iter().collect(),
+        Value::Integer(i) => decimal_boundary(Decimal::from(i)).map(Value::Decimal).into_iter().collect(),
+        Value::Quantity(q) => decimal_boundary(q.value)
+            .map(|value| Value::Quantity(Quantity { value, unit: q.unit }))
+            .into_iter()
+            .collect(),
         Value::Date(d) => {
+            let target = match precision { Some(p) => match date_precision(p) { Some(t) if t <= Precision::Day => t, _ => return Ok(Vec::new()) }, None => Precision::Day };
             let text = if low { d.low_boundary_date() } else { d.high_boundary_date() };
-            DateTimeValue::parse(&text).map(Value::Date).into_iter().collect()
+            DateTimeValue::parse(&text)
+                .map(|full| Value::Date(DateTimeValue { precision: target, ..full }))
+                .into_iter()
+                .collect()
         }
         Value::DateTime(d) => {
+            let target = match precision { Some(p) => match date_precision(p) { Some(t) => t, None => return Ok(Vec::new()) }, None => Precision::Millisecond };
             let text = if low { d.low_boundary_datetime() } else { d.high_boundary_datetime() };
-            DateTimeValue::parse(&text).map(Value::DateTime).into_iter().collect()
+            DateTimeValue::parse(&text)
+                .map(|full| {
+                    let offset = if target >= Precision::Hour { full.offset_minutes } else { None };
+                    Value::DateTime(DateTimeValue { precision: target, offset_minutes: offset, ..full })
+                })
+                .into_iter()
+                .collect()
         }
-        Value::Time(t) => vec![Value::Time(if low { t.low_boundary() } else { t.high_boundary() })],
-        Value::Quantity(q) => {
-            let half = Decimal::new(5, q.value.scale() + 1);
-            vec![Value::Quantity(Quantity { value: if low { q.value - half } else { q.value + half }, unit: q.unit })]
+        Value::Time(t) => {
+            let target = match precision {
+                Some(2) => Precision::Hour,
+                Some(4) => Precision::Minute,
+                Some(6) => Precision::Second,
+                Some(9) | None => Precision::Millisecond,
+                Some(_) => return Ok(Vec::new()),
+            };
+            let full = if low { t.low_boundary() } else { t.high_boundary() };
+            vec![Value::Time(TimeValue { precision: target, ..full })]
         }
         _ => Vec::new(),
     })

@@ -83,9 +83,7 @@ pub fn tokenize(text: &str) -> Result<Vec<Token>, FhirPathError> {
             let literal_start = i;
             if bytes.get(i) == Some(&b'T') {
                 i += 1;
-                while i < bytes.len() && (bytes[i].is_ascii_digit() || matches!(bytes[i], b':' | b'.')) {
-                    i += 1;
-                }
+                i = scan_time(bytes, i);
                 TokenKind::Time(text[literal_start + 1..i].to_string())
             } else {
                 while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b'-') {
@@ -93,9 +91,7 @@ pub fn tokenize(text: &str) -> Result<Vec<Token>, FhirPathError> {
                 }
                 if bytes.get(i) == Some(&b'T') {
                     i += 1;
-                    while i < bytes.len() && (bytes[i].is_ascii_digit() || matches!(bytes[i], b':' | b'.')) {
-                        i += 1;
-                    }
+                    i = scan_time(bytes, i);
                     if bytes.get(i) == Some(&b'Z') {
                         i += 1;
                     } else if matches!(bytes.get(i), Some(b'+' | b'-')) && bytes.get(i + 1).is_some_and(u8::is_ascii_digit) {
@@ -156,6 +152,19 @@ pub fn tokenize(text: &str) -> Result<Vec<Token>, FhirPathError> {
     }
     tokens.push(Token { kind: TokenKind::Eof, pos: text.len() });
     Ok(tokens)
+}
+
+/// Scans the time part of a date/time literal (`hh[:mm[:ss[.fff]]]`); a `.`
+/// not followed by a digit ends the literal (`@T10:30.precision()`).
+fn scan_time(bytes: &[u8], mut i: usize) -> usize {
+    while i < bytes.len() {
+        match bytes[i] {
+            b'0'..=b'9' | b':' => i += 1,
+            b'.' if bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => i += 1,
+            _ => break,
+        }
+    }
+    i
 }
 
 /// Reads a quoted string or identifier starting at `start` (the quote),

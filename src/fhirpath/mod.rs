@@ -13,6 +13,7 @@ mod functions;
 pub mod lexer;
 pub mod parser;
 pub mod temporal;
+pub mod units;
 pub mod value;
 
 use std::collections::HashMap;

@@ -266,6 +266,13 @@ impl DateTimeValue {
     /// FHIRPath comparison: `None` when precisions differ and the known parts
     /// are equal (the answer is unknown).
     pub fn compare(&self, other: &Self) -> Option<Ordering> {
+        // With a time of day, a value with a zone and one without cannot be ordered.
+        if self.precision >= Precision::Hour
+            && other.precision >= Precision::Hour
+            && self.offset_minutes.is_some() != other.offset_minutes.is_some()
+        {
+            return None;
+        }
         let (a, b) = (self.normalized(), other.normalized());
         let cap = |p: Precision| if p >= Precision::Second { Precision::Second } else { p };
         let (pa, pb) = (cap(a.precision), cap(b.precision));
@@ -368,18 +375,19 @@ impl DateTimeValue {
         v.format()
     }
 
-    /// Adds a calendar duration (`unit` a calendar word or UCUM `a`, `mo`, `wk`,
-    /// `d`, `h`, `min`, `s`, `ms`); `None` when the unit is not a duration.
+    /// Adds a calendar duration (`unit` a calendar word or the UCUM `wk`, `d`,
+    /// `h`, `min`, `s`, `ms`; UCUM `a` and `mo` are average lengths, not
+    /// calendar units); `None` when the unit is not a duration.
     pub fn add(&self, amount: i64, unit: &str) -> Option<Self> {
-        let unit = unit.trim_end_matches('s');
+        let unit = if unit == "ms" || unit == "s" { unit } else { unit.trim_end_matches('s') };
         let mut v = self.clone();
         match unit {
-            "year" | "a" => {
+            "year" => {
                 v.year += i32::try_from(amount).ok()?;
                 v.day = v.day.min(days_in_month(v.year, v.month));
                 return Some(v);
             }
-            "month" | "mo" => {
+            "month" => {
                 let months = i64::from(v.year) * 12 + i64::from(v.month) - 1 + amount;
                 v.year = i32::try_from(months.div_euclid(12)).ok()?;
                 v.month = (months.rem_euclid(12) + 1) as u32;
@@ -393,8 +401,8 @@ impl DateTimeValue {
             "day" | "d" => Duration::days(amount),
             "hour" | "h" => Duration::hours(amount),
             "minute" | "min" => Duration::minutes(amount),
-            "second" | "" => Duration::seconds(amount),
-            "millisecond" | "m" => Duration::milliseconds(amount),
+            "second" | "s" => Duration::seconds(amount),
+            "millisecond" | "ms" => Duration::milliseconds(amount),
             _ => return None,
         };
         let n = self.naive()? + duration;

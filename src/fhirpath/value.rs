@@ -6,6 +6,7 @@ use std::cmp::Ordering;
 use rust_decimal::Decimal;
 
 use super::temporal::{DateTimeValue, TimeValue};
+use super::units;
 use crate::fhir::model::FhirModel;
 use crate::json::JsonValue;
 
@@ -18,6 +19,8 @@ pub struct Node<'a> {
     pub fhir_type: Option<&'static str>,
     /// Where its children are defined (a type name or a backbone path).
     pub children_owner: Option<&'static str>,
+    /// For a primitive, its `_name` companion object (`id`, `extension`).
+    pub primitive_element: Option<&'a JsonValue<'a>>,
 }
 
 /// A quantity (value + unit).
@@ -50,6 +53,13 @@ pub enum Value<'a> {
     Time(TimeValue),
     /// System.Quantity
     Quantity(Quantity),
+    /// What `type()` returns: a type's namespace (`System`, `FHIR`) and name.
+    TypeInfo {
+        /// `System` or `FHIR`.
+        namespace: &'static str,
+        /// The type's name.
+        name: String,
+    },
     /// The target of a literal reference, as `resolve()` yields it without a
     /// server: only its type and id are known (enough for `resolve() is Patient`).
     ReferenceTarget {
@@ -75,7 +85,7 @@ fn is_integer_type(t: &str) -> bool {
 impl<'a> Value<'a> {
     /// A node value with a type looked up by the caller.
     pub fn node(json: &'a JsonValue<'a>, fhir_type: Option<&'static str>, children_owner: Option<&'static str>) -> Self {
-        Value::Node(Node { json, fhir_type, children_owner })
+        Value::Node(Node { json, fhir_type, children_owner, primitive_element: None })
     }
 
     /// A resource node: its type from `resourceType`.
@@ -89,6 +99,13 @@ impl<'a> Value<'a> {
     pub fn to_system(&self) -> Value<'a> {
         let Value::Node(node) = self else { return self.clone() };
         let t = node.fhir_type.unwrap_or("");
+        if matches!(t, "Quantity" | "Age" | "Duration" | "Distance" | "Count" | "SimpleQuantity" | "MoneyQuantity")
+            && let Some(JsonValue::Number(n)) = node.json.get("value")
+            && let Some(value) = parse_decimal(n)
+        {
+            let unit = node.json.get("code").or_else(|| node.json.get("unit")).and_then(JsonValue::as_str).unwrap_or("1");
+            return Value::Quantity(Quantity { value, unit: unit.to_string() });
+        }
         match node.json {
             JsonValue::Bool(b) => Value::Boolean(*b),
             JsonValue::Number(n) => {
@@ -130,6 +147,7 @@ impl<'a> Value<'a> {
             Value::Time(_) => "Time",
             Value::Quantity(_) => "Quantity",
             Value::ReferenceTarget { resource_type, .. } => resource_type,
+            Value::TypeInfo { .. } => "TypeInfo",
         }
     }
 
@@ -145,7 +163,7 @@ impl<'a> Value<'a> {
     pub fn is_primitive(&self) -> bool {
         match self {
             Value::Node(n) => !matches!(n.json, JsonValue::Object(_) | JsonValue::Array(_) | JsonValue::Null),
-            Value::ReferenceTarget { .. } => false,
+            Value::ReferenceTarget { .. } | Value::TypeInfo { .. } => false,
             _ => true,
         }
     }
@@ -163,7 +181,7 @@ impl<'a> Value<'a> {
             },
             Value::Time(t) => t.format(),
             Value::Quantity(q) => {
-                if q.unit.chars().all(char::is_alphabetic) && !q.unit.is_empty() && is_calendar_word(&q.unit) {
+                if is_calendar_word(&q.unit) {
                     format!("{} {}", q.value, q.unit)
                 } else {
                     format!("{} '{}'", q.value, q.unit)
@@ -180,21 +198,6 @@ pub fn is_calendar_word(unit: &str) -> bool {
         unit.trim_end_matches('s'),
         "year" | "month" | "week" | "day" | "hour" | "minute" | "second" | "millisecond"
     )
-}
-
-/// The UCUM code of a calendar word used in equality (`1 year = 1 'a'`).
-pub fn canonical_unit(unit: &str) -> &str {
-    match unit.trim_end_matches('s') {
-        "year" => "a",
-        "month" => "mo",
-        "week" => "wk",
-        "day" => "d",
-        "hour" => "h",
-        "minute" => "min",
-        "second" => "s",
-        "millisecond" => "ms",
-        _ => unit,
-    }
 }
 
 /// Deep equality of two JSON values, ignoring member order.
@@ -230,15 +233,14 @@ pub fn equals(a: &Value<'_>, b: &Value<'_>) -> Option<bool> {
         }
         (Value::Time(x), Value::Time(y)) => x.compare(&y).map(|o| o == Ordering::Equal),
         (Value::Quantity(x), Value::Quantity(y)) => {
-            if canonical_unit(&x.unit) == canonical_unit(&y.unit) {
-                Some(x.value == y.value)
-            } else {
-                None
-            }
+            let (a, da) = units::to_base(x.value, &x.unit);
+            let (b, db) = units::to_base(y.value, &y.unit);
+            (da == db).then_some(a == b)
         }
         (Value::ReferenceTarget { resource_type: t1, id: i1 }, Value::ReferenceTarget { resource_type: t2, id: i2 }) => {
             Some(t1 == t2 && i1 == i2)
         }
+        (Value::TypeInfo { namespace: n1, name: a }, Value::TypeInfo { namespace: n2, name: b }) => Some(n1 == n2 && a == b),
         _ => Some(false),
     }
 }
@@ -261,6 +263,13 @@ pub fn equivalent(a: &Value<'_>, b: &Value<'_>) -> bool {
         (Value::Date(x) | Value::DateTime(x), Value::Date(y) | Value::DateTime(y)) => {
             x.compare(&y) == Some(Ordering::Equal)
         }
+        (Value::Quantity(x), Value::Quantity(y)) => match units::convert(y.value, &y.unit, &x.unit) {
+            Some(y_in_x) => {
+                let scale = x.value.scale().min(y.value.scale());
+                x.value.round_dp(scale) == y_in_x.round_dp(scale)
+            }
+            None => false,
+        },
         _ => equals(a, b).unwrap_or(false),
     }
 }
@@ -276,10 +285,11 @@ pub fn compare(a: &Value<'_>, b: &Value<'_>) -> Result<Option<Ordering>, String>
         (Value::String(x), Value::String(y)) => Some(x.cmp(&y)),
         (Value::Date(x) | Value::DateTime(x), Value::Date(y) | Value::DateTime(y)) => x.compare(&y),
         (Value::Time(x), Value::Time(y)) => x.compare(&y),
-        (Value::Quantity(x), Value::Quantity(y)) if canonical_unit(&x.unit) == canonical_unit(&y.unit) => {
-            Some(x.value.cmp(&y.value))
+        (Value::Quantity(x), Value::Quantity(y)) => {
+            let (a, da) = units::to_base(x.value, &x.unit);
+            let (b, db) = units::to_base(y.value, &y.unit);
+            (da == db).then(|| a.cmp(&b))
         }
-        (Value::Quantity(_), Value::Quantity(_)) => None,
         (x, y) => return Err(format!("cannot compare {} with {}", x.type_name(), y.type_name())),
     })
 }

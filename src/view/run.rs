@@ -67,6 +67,7 @@ pub fn cell_value(value: &Value<'_>) -> CellValue {
         Value::Time(t) => CellValue::Str(t.format()),
         Value::Quantity(q) => CellValue::Str(format!("{} '{}'", q.value, q.unit)),
         Value::ReferenceTarget { resource_type, id } => CellValue::Str(format!("{resource_type}/{id}")),
+        Value::TypeInfo { namespace, name } => CellValue::Str(format!("{namespace}.{name}")),
     }
 }
 

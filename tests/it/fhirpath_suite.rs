@@ -68,14 +68,14 @@ fn render(v: &Value<'_>) -> (String, String) {
 
 fn output_matches(expected: &(String, String), actual: &(String, String), value: &Value<'_>) -> bool {
     let (et, ev) = expected;
-    let ev = ev.trim_start_matches('@');
-    let (_, av) = actual;
+    let ev = ev.trim_start_matches('@').trim_start_matches('T');
+    let av = actual.1.trim_start_matches('T');
     match et.as_str() {
         "decimal" | "integer" => match (ev.parse::<f64>(), av.parse::<f64>()) {
             (Ok(a), Ok(b)) => (a - b).abs() < 1e-9,
             _ => ev == av,
         },
-        "date" | "dateTime" | "time" => ev.trim_start_matches('T') == av.trim_start_matches('T'),
+        "date" | "dateTime" | "time" => ev == av,
         "Quantity" => ev.replace('\'', "") == av.replace('\'', ""),
         _ => ev == av || matches!(value, Value::Boolean(_)) && ev == av,
     }
