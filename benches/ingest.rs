@@ -91,8 +91,7 @@ fn duckdb(script: &str, data: &Path, work: &Path, name: &str) -> Option<Run> {
         "--threads",
         "2",
     ]));
-    let report: serde_json::Value =
-        serde_json::from_str(out.trim().lines().last().unwrap_or("{}")).ok()?;
+    let report: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap_or("{}")).ok()?;
     let (input_mib, inner_seconds, resources) = if script == "duckdb_ingest.py" {
         (
             report["input_mib"].as_f64()?,
@@ -103,10 +102,7 @@ fn duckdb(script: &str, data: &Path, work: &Path, name: &str) -> Option<Run> {
         // duckdb_view.py's `load` phase parses only Patient, Condition and
         // Encounter; measure their NDJSON size (uncompressed) ourselves.
         let types = ["Patient", "Condition", "Encounter"];
-        let resources = types
-            .iter()
-            .filter_map(|t| report["rows"][t].as_u64())
-            .sum();
+        let resources = types.iter().filter_map(|t| report["rows"][t].as_u64()).sum();
         (
             ndjson_mib(data, &types),
             report["timings"]["load_s"].as_f64()?,
@@ -138,11 +134,7 @@ fn ndjson_mib(dir: &Path, types: &[&str]) -> f64 {
         }
         let file = std::fs::File::open(entry.path()).expect("open");
         bytes += if name.ends_with(".gz") {
-            std::io::copy(
-                &mut flate2::read::MultiGzDecoder::new(file),
-                &mut std::io::sink(),
-            )
-            .expect("gunzip")
+            std::io::copy(&mut flate2::read::MultiGzDecoder::new(file), &mut std::io::sink()).expect("gunzip")
         } else {
             entry.metadata().map(|m| m.len()).unwrap_or(0)
         };
@@ -189,9 +181,7 @@ fn main() {
         runs.extend(duckdb("duckdb_ingest.py", &data, &work, &name));
         runs.extend(duckdb("duckdb_view.py", &data, &work, &name));
     }
-    println!(
-        "| dataset | tool | NDJSON MiB | resources | seconds | MiB/s | resources/s | peak RSS MiB |"
-    );
+    println!("| dataset | tool | NDJSON MiB | resources | seconds | MiB/s | resources/s | peak RSS MiB |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for r in &runs {
         println!(
@@ -212,9 +202,7 @@ fn main() {
         .map(|r| r.dataset.clone())
         .collect::<std::collections::BTreeSet<_>>()
     {
-        let ours = runs
-            .iter()
-            .find(|r| r.dataset == dataset && r.tool == "fhirlake load");
+        let ours = runs.iter().find(|r| r.dataset == dataset && r.tool == "fhirlake load");
         let duck = runs
             .iter()
             .find(|r| r.dataset == dataset && r.tool == "duckdb duckdb_ingest");
@@ -226,8 +214,10 @@ fn main() {
         }
     }
     for r in &runs {
-        json.push(serde_json::json!({"dataset": r.dataset, "tool": r.tool, "input_mib": r.input_mib, "resources": r.resources,
-            "seconds": r.seconds, "mib_per_s": r.mib_per_s(), "peak_rss_mib": r.peak_rss_mib}));
+        json.push(
+            serde_json::json!({"dataset": r.dataset, "tool": r.tool, "input_mib": r.input_mib, "resources": r.resources,
+            "seconds": r.seconds, "mib_per_s": r.mib_per_s(), "peak_rss_mib": r.peak_rss_mib}),
+        );
     }
     let _ = std::fs::write(
         root.join("target/bench-ingest.json"),

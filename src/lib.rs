@@ -16,6 +16,6 @@ pub mod generate;
 pub mod ingest;
 pub mod json;
 pub mod query;
-pub mod view;
 pub mod store;
+pub mod view;
 pub mod warehouse;

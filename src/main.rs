@@ -86,10 +86,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -137,11 +134,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_load_summary(&mut out, &cli.warehouse, &report)?;
             }
         }
-        Command::Sql {
-            query,
-            format,
-            output,
-        } => {
+        Command::Sql { query, format, output } => {
             let sql = match query {
                 Some(q) => q,
                 None => {
@@ -161,8 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (mut sink, target): (Box<dyn Write + Send>, String) = match &output {
                 Some(path) => (
                     Box::new(std::io::BufWriter::new(
-                        std::fs::File::create(path)
-                            .with_context(|| format!("creating {}", path.display()))?,
+                        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
                     )),
                     path.display().to_string(),
                 ),
@@ -172,13 +164,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
             };
             for result in &results {
-                write_batches(
-                    result.schema.clone(),
-                    &result.batches,
-                    format,
-                    &mut sink,
-                    &target,
-                )?;
+                write_batches(result.schema.clone(), &result.batches, format, &mut sink, &target)?;
             }
         }
         Command::Gen {
@@ -202,11 +188,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_load_summary(
-    out: &mut impl Write,
-    warehouse: &str,
-    r: &LoadReport,
-) -> std::io::Result<()> {
+fn print_load_summary(out: &mut impl Write, warehouse: &str, r: &LoadReport) -> std::io::Result<()> {
     writeln!(
         out,
         "loaded {} resources from {} files ({:.1} MiB NDJSON, {:.1} MiB stored) in {:.2} s: {:.1} MiB/s, {:.0} resources/s; {} rejected",

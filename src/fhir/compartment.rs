@@ -11,12 +11,10 @@ use super::{DefinitionError, ResourceTypes, parse_reference};
 use crate::json::JsonValue;
 
 const COMPARTMENT_FILE: &str = "data/fhir-r4/CompartmentDefinition-patient.json";
-const COMPARTMENT_JSON: &str =
-    include_str!("../../data/fhir-r4/CompartmentDefinition-patient.json");
+const COMPARTMENT_JSON: &str = include_str!("../../data/fhir-r4/CompartmentDefinition-patient.json");
 const SEARCH_PARAMETERS_FILE: &str = "data/fhir-r4/search-parameters.json";
 /// The official R4 search parameter bundle (shared with the search registry).
-pub(crate) const SEARCH_PARAMETERS_JSON: &str =
-    include_str!("../../data/fhir-r4/search-parameters.json");
+pub(crate) const SEARCH_PARAMETERS_JSON: &str = include_str!("../../data/fhir-r4/search-parameters.json");
 
 /// One element path whose references can put a resource in a Patient's compartment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,11 +78,9 @@ impl PatientCompartment {
                 source,
             })?;
         let bundle: SearchParameterBundle =
-            serde_json::from_str(SEARCH_PARAMETERS_JSON).map_err(|source| {
-                DefinitionError::Json {
-                    file: SEARCH_PARAMETERS_FILE,
-                    source,
-                }
+            serde_json::from_str(SEARCH_PARAMETERS_JSON).map_err(|source| DefinitionError::Json {
+                file: SEARCH_PARAMETERS_FILE,
+                source,
             })?;
         let types = ResourceTypes::r4().map_err(|e| DefinitionError::Unsupported {
             file: COMPARTMENT_FILE,
@@ -93,10 +89,7 @@ impl PatientCompartment {
         let mut by_key: HashMap<(&str, &str), &SearchParameterResource> = HashMap::new();
         for entry in &bundle.entry {
             for base in &entry.resource.base {
-                by_key.insert(
-                    (base.as_str(), entry.resource.code.as_str()),
-                    &entry.resource,
-                );
+                by_key.insert((base.as_str(), entry.resource.code.as_str()), &entry.resource);
             }
         }
         let mut paths = HashMap::new();
@@ -108,10 +101,7 @@ impl PatientCompartment {
                     message,
                 };
                 let Some(sp) = by_key.get(&(resource.code.as_str(), param.as_str())) else {
-                    return Err(unsupported(format!(
-                        "no search parameter {}.{param}",
-                        resource.code
-                    )));
+                    return Err(unsupported(format!("no search parameter {}.{param}", resource.code)));
                 };
                 let expression = sp.expression.as_deref().unwrap_or_default();
                 let mut found = false;
@@ -122,9 +112,7 @@ impl PatientCompartment {
                     else {
                         continue;
                     };
-                    let rest = rest
-                        .strip_suffix(".where(resolve() is Patient)")
-                        .unwrap_or(rest);
+                    let rest = rest.strip_suffix(".where(resolve() is Patient)").unwrap_or(rest);
                     if !rest
                         .split('.')
                         .all(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric()))
@@ -134,8 +122,7 @@ impl PatientCompartment {
                             resource.code
                         )));
                     }
-                    let element_targets =
-                        types.reference_targets(&format!("{}.{rest}", resource.code));
+                    let element_targets = types.reference_targets(&format!("{}.{rest}", resource.code));
                     let only_patient_targets = element_targets == ["Patient"];
                     type_paths.push(CompartmentPath {
                         param: param.clone(),
@@ -159,21 +146,13 @@ impl PatientCompartment {
     /// The compartment paths of a resource type (empty if it is never in a
     /// Patient compartment through references).
     pub fn paths(&self, resource_type: &str) -> &[CompartmentPath] {
-        self.paths
-            .get(resource_type)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
+        self.paths.get(resource_type).map(Vec::as_slice).unwrap_or_default()
     }
 
     /// Appends to `out` the ids of the patients whose compartment `resource`
     /// (of type `resource_type`) is in, sorted and without duplicates. A
     /// Patient is in its own compartment.
-    pub fn patients_of(
-        &self,
-        resource_type: &str,
-        resource: &JsonValue<'_>,
-        out: &mut Vec<String>,
-    ) {
+    pub fn patients_of(&self, resource_type: &str, resource: &JsonValue<'_>, out: &mut Vec<String>) {
         let start = out.len();
         if resource_type == "Patient"
             && let Some(id) = resource.get("id").and_then(JsonValue::as_str)
@@ -196,12 +175,7 @@ impl PatientCompartment {
     }
 }
 
-fn collect_patient_refs(
-    value: &JsonValue<'_>,
-    path: &[String],
-    only_patient: bool,
-    out: &mut Vec<String>,
-) {
+fn collect_patient_refs(value: &JsonValue<'_>, path: &[String], only_patient: bool, out: &mut Vec<String>) {
     match path.split_first() {
         Some((step, rest)) => value.for_each_item(|item| {
             if let Some(child) = item.get(step) {
@@ -217,10 +191,7 @@ fn collect_patient_refs(
             };
             let is_patient = match target.resource_type {
                 Some(t) => t == "Patient",
-                None => {
-                    only_patient
-                        || reference.get("type").and_then(JsonValue::as_str) == Some("Patient")
-                }
+                None => only_patient || reference.get("type").and_then(JsonValue::as_str) == Some("Patient"),
             };
             if is_patient {
                 out.push(target.id.to_string());
@@ -237,17 +208,9 @@ mod tests {
     #[test]
     fn resolves_all_compartment_expressions() {
         let c = PatientCompartment::r4().unwrap();
-        let obs: Vec<_> = c
-            .paths("Observation")
-            .iter()
-            .map(|p| p.path.join("."))
-            .collect();
+        let obs: Vec<_> = c.paths("Observation").iter().map(|p| p.path.join(".")).collect();
         assert_eq!(obs, ["subject", "performer"]);
-        let appt: Vec<_> = c
-            .paths("Appointment")
-            .iter()
-            .map(|p| p.path.join("."))
-            .collect();
+        let appt: Vec<_> = c.paths("Appointment").iter().map(|p| p.path.join(".")).collect();
         assert_eq!(appt, ["participant.actor"]);
         assert!(c.paths("Practitioner").is_empty());
     }
@@ -265,16 +228,12 @@ mod tests {
         c.patients_of("Observation", &obs, &mut out);
         assert_eq!(out, ["p0", "p1"]);
 
-        let imm = parse(
-            r#"{"resourceType":"Immunization","id":"i","patient":{"reference":"urn:uuid:u1"}}"#,
-        )
-        .unwrap();
+        let imm = parse(r#"{"resourceType":"Immunization","id":"i","patient":{"reference":"urn:uuid:u1"}}"#).unwrap();
         out.clear();
         c.patients_of("Immunization", &imm, &mut out);
         assert_eq!(out, ["u1"], "Immunization.patient targets only Patient");
 
-        let cond =
-            parse(r#"{"resourceType":"Condition","subject":{"reference":"urn:uuid:u2"}}"#).unwrap();
+        let cond = parse(r#"{"resourceType":"Condition","subject":{"reference":"urn:uuid:u2"}}"#).unwrap();
         out.clear();
         c.patients_of("Condition", &cond, &mut out);
         assert!(
@@ -282,8 +241,8 @@ mod tests {
             "subject may be a Group: untyped urn:uuid is not assumed a Patient"
         );
 
-        let patient = parse(r#"{"resourceType":"Patient","id":"me","link":[{"other":{"reference":"Patient/twin"}}]}"#)
-            .unwrap();
+        let patient =
+            parse(r#"{"resourceType":"Patient","id":"me","link":[{"other":{"reference":"Patient/twin"}}]}"#).unwrap();
         out.clear();
         c.patients_of("Patient", &patient, &mut out);
         assert_eq!(out, ["me", "twin"]);

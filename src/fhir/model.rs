@@ -97,8 +97,10 @@ impl FhirModel {
     }
 
     fn load() -> Result<Self, DefinitionError> {
-        let file: ElementsFile =
-            serde_json::from_str(ELEMENTS_JSON).map_err(|source| DefinitionError::Json { file: ELEMENTS_FILE, source })?;
+        let file: ElementsFile = serde_json::from_str(ELEMENTS_JSON).map_err(|source| DefinitionError::Json {
+            file: ELEMENTS_FILE,
+            source,
+        })?;
         let mut interned: HashMap<String, &'static str> = HashMap::new();
         let mut intern = |s: &str| -> &'static str { interned.entry(s.to_string()).or_insert_with(|| leak(s)) };
         let mut types = HashMap::new();
@@ -112,7 +114,9 @@ impl FhirModel {
             let base = entry.base_definition.as_deref().map(&mut intern);
             types.insert(intern(name), TypeDef { kind, base });
             for element in &entry.elements {
-                let Some((owner, child)) = element.path.rsplit_once('.') else { continue };
+                let Some((owner, child)) = element.path.rsplit_once('.') else {
+                    continue;
+                };
                 let child = child.trim_end_matches("[x]");
                 let codes: Vec<&'static str> = element.types.iter().map(|t| intern(&t.code)).collect();
                 // Primitive types define a `value` child of a System type: not navigable in JSON.
@@ -125,11 +129,19 @@ impl FhirModel {
                     (None, [single]) => Some(*single),
                     _ => None,
                 };
-                let repeating = element.max.as_deref().is_some_and(|m| m == "*" || m.parse::<u32>().is_ok_and(|n| n > 1));
-                elements
-                    .entry(intern(owner))
-                    .or_default()
-                    .insert(intern(child), ElementDef { types: codes, choice: element.choice, repeating, children_owner });
+                let repeating = element
+                    .max
+                    .as_deref()
+                    .is_some_and(|m| m == "*" || m.parse::<u32>().is_ok_and(|n| n > 1));
+                elements.entry(intern(owner)).or_default().insert(
+                    intern(child),
+                    ElementDef {
+                        types: codes,
+                        choice: element.choice,
+                        repeating,
+                        children_owner,
+                    },
+                );
             }
         }
         Ok(Self { types, elements })
@@ -162,7 +174,10 @@ impl FhirModel {
 
     /// All elements of `owner`.
     pub fn elements_of(&self, owner: &str) -> impl Iterator<Item = (&'static str, &ElementDef)> {
-        self.elements.get(owner).into_iter().flat_map(|m| m.iter().map(|(k, v)| (*k, v)))
+        self.elements
+            .get(owner)
+            .into_iter()
+            .flat_map(|m| m.iter().map(|(k, v)| (*k, v)))
     }
 
     /// True if `derived` is `ancestor` or specialises it (`Patient` of
@@ -209,9 +224,15 @@ mod tests {
         let component = m.element("Observation", "component").unwrap();
         assert_eq!(component.children_owner, Some("Observation.component"));
         assert!(component.repeating);
-        assert_eq!(m.element("Observation.component", "code").unwrap().types, ["CodeableConcept"]);
+        assert_eq!(
+            m.element("Observation.component", "code").unwrap().types,
+            ["CodeableConcept"]
+        );
         assert_eq!(m.element("HumanName", "given").unwrap().types, ["string"]);
-        assert_eq!(m.element("Questionnaire.item", "item").unwrap().children_owner, Some("Questionnaire.item"));
+        assert_eq!(
+            m.element("Questionnaire.item", "item").unwrap().children_owner,
+            Some("Questionnaire.item")
+        );
         assert!(m.derives_from("Patient", "Resource"));
         assert!(m.derives_from("code", "string"));
         assert!(!m.derives_from("string", "code"));

@@ -54,11 +54,10 @@ impl ResourceTypes {
     }
 
     fn load() -> Result<Self, DefinitionError> {
-        let file: ElementsFile =
-            serde_json::from_str(ELEMENTS_JSON).map_err(|source| DefinitionError::Json {
-                file: ELEMENTS_FILE,
-                source,
-            })?;
+        let file: ElementsFile = serde_json::from_str(ELEMENTS_JSON).map_err(|source| DefinitionError::Json {
+            file: ELEMENTS_FILE,
+            source,
+        })?;
         let mut reference_targets = HashMap::new();
         for entry in file.types.values().filter(|t| t.kind == "resource") {
             for element in &entry.elements {

@@ -27,7 +27,11 @@ pub struct Scope<'a> {
 impl<'a> Scope<'a> {
     /// A scope whose focus is `this`.
     pub fn new(this: Collection<'a>) -> Self {
-        Self { this, index: None, total: None }
+        Self {
+            this,
+            index: None,
+            total: None,
+        }
     }
 }
 
@@ -43,11 +47,16 @@ pub struct Evaluator<'a, 'v> {
 }
 
 pub(crate) fn eval_error(pos: Option<usize>, message: impl Into<String>) -> FhirPathError {
-    FhirPathError::Evaluation { message: message.into(), pos }
+    FhirPathError::Evaluation {
+        message: message.into(),
+        pos,
+    }
 }
 
 /// System type names (FHIRPath `System.*`).
-const SYSTEM_TYPES: [&str; 8] = ["Boolean", "String", "Integer", "Decimal", "Date", "DateTime", "Time", "Quantity"];
+const SYSTEM_TYPES: [&str; 8] = [
+    "Boolean", "String", "Integer", "Decimal", "Date", "DateTime", "Time", "Quantity",
+];
 
 fn system_type_of_fhir(t: &str) -> Option<&'static str> {
     Some(match t {
@@ -87,7 +96,12 @@ impl<'a> Evaluator<'a, '_> {
             Expr::This => Ok(scope.this.clone()),
             Expr::Index => Ok(scope.index.map(|i| vec![Value::Integer(i)]).unwrap_or_default()),
             Expr::Total => Ok(scope.total.clone().unwrap_or_default()),
-            Expr::Function { target, name, args, pos } => {
+            Expr::Function {
+                target,
+                name,
+                args,
+                pos,
+            } => {
                 let input = match target {
                     Some(t) => self.eval(t, scope)?,
                     None => scope.this.clone(),
@@ -97,16 +111,27 @@ impl<'a> Evaluator<'a, '_> {
             Expr::Indexer(target, index) => {
                 let input = self.eval(target, scope)?;
                 let index = self.eval(index, scope)?;
-                let Some(i) = singleton_integer(&index, "indexer")? else { return Ok(Vec::new()) };
-                Ok(usize::try_from(i).ok().and_then(|i| input.into_iter().nth(i)).into_iter().collect())
+                let Some(i) = singleton_integer(&index, "indexer")? else {
+                    return Ok(Vec::new());
+                };
+                Ok(usize::try_from(i)
+                    .ok()
+                    .and_then(|i| input.into_iter().nth(i))
+                    .into_iter()
+                    .collect())
             }
             Expr::Negate(operand) => {
                 let value = self.eval(operand, scope)?;
-                let Some(item) = singleton(&value, "unary minus")? else { return Ok(Vec::new()) };
+                let Some(item) = singleton(&value, "unary minus")? else {
+                    return Ok(Vec::new());
+                };
                 Ok(vec![match item.to_system() {
                     Value::Integer(i) => Value::Integer(-i),
                     Value::Decimal(d) => Value::Decimal(-d),
-                    Value::Quantity(q) => Value::Quantity(Quantity { value: -q.value, unit: q.unit }),
+                    Value::Quantity(q) => Value::Quantity(Quantity {
+                        value: -q.value,
+                        unit: q.unit,
+                    }),
                     other => return Err(eval_error(None, format!("cannot negate a {}", other.type_name()))),
                 }])
             }
@@ -136,10 +161,14 @@ impl<'a> Evaluator<'a, '_> {
             "ucum" => Ok(vec![Value::String("http://unitsofmeasure.org".into())]),
             "sct" => Ok(vec![Value::String("http://snomed.info/sct".into())]),
             "loinc" => Ok(vec![Value::String("http://loinc.org".into())]),
-            _ if name.starts_with("vs-") => Ok(vec![Value::String(format!("http://hl7.org/fhir/ValueSet/{}", &name[3..]))]),
-            _ if name.starts_with("ext-") => {
-                Ok(vec![Value::String(format!("http://hl7.org/fhir/StructureDefinition/{}", &name[4..]))])
-            }
+            _ if name.starts_with("vs-") => Ok(vec![Value::String(format!(
+                "http://hl7.org/fhir/ValueSet/{}",
+                &name[3..]
+            ))]),
+            _ if name.starts_with("ext-") => Ok(vec![Value::String(format!(
+                "http://hl7.org/fhir/StructureDefinition/{}",
+                &name[4..]
+            ))]),
             _ => Err(eval_error(None, format!("unknown variable %{name}"))),
         }
     }
@@ -191,7 +220,9 @@ impl<'a> Evaluator<'a, '_> {
                 let inherits = !(exact_primitives && self.model.is_primitive(t)) && self.model.derives_from(t, name);
                 !system_only && (t == name || inherits)
             }
-            Value::ReferenceTarget { resource_type, .. } => !system_only && self.model.derives_from(resource_type, name),
+            Value::ReferenceTarget { resource_type, .. } => {
+                !system_only && self.model.derives_from(resource_type, name)
+            }
             other => {
                 let t = other.type_name();
                 !fhir_only && (t == name || t.eq_ignore_ascii_case(name) && system_type_of_fhir(name) == Some(t))
@@ -202,7 +233,11 @@ impl<'a> Evaluator<'a, '_> {
     /// Appends the children called `name` of `item` to `out`. At the root of a
     /// path (`root`), a type name selects the focus itself (`Patient.name`).
     pub fn navigate(&self, item: &Value<'a>, name: &str, root: bool, out: &mut Collection<'a>) {
-        if let Value::TypeInfo { namespace, name: type_name } = item {
+        if let Value::TypeInfo {
+            namespace,
+            name: type_name,
+        } = item
+        {
             match name {
                 "namespace" => out.push(Value::String(namespace.to_string())),
                 "name" => out.push(Value::String(type_name.clone())),
@@ -266,7 +301,9 @@ impl<'a> Evaluator<'a, '_> {
 
     /// The `_name` object or array that carries a primitive's id and extensions.
     fn primitive_companion(&self, object: &'a JsonValue<'a>, name: &str) -> Option<&'a JsonValue<'a>> {
-        let JsonValue::Object(members) = object else { return None };
+        let JsonValue::Object(members) = object else {
+            return None;
+        };
         members
             .iter()
             .find(|(k, _)| k.strip_prefix('_') == Some(name))
@@ -288,7 +325,12 @@ impl<'a> Evaluator<'a, '_> {
             if matches!(value, JsonValue::Null) && companion.is_none() {
                 return None;
             }
-            Some(Value::Node(Node { json: value, fhir_type: t, children_owner: t, primitive_element: companion }))
+            Some(Value::Node(Node {
+                json: value,
+                fhir_type: t,
+                children_owner: t,
+                primitive_element: companion,
+            }))
         };
         match (values, companions) {
             (Some(JsonValue::Array(vs)), JsonValue::Array(cs)) => {
@@ -313,7 +355,13 @@ impl<'a> Evaluator<'a, '_> {
         self.model.type_name(&lowered)
     }
 
-    fn push_items(&self, v: &'a JsonValue<'a>, t: Option<&'static str>, owner: Option<&'static str>, out: &mut Collection<'a>) {
+    fn push_items(
+        &self,
+        v: &'a JsonValue<'a>,
+        t: Option<&'static str>,
+        owner: Option<&'static str>,
+        out: &mut Collection<'a>,
+    ) {
         let mut push = |item: &'a JsonValue<'a>| {
             if matches!(item, JsonValue::Null) {
                 return;
@@ -330,7 +378,13 @@ impl<'a> Evaluator<'a, '_> {
         }
     }
 
-    fn binary(&self, op: BinaryOp, left: &Expr, right: &Expr, scope: &Scope<'a>) -> Result<Collection<'a>, FhirPathError> {
+    fn binary(
+        &self,
+        op: BinaryOp,
+        left: &Expr,
+        right: &Expr,
+        scope: &Scope<'a>,
+    ) -> Result<Collection<'a>, FhirPathError> {
         use BinaryOp::*;
         // Boolean operators short-circuit per FHIRPath three-valued logic.
         if matches!(op, And | Or | Xor | Implies) {
@@ -392,7 +446,10 @@ impl<'a> Evaluator<'a, '_> {
                     }
                     all
                 };
-                Ok(result.map(|b| Value::Boolean(if op == Eq { b } else { !b })).into_iter().collect())
+                Ok(result
+                    .map(|b| Value::Boolean(if op == Eq { b } else { !b }))
+                    .into_iter()
+                    .collect())
             }
             Equivalent | NotEquivalent => {
                 let result = l.len() == r.len() && l.iter().all(|a| r.iter().any(|b| equivalent(a, b)));
@@ -417,12 +474,18 @@ impl<'a> Evaluator<'a, '_> {
             }
             In | Contains => {
                 let (item, collection) = if op == In { (&l, &r) } else { (&r, &l) };
-                let Some(item) = singleton(item, "membership")? else { return Ok(Vec::new()) };
-                Ok(vec![Value::Boolean(collection.iter().any(|c| equals(item, c) == Some(true)))])
+                let Some(item) = singleton(item, "membership")? else {
+                    return Ok(Vec::new());
+                };
+                Ok(vec![Value::Boolean(
+                    collection.iter().any(|c| equals(item, c) == Some(true)),
+                )])
             }
             Concat => {
                 let s = |c: &Collection<'a>| -> Result<String, FhirPathError> {
-                    Ok(singleton(c, "&")?.and_then(Value::to_fhirpath_string).unwrap_or_default())
+                    Ok(singleton(c, "&")?
+                        .and_then(Value::to_fhirpath_string)
+                        .unwrap_or_default())
                 };
                 Ok(vec![Value::String(s(&l)? + &s(&r)?)])
             }
@@ -446,10 +509,15 @@ fn literal_value<'a>(literal: &Literal) -> Result<Collection<'a>, FhirPathError>
         Literal::Integer(i) => vec![Value::Integer(*i)],
         Literal::Decimal(d) => vec![Value::Decimal(parse_decimal(d).ok_or_else(|| bad("decimal", d))?)],
         Literal::Date(d) => vec![Value::Date(DateTimeValue::parse(d).ok_or_else(|| bad("date", d))?)],
-        Literal::DateTime(d) => vec![Value::DateTime(DateTimeValue::parse(d).ok_or_else(|| bad("dateTime", d))?)],
+        Literal::DateTime(d) => vec![Value::DateTime(
+            DateTimeValue::parse(d).ok_or_else(|| bad("dateTime", d))?,
+        )],
         Literal::Time(t) => vec![Value::Time(TimeValue::parse(t).ok_or_else(|| bad("time", t))?)],
         Literal::Quantity { value, unit } => {
-            vec![Value::Quantity(Quantity { value: parse_decimal(value).ok_or_else(|| bad("quantity", value))?, unit: unit.clone() })]
+            vec![Value::Quantity(Quantity {
+                value: parse_decimal(value).ok_or_else(|| bad("quantity", value))?,
+                unit: unit.clone(),
+            })]
         }
     })
 }
@@ -479,7 +547,10 @@ pub fn singleton_integer(c: &Collection<'_>, what: &str) -> Result<Option<i64>, 
     match singleton(c, what)?.map(Value::to_system) {
         None => Ok(None),
         Some(Value::Integer(i)) => Ok(Some(i)),
-        Some(other) => Err(eval_error(None, format!("{what} expects an integer, got {}", other.type_name()))),
+        Some(other) => Err(eval_error(
+            None,
+            format!("{what} expects an integer, got {}", other.type_name()),
+        )),
     }
 }
 
@@ -525,23 +596,50 @@ fn arithmetic<'a>(op: BinaryOp, a: &Value<'a>, b: &Value<'a>) -> Result<Collecti
             None => return Ok(Vec::new()),
         },
         (Add | Sub, Value::Date(d) | Value::DateTime(d), Value::Quantity(q)) => {
-            let Some(amount) = q.value.trunc().to_i64() else { return Ok(Vec::new()) };
+            let Some(amount) = q.value.trunc().to_i64() else {
+                return Ok(Vec::new());
+            };
             let amount = if op == Sub { -amount } else { amount };
-            let shifted = d.add(amount, &q.unit).ok_or_else(|| eval_error(None, format!("'{}' is not a time unit", q.unit)))?;
-            if matches!(a, Value::Date(_)) { Value::Date(shifted) } else { Value::DateTime(shifted) }
+            let shifted = d
+                .add(amount, &q.unit)
+                .ok_or_else(|| eval_error(None, format!("'{}' is not a time unit", q.unit)))?;
+            if matches!(a, Value::Date(_)) {
+                Value::Date(shifted)
+            } else {
+                Value::DateTime(shifted)
+            }
         }
         (Add | Sub, Value::Quantity(x), Value::Quantity(y)) if x.unit == y.unit => {
-            let value = if op == Add { x.value + y.value } else { x.value - y.value };
-            Value::Quantity(Quantity { value, unit: x.unit.clone() })
+            let value = if op == Add {
+                x.value + y.value
+            } else {
+                x.value - y.value
+            };
+            Value::Quantity(Quantity {
+                value,
+                unit: x.unit.clone(),
+            })
         }
         (Mul | Div, Value::Quantity(x), Value::Integer(_) | Value::Decimal(_)) => {
             let Some(y) = dec(b) else { return Ok(Vec::new()) };
-            let value = if op == Mul { x.value * y } else if y.is_zero() { return Ok(Vec::new()) } else { x.value / y };
-            Value::Quantity(Quantity { value, unit: x.unit.clone() })
+            let value = if op == Mul {
+                x.value * y
+            } else if y.is_zero() {
+                return Ok(Vec::new());
+            } else {
+                x.value / y
+            };
+            Value::Quantity(Quantity {
+                value,
+                unit: x.unit.clone(),
+            })
         }
         _ => {
             let (Some(x), Some(y)) = (dec(a), dec(b)) else {
-                return Err(eval_error(None, format!("cannot apply {op:?} to {} and {}", a.type_name(), b.type_name())));
+                return Err(eval_error(
+                    None,
+                    format!("cannot apply {op:?} to {} and {}", a.type_name(), b.type_name()),
+                ));
             };
             match op {
                 Add => Value::Decimal(x + y),

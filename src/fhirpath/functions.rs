@@ -13,7 +13,8 @@ use super::value::{Collection, Quantity, Value, equals, parse_decimal};
 use crate::fhir::parse_reference;
 use crate::json::JsonValue;
 
-type Impl = for<'a, 'v> fn(&Evaluator<'a, 'v>, Collection<'a>, &[Expr], &Scope<'a>) -> Result<Collection<'a>, FhirPathError>;
+type Impl =
+    for<'a, 'v> fn(&Evaluator<'a, 'v>, Collection<'a>, &[Expr], &Scope<'a>) -> Result<Collection<'a>, FhirPathError>;
 
 /// A function: name, allowed argument counts, implementation.
 struct Function {
@@ -24,7 +25,12 @@ struct Function {
 }
 
 const fn f(name: &'static str, min_args: usize, max_args: usize, eval: Impl) -> Function {
-    Function { name, min_args, max_args, eval }
+    Function {
+        name,
+        min_args,
+        max_args,
+        eval,
+    }
 }
 
 /// Every supported function.
@@ -32,7 +38,10 @@ static FUNCTIONS: &[Function] = &[
     // Existence
     f("empty", 0, 0, |_, input, _, _| Ok(boolean(input.is_empty()))),
     f("exists", 0, 1, |e, input, args, _| {
-        let input = match args.first() { Some(crit) => filter(e, input, crit)?, None => input };
+        let input = match args.first() {
+            Some(crit) => filter(e, input, crit)?,
+            None => input,
+        };
         Ok(boolean(!input.is_empty()))
     }),
     f("all", 1, 1, |e, input, args, _| {
@@ -43,19 +52,33 @@ static FUNCTIONS: &[Function] = &[
         }
         Ok(boolean(true))
     }),
-    f("allTrue", 0, 0, |_, input, _, _| Ok(boolean(booleans(&input)?.iter().all(|b| *b)))),
-    f("anyTrue", 0, 0, |_, input, _, _| Ok(boolean(booleans(&input)?.iter().any(|b| *b)))),
-    f("allFalse", 0, 0, |_, input, _, _| Ok(boolean(booleans(&input)?.iter().all(|b| !*b)))),
-    f("anyFalse", 0, 0, |_, input, _, _| Ok(boolean(booleans(&input)?.iter().any(|b| !*b)))),
+    f("allTrue", 0, 0, |_, input, _, _| {
+        Ok(boolean(booleans(&input)?.iter().all(|b| *b)))
+    }),
+    f("anyTrue", 0, 0, |_, input, _, _| {
+        Ok(boolean(booleans(&input)?.iter().any(|b| *b)))
+    }),
+    f("allFalse", 0, 0, |_, input, _, _| {
+        Ok(boolean(booleans(&input)?.iter().all(|b| !*b)))
+    }),
+    f("anyFalse", 0, 0, |_, input, _, _| {
+        Ok(boolean(booleans(&input)?.iter().any(|b| !*b)))
+    }),
     f("subsetOf", 1, 1, |e, input, args, scope| {
         let other = e.eval(&args[0], scope)?;
-        Ok(boolean(input.iter().all(|a| other.iter().any(|b| equals(a, b) == Some(true)))))
+        Ok(boolean(
+            input.iter().all(|a| other.iter().any(|b| equals(a, b) == Some(true))),
+        ))
     }),
     f("supersetOf", 1, 1, |e, input, args, scope| {
         let other = e.eval(&args[0], scope)?;
-        Ok(boolean(other.iter().all(|b| input.iter().any(|a| equals(a, b) == Some(true)))))
+        Ok(boolean(
+            other.iter().all(|b| input.iter().any(|a| equals(a, b) == Some(true))),
+        ))
     }),
-    f("count", 0, 0, |_, input, _, _| Ok(vec![Value::Integer(input.len() as i64)])),
+    f("count", 0, 0, |_, input, _, _| {
+        Ok(vec![Value::Integer(input.len() as i64)])
+    }),
     f("distinct", 0, 0, |_, input, _, _| Ok(distinct(input))),
     f("isDistinct", 0, 0, |_, input, _, _| {
         let n = input.len();
@@ -127,11 +150,18 @@ static FUNCTIONS: &[Function] = &[
     }),
     f("intersect", 1, 1, |e, input, args, scope| {
         let other = e.eval(&args[0], scope)?;
-        Ok(distinct(input.into_iter().filter(|a| other.iter().any(|b| equals(a, b) == Some(true)))))
+        Ok(distinct(
+            input
+                .into_iter()
+                .filter(|a| other.iter().any(|b| equals(a, b) == Some(true))),
+        ))
     }),
     f("exclude", 1, 1, |e, input, args, scope| {
         let other = e.eval(&args[0], scope)?;
-        Ok(input.into_iter().filter(|a| !other.iter().any(|b| equals(a, b) == Some(true))).collect())
+        Ok(input
+            .into_iter()
+            .filter(|a| !other.iter().any(|b| equals(a, b) == Some(true)))
+            .collect())
     }),
     f("union", 1, 1, |e, input, args, scope| {
         let other = e.eval(&args[0], scope)?;
@@ -142,12 +172,21 @@ static FUNCTIONS: &[Function] = &[
         Ok(input)
     }),
     // Logic and utility
-    f("not", 0, 0, |_, input, _, _| Ok(to_boolean(&input)?.map(|b| boolean(!b)).unwrap_or_default())),
+    f("not", 0, 0, |_, input, _, _| {
+        Ok(to_boolean(&input)?.map(|b| boolean(!b)).unwrap_or_default())
+    }),
     f("iif", 2, 3, |e, input, args, scope| {
         if input.len() > 1 {
             return Err(eval_error(None, "iif() on more than one item"));
         }
-        let inner = if input.is_empty() { scope.clone() } else { Scope { this: input, ..scope.clone() } };
+        let inner = if input.is_empty() {
+            scope.clone()
+        } else {
+            Scope {
+                this: input,
+                ..scope.clone()
+            }
+        };
         let criterion = e.eval(&args[0], &inner)?;
         if let [single] = criterion.as_slice()
             && !matches!(single.to_system(), Value::Boolean(_))
@@ -163,16 +202,33 @@ static FUNCTIONS: &[Function] = &[
     f("now", 0, 0, |_, _, _, _| Ok(vec![Value::DateTime(now())])),
     f("today", 0, 0, |_, _, _, _| {
         let n = now();
-        Ok(vec![Value::Date(DateTimeValue { precision: Precision::Day, offset_minutes: None, ..n })])
+        Ok(vec![Value::Date(DateTimeValue {
+            precision: Precision::Day,
+            offset_minutes: None,
+            ..n
+        })])
     }),
     f("timeOfDay", 0, 0, |_, _, _, _| {
         let n = now();
-        Ok(vec![Value::Time(TimeValue { hour: n.hour, minute: n.minute, second: n.second, millisecond: n.millisecond, precision: Precision::Millisecond })])
+        Ok(vec![Value::Time(TimeValue {
+            hour: n.hour,
+            minute: n.minute,
+            second: n.second,
+            millisecond: n.millisecond,
+            precision: Precision::Millisecond,
+        })])
     }),
     f("aggregate", 1, 2, |e, input, args, scope| {
-        let mut total = match args.get(1) { Some(init) => e.eval(init, scope)?, None => Vec::new() };
+        let mut total = match args.get(1) {
+            Some(init) => e.eval(init, scope)?,
+            None => Vec::new(),
+        };
         for (i, item) in input.into_iter().enumerate() {
-            let s = Scope { this: vec![item], index: Some(i as i64), total: Some(total) };
+            let s = Scope {
+                this: vec![item],
+                index: Some(i as i64),
+                total: Some(total),
+            };
             total = e.eval(&args[0], &s)?;
         }
         Ok(total)
@@ -184,12 +240,19 @@ static FUNCTIONS: &[Function] = &[
                 Value::Node(n) => {
                     let name = v.type_name().to_string();
                     let _ = n;
-                    Value::TypeInfo { namespace: "FHIR", name }
+                    Value::TypeInfo {
+                        namespace: "FHIR",
+                        name,
+                    }
                 }
-                Value::ReferenceTarget { resource_type, .. } if e.model.is_resource(resource_type) => {
-                    Value::TypeInfo { namespace: "FHIR", name: resource_type.to_string() }
-                }
-                other => Value::TypeInfo { namespace: "System", name: other.type_name().to_string() },
+                Value::ReferenceTarget { resource_type, .. } if e.model.is_resource(resource_type) => Value::TypeInfo {
+                    namespace: "FHIR",
+                    name: resource_type.to_string(),
+                },
+                other => Value::TypeInfo {
+                    namespace: "System",
+                    name: other.type_name().to_string(),
+                },
             })
             .collect())
     }),
@@ -199,8 +262,14 @@ static FUNCTIONS: &[Function] = &[
         for (i, item) in input.into_iter().enumerate() {
             let mut keys = Vec::new();
             for arg in args {
-                let (expr, descending) = match arg { Expr::Negate(inner) => (inner.as_ref(), true), other => (other, false) };
-                keys.push((e.eval(expr, &item_scope(item.clone(), i))?.into_iter().next(), descending));
+                let (expr, descending) = match arg {
+                    Expr::Negate(inner) => (inner.as_ref(), true),
+                    other => (other, false),
+                };
+                keys.push((
+                    e.eval(expr, &item_scope(item.clone(), i))?.into_iter().next(),
+                    descending,
+                ));
             }
             keyed.push((keys, item));
         }
@@ -230,24 +299,41 @@ static FUNCTIONS: &[Function] = &[
         }
     }),
     f("conformsTo", 1, 1, |e, input, args, scope| {
-        let Some(url) = singleton_string(&e.eval(&args[0], scope)?, "conformsTo()")? else { return Ok(Vec::new()) };
-        let Some(item) = singleton(&input, "conformsTo()")? else { return Ok(Vec::new()) };
+        let Some(url) = singleton_string(&e.eval(&args[0], scope)?, "conformsTo()")? else {
+            return Ok(Vec::new());
+        };
+        let Some(item) = singleton(&input, "conformsTo()")? else {
+            return Ok(Vec::new());
+        };
         let t = item.type_name();
-        let Some(base) = url.strip_prefix("http://hl7.org/fhir/StructureDefinition/").filter(|b| e.model.type_def(b).is_some()) else {
-            return Err(eval_error(None, format!("unknown profile '{url}' (only base FHIR types are known)")));
+        let Some(base) = url
+            .strip_prefix("http://hl7.org/fhir/StructureDefinition/")
+            .filter(|b| e.model.type_def(b).is_some())
+        else {
+            return Err(eval_error(
+                None,
+                format!("unknown profile '{url}' (only base FHIR types are known)"),
+            ));
         };
         Ok(boolean(e.model.derives_from(t, base)))
     }),
     f("comparable", 1, 1, |e, input, args, scope| {
         let other = e.eval(&args[0], scope)?;
-        let (Some(a), Some(b)) = (singleton(&input, "comparable()")?.map(Value::to_system), singleton(&other, "comparable()")?.map(Value::to_system)) else { return Ok(Vec::new()) };
+        let (Some(a), Some(b)) = (
+            singleton(&input, "comparable()")?.map(Value::to_system),
+            singleton(&other, "comparable()")?.map(Value::to_system),
+        ) else {
+            return Ok(Vec::new());
+        };
         match (a, b) {
             (Value::Quantity(x), Value::Quantity(y)) => Ok(boolean(super::units::comparable(&x.unit, &y.unit))),
             _ => Err(eval_error(None, "comparable() expects quantities")),
         }
     }),
     f("precision", 0, 0, |_, input, _, _| {
-        let Some(v) = singleton(&input, "precision()")?.map(Value::to_system) else { return Ok(Vec::new()) };
+        let Some(v) = singleton(&input, "precision()")?.map(Value::to_system) else {
+            return Ok(Vec::new());
+        };
         let digits = match v {
             Value::Decimal(d) => d.scale() as i64,
             Value::Integer(_) => 0,
@@ -270,56 +356,135 @@ static FUNCTIONS: &[Function] = &[
         Ok(out)
     }),
     // Conversions
-    f("toString", 0, 0, |_, input, _, _| convert(&input, "toString()", |v| v.to_fhirpath_string().map(Value::String))),
-    f("convertsToString", 0, 0, |_, input, _, _| converts(&input, "convertsToString()", |v| v.to_fhirpath_string().map(Value::String))),
-    f("toInteger", 0, 0, |_, input, _, _| convert(&input, "toInteger()", to_integer)),
-    f("convertsToInteger", 0, 0, |_, input, _, _| converts(&input, "convertsToInteger()", to_integer)),
-    f("toDecimal", 0, 0, |_, input, _, _| convert(&input, "toDecimal()", to_decimal)),
-    f("convertsToDecimal", 0, 0, |_, input, _, _| converts(&input, "convertsToDecimal()", to_decimal)),
-    f("toBoolean", 0, 0, |_, input, _, _| convert(&input, "toBoolean()", to_bool)),
-    f("convertsToBoolean", 0, 0, |_, input, _, _| converts(&input, "convertsToBoolean()", to_bool)),
-    f("toDate", 0, 0, |_, input, _, _| convert(&input, "toDate()", to_date)),
-    f("convertsToDate", 0, 0, |_, input, _, _| converts(&input, "convertsToDate()", to_date)),
-    f("toDateTime", 0, 0, |_, input, _, _| convert(&input, "toDateTime()", to_datetime)),
-    f("convertsToDateTime", 0, 0, |_, input, _, _| converts(&input, "convertsToDateTime()", to_datetime)),
-    f("toTime", 0, 0, |_, input, _, _| convert(&input, "toTime()", to_time)),
-    f("convertsToTime", 0, 0, |_, input, _, _| converts(&input, "convertsToTime()", to_time)),
-    f("toQuantity", 0, 1, |_, input, _, _| convert(&input, "toQuantity()", to_quantity)),
-    f("convertsToQuantity", 0, 1, |_, input, _, _| converts(&input, "convertsToQuantity()", to_quantity)),
-    // Strings
-    f("indexOf", 1, 1, |e, input, args, scope| string_fn(e, input, args, scope, |s, a| {
-        let a = a[0].as_deref()?;
-        Some(Value::Integer(s.find(a).map_or(-1, |byte| s[..byte].chars().count() as i64)))
-    })),
-    f("substring", 1, 2, |e, input, args, scope| {
-        let Some(s) = singleton_string(&input, "substring()")? else { return Ok(Vec::new()) };
-        let start = singleton_integer(&e.eval(&args[0], scope)?, "substring()")?;
-        let length = match args.get(1) { Some(a) => singleton_integer(&e.eval(a, scope)?, "substring()")?, None => None };
-        let chars: Vec<char> = s.chars().collect();
-        let Some(start) = start.filter(|s| *s >= 0 && (*s as usize) < chars.len()) else { return Ok(Vec::new()) };
-        let end = match length { Some(l) => (start + l.max(0)).min(chars.len() as i64), None => chars.len() as i64 };
-        Ok(vec![Value::String(chars[start as usize..end as usize].iter().collect())])
+    f("toString", 0, 0, |_, input, _, _| {
+        convert(&input, "toString()", |v| v.to_fhirpath_string().map(Value::String))
     }),
-    f("startsWith", 1, 1, |e, input, args, scope| string_fn(e, input, args, scope, |s, a| Some(Value::Boolean(s.starts_with(a[0].as_deref()?))))),
-    f("endsWith", 1, 1, |e, input, args, scope| string_fn(e, input, args, scope, |s, a| Some(Value::Boolean(s.ends_with(a[0].as_deref()?))))),
-    f("contains", 1, 1, |e, input, args, scope| string_fn(e, input, args, scope, |s, a| Some(Value::Boolean(s.contains(a[0].as_deref()?))))),
-    f("upper", 0, 0, |e, input, args, scope| string_fn(e, input, args, scope, |s, _| Some(Value::String(s.to_uppercase())))),
-    f("lower", 0, 0, |e, input, args, scope| string_fn(e, input, args, scope, |s, _| Some(Value::String(s.to_lowercase())))),
-    f("trim", 0, 0, |e, input, args, scope| string_fn(e, input, args, scope, |s, _| Some(Value::String(s.trim().to_string())))),
-    f("length", 0, 0, |e, input, args, scope| string_fn(e, input, args, scope, |s, _| Some(Value::Integer(s.chars().count() as i64)))),
+    f("convertsToString", 0, 0, |_, input, _, _| {
+        converts(&input, "convertsToString()", |v| {
+            v.to_fhirpath_string().map(Value::String)
+        })
+    }),
+    f("toInteger", 0, 0, |_, input, _, _| {
+        convert(&input, "toInteger()", to_integer)
+    }),
+    f("convertsToInteger", 0, 0, |_, input, _, _| {
+        converts(&input, "convertsToInteger()", to_integer)
+    }),
+    f("toDecimal", 0, 0, |_, input, _, _| {
+        convert(&input, "toDecimal()", to_decimal)
+    }),
+    f("convertsToDecimal", 0, 0, |_, input, _, _| {
+        converts(&input, "convertsToDecimal()", to_decimal)
+    }),
+    f("toBoolean", 0, 0, |_, input, _, _| {
+        convert(&input, "toBoolean()", to_bool)
+    }),
+    f("convertsToBoolean", 0, 0, |_, input, _, _| {
+        converts(&input, "convertsToBoolean()", to_bool)
+    }),
+    f("toDate", 0, 0, |_, input, _, _| convert(&input, "toDate()", to_date)),
+    f("convertsToDate", 0, 0, |_, input, _, _| {
+        converts(&input, "convertsToDate()", to_date)
+    }),
+    f("toDateTime", 0, 0, |_, input, _, _| {
+        convert(&input, "toDateTime()", to_datetime)
+    }),
+    f("convertsToDateTime", 0, 0, |_, input, _, _| {
+        converts(&input, "convertsToDateTime()", to_datetime)
+    }),
+    f("toTime", 0, 0, |_, input, _, _| convert(&input, "toTime()", to_time)),
+    f("convertsToTime", 0, 0, |_, input, _, _| {
+        converts(&input, "convertsToTime()", to_time)
+    }),
+    f("toQuantity", 0, 1, |_, input, _, _| {
+        convert(&input, "toQuantity()", to_quantity)
+    }),
+    f("convertsToQuantity", 0, 1, |_, input, _, _| {
+        converts(&input, "convertsToQuantity()", to_quantity)
+    }),
+    // Strings
+    f("indexOf", 1, 1, |e, input, args, scope| {
+        string_fn(e, input, args, scope, |s, a| {
+            let a = a[0].as_deref()?;
+            Some(Value::Integer(
+                s.find(a).map_or(-1, |byte| s[..byte].chars().count() as i64),
+            ))
+        })
+    }),
+    f("substring", 1, 2, |e, input, args, scope| {
+        let Some(s) = singleton_string(&input, "substring()")? else {
+            return Ok(Vec::new());
+        };
+        let start = singleton_integer(&e.eval(&args[0], scope)?, "substring()")?;
+        let length = match args.get(1) {
+            Some(a) => singleton_integer(&e.eval(a, scope)?, "substring()")?,
+            None => None,
+        };
+        let chars: Vec<char> = s.chars().collect();
+        let Some(start) = start.filter(|s| *s >= 0 && (*s as usize) < chars.len()) else {
+            return Ok(Vec::new());
+        };
+        let end = match length {
+            Some(l) => (start + l.max(0)).min(chars.len() as i64),
+            None => chars.len() as i64,
+        };
+        Ok(vec![Value::String(
+            chars[start as usize..end as usize].iter().collect(),
+        )])
+    }),
+    f("startsWith", 1, 1, |e, input, args, scope| {
+        string_fn(e, input, args, scope, |s, a| {
+            Some(Value::Boolean(s.starts_with(a[0].as_deref()?)))
+        })
+    }),
+    f("endsWith", 1, 1, |e, input, args, scope| {
+        string_fn(e, input, args, scope, |s, a| {
+            Some(Value::Boolean(s.ends_with(a[0].as_deref()?)))
+        })
+    }),
+    f("contains", 1, 1, |e, input, args, scope| {
+        string_fn(e, input, args, scope, |s, a| {
+            Some(Value::Boolean(s.contains(a[0].as_deref()?)))
+        })
+    }),
+    f("upper", 0, 0, |e, input, args, scope| {
+        string_fn(e, input, args, scope, |s, _| Some(Value::String(s.to_uppercase())))
+    }),
+    f("lower", 0, 0, |e, input, args, scope| {
+        string_fn(e, input, args, scope, |s, _| Some(Value::String(s.to_lowercase())))
+    }),
+    f("trim", 0, 0, |e, input, args, scope| {
+        string_fn(e, input, args, scope, |s, _| Some(Value::String(s.trim().to_string())))
+    }),
+    f("length", 0, 0, |e, input, args, scope| {
+        string_fn(e, input, args, scope, |s, _| {
+            Some(Value::Integer(s.chars().count() as i64))
+        })
+    }),
     f("toChars", 0, 0, |_, input, _, _| {
-        let Some(s) = singleton_string(&input, "toChars()")? else { return Ok(Vec::new()) };
+        let Some(s) = singleton_string(&input, "toChars()")? else {
+            return Ok(Vec::new());
+        };
         Ok(s.chars().map(|c| Value::String(c.to_string())).collect())
     }),
-    f("replace", 2, 2, |e, input, args, scope| string_fn(e, input, args, scope, |s, a| {
-        let (from, to) = (a[0].as_deref()?, a[1].as_deref()?);
-        Some(Value::String(if from.is_empty() {
-            let mut out = to.to_string();
-            for c in s.chars() { out.push(c); out.push_str(to); }
-            out
-        } else { s.replace(from, to) }))
-    })),
-    f("matches", 1, 1, |e, input, args, scope| regex_fn(e, input, args, scope, |s, re, _| Value::Boolean(re.is_match(s)))),
+    f("replace", 2, 2, |e, input, args, scope| {
+        string_fn(e, input, args, scope, |s, a| {
+            let (from, to) = (a[0].as_deref()?, a[1].as_deref()?);
+            Some(Value::String(if from.is_empty() {
+                let mut out = to.to_string();
+                for c in s.chars() {
+                    out.push(c);
+                    out.push_str(to);
+                }
+                out
+            } else {
+                s.replace(from, to)
+            }))
+        })
+    }),
+    f("matches", 1, 1, |e, input, args, scope| {
+        regex_fn(e, input, args, scope, |s, re, _| Value::Boolean(re.is_match(s)))
+    }),
     f("replaceMatches", 2, 2, |e, input, args, scope| {
         if e.eval(&args[1], scope)?.is_empty() {
             return Ok(Vec::new());
@@ -332,68 +497,162 @@ static FUNCTIONS: &[Function] = &[
         })
     }),
     f("matchesFull", 1, 1, |e, input, args, scope| {
-        let Some(pattern) = singleton_string(&e.eval(&args[0], scope)?, "matchesFull()")? else { return Ok(Vec::new()) };
-        let Some(s) = singleton_string(&input, "matchesFull()")? else { return Ok(Vec::new()) };
-        let re = regex::Regex::new(&format!("(?s)^(?:{pattern})$")).map_err(|err| eval_error(None, format!("invalid regex '{pattern}': {err}")))?;
+        let Some(pattern) = singleton_string(&e.eval(&args[0], scope)?, "matchesFull()")? else {
+            return Ok(Vec::new());
+        };
+        let Some(s) = singleton_string(&input, "matchesFull()")? else {
+            return Ok(Vec::new());
+        };
+        let re = regex::Regex::new(&format!("(?s)^(?:{pattern})$"))
+            .map_err(|err| eval_error(None, format!("invalid regex '{pattern}': {err}")))?;
         Ok(boolean(re.is_match(&s)))
     }),
-    f("encode", 1, 1, |e, input, args, scope| string_fn(e, input, args, scope, |s, a| encode(s.as_bytes(), a[0].as_deref()?).map(Value::String))),
-    f("decode", 1, 1, |e, input, args, scope| string_fn(e, input, args, scope, |s, a| {
-        decode(s, a[0].as_deref()?).and_then(|b| String::from_utf8(b).ok()).map(Value::String)
-    })),
-    f("escape", 1, 1, |e, input, args, scope| string_fn(e, input, args, scope, |s, a| match a[0].as_deref()? {
-        "html" => Some(Value::String(s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;"))),
-        "json" => Some(Value::String(s.replace('\\', "\\\\").replace('"', "\\\""))),
-        _ => None,
-    })),
-    f("unescape", 1, 1, |e, input, args, scope| string_fn(e, input, args, scope, |s, a| match a[0].as_deref()? {
-        "html" => Some(Value::String(s.replace("&quot;", "\"").replace("&lt;", "<").replace("&gt;", ">").replace("&#39;", "'").replace("&amp;", "&"))),
-        "json" => Some(Value::String(s.replace("\\\"", "\"").replace("\\\\", "\\"))),
-        _ => None,
-    })),
+    f("encode", 1, 1, |e, input, args, scope| {
+        string_fn(e, input, args, scope, |s, a| {
+            encode(s.as_bytes(), a[0].as_deref()?).map(Value::String)
+        })
+    }),
+    f("decode", 1, 1, |e, input, args, scope| {
+        string_fn(e, input, args, scope, |s, a| {
+            decode(s, a[0].as_deref()?)
+                .and_then(|b| String::from_utf8(b).ok())
+                .map(Value::String)
+        })
+    }),
+    f("escape", 1, 1, |e, input, args, scope| {
+        string_fn(e, input, args, scope, |s, a| match a[0].as_deref()? {
+            "html" => Some(Value::String(
+                s.replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
+                    .replace('"', "&quot;"),
+            )),
+            "json" => Some(Value::String(s.replace('\\', "\\\\").replace('"', "\\\""))),
+            _ => None,
+        })
+    }),
+    f("unescape", 1, 1, |e, input, args, scope| {
+        string_fn(e, input, args, scope, |s, a| match a[0].as_deref()? {
+            "html" => Some(Value::String(
+                s.replace("&quot;", "\"")
+                    .replace("&lt;", "<")
+                    .replace("&gt;", ">")
+                    .replace("&#39;", "'")
+                    .replace("&amp;", "&"),
+            )),
+            "json" => Some(Value::String(s.replace("\\\"", "\"").replace("\\\\", "\\"))),
+            _ => None,
+        })
+    }),
     f("split", 1, 1, |e, input, args, scope| {
-        let Some(s) = singleton_string(&input, "split()")? else { return Ok(Vec::new()) };
-        let Some(sep) = singleton_string(&e.eval(&args[0], scope)?, "split()")? else { return Ok(Vec::new()) };
+        let Some(s) = singleton_string(&input, "split()")? else {
+            return Ok(Vec::new());
+        };
+        let Some(sep) = singleton_string(&e.eval(&args[0], scope)?, "split()")? else {
+            return Ok(Vec::new());
+        };
         Ok(s.split(sep.as_str()).map(|p| Value::String(p.to_string())).collect())
     }),
     f("join", 0, 1, |e, input, args, scope| {
         if input.is_empty() {
             return Ok(Vec::new());
         }
-        let sep = match args.first() { Some(a) => singleton_string(&e.eval(a, scope)?, "join()")?.unwrap_or_default(), None => String::new() };
+        let sep = match args.first() {
+            Some(a) => singleton_string(&e.eval(a, scope)?, "join()")?.unwrap_or_default(),
+            None => String::new(),
+        };
         let parts: Vec<String> = input.iter().filter_map(Value::to_fhirpath_string).collect();
         Ok(vec![Value::String(parts.join(&sep))])
     }),
     // Math
-    f("abs", 0, 0, |_, input, _, _| math(&input, "abs()", |d| Some(d.abs()), true)),
-    f("ceiling", 0, 0, |_, input, _, _| math_int(&input, "ceiling()", |d| d.ceil())),
-    f("floor", 0, 0, |_, input, _, _| math_int(&input, "floor()", |d| d.floor())),
-    f("truncate", 0, 0, |_, input, _, _| math_int(&input, "truncate()", |d| d.trunc())),
+    f("abs", 0, 0, |_, input, _, _| {
+        math(&input, "abs()", |d| Some(d.abs()), true)
+    }),
+    f("ceiling", 0, 0, |_, input, _, _| {
+        math_int(&input, "ceiling()", |d| d.ceil())
+    }),
+    f("floor", 0, 0, |_, input, _, _| {
+        math_int(&input, "floor()", |d| d.floor())
+    }),
+    f("truncate", 0, 0, |_, input, _, _| {
+        math_int(&input, "truncate()", |d| d.trunc())
+    }),
     f("round", 0, 1, |e, input, args, scope| {
-        let places = match args.first() { Some(a) => singleton_integer(&e.eval(a, scope)?, "round()")?.unwrap_or(0), None => 0 };
+        let places = match args.first() {
+            Some(a) => singleton_integer(&e.eval(a, scope)?, "round()")?.unwrap_or(0),
+            None => 0,
+        };
         math(&input, "round()", |d| Some(d.round_dp(places.max(0) as u32)), false)
     }),
-    f("sqrt", 0, 0, |_, input, _, _| math(&input, "sqrt()", |d| float(d).filter(|f| *f >= 0.0).and_then(|f| Decimal::from_f64(f.sqrt())), false)),
-    f("exp", 0, 0, |_, input, _, _| math(&input, "exp()", |d| float(d).and_then(|f| Decimal::from_f64(f.exp())), false)),
-    f("ln", 0, 0, |_, input, _, _| math(&input, "ln()", |d| float(d).filter(|f| *f > 0.0).and_then(|f| Decimal::from_f64(f.ln())), false)),
+    f("sqrt", 0, 0, |_, input, _, _| {
+        math(
+            &input,
+            "sqrt()",
+            |d| float(d).filter(|f| *f >= 0.0).and_then(|f| Decimal::from_f64(f.sqrt())),
+            false,
+        )
+    }),
+    f("exp", 0, 0, |_, input, _, _| {
+        math(
+            &input,
+            "exp()",
+            |d| float(d).and_then(|f| Decimal::from_f64(f.exp())),
+            false,
+        )
+    }),
+    f("ln", 0, 0, |_, input, _, _| {
+        math(
+            &input,
+            "ln()",
+            |d| float(d).filter(|f| *f > 0.0).and_then(|f| Decimal::from_f64(f.ln())),
+            false,
+        )
+    }),
     f("log", 1, 1, |e, input, args, scope| {
         let base = e.eval(&args[0], scope)?;
-        let Some(base) = singleton(&base, "log()")?.and_then(|b| decimal_of(&b.to_system())) else { return Ok(Vec::new()) };
-        math(&input, "log()", |d| Some(float(d)?.ln() / float(base)?.ln()).and_then(Decimal::from_f64), false)
+        let Some(base) = singleton(&base, "log()")?.and_then(|b| decimal_of(&b.to_system())) else {
+            return Ok(Vec::new());
+        };
+        math(
+            &input,
+            "log()",
+            |d| Some(float(d)?.ln() / float(base)?.ln()).and_then(Decimal::from_f64),
+            false,
+        )
     }),
     f("power", 1, 1, |e, input, args, scope| {
         let exponent = e.eval(&args[0], scope)?;
-        let (Some(base), Some(exp)) = (singleton(&input, "power()")?.map(Value::to_system), singleton(&exponent, "power()")?.map(Value::to_system)) else { return Ok(Vec::new()) };
-        if let (Value::Integer(b), Value::Integer(x)) = (&base, &exp) && *x >= 0 {
-            return Ok(u32::try_from(*x).ok().and_then(|x| b.checked_pow(x)).map(Value::Integer).into_iter().collect());
+        let (Some(base), Some(exp)) = (
+            singleton(&input, "power()")?.map(Value::to_system),
+            singleton(&exponent, "power()")?.map(Value::to_system),
+        ) else {
+            return Ok(Vec::new());
+        };
+        if let (Value::Integer(b), Value::Integer(x)) = (&base, &exp)
+            && *x >= 0
+        {
+            return Ok(u32::try_from(*x)
+                .ok()
+                .and_then(|x| b.checked_pow(x))
+                .map(Value::Integer)
+                .into_iter()
+                .collect());
         }
-        let (Some(b), Some(x)) = (decimal_of(&base).and_then(float), decimal_of(&exp).and_then(float)) else { return Ok(Vec::new()) };
+        let (Some(b), Some(x)) = (decimal_of(&base).and_then(float), decimal_of(&exp).and_then(float)) else {
+            return Ok(Vec::new());
+        };
         let r = b.powf(x);
-        Ok(if r.is_finite() { Decimal::from_f64(r).map(Value::Decimal).into_iter().collect() } else { Vec::new() })
+        Ok(if r.is_finite() {
+            Decimal::from_f64(r).map(Value::Decimal).into_iter().collect()
+        } else {
+            Vec::new()
+        })
     }),
     // FHIR-specific
     f("extension", 1, 1, |e, input, args, scope| {
-        let Some(url) = singleton_string(&e.eval(&args[0], scope)?, "extension()")? else { return Ok(Vec::new()) };
+        let Some(url) = singleton_string(&e.eval(&args[0], scope)?, "extension()")? else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
         for item in &input {
             let mut extensions = Vec::new();
@@ -405,41 +664,81 @@ static FUNCTIONS: &[Function] = &[
         }
         Ok(out)
     }),
-    f("hasValue", 0, 0, |_, input, _, _| Ok(boolean(input.len() == 1 && input[0].is_primitive()))),
-    f("getValue", 0, 0, |_, input, _, _| Ok(if input.len() == 1 && input[0].is_primitive() { vec![input[0].to_system()] } else { Vec::new() })),
+    f("hasValue", 0, 0, |_, input, _, _| {
+        Ok(boolean(input.len() == 1 && input[0].is_primitive()))
+    }),
+    f("getValue", 0, 0, |_, input, _, _| {
+        Ok(if input.len() == 1 && input[0].is_primitive() {
+            vec![input[0].to_system()]
+        } else {
+            Vec::new()
+        })
+    }),
     f("resolve", 0, 0, |_, input, _, _| {
-        Ok(input.iter().filter_map(|v| match v {
-            Value::Node(n) => {
-                let target = parse_reference(n.json.get("reference")?.as_str()?)?;
-                Some(Value::ReferenceTarget { resource_type: target.resource_type?, id: target.id.to_string() })
-            }
-            _ => None,
-        }).collect())
+        Ok(input
+            .iter()
+            .filter_map(|v| match v {
+                Value::Node(n) => {
+                    let target = parse_reference(n.json.get("reference")?.as_str()?)?;
+                    Some(Value::ReferenceTarget {
+                        resource_type: target.resource_type?,
+                        id: target.id.to_string(),
+                    })
+                }
+                _ => None,
+            })
+            .collect())
     }),
     f("getResourceKey", 0, 0, |_, input, _, _| {
-        Ok(input.iter().filter_map(|v| match v {
-            Value::Node(n) if n.json.get("resourceType").is_some() => n.json.get("id")?.as_str().map(|s| Value::String(s.to_string())),
-            _ => None,
-        }).collect())
+        Ok(input
+            .iter()
+            .filter_map(|v| match v {
+                Value::Node(n) if n.json.get("resourceType").is_some() => {
+                    n.json.get("id")?.as_str().map(|s| Value::String(s.to_string()))
+                }
+                _ => None,
+            })
+            .collect())
     }),
     f("getReferenceKey", 0, 1, |_, input, args, _| {
-        let wanted = match args.first() { Some(a) => Some(type_argument(a)?.name), None => None };
-        Ok(input.iter().filter_map(|v| match v {
-            Value::Node(n) => {
-                let target = parse_reference(n.json.get("reference")?.as_str()?)?;
-                let t = target.resource_type.or_else(|| n.json.get("type")?.as_str().and_then(|t| crate::fhir::ResourceTypes::r4().ok()?.get(t)));
-                if let Some(w) = &wanted && t != Some(w.as_str()) { return None; }
-                Some(Value::String(target.id.to_string()))
-            }
-            _ => None,
-        }).collect())
+        let wanted = match args.first() {
+            Some(a) => Some(type_argument(a)?.name),
+            None => None,
+        };
+        Ok(input
+            .iter()
+            .filter_map(|v| match v {
+                Value::Node(n) => {
+                    let target = parse_reference(n.json.get("reference")?.as_str()?)?;
+                    let t = target.resource_type.or_else(|| {
+                        n.json
+                            .get("type")?
+                            .as_str()
+                            .and_then(|t| crate::fhir::ResourceTypes::r4().ok()?.get(t))
+                    });
+                    if let Some(w) = &wanted
+                        && t != Some(w.as_str())
+                    {
+                        return None;
+                    }
+                    Some(Value::String(target.id.to_string()))
+                }
+                _ => None,
+            })
+            .collect())
     }),
     f("lowBoundary", 0, 1, |e, input, args, scope| {
-        let precision = match args.first() { Some(a) => singleton_integer(&e.eval(a, scope)?, "lowBoundary()")?, None => None };
+        let precision = match args.first() {
+            Some(a) => singleton_integer(&e.eval(a, scope)?, "lowBoundary()")?,
+            None => None,
+        };
         boundary(&input, true, precision)
     }),
     f("highBoundary", 0, 1, |e, input, args, scope| {
-        let precision = match args.first() { Some(a) => singleton_integer(&e.eval(a, scope)?, "highBoundary()")?, None => None };
+        let precision = match args.first() {
+            Some(a) => singleton_integer(&e.eval(a, scope)?, "highBoundary()")?,
+            None => None,
+        };
         boundary(&input, false, precision)
     }),
 ];
@@ -454,17 +753,30 @@ pub fn call<'a>(
     scope: &Scope<'a>,
 ) -> Result<Collection<'a>, FhirPathError> {
     let Some(function) = FUNCTIONS.iter().find(|f| f.name == name) else {
-        return Err(FhirPathError::UnknownFunction { name: name.to_string(), pos });
+        return Err(FhirPathError::UnknownFunction {
+            name: name.to_string(),
+            pos,
+        });
     };
     if args.len() < function.min_args || args.len() > function.max_args {
-        return Err(eval_error(Some(pos), format!(
-            "{name}() takes {} argument(s), got {}",
-            if function.min_args == function.max_args { function.min_args.to_string() } else { format!("{}-{}", function.min_args, function.max_args) },
-            args.len()
-        )));
+        return Err(eval_error(
+            Some(pos),
+            format!(
+                "{name}() takes {} argument(s), got {}",
+                if function.min_args == function.max_args {
+                    function.min_args.to_string()
+                } else {
+                    format!("{}-{}", function.min_args, function.max_args)
+                },
+                args.len()
+            ),
+        ));
     }
     (function.eval)(e, input, args, scope).map_err(|err| match err {
-        FhirPathError::Evaluation { message, pos: None } => FhirPathError::Evaluation { message, pos: Some(pos) },
+        FhirPathError::Evaluation { message, pos: None } => FhirPathError::Evaluation {
+            message,
+            pos: Some(pos),
+        },
         other => other,
     })
 }
@@ -483,13 +795,20 @@ fn booleans(input: &Collection<'_>) -> Result<Vec<bool>, FhirPathError> {
         .iter()
         .map(|v| match v.to_system() {
             Value::Boolean(b) => Ok(b),
-            other => Err(eval_error(None, format!("expected booleans, got {}", other.type_name()))),
+            other => Err(eval_error(
+                None,
+                format!("expected booleans, got {}", other.type_name()),
+            )),
         })
         .collect()
 }
 
 fn item_scope(item: Value<'_>, index: usize) -> Scope<'_> {
-    Scope { this: vec![item], index: Some(index as i64), total: None }
+    Scope {
+        this: vec![item],
+        index: Some(index as i64),
+        total: None,
+    }
 }
 
 fn filter<'a>(e: &Evaluator<'a, '_>, input: Collection<'a>, criterion: &Expr) -> Result<Collection<'a>, FhirPathError> {
@@ -511,12 +830,21 @@ fn same_node(a: &Value<'_>, b: &Value<'_>) -> bool {
 
 fn type_argument(arg: &Expr) -> Result<TypeSpecifier, FhirPathError> {
     match arg {
-        Expr::Identifier(name) => Ok(TypeSpecifier { namespace: None, name: name.clone() }),
+        Expr::Identifier(name) => Ok(TypeSpecifier {
+            namespace: None,
+            name: name.clone(),
+        }),
         Expr::Member(ns, name) => match ns.as_ref() {
-            Expr::Identifier(namespace) => Ok(TypeSpecifier { namespace: Some(namespace.clone()), name: name.clone() }),
+            Expr::Identifier(namespace) => Ok(TypeSpecifier {
+                namespace: Some(namespace.clone()),
+                name: name.clone(),
+            }),
             _ => Err(eval_error(None, "expected a type name")),
         },
-        Expr::Literal(super::ast::Literal::String(name)) => Ok(TypeSpecifier { namespace: None, name: name.clone() }),
+        Expr::Literal(super::ast::Literal::String(name)) => Ok(TypeSpecifier {
+            namespace: None,
+            name: name.clone(),
+        }),
         _ => Err(eval_error(None, "expected a type name")),
     }
 }
@@ -551,8 +879,15 @@ fn children<'a>(e: &Evaluator<'a, '_>, input: &Collection<'a>) -> Collection<'a>
 fn now() -> DateTimeValue {
     let n = chrono::Utc::now();
     DateTimeValue::parse(&n.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)).unwrap_or(DateTimeValue {
-        year: 1970, month: 1, day: 1, hour: 0, minute: 0, second: 0, millisecond: 0,
-        precision: Precision::Millisecond, offset_minutes: Some(0),
+        year: 1970,
+        month: 1,
+        day: 1,
+        hour: 0,
+        minute: 0,
+        second: 0,
+        millisecond: 0,
+        precision: Precision::Millisecond,
+        offset_minutes: Some(0),
     })
 }
 
@@ -561,7 +896,10 @@ fn singleton_string(c: &Collection<'_>, what: &str) -> Result<Option<String>, Fh
         None => Ok(None),
         Some(v) => match v.to_system() {
             Value::String(s) => Ok(Some(s)),
-            other => Err(eval_error(None, format!("{what} expects a string, got {}", other.type_name()))),
+            other => Err(eval_error(
+                None,
+                format!("{what} expects a string, got {}", other.type_name()),
+            )),
         },
     }
 }
@@ -573,7 +911,9 @@ fn string_fn<'a>(
     scope: &Scope<'a>,
     op: impl Fn(&str, &[Option<String>]) -> Option<Value<'a>>,
 ) -> Result<Collection<'a>, FhirPathError> {
-    let Some(s) = singleton_string(&input, "string function")? else { return Ok(Vec::new()) };
+    let Some(s) = singleton_string(&input, "string function")? else {
+        return Ok(Vec::new());
+    };
     let mut values = Vec::new();
     for arg in args {
         let v = singleton_string(&e.eval(arg, scope)?, "string function argument")?;
@@ -592,10 +932,18 @@ fn regex_fn<'a>(
     scope: &Scope<'a>,
     op: impl Fn(&str, &regex::Regex, &Option<String>) -> Value<'a>,
 ) -> Result<Collection<'a>, FhirPathError> {
-    let Some(s) = singleton_string(&input, "regex function")? else { return Ok(Vec::new()) };
-    let Some(pattern) = singleton_string(&e.eval(&args[0], scope)?, "regex")? else { return Ok(Vec::new()) };
-    let replacement = match args.get(1) { Some(a) => singleton_string(&e.eval(a, scope)?, "replacement")?, None => None };
-    let re = regex::Regex::new(&format!("(?s){pattern}")).map_err(|err| eval_error(None, format!("invalid regex '{pattern}': {err}")))?;
+    let Some(s) = singleton_string(&input, "regex function")? else {
+        return Ok(Vec::new());
+    };
+    let Some(pattern) = singleton_string(&e.eval(&args[0], scope)?, "regex")? else {
+        return Ok(Vec::new());
+    };
+    let replacement = match args.get(1) {
+        Some(a) => singleton_string(&e.eval(a, scope)?, "replacement")?,
+        None => None,
+    };
+    let re = regex::Regex::new(&format!("(?s){pattern}"))
+        .map_err(|err| eval_error(None, format!("invalid regex '{pattern}': {err}")))?;
     Ok(vec![op(&s, &re, &replacement)])
 }
 
@@ -611,11 +959,21 @@ fn float(d: Decimal) -> Option<f64> {
     d.to_f64()
 }
 
-fn math<'a>(input: &Collection<'a>, what: &str, op: impl Fn(Decimal) -> Option<Decimal>, keep_integer: bool) -> Result<Collection<'a>, FhirPathError> {
-    let Some(v) = singleton(input, what)?.map(Value::to_system) else { return Ok(Vec::new()) };
+fn math<'a>(
+    input: &Collection<'a>,
+    what: &str,
+    op: impl Fn(Decimal) -> Option<Decimal>,
+    keep_integer: bool,
+) -> Result<Collection<'a>, FhirPathError> {
+    let Some(v) = singleton(input, what)?.map(Value::to_system) else {
+        return Ok(Vec::new());
+    };
     match v {
         Value::Integer(i) if keep_integer => Ok(vec![Value::Integer(i.abs())]),
-        Value::Quantity(q) => Ok(op(q.value).map(|value| Value::Quantity(Quantity { value, unit: q.unit })).into_iter().collect()),
+        Value::Quantity(q) => Ok(op(q.value)
+            .map(|value| Value::Quantity(Quantity { value, unit: q.unit }))
+            .into_iter()
+            .collect()),
         other => {
             let d = decimal_of(&other).ok_or_else(|| eval_error(None, format!("{what} expects a number")))?;
             Ok(op(d).map(|d| Value::Decimal(d.normalize())).into_iter().collect())
@@ -623,18 +981,34 @@ fn math<'a>(input: &Collection<'a>, what: &str, op: impl Fn(Decimal) -> Option<D
     }
 }
 
-fn math_int<'a>(input: &Collection<'a>, what: &str, op: impl Fn(Decimal) -> Decimal) -> Result<Collection<'a>, FhirPathError> {
-    let Some(v) = singleton(input, what)?.map(Value::to_system) else { return Ok(Vec::new()) };
+fn math_int<'a>(
+    input: &Collection<'a>,
+    what: &str,
+    op: impl Fn(Decimal) -> Decimal,
+) -> Result<Collection<'a>, FhirPathError> {
+    let Some(v) = singleton(input, what)?.map(Value::to_system) else {
+        return Ok(Vec::new());
+    };
     let d = decimal_of(&v).ok_or_else(|| eval_error(None, format!("{what} expects a number")))?;
     Ok(op(d).to_i64().map(Value::Integer).into_iter().collect())
 }
 
-fn convert<'a>(input: &Collection<'a>, what: &str, op: fn(&Value<'a>) -> Option<Value<'a>>) -> Result<Collection<'a>, FhirPathError> {
+fn convert<'a>(
+    input: &Collection<'a>,
+    what: &str,
+    op: fn(&Value<'a>) -> Option<Value<'a>>,
+) -> Result<Collection<'a>, FhirPathError> {
     Ok(singleton(input, what)?.and_then(op).into_iter().collect())
 }
 
-fn converts<'a>(input: &Collection<'a>, what: &str, op: fn(&Value<'a>) -> Option<Value<'a>>) -> Result<Collection<'a>, FhirPathError> {
-    Ok(singleton(input, what)?.map(|v| boolean(op(v).is_some())).unwrap_or_default())
+fn converts<'a>(
+    input: &Collection<'a>,
+    what: &str,
+    op: fn(&Value<'a>) -> Option<Value<'a>>,
+) -> Result<Collection<'a>, FhirPathError> {
+    Ok(singleton(input, what)?
+        .map(|v| boolean(op(v).is_some()))
+        .unwrap_or_default())
 }
 
 fn to_integer<'a>(v: &Value<'a>) -> Option<Value<'a>> {
@@ -643,7 +1017,9 @@ fn to_integer<'a>(v: &Value<'a>) -> Option<Value<'a>> {
         Value::Boolean(b) => Some(Value::Integer(i64::from(b))),
         Value::String(s) => {
             let t = s.strip_prefix('+').unwrap_or(&s);
-            (!t.is_empty() && t.trim_start_matches('-').bytes().all(|b| b.is_ascii_digit())).then(|| t.parse().ok().map(Value::Integer)).flatten()
+            (!t.is_empty() && t.trim_start_matches('-').bytes().all(|b| b.is_ascii_digit()))
+                .then(|| t.parse().ok().map(Value::Integer))
+                .flatten()
         }
         _ => None,
     }
@@ -655,9 +1031,16 @@ fn to_decimal<'a>(v: &Value<'a>) -> Option<Value<'a>> {
         Value::Decimal(d) => Some(Value::Decimal(d)),
         Value::Boolean(b) => Some(Value::Decimal(Decimal::from(i64::from(b)))),
         Value::String(s) => {
-            let ok = !s.is_empty() && s.trim_start_matches(['+', '-']).split('.').count() <= 2
-                && s.trim_start_matches(['+', '-']).chars().all(|c| c.is_ascii_digit() || c == '.');
-            if ok { parse_decimal(s.trim_start_matches('+')).map(Value::Decimal) } else { None }
+            let ok = !s.is_empty()
+                && s.trim_start_matches(['+', '-']).split('.').count() <= 2
+                && s.trim_start_matches(['+', '-'])
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || c == '.');
+            if ok {
+                parse_decimal(s.trim_start_matches('+')).map(Value::Decimal)
+            } else {
+                None
+            }
         }
         _ => None,
     }
@@ -682,8 +1065,18 @@ fn to_bool<'a>(v: &Value<'a>) -> Option<Value<'a>> {
 fn to_date<'a>(v: &Value<'a>) -> Option<Value<'a>> {
     match v.to_system() {
         Value::Date(d) => Some(Value::Date(d)),
-        Value::DateTime(d) => Some(Value::Date(DateTimeValue { precision: d.precision.min(Precision::Day), offset_minutes: None, ..d })),
-        Value::String(s) => DateTimeValue::parse(&s).map(|d| Value::Date(DateTimeValue { precision: d.precision.min(Precision::Day), offset_minutes: None, ..d })),
+        Value::DateTime(d) => Some(Value::Date(DateTimeValue {
+            precision: d.precision.min(Precision::Day),
+            offset_minutes: None,
+            ..d
+        })),
+        Value::String(s) => DateTimeValue::parse(&s).map(|d| {
+            Value::Date(DateTimeValue {
+                precision: d.precision.min(Precision::Day),
+                offset_minutes: None,
+                ..d
+            })
+        }),
         _ => None,
     }
 }
@@ -711,16 +1104,33 @@ fn to_quantity<'a>(v: &Value<'a>) -> Option<Value<'a>> {
                 JsonValue::Number(t) => parse_decimal(t)?,
                 _ => return None,
             };
-            let unit = n.json.get("code").or_else(|| n.json.get("unit")).and_then(JsonValue::as_str).unwrap_or("1");
-            return Some(Value::Quantity(Quantity { value, unit: unit.to_string() }));
+            let unit = n
+                .json
+                .get("code")
+                .or_else(|| n.json.get("unit"))
+                .and_then(JsonValue::as_str)
+                .unwrap_or("1");
+            return Some(Value::Quantity(Quantity {
+                value,
+                unit: unit.to_string(),
+            }));
         }
         _ => {}
     }
     match v.to_system() {
         Value::Quantity(q) => Some(Value::Quantity(q)),
-        Value::Boolean(b) => Some(Value::Quantity(Quantity { value: Decimal::from(i64::from(b)), unit: "1".into() })),
-        Value::Integer(i) => Some(Value::Quantity(Quantity { value: Decimal::from(i), unit: "1".into() })),
-        Value::Decimal(d) => Some(Value::Quantity(Quantity { value: d, unit: "1".into() })),
+        Value::Boolean(b) => Some(Value::Quantity(Quantity {
+            value: Decimal::from(i64::from(b)),
+            unit: "1".into(),
+        })),
+        Value::Integer(i) => Some(Value::Quantity(Quantity {
+            value: Decimal::from(i),
+            unit: "1".into(),
+        })),
+        Value::Decimal(d) => Some(Value::Quantity(Quantity {
+            value: d,
+            unit: "1".into(),
+        })),
         Value::String(s) => {
             let (number, unit) = s.split_once(' ').unwrap_or((s.as_str(), "'1'"));
             let value = parse_decimal(number)?;
@@ -798,7 +1208,10 @@ fn decode(text: &str, format: &str) -> Option<Vec<u8>> {
     match format {
         "base64" => base64::engine::general_purpose::STANDARD.decode(text).ok(),
         "urlbase64" => base64::engine::general_purpose::URL_SAFE.decode(text).ok(),
-        "hex" => (0..text.len()).step_by(2).map(|i| text.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect(),
+        "hex" => (0..text.len())
+            .step_by(2)
+            .map(|i| text.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect(),
         _ => None,
     }
 }
@@ -806,7 +1219,14 @@ fn decode(text: &str, format: &str) -> Option<Vec<u8>> {
 /// Rounds `d` to `scale` digits toward −∞ (`low`) or +∞.
 fn round_to(d: Decimal, scale: u32, low: bool) -> Decimal {
     use rust_decimal::RoundingStrategy;
-    let mut r = d.round_dp_with_strategy(scale, if low { RoundingStrategy::ToNegativeInfinity } else { RoundingStrategy::ToPositiveInfinity });
+    let mut r = d.round_dp_with_strategy(
+        scale,
+        if low {
+            RoundingStrategy::ToNegativeInfinity
+        } else {
+            RoundingStrategy::ToPositiveInfinity
+        },
+    );
     r.rescale(scale);
     r
 }
@@ -815,7 +1235,9 @@ fn round_to(d: Decimal, scale: u32, low: bool) -> Decimal {
 /// of limited precision stands for (decimals ± half a unit of their last
 /// digit, default 8 digits; dates and times to the ends of their precision).
 fn boundary<'a>(input: &Collection<'a>, low: bool, precision: Option<i64>) -> Result<Collection<'a>, FhirPathError> {
-    let Some(v) = singleton(input, "boundary")? else { return Ok(Vec::new()) };
+    let Some(v) = singleton(input, "boundary")? else {
+        return Ok(Vec::new());
+    };
     let decimal_boundary = |d: Decimal| -> Option<Decimal> {
         let digits = precision.unwrap_or(8);
         if !(0..=28).contains(&digits) {
@@ -826,26 +1248,62 @@ fn boundary<'a>(input: &Collection<'a>, low: bool, precision: Option<i64>) -> Re
     };
     Ok(match v.to_system() {
         Value::Decimal(d) => decimal_boundary(d).map(Value::Decimal).into_iter().collect(),
-        Value::Integer(i) => decimal_boundary(Decimal::from(i)).map(Value::Decimal).into_iter().collect(),
+        Value::Integer(i) => decimal_boundary(Decimal::from(i))
+            .map(Value::Decimal)
+            .into_iter()
+            .collect(),
         Value::Quantity(q) => decimal_boundary(q.value)
             .map(|value| Value::Quantity(Quantity { value, unit: q.unit }))
             .into_iter()
             .collect(),
         Value::Date(d) => {
-            let target = match precision { Some(p) => match date_precision(p) { Some(t) if t <= Precision::Day => t, _ => return Ok(Vec::new()) }, None => Precision::Day };
-            let text = if low { d.low_boundary_date() } else { d.high_boundary_date() };
+            let target = match precision {
+                Some(p) => match date_precision(p) {
+                    Some(t) if t <= Precision::Day => t,
+                    _ => return Ok(Vec::new()),
+                },
+                None => Precision::Day,
+            };
+            let text = if low {
+                d.low_boundary_date()
+            } else {
+                d.high_boundary_date()
+            };
             DateTimeValue::parse(&text)
-                .map(|full| Value::Date(DateTimeValue { precision: target, ..full }))
+                .map(|full| {
+                    Value::Date(DateTimeValue {
+                        precision: target,
+                        ..full
+                    })
+                })
                 .into_iter()
                 .collect()
         }
         Value::DateTime(d) => {
-            let target = match precision { Some(p) => match date_precision(p) { Some(t) => t, None => return Ok(Vec::new()) }, None => Precision::Millisecond };
-            let text = if low { d.low_boundary_datetime() } else { d.high_boundary_datetime() };
+            let target = match precision {
+                Some(p) => match date_precision(p) {
+                    Some(t) => t,
+                    None => return Ok(Vec::new()),
+                },
+                None => Precision::Millisecond,
+            };
+            let text = if low {
+                d.low_boundary_datetime()
+            } else {
+                d.high_boundary_datetime()
+            };
             DateTimeValue::parse(&text)
                 .map(|full| {
-                    let offset = if target >= Precision::Hour { full.offset_minutes } else { None };
-                    Value::DateTime(DateTimeValue { precision: target, offset_minutes: offset, ..full })
+                    let offset = if target >= Precision::Hour {
+                        full.offset_minutes
+                    } else {
+                        None
+                    };
+                    Value::DateTime(DateTimeValue {
+                        precision: target,
+                        offset_minutes: offset,
+                        ..full
+                    })
                 })
                 .into_iter()
                 .collect()
@@ -859,7 +1317,10 @@ fn boundary<'a>(input: &Collection<'a>, low: bool, precision: Option<i64>) -> Re
                 Some(_) => return Ok(Vec::new()),
             };
             let full = if low { t.low_boundary() } else { t.high_boundary() };
-            vec![Value::Time(TimeValue { precision: target, ..full })]
+            vec![Value::Time(TimeValue {
+                precision: target,
+                ..full
+            })]
         }
         _ => Vec::new(),
     })

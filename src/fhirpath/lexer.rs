@@ -36,7 +36,11 @@ pub fn tokenize(text: &str) -> Result<Vec<Token>, FhirPathError> {
     let bytes = text.as_bytes();
     let mut tokens = Vec::new();
     let mut i = 0;
-    let err = |pos: usize, message: String| FhirPathError::Syntax { expression: text.to_string(), pos, message };
+    let err = |pos: usize, message: String| FhirPathError::Syntax {
+        expression: text.to_string(),
+        pos,
+        message,
+    };
     while i < bytes.len() {
         let c = bytes[i];
         let start = i;
@@ -77,7 +81,11 @@ pub fn tokenize(text: &str) -> Result<Vec<Token>, FhirPathError> {
         } else if c == b'\'' || c == b'`' {
             let (value, end) = read_quoted(text, i, c).map_err(|m| err(start, m))?;
             i = end;
-            if c == b'\'' { TokenKind::String(value) } else { TokenKind::DelimitedIdentifier(value) }
+            if c == b'\'' {
+                TokenKind::String(value)
+            } else {
+                TokenKind::DelimitedIdentifier(value)
+            }
         } else if c == b'@' {
             i += 1;
             let literal_start = i;
@@ -94,7 +102,9 @@ pub fn tokenize(text: &str) -> Result<Vec<Token>, FhirPathError> {
                     i = scan_time(bytes, i);
                     if bytes.get(i) == Some(&b'Z') {
                         i += 1;
-                    } else if matches!(bytes.get(i), Some(b'+' | b'-')) && bytes.get(i + 1).is_some_and(u8::is_ascii_digit) {
+                    } else if matches!(bytes.get(i), Some(b'+' | b'-'))
+                        && bytes.get(i + 1).is_some_and(u8::is_ascii_digit)
+                    {
                         i += 1;
                         while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b':') {
                             i += 1;
@@ -115,7 +125,8 @@ pub fn tokenize(text: &str) -> Result<Vec<Token>, FhirPathError> {
                 }
                 Some(b) if b.is_ascii_alphabetic() || *b == b'_' => {
                     let name_start = i;
-                    while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b'-') {
+                    while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b'-')
+                    {
                         i += 1;
                     }
                     TokenKind::External(text[name_start..i].to_string())
@@ -134,8 +145,10 @@ pub fn tokenize(text: &str) -> Result<Vec<Token>, FhirPathError> {
                 other => return Err(err(start, format!("unknown special variable '{other}'"))),
             }
         } else {
-            const SYMBOLS: [&str; 21] =
-                ["<=", ">=", "!=", "!~", ".", "[", "]", "(", ")", "{", "}", ",", "+", "-", "*", "/", "&", "|", "<", ">", "="];
+            const SYMBOLS: [&str; 21] = [
+                "<=", ">=", "!=", "!~", ".", "[", "]", "(", ")", "{", "}", ",", "+", "-", "*", "/", "&", "|", "<", ">",
+                "=",
+            ];
             let rest = &text[i..];
             if let Some(sym) = SYMBOLS.iter().find(|s| rest.starts_with(**s)) {
                 i += sym.len();
@@ -150,7 +163,10 @@ pub fn tokenize(text: &str) -> Result<Vec<Token>, FhirPathError> {
         };
         tokens.push(Token { kind, pos: start });
     }
-    tokens.push(Token { kind: TokenKind::Eof, pos: text.len() });
+    tokens.push(Token {
+        kind: TokenKind::Eof,
+        pos: text.len(),
+    });
     Ok(tokens)
 }
 
@@ -200,5 +216,8 @@ fn read_quoted(text: &str, start: usize, quote: u8) -> Result<(String, usize), S
         out.push(ch);
         i += ch.len_utf8();
     }
-    Err(format!("unterminated {}", if quote == b'\'' { "string" } else { "identifier" }))
+    Err(format!(
+        "unterminated {}",
+        if quote == b'\'' { "string" } else { "identifier" }
+    ))
 }

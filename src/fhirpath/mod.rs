@@ -77,11 +77,19 @@ pub struct FhirPath {
 fn check_functions(expr: &ast::Expr, text: &str) -> Result<(), FhirPathError> {
     use ast::Expr::*;
     match expr {
-        Function { target, name, args, pos } => {
+        Function {
+            target,
+            name,
+            args,
+            pos,
+        } => {
             if !functions::is_function(name) {
                 return Err(FhirPathError::InExpression {
                     expression: text.to_string(),
-                    source: Box::new(FhirPathError::UnknownFunction { name: name.clone(), pos: *pos }),
+                    source: Box::new(FhirPathError::UnknownFunction {
+                        name: name.clone(),
+                        pos: *pos,
+                    }),
                 });
             }
             if let Some(t) = target {
@@ -104,7 +112,10 @@ impl FhirPath {
     pub fn parse(text: &str) -> Result<Self, FhirPathError> {
         let ast = parser::parse(text)?;
         check_functions(&ast, text)?;
-        Ok(Self { text: text.to_string(), ast })
+        Ok(Self {
+            text: text.to_string(),
+            ast,
+        })
     }
 
     /// The source text.
@@ -136,10 +147,17 @@ impl FhirPath {
         variables: &HashMap<String, Collection<'a>>,
     ) -> Result<Collection<'a>, FhirPathError> {
         let model = FhirModel::r4().map_err(|e| FhirPathError::Model(e.to_string()))?;
-        let evaluator = Evaluator { model, resource, variables };
+        let evaluator = Evaluator {
+            model,
+            resource,
+            variables,
+        };
         evaluator.eval(&self.ast, &Scope::new(focus)).map_err(|e| match e {
             FhirPathError::InExpression { .. } | FhirPathError::Syntax { .. } => e,
-            other => FhirPathError::InExpression { expression: self.text.clone(), source: Box::new(other) },
+            other => FhirPathError::InExpression {
+                expression: self.text.clone(),
+                source: Box::new(other),
+            },
         })
     }
 }
@@ -172,7 +190,10 @@ mod tests {
         assert_eq!(eval("(Observation.value as Quantity).value > 6", OBS), ["true"]);
         assert_eq!(eval("component.value.ofType(integer)", OBS), ["3"]);
         assert_eq!(eval("component.value.ofType(string)", OBS), ["s"]);
-        assert_eq!(eval("code.coding.where(system = 'http://loinc.org').code", OBS), ["4548-4"]);
+        assert_eq!(
+            eval("code.coding.where(system = 'http://loinc.org').code", OBS),
+            ["4548-4"]
+        );
         assert_eq!(eval("subject.where(resolve() is Patient).exists()", OBS), ["true"]);
         assert_eq!(eval("subject.getReferenceKey(Patient)", OBS), ["p1"]);
         assert_eq!(eval("subject.getReferenceKey(Group)", OBS), Vec::<String>::new());
@@ -182,15 +203,25 @@ mod tests {
         assert_eq!(eval("status = 'final' and status != 'x'", OBS), ["true"]);
         assert_eq!(eval("{} = 1", OBS), Vec::<String>::new());
         assert_eq!(eval("code.coding[1].code", OBS), ["y"]);
-        assert_eq!(eval("value.value.lowBoundary()", OBS), ["6.495"]);
+        assert_eq!(eval("value.value.lowBoundary()", OBS), ["6.49500000"]);
     }
 
     #[test]
     fn errors_name_expression_and_position() {
         let err = FhirPath::parse("name.frobnicate()").unwrap_err().to_string();
-        assert!(err.contains("name.frobnicate()") && err.contains("'frobnicate'") && err.contains("position 5"), "{err}");
+        assert!(
+            err.contains("name.frobnicate()") && err.contains("'frobnicate'") && err.contains("position 5"),
+            "{err}"
+        );
         let json = parse(OBS).unwrap();
-        let err = FhirPath::parse("code.coding.code.substring(0)").unwrap().evaluate(&json, &HashMap::new()).unwrap_err().to_string();
-        assert!(err.contains("code.coding.code.substring(0)") && err.contains("single item"), "{err}");
+        let err = FhirPath::parse("code.coding.code.substring(0)")
+            .unwrap()
+            .evaluate(&json, &HashMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("code.coding.code.substring(0)") && err.contains("single item"),
+            "{err}"
+        );
     }
 }

@@ -6,8 +6,22 @@ use super::lexer::{Token, TokenKind, tokenize};
 
 /// Calendar duration words usable as quantity units (`3 days`).
 const CALENDAR_UNITS: [&str; 16] = [
-    "year", "years", "month", "months", "week", "weeks", "day", "days", "hour", "hours", "minute", "minutes",
-    "second", "seconds", "millisecond", "milliseconds",
+    "year",
+    "years",
+    "month",
+    "months",
+    "week",
+    "weeks",
+    "day",
+    "days",
+    "hour",
+    "hours",
+    "minute",
+    "minutes",
+    "second",
+    "seconds",
+    "millisecond",
+    "milliseconds",
 ];
 
 /// Parses a FHIRPath expression.
@@ -71,7 +85,11 @@ const UNARY_POWER: u8 = 11;
 
 impl Parser<'_> {
     fn error(&self, pos: usize, message: impl Into<String>) -> FhirPathError {
-        FhirPathError::Syntax { expression: self.text.to_string(), pos, message: message.into() }
+        FhirPathError::Syntax {
+            expression: self.text.to_string(),
+            pos,
+            message: message.into(),
+        }
     }
 
     fn peek(&self) -> &Token {
@@ -132,7 +150,9 @@ impl Parser<'_> {
                 };
                 continue;
             }
-            let Some((op, power)) = binary_op(&token.kind) else { break };
+            let Some((op, power)) = binary_op(&token.kind) else {
+                break;
+            };
             if power <= min_power {
                 break;
             }
@@ -153,13 +173,17 @@ impl Parser<'_> {
             self.next();
             let token = self.next();
             return match token.kind {
-                TokenKind::Identifier(name) | TokenKind::DelimitedIdentifier(name) => {
-                    Ok(TypeSpecifier { namespace: Some(first), name })
-                }
+                TokenKind::Identifier(name) | TokenKind::DelimitedIdentifier(name) => Ok(TypeSpecifier {
+                    namespace: Some(first),
+                    name,
+                }),
                 _ => Err(self.error(token.pos, "expected a type name after the namespace")),
             };
         }
-        Ok(TypeSpecifier { namespace: None, name: first })
+        Ok(TypeSpecifier {
+            namespace: None,
+            name: first,
+        })
     }
 
     fn prefix(&mut self) -> Result<Expr, FhirPathError> {
@@ -217,7 +241,10 @@ impl Parser<'_> {
                 self.next();
                 Ok(Expr::Literal(Literal::Boolean(word == "true")))
             }
-            TokenKind::Identifier(_) | TokenKind::DelimitedIdentifier(_) | TokenKind::This | TokenKind::Index
+            TokenKind::Identifier(_)
+            | TokenKind::DelimitedIdentifier(_)
+            | TokenKind::This
+            | TokenKind::Index
             | TokenKind::Total => self.invocation(None),
             TokenKind::Eof => Err(self.error(token.pos, "unexpected end of expression")),
             _ => Err(self.error(token.pos, "expected an expression")),
@@ -268,7 +295,12 @@ impl Parser<'_> {
                 }
             }
             self.expect_symbol(")")?;
-            return Ok(Expr::Function { target: target.map(Box::new), name, args, pos: token.pos });
+            return Ok(Expr::Function {
+                target: target.map(Box::new),
+                name,
+                args,
+                pos: token.pos,
+            });
         }
         Ok(match target {
             Some(t) => Expr::Member(Box::new(t), name),
@@ -287,19 +319,41 @@ mod tests {
 
     #[test]
     fn parses_paths_functions_and_precedence() {
-        assert_eq!(p("name.given"), Expr::Member(Box::new(Expr::Identifier("name".into())), "given".into()));
+        assert_eq!(
+            p("name.given"),
+            Expr::Member(Box::new(Expr::Identifier("name".into())), "given".into())
+        );
         let e = p("a = 1 and b > 2 or c");
-        let Expr::Binary(BinaryOp::Or, left, _) = e else { panic!() };
+        let Expr::Binary(BinaryOp::Or, left, _) = e else {
+            panic!()
+        };
         assert!(matches!(*left, Expr::Binary(BinaryOp::And, _, _)));
         let e = p("1 + 2 * 3");
-        let Expr::Binary(BinaryOp::Add, _, right) = e else { panic!() };
+        let Expr::Binary(BinaryOp::Add, _, right) = e else {
+            panic!()
+        };
         assert!(matches!(*right, Expr::Binary(BinaryOp::Mul, _, _)));
-        assert!(matches!(p("value as Quantity | x"), Expr::Binary(BinaryOp::Union, _, _)));
-        assert!(matches!(p("Observation.subject.where(resolve() is Patient)"), Expr::Function { .. }));
+        assert!(matches!(
+            p("value as Quantity | x"),
+            Expr::Binary(BinaryOp::Union, _, _)
+        ));
+        assert!(matches!(
+            p("Observation.subject.where(resolve() is Patient)"),
+            Expr::Function { .. }
+        ));
         assert_eq!(p("-5"), Expr::Literal(Literal::Integer(-5)));
-        assert_eq!(p("4.0 'mg'"), Expr::Literal(Literal::Quantity { value: "4.0".into(), unit: "mg".into() }));
+        assert_eq!(
+            p("4.0 'mg'"),
+            Expr::Literal(Literal::Quantity {
+                value: "4.0".into(),
+                unit: "mg".into()
+            })
+        );
         assert!(matches!(p("name[%idx].given"), Expr::Member(..)));
-        assert!(matches!(p("@2020-01-01T10:00:00+02:00"), Expr::Literal(Literal::DateTime(_))));
+        assert!(matches!(
+            p("@2020-01-01T10:00:00+02:00"),
+            Expr::Literal(Literal::DateTime(_))
+        ));
         assert!(matches!(p("`div`.x"), Expr::Member(..)));
     }
 

@@ -62,7 +62,9 @@ pub struct TimeValue {
 }
 
 fn digits(s: &str, n: usize) -> Option<u32> {
-    (s.len() >= n && s.as_bytes()[..n].iter().all(u8::is_ascii_digit)).then(|| s[..n].parse().ok()).flatten()
+    (s.len() >= n && s.as_bytes()[..n].iter().all(u8::is_ascii_digit))
+        .then(|| s[..n].parse().ok())
+        .flatten()
 }
 
 fn parse_fraction(s: &str) -> Option<(u32, usize)> {
@@ -80,7 +82,13 @@ fn parse_fraction(s: &str) -> Option<(u32, usize)> {
 /// Parses `hh[:mm[:ss[.fff]]]`; returns the time and the rest of the text.
 fn parse_time_part(s: &str) -> Option<(TimeValue, &str)> {
     let hour = digits(s, 2)?;
-    let mut t = TimeValue { hour, minute: 0, second: 0, millisecond: 0, precision: Precision::Hour };
+    let mut t = TimeValue {
+        hour,
+        minute: 0,
+        second: 0,
+        millisecond: 0,
+        precision: Precision::Hour,
+    };
     let mut rest = &s[2..];
     if let Some(r) = rest.strip_prefix(':') {
         t.minute = digits(r, 2)?;
@@ -148,12 +156,18 @@ impl TimeValue {
 
     /// The earliest time this partial time can mean, at millisecond precision.
     pub fn low_boundary(&self) -> Self {
-        Self { precision: Precision::Millisecond, ..self.clone() }
+        Self {
+            precision: Precision::Millisecond,
+            ..self.clone()
+        }
     }
 
     /// The latest time this partial time can mean, at millisecond precision.
     pub fn high_boundary(&self) -> Self {
-        let mut t = Self { precision: Precision::Millisecond, ..self.clone() };
+        let mut t = Self {
+            precision: Precision::Millisecond,
+            ..self.clone()
+        };
         if self.precision < Precision::Minute {
             t.minute = 59;
         }
@@ -168,7 +182,11 @@ impl TimeValue {
 }
 
 fn days_in_month(year: i32, month: u32) -> u32 {
-    let next = if month == 12 { NaiveDate::from_ymd_opt(year + 1, 1, 1) } else { NaiveDate::from_ymd_opt(year, month + 1, 1) };
+    let next = if month == 12 {
+        NaiveDate::from_ymd_opt(year + 1, 1, 1)
+    } else {
+        NaiveDate::from_ymd_opt(year, month + 1, 1)
+    };
     next.and_then(|n| n.pred_opt()).map_or(31, |d| d.day())
 }
 
@@ -276,7 +294,16 @@ impl DateTimeValue {
         let (a, b) = (self.normalized(), other.normalized());
         let cap = |p: Precision| if p >= Precision::Second { Precision::Second } else { p };
         let (pa, pb) = (cap(a.precision), cap(b.precision));
-        let parts = |v: &Self| [v.year as i64, v.month.into(), v.day.into(), v.hour.into(), v.minute.into(), (v.second * 1000 + v.millisecond).into()];
+        let parts = |v: &Self| {
+            [
+                v.year as i64,
+                v.month.into(),
+                v.day.into(),
+                v.hour.into(),
+                v.minute.into(),
+                (v.second * 1000 + v.millisecond).into(),
+            ]
+        };
         let (xa, xb) = (parts(&a), parts(&b));
         let n = pa.min(pb) as usize + 1;
         for i in 0..n.min(6) {
@@ -328,15 +355,26 @@ impl DateTimeValue {
     /// The earliest instant this value can mean, as a millisecond dateTime
     /// (without an offset, the earliest zone: +14:00).
     pub fn low_boundary_datetime(&self) -> String {
-        let v = Self { precision: Precision::Millisecond, ..self.clone() };
-        let base = Self { offset_minutes: None, ..v.clone() }.format();
+        let v = Self {
+            precision: Precision::Millisecond,
+            ..self.clone()
+        };
+        let base = Self {
+            offset_minutes: None,
+            ..v.clone()
+        }
+        .format();
         format!("{base}{}", Self::format_offset(self.offset_minutes.unwrap_or(14 * 60)))
     }
 
     /// The latest instant this value can mean (without an offset, the latest
     /// zone: -12:00).
     pub fn high_boundary_datetime(&self) -> String {
-        let mut v = Self { precision: Precision::Millisecond, offset_minutes: None, ..self.clone() };
+        let mut v = Self {
+            precision: Precision::Millisecond,
+            offset_minutes: None,
+            ..self.clone()
+        };
         if self.precision < Precision::Month {
             v.month = 12;
         }
@@ -355,17 +393,28 @@ impl DateTimeValue {
         if self.precision < Precision::Millisecond {
             v.millisecond = 999;
         }
-        format!("{}{}", v.format(), Self::format_offset(self.offset_minutes.unwrap_or(-12 * 60)))
+        format!(
+            "{}{}",
+            v.format(),
+            Self::format_offset(self.offset_minutes.unwrap_or(-12 * 60))
+        )
     }
 
     /// The earliest date (day precision).
     pub fn low_boundary_date(&self) -> String {
-        Self { precision: Precision::Day, ..self.clone() }.format()
+        Self {
+            precision: Precision::Day,
+            ..self.clone()
+        }
+        .format()
     }
 
     /// The latest date (day precision).
     pub fn high_boundary_date(&self) -> String {
-        let mut v = Self { precision: Precision::Day, ..self.clone() };
+        let mut v = Self {
+            precision: Precision::Day,
+            ..self.clone()
+        };
         if self.precision < Precision::Month {
             v.month = 12;
         }
@@ -379,7 +428,11 @@ impl DateTimeValue {
     /// `h`, `min`, `s`, `ms`; UCUM `a` and `mo` are average lengths, not
     /// calendar units); `None` when the unit is not a duration.
     pub fn add(&self, amount: i64, unit: &str) -> Option<Self> {
-        let unit = if unit == "ms" || unit == "s" { unit } else { unit.trim_end_matches('s') };
+        let unit = if unit == "ms" || unit == "s" {
+            unit
+        } else {
+            unit.trim_end_matches('s')
+        };
         let mut v = self.clone();
         match unit {
             "year" => {
@@ -421,9 +474,17 @@ mod tests {
         assert_eq!(a.compare(&b), Some(Ordering::Equal));
         let y = DateTimeValue::parse("2020").unwrap();
         assert_eq!(y.compare(&DateTimeValue::parse("2020-05").unwrap()), None);
-        assert_eq!(y.compare(&DateTimeValue::parse("2021-05").unwrap()), Some(Ordering::Less));
+        assert_eq!(
+            y.compare(&DateTimeValue::parse("2021-05").unwrap()),
+            Some(Ordering::Less)
+        );
         assert!(DateTimeValue::parse("2020-02-30").is_none());
-        assert_eq!(DateTimeValue::parse("2012-04-15T15:30:31").unwrap().compare(&DateTimeValue::parse("2012-04-15T15:30:31.0").unwrap()), Some(Ordering::Equal));
+        assert_eq!(
+            DateTimeValue::parse("2012-04-15T15:30:31")
+                .unwrap()
+                .compare(&DateTimeValue::parse("2012-04-15T15:30:31.0").unwrap()),
+            Some(Ordering::Equal)
+        );
     }
 
     #[test]

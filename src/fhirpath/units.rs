@@ -13,7 +13,11 @@ struct UnitDef {
 }
 
 const fn u(code: &'static str, dimension: &'static str, mantissa: i64, scale: u32) -> UnitDef {
-    UnitDef { code, dimension, factor: (mantissa, scale) }
+    UnitDef {
+        code,
+        dimension,
+        factor: (mantissa, scale),
+    }
 }
 
 static UNITS: &[UnitDef] = &[
@@ -67,7 +71,10 @@ fn lookup(unit: &str) -> Option<&'static UnitDef> {
 /// in the table are their own dimension.
 pub fn to_base(value: Decimal, unit: &str) -> (Decimal, String) {
     match lookup(unit) {
-        Some(def) => (value * Decimal::new(def.factor.0, def.factor.1), def.dimension.to_string()),
+        Some(def) => (
+            value * Decimal::new(def.factor.0, def.factor.1),
+            def.dimension.to_string(),
+        ),
         None => (value, format!("unit:{unit}")),
     }
 }

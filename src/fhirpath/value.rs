@@ -75,7 +75,9 @@ pub type Collection<'a> = Vec<Value<'a>>;
 
 /// Parses a JSON number's text as a decimal (exponents allowed).
 pub fn parse_decimal(text: &str) -> Option<Decimal> {
-    Decimal::from_str_exact(text).ok().or_else(|| Decimal::from_scientific(text).ok())
+    Decimal::from_str_exact(text)
+        .ok()
+        .or_else(|| Decimal::from_scientific(text).ok())
 }
 
 fn is_integer_type(t: &str) -> bool {
@@ -84,13 +86,25 @@ fn is_integer_type(t: &str) -> bool {
 
 impl<'a> Value<'a> {
     /// A node value with a type looked up by the caller.
-    pub fn node(json: &'a JsonValue<'a>, fhir_type: Option<&'static str>, children_owner: Option<&'static str>) -> Self {
-        Value::Node(Node { json, fhir_type, children_owner, primitive_element: None })
+    pub fn node(
+        json: &'a JsonValue<'a>,
+        fhir_type: Option<&'static str>,
+        children_owner: Option<&'static str>,
+    ) -> Self {
+        Value::Node(Node {
+            json,
+            fhir_type,
+            children_owner,
+            primitive_element: None,
+        })
     }
 
     /// A resource node: its type from `resourceType`.
     pub fn resource(json: &'a JsonValue<'a>, model: &FhirModel) -> Self {
-        let t = json.get("resourceType").and_then(JsonValue::as_str).and_then(|t| model.type_name(t));
+        let t = json
+            .get("resourceType")
+            .and_then(JsonValue::as_str)
+            .and_then(|t| model.type_name(t));
         Value::node(json, t, t)
     }
 
@@ -99,12 +113,22 @@ impl<'a> Value<'a> {
     pub fn to_system(&self) -> Value<'a> {
         let Value::Node(node) = self else { return self.clone() };
         let t = node.fhir_type.unwrap_or("");
-        if matches!(t, "Quantity" | "Age" | "Duration" | "Distance" | "Count" | "SimpleQuantity" | "MoneyQuantity")
-            && let Some(JsonValue::Number(n)) = node.json.get("value")
+        if matches!(
+            t,
+            "Quantity" | "Age" | "Duration" | "Distance" | "Count" | "SimpleQuantity" | "MoneyQuantity"
+        ) && let Some(JsonValue::Number(n)) = node.json.get("value")
             && let Some(value) = parse_decimal(n)
         {
-            let unit = node.json.get("code").or_else(|| node.json.get("unit")).and_then(JsonValue::as_str).unwrap_or("1");
-            return Value::Quantity(Quantity { value, unit: unit.to_string() });
+            let unit = node
+                .json
+                .get("code")
+                .or_else(|| node.json.get("unit"))
+                .and_then(JsonValue::as_str)
+                .unwrap_or("1");
+            return Value::Quantity(Quantity {
+                value,
+                unit: unit.to_string(),
+            });
         }
         match node.json {
             JsonValue::Bool(b) => Value::Boolean(*b),
@@ -116,12 +140,24 @@ impl<'a> Value<'a> {
                 }
             }
             JsonValue::String(s) => match t {
-                "date" => DateTimeValue::parse(s).map(Value::Date).unwrap_or_else(|| Value::String(s.to_string())),
-                "dateTime" | "instant" => DateTimeValue::parse(s)
-                    .map(|d| if d.is_date_only() && t == "dateTime" { Value::DateTime(d) } else { Value::DateTime(d) })
+                "date" => DateTimeValue::parse(s)
+                    .map(Value::Date)
                     .unwrap_or_else(|| Value::String(s.to_string())),
-                "time" => TimeValue::parse(s).map(Value::Time).unwrap_or_else(|| Value::String(s.to_string())),
-                "decimal" => parse_decimal(s).map(Value::Decimal).unwrap_or_else(|| Value::String(s.to_string())),
+                "dateTime" | "instant" => DateTimeValue::parse(s)
+                    .map(|d| {
+                        if d.is_date_only() && t == "dateTime" {
+                            Value::DateTime(d)
+                        } else {
+                            Value::DateTime(d)
+                        }
+                    })
+                    .unwrap_or_else(|| Value::String(s.to_string())),
+                "time" => TimeValue::parse(s)
+                    .map(Value::Time)
+                    .unwrap_or_else(|| Value::String(s.to_string())),
+                "decimal" => parse_decimal(s)
+                    .map(Value::Decimal)
+                    .unwrap_or_else(|| Value::String(s.to_string())),
                 _ => Value::String(s.to_string()),
             },
             _ => self.clone(),
@@ -176,7 +212,10 @@ impl<'a> Value<'a> {
             Value::Decimal(d) => d.to_string(),
             Value::String(s) => s,
             Value::Date(d) | Value::DateTime(d) => match self {
-                Value::Node(Node { json: JsonValue::String(s), .. }) => s.to_string(),
+                Value::Node(Node {
+                    json: JsonValue::String(s),
+                    ..
+                }) => s.to_string(),
                 _ => d.format(),
             },
             Value::Time(t) => t.format(),
@@ -206,7 +245,9 @@ fn json_equal(a: &JsonValue<'_>, b: &JsonValue<'_>) -> bool {
         (JsonValue::Object(x), JsonValue::Object(y)) => {
             x.len() == y.len() && x.iter().all(|(k, v)| b.get(k).is_some_and(|w| json_equal(v, w)))
         }
-        (JsonValue::Array(x), JsonValue::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(v, w)| json_equal(v, w)),
+        (JsonValue::Array(x), JsonValue::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(v, w)| json_equal(v, w))
+        }
         (JsonValue::Number(x), JsonValue::Number(y)) => match (parse_decimal(x), parse_decimal(y)) {
             (Some(x), Some(y)) => x == y,
             _ => x == y,
@@ -237,10 +278,19 @@ pub fn equals(a: &Value<'_>, b: &Value<'_>) -> Option<bool> {
             let (b, db) = units::to_base(y.value, &y.unit);
             (da == db).then_some(a == b)
         }
-        (Value::ReferenceTarget { resource_type: t1, id: i1 }, Value::ReferenceTarget { resource_type: t2, id: i2 }) => {
-            Some(t1 == t2 && i1 == i2)
+        (
+            Value::ReferenceTarget {
+                resource_type: t1,
+                id: i1,
+            },
+            Value::ReferenceTarget {
+                resource_type: t2,
+                id: i2,
+            },
+        ) => Some(t1 == t2 && i1 == i2),
+        (Value::TypeInfo { namespace: n1, name: a }, Value::TypeInfo { namespace: n2, name: b }) => {
+            Some(n1 == n2 && a == b)
         }
-        (Value::TypeInfo { namespace: n1, name: a }, Value::TypeInfo { namespace: n2, name: b }) => Some(n1 == n2 && a == b),
         _ => Some(false),
     }
 }

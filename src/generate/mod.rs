@@ -45,12 +45,7 @@ pub struct GenerateReport {
 /// `Patient.000.ndjson` becomes `Patient.c0003-000.ndjson` in copy 3 (still
 /// bulk-export naming: type, one segment, `.ndjson`). With `gzip`, output is
 /// `.ndjson.gz`.
-pub fn generate(
-    from: &Path,
-    copies: usize,
-    out: &Path,
-    gzip: bool,
-) -> Result<GenerateReport, GenerateError> {
+pub fn generate(from: &Path, copies: usize, out: &Path, gzip: bool) -> Result<GenerateReport, GenerateError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| GenerateError::Io {
@@ -61,11 +56,7 @@ pub fn generate(
     let mut inputs: Vec<PathBuf> = std::fs::read_dir(from)
         .map_err(io(from))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(is_ndjson_name)
-        })
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(is_ndjson_name))
         .collect();
     if inputs.is_empty() {
         return Err(GenerateError::NoInput(from.to_path_buf()));
@@ -75,17 +66,11 @@ pub fn generate(
     let mut report = GenerateReport::default();
     for copy in 0..copies {
         for input in &inputs {
-            let name = input
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
+            let name = input.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             let stem = name.trim_end_matches(".gz").trim_end_matches(".ndjson");
             let (resource_type, rest) = stem.split_once('.').unwrap_or((stem, "0"));
             let ext = if gzip { "ndjson.gz" } else { "ndjson" };
-            let target = out.join(format!(
-                "{resource_type}.c{copy:04}-{}.{ext}",
-                rest.replace('.', "-")
-            ));
+            let target = out.join(format!("{resource_type}.c{copy:04}-{}.{ext}", rest.replace('.', "-")));
             let reader = File::open(input).map_err(io(input))?;
             let reader: Box<dyn Read> = if name.ends_with(".gz") {
                 Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(reader)))
@@ -197,9 +182,7 @@ mod tests {
     fn rewrites_ids_and_references_consistently() {
         let id = "6c5d9ca9-54d7-42f5-bfae-a7c19cd217f2";
         let mut patient = format!(r#"{{"resourceType":"Patient","id":"{id}"}}"#).into_bytes();
-        let mut cond =
-            format!(r#"{{"subject":{{"reference":"Patient/{id}"}},"x":"urn:uuid:{id}"}}"#)
-                .into_bytes();
+        let mut cond = format!(r#"{{"subject":{{"reference":"Patient/{id}"}},"x":"urn:uuid:{id}"}}"#).into_bytes();
         rewrite_uuids(&mut patient, 2);
         rewrite_uuids(&mut cond, 2);
         let patient = String::from_utf8(patient).unwrap();

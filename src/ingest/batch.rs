@@ -40,13 +40,7 @@ impl Default for ResourceBatchBuilder {
 
 impl ResourceBatchBuilder {
     /// Adds one resource: its header, load position, compartment patients and raw JSON.
-    pub fn append(
-        &mut self,
-        header: &ResourceHeader<'_>,
-        load_seq: i64,
-        patients: &[String],
-        raw: &str,
-    ) {
+    pub fn append(&mut self, header: &ResourceHeader<'_>, load_seq: i64, patients: &[String], raw: &str) {
         self.id.append_value(header.id);
         self.version_id.append_option(header.version_id);
         self.last_updated.append_option(header.last_updated);
@@ -104,8 +98,7 @@ impl RejectBatchBuilder {
     /// Adds one rejected line.
     pub fn append(&mut self, file: &str, line: u64, reason: &str, content: Option<&str>) {
         self.file.append_value(file);
-        self.line
-            .append_value(i64::try_from(line).unwrap_or(i64::MAX));
+        self.line.append_value(i64::try_from(line).unwrap_or(i64::MAX));
         self.reason.append_value(reason);
         self.content.append_option(content);
         self.rows += 1;

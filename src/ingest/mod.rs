@@ -30,10 +30,12 @@ use self::progress::{Progress, ProgressDisplay};
 use self::worker::{WorkerContext, WorkerOutput, run_worker};
 use crate::fhir::{DefinitionError, PatientCompartment, ResourceTypes};
 use crate::store::StoreError;
+use crate::view::catalog::view_table_key;
+use crate::view::materialize::{MaterializeError, rebuild_views};
+use crate::view::{ViewCatalog, ViewRunner};
 use crate::warehouse::merge::{has_duplicate_ids, merge_latest};
 use crate::warehouse::{
-    DataFile, REJECTS_TABLE, Snapshot, TableEntry, TableKind, Warehouse, WarehouseError, manifest,
-    now_rfc3339,
+    DataFile, REJECTS_TABLE, Snapshot, TableEntry, TableKind, Warehouse, WarehouseError, manifest, now_rfc3339,
 };
 
 /// Errors of a load. Nothing is committed when a load returns one.
@@ -85,6 +87,9 @@ pub enum IngestError {
     /// The bundled FHIR definitions are unusable.
     #[error(transparent)]
     Definitions(&'static DefinitionError),
+    /// A view could not be materialized.
+    #[error(transparent)]
+    View(#[from] MaterializeError),
     /// A load thread panicked or was cancelled.
     #[error("load thread failed: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -99,17 +104,18 @@ pub struct LoadOptions {
     pub workers: usize,
     /// No progress display.
     pub quiet: bool,
+    /// Views to materialize; `None` means the shipped views (`sql/views`).
+    pub views: Option<ViewCatalog>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism()
-            .map(usize::from)
-            .unwrap_or(2);
+        let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(2);
         Self {
             skip_invalid: false,
             workers: cores,
             quiet: false,
+            views: None,
         }
     }
 }
@@ -154,14 +160,14 @@ impl LoadReport {
 }
 
 /// Loads `sources` into `warehouse` and commits one new version.
-pub async fn load(
-    warehouse: &Warehouse,
-    sources: &[String],
-    options: &LoadOptions,
-) -> Result<LoadReport, IngestError> {
+pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptions) -> Result<LoadReport, IngestError> {
     let started = Instant::now();
     let types = ResourceTypes::r4().map_err(IngestError::Definitions)?;
     let compartment = PatientCompartment::r4().map_err(IngestError::Definitions)?;
+    let views = match &options.views {
+        Some(v) => v.clone(),
+        None => ViewCatalog::shipped().map_err(|e| IngestError::View(e.into()))?,
+    };
     let files = discover(sources).await?;
     let total_bytes: u64 = files.iter().map(|f| f.size).sum();
     let base = warehouse.current().await?;
@@ -180,8 +186,13 @@ pub async fn load(
             token.clone(),
             options.clone(),
         );
+        let views = views.clone();
         let handle = Handle::current();
         tokio::task::spawn_blocking(move || {
+            let runners = match views.views().iter().map(ViewRunner::new).collect::<Result<Vec<_>, _>>() {
+                Ok(r) => r,
+                Err(e) => return (Vec::new(), Some(IngestError::View(e.into()))),
+            };
             let cancel = AtomicBool::new(false);
             let ctx = WorkerContext {
                 files: &files,
@@ -194,6 +205,8 @@ pub async fn load(
                 compartment,
                 cancel: &cancel,
                 progress: &progress,
+                views: &views,
+                runners: &runners,
             };
             run_pipeline(&ctx, options.workers.max(1))
         })
@@ -212,7 +225,7 @@ pub async fn load(
     }
 
     // Gather each table's new files over all workers.
-    let mut new_files: BTreeMap<&'static str, (Vec<DataFile>, u64)> = BTreeMap::new();
+    let mut new_files: BTreeMap<String, (Vec<DataFile>, u64)> = BTreeMap::new();
     for output in outputs {
         for (name, table) in output.tables {
             let entry = new_files.entry(name).or_default();
@@ -235,17 +248,17 @@ pub async fn load(
     let all_new: Vec<DataFile> = new_files.values().flat_map(|(f, _)| f.clone()).collect();
     let mut merged_files: Vec<DataFile> = Vec::new();
     let result = async {
+        let mut merged_types: Vec<String> = Vec::new();
         for (name, (files, loaded)) in &new_files {
-            let kind = if *name == REJECTS_TABLE {
+            if name.starts_with("views/") {
+                continue;
+            }
+            let kind = if name == REJECTS_TABLE {
                 TableKind::Rejects
             } else {
                 TableKind::Resource
             };
-            let old = snapshot
-                .tables
-                .get(*name)
-                .map(|t| t.files.clone())
-                .unwrap_or_default();
+            let old = snapshot.tables.get(name).map(|t| t.files.clone()).unwrap_or_default();
             let mut merged = false;
             let table_files = if kind == TableKind::Rejects {
                 old.into_iter().chain(files.iter().cloned()).collect()
@@ -253,6 +266,7 @@ pub async fn load(
                 files.clone()
             } else {
                 merged = true;
+                merged_types.push(name.clone());
                 let inputs: Vec<DataFile> = old.into_iter().chain(files.iter().cloned()).collect();
                 let out = merge_latest(warehouse, name, &inputs, &token).await?;
                 merged_files.extend(out.iter().cloned());
@@ -263,14 +277,72 @@ pub async fn load(
                 files: table_files,
             };
             report.tables.insert(
-                name.to_string(),
+                name.clone(),
                 TableReport {
                     loaded: *loaded,
                     rows: entry.rows(),
                     merged,
                 },
             );
-            snapshot.tables.insert(name.to_string(), entry);
+            snapshot.tables.insert(name.clone(), entry);
+        }
+        // Views: from the workers' single parse, unless their resource table was
+        // merged, in which case they are recomputed from the merged table.
+        let runners = views
+            .views()
+            .iter()
+            .map(ViewRunner::new)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| IngestError::View(e.into()))?;
+        for resource_type in &merged_types {
+            let indexes = views.for_type(resource_type);
+            if indexes.is_empty() {
+                continue;
+            }
+            let type_runners: Vec<&ViewRunner<'_>> = indexes.iter().map(|&i| &runners[i]).collect();
+            let names: Vec<&str> = indexes.iter().map(|&i| views.name(i)).collect();
+            let resource_files = snapshot
+                .tables
+                .get(resource_type)
+                .map(|t| t.files.clone())
+                .unwrap_or_default();
+            let rebuilt = rebuild_views(warehouse, &resource_files, &type_runners, &names, &token).await?;
+            for (&i, files) in indexes.iter().zip(rebuilt) {
+                merged_files.extend(files.iter().cloned());
+                let key = view_table_key(views.name(i));
+                let entry = TableEntry {
+                    kind: TableKind::View,
+                    files,
+                };
+                let loaded = new_files.get(&key).map_or(0, |(_, n)| *n);
+                report.tables.insert(
+                    key.clone(),
+                    TableReport {
+                        loaded,
+                        rows: entry.rows(),
+                        merged: true,
+                    },
+                );
+                snapshot.tables.insert(key, entry);
+            }
+        }
+        for (name, (files, loaded)) in new_files.iter().filter(|(n, _)| n.starts_with("views/")) {
+            if report.tables.contains_key(name) {
+                continue;
+            }
+            let entry = TableEntry {
+                kind: TableKind::View,
+                files: files.clone(),
+            };
+            report.tables.insert(
+                name.clone(),
+                TableReport {
+                    loaded: *loaded,
+                    rows: entry.rows(),
+                    merged: false,
+                },
+            );
+            snapshot.tables.insert(name.clone(), entry);
         }
         snapshot.version = version;
         snapshot.committed_at = now_rfc3339();
@@ -296,12 +368,7 @@ pub async fn load(
         .tables
         .iter()
         .filter(|(_, t)| t.merged)
-        .flat_map(|(name, _)| {
-            new_files
-                .get(name.as_str())
-                .map(|(f, _)| f.clone())
-                .unwrap_or_default()
-        })
+        .flat_map(|(name, _)| new_files.get(name.as_str()).map(|(f, _)| f.clone()).unwrap_or_default())
         .collect();
     warehouse.delete_files(&superseded).await;
     report.version = version;
@@ -321,10 +388,7 @@ fn unique_token(version: u64) -> String {
 /// Runs readers and workers to completion. Returns every worker's output, and
 /// the load's error if any (the failure at the earliest file and line when
 /// several lines are bad).
-fn run_pipeline(
-    ctx: &WorkerContext<'_>,
-    workers: usize,
-) -> (Vec<WorkerOutput>, Option<IngestError>) {
+fn run_pipeline(ctx: &WorkerContext<'_>, workers: usize) -> (Vec<WorkerOutput>, Option<IngestError>) {
     let readers = ctx.files.len().clamp(1, 2);
     let (tx, rx) = sync_channel(workers * 2);
     let rx = Mutex::new(rx);
@@ -341,9 +405,7 @@ fn run_pipeline(
                         break;
                     }
                     let file = &ctx.files[index];
-                    if let Err(e) =
-                        reader::read_file(index, file, &ctx.handle, &tx, ctx.cancel, ctx.progress)
-                    {
+                    if let Err(e) = reader::read_file(index, file, &ctx.handle, &tx, ctx.cancel, ctx.progress) {
                         ctx.cancel.store(true, Ordering::Relaxed);
                         if let Ok(mut errors) = read_errors.lock() {
                             errors.push(e);
@@ -382,10 +444,7 @@ fn run_pipeline(
     errors.sort_by_key(|e| match e {
         IngestError::InvalidLine { file, line, .. } => (
             0,
-            ctx.files
-                .iter()
-                .position(|f| &f.url == file)
-                .unwrap_or(usize::MAX),
+            ctx.files.iter().position(|f| &f.url == file).unwrap_or(usize::MAX),
             *line,
         ),
         _ => (1, 0, 0),

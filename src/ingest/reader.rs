@@ -62,9 +62,7 @@ impl<R: Read> Read for CountingReader<'_, R> {
 fn is_data_error(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
-        std::io::ErrorKind::InvalidData
-            | std::io::ErrorKind::InvalidInput
-            | std::io::ErrorKind::UnexpectedEof
+        std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput | std::io::ErrorKind::UnexpectedEof
     )
 }
 
@@ -96,9 +94,7 @@ pub fn read_file(
     };
     let mut next_line: u64 = 1;
     let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_BYTES);
-    let send = |chunk: Chunk| -> bool {
-        !cancel.load(Ordering::Relaxed) && tx.send(Work::Lines(chunk)).is_ok()
-    };
+    let send = |chunk: Chunk| -> bool { !cancel.load(Ordering::Relaxed) && tx.send(Work::Lines(chunk)).is_ok() };
     loop {
         // Fill up to a chunk; a line longer than that doubles the buffer
         // instead of re-copying it for every read.

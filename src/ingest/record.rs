@@ -34,6 +34,14 @@ pub enum RejectReason {
     /// `meta.lastUpdated` is not a FHIR instant.
     #[error("invalid meta.lastUpdated '{0}': expected an instant like 2024-01-31T12:00:00Z")]
     InvalidLastUpdated(String),
+    /// A view could not be computed from the resource.
+    #[error("view '{view}': {message}")]
+    View {
+        /// The view's name.
+        view: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The file could not be read past this point (corrupt or truncated gzip).
     #[error("unreadable input: {0}")]
     Unreadable(String),
@@ -54,10 +62,7 @@ pub struct ResourceHeader<'a> {
 
 /// True if `id` satisfies the FHIR `id` datatype.
 pub fn is_valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// Parses a FHIR instant to microseconds since the epoch.
@@ -69,10 +74,7 @@ pub fn parse_instant(text: &str) -> Option<i64> {
 }
 
 /// Checks a parsed line and extracts its header.
-pub fn validate<'v>(
-    value: &'v JsonValue<'_>,
-    types: &ResourceTypes,
-) -> Result<ResourceHeader<'v>, RejectReason> {
+pub fn validate<'v>(value: &'v JsonValue<'_>, types: &ResourceTypes) -> Result<ResourceHeader<'v>, RejectReason> {
     if value.as_object().is_none() {
         return Err(RejectReason::NotAnObject);
     }
@@ -89,9 +91,7 @@ pub fn validate<'v>(
         Some(other) => return Err(RejectReason::InvalidId(other.to_json_string())),
     };
     let meta = value.get("meta");
-    let version_id = meta
-        .and_then(|m| m.get("versionId"))
-        .and_then(JsonValue::as_str);
+    let version_id = meta.and_then(|m| m.get("versionId")).and_then(JsonValue::as_str);
     let last_updated = match meta.and_then(|m| m.get("lastUpdated")) {
         None => None,
         Some(JsonValue::String(s)) => {
@@ -150,9 +150,6 @@ mod tests {
             check(r#"{"resourceType":"Patient","id":"x","meta":{"lastUpdated":"yesterday"}}"#),
             Err(InvalidLastUpdated(_))
         ));
-        assert!(matches!(
-            check(r#"{"resourceType":"Patient""#),
-            Err(MalformedJson(_))
-        ));
+        assert!(matches!(check(r#"{"resourceType":"Patient""#), Err(MalformedJson(_))));
     }
 }

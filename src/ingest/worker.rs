@@ -18,9 +18,13 @@ use super::source::SourceFile;
 use crate::fhir::{PatientCompartment, ResourceTypes};
 use crate::json;
 use crate::store::StoreLocation;
+use crate::view::catalog::view_table_key;
+use crate::view::materialize::{ViewBuffers, ViewTableWriter};
+use crate::view::{Row, ViewCatalog, ViewRunner};
 use crate::warehouse::parquet_file::ParquetFileWriter;
 use crate::warehouse::schema::{rejects_schema, resource_schema};
 use crate::warehouse::{DataFile, REJECTS_TABLE};
+use datafusion::arrow::array::RecordBatch;
 
 /// A batch is handed to the Parquet writer at this much raw JSON…
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
@@ -51,6 +55,10 @@ pub struct WorkerContext<'a> {
     pub cancel: &'a AtomicBool,
     /// Shared counters.
     pub progress: &'a Progress,
+    /// Views materialized at load.
+    pub views: &'a ViewCatalog,
+    /// One runner per view of `views`.
+    pub runners: &'a [ViewRunner<'a>],
 }
 
 /// Files a worker wrote for one table.
@@ -66,7 +74,7 @@ pub struct TableOutput {
 #[derive(Debug, Default)]
 pub struct WorkerOutput {
     /// Per table name (resource types and `_rejects`).
-    pub tables: BTreeMap<&'static str, TableOutput>,
+    pub tables: BTreeMap<String, TableOutput>,
 }
 
 struct OpenTable {
@@ -83,6 +91,9 @@ struct Worker<'a> {
     rejects_writer: Option<ParquetFileWriter>,
     rejects_output: TableOutput,
     patients: Vec<String>,
+    view_buffers: ViewBuffers,
+    view_writers: Vec<Option<ViewTableWriter>>,
+    view_outputs: Vec<TableOutput>,
 }
 
 /// Runs worker `index` until the channel closes. On error, the error is
@@ -100,6 +111,9 @@ pub fn run_worker(
         rejects_writer: None,
         rejects_output: TableOutput::default(),
         patients: Vec::new(),
+        view_buffers: ViewBuffers::new(&ctx.runners.iter().collect::<Vec<_>>()),
+        view_writers: ctx.runners.iter().map(|_| None).collect(),
+        view_outputs: ctx.runners.iter().map(|_| TableOutput::default()).collect(),
     };
     let mut error = None;
     loop {
@@ -147,12 +161,7 @@ impl Worker<'_> {
                     let reason = RejectReason::InvalidUtf8 {
                         offset: e.valid_up_to(),
                     };
-                    self.reject(
-                        chunk.file,
-                        line_no,
-                        reason,
-                        Some(&String::from_utf8_lossy(line)),
-                    )?;
+                    self.reject(chunk.file, line_no, reason, Some(&String::from_utf8_lossy(line)))?;
                     continue;
                 }
             };
@@ -165,16 +174,21 @@ impl Worker<'_> {
 
     /// Parses and buffers one resource. The outer error is fatal (writing
     /// failed), the inner one is the line's fault.
-    fn add_resource(
-        &mut self,
-        file: usize,
-        line_no: u64,
-        text: &str,
-    ) -> Result<Result<(), RejectReason>, IngestError> {
-        let name = match self.append_row(file, line_no, text) {
-            Ok(name) => name,
+    fn add_resource(&mut self, file: usize, line_no: u64, text: &str) -> Result<Result<(), RejectReason>, IngestError> {
+        let (name, view_rows) = match self.append_row(file, line_no, text) {
+            Ok(appended) => appended,
             Err(reason) => return Ok(Err(reason)),
         };
+        for (i, rows) in view_rows {
+            self.view_outputs[i].resources += rows.len() as u64;
+            if let Some(batch) = self
+                .view_buffers
+                .push(i, rows)
+                .map_err(|e| IngestError::View(e.into()))?
+            {
+                self.write_view(i, &batch)?;
+            }
+        }
         let full = self
             .tables
             .get(name)
@@ -185,30 +199,60 @@ impl Worker<'_> {
         Ok(Ok(()))
     }
 
+    fn view_writer(&mut self, i: usize) -> &mut ViewTableWriter {
+        let (ctx, schema, part) = (self.ctx, self.view_buffers.schema(i), format!("w{}", self.index));
+        self.view_writers[i].get_or_insert_with(|| {
+            ViewTableWriter::new(
+                ctx.root,
+                ctx.views.name(i),
+                ctx.token,
+                &part,
+                schema,
+                ctx.handle.clone(),
+            )
+        })
+    }
+
+    fn write_view(&mut self, i: usize, batch: &RecordBatch) -> Result<(), IngestError> {
+        Ok(self.view_writer(i).write(batch)?)
+    }
+
+    /// Validates a line and buffers its row; returns its type and the rows of
+    /// its views (computed before anything is buffered, so a view error
+    /// leaves no partial output).
     fn append_row(
         &mut self,
         file: usize,
         line_no: u64,
         text: &str,
-    ) -> Result<&'static str, RejectReason> {
+    ) -> Result<(&'static str, Vec<(usize, Vec<Row>)>), RejectReason> {
         let value = json::parse(text)?;
         let header = validate(&value, self.ctx.types)?;
+        let mut view_rows = Vec::new();
+        for &i in self.ctx.views.for_type(header.resource_type) {
+            let rows = self.ctx.runners[i].rows(&value).map_err(|e| RejectReason::View {
+                view: self.ctx.views.name(i).to_string(),
+                message: e.to_string(),
+            })?;
+            view_rows.push((i, rows));
+        }
         self.patients.clear();
         self.ctx
             .compartment
             .patients_of(header.resource_type, &value, &mut self.patients);
         let seq = ((file as i64) << 32) | (line_no as i64 & 0xFFFF_FFFF);
-        let table = self
-            .tables
-            .entry(header.resource_type)
-            .or_insert_with(|| OpenTable {
-                builder: ResourceBatchBuilder::default(),
-                writer: None,
-                output: TableOutput::default(),
-            });
+        let table = self.tables.entry(header.resource_type).or_insert_with(|| OpenTable {
+            builder: ResourceBatchBuilder::default(),
+            writer: None,
+            output: TableOutput::default(),
+        });
         table.builder.append(&header, seq, &self.patients, text);
         self.ctx.progress.resources.fetch_add(1, Ordering::Relaxed);
-        Ok(header.resource_type)
+        // A type seen by this worker gets a file for each of its views, even an empty one.
+        for &i in self.ctx.views.for_type(header.resource_type) {
+            self.view_writer(i);
+        }
+        Ok((header.resource_type, view_rows))
     }
 
     fn reject(
@@ -227,8 +271,7 @@ impl Worker<'_> {
             });
         }
         tracing::debug!(file = %file_name, line, %reason, "rejected line");
-        self.rejects
-            .append(file_name, line, &reason.to_string(), content);
+        self.rejects.append(file_name, line, &reason.to_string(), content);
         self.ctx.progress.rejected.fetch_add(1, Ordering::Relaxed);
         if self.rejects.rows() >= BATCH_ROWS {
             self.flush_rejects()?;
@@ -242,10 +285,7 @@ impl Worker<'_> {
         n: usize,
         schema: datafusion::arrow::datatypes::SchemaRef,
     ) -> Result<ParquetFileWriter, IngestError> {
-        let path = format!(
-            "tables/{table}/{}-w{}-{n:05}.parquet",
-            self.ctx.token, self.index
-        );
+        let path = format!("tables/{table}/{}-w{}-{n:05}.parquet", self.ctx.token, self.index);
         Ok(ParquetFileWriter::create(
             self.ctx.root,
             path,
@@ -263,11 +303,9 @@ impl Worker<'_> {
                 let batch = table.builder.finish(self.ctx.loaded_at)?;
                 let writer = match table.writer.as_mut() {
                     Some(w) => w,
-                    None => table.writer.insert(self.new_writer(
-                        name,
-                        table.output.files.len(),
-                        resource_schema(),
-                    )?),
+                    None => table
+                        .writer
+                        .insert(self.new_writer(name, table.output.files.len(), resource_schema())?),
                 };
                 writer.write(&batch)?;
                 table.output.resources += batch.num_rows() as u64;
@@ -308,6 +346,18 @@ impl Worker<'_> {
         if let Some(w) = self.rejects_writer.take() {
             self.rejects_output.files.push(w.finish()?);
         }
+        for i in 0..self.view_writers.len() {
+            if self.view_writers[i].is_none() {
+                continue;
+            }
+            let batch = self.view_buffers.take(i).map_err(|e| IngestError::View(e.into()))?;
+            if batch.num_rows() > 0 {
+                self.write_view(i, &batch)?;
+            }
+            if let Some(w) = self.view_writers[i].take() {
+                self.view_outputs[i].files.extend(w.finish()?);
+            }
+        }
         Ok(())
     }
 
@@ -320,16 +370,26 @@ impl Worker<'_> {
         if let Some(w) = self.rejects_writer.take() {
             w.abort();
         }
+        for i in 0..self.view_writers.len() {
+            if let Some(w) = self.view_writers[i].take() {
+                self.view_outputs[i].files.extend(w.abort());
+            }
+        }
     }
 
     fn into_output(self) -> WorkerOutput {
-        let mut tables: BTreeMap<&'static str, TableOutput> = self
+        let mut tables: BTreeMap<String, TableOutput> = self
             .tables
             .into_iter()
-            .map(|(name, t)| (name, t.output))
+            .map(|(name, t)| (name.to_string(), t.output))
             .collect();
         if !self.rejects_output.files.is_empty() {
-            tables.insert(REJECTS_TABLE, self.rejects_output);
+            tables.insert(REJECTS_TABLE.to_string(), self.rejects_output);
+        }
+        for (i, output) in self.view_outputs.into_iter().enumerate() {
+            if !output.files.is_empty() {
+                tables.insert(view_table_key(self.ctx.views.name(i)), output);
+            }
         }
         WorkerOutput { tables }
     }

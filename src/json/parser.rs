@@ -80,11 +80,7 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn literal(
-        &mut self,
-        word: &'static str,
-        value: JsonValue<'a>,
-    ) -> Result<JsonValue<'a>, JsonError> {
+    fn literal(&mut self, word: &'static str, value: JsonValue<'a>) -> Result<JsonValue<'a>, JsonError> {
         if self.bytes[self.pos..].starts_with(word.as_bytes()) {
             self.pos += word.len();
             Ok(value)

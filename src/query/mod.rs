@@ -60,10 +60,7 @@ pub struct StatementResult {
 }
 
 /// Runs every `;`-separated statement of `sql`, returning each one's result.
-pub async fn run_statements(
-    ctx: &SessionContext,
-    sql: &str,
-) -> Result<Vec<StatementResult>, QueryError> {
+pub async fn run_statements(ctx: &SessionContext, sql: &str) -> Result<Vec<StatementResult>, QueryError> {
     let statements = DFParser::parse_sql(sql)?;
     if statements.is_empty() {
         return Err(QueryError::Empty);

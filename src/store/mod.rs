@@ -25,9 +25,7 @@ pub enum StoreError {
         reason: String,
     },
     /// The URL scheme has no object store in this build.
-    #[error(
-        "unsupported storage scheme '{scheme}' in '{location}' (supported: file://, local paths)"
-    )]
+    #[error("unsupported storage scheme '{scheme}' in '{location}' (supported: file://, local paths)")]
     UnsupportedScheme {
         /// The scheme found.
         scheme: String,
@@ -108,11 +106,10 @@ impl StoreLocation {
         // Canonicalize when it exists so symlinks and `..` do not produce two
         // names for one warehouse.
         let absolute = absolute.canonicalize().unwrap_or(absolute);
-        let prefix =
-            Path::from_absolute_path(&absolute).map_err(|e| StoreError::InvalidLocation {
-                location: location.to_string(),
-                reason: e.to_string(),
-            })?;
+        let prefix = Path::from_absolute_path(&absolute).map_err(|e| StoreError::InvalidLocation {
+            location: location.to_string(),
+            reason: e.to_string(),
+        })?;
         let store_url = Url::parse("file:///").map_err(|e| StoreError::InvalidLocation {
             location: location.to_string(),
             reason: e.to_string(),
@@ -154,12 +151,7 @@ impl StoreLocation {
     }
 
     /// Wraps an object store error with the operation and the object's URL.
-    pub fn error(
-        &self,
-        operation: &'static str,
-        path: &Path,
-        source: object_store::Error,
-    ) -> StoreError {
+    pub fn error(&self, operation: &'static str, path: &Path, source: object_store::Error) -> StoreError {
         StoreError::ObjectStore {
             operation,
             url: self.url_of(path),

@@ -59,10 +59,7 @@ impl ObjectWriter {
                 .map_err(std::io::Error::other)?;
             self.upload = Some(upload);
         }
-        let part = Bytes::from(std::mem::replace(
-            &mut self.buffer,
-            Vec::with_capacity(PART_SIZE),
-        ));
+        let part = Bytes::from(std::mem::replace(&mut self.buffer, Vec::with_capacity(PART_SIZE)));
         if let Some(upload) = self.upload.as_mut() {
             let fut = upload.put_part(PutPayload::from(part));
             self.handle.block_on(fut).map_err(std::io::Error::other)?;
@@ -86,9 +83,7 @@ impl ObjectWriter {
                         .block_on(upload.put_part(PutPayload::from(part)))
                         .map_err(std::io::Error::other)?;
                 }
-                self.handle
-                    .block_on(upload.complete())
-                    .map_err(std::io::Error::other)?;
+                self.handle.block_on(upload.complete()).map_err(std::io::Error::other)?;
             }
         }
         Ok(self.written)

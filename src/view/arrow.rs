@@ -15,8 +15,24 @@ use crate::fhirpath::ast::{BinaryOp, Expr};
 use crate::warehouse::schema::timestamp_type;
 
 const BOOLEAN_FUNCTIONS: [&str; 18] = [
-    "exists", "empty", "not", "all", "allTrue", "anyTrue", "allFalse", "anyFalse", "subsetOf", "supersetOf",
-    "isDistinct", "is", "hasValue", "startsWith", "endsWith", "contains", "matches", "convertsToString",
+    "exists",
+    "empty",
+    "not",
+    "all",
+    "allTrue",
+    "anyTrue",
+    "allFalse",
+    "anyFalse",
+    "subsetOf",
+    "supersetOf",
+    "isDistinct",
+    "is",
+    "hasValue",
+    "startsWith",
+    "endsWith",
+    "contains",
+    "matches",
+    "convertsToString",
 ];
 
 /// The Arrow type of a column value (before `collection` wrapping).
@@ -32,9 +48,25 @@ fn scalar_type(column: &Column) -> DataType {
     }
     // Untyped: infer what the expression's last operation returns.
     match column.path.ast() {
-        Expr::Binary(op, _, _) if !matches!(op, BinaryOp::Union | BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::IntDiv | BinaryOp::Mod | BinaryOp::Concat) => DataType::Boolean,
+        Expr::Binary(op, _, _)
+            if !matches!(
+                op,
+                BinaryOp::Union
+                    | BinaryOp::Add
+                    | BinaryOp::Sub
+                    | BinaryOp::Mul
+                    | BinaryOp::Div
+                    | BinaryOp::IntDiv
+                    | BinaryOp::Mod
+                    | BinaryOp::Concat
+            ) =>
+        {
+            DataType::Boolean
+        }
         Expr::Is(..) => DataType::Boolean,
-        Expr::Function { name, .. } if BOOLEAN_FUNCTIONS.contains(&name.as_str()) || name.starts_with("convertsTo") => DataType::Boolean,
+        Expr::Function { name, .. } if BOOLEAN_FUNCTIONS.contains(&name.as_str()) || name.starts_with("convertsTo") => {
+            DataType::Boolean
+        }
         Expr::Function { name, .. } if matches!(name.as_str(), "count" | "length" | "indexOf") => DataType::Int64,
         Expr::External(name) if name == "rowIndex" => DataType::Int64,
         _ => DataType::Utf8,
@@ -59,14 +91,25 @@ pub fn view_schema(view: &ViewDefinition) -> SchemaRef {
 }
 
 fn value_error(column: &str, value: &CellValue, t: &DataType) -> ViewError {
-    ViewError::ColumnType { column: column.to_string(), value: format!("{value:?}"), expected: t.to_string() }
+    ViewError::ColumnType {
+        column: column.to_string(),
+        value: format!("{value:?}"),
+        expected: t.to_string(),
+    }
 }
 
-fn append(builder: &mut dyn ArrayBuilder, t: &DataType, value: Option<&CellValue>, column: &str) -> Result<(), ViewError> {
+fn append(
+    builder: &mut dyn ArrayBuilder,
+    t: &DataType,
+    value: Option<&CellValue>,
+    column: &str,
+) -> Result<(), ViewError> {
     let any = builder.as_any_mut();
     match t {
         DataType::Boolean => {
-            let b = any.downcast_mut::<BooleanBuilder>().ok_or_else(|| ViewError::invalid(column, "builder"))?;
+            let b = any
+                .downcast_mut::<BooleanBuilder>()
+                .ok_or_else(|| ViewError::invalid(column, "builder"))?;
             match value {
                 None => b.append_null(),
                 Some(CellValue::Bool(v)) => b.append_value(*v),
@@ -74,24 +117,35 @@ fn append(builder: &mut dyn ArrayBuilder, t: &DataType, value: Option<&CellValue
             }
         }
         DataType::Int32 => {
-            let b = any.downcast_mut::<Int32Builder>().ok_or_else(|| ViewError::invalid(column, "builder"))?;
+            let b = any
+                .downcast_mut::<Int32Builder>()
+                .ok_or_else(|| ViewError::invalid(column, "builder"))?;
             match value {
                 None => b.append_null(),
-                Some(CellValue::Int(v)) => b.append_value(i32::try_from(*v).map_err(|_| value_error(column, &CellValue::Int(*v), t))?),
+                Some(CellValue::Int(v)) => {
+                    b.append_value(i32::try_from(*v).map_err(|_| value_error(column, &CellValue::Int(*v), t))?)
+                }
                 Some(other) => return Err(value_error(column, other, t)),
             }
         }
         DataType::Int64 => {
-            let b = any.downcast_mut::<Int64Builder>().ok_or_else(|| ViewError::invalid(column, "builder"))?;
+            let b = any
+                .downcast_mut::<Int64Builder>()
+                .ok_or_else(|| ViewError::invalid(column, "builder"))?;
             match value {
                 None => b.append_null(),
                 Some(CellValue::Int(v)) => b.append_value(*v),
-                Some(CellValue::Str(s)) => b.append_value(s.parse().map_err(|_| value_error(column, &CellValue::Str(s.clone()), t))?),
+                Some(CellValue::Str(s)) => b.append_value(
+                    s.parse()
+                        .map_err(|_| value_error(column, &CellValue::Str(s.clone()), t))?,
+                ),
                 Some(other) => return Err(value_error(column, other, t)),
             }
         }
         DataType::Timestamp(..) => {
-            let b = any.downcast_mut::<TimestampMicrosecondBuilder>().ok_or_else(|| ViewError::invalid(column, "builder"))?;
+            let b = any
+                .downcast_mut::<TimestampMicrosecondBuilder>()
+                .ok_or_else(|| ViewError::invalid(column, "builder"))?;
             match value {
                 None => b.append_null(),
                 Some(CellValue::Str(s)) => match crate::ingest::record::parse_instant(s) {
@@ -102,7 +156,9 @@ fn append(builder: &mut dyn ArrayBuilder, t: &DataType, value: Option<&CellValue
             }
         }
         _ => {
-            let b = any.downcast_mut::<StringBuilder>().ok_or_else(|| ViewError::invalid(column, "builder"))?;
+            let b = any
+                .downcast_mut::<StringBuilder>()
+                .ok_or_else(|| ViewError::invalid(column, "builder"))?;
             match value {
                 None => b.append_null(),
                 Some(CellValue::Bool(v)) => b.append_value(v.to_string()),
@@ -119,7 +175,9 @@ fn scalar_builder(t: &DataType, capacity: usize) -> Box<dyn ArrayBuilder> {
         DataType::Boolean => Box::new(BooleanBuilder::with_capacity(capacity)),
         DataType::Int32 => Box::new(Int32Builder::with_capacity(capacity)),
         DataType::Int64 => Box::new(Int64Builder::with_capacity(capacity)),
-        DataType::Timestamp(..) => Box::new(TimestampMicrosecondBuilder::with_capacity(capacity).with_data_type(t.clone())),
+        DataType::Timestamp(..) => {
+            Box::new(TimestampMicrosecondBuilder::with_capacity(capacity).with_data_type(t.clone()))
+        }
         _ => Box::new(StringBuilder::with_capacity(capacity, capacity * 16)),
     }
 }

@@ -3,10 +3,13 @@
 //! [`rows_to_batch`]).
 
 mod arrow;
+pub mod catalog;
+pub mod materialize;
 mod model;
 mod run;
 
 pub use arrow::{rows_to_batch, view_schema};
+pub use catalog::ViewCatalog;
 pub use model::{Column, Iteration, Select, ViewDefinition};
 pub use run::{Cell, CellValue, Row, ViewRunner};
 
@@ -50,6 +53,15 @@ pub enum ViewError {
         /// What it returned.
         found: String,
     },
+    /// A problem in a ViewDefinition file.
+    #[error("view file {file}: {source}")]
+    InFile {
+        /// The file.
+        file: String,
+        /// The problem.
+        #[source]
+        source: Box<ViewError>,
+    },
     /// A value does not fit its column's type.
     #[error("column '{column}': value {value} is not a {expected}")]
     ColumnType {
@@ -64,6 +76,9 @@ pub enum ViewError {
 
 impl ViewError {
     pub(crate) fn invalid(at: &str, message: &str) -> Self {
-        ViewError::Invalid { at: at.to_string(), message: message.to_string() }
+        ViewError::Invalid {
+            at: at.to_string(),
+            message: message.to_string(),
+        }
     }
 }

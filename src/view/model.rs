@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use serde_json::Value as Json;
 
 use super::ViewError;
-use crate::fhirpath::ast::Expr;
 use crate::fhirpath::FhirPath;
+use crate::fhirpath::ast::Expr;
 
 /// How a selection iterates.
 #[derive(Debug, Clone)]
@@ -71,7 +71,15 @@ fn is_sql_name(s: &str) -> bool {
 }
 
 /// Variables the runner always provides.
-const BUILTIN_VARIABLES: [&str; 7] = ["resource", "context", "rootResource", "rowIndex", "ucum", "sct", "loinc"];
+const BUILTIN_VARIABLES: [&str; 7] = [
+    "resource",
+    "context",
+    "rootResource",
+    "rowIndex",
+    "ucum",
+    "sct",
+    "loinc",
+];
 
 struct Parser<'c> {
     constants: &'c HashSet<String>,
@@ -99,41 +107,77 @@ fn externals(expr: &Expr, out: &mut Vec<String>) {
 
 impl Parser<'_> {
     fn path(&self, value: &Json, at: &str) -> Result<FhirPath, ViewError> {
-        let text = value.as_str().ok_or_else(|| ViewError::invalid(at, "must be a FHIRPath string"))?;
-        let path = FhirPath::parse(text).map_err(|source| ViewError::Path { at: at.to_string(), source })?;
+        let text = value
+            .as_str()
+            .ok_or_else(|| ViewError::invalid(at, "must be a FHIRPath string"))?;
+        let path = FhirPath::parse(text).map_err(|source| ViewError::Path {
+            at: at.to_string(),
+            source,
+        })?;
         let mut used = Vec::new();
         externals(path.ast(), &mut used);
-        if let Some(unknown) = used.iter().find(|n| !self.constants.contains(*n) && !BUILTIN_VARIABLES.contains(&n.as_str())) {
-            return Err(ViewError::invalid(at, &format!("'{text}' uses %{unknown}, which is no constant of this view")));
+        if let Some(unknown) = used
+            .iter()
+            .find(|n| !self.constants.contains(*n) && !BUILTIN_VARIABLES.contains(&n.as_str()))
+        {
+            return Err(ViewError::invalid(
+                at,
+                &format!("'{text}' uses %{unknown}, which is no constant of this view"),
+            ));
         }
         Ok(path)
     }
 
     fn select(&mut self, value: &Json, at: &str) -> Result<Select, ViewError> {
-        let obj = value.as_object().ok_or_else(|| ViewError::invalid(at, "must be an object"))?;
-        let iterations = ["forEach", "forEachOrNull", "repeat"].iter().filter(|k| obj.contains_key(**k)).count();
+        let obj = value
+            .as_object()
+            .ok_or_else(|| ViewError::invalid(at, "must be an object"))?;
+        let iterations = ["forEach", "forEachOrNull", "repeat"]
+            .iter()
+            .filter(|k| obj.contains_key(**k))
+            .count();
         if iterations > 1 {
-            return Err(ViewError::invalid(at, "may have only one of forEach, forEachOrNull and repeat"));
+            return Err(ViewError::invalid(
+                at,
+                "may have only one of forEach, forEachOrNull and repeat",
+            ));
         }
         let iteration = if let Some(p) = obj.get("forEach") {
             Some(Iteration::ForEach(self.path(p, &format!("{at}.forEach"))?))
         } else if let Some(p) = obj.get("forEachOrNull") {
             Some(Iteration::ForEachOrNull(self.path(p, &format!("{at}.forEachOrNull"))?))
         } else if let Some(r) = obj.get("repeat") {
-            let paths = r.as_array().ok_or_else(|| ViewError::invalid(&format!("{at}.repeat"), "must be a list of FHIRPaths"))?;
-            let paths = paths.iter().enumerate().map(|(i, p)| self.path(p, &format!("{at}.repeat[{i}]"))).collect::<Result<_, _>>()?;
+            let paths = r
+                .as_array()
+                .ok_or_else(|| ViewError::invalid(&format!("{at}.repeat"), "must be a list of FHIRPaths"))?;
+            let paths = paths
+                .iter()
+                .enumerate()
+                .map(|(i, p)| self.path(p, &format!("{at}.repeat[{i}]")))
+                .collect::<Result<_, _>>()?;
             Some(Iteration::Repeat(paths))
         } else {
             None
         };
-        let mut select = Select { iteration, ..Default::default() };
+        let mut select = Select {
+            iteration,
+            ..Default::default()
+        };
         if let Some(columns) = obj.get("column") {
-            let columns = columns.as_array().ok_or_else(|| ViewError::invalid(&format!("{at}.column"), "must be a list"))?;
+            let columns = columns
+                .as_array()
+                .ok_or_else(|| ViewError::invalid(&format!("{at}.column"), "must be a list"))?;
             for (i, c) in columns.iter().enumerate() {
                 let cat = format!("{at}.column[{i}]");
-                let name = c.get("name").and_then(Json::as_str).ok_or_else(|| ViewError::invalid(&cat, "needs a name"))?;
+                let name = c
+                    .get("name")
+                    .and_then(Json::as_str)
+                    .ok_or_else(|| ViewError::invalid(&cat, "needs a name"))?;
                 if !is_sql_name(name) {
-                    return Err(ViewError::invalid(&cat, &format!("name '{name}' must match ^[A-Za-z][A-Za-z0-9_]*$")));
+                    return Err(ViewError::invalid(
+                        &cat,
+                        &format!("name '{name}' must match ^[A-Za-z][A-Za-z0-9_]*$"),
+                    ));
                 }
                 if !self.names.insert(name.to_string()) {
                     return Err(ViewError::invalid(&cat, &format!("column '{name}' is already defined")));
@@ -145,17 +189,27 @@ impl Parser<'_> {
                     Some(_) => return Err(ViewError::invalid(&cat, "collection must be a boolean")),
                 };
                 let fhir_type = c.get("type").and_then(Json::as_str).map(str::to_string);
-                select.columns.push(Column { name: name.to_string(), path, collection, fhir_type, index: 0 });
+                select.columns.push(Column {
+                    name: name.to_string(),
+                    path,
+                    collection,
+                    fhir_type,
+                    index: 0,
+                });
             }
         }
         if let Some(selects) = obj.get("select") {
-            let selects = selects.as_array().ok_or_else(|| ViewError::invalid(&format!("{at}.select"), "must be a list"))?;
+            let selects = selects
+                .as_array()
+                .ok_or_else(|| ViewError::invalid(&format!("{at}.select"), "must be a list"))?;
             for (i, s) in selects.iter().enumerate() {
                 select.selects.push(self.select(s, &format!("{at}.select[{i}]"))?);
             }
         }
         if let Some(branches) = obj.get("unionAll") {
-            let branches = branches.as_array().ok_or_else(|| ViewError::invalid(&format!("{at}.unionAll"), "must be a list"))?;
+            let branches = branches
+                .as_array()
+                .ok_or_else(|| ViewError::invalid(&format!("{at}.unionAll"), "must be a list"))?;
             let mut first_names: Option<Vec<String>> = None;
             for (i, b) in branches.iter().enumerate() {
                 // Branches share their column names: check them apart from the uniqueness rule.
@@ -169,7 +223,9 @@ impl Parser<'_> {
                     Some(expected) if *expected != names => {
                         return Err(ViewError::invalid(
                             &format!("{at}.unionAll[{i}]"),
-                            &format!("columns {names:?} differ from the first branch's {expected:?} (same names in the same order required)"),
+                            &format!(
+                                "columns {names:?} differ from the first branch's {expected:?} (same names in the same order required)"
+                            ),
                         ));
                     }
                     Some(_) => {}
@@ -222,23 +278,42 @@ pub fn all_columns(select: &Select) -> Vec<Column> {
 impl ViewDefinition {
     /// Parses and validates a ViewDefinition given as JSON.
     pub fn from_json(view: &Json) -> Result<Self, ViewError> {
-        let obj = view.as_object().ok_or_else(|| ViewError::invalid("ViewDefinition", "must be a JSON object"))?;
+        let obj = view
+            .as_object()
+            .ok_or_else(|| ViewError::invalid("ViewDefinition", "must be a JSON object"))?;
         let resource = obj
             .get("resource")
             .and_then(Json::as_str)
-            .ok_or_else(|| ViewError::invalid("ViewDefinition.resource", "is required (the FHIR resource type the view reads)"))?
+            .ok_or_else(|| {
+                ViewError::invalid(
+                    "ViewDefinition.resource",
+                    "is required (the FHIR resource type the view reads)",
+                )
+            })?
             .to_string();
         let name = obj.get("name").and_then(Json::as_str).map(str::to_string);
         let mut constants = Vec::new();
         if let Some(list) = obj.get("constant") {
-            let list = list.as_array().ok_or_else(|| ViewError::invalid("constant", "must be a list"))?;
+            let list = list
+                .as_array()
+                .ok_or_else(|| ViewError::invalid("constant", "must be a list"))?;
             for (i, c) in list.iter().enumerate() {
                 let at = format!("constant[{i}]");
-                let cname = c.get("name").and_then(Json::as_str).ok_or_else(|| ViewError::invalid(&at, "needs a name"))?;
-                let values: Vec<(&String, &Json)> =
-                    c.as_object().into_iter().flatten().filter(|(k, _)| k.starts_with("value")).collect();
+                let cname = c
+                    .get("name")
+                    .and_then(Json::as_str)
+                    .ok_or_else(|| ViewError::invalid(&at, "needs a name"))?;
+                let values: Vec<(&String, &Json)> = c
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, _)| k.starts_with("value"))
+                    .collect();
                 let [(key, value)] = values.as_slice() else {
-                    return Err(ViewError::invalid(&at, &format!("constant '{cname}' needs exactly one value[x]")));
+                    return Err(ViewError::invalid(
+                        &at,
+                        &format!("constant '{cname}' needs exactly one value[x]"),
+                    ));
                 };
                 let mut fhir_type = key["value".len()..].to_string();
                 if let Some(first) = fhir_type.get_mut(0..1) {
@@ -248,7 +323,10 @@ impl ViewDefinition {
             }
         }
         let constant_names: HashSet<String> = constants.iter().map(|(n, _, _)| n.clone()).collect();
-        let mut parser = Parser { constants: &constant_names, names: HashSet::new() };
+        let mut parser = Parser {
+            constants: &constant_names,
+            names: HashSet::new(),
+        };
         let selects = obj
             .get("select")
             .and_then(Json::as_array)
@@ -260,7 +338,9 @@ impl ViewDefinition {
         }
         let mut where_paths = Vec::new();
         if let Some(list) = obj.get("where") {
-            let list = list.as_array().ok_or_else(|| ViewError::invalid("where", "must be a list"))?;
+            let list = list
+                .as_array()
+                .ok_or_else(|| ViewError::invalid("where", "must be a list"))?;
             for (i, w) in list.iter().enumerate() {
                 where_paths.push(parser.path(w.get("path").unwrap_or(&Json::Null), &format!("where[{i}].path"))?);
             }
@@ -270,6 +350,13 @@ impl ViewDefinition {
             number_columns(s, &mut next);
         }
         let columns: Vec<Column> = select.iter().flat_map(all_columns).collect();
-        Ok(Self { name, resource, constants, select, where_paths, columns })
+        Ok(Self {
+            name,
+            resource,
+            constants,
+            select,
+            where_paths,
+            columns,
+        })
     }
 }

@@ -122,14 +122,29 @@ impl<'v> ViewRunner<'v> {
         }
         vars.insert("rowIndex".into(), vec![Value::Integer(0)]);
         for path in &self.view.where_paths {
-            let result = path.evaluate_on(root.clone(), root.clone(), &vars).map_err(|source| ViewError::Path { at: "where".into(), source })?;
+            let result = path
+                .evaluate_on(root.clone(), root.clone(), &vars)
+                .map_err(|source| ViewError::Path {
+                    at: "where".into(),
+                    source,
+                })?;
             let keep = match result.as_slice() {
                 [] => false,
                 [v] => match v.to_system() {
                     Value::Boolean(b) => b,
-                    other => return Err(ViewError::NotBoolean { path: path.text().to_string(), found: other.type_name().to_string() }),
+                    other => {
+                        return Err(ViewError::NotBoolean {
+                            path: path.text().to_string(),
+                            found: other.type_name().to_string(),
+                        });
+                    }
                 },
-                many => return Err(ViewError::NotBoolean { path: path.text().to_string(), found: format!("{} items", many.len()) }),
+                many => {
+                    return Err(ViewError::NotBoolean {
+                        path: path.text().to_string(),
+                        found: format!("{} items", many.len()),
+                    });
+                }
             };
             if !keep {
                 return Ok(Vec::new());
@@ -161,7 +176,11 @@ impl<'v> ViewRunner<'v> {
         vars: &mut HashMap<String, Collection<'a>>,
     ) -> Result<Vec<Partial>, ViewError> {
         let eval = |path: &FhirPath, focus: &Value<'a>, vars: &HashMap<String, Collection<'a>>| {
-            path.evaluate_on(vec![focus.clone()], root.clone(), vars).map_err(|source| ViewError::Path { at: path.text().to_string(), source })
+            path.evaluate_on(vec![focus.clone()], root.clone(), vars)
+                .map_err(|source| ViewError::Path {
+                    at: path.text().to_string(),
+                    source,
+                })
         };
         let foci: Option<Collection<'a>> = match &select.iteration {
             None => None,
@@ -181,7 +200,11 @@ impl<'v> ViewRunner<'v> {
                     // One row of nulls, but %rowIndex columns are 0.
                     let mut row = Partial::new();
                     for c in all_columns(select) {
-                        let value = if c.path.text().trim() == "%rowIndex" { Cell::One(CellValue::Int(0)) } else { null_cell(&c) };
+                        let value = if c.path.text().trim() == "%rowIndex" {
+                            Cell::One(CellValue::Int(0))
+                        } else {
+                            null_cell(&c)
+                        };
                         row.push((c.index, value));
                     }
                     rows.push(row);
@@ -212,7 +235,10 @@ impl<'v> ViewRunner<'v> {
             let result = column
                 .path
                 .evaluate_on(vec![focus.clone()], root.clone(), vars)
-                .map_err(|source| ViewError::Path { at: format!("column {}", column.name), source })?;
+                .map_err(|source| ViewError::Path {
+                    at: format!("column {}", column.name),
+                    source,
+                })?;
             own.push((column.index, column_cell(column, &result)?));
         }
         let mut rows = vec![own];
@@ -232,7 +258,11 @@ impl<'v> ViewRunner<'v> {
 }
 
 fn null_cell(column: &Column) -> Cell {
-    if column.collection { Cell::Many(Vec::new()) } else { Cell::Null }
+    if column.collection {
+        Cell::Many(Vec::new())
+    } else {
+        Cell::Null
+    }
 }
 
 fn column_cell(column: &Column, result: &Collection<'_>) -> Result<Cell, ViewError> {
@@ -242,11 +272,16 @@ fn column_cell(column: &Column, result: &Collection<'_>) -> Result<Cell, ViewErr
     match result.as_slice() {
         [] => Ok(Cell::Null),
         [one] => Ok(Cell::One(cell_value(one))),
-        many => Err(ViewError::MultipleValues { column: column.name.clone(), path: column.path.text().to_string(), count: many.len() }),
+        many => Err(ViewError::MultipleValues {
+            column: column.name.clone(),
+            path: column.path.text().to_string(),
+            count: many.len(),
+        }),
     }
 }
 
-type EvalFn<'e, 'a> = dyn Fn(&FhirPath, &Value<'a>, &HashMap<String, Collection<'a>>) -> Result<Collection<'a>, ViewError> + 'e;
+type EvalFn<'e, 'a> =
+    dyn Fn(&FhirPath, &Value<'a>, &HashMap<String, Collection<'a>>) -> Result<Collection<'a>, ViewError> + 'e;
 
 fn repeat<'a>(
     paths: &[FhirPath],

@@ -7,9 +7,7 @@ use datafusion::catalog::{MemorySchemaProvider, TableProvider};
 use datafusion::common::TableReference;
 use datafusion::datasource::empty::EmptyTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -32,11 +30,12 @@ pub fn new_session() -> Result<SessionContext, WarehouseError> {
     Ok(ctx)
 }
 
-/// The schema of a table of `kind`.
-pub fn schema_of(kind: TableKind) -> SchemaRef {
+/// The schema of a table of `kind` (`None` for views: their files carry it).
+pub fn schema_of(kind: TableKind) -> Option<SchemaRef> {
     match kind {
-        TableKind::Resource => resource_schema(),
-        TableKind::Rejects => rejects_schema(),
+        TableKind::Resource => Some(resource_schema()),
+        TableKind::Rejects => Some(rejects_schema()),
+        TableKind::View => None,
     }
 }
 
@@ -47,6 +46,7 @@ pub async fn table_provider(
 ) -> Result<Arc<dyn TableProvider>, WarehouseError> {
     let schema = schema_of(entry.kind);
     if entry.files.is_empty() {
+        let schema = schema.unwrap_or_else(|| Arc::new(datafusion::arrow::datatypes::Schema::empty()));
         return Ok(Arc::new(EmptyTable::new(schema)));
     }
     let root = warehouse.root();
@@ -55,11 +55,12 @@ pub async fn table_provider(
         .iter()
         .map(|f| ListingTableUrl::parse(root.url_of(&root.child(&f.path))))
         .collect::<Result<Vec<_>, _>>()?;
-    let options =
-        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    let config = ListingTableConfig::new_with_multi_paths(urls)
-        .with_listing_options(options)
-        .with_schema(schema);
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options);
+    let config = match schema {
+        Some(schema) => config.with_schema(schema),
+        None => config.infer_schema(&new_session()?.state()).await?,
+    };
     Ok(Arc::new(ListingTable::try_new(config)?))
 }
 
@@ -86,11 +87,19 @@ pub async fn register_snapshot(
     let mut compartment_branches = Vec::new();
     for (name, entry) in &snapshot.tables {
         let provider = table_provider(warehouse, entry).await?;
+        if entry.kind == TableKind::View {
+            let view_name = name.strip_prefix("views/").unwrap_or(name);
+            ctx.register_table(TableReference::bare(view_name), provider)?;
+            continue;
+        }
         if entry.kind != TableKind::Resource {
             ctx.register_table(TableReference::bare(name.as_str()), provider)?;
             continue;
         }
-        ctx.register_table(TableReference::partial(RESOURCE_SCHEMA, name.as_str()), provider.clone())?;
+        ctx.register_table(
+            TableReference::partial(RESOURCE_SCHEMA, name.as_str()),
+            provider.clone(),
+        )?;
         let lower = name.to_lowercase();
         if lower != *name {
             ctx.register_table(TableReference::partial(RESOURCE_SCHEMA, lower), provider)?;
@@ -100,16 +109,17 @@ pub async fn register_snapshot(
         ));
     }
     if !compartment_branches.is_empty() {
-        let view = format!("CREATE VIEW {RESOURCE_SCHEMA}.compartment AS {}", compartment_branches.join(" UNION ALL "));
+        let view = format!(
+            "CREATE VIEW {RESOURCE_SCHEMA}.compartment AS {}",
+            compartment_branches.join(" UNION ALL ")
+        );
         ctx.sql(&view).await?;
     }
     Ok(())
 }
 
 /// A session over the current state of `warehouse` (empty if nothing is committed).
-pub async fn session_for(
-    warehouse: &Warehouse,
-) -> Result<(SessionContext, Option<Snapshot>), WarehouseError> {
+pub async fn session_for(warehouse: &Warehouse) -> Result<(SessionContext, Option<Snapshot>), WarehouseError> {
     let ctx = new_session()?;
     let snapshot = warehouse.current().await?;
     if let Some(snapshot) = &snapshot {

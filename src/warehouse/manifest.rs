@@ -37,6 +37,9 @@ pub enum TableKind {
     Resource,
     /// Rejected input lines (schema `rejects_schema`).
     Rejects,
+    /// A materialized SQL-on-FHIR view (schema from its ViewDefinition, read
+    /// from the files).
+    View,
 }
 
 /// The files of one table in one snapshot.

@@ -22,10 +22,7 @@ const MERGED_FILE_BYTES: u64 = 256 * 1024 * 1024;
 
 const SOURCE: &str = "merge_source";
 
-async fn source_session(
-    warehouse: &Warehouse,
-    files: &[DataFile],
-) -> Result<SessionContext, WarehouseError> {
+async fn source_session(warehouse: &Warehouse, files: &[DataFile]) -> Result<SessionContext, WarehouseError> {
     let ctx = new_session()?;
     let entry = TableEntry {
         kind: TableKind::Resource,
@@ -36,10 +33,7 @@ async fn source_session(
 }
 
 /// True if some id occurs more than once in `files`.
-pub async fn has_duplicate_ids(
-    warehouse: &Warehouse,
-    files: &[DataFile],
-) -> Result<bool, WarehouseError> {
+pub async fn has_duplicate_ids(warehouse: &Warehouse, files: &[DataFile]) -> Result<bool, WarehouseError> {
     if files.is_empty() {
         return Ok(false);
     }

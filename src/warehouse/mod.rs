@@ -99,11 +99,7 @@ impl Warehouse {
             .map_err(|e| self.root.error("listing", &dir, e))?;
         let latest = metas
             .iter()
-            .filter_map(|m| {
-                m.location
-                    .filename()
-                    .and_then(manifest::parse_manifest_name)
-            })
+            .filter_map(|m| m.location.filename().and_then(manifest::parse_manifest_name))
             .max();
         match latest {
             Some(version) => self.snapshot(version).await.map(Some),
@@ -118,11 +114,10 @@ impl Warehouse {
             .await
             .map_err(|e| self.root.error("reading", &path, e))?;
         let url = self.root.url_of(&path);
-        let snapshot: Snapshot =
-            serde_json::from_slice(&bytes).map_err(|source| WarehouseError::CorruptManifest {
-                url: url.clone(),
-                source,
-            })?;
+        let snapshot: Snapshot = serde_json::from_slice(&bytes).map_err(|source| WarehouseError::CorruptManifest {
+            url: url.clone(),
+            source,
+        })?;
         if snapshot.format != manifest::FORMAT {
             return Err(WarehouseError::UnknownFormat {
                 url,
@@ -137,28 +132,19 @@ impl Warehouse {
     /// writers exactly one wins and the other gets `ConcurrentCommit`.
     pub async fn commit(&self, snapshot: &Snapshot) -> Result<(), WarehouseError> {
         let path = self.root.child(&manifest::manifest_path(snapshot.version));
-        let body = serde_json::to_vec_pretty(snapshot).map_err(|source| {
-            WarehouseError::CorruptManifest {
-                url: self.root.url_of(&path),
-                source,
-            }
+        let body = serde_json::to_vec_pretty(snapshot).map_err(|source| WarehouseError::CorruptManifest {
+            url: self.root.url_of(&path),
+            source,
         })?;
         let options = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
         };
-        match self
-            .root
-            .store
-            .put_opts(&path, PutPayload::from(body), options)
-            .await
-        {
+        match self.root.store.put_opts(&path, PutPayload::from(body), options).await {
             Ok(_) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                Err(WarehouseError::ConcurrentCommit {
-                    version: snapshot.version,
-                })
-            }
+            Err(object_store::Error::AlreadyExists { .. }) => Err(WarehouseError::ConcurrentCommit {
+                version: snapshot.version,
+            }),
             Err(e) => Err(self.root.error("committing", &path, e).into()),
         }
     }

@@ -56,10 +56,7 @@ impl ParquetFileWriter {
     }
 
     /// Appends a batch, closing the row group when it is large enough.
-    pub fn write(
-        &mut self,
-        batch: &RecordBatch,
-    ) -> Result<(), datafusion::parquet::errors::ParquetError> {
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), datafusion::parquet::errors::ParquetError> {
         self.writer.write(batch)?;
         self.rows += batch.num_rows() as u64;
         if self.writer.in_progress_size() >= ROW_GROUP_BYTES {

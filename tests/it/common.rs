@@ -38,17 +38,13 @@ pub async fn load_into(warehouse: &Warehouse, sources: &[&Path], skip_invalid: b
         quiet: true,
         ..LoadOptions::default()
     };
-    load(warehouse, &sources, &options)
-        .await
-        .expect("load succeeds")
+    load(warehouse, &sources, &options).await.expect("load succeeds")
 }
 
 /// Runs a query returning one BIGINT, e.g. a `count(*)`.
 pub async fn query_i64(warehouse: &Warehouse, sql: &str) -> i64 {
     let ctx = open_session(warehouse).await.expect("session");
-    let results = run_statements(&ctx, sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let results = run_statements(&ctx, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     let batch = &results[0].batches[0];
     let column = batch.column(0);
     assert_eq!(column.len(), 1, "{sql} returns one row");
@@ -58,16 +54,11 @@ pub async fn query_i64(warehouse: &Warehouse, sql: &str) -> i64 {
 /// Runs a query returning strings in its first column.
 pub async fn query_strings(warehouse: &Warehouse, sql: &str) -> Vec<String> {
     let ctx = open_session(warehouse).await.expect("session");
-    let results = run_statements(&ctx, sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let results = run_statements(&ctx, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     let mut out = Vec::new();
     for batch in &results[0].batches {
-        let column = datafusion::arrow::compute::cast(
-            batch.column(0),
-            &datafusion::arrow::datatypes::DataType::Utf8,
-        )
-        .expect("castable to text");
+        let column = datafusion::arrow::compute::cast(batch.column(0), &datafusion::arrow::datatypes::DataType::Utf8)
+            .expect("castable to text");
         let strings = column.as_string::<i32>();
         out.extend((0..strings.len()).map(|i| strings.value(i).to_string()));
     }
@@ -85,8 +76,7 @@ pub fn fhirlake(args: &[&str]) -> Output {
 /// Per-type line counts from a dataset's `dataset-stats.json`.
 pub fn expected_counts(dataset: &Path) -> Vec<(String, i64)> {
     let stats: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dataset.join("dataset-stats.json")).expect("stats"))
-            .expect("json");
+        serde_json::from_slice(&std::fs::read(dataset.join("dataset-stats.json")).expect("stats")).expect("json");
     let mut out: Vec<(String, i64)> = stats["types"]
         .as_object()
         .expect("types")

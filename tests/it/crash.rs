@@ -52,17 +52,11 @@ async fn killed_load_leaves_previous_state() {
         query_i64(&warehouse, "SELECT count(*) FROM fhir.\"Observation\"").await,
         observations
     );
-    assert_eq!(
-        query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await,
-        10
-    );
+    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await, 10);
     // The warehouse stays writable: the next load commits on top.
     let report = load_into(&warehouse, &[&sample_data()], false).await;
     assert_eq!(report.version, 2);
-    assert_eq!(
-        query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await,
-        10
-    );
+    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await, 10);
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -32,7 +32,12 @@ fn load_cases() -> Vec<Case> {
             let outputs = test
                 .children()
                 .filter(|n| n.has_tag_name("output"))
-                .map(|o| (o.attribute("type").unwrap_or("").to_string(), o.text().unwrap_or("").to_string()))
+                .map(|o| {
+                    (
+                        o.attribute("type").unwrap_or("").to_string(),
+                        o.text().unwrap_or("").to_string(),
+                    )
+                })
                 .collect();
             cases.push(Case {
                 group: group_name.clone(),
@@ -52,7 +57,10 @@ fn load_cases() -> Vec<Case> {
 fn json_input(name: &str) -> Option<String> {
     let stem = name.trim_end_matches(".xml").trim_end_matches(".json");
     let dir = repo().join("tests/conformance/fhirpath/r4");
-    for candidate in [dir.join("input-json-converted").join(format!("{stem}.json")), dir.join("input").join(format!("{stem}.json"))] {
+    for candidate in [
+        dir.join("input-json-converted").join(format!("{stem}.json")),
+        dir.join("input").join(format!("{stem}.json")),
+    ] {
         if let Ok(text) = std::fs::read_to_string(candidate) {
             return Some(text);
         }
@@ -99,7 +107,11 @@ fn run_case(case: &Case, inputs: &HashMap<String, String>) -> Result<(), String>
         result = vec![Value::Boolean(!result.is_empty())];
     }
     if result.len() != case.outputs.len() {
-        return Err(format!("expected {:?}, got {:?}", case.outputs, result.iter().map(render).collect::<Vec<_>>()));
+        return Err(format!(
+            "expected {:?}, got {:?}",
+            case.outputs,
+            result.iter().map(render).collect::<Vec<_>>()
+        ));
     }
     for (expected, value) in case.outputs.iter().zip(&result) {
         let actual = render(value);
@@ -152,7 +164,12 @@ fn official_fhirpath_suite_r4() {
                 entry.1 += 1;
                 failed += 1;
                 if !known.contains(&case.name) {
-                    regressions.push(format!("{} › {} `{}`: {e}", case.group, case.name, case.expression.trim()));
+                    regressions.push(format!(
+                        "{} › {} `{}`: {e}",
+                        case.group,
+                        case.name,
+                        case.expression.trim()
+                    ));
                 }
             }
         }
@@ -168,6 +185,10 @@ fn official_fhirpath_suite_r4() {
     }
     println!("fhirpath-r4: {passed} passed, {failed} failed, {skipped} skipped");
     let rate = passed as f64 / (passed + failed).max(1) as f64;
-    assert!(regressions.is_empty(), "{} FHIRPath tests failed that are not known failures", regressions.len());
+    assert!(
+        regressions.is_empty(),
+        "{} FHIRPath tests failed that are not known failures",
+        regressions.len()
+    );
     assert!(rate >= 0.90, "pass rate {rate:.3} below 90%");
 }

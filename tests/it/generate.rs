@@ -17,11 +17,7 @@ async fn generated_copies_load_with_consistent_references() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     // Deterministic: a second run writes identical files.
     let again = tmp.path().join("gen2");
     fhirlake(&[
@@ -43,12 +39,10 @@ async fn generated_copies_load_with_consistent_references() {
     let report = load_into(&warehouse, &[&out], false).await;
     let expected: i64 = expected_counts(&sample_data()).iter().map(|(_, n)| n).sum();
     assert_eq!(report.resources as i64, 3 * expected);
-    assert_eq!(
-        query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await,
-        30
-    );
+    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await, 30);
     // Every compartment reference of every Condition points at a loaded Patient.
-    let dangling = "SELECT count(*) FROM fhir.compartment c LEFT JOIN fhir.patient p ON c.patient_id = p.id WHERE p.id IS NULL";
+    let dangling =
+        "SELECT count(*) FROM fhir.compartment c LEFT JOIN fhir.patient p ON c.patient_id = p.id WHERE p.id IS NULL";
     assert_eq!(query_i64(&warehouse, dangling).await, 0);
     let per_patient = "SELECT count(*) FROM (SELECT patient_id FROM fhir.compartment WHERE resource_type = 'Condition' GROUP BY patient_id)";
     let source_wh = Warehouse::open(tmp.path().join("wh-src").to_str().unwrap()).unwrap();

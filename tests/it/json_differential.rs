@@ -9,12 +9,9 @@ fn to_serde(v: &JsonValue<'_>) -> serde_json::Value {
         JsonValue::Number(n) => serde_json::from_str(n).expect("valid number"),
         JsonValue::String(s) => serde_json::Value::String(s.to_string()),
         JsonValue::Array(items) => serde_json::Value::Array(items.iter().map(to_serde).collect()),
-        JsonValue::Object(members) => serde_json::Value::Object(
-            members
-                .iter()
-                .map(|(k, v)| (k.to_string(), to_serde(v)))
-                .collect(),
-        ),
+        JsonValue::Object(members) => {
+            serde_json::Value::Object(members.iter().map(|(k, v)| (k.to_string(), to_serde(v))).collect())
+        }
     }
 }
 

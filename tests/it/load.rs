@@ -16,17 +16,10 @@ async fn check_dataset(name: &str, patients: i64, female: i64) {
     let warehouse = Warehouse::open(tmp.path().to_str().unwrap()).unwrap();
     let report = load_into(&warehouse, &[&dir], false).await;
     let expected = expected_counts(&dir);
-    assert_eq!(
-        report.resources as i64,
-        expected.iter().map(|(_, n)| n).sum::<i64>()
-    );
+    assert_eq!(report.resources as i64, expected.iter().map(|(_, n)| n).sum::<i64>());
     assert_eq!(report.rejected, 0);
     for (resource_type, lines) in &expected {
-        let count = query_i64(
-            &warehouse,
-            &format!("SELECT count(*) FROM fhir.\"{resource_type}\""),
-        )
-        .await;
+        let count = query_i64(&warehouse, &format!("SELECT count(*) FROM fhir.\"{resource_type}\"")).await;
         assert_eq!(count, *lines, "{name} {resource_type}");
         assert!(
             !report.tables[resource_type].merged,
@@ -37,15 +30,13 @@ async fn check_dataset(name: &str, patients: i64, female: i64) {
         query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await,
         patients
     );
-    let female_sql =
-        "SELECT count(*) FROM fhir.patient WHERE json_get_str(resource, 'gender') = 'female'";
+    let female_sql = "SELECT count(*) FROM fhir.patient WHERE json_get_str(resource, 'gender') = 'female'";
     assert_eq!(query_i64(&warehouse, female_sql).await, female);
     // Every clinical resource of Synthea has a subject or patient: each is in one
     // patient's compartment, and the compartment view agrees.
     let orphans = "SELECT count(*) FROM fhir.\"Condition\" WHERE cardinality(patients) <> 1";
     assert_eq!(query_i64(&warehouse, orphans).await, 0);
-    let in_compartments =
-        "SELECT count(DISTINCT patient_id) FROM fhir.compartment WHERE resource_type = 'Observation'";
+    let in_compartments = "SELECT count(DISTINCT patient_id) FROM fhir.compartment WHERE resource_type = 'Observation'";
     assert_eq!(query_i64(&warehouse, in_compartments).await, patients);
 }
 
@@ -65,15 +56,8 @@ async fn loads_bundled_sample_and_reload_is_idempotent() {
     let warehouse = Warehouse::open(tmp.path().to_str().unwrap()).unwrap();
     let first = load_into(&warehouse, &[&sample_data()], false).await;
     assert_eq!(first.version, 1);
-    assert_eq!(
-        query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await,
-        10
-    );
-    let before = query_strings(
-        &warehouse,
-        "SELECT resource FROM fhir.\"Observation\" ORDER BY id",
-    )
-    .await;
+    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await, 10);
+    let before = query_strings(&warehouse, "SELECT resource FROM fhir.\"Observation\" ORDER BY id").await;
     let second = load_into(&warehouse, &[&sample_data()], false).await;
     assert_eq!(second.version, 2);
     assert!(second.tables["Observation"].merged);
@@ -83,11 +67,7 @@ async fn loads_bundled_sample_and_reload_is_idempotent() {
             "{table} row count unchanged by a reload"
         );
     }
-    let after = query_strings(
-        &warehouse,
-        "SELECT resource FROM fhir.\"Observation\" ORDER BY id",
-    )
-    .await;
+    let after = query_strings(&warehouse, "SELECT resource FROM fhir.\"Observation\" ORDER BY id").await;
     assert_eq!(before, after, "reload leaves identical resources");
 }
 
@@ -100,9 +80,9 @@ fn write_file(dir: &Path, name: &str, lines: &[&str]) {
 
 fn patient(id: &str, gender: &str, last_updated: Option<&str>) -> String {
     match last_updated {
-        Some(t) => format!(
-            r#"{{"resourceType":"Patient","id":"{id}","meta":{{"lastUpdated":"{t}"}},"gender":"{gender}"}}"#
-        ),
+        Some(t) => {
+            format!(r#"{{"resourceType":"Patient","id":"{id}","meta":{{"lastUpdated":"{t}"}},"gender":"{gender}"}}"#)
+        }
         None => format!(r#"{{"resourceType":"Patient","id":"{id}","gender":"{gender}"}}"#),
     }
 }
@@ -158,33 +138,21 @@ async fn newer_versions_replace_older_ones() {
         ],
     );
     load_into(&warehouse, &[&c], false).await;
-    assert_eq!(
-        gender_of(&warehouse, "p1").await,
-        ["female"],
-        "older version ignored"
-    );
+    assert_eq!(gender_of(&warehouse, "p1").await, ["female"], "older version ignored");
     assert_eq!(
         gender_of(&warehouse, "p2").await,
         ["other"],
         "without lastUpdated the later load wins"
     );
-    assert_eq!(
-        query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await,
-        2
-    );
+    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await, 2);
     // Loads into other tables leave the Patient table as it was.
     write_file(
         &d,
         "Observation.000.ndjson",
-        &[
-            r#"{"resourceType":"Observation","id":"o1","status":"final","subject":{"reference":"Patient/p1"}}"#,
-        ],
+        &[r#"{"resourceType":"Observation","id":"o1","status":"final","subject":{"reference":"Patient/p1"}}"#],
     );
     load_into(&warehouse, &[&d], false).await;
-    assert_eq!(
-        query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await,
-        2
-    );
+    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await, 2);
     let patients = query_strings(
         &warehouse,
         "SELECT patient_id FROM fhir.compartment WHERE resource_id = 'o1'",
@@ -222,11 +190,7 @@ async fn bad_lines_fail_the_load_and_change_nothing() {
             format!("{good}\n{{\"resourceType\":\"Pateint\",\"id\":\"x\"}}\n").into_bytes(),
             ":2: resourceType 'Pateint' is not a FHIR R4 resource type",
         ),
-        (
-            "no-type",
-            b"{\"id\":\"x\"}\n".to_vec(),
-            ":1: missing resourceType",
-        ),
+        ("no-type", b"{\"id\":\"x\"}\n".to_vec(), ":1: missing resourceType"),
         (
             "no-id",
             format!("{good}\n{good}\n{good}\n{{\"resourceType\":\"Patient\"}}\n").into_bytes(),
@@ -234,11 +198,7 @@ async fn bad_lines_fail_the_load_and_change_nothing() {
         ),
         (
             "bad-utf8",
-            [
-                good.as_bytes(),
-                b"\n{\"resourceType\":\"Patient\",\"id\":\"\xff\"}\n",
-            ]
-            .concat(),
+            [good.as_bytes(), b"\n{\"resourceType\":\"Patient\",\"id\":\"\xff\"}\n"].concat(),
             ":2: invalid UTF-8 at byte 32",
         ),
     ];
@@ -256,16 +216,9 @@ async fn bad_lines_fail_the_load_and_change_nothing() {
             1,
             "{name}: nothing committed"
         );
-        assert_eq!(
-            count_files(&wh_dir),
-            files_before,
-            "{name}: no files left behind"
-        );
+        assert_eq!(count_files(&wh_dir), files_before, "{name}: no files left behind");
     }
-    assert_eq!(
-        query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await,
-        10
-    );
+    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await, 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,10 +242,7 @@ async fn truncated_gzip_names_the_file_and_line() {
 
     // Lenient: the lines before the damage are loaded, the damage is a reject.
     let report = load_into(&warehouse, &[&dir], true).await;
-    assert!(
-        report.resources > 0 && report.resources < 2000,
-        "{report:?}"
-    );
+    assert!(report.resources > 0 && report.resources < 2000, "{report:?}");
     assert_eq!(report.rejected, 1);
     let reasons = query_strings(&warehouse, "SELECT reason FROM _rejects").await;
     assert!(reasons[0].starts_with("unreadable input"), "{reasons:?}");
@@ -316,10 +266,7 @@ async fn skip_invalid_keeps_rejects_with_file_line_and_reason() {
     );
     let report = load_into(&warehouse, &[&dir], true).await;
     assert_eq!((report.resources, report.rejected), (2, 2));
-    assert_eq!(
-        query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await,
-        2
-    );
+    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await, 2);
     let rejects = query_strings(
         &warehouse,
         "SELECT concat(file, ':', line, ' ', reason, ' | ', content) FROM _rejects ORDER BY line",
@@ -327,23 +274,14 @@ async fn skip_invalid_keeps_rejects_with_file_line_and_reason() {
     .await;
     assert_eq!(rejects.len(), 2);
     assert!(
-        rejects[0].ends_with(
-            "1.Patient.ndjson:2 malformed JSON: invalid JSON at byte 0: invalid literal | not json"
-        ),
+        rejects[0].ends_with("1.Patient.ndjson:2 malformed JSON: invalid JSON at byte 0: invalid literal | not json"),
         "{}",
         rejects[0]
     );
-    assert!(
-        rejects[1].contains(":4 invalid id '\"b!\"'"),
-        "{}",
-        rejects[1]
-    );
+    assert!(rejects[1].contains(":4 invalid id '\"b!\"'"), "{}", rejects[1]);
     // A second lenient load appends to _rejects.
     load_into(&warehouse, &[&dir], true).await;
-    assert_eq!(
-        query_i64(&warehouse, "SELECT count(*) FROM _rejects").await,
-        4
-    );
+    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM _rejects").await, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

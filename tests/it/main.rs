@@ -3,9 +3,9 @@
 
 mod common;
 mod crash;
+mod fhirpath_suite;
 mod generate;
 mod json_differential;
 mod load;
 mod sql_cli;
 mod sql_on_fhir;
-mod fhirpath_suite;

@@ -15,16 +15,9 @@ fn loaded_warehouse() -> tempfile::TempDir {
         "--quiet",
         sample_data().to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let summary = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        summary.contains("loaded 4253 resources from 15 files"),
-        "{summary}"
-    );
+    assert!(summary.contains("loaded 4253 resources from 15 files"), "{summary}");
     assert!(summary.contains("0 rejected"), "{summary}");
     tmp
 }
@@ -34,21 +27,16 @@ fn sql_outputs_table_csv_json_ndjson_parquet() {
     let tmp = loaded_warehouse();
     let wh = tmp.path().join("wh");
     let wh = wh.to_str().unwrap();
-    let query = "SELECT json_get_str(resource, 'gender') AS gender, count(*) AS n FROM fhir.Patient GROUP BY 1 ORDER BY 1";
+    let query =
+        "SELECT json_get_str(resource, 'gender') AS gender, count(*) AS n FROM fhir.Patient GROUP BY 1 ORDER BY 1";
     let sql = |format: &str| {
         let out = fhirlake(&["--warehouse", wh, "sql", "--format", format, query]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
     let table = sql("table");
     assert!(
-        table.contains("| gender | n |")
-            && table.contains("| female | 4 |")
-            && table.contains("| male   | 6 |"),
+        table.contains("| gender | n |") && table.contains("| female | 4 |") && table.contains("| male   | 6 |"),
         "{table}"
     );
     assert_eq!(sql("csv"), "gender,n\nfemale,4\nmale,6\n");
@@ -72,17 +60,12 @@ fn sql_outputs_table_csv_json_ndjson_parquet() {
         parquet.to_str().unwrap(),
         query,
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let file = std::fs::File::open(&parquet).unwrap();
-    let reader =
-        datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .unwrap()
-            .build()
-            .unwrap();
+    let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
     let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
     assert_eq!(rows, 2);
 }
@@ -92,13 +75,7 @@ fn sql_reads_statements_from_stdin_and_reports_errors() {
     let tmp = loaded_warehouse();
     let wh = tmp.path().join("wh");
     let mut child = Command::new(env!("CARGO_BIN_EXE_fhirlake"))
-        .args([
-            "--warehouse",
-            wh.to_str().unwrap(),
-            "sql",
-            "--format",
-            "csv",
-        ])
+        .args(["--warehouse", wh.to_str().unwrap(), "sql", "--format", "csv"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

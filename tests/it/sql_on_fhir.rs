@@ -21,9 +21,13 @@ fn cell_json(value: &CellValue) -> Json {
 
 fn same(a: &Json, b: &Json) -> bool {
     match (a, b) {
-        (Json::Number(x), Json::Number(y)) => (x.as_f64().unwrap_or(f64::NAN) - y.as_f64().unwrap_or(f64::NAN)).abs() < 1e-9,
+        (Json::Number(x), Json::Number(y)) => {
+            (x.as_f64().unwrap_or(f64::NAN) - y.as_f64().unwrap_or(f64::NAN)).abs() < 1e-9
+        }
         (Json::Array(x), Json::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same(p, q)),
-        (Json::Object(x), Json::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w))),
+        (Json::Object(x), Json::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
         _ => a == b,
     }
 }
@@ -67,7 +71,11 @@ fn check(test: &Json, resources: &[JsonValue<'_>]) -> Result<(), String> {
     }
     let (names, rows) = outcome?;
     if let Some(count) = test.get("expectCount").and_then(Json::as_u64) {
-        return if rows.len() as u64 == count { Ok(()) } else { Err(format!("expected {count} rows, got {}", rows.len())) };
+        return if rows.len() as u64 == count {
+            Ok(())
+        } else {
+            Err(format!("expected {count} rows, got {}", rows.len()))
+        };
     }
     if let Some(columns) = test.get("expectColumns").and_then(Json::as_array) {
         let expected: Vec<&str> = columns.iter().filter_map(Json::as_str).collect();
@@ -102,7 +110,12 @@ fn sql_on_fhir_v2_conformance_suite() {
     for file in files {
         let name = file.file_name().unwrap().to_string_lossy().to_string();
         let suite: Json = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-        let texts: Vec<String> = suite["resources"].as_array().unwrap().iter().map(Json::to_string).collect();
+        let texts: Vec<String> = suite["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(Json::to_string)
+            .collect();
         let resources: Vec<JsonValue<'_>> = texts.iter().map(|t| parse(t).unwrap()).collect();
         let mut results = Vec::new();
         for test in suite["tests"].as_array().unwrap() {
@@ -124,7 +137,11 @@ fn sql_on_fhir_v2_conformance_suite() {
     }
     let target = repo().join("target");
     std::fs::create_dir_all(&target).unwrap();
-    std::fs::write(target.join("sof-test-report.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    std::fs::write(
+        target.join("sof-test-report.json"),
+        serde_json::to_string_pretty(&report).unwrap(),
+    )
+    .unwrap();
     for f in &failures {
         eprintln!("FAILED {f}");
     }
@@ -140,11 +157,20 @@ fn harness_detects_wrong_rows_and_missing_errors() {
     let view = json!({"resource": "Patient", "select": [{"column": [{"name": "id", "path": "id"}]}]});
     assert!(check(&json!({"view": view, "expect": [{"id": "p1"}]}), &resources).is_ok());
     assert!(check(&json!({"view": view, "expect": [{"id": "p2"}]}), &resources).is_err());
-    assert!(check(&json!({"view": view, "expect": [{"id": "p1"}, {"id": "p1"}]}), &resources).is_err());
+    assert!(
+        check(
+            &json!({"view": view, "expect": [{"id": "p1"}, {"id": "p1"}]}),
+            &resources
+        )
+        .is_err()
+    );
     assert!(check(&json!({"view": view, "expect": []}), &resources).is_err());
     assert!(check(&json!({"view": view, "expectError": true}), &resources).is_err());
     // A multi-valued non-collection column is an error naming the column and path.
     let multi = json!({"resource": "Patient", "select": [{"column": [{"name": "given", "path": "name.given"}]}]});
     let err = run_view(&multi, &resources).unwrap_err();
-    assert!(err.contains("'given'") && err.contains("name.given") && err.contains("2 values"), "{err}");
+    assert!(
+        err.contains("'given'") && err.contains("name.given") && err.contains("2 values"),
+        "{err}"
+    );
 }

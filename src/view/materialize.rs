@@ -1,0 +1,285 @@
+//! Materializing views into warehouse tables, and running views over stored
+//! resources: the `resource` column is scanned with DataFusion, partitions in
+//! parallel, each resource parsed once for all views of its type.
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::SchemaRef;
+use futures::StreamExt;
+use tokio::runtime::Handle;
+
+use super::{Row, ViewError, ViewRunner, rows_to_batch, view_schema};
+use crate::json;
+use crate::store::StoreLocation;
+use crate::warehouse::catalog::{new_session, table_provider};
+use crate::warehouse::parquet_file::ParquetFileWriter;
+use crate::warehouse::{DataFile, TableEntry, TableKind, Warehouse, WarehouseError};
+
+/// Rows buffered per view before they become a batch.
+pub const VIEW_BATCH_ROWS: usize = 8192;
+
+/// Errors of materializing or running views over the warehouse.
+#[derive(Debug, thiserror::Error)]
+pub enum MaterializeError {
+    /// Reading the warehouse failed.
+    #[error(transparent)]
+    Warehouse(#[from] WarehouseError),
+    /// A view failed on a stored resource.
+    #[error("resource {resource}: {source}")]
+    View {
+        /// `Type/id` of the resource.
+        resource: String,
+        /// The view error.
+        #[source]
+        source: ViewError,
+    },
+    /// A view's own problem (schema, batch).
+    #[error(transparent)]
+    Invalid(#[from] ViewError),
+    /// A stored resource is not JSON (a damaged warehouse).
+    #[error("stored resource is not JSON: {0}")]
+    Corrupt(String),
+    /// Writing Parquet failed.
+    #[error("writing Parquet: {0}")]
+    Parquet(#[from] datafusion::parquet::errors::ParquetError),
+    /// A scan thread failed.
+    #[error("view scan thread failed")]
+    Thread,
+    /// The consumer of the rows failed.
+    #[error("{0}")]
+    Sink(String),
+}
+
+/// Rows of several views, buffered, turned into batches when full.
+pub struct ViewBuffers {
+    schemas: Vec<SchemaRef>,
+    rows: Vec<Vec<Row>>,
+}
+
+impl ViewBuffers {
+    /// Buffers for `runners`.
+    pub fn new(runners: &[&ViewRunner<'_>]) -> Self {
+        Self {
+            schemas: runners.iter().map(|r| view_schema(r.view())).collect(),
+            rows: runners.iter().map(|_| Vec::new()).collect(),
+        }
+    }
+
+    /// Adds rows of view `i`; returns a batch when the buffer is full.
+    pub fn push(&mut self, i: usize, rows: Vec<Row>) -> Result<Option<RecordBatch>, ViewError> {
+        self.rows[i].extend(rows);
+        if self.rows[i].len() >= VIEW_BATCH_ROWS {
+            self.take(i).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Takes view `i`'s buffered rows as a batch (possibly empty).
+    pub fn take(&mut self, i: usize) -> Result<RecordBatch, ViewError> {
+        let rows = std::mem::take(&mut self.rows[i]);
+        rows_to_batch(&self.schemas[i], &rows)
+    }
+
+    /// The schema of view `i`.
+    pub fn schema(&self, i: usize) -> SchemaRef {
+        self.schemas[i].clone()
+    }
+}
+
+/// Scans the `resource` column of `files` (a resource table) in parallel and
+/// calls `process(state, resource)` for each stored resource; `make_state(p)`
+/// builds the state of partition `p`. Returns the states.
+pub async fn scan_resources<S, M, P>(
+    warehouse: &Warehouse,
+    files: &[DataFile],
+    make_state: M,
+    process: P,
+) -> Result<Vec<S>, MaterializeError>
+where
+    S: Send,
+    M: Fn(usize) -> S + Sync,
+    P: Fn(&mut S, &json::JsonValue<'_>) -> Result<(), MaterializeError> + Sync,
+{
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ctx = new_session()?;
+    let entry = TableEntry {
+        kind: TableKind::Resource,
+        files: files.to_vec(),
+    };
+    ctx.register_table(
+        "scan_source",
+        table_provider(warehouse, &entry)
+            .await
+            .map_err(MaterializeError::Warehouse)?,
+    )
+    .map_err(WarehouseError::from)?;
+    let frame = ctx
+        .sql("SELECT resource FROM scan_source")
+        .await
+        .map_err(WarehouseError::from)?;
+    let streams = frame.execute_stream_partitioned().await.map_err(WarehouseError::from)?;
+    let handle = Handle::current();
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = streams
+                .into_iter()
+                .enumerate()
+                .map(|(p, mut stream)| {
+                    let (handle, make_state, process) = (&handle, &make_state, &process);
+                    scope.spawn(move || -> Result<S, MaterializeError> {
+                        let mut state = make_state(p);
+                        while let Some(batch) = handle.block_on(stream.next()) {
+                            let batch = batch.map_err(WarehouseError::from)?;
+                            let column = batch.column(0).as_string::<i32>();
+                            for i in 0..column.len() {
+                                let text = column.value(i);
+                                let value = json::parse(text).map_err(|e| MaterializeError::Corrupt(e.to_string()))?;
+                                process(&mut state, &value)?;
+                            }
+                        }
+                        Ok(state)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().map_err(|_| MaterializeError::Thread)?)
+                .collect()
+        })
+    })
+}
+
+/// One view table being written.
+pub struct ViewTableWriter {
+    root: StoreLocation,
+    prefix: String,
+    schema: SchemaRef,
+    handle: Handle,
+    writer: Option<ParquetFileWriter>,
+    done: Vec<DataFile>,
+}
+
+impl ViewTableWriter {
+    /// Files go to `tables/views/<name>/<token>-<part>-NNNNN.parquet`.
+    pub fn new(root: &StoreLocation, name: &str, token: &str, part: &str, schema: SchemaRef, handle: Handle) -> Self {
+        Self {
+            root: root.clone(),
+            prefix: format!("tables/views/{name}/{token}-{part}"),
+            schema,
+            handle,
+            writer: None,
+            done: Vec::new(),
+        }
+    }
+
+    /// Appends a batch.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), datafusion::parquet::errors::ParquetError> {
+        let writer = match self.writer.as_mut() {
+            Some(w) => w,
+            None => {
+                let path = format!("{}-{:05}.parquet", self.prefix, self.done.len());
+                self.writer.insert(ParquetFileWriter::create(
+                    &self.root,
+                    path,
+                    self.schema.clone(),
+                    self.handle.clone(),
+                )?)
+            }
+        };
+        writer.write(batch)?;
+        if writer.approximate_size() >= 256 * 1024 * 1024
+            && let Some(w) = self.writer.take()
+        {
+            self.done.push(w.finish()?);
+        }
+        Ok(())
+    }
+
+    /// Completes the table's files (an empty file when nothing was written, so
+    /// the view's schema is always readable).
+    pub fn finish(mut self) -> Result<Vec<DataFile>, datafusion::parquet::errors::ParquetError> {
+        if self.writer.is_none() && self.done.is_empty() {
+            self.write(&RecordBatch::new_empty(self.schema.clone()))?;
+        }
+        if let Some(w) = self.writer.take() {
+            self.done.push(w.finish()?);
+        }
+        Ok(self.done)
+    }
+
+    /// Abandons the files written so far (returns them for deletion).
+    pub fn abort(mut self) -> Vec<DataFile> {
+        if let Some(w) = self.writer.take() {
+            w.abort();
+        }
+        self.done
+    }
+}
+
+/// Recomputes the tables of `runners` (views of one resource type) from the
+/// resource table `files`; returns each view's new files.
+pub async fn rebuild_views(
+    warehouse: &Warehouse,
+    files: &[DataFile],
+    runners: &[&ViewRunner<'_>],
+    names: &[&str],
+    token: &str,
+) -> Result<Vec<Vec<DataFile>>, MaterializeError> {
+    let handle = Handle::current();
+    let root = warehouse.root().clone();
+    let make_state = |p: usize| {
+        let buffers = ViewBuffers::new(runners);
+        let writers: Vec<ViewTableWriter> = (0..runners.len())
+            .map(|i| {
+                ViewTableWriter::new(
+                    &root,
+                    names[i],
+                    token,
+                    &format!("r{p}"),
+                    buffers.schema(i),
+                    handle.clone(),
+                )
+            })
+            .collect();
+        (buffers, writers)
+    };
+    let process = |state: &mut (ViewBuffers, Vec<ViewTableWriter>), resource: &json::JsonValue<'_>| {
+        for (i, runner) in runners.iter().enumerate() {
+            let rows = runner.rows(resource).map_err(|source| MaterializeError::View {
+                resource: resource_label(resource),
+                source,
+            })?;
+            if let Some(batch) = state.0.push(i, rows)? {
+                state.1[i].write(&batch)?;
+            }
+        }
+        Ok(())
+    };
+    let states = scan_resources(warehouse, files, make_state, process).await?;
+    let mut out: Vec<Vec<DataFile>> = runners.iter().map(|_| Vec::new()).collect();
+    tokio::task::block_in_place(|| -> Result<(), MaterializeError> {
+        for (mut buffers, writers) in states {
+            for (i, mut writer) in writers.into_iter().enumerate() {
+                let batch = buffers.take(i)?;
+                if batch.num_rows() > 0 {
+                    writer.write(&batch)?;
+                }
+                out[i].extend(writer.finish()?);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// `Type/id` of a resource, for messages.
+pub fn resource_label(resource: &json::JsonValue<'_>) -> String {
+    let t = resource
+        .get("resourceType")
+        .and_then(json::JsonValue::as_str)
+        .unwrap_or("?");
+    let id = resource.get("id").and_then(json::JsonValue::as_str).unwrap_or("?");
+    format!("{t}/{id}")
+}
