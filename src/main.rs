@@ -7,8 +7,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fhirlake::ingest::{LoadOptions, LoadReport, load};
-use fhirlake::query::{OutputFormat, open_session, run_statements, write_batches};
+use fhirlake::query::{OutputFormat, StreamingWriter, open_session, run_statements, write_batches};
+use fhirlake::view::materialize::run_view;
+use fhirlake::view::{ViewCatalog, ViewDefinition, ViewRunner, view_schema};
 use fhirlake::warehouse::{DEFAULT_WAREHOUSE, WAREHOUSE_ENV, Warehouse};
+use std::sync::{Arc, Mutex};
 
 /// FHIR R4 bulk data → columnar warehouse, SQL, Bulk Cohort API and $export.
 #[derive(Parser)]
@@ -39,6 +42,15 @@ enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+        /// Folder of extra ViewDefinitions (*.json) to materialize besides the
+        /// shipped ones (a view with a shipped view's name replaces it).
+        #[arg(long)]
+        views: Option<PathBuf>,
+    },
+    /// SQL-on-FHIR ViewDefinitions.
+    View {
+        #[command(subcommand)]
+        command: ViewCommand,
     },
     /// Run SQL over the warehouse (statements from stdin when QUERY is omitted).
     Sql {
@@ -65,6 +77,21 @@ enum Command {
         /// Write .ndjson.gz instead of .ndjson.
         #[arg(long)]
         gzip: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ViewCommand {
+    /// Run a ViewDefinition over the warehouse's stored resources (parallel, streaming).
+    Run {
+        /// The ViewDefinition (JSON file).
+        view: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+        /// Write rows to this file instead of stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -96,7 +123,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -110,6 +137,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             workers,
             quiet,
             json,
+            views,
         } => {
             let sources = if sources.is_empty() {
                 vec![sample_data()]
@@ -122,6 +150,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 quiet,
                 ..LoadOptions::default()
             };
+            if let Some(dir) = views {
+                let mut catalog = ViewCatalog::shipped()?;
+                catalog.add_dir(&dir)?;
+                options.views = Some(catalog);
+            }
             if let Some(w) = workers {
                 options.workers = w;
             }
@@ -167,6 +200,51 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 write_batches(result.schema.clone(), &result.batches, format, &mut sink, &target)?;
             }
         }
+        Command::View {
+            command: ViewCommand::Run { view, format, output },
+        } => {
+            if format == OutputFormat::Parquet && output.is_none() {
+                anyhow::bail!("--format parquet needs --output FILE");
+            }
+            let text = std::fs::read_to_string(&view).with_context(|| format!("reading {}", view.display()))?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{} is not JSON", view.display()))?;
+            let definition = ViewDefinition::from_json(&json).with_context(|| format!("view {}", view.display()))?;
+            let runner = ViewRunner::new(&definition)?;
+            let warehouse = Warehouse::open(&cli.warehouse)?;
+            let (sink, target): (Box<dyn Write + Send>, String) = match &output {
+                Some(path) => (
+                    Box::new(std::io::BufWriter::new(
+                        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+                    )),
+                    path.display().to_string(),
+                ),
+                None => (
+                    Box::new(std::io::BufWriter::new(std::io::stdout())),
+                    "stdout".to_string(),
+                ),
+            };
+            let writer = Arc::new(Mutex::new(Some(StreamingWriter::new(
+                format,
+                view_schema(&definition),
+                sink,
+            )?)));
+            let for_sink = writer.clone();
+            let rows = run_view(&warehouse, &runner, move |batch| {
+                let mut guard = for_sink.lock().map_err(|_| "output writer poisoned".to_string())?;
+                match guard.as_mut() {
+                    Some(w) => w.write(batch).map_err(|e| e.to_string()),
+                    None => Ok(()),
+                }
+            })
+            .await
+            .with_context(|| format!("view {}", view.display()))?;
+            let finished = writer.lock().ok().and_then(|mut g| g.take());
+            if let Some(w) = finished {
+                w.finish(&target)?;
+            }
+            tracing::info!(rows, "view run finished");
+        }
         Command::Gen {
             from,
             copies,
@@ -186,6 +264,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The error and its causes, skipping causes whose text the message already
+/// contains (library errors print their source inline).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn print_load_summary(out: &mut impl Write, warehouse: &str, r: &LoadReport) -> std::io::Result<()> {

@@ -144,13 +144,7 @@ impl<'a> Value<'a> {
                     .map(Value::Date)
                     .unwrap_or_else(|| Value::String(s.to_string())),
                 "dateTime" | "instant" => DateTimeValue::parse(s)
-                    .map(|d| {
-                        if d.is_date_only() && t == "dateTime" {
-                            Value::DateTime(d)
-                        } else {
-                            Value::DateTime(d)
-                        }
-                    })
+                    .map(Value::DateTime)
                     .unwrap_or_else(|| Value::String(s.to_string())),
                 "time" => TimeValue::parse(s)
                     .map(Value::Time)

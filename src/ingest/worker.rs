@@ -77,6 +77,9 @@ pub struct WorkerOutput {
     pub tables: BTreeMap<String, TableOutput>,
 }
 
+/// Rows of the views of one resource: (view index, rows).
+type ViewRows = Vec<(usize, Vec<Row>)>;
+
 struct OpenTable {
     builder: ResourceBatchBuilder,
     writer: Option<ParquetFileWriter>,
@@ -220,12 +223,7 @@ impl Worker<'_> {
     /// Validates a line and buffers its row; returns its type and the rows of
     /// its views (computed before anything is buffered, so a view error
     /// leaves no partial output).
-    fn append_row(
-        &mut self,
-        file: usize,
-        line_no: u64,
-        text: &str,
-    ) -> Result<(&'static str, Vec<(usize, Vec<Row>)>), RejectReason> {
+    fn append_row(&mut self, file: usize, line_no: u64, text: &str) -> Result<(&'static str, ViewRows), RejectReason> {
         let value = json::parse(text)?;
         let header = validate(&value, self.ctx.types)?;
         let mut view_rows = Vec::new();

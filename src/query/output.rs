@@ -78,3 +78,75 @@ pub fn write_batches(
     }
     out.flush().map_err(io)
 }
+
+/// Writes batches one at a time (for results too large to hold): CSV, NDJSON,
+/// JSON and Parquet stream; `table` collects (a text table needs all widths).
+pub enum StreamingWriter<W: Write + Send> {
+    /// CSV with a header row.
+    Csv(datafusion::arrow::csv::Writer<W>),
+    /// One JSON object per line.
+    Ndjson(datafusion::arrow::json::LineDelimitedWriter<W>),
+    /// A JSON array.
+    Json(datafusion::arrow::json::ArrayWriter<W>),
+    /// Parquet.
+    Parquet(ArrowWriter<W>),
+    /// A text table, printed at the end.
+    Table(W, SchemaRef, Vec<RecordBatch>),
+}
+
+impl<W: Write + Send> StreamingWriter<W> {
+    /// A writer of `format` with `schema` into `out`.
+    pub fn new(format: OutputFormat, schema: SchemaRef, out: W) -> Result<Self, QueryError> {
+        Ok(match format {
+            OutputFormat::Csv => Self::Csv(
+                datafusion::arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(out),
+            ),
+            OutputFormat::Ndjson => Self::Ndjson(datafusion::arrow::json::LineDelimitedWriter::new(out)),
+            OutputFormat::Json => Self::Json(datafusion::arrow::json::ArrayWriter::new(out)),
+            OutputFormat::Parquet => Self::Parquet(ArrowWriter::try_new(out, schema, None)?),
+            OutputFormat::Table => Self::Table(out, schema, Vec::new()),
+        })
+    }
+
+    /// Writes one batch.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), QueryError> {
+        match self {
+            Self::Csv(w) => w.write(batch)?,
+            Self::Ndjson(w) => w.write(batch)?,
+            Self::Json(w) => w.write(batch)?,
+            Self::Parquet(w) => w.write(batch)?,
+            Self::Table(_, _, batches) => batches.push(batch.clone()),
+        }
+        Ok(())
+    }
+
+    /// Completes the output.
+    pub fn finish(self, target: &str) -> Result<(), QueryError> {
+        let io = |source| QueryError::Io {
+            target: target.to_string(),
+            source,
+        };
+        match self {
+            Self::Csv(w) => w.into_inner().flush().map_err(io),
+            Self::Ndjson(mut w) => {
+                w.finish()?;
+                w.into_inner().flush().map_err(io)
+            }
+            Self::Json(mut w) => {
+                w.finish()?;
+                let mut out = w.into_inner();
+                writeln!(out).map_err(io)?;
+                out.flush().map_err(io)
+            }
+            Self::Parquet(w) => {
+                w.close()?;
+                Ok(())
+            }
+            Self::Table(mut out, schema, batches) => {
+                write_batches(schema, &batches, OutputFormat::Table, &mut out, target)
+            }
+        }
+    }
+}

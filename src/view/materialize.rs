@@ -283,3 +283,57 @@ pub fn resource_label(resource: &json::JsonValue<'_>) -> String {
     let id = resource.get("id").and_then(json::JsonValue::as_str).unwrap_or("?");
     format!("{t}/{id}")
 }
+
+/// Runs `runner` over the stored resources of its type, in parallel, handing
+/// each batch of rows to `sink` (on a writer thread) as soon as it is full.
+/// Memory stays bounded: a few batches per partition are in flight. Returns
+/// the number of rows.
+pub async fn run_view<F>(warehouse: &Warehouse, runner: &ViewRunner<'_>, mut sink: F) -> Result<u64, MaterializeError>
+where
+    F: FnMut(&RecordBatch) -> Result<(), String> + Send + 'static,
+{
+    let snapshot = warehouse.current().await?;
+    let files = snapshot
+        .as_ref()
+        .and_then(|s| s.tables.get(&runner.view().resource))
+        .map(|t| t.files.clone())
+        .unwrap_or_default();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<RecordBatch>(4);
+    let writer = std::thread::spawn(move || -> Result<u64, MaterializeError> {
+        let mut rows = 0u64;
+        for batch in rx {
+            rows += batch.num_rows() as u64;
+            sink(&batch).map_err(MaterializeError::Sink)?;
+        }
+        Ok(rows)
+    });
+    type State = (ViewBuffers, std::sync::mpsc::SyncSender<RecordBatch>);
+    let closed = || MaterializeError::Sink("output closed".into());
+    let make_state = |_| (ViewBuffers::new(&[runner]), tx.clone());
+    let process = |state: &mut State, resource: &json::JsonValue<'_>| {
+        let rows = runner.rows(resource).map_err(|source| MaterializeError::View {
+            resource: resource_label(resource),
+            source,
+        })?;
+        if let Some(batch) = state.0.push(0, rows)? {
+            state.1.send(batch).map_err(|_| closed())?;
+        }
+        Ok(())
+    };
+    let scanned = scan_resources(warehouse, &files, make_state, process)
+        .await
+        .and_then(|states| {
+            for (mut buffers, sender) in states {
+                let batch = buffers.take(0)?;
+                if batch.num_rows() > 0 {
+                    sender.send(batch).map_err(|_| closed())?;
+                }
+            }
+            Ok(())
+        });
+    drop(tx);
+    let rows = tokio::task::block_in_place(|| writer.join()).map_err(|_| MaterializeError::Thread)?;
+    // A sink failure explains a scan that stopped on a closed channel.
+    let rows = rows?;
+    scanned.map(|()| rows)
+}

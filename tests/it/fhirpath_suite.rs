@@ -74,7 +74,7 @@ fn render(v: &Value<'_>) -> (String, String) {
     (t, s)
 }
 
-fn output_matches(expected: &(String, String), actual: &(String, String), value: &Value<'_>) -> bool {
+fn output_matches(expected: &(String, String), actual: &(String, String)) -> bool {
     let (et, ev) = expected;
     let ev = ev.trim_start_matches('@').trim_start_matches('T');
     let av = actual.1.trim_start_matches('T');
@@ -85,7 +85,7 @@ fn output_matches(expected: &(String, String), actual: &(String, String), value:
         },
         "date" | "dateTime" | "time" => ev == av,
         "Quantity" => ev.replace('\'', "") == av.replace('\'', ""),
-        _ => ev == av || matches!(value, Value::Boolean(_)) && ev == av,
+        _ => ev == av,
     }
 }
 
@@ -115,7 +115,7 @@ fn run_case(case: &Case, inputs: &HashMap<String, String>) -> Result<(), String>
     }
     for (expected, value) in case.outputs.iter().zip(&result) {
         let actual = render(value);
-        if !output_matches(expected, &actual, value) {
+        if !output_matches(expected, &actual) {
             return Err(format!("expected {expected:?}, got {actual:?}"));
         }
     }

@@ -9,3 +9,4 @@ mod json_differential;
 mod load;
 mod sql_cli;
 mod sql_on_fhir;
+mod views;
