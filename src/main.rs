@@ -46,6 +46,9 @@ enum Command {
         /// shipped ones (a view with a shipped view's name replaces it).
         #[arg(long)]
         views: Option<PathBuf>,
+        /// Do not materialize the shipped views (only those of --views, if any).
+        #[arg(long)]
+        no_shipped_views: bool,
     },
     /// SQL-on-FHIR ViewDefinitions.
     View {
@@ -150,9 +153,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 quiet,
                 ..LoadOptions::default()
             };
-            if let Some(dir) = views {
-                let mut catalog = ViewCatalog::shipped()?;
-                catalog.add_dir(&dir)?;
+            if views.is_some() || no_shipped_views {
+                let mut catalog = if no_shipped_views { ViewCatalog::empty() } else { ViewCatalog::shipped()? };
+                if let Some(dir) = views {
+                    catalog.add_dir(&dir)?;
+                }
                 options.views = Some(catalog);
             }
             if let Some(w) = workers {

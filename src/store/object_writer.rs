@@ -15,7 +15,7 @@ use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::runtime::Handle;
 
 /// Size of one multipart part (S3 requires ≥ 5 MiB for all but the last).
-const PART_SIZE: usize = 16 * 1024 * 1024;
+const PART_SIZE: usize = 8 * 1024 * 1024;
 
 /// Streams bytes to one object; see the module docs.
 pub struct ObjectWriter {

@@ -14,7 +14,7 @@ use crate::store::{ObjectWriter, StoreLocation};
 
 /// A row group is closed once its encoded size passes this, so memory per open
 /// file stays bounded whatever the row width.
-const ROW_GROUP_BYTES: usize = 32 * 1024 * 1024;
+const ROW_GROUP_BYTES: usize = 16 * 1024 * 1024;
 /// Rows per row group at most (keeps statistics selective for narrow rows).
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 

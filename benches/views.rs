@@ -1,0 +1,171 @@
+//! View benchmark: the three ViewDefinitions of `../shared/bench/views` run by
+//! `fhirlake view run` over a loaded warehouse, against the `views` phase of
+//! `../shared/bench/duckdb_view.py` on the same data in the same run.
+//!
+//! Run: `cargo bench --bench views` (env `FHIRLAKE_BENCH_COPIES`, default 4,
+//! scales the generated dataset under `target/bench-data/`). Reports
+//! resources per CPU-second (user + system time of the process) and wall time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// Runs `cmd`; returns stdout, wall seconds and CPU seconds of the child.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also reports its CPU time
+fn run(cmd: &mut Command) -> (String, f64, f64) {
+    let started = Instant::now();
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn");
+    let pid = child.id() as libc::pid_t;
+    let stdout = child.stdout.expect("stdout");
+    let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let mut status = 0;
+    // SAFETY: FFI call on our own child's pid with valid out-pointers.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = started.elapsed().as_secs_f64();
+    assert!(rc == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed");
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (reader.join().unwrap_or_default(), wall, secs(usage.ru_utime) + secs(usage.ru_stime))
+}
+
+fn count(warehouse: &Path, table: &str) -> u64 {
+    let (out, _, _) = run(Command::new(env!("CARGO_BIN_EXE_fhirlake")).args([
+        "--warehouse",
+        warehouse.to_str().unwrap(),
+        "sql",
+        "--format",
+        "csv",
+        &format!("SELECT count(*) FROM fhir.{table}"),
+    ]));
+    out.lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or(0)
+}
+
+/// In-process: parse + evaluate `view` over every line of the `resource_type`
+/// files in `dir`, single-threaded; returns (resources, rows, seconds). This
+/// is the view engine's own cost, without process start or warehouse I/O.
+fn in_process(dir: &Path, view: &Path, resource_type: &str) -> (u64, u64, f64) {
+    use std::io::Read;
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(view).expect("view")).expect("json");
+    let definition = fhirlake::view::ViewDefinition::from_json(&json).expect("valid view");
+    let runner = fhirlake::view::ViewRunner::new(&definition).expect("runner");
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("dir").flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.starts_with(&format!("{resource_type}.")) {
+            continue;
+        }
+        let mut text = String::new();
+        let file = std::fs::File::open(entry.path()).expect("open");
+        if name.ends_with(".gz") {
+            flate2::read::MultiGzDecoder::new(file).read_to_string(&mut text).expect("gunzip");
+        } else {
+            std::io::BufReader::new(file).read_to_string(&mut text).expect("read");
+        }
+        lines.extend(text.lines().map(str::to_string));
+    }
+    let started = Instant::now();
+    let mut rows = 0u64;
+    for line in &lines {
+        let value = fhirlake::json::parse(line).expect("json");
+        rows += runner.rows(&value).expect("rows").len() as u64;
+    }
+    (lines.len() as u64, rows, started.elapsed().as_secs_f64())
+}
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let shared = root.join("../shared");
+    let source = shared.join("data/synthea-615");
+    if !source.exists() {
+        eprintln!("SKIPPED: {} is absent", source.display());
+        return;
+    }
+    let copies: usize = std::env::var("FHIRLAKE_BENCH_COPIES").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let work = root.join("target/bench-data");
+    std::fs::create_dir_all(&work).expect("bench folder");
+    let scaled = work.join(format!("synthea-615x{copies}"));
+    if !scaled.exists() {
+        let status = Command::new(env!("CARGO_BIN_EXE_fhirlake"))
+            .args(["gen", "--from", source.to_str().unwrap(), "--copies", &copies.to_string(), "--gzip", "--out"])
+            .arg(&scaled)
+            .status()
+            .expect("gen");
+        assert!(status.success());
+    }
+    println!("| dataset | tool | view | resources | rows | wall s | CPU s | resources / CPU-s |");
+    println!("|---|---|---|---:|---:|---:|---:|---:|");
+    for (name, data) in [("synthea-615".to_string(), source.clone()), (format!("synthea-615x{copies}"), scaled)] {
+        let wh = work.join(format!("views-wh-{name}"));
+        let _ = std::fs::remove_dir_all(&wh);
+        run(Command::new(env!("CARGO_BIN_EXE_fhirlake")).args(["--warehouse", wh.to_str().unwrap(), "load", "--quiet", data.to_str().unwrap()]));
+        let mut total_wall = 0.0;
+        for (view, table) in [("patient_demographics", "patient"), ("condition_coding", "condition"), ("encounter_period", "encounter")] {
+            let resources = count(&wh, table);
+            let def = shared.join("bench/views").join(format!("{view}.json"));
+            let out = work.join(format!("{view}.parquet"));
+            let (_, wall, cpu) = run(Command::new(env!("CARGO_BIN_EXE_fhirlake")).args([
+                "--warehouse",
+                wh.to_str().unwrap(),
+                "view",
+                "run",
+                def.to_str().unwrap(),
+                "--format",
+                "parquet",
+                "--output",
+                out.to_str().unwrap(),
+            ]));
+            total_wall += wall;
+            let rows = datafusion::parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&out).expect("out"))
+                .map(|r| {
+                    use datafusion::parquet::file::reader::FileReader;
+                    r.metadata().file_metadata().num_rows()
+                })
+                .unwrap_or(0);
+            println!("| {name} | fhirlake view run | {view} | {resources} | {rows} | {wall:.3} | {cpu:.3} | {:.0} |", resources as f64 / cpu);
+        }
+        for (view, resource_type) in [("patient_demographics", "Patient"), ("condition_coding", "Condition"), ("encounter_period", "Encounter")] {
+            let def = shared.join("bench/views").join(format!("{view}.json"));
+            let (resources, rows, secs) = in_process(&data, &def, resource_type);
+            println!("| {name} | fhirlake engine in-process (parse + view, 1 thread) | {view} | {resources} | {rows} | {secs:.3} | {secs:.3} | {:.0} |", resources as f64 / secs);
+        }
+        // The view phase as fhirlake runs it: views computed during the load from
+        // the same parse. Its cost is the difference between a load with the
+        // three bench views and a load without views.
+        let bench_views = shared.join("bench/views");
+        let timed_load = |extra: &[&str]| {
+            let wh = work.join(format!("views-phase-{name}"));
+            let _ = std::fs::remove_dir_all(&wh);
+            let mut args = vec!["--warehouse", wh.to_str().unwrap(), "load", "--quiet", "--no-shipped-views"];
+            args.extend_from_slice(extra);
+            args.push(data.to_str().unwrap());
+            let (_, wall, cpu) = run(Command::new(env!("CARGO_BIN_EXE_fhirlake")).args(&args));
+            (wall, cpu)
+        };
+        let (plain_wall, plain_cpu) = timed_load(&[]);
+        let (views_wall, views_cpu) = timed_load(&["--views", bench_views.to_str().unwrap()]);
+        println!(
+            "| {name} | fhirlake load without views / with the 3 views | all | | | {plain_wall:.3} / {views_wall:.3} | {plain_cpu:.3} / {views_cpu:.3} | |"
+        );
+        println!(
+            "{name}: view phase inside fhirlake load = {:.3} s wall, {:.3} CPU-s (difference of the two loads)",
+            views_wall - plain_wall,
+            views_cpu - plain_cpu
+        );
+        let script = shared.join("bench/duckdb_view.py");
+        if script.exists() {
+            let out_dir = work.join(format!("duck-views-{name}"));
+            let (out, _, _) = run(Command::new("python3").args([
+                script.to_str().unwrap(),
+                data.to_str().unwrap(),
+                out_dir.to_str().unwrap(),
+                "--threads",
+                "2",
+            ]));
+            let report: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap_or("{}")).unwrap_or_default();
+            let views_s = report["timings"]["views_s"].as_f64().unwrap_or(f64::NAN);
+            let load_s = report["timings"]["load_s"].as_f64().unwrap_or(f64::NAN);
+            println!("| {name} | duckdb views phase (3 views, after a {load_s:.2} s load) | all | | | {views_s:.3} | | |");
+            println!("{name}: fhirlake 3 views wall {total_wall:.3} s (incl. process start, Parquet scan + parse) vs DuckDB views phase {views_s:.3} s");
+        }
+    }
+}
