@@ -141,6 +141,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             quiet,
             json,
             views,
+            no_shipped_views,
         } => {
             let sources = if sources.is_empty() {
                 vec![sample_data()]
