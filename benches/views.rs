@@ -14,7 +14,11 @@ use std::time::Instant;
 #[allow(clippy::zombie_processes)] // reaped by wait4, which also reports its CPU time
 fn run(cmd: &mut Command) -> (String, f64, f64) {
     let started = Instant::now();
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn");
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn");
     let pid = child.id() as libc::pid_t;
     let stdout = child.stdout.expect("stdout");
     let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
@@ -23,9 +27,16 @@ fn run(cmd: &mut Command) -> (String, f64, f64) {
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let wall = started.elapsed().as_secs_f64();
-    assert!(rc == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed");
+    assert!(
+        rc == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{cmd:?} failed"
+    );
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (reader.join().unwrap_or_default(), wall, secs(usage.ru_utime) + secs(usage.ru_stime))
+    (
+        reader.join().unwrap_or_default(),
+        wall,
+        secs(usage.ru_utime) + secs(usage.ru_stime),
+    )
 }
 
 fn count(warehouse: &Path, table: &str) -> u64 {
@@ -57,7 +68,9 @@ fn in_process(dir: &Path, view: &Path, resource_type: &str) -> (u64, u64, f64) {
         let mut text = String::new();
         let file = std::fs::File::open(entry.path()).expect("open");
         if name.ends_with(".gz") {
-            flate2::read::MultiGzDecoder::new(file).read_to_string(&mut text).expect("gunzip");
+            flate2::read::MultiGzDecoder::new(file)
+                .read_to_string(&mut text)
+                .expect("gunzip");
         } else {
             std::io::BufReader::new(file).read_to_string(&mut text).expect("read");
         }
@@ -80,13 +93,24 @@ fn main() {
         eprintln!("SKIPPED: {} is absent", source.display());
         return;
     }
-    let copies: usize = std::env::var("FHIRLAKE_BENCH_COPIES").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    let copies: usize = std::env::var("FHIRLAKE_BENCH_COPIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
     let work = root.join("target/bench-data");
     std::fs::create_dir_all(&work).expect("bench folder");
     let scaled = work.join(format!("synthea-615x{copies}"));
     if !scaled.exists() {
         let status = Command::new(env!("CARGO_BIN_EXE_fhirlake"))
-            .args(["gen", "--from", source.to_str().unwrap(), "--copies", &copies.to_string(), "--gzip", "--out"])
+            .args([
+                "gen",
+                "--from",
+                source.to_str().unwrap(),
+                "--copies",
+                &copies.to_string(),
+                "--gzip",
+                "--out",
+            ])
             .arg(&scaled)
             .status()
             .expect("gen");
@@ -94,12 +118,25 @@ fn main() {
     }
     println!("| dataset | tool | view | resources | rows | wall s | CPU s | resources / CPU-s |");
     println!("|---|---|---|---:|---:|---:|---:|---:|");
-    for (name, data) in [("synthea-615".to_string(), source.clone()), (format!("synthea-615x{copies}"), scaled)] {
+    for (name, data) in [
+        ("synthea-615".to_string(), source.clone()),
+        (format!("synthea-615x{copies}"), scaled),
+    ] {
         let wh = work.join(format!("views-wh-{name}"));
         let _ = std::fs::remove_dir_all(&wh);
-        run(Command::new(env!("CARGO_BIN_EXE_fhirlake")).args(["--warehouse", wh.to_str().unwrap(), "load", "--quiet", data.to_str().unwrap()]));
+        run(Command::new(env!("CARGO_BIN_EXE_fhirlake")).args([
+            "--warehouse",
+            wh.to_str().unwrap(),
+            "load",
+            "--quiet",
+            data.to_str().unwrap(),
+        ]));
         let mut total_wall = 0.0;
-        for (view, table) in [("patient_demographics", "patient"), ("condition_coding", "condition"), ("encounter_period", "encounter")] {
+        for (view, table) in [
+            ("patient_demographics", "patient"),
+            ("condition_coding", "condition"),
+            ("encounter_period", "encounter"),
+        ] {
             let resources = count(&wh, table);
             let def = shared.join("bench/views").join(format!("{view}.json"));
             let out = work.join(format!("{view}.parquet"));
@@ -115,18 +152,29 @@ fn main() {
                 out.to_str().unwrap(),
             ]));
             total_wall += wall;
-            let rows = datafusion::parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&out).expect("out"))
-                .map(|r| {
-                    use datafusion::parquet::file::reader::FileReader;
-                    r.metadata().file_metadata().num_rows()
-                })
-                .unwrap_or(0);
-            println!("| {name} | fhirlake view run | {view} | {resources} | {rows} | {wall:.3} | {cpu:.3} | {:.0} |", resources as f64 / cpu);
+            let rows =
+                datafusion::parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&out).expect("out"))
+                    .map(|r| {
+                        use datafusion::parquet::file::reader::FileReader;
+                        r.metadata().file_metadata().num_rows()
+                    })
+                    .unwrap_or(0);
+            println!(
+                "| {name} | fhirlake view run | {view} | {resources} | {rows} | {wall:.3} | {cpu:.3} | {:.0} |",
+                resources as f64 / cpu
+            );
         }
-        for (view, resource_type) in [("patient_demographics", "Patient"), ("condition_coding", "Condition"), ("encounter_period", "Encounter")] {
+        for (view, resource_type) in [
+            ("patient_demographics", "Patient"),
+            ("condition_coding", "Condition"),
+            ("encounter_period", "Encounter"),
+        ] {
             let def = shared.join("bench/views").join(format!("{view}.json"));
             let (resources, rows, secs) = in_process(&data, &def, resource_type);
-            println!("| {name} | fhirlake engine in-process (parse + view, 1 thread) | {view} | {resources} | {rows} | {secs:.3} | {secs:.3} | {:.0} |", resources as f64 / secs);
+            println!(
+                "| {name} | fhirlake engine in-process (parse + view, 1 thread) | {view} | {resources} | {rows} | {secs:.3} | {secs:.3} | {:.0} |",
+                resources as f64 / secs
+            );
         }
         // The view phase as fhirlake runs it: views computed during the load from
         // the same parse. Its cost is the difference between a load with the
@@ -135,7 +183,13 @@ fn main() {
         let timed_load = |extra: &[&str]| {
             let wh = work.join(format!("views-phase-{name}"));
             let _ = std::fs::remove_dir_all(&wh);
-            let mut args = vec!["--warehouse", wh.to_str().unwrap(), "load", "--quiet", "--no-shipped-views"];
+            let mut args = vec![
+                "--warehouse",
+                wh.to_str().unwrap(),
+                "load",
+                "--quiet",
+                "--no-shipped-views",
+            ];
             args.extend_from_slice(extra);
             args.push(data.to_str().unwrap());
             let (_, wall, cpu) = run(Command::new(env!("CARGO_BIN_EXE_fhirlake")).args(&args));
@@ -161,11 +215,16 @@ fn main() {
                 "--threads",
                 "2",
             ]));
-            let report: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap_or("{}")).unwrap_or_default();
+            let report: serde_json::Value =
+                serde_json::from_str(out.trim().lines().last().unwrap_or("{}")).unwrap_or_default();
             let views_s = report["timings"]["views_s"].as_f64().unwrap_or(f64::NAN);
             let load_s = report["timings"]["load_s"].as_f64().unwrap_or(f64::NAN);
-            println!("| {name} | duckdb views phase (3 views, after a {load_s:.2} s load) | all | | | {views_s:.3} | | |");
-            println!("{name}: fhirlake 3 views wall {total_wall:.3} s (incl. process start, Parquet scan + parse) vs DuckDB views phase {views_s:.3} s");
+            println!(
+                "| {name} | duckdb views phase (3 views, after a {load_s:.2} s load) | all | | | {views_s:.3} | | |"
+            );
+            println!(
+                "{name}: fhirlake 3 views wall {total_wall:.3} s (incl. process start, Parquet scan + parse) vs DuckDB views phase {views_s:.3} s"
+            );
         }
     }
 }

@@ -155,7 +155,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ..LoadOptions::default()
             };
             if views.is_some() || no_shipped_views {
-                let mut catalog = if no_shipped_views { ViewCatalog::empty() } else { ViewCatalog::shipped()? };
+                let mut catalog = if no_shipped_views {
+                    ViewCatalog::empty()
+                } else {
+                    ViewCatalog::shipped()?
+                };
                 if let Some(dir) = views {
                     catalog.add_dir(&dir)?;
                 }

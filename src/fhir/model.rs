@@ -3,6 +3,33 @@
 //! reference targets, from `elements-r4.json`.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// FxHash (as in rustc): model lookups hash short element names on every
+/// FHIRPath navigation step, where SipHash's DoS resistance buys nothing (the
+/// keys come from the bundled definitions).
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher {
+    hash: u64,
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.hash = (self.hash.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn write_u8(&mut self, b: u8) {
+        self.write(&[b]);
+    }
+
+    fn finish(&self) -> u64 {
+        self.hash
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 use std::sync::OnceLock;
 
 use serde::Deserialize;
@@ -49,9 +76,9 @@ pub struct ElementDef {
 /// The R4 model.
 #[derive(Debug)]
 pub struct FhirModel {
-    types: HashMap<&'static str, TypeDef>,
+    types: FastMap<&'static str, TypeDef>,
     /// owner (type or backbone path) → element name → definition.
-    elements: HashMap<&'static str, HashMap<&'static str, ElementDef>>,
+    elements: FastMap<&'static str, FastMap<&'static str, ElementDef>>,
 }
 
 #[derive(Deserialize)]
@@ -103,8 +130,8 @@ impl FhirModel {
         })?;
         let mut interned: HashMap<String, &'static str> = HashMap::new();
         let mut intern = |s: &str| -> &'static str { interned.entry(s.to_string()).or_insert_with(|| leak(s)) };
-        let mut types = HashMap::new();
-        let mut elements: HashMap<&'static str, HashMap<&'static str, ElementDef>> = HashMap::new();
+        let mut types = FastMap::default();
+        let mut elements: FastMap<&'static str, FastMap<&'static str, ElementDef>> = FastMap::default();
         for (name, entry) in &file.types {
             let kind = match entry.kind.as_str() {
                 "primitive-type" => TypeKind::Primitive,

@@ -10,7 +10,7 @@ use super::ast::{BinaryOp, Expr, Literal, TypeSpecifier};
 use super::functions;
 use super::temporal::{DateTimeValue, TimeValue};
 use super::value::{Collection, Node, Quantity, Value, compare, equals, equivalent, parse_decimal};
-use crate::fhir::model::{FhirModel, choice_json_name};
+use crate::fhir::model::FhirModel;
 use crate::json::JsonValue;
 
 /// The iteration scope: `$this` (also the focus of bare names), `$index`, `$total`.
@@ -41,7 +41,7 @@ pub struct Evaluator<'a, 'v> {
     /// The FHIR type model.
     pub model: &'static FhirModel,
     /// `%resource` / `%context` / `%rootResource`.
-    pub resource: Collection<'a>,
+    pub resource: &'v [Value<'a>],
     /// `%name` variables.
     pub variables: &'v HashMap<String, Collection<'a>>,
 }
@@ -157,7 +157,7 @@ impl<'a> Evaluator<'a, '_> {
             return Ok(value.clone());
         }
         match name {
-            "resource" | "context" | "rootResource" => Ok(self.resource.clone()),
+            "resource" | "context" | "rootResource" => Ok(self.resource.to_vec()),
             "ucum" => Ok(vec![Value::String("http://unitsofmeasure.org".into())]),
             "sct" => Ok(vec![Value::String("http://snomed.info/sct".into())]),
             "loinc" => Ok(vec![Value::String("http://loinc.org".into())]),
@@ -266,9 +266,18 @@ impl<'a> Evaluator<'a, '_> {
         let element = node.children_owner.and_then(|owner| self.model.element(owner, name));
         match element {
             Some(def) if def.choice => {
-                for code in &def.types {
-                    let key = choice_json_name(name, code);
-                    if let Some(v) = node.json.get(&key) {
+                // JSON name = element name + the type code with its first letter upper-cased.
+                for (key, v) in members {
+                    let Some(suffix) = key.strip_prefix(name) else { continue };
+                    let mut chars = suffix.chars();
+                    let Some(first) = chars.next().filter(char::is_ascii_uppercase) else {
+                        continue;
+                    };
+                    let rest = chars.as_str();
+                    if let Some(code) = def.types.iter().find(|code| {
+                        let mut c = code.chars();
+                        c.next().is_some_and(|f| f.eq_ignore_ascii_case(&first)) && c.as_str() == rest
+                    }) {
                         self.push_items(v, Some(code), Some(code), out);
                     }
                 }

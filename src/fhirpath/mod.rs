@@ -136,14 +136,14 @@ impl FhirPath {
     ) -> Result<Collection<'a>, FhirPathError> {
         let model = FhirModel::r4().map_err(|e| FhirPathError::Model(e.to_string()))?;
         let root = vec![Value::resource(resource, model)];
-        self.evaluate_on(root.clone(), root, variables)
+        self.evaluate_on(root.clone(), &root, variables)
     }
 
     /// Evaluates with `focus` as `$this` and `resource` as `%resource`.
     pub fn evaluate_on<'a>(
         &self,
         focus: Collection<'a>,
-        resource: Collection<'a>,
+        resource: &[Value<'a>],
         variables: &HashMap<String, Collection<'a>>,
     ) -> Result<Collection<'a>, FhirPathError> {
         let model = FhirModel::r4().map_err(|e| FhirPathError::Model(e.to_string()))?;

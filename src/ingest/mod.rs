@@ -233,6 +233,11 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
             entry.1 += table.resources;
         }
     }
+    tracing::info!(
+        resources = progress.resources.load(Ordering::Relaxed),
+        seconds = started.elapsed().as_secs_f64(),
+        "input read; merging and committing"
+    );
     let mut snapshot = base.clone().unwrap_or_else(|| Snapshot {
         format: manifest::FORMAT.into(),
         ..Default::default()

@@ -30,6 +30,10 @@ use datafusion::arrow::array::RecordBatch;
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// …or this many rows.
 const BATCH_ROWS: usize = 8192;
+/// Open row groups of one worker may hold this much encoded data in total;
+/// beyond it the largest is closed early, so memory does not grow with the
+/// number of tables a load touches.
+const OPEN_ROW_GROUPS_BUDGET: usize = 64 * 1024 * 1024;
 /// Files are rolled at this (approximate, compressed) size.
 const FILE_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -198,8 +202,34 @@ impl Worker<'_> {
             .is_some_and(|t| t.builder.bytes() >= BATCH_BYTES || t.builder.rows() >= BATCH_ROWS);
         if full {
             self.flush_table(name, false)?;
+            self.enforce_memory_budget()?;
         }
         Ok(Ok(()))
+    }
+
+    /// Closes the largest open row group while all of them together exceed
+    /// [`OPEN_ROW_GROUPS_BUDGET`].
+    fn enforce_memory_budget(&mut self) -> Result<(), IngestError> {
+        loop {
+            let mut writers: Vec<&mut ParquetFileWriter> = self
+                .tables
+                .values_mut()
+                .filter_map(|t| t.writer.as_mut())
+                .chain(
+                    self.view_writers
+                        .iter_mut()
+                        .filter_map(|w| w.as_mut().and_then(ViewTableWriter::open_file)),
+                )
+                .collect();
+            let total: usize = writers.iter().map(|w| w.in_progress_size()).sum();
+            if total <= OPEN_ROW_GROUPS_BUDGET {
+                return Ok(());
+            }
+            let Some(largest) = writers.iter_mut().max_by_key(|w| w.in_progress_size()) else {
+                return Ok(());
+            };
+            largest.flush_row_group()?;
+        }
     }
 
     fn view_writer(&mut self, i: usize) -> &mut ViewTableWriter {
@@ -217,7 +247,8 @@ impl Worker<'_> {
     }
 
     fn write_view(&mut self, i: usize, batch: &RecordBatch) -> Result<(), IngestError> {
-        Ok(self.view_writer(i).write(batch)?)
+        self.view_writer(i).write(batch)?;
+        self.enforce_memory_budget()
     }
 
     /// Validates a line and buffers its row; returns its type and the rows of

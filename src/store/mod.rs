@@ -145,6 +145,11 @@ impl StoreLocation {
         }
     }
 
+    /// True for the local filesystem.
+    pub fn is_local(&self) -> bool {
+        self.store_url.scheme() == "file"
+    }
+
     /// The URL of this location itself.
     pub fn url(&self) -> String {
         self.url_of(&self.prefix)

@@ -14,8 +14,12 @@ use object_store::path::Path;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::runtime::Handle;
 
-/// Size of one multipart part (S3 requires ≥ 5 MiB for all but the last).
-const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Size of one multipart part on object stores (S3 requires ≥ 5 MiB for all
+/// but the last part).
+const REMOTE_PART_SIZE: usize = 8 * 1024 * 1024;
+/// Size of one part on the local filesystem, which takes parts of any size:
+/// small parts keep the memory of many open files low.
+const LOCAL_PART_SIZE: usize = 512 * 1024;
 
 /// Streams bytes to one object; see the module docs.
 pub struct ObjectWriter {
@@ -25,12 +29,15 @@ pub struct ObjectWriter {
     buffer: Vec<u8>,
     upload: Option<Box<dyn MultipartUpload>>,
     written: u64,
+    part_size: usize,
 }
 
 impl ObjectWriter {
     /// A writer for `path` in `store`; `handle` runs the store's async calls,
-    /// so this must be used from a thread outside the tokio runtime.
-    pub fn new(store: Arc<dyn ObjectStore>, path: Path, handle: Handle) -> Self {
+    /// so this must be used from a thread outside the tokio runtime. `local`
+    /// stores (the filesystem) take small parts.
+    pub fn new(store: Arc<dyn ObjectStore>, path: Path, handle: Handle, local: bool) -> Self {
+        let part_size = if local { LOCAL_PART_SIZE } else { REMOTE_PART_SIZE };
         Self {
             store,
             path,
@@ -38,6 +45,7 @@ impl ObjectWriter {
             buffer: Vec::with_capacity(64 * 1024),
             upload: None,
             written: 0,
+            part_size,
         }
     }
 
@@ -59,7 +67,7 @@ impl ObjectWriter {
                 .map_err(std::io::Error::other)?;
             self.upload = Some(upload);
         }
-        let part = Bytes::from(std::mem::replace(&mut self.buffer, Vec::with_capacity(PART_SIZE)));
+        let part = Bytes::from(std::mem::replace(&mut self.buffer, Vec::with_capacity(64 * 1024)));
         if let Some(upload) = self.upload.as_mut() {
             let fut = upload.put_part(PutPayload::from(part));
             self.handle.block_on(fut).map_err(std::io::Error::other)?;
@@ -102,7 +110,7 @@ impl Write for ObjectWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.buffer.extend_from_slice(data);
         self.written += data.len() as u64;
-        if self.buffer.len() >= PART_SIZE {
+        if self.buffer.len() >= self.part_size {
             self.flush_part()?;
         }
         Ok(data.len())

@@ -197,6 +197,11 @@ impl ViewTableWriter {
         Ok(())
     }
 
+    /// The open file's writer, if any (for memory accounting).
+    pub fn open_file(&mut self) -> Option<&mut ParquetFileWriter> {
+        self.writer.as_mut()
+    }
+
     /// Completes the table's files (an empty file when nothing was written, so
     /// the view's schema is always readable).
     pub fn finish(mut self) -> Result<Vec<DataFile>, datafusion::parquet::errors::ParquetError> {

@@ -123,7 +123,7 @@ impl<'v> ViewRunner<'v> {
         vars.insert("rowIndex".into(), vec![Value::Integer(0)]);
         for path in &self.view.where_paths {
             let result = path
-                .evaluate_on(root.clone(), root.clone(), &vars)
+                .evaluate_on(root.clone(), &root, &vars)
                 .map_err(|source| ViewError::Path {
                     at: "where".into(),
                     source,
@@ -176,7 +176,7 @@ impl<'v> ViewRunner<'v> {
         vars: &mut HashMap<String, Collection<'a>>,
     ) -> Result<Vec<Partial>, ViewError> {
         let eval = |path: &FhirPath, focus: &Value<'a>, vars: &HashMap<String, Collection<'a>>| {
-            path.evaluate_on(vec![focus.clone()], root.clone(), vars)
+            path.evaluate_on(vec![focus.clone()], root, vars)
                 .map_err(|source| ViewError::Path {
                     at: path.text().to_string(),
                     source,
@@ -234,7 +234,7 @@ impl<'v> ViewRunner<'v> {
         for column in &select.columns {
             let result = column
                 .path
-                .evaluate_on(vec![focus.clone()], root.clone(), vars)
+                .evaluate_on(vec![focus.clone()], root, vars)
                 .map_err(|source| ViewError::Path {
                     at: format!("column {}", column.name),
                     source,
@@ -303,7 +303,18 @@ fn repeat<'a>(
     Ok(())
 }
 
-fn product(left: Vec<Partial>, right: Vec<Partial>) -> Vec<Partial> {
+fn product(mut left: Vec<Partial>, mut right: Vec<Partial>) -> Vec<Partial> {
+    // The common shapes avoid copying: one side a single row.
+    if left.len() == 1 && left[0].is_empty() {
+        return right;
+    }
+    if right.len() == 1 {
+        let r = right.pop().unwrap_or_default();
+        for l in &mut left {
+            l.extend(r.iter().cloned());
+        }
+        return left;
+    }
     let mut out = Vec::with_capacity(left.len() * right.len());
     for l in &left {
         for r in &right {

@@ -16,7 +16,7 @@ use super::{Snapshot, TableEntry, TableKind, Warehouse, WarehouseError};
 
 /// Memory DataFusion may use for sorts, joins and aggregates before it spills
 /// to disk; keeps queries over large warehouses within a fixed budget.
-pub const QUERY_MEMORY_LIMIT: usize = 2 * 1024 * 1024 * 1024;
+pub const QUERY_MEMORY_LIMIT: usize = 1024 * 1024 * 1024;
 
 /// A DataFusion session with fhirlake's settings and SQL functions (the JSON
 /// functions `json_get_str`, `->>`, … over the `resource` column).

@@ -18,13 +18,21 @@ const ROW_GROUP_BYTES: usize = 16 * 1024 * 1024;
 /// Rows per row group at most (keeps statistics selective for narrow rows).
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 
-/// Writer settings for warehouse files: zstd, no dictionary or statistics on the
-/// raw JSON column (unique per row, long).
+/// Dictionary pages are capped small: every open file keeps one dictionary per
+/// column in memory until it falls back to plain encoding, and a load keeps
+/// dozens of files open; low-cardinality columns (codes, statuses) fit easily.
+const DICTIONARY_PAGE_BYTES: usize = 128 * 1024;
+
+/// Writer settings for warehouse files: zstd, small dictionaries, none for the
+/// unique `id` and the raw JSON (which also gets no statistics).
 pub fn writer_properties() -> WriterProperties {
     let raw = ColumnPath::from(resource_columns::RESOURCE);
+    let id = ColumnPath::from(resource_columns::ID);
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
+        .set_column_dictionary_enabled(id, false)
         .set_column_dictionary_enabled(raw.clone(), false)
         .set_column_statistics_enabled(raw, EnabledStatistics::None)
         .set_created_by(concat!("fhirlake ", env!("CARGO_PKG_VERSION")).to_string())
@@ -46,7 +54,7 @@ impl ParquetFileWriter {
         schema: SchemaRef,
         handle: Handle,
     ) -> Result<Self, datafusion::parquet::errors::ParquetError> {
-        let sink = ObjectWriter::new(root.store.clone(), root.child(&relative_path), handle);
+        let sink = ObjectWriter::new(root.store.clone(), root.child(&relative_path), handle, root.is_local());
         let writer = ArrowWriter::try_new(sink, schema, Some(writer_properties()))?;
         Ok(Self {
             writer,
@@ -68,6 +76,16 @@ impl ParquetFileWriter {
     /// Bytes written so far (closed row groups) plus the open row group's estimate.
     pub fn approximate_size(&self) -> u64 {
         (self.writer.bytes_written() + self.writer.in_progress_size()) as u64
+    }
+
+    /// Encoded bytes held in memory for the open row group.
+    pub fn in_progress_size(&self) -> usize {
+        self.writer.in_progress_size()
+    }
+
+    /// Closes the open row group now (to release its memory).
+    pub fn flush_row_group(&mut self) -> Result<(), datafusion::parquet::errors::ParquetError> {
+        self.writer.flush()
     }
 
     /// Rows written so far.

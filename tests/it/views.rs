@@ -9,15 +9,23 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_agree_with_raw_resources_on_synthea_100() {
-    let Some(dir) = shared_dataset("synthea-100") else { return };
+    let Some(dir) = shared_dataset("synthea-100") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let warehouse = Warehouse::open(tmp.path().to_str().unwrap()).unwrap();
     load_into(&warehouse, &[&dir], false).await;
     // One condition row per coding.
     let codings = "SELECT CAST(sum(json_length(resource, 'code', 'coding')) AS BIGINT) FROM fhir.condition";
-    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM condition").await, query_i64(&warehouse, codings).await);
+    assert_eq!(
+        query_i64(&warehouse, "SELECT count(*) FROM condition").await,
+        query_i64(&warehouse, codings).await
+    );
     assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM patient").await, 100);
-    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM patient WHERE gender = 'female'").await, 40);
+    assert_eq!(
+        query_i64(&warehouse, "SELECT count(*) FROM patient WHERE gender = 'female'").await,
+        40
+    );
     // Every view's row count matches its resource table where views are one row per resource.
     for (view, table) in [
         ("encounter", "encounter"),
@@ -36,12 +44,19 @@ async fn views_agree_with_raw_resources_on_synthea_100() {
     }
     let with_quantity = "SELECT count(*) FROM fhir.observation WHERE json_contains(resource, 'valueQuantity')";
     let view_quantity = "SELECT count(*) FROM observation WHERE value_quantity IS NOT NULL";
-    assert_eq!(query_i64(&warehouse, view_quantity).await, query_i64(&warehouse, with_quantity).await);
+    assert_eq!(
+        query_i64(&warehouse, view_quantity).await,
+        query_i64(&warehouse, with_quantity).await
+    );
     // Patients of conditions resolve to patients (getReferenceKey agrees with the compartment).
     let dangling = "SELECT count(*) FROM condition c LEFT JOIN patient p ON c.patient_id = p.id WHERE p.id IS NULL";
     assert_eq!(query_i64(&warehouse, dangling).await, 0);
     let diabetics = "SELECT count(DISTINCT patient_id) FROM condition WHERE system = 'http://snomed.info/sct' AND code = '15777000'";
-    assert_eq!(query_i64(&warehouse, diabetics).await, 26, "README example C1 (prediabetes) on synthea-100");
+    assert_eq!(
+        query_i64(&warehouse, diabetics).await,
+        26,
+        "README example C1 (prediabetes) on synthea-100"
+    );
 }
 
 #[test]
@@ -49,30 +64,69 @@ fn view_run_streams_rows_in_every_format() {
     let tmp = tempfile::tempdir().unwrap();
     let wh = tmp.path().join("wh");
     let wh = wh.to_str().unwrap();
-    assert!(fhirlake(&["--warehouse", wh, "load", "--quiet", sample_data().to_str().unwrap()]).status.success());
+    assert!(
+        fhirlake(&["--warehouse", wh, "load", "--quiet", sample_data().to_str().unwrap()])
+            .status
+            .success()
+    );
     let view = repo().join("sql/views/condition.json");
-    let csv = fhirlake(&["--warehouse", wh, "view", "run", view.to_str().unwrap(), "--format", "csv"]);
+    let csv = fhirlake(&[
+        "--warehouse",
+        wh,
+        "view",
+        "run",
+        view.to_str().unwrap(),
+        "--format",
+        "csv",
+    ]);
     assert!(csv.status.success(), "{}", String::from_utf8_lossy(&csv.stderr));
     let text = String::from_utf8(csv.stdout).unwrap();
     assert!(text.starts_with("id,patient_id,encounter_id,clinical_status"), "{text}");
     assert_eq!(text.lines().count(), 1 + 68, "header + one row per Condition coding");
-    let ndjson = fhirlake(&["--warehouse", wh, "view", "run", view.to_str().unwrap(), "--format", "ndjson"]);
+    let ndjson = fhirlake(&[
+        "--warehouse",
+        wh,
+        "view",
+        "run",
+        view.to_str().unwrap(),
+        "--format",
+        "ndjson",
+    ]);
     assert_eq!(String::from_utf8(ndjson.stdout).unwrap().lines().count(), 68);
     let out = tmp.path().join("c.parquet");
-    let parquet = fhirlake(&["--warehouse", wh, "view", "run", view.to_str().unwrap(), "--format", "parquet", "--output", out.to_str().unwrap()]);
+    let parquet = fhirlake(&[
+        "--warehouse",
+        wh,
+        "view",
+        "run",
+        view.to_str().unwrap(),
+        "--format",
+        "parquet",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
     assert!(parquet.status.success());
-    let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&out).unwrap())
-        .unwrap()
-        .build()
-        .unwrap();
+    let reader = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&out).unwrap(),
+    )
+    .unwrap()
+    .build()
+    .unwrap();
     assert_eq!(reader.map(|b| b.unwrap().num_rows()).sum::<usize>(), 68);
     // A bad view names the view, the column and the problem.
     let bad = tmp.path().join("bad.json");
-    std::fs::write(&bad, r#"{"resource":"Patient","select":[{"column":[{"name":"given","path":"name.given"}]}]}"#).unwrap();
+    std::fs::write(
+        &bad,
+        r#"{"resource":"Patient","select":[{"column":[{"name":"given","path":"name.given"}]}]}"#,
+    )
+    .unwrap();
     let failed = fhirlake(&["--warehouse", wh, "view", "run", bad.to_str().unwrap()]);
     assert!(!failed.status.success());
     let err = String::from_utf8_lossy(&failed.stderr);
-    assert!(err.contains("bad.json") && err.contains("column 'given'") && err.contains("collection"), "{err}");
+    assert!(
+        err.contains("bad.json") && err.contains("column 'given'") && err.contains("collection"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,19 +143,41 @@ async fn user_views_are_materialized_and_view_errors_reject_lines() {
     .unwrap();
     let mut catalog = ViewCatalog::shipped().unwrap();
     catalog.add_dir(&dir).unwrap();
-    let options = LoadOptions { quiet: true, views: Some(catalog.clone()), ..LoadOptions::default() };
-    load(&warehouse, &[sample_data().display().to_string()], &options).await.unwrap();
+    let options = LoadOptions {
+        quiet: true,
+        views: Some(catalog.clone()),
+        ..LoadOptions::default()
+    };
+    load(&warehouse, &[sample_data().display().to_string()], &options)
+        .await
+        .unwrap();
     assert!(query_i64(&warehouse, "SELECT count(*) FROM patient_names").await >= 10);
 
     // A view that fails on a resource fails a strict load, naming file, line, view and column.
     let strict_dir = tmp.path().join("strict");
     std::fs::create_dir(&strict_dir).unwrap();
-    let view: serde_json::Value =
-        serde_json::from_str(r#"{"name":"given","resource":"Patient","select":[{"column":[{"name":"given","path":"name.given"}]}]}"#).unwrap();
+    let view: serde_json::Value = serde_json::from_str(
+        r#"{"name":"given","resource":"Patient","select":[{"column":[{"name":"given","path":"name.given"}]}]}"#,
+    )
+    .unwrap();
     let mut strict = ViewCatalog::empty();
     strict.add(ViewDefinition::from_json(&view).unwrap());
-    std::fs::write(strict_dir.join("Patient.ndjson"), "{\"resourceType\":\"Patient\",\"id\":\"a\",\"name\":[{\"given\":[\"x\",\"y\"]}]}\n").unwrap();
-    let options = LoadOptions { quiet: true, views: Some(strict), ..LoadOptions::default() };
-    let err = load(&warehouse, &[strict_dir.display().to_string()], &options).await.unwrap_err().to_string();
-    assert!(err.contains("Patient.ndjson:1") && err.contains("view 'given'") && err.contains("column 'given'"), "{err}");
+    std::fs::write(
+        strict_dir.join("Patient.ndjson"),
+        "{\"resourceType\":\"Patient\",\"id\":\"a\",\"name\":[{\"given\":[\"x\",\"y\"]}]}\n",
+    )
+    .unwrap();
+    let options = LoadOptions {
+        quiet: true,
+        views: Some(strict),
+        ..LoadOptions::default()
+    };
+    let err = load(&warehouse, &[strict_dir.display().to_string()], &options)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Patient.ndjson:1") && err.contains("view 'given'") && err.contains("column 'given'"),
+        "{err}"
+    );
 }
