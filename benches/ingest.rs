@@ -8,8 +8,11 @@
 //! as a Markdown table and written to `target/bench-ingest.json`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Instant;
+mod common;
+
+use std::process::Command;
+
+use common::run_measured;
 
 struct Run {
     tool: String,
@@ -26,46 +29,23 @@ impl Run {
     }
 }
 
-/// Runs `cmd`, returning stdout, wall seconds and the child's peak RSS (MiB).
-// The child is reaped by `libc::wait4`, which also yields its resource usage.
-#[allow(clippy::zombie_processes)]
-fn run_measured(cmd: &mut Command) -> (String, f64, f64) {
-    let started = Instant::now();
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn");
-    let pid = child.id() as libc::pid_t;
-    let stdout = child.stdout.expect("stdout");
-    let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
-    let mut status = 0;
-    // SAFETY: plain FFI call on our own child's pid with valid out-pointers.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let seconds = started.elapsed().as_secs_f64();
-    assert!(
-        rc == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{cmd:?} failed"
-    );
-    let out = reader.join().unwrap_or_default();
-    (out, seconds, usage.ru_maxrss as f64 / 1024.0)
-}
-
-fn fhirlake_load(data: &Path, work: &Path, name: &str) -> Run {
+fn fhirlake_load(data: &Path, work: &Path, name: &str, views: bool) -> Run {
     let wh = work.join(format!("wh-{name}"));
     let _ = std::fs::remove_dir_all(&wh);
-    let (out, seconds, rss) = run_measured(Command::new(env!("CARGO_BIN_EXE_fhirlake")).args([
-        "--warehouse",
-        wh.to_str().unwrap(),
-        "load",
-        "--quiet",
-        "--json",
-        data.to_str().unwrap(),
-    ]));
+    let mut args = vec!["--warehouse", wh.to_str().unwrap(), "load", "--quiet", "--json"];
+    if !views {
+        args.push("--no-shipped-views");
+    }
+    args.push(data.to_str().unwrap());
+    let m = run_measured(Command::new(env!("CARGO_BIN_EXE_fhirlake")).args(&args));
+    let (out, seconds, rss) = (m.stdout, m.wall, m.peak_rss_mib);
     let report: serde_json::Value = serde_json::from_str(&out).expect("load --json output");
     Run {
-        tool: "fhirlake load".into(),
+        tool: if views {
+            "fhirlake load".into()
+        } else {
+            "fhirlake load --no-shipped-views".into()
+        },
         dataset: name.into(),
         input_mib: report["ndjson_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
         resources: report["resources"].as_u64().unwrap_or(0),
@@ -84,13 +64,14 @@ fn duckdb(script: &str, data: &Path, work: &Path, name: &str) -> Option<Run> {
     }
     let out_dir = work.join(format!("duck-{name}"));
     let _ = std::fs::remove_dir_all(&out_dir);
-    let (out, seconds, rss) = run_measured(Command::new("python3").args([
+    let m = run_measured(Command::new("python3").args([
         script_path.to_str().unwrap(),
         data.to_str().unwrap(),
         out_dir.to_str().unwrap(),
         "--threads",
         "2",
     ]));
+    let (out, seconds, rss) = (m.stdout, m.wall, m.peak_rss_mib);
     let report: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap_or("{}")).ok()?;
     let (input_mib, inner_seconds, resources) = if script == "duckdb_ingest.py" {
         (
@@ -177,7 +158,8 @@ fn main() {
         ("synthea-615".to_string(), shared.clone()),
         (format!("synthea-615x{copies}"), scaled.clone()),
     ] {
-        runs.push(fhirlake_load(&data, &work, &name));
+        runs.push(fhirlake_load(&data, &work, &name, true));
+        runs.push(fhirlake_load(&data, &work, &name, false));
         runs.extend(duckdb("duckdb_ingest.py", &data, &work, &name));
         runs.extend(duckdb("duckdb_view.py", &data, &work, &name));
     }

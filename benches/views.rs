@@ -7,36 +7,16 @@
 //! resources per CPU-second (user + system time of the process) and wall time.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::Instant;
 
-/// Runs `cmd`; returns stdout, wall seconds and CPU seconds of the child.
-#[allow(clippy::zombie_processes)] // reaped by wait4, which also reports its CPU time
+use common::run_measured;
+
 fn run(cmd: &mut Command) -> (String, f64, f64) {
-    let started = Instant::now();
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn");
-    let pid = child.id() as libc::pid_t;
-    let stdout = child.stdout.expect("stdout");
-    let reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
-    let mut status = 0;
-    // SAFETY: FFI call on our own child's pid with valid out-pointers.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let wall = started.elapsed().as_secs_f64();
-    assert!(
-        rc == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{cmd:?} failed"
-    );
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (
-        reader.join().unwrap_or_default(),
-        wall,
-        secs(usage.ru_utime) + secs(usage.ru_stime),
-    )
+    let m = run_measured(cmd);
+    (m.stdout, m.wall, m.cpu)
 }
 
 fn count(warehouse: &Path, table: &str) -> u64 {

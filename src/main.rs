@@ -188,24 +188,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     text
                 }
             };
-            if format == OutputFormat::Parquet && output.is_none() {
-                anyhow::bail!("--format parquet needs --output FILE");
-            }
             let warehouse = Warehouse::open(&cli.warehouse)?;
             let ctx = open_session(&warehouse).await?;
             let results = run_statements(&ctx, &sql).await?;
-            let (mut sink, target): (Box<dyn Write + Send>, String) = match &output {
-                Some(path) => (
-                    Box::new(std::io::BufWriter::new(
-                        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-                    )),
-                    path.display().to_string(),
-                ),
-                None => (
-                    Box::new(std::io::BufWriter::new(std::io::stdout())),
-                    "stdout".to_string(),
-                ),
-            };
+            let (mut sink, target) = open_output(format, output.as_deref())?;
             for result in &results {
                 write_batches(result.schema.clone(), &result.batches, format, &mut sink, &target)?;
             }
@@ -213,27 +199,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::View {
             command: ViewCommand::Run { view, format, output },
         } => {
-            if format == OutputFormat::Parquet && output.is_none() {
-                anyhow::bail!("--format parquet needs --output FILE");
-            }
             let text = std::fs::read_to_string(&view).with_context(|| format!("reading {}", view.display()))?;
             let json: serde_json::Value =
                 serde_json::from_str(&text).with_context(|| format!("{} is not JSON", view.display()))?;
             let definition = ViewDefinition::from_json(&json).with_context(|| format!("view {}", view.display()))?;
             let runner = ViewRunner::new(&definition)?;
             let warehouse = Warehouse::open(&cli.warehouse)?;
-            let (sink, target): (Box<dyn Write + Send>, String) = match &output {
-                Some(path) => (
-                    Box::new(std::io::BufWriter::new(
-                        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-                    )),
-                    path.display().to_string(),
-                ),
-                None => (
-                    Box::new(std::io::BufWriter::new(std::io::stdout())),
-                    "stdout".to_string(),
-                ),
-            };
+            let (sink, target) = open_output(format, output.as_deref())?;
             let writer = Arc::new(Mutex::new(Some(StreamingWriter::new(
                 format,
                 view_schema(&definition),
@@ -274,6 +246,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where results go: `path`, or stdout (which cannot take Parquet).
+fn open_output(
+    format: OutputFormat,
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<(Box<dyn Write + Send>, String)> {
+    match path {
+        Some(path) => {
+            let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+            Ok((Box::new(std::io::BufWriter::new(file)), path.display().to_string()))
+        }
+        None if format == OutputFormat::Parquet => anyhow::bail!("--format parquet needs --output FILE"),
+        None => Ok((
+            Box::new(std::io::BufWriter::new(std::io::stdout())),
+            "stdout".to_string(),
+        )),
+    }
 }
 
 /// The error and its causes, skipping causes whose text the message already

@@ -878,17 +878,8 @@ fn children<'a>(e: &Evaluator<'a, '_>, input: &Collection<'a>) -> Collection<'a>
 
 fn now() -> DateTimeValue {
     let n = chrono::Utc::now();
-    DateTimeValue::parse(&n.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)).unwrap_or(DateTimeValue {
-        year: 1970,
-        month: 1,
-        day: 1,
-        hour: 0,
-        minute: 0,
-        second: 0,
-        millisecond: 0,
-        precision: Precision::Millisecond,
-        offset_minutes: Some(0),
-    })
+    DateTimeValue::parse(&n.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| DateTimeValue::start_of_year(1970))
 }
 
 fn singleton_string(c: &Collection<'_>, what: &str) -> Result<Option<String>, FhirPathError> {

@@ -191,11 +191,9 @@ fn days_in_month(year: i32, month: u32) -> u32 {
 }
 
 impl DateTimeValue {
-    /// Parses a FHIR date or dateTime (`2020`, `2020-01-02T10:30:00.5+02:00`);
-    /// also a FHIRPath literal body with a trailing `T` (`2020-01-02T`).
-    pub fn parse(s: &str) -> Option<Self> {
-        let year = digits(s, 4)? as i32;
-        let mut v = DateTimeValue {
+    /// January 1st of `year`, at year precision, without a zone.
+    pub fn start_of_year(year: i32) -> Self {
+        DateTimeValue {
             year,
             month: 1,
             day: 1,
@@ -205,7 +203,13 @@ impl DateTimeValue {
             millisecond: 0,
             precision: Precision::Year,
             offset_minutes: None,
-        };
+        }
+    }
+
+    /// Parses a FHIR date or dateTime (`2020`, `2020-01-02T10:30:00.5+02:00`);
+    /// also a FHIRPath literal body with a trailing `T` (`2020-01-02T`).
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut v = Self::start_of_year(digits(s, 4)? as i32);
         let mut rest = &s[4..];
         if let Some(r) = rest.strip_prefix('-') {
             v.month = digits(r, 2)?;
@@ -325,26 +329,26 @@ impl DateTimeValue {
             s += &format!("-{:02}", self.day);
         }
         if self.precision >= Precision::Hour {
-            s += &format!("T{:02}", self.hour);
-            if self.precision >= Precision::Minute {
-                s += &format!(":{:02}", self.minute);
-            }
-            if self.precision >= Precision::Second {
-                s += &format!(":{:02}", self.second);
-            }
-            if self.precision >= Precision::Millisecond {
-                s += &format!(".{:03}", self.millisecond);
-            }
-            if let Some(offset) = self.offset_minutes {
-                if offset == 0 {
-                    s.push('Z');
-                } else {
-                    let sign = if offset < 0 { '-' } else { '+' };
-                    s += &format!("{sign}{:02}:{:02}", offset.abs() / 60, offset.abs() % 60);
-                }
+            s.push('T');
+            s += &self.time_of_day().format();
+            match self.offset_minutes {
+                Some(0) => s.push('Z'),
+                Some(offset) => s += &Self::format_offset(offset),
+                None => {}
             }
         }
         s
+    }
+
+    /// The time-of-day part (precision capped at hour..millisecond).
+    pub fn time_of_day(&self) -> TimeValue {
+        TimeValue {
+            hour: self.hour,
+            minute: self.minute,
+            second: self.second,
+            millisecond: self.millisecond,
+            precision: self.precision.max(Precision::Hour),
+        }
     }
 
     fn format_offset(offset: i32) -> String {
