@@ -16,6 +16,7 @@ pub mod generate;
 pub mod ingest;
 pub mod json;
 pub mod query;
+pub mod search;
 pub mod store;
 pub mod view;
 pub mod warehouse;

@@ -1,0 +1,271 @@
+//! The R4 search parameters, from the official `search-parameters.json`
+//! bundle: per resource type, each parameter's type, FHIRPath expression
+//! (the branches of a multi-type expression that apply to that type) and
+//! reference targets. Nothing is hand-written.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+
+use crate::fhir::compartment::SEARCH_PARAMETERS_JSON;
+use crate::fhir::{DefinitionError, ResourceTypes};
+use crate::fhirpath::FhirPath;
+
+/// A search parameter's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum ParamType {
+    Number,
+    Date,
+    String,
+    Token,
+    Reference,
+    Composite,
+    Quantity,
+    Uri,
+    Special,
+}
+
+/// One component of a composite parameter.
+#[derive(Debug, Clone)]
+pub struct Component {
+    /// Canonical URL of the component's own SearchParameter.
+    pub definition: String,
+    /// FHIRPath relative to the composite's value.
+    pub expression: String,
+}
+
+/// A search parameter as it applies to one resource type.
+#[derive(Debug, Clone)]
+pub struct SearchParam {
+    /// The name used in queries (`code`, `onset-date`, `_id`).
+    pub code: String,
+    /// Its type.
+    pub param_type: ParamType,
+    /// The FHIRPath branches for this resource type, as text.
+    pub expression: String,
+    /// The parsed expression; `None` when the engine cannot evaluate it
+    /// (the parameter is then not searchable).
+    pub path: Option<FhirPath>,
+    /// Reference targets (for reference parameters).
+    pub targets: Vec<String>,
+    /// Composite components.
+    pub components: Vec<Component>,
+    /// Canonical URL.
+    pub url: String,
+}
+
+impl SearchParam {
+    /// True if queries may use it.
+    pub fn is_supported(&self) -> bool {
+        self.path.is_some() && self.param_type != ParamType::Special
+    }
+}
+
+/// All search parameters of all resource types.
+#[derive(Debug)]
+pub struct SearchRegistry {
+    by_type: HashMap<&'static str, BTreeMap<String, SearchParam>>,
+    by_url: HashMap<String, (String, ParamType)>,
+}
+
+#[derive(Deserialize)]
+struct Bundle {
+    entry: Vec<Entry>,
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    resource: Definition,
+}
+
+#[derive(Deserialize)]
+struct Definition {
+    url: String,
+    code: String,
+    base: Vec<String>,
+    #[serde(rename = "type")]
+    param_type: ParamType,
+    expression: Option<String>,
+    #[serde(default)]
+    target: Vec<String>,
+    #[serde(default)]
+    component: Vec<ComponentDefinition>,
+}
+
+#[derive(Deserialize)]
+struct ComponentDefinition {
+    definition: String,
+    expression: String,
+}
+
+/// Splits `expression` at `|` outside parentheses and quotes.
+pub fn split_union(expression: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut depth, mut quoted, mut start) = (0i32, false, 0);
+    for (i, c) in expression.char_indices() {
+        match c {
+            '\'' => quoted = !quoted,
+            '(' if !quoted => depth += 1,
+            ')' if !quoted => depth -= 1,
+            '|' if !quoted && depth == 0 => {
+                parts.push(expression[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(expression[start..].trim());
+    parts
+}
+
+/// True if branch `branch` of a shared expression applies to `resource_type`.
+fn branch_applies(branch: &str, resource_type: &str) -> bool {
+    let b = branch.trim_start_matches('(').trim_start();
+    [resource_type, "Resource", "DomainResource"].iter().any(|t| {
+        b.strip_prefix(t)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with(' '))
+    })
+}
+
+impl SearchRegistry {
+    /// The process-wide instance.
+    pub fn r4() -> Result<&'static SearchRegistry, &'static DefinitionError> {
+        static REGISTRY: OnceLock<Result<SearchRegistry, DefinitionError>> = OnceLock::new();
+        REGISTRY.get_or_init(Self::load).as_ref()
+    }
+
+    fn load() -> Result<Self, DefinitionError> {
+        let bundle: Bundle = serde_json::from_str(SEARCH_PARAMETERS_JSON).map_err(|source| DefinitionError::Json {
+            file: "data/fhir-r4/search-parameters.json",
+            source,
+        })?;
+        let types = ResourceTypes::r4().map_err(|e| DefinitionError::Unsupported {
+            file: "data/fhir-r4/elements-r4.json",
+            message: e.to_string(),
+        })?;
+        let mut by_type: HashMap<&'static str, BTreeMap<String, SearchParam>> = HashMap::new();
+        let mut by_url = HashMap::new();
+        for entry in bundle.entry {
+            let def = entry.resource;
+            by_url.insert(def.url.clone(), (def.code.clone(), def.param_type));
+            let bases: Vec<&'static str> = if def.base.iter().any(|b| b == "Resource" || b == "DomainResource") {
+                types.names().to_vec()
+            } else {
+                def.base.iter().filter_map(|b| types.get(b)).collect()
+            };
+            for resource_type in bases {
+                let expression = def.expression.as_deref().unwrap_or_default();
+                let branches: Vec<&str> = split_union(expression)
+                    .into_iter()
+                    .filter(|b| branch_applies(b, resource_type))
+                    .collect();
+                let text = branches.join(" | ");
+                let path = if text.is_empty() {
+                    None
+                } else {
+                    FhirPath::parse(&text).ok()
+                };
+                let targets = def.target.clone();
+                let components = def
+                    .component
+                    .iter()
+                    .map(|c| Component {
+                        definition: c.definition.clone(),
+                        expression: c.expression.clone(),
+                    })
+                    .collect();
+                by_type.entry(resource_type).or_default().insert(
+                    def.code.clone(),
+                    SearchParam {
+                        code: def.code.clone(),
+                        param_type: def.param_type,
+                        expression: text,
+                        path,
+                        targets,
+                        components,
+                        url: def.url.clone(),
+                    },
+                );
+            }
+        }
+        Ok(Self { by_type, by_url })
+    }
+
+    /// The parameter `code` of `resource_type`.
+    pub fn get(&self, resource_type: &str, code: &str) -> Option<&SearchParam> {
+        self.by_type.get(resource_type)?.get(code)
+    }
+
+    /// The searchable parameters of `resource_type`, sorted by name.
+    pub fn supported(&self, resource_type: &str) -> Vec<&SearchParam> {
+        self.by_type
+            .get(resource_type)
+            .map(|m| m.values().filter(|p| p.is_supported()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The code and type of the parameter with canonical `url`.
+    pub fn by_url(&self, url: &str) -> Option<(&str, ParamType)> {
+        self.by_url.get(url).map(|(c, t)| (c.as_str(), *t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_parameters_per_type() {
+        let r = SearchRegistry::r4().unwrap();
+        let code = r.get("Condition", "code").unwrap();
+        assert_eq!(code.param_type, ParamType::Token);
+        assert_eq!(code.expression, "Condition.code");
+        let onset = r.get("Condition", "onset-date").unwrap();
+        assert_eq!(
+            onset.expression,
+            "Condition.onset.as(dateTime) | Condition.onset.as(Period)"
+        );
+        assert!(onset.is_supported());
+        let patient = r.get("Observation", "patient").unwrap();
+        assert_eq!(patient.expression, "Observation.subject.where(resolve() is Patient)");
+        assert_eq!(patient.param_type, ParamType::Reference);
+        assert_eq!(r.get("Patient", "gender").unwrap().expression, "Patient.gender");
+        assert_eq!(r.get("Patient", "_id").unwrap().param_type, ParamType::Token);
+        assert_eq!(r.get("Encounter", "_lastUpdated").unwrap().param_type, ParamType::Date);
+        let vq = r.get("Observation", "value-quantity").unwrap();
+        assert_eq!(
+            vq.expression,
+            "(Observation.value as Quantity) | (Observation.value as SampledData)"
+        );
+        let cvq = r.get("Observation", "code-value-quantity").unwrap();
+        assert_eq!(cvq.param_type, ParamType::Composite);
+        assert_eq!(cvq.components.len(), 2);
+        assert!(r.supported("Patient").iter().any(|p| p.code == "birthdate"));
+        // Every non-special parameter of the common types parses with our FHIRPath engine.
+        for t in [
+            "Patient",
+            "Condition",
+            "Observation",
+            "Encounter",
+            "MedicationRequest",
+            "Procedure",
+            "Immunization",
+        ] {
+            for p in r.by_type[t]
+                .values()
+                .filter(|p| p.param_type != ParamType::Special && !p.expression.is_empty())
+            {
+                assert!(p.path.is_some(), "{t}.{} '{}' does not parse", p.code, p.expression);
+            }
+        }
+    }
+
+    #[test]
+    fn splits_unions_outside_parentheses() {
+        assert_eq!(split_union("a.where(x | y) | (b as C)"), ["a.where(x | y)", "(b as C)"]);
+        assert_eq!(split_union("'a|b' | c"), ["'a|b'", "c"]);
+    }
+}
