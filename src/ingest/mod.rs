@@ -159,7 +159,8 @@ impl LoadReport {
     }
 }
 
-/// Loads `sources` into `warehouse` and commits one new version.
+/// Loads `sources` into `warehouse` and commits one new version. Runs on a
+/// multi-threaded tokio runtime (view rebuilds block in place).
 pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptions) -> Result<LoadReport, IngestError> {
     let started = Instant::now();
     let types = ResourceTypes::r4().map_err(IngestError::Definitions)?;

@@ -88,7 +88,8 @@ impl ViewBuffers {
 
 /// Scans the `resource` column of `files` (a resource table) in parallel and
 /// calls `process(state, resource)` for each stored resource; `make_state(p)`
-/// builds the state of partition `p`. Returns the states.
+/// builds the state of partition `p`. Returns the states. Needs a
+/// multi-threaded tokio runtime (the scan threads block in place).
 pub async fn scan_resources<S, M, P>(
     warehouse: &Warehouse,
     files: &[DataFile],
