@@ -126,7 +126,10 @@ impl<'a> Evaluator<'a, '_> {
                     return Ok(Vec::new());
                 };
                 Ok(vec![match item.to_system() {
-                    Value::Integer(i) => Value::Integer(-i),
+                    Value::Integer(i) => match i.checked_neg() {
+                        Some(n) => Value::Integer(n),
+                        None => return Ok(Vec::new()),
+                    },
                     Value::Decimal(d) => Value::Decimal(-d),
                     Value::Quantity(q) => Value::Quantity(Quantity {
                         value: -q.value,
@@ -620,10 +623,11 @@ fn arithmetic<'a>(op: BinaryOp, a: &Value<'a>, b: &Value<'a>) -> Result<Collecti
         }
         (Add | Sub, Value::Quantity(x), Value::Quantity(y)) if x.unit == y.unit => {
             let value = if op == Add {
-                x.value + y.value
+                x.value.checked_add(y.value)
             } else {
-                x.value - y.value
+                x.value.checked_sub(y.value)
             };
+            let Some(value) = value else { return Ok(Vec::new()) };
             Value::Quantity(Quantity {
                 value,
                 unit: x.unit.clone(),
@@ -632,12 +636,11 @@ fn arithmetic<'a>(op: BinaryOp, a: &Value<'a>, b: &Value<'a>) -> Result<Collecti
         (Mul | Div, Value::Quantity(x), Value::Integer(_) | Value::Decimal(_)) => {
             let Some(y) = dec(b) else { return Ok(Vec::new()) };
             let value = if op == Mul {
-                x.value * y
-            } else if y.is_zero() {
-                return Ok(Vec::new());
+                x.value.checked_mul(y)
             } else {
-                x.value / y
+                x.value.checked_div(y)
             };
+            let Some(value) = value else { return Ok(Vec::new()) };
             Value::Quantity(Quantity {
                 value,
                 unit: x.unit.clone(),
@@ -650,31 +653,18 @@ fn arithmetic<'a>(op: BinaryOp, a: &Value<'a>, b: &Value<'a>) -> Result<Collecti
                     format!("cannot apply {op:?} to {} and {}", a.type_name(), b.type_name()),
                 ));
             };
-            match op {
-                Add => Value::Decimal(x + y),
-                Sub => Value::Decimal(x - y),
-                Mul => Value::Decimal(x * y),
-                Div => {
-                    if y.is_zero() {
-                        return Ok(Vec::new());
-                    }
-                    Value::Decimal((x / y).normalize())
-                }
-                IntDiv => {
-                    if y.is_zero() {
-                        return Ok(Vec::new());
-                    }
-                    match (x / y).trunc().to_i64() {
-                        Some(i) => Value::Integer(i),
-                        None => return Ok(Vec::new()),
-                    }
-                }
-                Mod => {
-                    if y.is_zero() {
-                        return Ok(Vec::new());
-                    }
-                    Value::Decimal(x % y)
-                }
+            // Overflow and division by zero give empty, as FHIRPath specifies.
+            let result = match op {
+                Add => x.checked_add(y).map(Value::Decimal),
+                Sub => x.checked_sub(y).map(Value::Decimal),
+                Mul => x.checked_mul(y).map(Value::Decimal),
+                Div => x.checked_div(y).map(|d| Value::Decimal(d.normalize())),
+                IntDiv => x.checked_div(y).and_then(|d| d.trunc().to_i64()).map(Value::Integer),
+                Mod => x.checked_rem(y).map(Value::Decimal),
+                _ => None,
+            };
+            match result {
+                Some(v) => v,
                 _ => return Ok(Vec::new()),
             }
         }

@@ -960,7 +960,7 @@ fn math<'a>(
         return Ok(Vec::new());
     };
     match v {
-        Value::Integer(i) if keep_integer => Ok(vec![Value::Integer(i.abs())]),
+        Value::Integer(i) if keep_integer => Ok(i.checked_abs().map(Value::Integer).into_iter().collect()),
         Value::Quantity(q) => Ok(op(q.value)
             .map(|value| Value::Quantity(Quantity { value, unit: q.unit }))
             .into_iter()
@@ -1234,8 +1234,13 @@ fn boundary<'a>(input: &Collection<'a>, low: bool, precision: Option<i64>) -> Re
         if !(0..=28).contains(&digits) {
             return None;
         }
-        let half = Decimal::new(5, d.scale() + 1);
-        Some(round_to(if low { d - half } else { d + half }, digits as u32, low))
+        let half = Decimal::try_new(5, d.scale() + 1).ok()?;
+        let edge = if low {
+            d.checked_sub(half)?
+        } else {
+            d.checked_add(half)?
+        };
+        Some(round_to(edge, digits as u32, low))
     };
     Ok(match v.to_system() {
         Value::Decimal(d) => decimal_boundary(d).map(Value::Decimal).into_iter().collect(),

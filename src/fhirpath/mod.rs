@@ -207,6 +207,70 @@ mod tests {
     }
 
     #[test]
+    fn random_expressions_never_panic() {
+        // Deterministic xorshift over FHIRPath fragments, including overflow bait.
+        let parts = [
+            "code",
+            ".coding",
+            "[0]",
+            "value",
+            ".ofType(Quantity)",
+            " + ",
+            " - ",
+            " * ",
+            " / ",
+            " div ",
+            " mod ",
+            "9223372036854775807",
+            "-9223372036854775807",
+            "1.5",
+            "@2020",
+            "@T10:00",
+            " = ",
+            " and ",
+            "(",
+            ")",
+            ".first()",
+            ".where(",
+            "$this",
+            "'a'",
+            ".lowBoundary(",
+            "30",
+            ".substring(",
+            ",",
+            "99999999999999999999999.9",
+            " | ",
+            ".count()",
+            ".select(",
+            "%resource",
+            ".iif(",
+            "true",
+            " 'mg'",
+            " days",
+            ".power(",
+            ".abs()",
+        ];
+        let json = parse(OBS).unwrap();
+        let vars = HashMap::new();
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            let mut expr = String::new();
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            for _ in 0..(state % 8) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                expr.push_str(parts[(state % parts.len() as u64) as usize]);
+            }
+            if let Ok(path) = FhirPath::parse(&expr) {
+                let _ = path.evaluate(&json, &vars);
+            }
+        }
+    }
+
+    #[test]
     fn errors_name_expression_and_position() {
         let err = FhirPath::parse("name.frobnicate()").unwrap_err().to_string();
         assert!(

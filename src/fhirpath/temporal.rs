@@ -440,7 +440,7 @@ impl DateTimeValue {
         let mut v = self.clone();
         match unit {
             "year" => {
-                v.year += i32::try_from(amount).ok()?;
+                v.year = v.year.checked_add(i32::try_from(amount).ok()?)?;
                 v.day = v.day.min(days_in_month(v.year, v.month));
                 return Some(v);
             }
@@ -454,15 +454,15 @@ impl DateTimeValue {
             _ => {}
         }
         let duration = match unit {
-            "week" | "wk" => Duration::weeks(amount),
-            "day" | "d" => Duration::days(amount),
-            "hour" | "h" => Duration::hours(amount),
-            "minute" | "min" => Duration::minutes(amount),
-            "second" | "s" => Duration::seconds(amount),
-            "millisecond" | "ms" => Duration::milliseconds(amount),
+            "week" | "wk" => Duration::try_weeks(amount)?,
+            "day" | "d" => Duration::try_days(amount)?,
+            "hour" | "h" => Duration::try_hours(amount)?,
+            "minute" | "min" => Duration::try_minutes(amount)?,
+            "second" | "s" => Duration::try_seconds(amount)?,
+            "millisecond" | "ms" => Duration::try_milliseconds(amount)?,
             _ => return None,
         };
-        let n = self.naive()? + duration;
+        let n = self.naive()?.checked_add_signed(duration)?;
         Some(Self::from_naive(n, self.precision, self.offset_minutes))
     }
 }

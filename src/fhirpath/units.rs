@@ -83,7 +83,7 @@ pub fn to_base(value: Decimal, unit: &str) -> (Decimal, String) {
 pub fn convert(value: Decimal, from: &str, to: &str) -> Option<Decimal> {
     let (base, dim) = to_base(value, from);
     let (one, dim_to) = to_base(Decimal::ONE, to);
-    (dim == dim_to && !one.is_zero()).then(|| base / one)
+    if dim == dim_to { base.checked_div(one) } else { None }
 }
 
 /// True if the two units measure the same dimension.
