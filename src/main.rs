@@ -66,6 +66,16 @@ enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Delete data files that no recent snapshot refers to (replaced by merges,
+    /// or left by failed or killed loads).
+    Vacuum {
+        /// Keep the files of this many latest versions.
+        #[arg(long, default_value_t = 1)]
+        keep_versions: u64,
+        /// Only delete files older than this many seconds (protects loads in progress).
+        #[arg(long, default_value_t = 3600)]
+        min_age_seconds: u64,
+    },
     /// Generate scaled-up data: COPIES copies of a dataset with fresh, consistent ids.
     Gen {
         /// Folder with the source NDJSON.
@@ -226,6 +236,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 w.finish(&target)?;
             }
             tracing::info!(rows, "view run finished");
+        }
+        Command::Vacuum {
+            keep_versions,
+            min_age_seconds,
+        } => {
+            let warehouse = Warehouse::open(&cli.warehouse)?;
+            let report = fhirlake::warehouse::vacuum::vacuum(
+                &warehouse,
+                keep_versions,
+                std::time::Duration::from_secs(min_age_seconds),
+            )
+            .await?;
+            println!(
+                "deleted {} files ({:.1} MiB); {} files in use kept",
+                report.files,
+                report.bytes as f64 / 1048576.0,
+                report.kept
+            );
         }
         Command::Gen {
             from,

@@ -309,3 +309,31 @@ pub fn count_files(dir: &Path) -> usize {
     }
     n
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vacuum_deletes_only_unreferenced_files() {
+    use fhirlake::warehouse::vacuum::vacuum;
+    use std::time::Duration;
+    let tmp = tempfile::tempdir().unwrap();
+    let wh_dir = tmp.path().join("wh");
+    let warehouse = Warehouse::open(wh_dir.to_str().unwrap()).unwrap();
+    load_into(&warehouse, &[&sample_data()], false).await;
+    load_into(&warehouse, &[&sample_data()], false).await; // merges: v1's files are superseded
+    std::fs::write(
+        wh_dir.join("tables/Patient/orphan-of-a-killed-load.parquet"),
+        b"partial",
+    )
+    .unwrap();
+    let before = count_files(&wh_dir);
+    // Young files are protected (a load may be writing them).
+    let report = vacuum(&warehouse, 1, Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(report.files, 0);
+    let report = vacuum(&warehouse, 1, Duration::ZERO).await.unwrap();
+    assert!(report.files > 15, "{report:?}");
+    assert_eq!(count_files(&wh_dir), before - report.files as usize);
+    assert!(!wh_dir.join("tables/Patient/orphan-of-a-killed-load.parquet").exists());
+    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await, 10);
+    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM condition").await, 68);
+    // Nothing left to delete.
+    assert_eq!(vacuum(&warehouse, 1, Duration::ZERO).await.unwrap().files, 0);
+}
