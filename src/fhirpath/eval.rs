@@ -287,7 +287,16 @@ impl<'a> Evaluator<'a, '_> {
             }
             Some(def) => {
                 let t = if def.types.len() == 1 { Some(def.types[0]) } else { None };
-                match (node.json.get(name), self.primitive_companion(node.json, name)) {
+                // One pass over the members finds the value and its `_name` companion.
+                let (mut value, mut companion) = (None, None);
+                for (key, v) in members {
+                    if key == name {
+                        value = Some(v);
+                    } else if key.strip_prefix('_') == Some(name) {
+                        companion = Some(v);
+                    }
+                }
+                match (value, companion) {
                     (Some(v), None) => self.push_items(v, t, def.children_owner, out),
                     (v, Some(companion)) => self.push_primitives(v, companion, t, out),
                     (None, None) => {}
@@ -309,17 +318,6 @@ impl<'a> Evaluator<'a, '_> {
                 }
             }
         }
-    }
-
-    /// The `_name` object or array that carries a primitive's id and extensions.
-    fn primitive_companion(&self, object: &'a JsonValue<'a>, name: &str) -> Option<&'a JsonValue<'a>> {
-        let JsonValue::Object(members) = object else {
-            return None;
-        };
-        members
-            .iter()
-            .find(|(k, _)| k.strip_prefix('_') == Some(name))
-            .map(|(_, v)| v)
     }
 
     /// Pushes primitive values paired with their `_name` companions (a value

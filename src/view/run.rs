@@ -212,13 +212,20 @@ impl<'v> ViewRunner<'v> {
             }
             Some(foci) => {
                 for (i, focus) in foci.iter().enumerate() {
-                    vars.insert("rowIndex".into(), vec![Value::Integer(i as i64)]);
+                    match vars.get_mut("rowIndex") {
+                        Some(slot) => *slot = vec![Value::Integer(i as i64)],
+                        None => {
+                            vars.insert("rowIndex".into(), vec![Value::Integer(i as i64)]);
+                        }
+                    }
                     rows.extend(self.focus_rows(select, focus, root, vars)?);
                 }
             }
         }
-        if let Some(index) = saved_index {
-            vars.insert("rowIndex".into(), index);
+        if let Some(index) = saved_index
+            && let Some(slot) = vars.get_mut("rowIndex")
+        {
+            *slot = index;
         }
         Ok(rows)
     }
