@@ -156,7 +156,16 @@ pub fn run_worker(
 
 impl Worker<'_> {
     fn process(&mut self, chunk: &Chunk) -> Result<(), IngestError> {
-        for (i, line) in chunk.data.split(|b| *b == b'\n').enumerate() {
+        let data = &chunk.data;
+        let mut start = 0;
+        for i in 0.. {
+            if start > data.len() {
+                break;
+            }
+            // memchr finds line ends far faster than a byte-wise split.
+            let end = memchr::memchr(b'\n', &data[start..]).map_or(data.len(), |n| start + n);
+            let line = &data[start..end];
+            start = end + 1;
             let line_no = chunk.first_line + i as u64;
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if line.iter().all(u8::is_ascii_whitespace) {

@@ -167,17 +167,28 @@ impl<'a> Parser<'a> {
     fn string(&mut self) -> Result<Cow<'a, str>, JsonError> {
         self.pos += 1; // opening quote
         let start = self.pos;
-        loop {
-            match self.bytes.get(self.pos) {
-                Some(b'"') => {
-                    let s = &self.text[start..self.pos];
-                    self.pos += 1;
-                    return Ok(Cow::Borrowed(s));
+        // Fast path: find the closing quote (or a backslash) with memchr, then
+        // check the run for control characters in one vectorisable pass.
+        match memchr::memchr2(b'"', b'\\', &self.bytes[start..]) {
+            Some(offset) => {
+                let end = start + offset;
+                if let Some(bad) = self.bytes[start..end].iter().position(|b| *b < 0x20) {
+                    self.pos = start + bad;
+                    return Err(self.error("control character in a string"));
                 }
-                Some(b'\\') => break,
-                Some(0x00..=0x1f) => return Err(self.error("control character in a string")),
-                Some(_) => self.pos += 1,
-                None => return Err(self.error("unterminated string")),
+                self.pos = end;
+                if self.bytes[end] == b'"' {
+                    self.pos += 1;
+                    return Ok(Cow::Borrowed(&self.text[start..end]));
+                }
+            }
+            None => {
+                if let Some(bad) = self.bytes[start..].iter().position(|b| *b < 0x20) {
+                    self.pos = start + bad;
+                    return Err(self.error("control character in a string"));
+                }
+                self.pos = self.bytes.len();
+                return Err(self.error("unterminated string"));
             }
         }
         // Slow path: the string has escapes.

@@ -343,9 +343,16 @@ async fn racing_commits_of_one_version_let_exactly_one_win() {
     use fhirlake::warehouse::{Snapshot, WarehouseError, manifest};
     let tmp = tempfile::tempdir().unwrap();
     let warehouse = Warehouse::open(tmp.path().to_str().unwrap()).unwrap();
-    let snapshot = Snapshot { format: manifest::FORMAT.into(), version: 1, ..Default::default() };
+    let snapshot = Snapshot {
+        format: manifest::FORMAT.into(),
+        version: 1,
+        ..Default::default()
+    };
     let (a, b) = tokio::join!(warehouse.commit(&snapshot), warehouse.commit(&snapshot));
-    let conflicts = [&a, &b].iter().filter(|r| matches!(r, Err(WarehouseError::ConcurrentCommit { version: 1 }))).count();
+    let conflicts = [&a, &b]
+        .iter()
+        .filter(|r| matches!(r, Err(WarehouseError::ConcurrentCommit { version: 1 })))
+        .count();
     assert_eq!((a.is_ok() as u8 + b.is_ok() as u8, conflicts), (1, 1), "{a:?} {b:?}");
     assert_eq!(warehouse.current().await.unwrap().unwrap().version, 1);
 }
