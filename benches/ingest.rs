@@ -130,29 +130,7 @@ fn main() {
         eprintln!("SKIPPED: {} is absent", shared.display());
         return;
     }
-    let copies: usize = std::env::var("FHIRLAKE_BENCH_COPIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
-    let work = root.join("target/bench-data");
-    std::fs::create_dir_all(&work).expect("bench folder");
-    let scaled = work.join(format!("synthea-615x{copies}"));
-    if !scaled.exists() {
-        let status = Command::new(env!("CARGO_BIN_EXE_fhirlake"))
-            .args([
-                "gen",
-                "--from",
-                shared.to_str().unwrap(),
-                "--copies",
-                &copies.to_string(),
-                "--out",
-            ])
-            .arg(&scaled)
-            .arg("--gzip")
-            .status()
-            .expect("gen");
-        assert!(status.success());
-    }
+    let (work, scaled, copies) = common::scaled_dataset(&shared, 8);
     let mut runs = Vec::new();
     for (name, data) in [
         ("synthea-615".to_string(), shared.clone()),

@@ -73,29 +73,7 @@ fn main() {
         eprintln!("SKIPPED: {} is absent", source.display());
         return;
     }
-    let copies: usize = std::env::var("FHIRLAKE_BENCH_COPIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
-    let work = root.join("target/bench-data");
-    std::fs::create_dir_all(&work).expect("bench folder");
-    let scaled = work.join(format!("synthea-615x{copies}"));
-    if !scaled.exists() {
-        let status = Command::new(env!("CARGO_BIN_EXE_fhirlake"))
-            .args([
-                "gen",
-                "--from",
-                source.to_str().unwrap(),
-                "--copies",
-                &copies.to_string(),
-                "--gzip",
-                "--out",
-            ])
-            .arg(&scaled)
-            .status()
-            .expect("gen");
-        assert!(status.success());
-    }
+    let (work, scaled, copies) = common::scaled_dataset(&source, 4);
     println!("| dataset | tool | view | resources | rows | wall s | CPU s | resources / CPU-s |");
     println!("|---|---|---|---:|---:|---:|---:|---:|");
     for (name, data) in [

@@ -46,3 +46,38 @@ pub fn run_measured(cmd: &mut Command) -> Measured {
         peak_rss_mib: usage.ru_maxrss as f64 / 1024.0,
     }
 }
+
+/// The benchmark work folder (`target/bench-data`) and the scaled copy of
+/// `source` (`FHIRLAKE_BENCH_COPIES` copies, default `default_copies`),
+/// generated with `fhirlake gen --gzip` when missing. Returns (work folder,
+/// scaled dataset, copies).
+pub fn scaled_dataset(
+    source: &std::path::Path,
+    default_copies: usize,
+) -> (std::path::PathBuf, std::path::PathBuf, usize) {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let copies: usize = std::env::var("FHIRLAKE_BENCH_COPIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_copies);
+    let work = root.join("target/bench-data");
+    std::fs::create_dir_all(&work).expect("bench folder");
+    let scaled = work.join(format!("synthea-615x{copies}"));
+    if !scaled.exists() {
+        let status = Command::new(env!("CARGO_BIN_EXE_fhirlake"))
+            .args([
+                "gen",
+                "--from",
+                source.to_str().unwrap_or_default(),
+                "--copies",
+                &copies.to_string(),
+                "--gzip",
+                "--out",
+            ])
+            .arg(&scaled)
+            .status()
+            .expect("gen");
+        assert!(status.success(), "fhirlake gen failed");
+    }
+    (work, scaled, copies)
+}
