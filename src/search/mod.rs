@@ -2,6 +2,7 @@
 //! index and the compiler to DataFusion plans build on these).
 
 pub mod query;
+pub mod range;
 pub mod registry;
 
 pub use query::{Clause, ClauseKind, Modifier, Prefix, SearchQuery, SearchValue, parse_search};
