@@ -1,6 +1,7 @@
 //! FHIR search: the parameter registry and the query parser (the search
 //! index and the compiler to DataFusion plans build on these).
 
+pub mod extract;
 pub mod query;
 pub mod range;
 pub mod registry;

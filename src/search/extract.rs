@@ -1,0 +1,383 @@
+//! Index values of a search parameter: what the parameter's FHIRPath yields
+//! for a resource, normalised per parameter type (R4 search): tokens from
+//! codes, Codings, CodeableConcepts and Identifiers; dates as instant ranges;
+//! strings case- and accent-folded for prefix search (plus the exact text);
+//! references as type and id; quantities with system, code and unit.
+
+use rust_decimal::Decimal;
+use unicode_normalization::UnicodeNormalization;
+
+use super::range::{InstantRange, period_range, value_range};
+use super::registry::ParamType;
+use crate::fhir::parse_reference;
+use crate::fhirpath::Value;
+use crate::fhirpath::temporal::DateTimeValue;
+use crate::fhirpath::value::parse_decimal;
+use crate::json::JsonValue;
+
+/// One indexed value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexValue {
+    /// A token: `system` absent for plain codes.
+    Token {
+        /// Code system (or identifier system).
+        system: Option<String>,
+        /// Code (or identifier value).
+        code: String,
+        /// Display text (`Coding.display`, `CodeableConcept.text`) for `:text`.
+        text: Option<String>,
+    },
+    /// A date value's range.
+    Date(InstantRange),
+    /// A string: folded for prefix/contains search, and exact.
+    String {
+        /// Lower-cased, accents removed.
+        folded: String,
+        /// As stored.
+        exact: String,
+    },
+    /// A reference target.
+    Reference {
+        /// Target type, when known.
+        resource_type: Option<String>,
+        /// Target id (or the URL of a reference fhirlake cannot split).
+        id: String,
+    },
+    /// A quantity.
+    Quantity {
+        /// The number.
+        value: Decimal,
+        /// Unit system.
+        system: Option<String>,
+        /// Unit code.
+        code: Option<String>,
+        /// Human unit.
+        unit: Option<String>,
+    },
+    /// A number.
+    Number(Decimal),
+    /// A URI.
+    Uri(String),
+}
+
+/// Case- and accent-insensitive form of a string (R4 string search).
+pub fn fold(text: &str) -> String {
+    text.nfd()
+        .filter(|c| !('\u{300}'..='\u{36f}').contains(c))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+fn str_field(node: &JsonValue<'_>, key: &str) -> Option<String> {
+    node.get(key).and_then(JsonValue::as_str).map(str::to_string)
+}
+
+fn push_string(out: &mut Vec<IndexValue>, text: &str) {
+    out.push(IndexValue::String {
+        folded: fold(text),
+        exact: text.to_string(),
+    });
+}
+
+fn date_of(node: &JsonValue<'_>) -> Option<DateTimeValue> {
+    node.as_str().and_then(DateTimeValue::parse)
+}
+
+/// The index values of one FHIRPath result item for a parameter of `param_type`.
+pub fn extract(param_type: ParamType, value: &Value<'_>, out: &mut Vec<IndexValue>) {
+    let node = match value {
+        Value::Node(n) => Some(n),
+        _ => None,
+    };
+    let fhir_type = node.and_then(|n| n.fhir_type).unwrap_or("");
+    match param_type {
+        ParamType::Token => match (node, value.to_system()) {
+            (Some(n), _) if fhir_type == "CodeableConcept" || n.json.get("coding").is_some() => {
+                let text = str_field(n.json, "text");
+                if let Some(codings) = n.json.get("coding") {
+                    codings.for_each_item(|c| {
+                        if let Some(code) = str_field(c, "code") {
+                            let display = str_field(c, "display").or_else(|| text.clone());
+                            out.push(IndexValue::Token {
+                                system: str_field(c, "system"),
+                                code,
+                                text: display,
+                            });
+                        }
+                    });
+                }
+            }
+            (Some(n), _) if n.json.get("code").is_some() && fhir_type != "Identifier" => {
+                if let Some(code) = str_field(n.json, "code") {
+                    out.push(IndexValue::Token {
+                        system: str_field(n.json, "system"),
+                        code,
+                        text: str_field(n.json, "display"),
+                    });
+                }
+            }
+            (Some(n), _) if n.json.get("value").is_some() && n.json.as_object().is_some() => {
+                // Identifier (system|value) and ContactPoint (value).
+                if let Some(code) = str_field(n.json, "value") {
+                    let text = n.json.get("type").and_then(|t| str_field(t, "text"));
+                    out.push(IndexValue::Token {
+                        system: str_field(n.json, "system"),
+                        code,
+                        text,
+                    });
+                }
+            }
+            (_, Value::Boolean(b)) => out.push(IndexValue::Token {
+                system: None,
+                code: b.to_string(),
+                text: None,
+            }),
+            (_, Value::String(s)) => out.push(IndexValue::Token {
+                system: None,
+                code: s,
+                text: None,
+            }),
+            (_, Value::Integer(i)) => out.push(IndexValue::Token {
+                system: None,
+                code: i.to_string(),
+                text: None,
+            }),
+            _ => {}
+        },
+        ParamType::Date => match (node, value.to_system()) {
+            (Some(n), _) if fhir_type == "Period" || n.json.get("start").is_some() || n.json.get("end").is_some() => {
+                let start = n.json.get("start").and_then(date_of);
+                let end = n.json.get("end").and_then(date_of);
+                out.extend(period_range(start.as_ref(), end.as_ref()).map(IndexValue::Date));
+            }
+            (Some(n), _) if fhir_type == "Timing" => {
+                if let Some(events) = n.json.get("event") {
+                    events
+                        .for_each_item(|e| out.extend(date_of(e).as_ref().and_then(value_range).map(IndexValue::Date)));
+                }
+            }
+            (_, Value::Date(d) | Value::DateTime(d)) => out.extend(value_range(&d).map(IndexValue::Date)),
+            (_, Value::String(s)) => {
+                out.extend(
+                    DateTimeValue::parse(&s)
+                        .as_ref()
+                        .and_then(value_range)
+                        .map(IndexValue::Date),
+                );
+            }
+            _ => {}
+        },
+        ParamType::String => match (node, value.to_system()) {
+            (Some(n), _) if n.json.as_object().is_some() => {
+                // HumanName, Address and other complex values: every string part.
+                for key in [
+                    "text",
+                    "family",
+                    "given",
+                    "prefix",
+                    "suffix",
+                    "line",
+                    "city",
+                    "district",
+                    "state",
+                    "postalCode",
+                    "country",
+                ] {
+                    if let Some(v) = n.json.get(key) {
+                        v.for_each_item(|part| {
+                            if let Some(s) = part.as_str() {
+                                push_string(out, s);
+                            }
+                        });
+                    }
+                }
+            }
+            (_, Value::String(s)) => push_string(out, &s),
+            _ => {}
+        },
+        ParamType::Reference => match node {
+            Some(n) => {
+                if let Some(text) = n.json.get("reference").and_then(JsonValue::as_str) {
+                    match parse_reference(text) {
+                        Some(target) => out.push(IndexValue::Reference {
+                            resource_type: target
+                                .resource_type
+                                .map(str::to_string)
+                                .or_else(|| str_field(n.json, "type")),
+                            id: target.id.to_string(),
+                        }),
+                        None => out.push(IndexValue::Reference {
+                            resource_type: None,
+                            id: text.to_string(),
+                        }),
+                    }
+                } else if let Some(text) = n.json.as_str() {
+                    // canonical / uri elements used as references
+                    out.push(IndexValue::Reference {
+                        resource_type: None,
+                        id: text.to_string(),
+                    });
+                }
+            }
+            None => {
+                if let Value::ReferenceTarget { resource_type, id } = value {
+                    out.push(IndexValue::Reference {
+                        resource_type: Some(resource_type.to_string()),
+                        id: id.clone(),
+                    });
+                }
+            }
+        },
+        ParamType::Quantity => match node {
+            Some(n) if n.json.as_object().is_some() => {
+                if let Some(v) = n.json.get("value").and_then(|v| match v {
+                    JsonValue::Number(t) => parse_decimal(t),
+                    _ => None,
+                }) {
+                    out.push(IndexValue::Quantity {
+                        value: v,
+                        system: str_field(n.json, "system"),
+                        code: str_field(n.json, "code"),
+                        unit: str_field(n.json, "unit"),
+                    });
+                }
+            }
+            _ => {
+                if let Value::Quantity(q) = value.to_system() {
+                    out.push(IndexValue::Quantity {
+                        value: q.value,
+                        system: None,
+                        code: Some(q.unit),
+                        unit: None,
+                    });
+                }
+            }
+        },
+        ParamType::Number => match value.to_system() {
+            Value::Integer(i) => out.push(IndexValue::Number(Decimal::from(i))),
+            Value::Decimal(d) => out.push(IndexValue::Number(d)),
+            _ => {}
+        },
+        ParamType::Uri => {
+            if let Value::String(s) = value.to_system() {
+                out.push(IndexValue::Uri(s));
+            }
+        }
+        ParamType::Composite | ParamType::Special => {}
+    }
+}
+
+/// All index values of parameter `param` for `resource`.
+pub fn index_values(
+    param: &super::SearchParam,
+    resource: &JsonValue<'_>,
+) -> Result<Vec<IndexValue>, crate::fhirpath::FhirPathError> {
+    let mut out = Vec::new();
+    if let Some(path) = &param.path {
+        for value in path.evaluate(resource, &std::collections::HashMap::new())? {
+            extract(param.param_type, &value, &mut out);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::json::parse;
+    use crate::search::SearchRegistry;
+
+    fn values(resource_type: &str, code: &str, json: &str) -> Vec<IndexValue> {
+        let param = SearchRegistry::r4().unwrap().get(resource_type, code).unwrap();
+        index_values(param, &parse(json).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn extracts_tokens() {
+        let cond = r#"{"resourceType":"Condition","code":{"coding":[{"system":"http://snomed.info/sct","code":"44054006","display":"Diabetes"}],"text":"T2D"},
+            "clinicalStatus":{"coding":[{"code":"active"}]}}"#;
+        assert_eq!(
+            values("Condition", "code", cond),
+            [IndexValue::Token {
+                system: Some("http://snomed.info/sct".into()),
+                code: "44054006".into(),
+                text: Some("Diabetes".into())
+            }]
+        );
+        let patient = r#"{"resourceType":"Patient","id":"p","gender":"female","deceasedDateTime":"2020-01-01",
+            "identifier":[{"system":"urn:x","value":"42"}]}"#;
+        assert_eq!(
+            values("Patient", "gender", patient),
+            [IndexValue::Token {
+                system: None,
+                code: "female".into(),
+                text: None
+            }]
+        );
+        assert_eq!(
+            values("Patient", "deceased", patient),
+            [IndexValue::Token {
+                system: None,
+                code: "true".into(),
+                text: None
+            }]
+        );
+        assert_eq!(
+            values("Patient", "identifier", patient),
+            [IndexValue::Token {
+                system: Some("urn:x".into()),
+                code: "42".into(),
+                text: None
+            }]
+        );
+        assert_eq!(
+            values("Patient", "_id", patient),
+            [IndexValue::Token {
+                system: None,
+                code: "p".into(),
+                text: None
+            }]
+        );
+    }
+
+    #[test]
+    fn extracts_dates_strings_references_quantities() {
+        let enc = r#"{"resourceType":"Encounter","period":{"start":"2019-03-01T10:00:00-05:00"},"subject":{"reference":"Patient/p1"},
+            "serviceProvider":{"reference":"Organization/o1"}}"#;
+        match values("Encounter", "date", enc).as_slice() {
+            [IndexValue::Date(r)] => assert_eq!(r.high, i64::MAX, "an open period"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            values("Encounter", "patient", enc),
+            [IndexValue::Reference {
+                resource_type: Some("Patient".into()),
+                id: "p1".into()
+            }]
+        );
+        let patient = r#"{"resourceType":"Patient","name":[{"family":"Müller","given":["Zoë","Ann"]}],"address":[{"state":"Massachusetts"}]}"#;
+        let names = values("Patient", "name", patient);
+        assert!(
+            names.contains(&IndexValue::String {
+                folded: "muller".into(),
+                exact: "Müller".into()
+            }),
+            "{names:?}"
+        );
+        assert!(names.contains(&IndexValue::String {
+            folded: "zoe".into(),
+            exact: "Zoë".into()
+        }));
+        assert_eq!(values("Patient", "address-state", patient).len(), 1);
+        let obs = r#"{"resourceType":"Observation","valueQuantity":{"value":6.5,"unit":"%","system":"http://unitsofmeasure.org","code":"%"}}"#;
+        assert_eq!(
+            values("Observation", "value-quantity", obs),
+            [IndexValue::Quantity {
+                value: Decimal::new(65, 1),
+                system: Some("http://unitsofmeasure.org".into()),
+                code: Some("%".into()),
+                unit: Some("%".into())
+            }]
+        );
+    }
+}
