@@ -381,3 +381,133 @@ mod tests {
         );
     }
 }
+
+/// Indexes resources of one type: parameters that share an expression are
+/// evaluated once, and an expression whose first element the resource lacks
+/// is not evaluated at all (most parameters of a type are absent from any
+/// given resource).
+pub struct TypeIndexer {
+    groups: Vec<ExpressionGroup>,
+}
+
+struct ExpressionGroup {
+    path: crate::fhirpath::FhirPath,
+    /// Root element names the expression reads (`None`: could not tell, always evaluate).
+    roots: Option<Vec<String>>,
+    /// (parameter code, type) of every parameter using this expression.
+    params: Vec<(String, ParamType)>,
+}
+
+/// The element names right below the resource that `expr` starts from.
+fn root_elements(expr: &crate::fhirpath::ast::Expr, out: &mut Vec<String>) -> bool {
+    use crate::fhirpath::ast::{BinaryOp, Expr};
+    match expr {
+        Expr::Member(target, name) => match target.as_ref() {
+            Expr::Identifier(t) if t.starts_with(|c: char| c.is_ascii_uppercase()) => {
+                out.push(name.clone());
+                true
+            }
+            other => root_elements(other, out),
+        },
+        Expr::Function { target: Some(t), .. } => root_elements(t, out),
+        Expr::Is(t, _) | Expr::As(t, _) | Expr::Indexer(t, _) => root_elements(t, out),
+        Expr::Binary(BinaryOp::Union, a, b) => root_elements(a, out) && root_elements(b, out),
+        Expr::Identifier(name) if !name.starts_with(|c: char| c.is_ascii_uppercase()) => {
+            out.push(name.clone());
+            true
+        }
+        _ => false,
+    }
+}
+
+impl TypeIndexer {
+    /// The indexer of `resource_type`'s supported parameters.
+    pub fn new(registry: &super::SearchRegistry, resource_type: &str) -> Self {
+        let mut groups: Vec<ExpressionGroup> = Vec::new();
+        for param in registry.supported(resource_type) {
+            let Some(path) = &param.path else { continue };
+            let entry = (param.code.clone(), param.param_type);
+            match groups.iter_mut().find(|g| g.path.text() == path.text()) {
+                Some(group) => group.params.push(entry),
+                None => {
+                    let mut roots = Vec::new();
+                    let roots = root_elements(path.ast(), &mut roots).then_some(roots);
+                    groups.push(ExpressionGroup {
+                        path: path.clone(),
+                        roots,
+                        params: vec![entry],
+                    });
+                }
+            }
+        }
+        Self { groups }
+    }
+
+    /// Appends `(parameter code, value)` for every indexed value of `resource`.
+    pub fn index<'s>(
+        &'s self,
+        resource: &JsonValue<'_>,
+        out: &mut Vec<(&'s str, IndexValue)>,
+    ) -> Result<(), crate::fhirpath::FhirPathError> {
+        let members = resource.as_object().unwrap_or_default();
+        let vars = std::collections::HashMap::new();
+        for group in &self.groups {
+            if let Some(roots) = &group.roots {
+                // A choice element appears as `valueQuantity` for root `value`.
+                let present = roots
+                    .iter()
+                    .any(|r| members.iter().any(|(k, _)| k.starts_with(r.as_str())));
+                if !present && !roots.iter().any(|r| r == "id" || r == "meta") {
+                    continue;
+                }
+            }
+            let results = group.path.evaluate(resource, &vars)?;
+            if results.is_empty() {
+                continue;
+            }
+            for (code, param_type) in &group.params {
+                let mut values = Vec::new();
+                for value in &results {
+                    extract(*param_type, value, &mut values);
+                }
+                out.extend(values.into_iter().map(|v| (code.as_str(), v)));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod indexer_tests {
+    use super::*;
+    use crate::json::parse;
+    use crate::search::SearchRegistry;
+
+    #[test]
+    fn indexer_agrees_with_per_parameter_extraction() {
+        let registry = SearchRegistry::r4().unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/data/synthea-10/Observation.000.ndjson"
+        ))
+        .unwrap();
+        let indexer = TypeIndexer::new(registry, "Observation");
+        for line in text.lines().take(300) {
+            let resource = parse(line).unwrap();
+            let mut fast = Vec::new();
+            indexer.index(&resource, &mut fast).unwrap();
+            let mut slow = Vec::new();
+            for param in registry.supported("Observation") {
+                for v in index_values(param, &resource).unwrap() {
+                    slow.push((param.code.as_str(), v));
+                }
+            }
+            let key = |v: &(&str, IndexValue)| format!("{}{:?}", v.0, v.1);
+            let mut fast: Vec<String> = fast.iter().map(key).collect();
+            let mut slow: Vec<String> = slow.iter().map(key).collect();
+            fast.sort();
+            slow.sort();
+            assert_eq!(fast, slow);
+        }
+    }
+}
