@@ -7,14 +7,12 @@ use std::sync::OnceLock;
 
 use serde::Deserialize;
 
+use super::search_parameters::{SearchParameterDefinition, definitions, split_union};
 use super::{DefinitionError, ResourceTypes, parse_reference};
 use crate::json::JsonValue;
 
 const COMPARTMENT_FILE: &str = "data/fhir-r4/CompartmentDefinition-patient.json";
 const COMPARTMENT_JSON: &str = include_str!("../../data/fhir-r4/CompartmentDefinition-patient.json");
-const SEARCH_PARAMETERS_FILE: &str = "data/fhir-r4/search-parameters.json";
-/// The official R4 search parameter bundle (shared with the search registry).
-pub(crate) const SEARCH_PARAMETERS_JSON: &str = include_str!("../../data/fhir-r4/search-parameters.json");
 
 /// One element path whose references can put a resource in a Patient's compartment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,23 +45,6 @@ struct CompartmentResource {
     param: Vec<String>,
 }
 
-#[derive(Deserialize)]
-struct SearchParameterBundle {
-    entry: Vec<SearchParameterEntry>,
-}
-
-#[derive(Deserialize)]
-struct SearchParameterEntry {
-    resource: SearchParameterResource,
-}
-
-#[derive(Deserialize)]
-struct SearchParameterResource {
-    code: String,
-    base: Vec<String>,
-    expression: Option<String>,
-}
-
 impl PatientCompartment {
     /// The process-wide instance (built once from the bundled definitions).
     pub fn r4() -> Result<&'static PatientCompartment, &'static DefinitionError> {
@@ -77,19 +58,19 @@ impl PatientCompartment {
                 file: COMPARTMENT_FILE,
                 source,
             })?;
-        let bundle: SearchParameterBundle =
-            serde_json::from_str(SEARCH_PARAMETERS_JSON).map_err(|source| DefinitionError::Json {
-                file: SEARCH_PARAMETERS_FILE,
-                source,
-            })?;
+        let unavailable = |e: &DefinitionError| DefinitionError::Unsupported {
+            file: COMPARTMENT_FILE,
+            message: format!("search parameter definitions unavailable: {e}"),
+        };
+        let search_parameters = definitions().map_err(unavailable)?;
         let types = ResourceTypes::r4().map_err(|e| DefinitionError::Unsupported {
             file: COMPARTMENT_FILE,
             message: format!("element definitions unavailable: {e}"),
         })?;
-        let mut by_key: HashMap<(&str, &str), &SearchParameterResource> = HashMap::new();
-        for entry in &bundle.entry {
-            for base in &entry.resource.base {
-                by_key.insert((base.as_str(), entry.resource.code.as_str()), &entry.resource);
+        let mut by_key: HashMap<(&str, &str), &SearchParameterDefinition> = HashMap::new();
+        for sp in search_parameters {
+            for base in &sp.base {
+                by_key.insert((base.as_str(), sp.code.as_str()), sp);
             }
         }
         let mut paths = HashMap::new();
@@ -105,7 +86,7 @@ impl PatientCompartment {
                 };
                 let expression = sp.expression.as_deref().unwrap_or_default();
                 let mut found = false;
-                for branch in expression.split('|').map(str::trim) {
+                for branch in split_union(expression) {
                     let Some(rest) = branch
                         .strip_prefix(resource.code.as_str())
                         .and_then(|r| r.strip_prefix('.'))

@@ -6,6 +6,7 @@ pub mod compartment;
 pub mod model;
 pub mod reference;
 pub mod resource_types;
+pub mod search_parameters;
 
 pub use compartment::PatientCompartment;
 pub use reference::{ReferenceTarget, parse_reference};

@@ -71,6 +71,8 @@ pub struct TypeDef {
     pub kind: TypeKind,
     /// The type it specialises (`code` → `string`, `Patient` → `DomainResource`).
     pub base: Option<&'static str>,
+    /// Abstract types (`Resource`, `DomainResource`) have no instances.
+    pub is_abstract: bool,
 }
 
 /// One child element.
@@ -85,6 +87,9 @@ pub struct ElementDef {
     /// Where the element's own children are defined: a type name, or the
     /// element's path for backbone elements (`Observation.component`).
     pub children_owner: Option<&'static str>,
+    /// Allowed targets of a `Reference` element (`Observation.subject` →
+    /// Patient, Group, Device, Location).
+    pub targets: Vec<&'static str>,
 }
 
 /// The R4 model.
@@ -105,6 +110,8 @@ struct TypeEntry {
     kind: String,
     #[serde(rename = "baseDefinition")]
     base_definition: Option<String>,
+    #[serde(rename = "abstract", default)]
+    is_abstract: bool,
     #[serde(default)]
     elements: Vec<ElementEntry>,
 }
@@ -124,6 +131,8 @@ struct ElementEntry {
 #[derive(Deserialize)]
 struct ElementType {
     code: String,
+    #[serde(default)]
+    targets: Vec<String>,
 }
 
 fn leak(s: &str) -> &'static str {
@@ -153,13 +162,27 @@ impl FhirModel {
                 _ => TypeKind::Complex,
             };
             let base = entry.base_definition.as_deref().map(&mut intern);
-            types.insert(intern(name), TypeDef { kind, base });
+            types.insert(
+                intern(name),
+                TypeDef {
+                    kind,
+                    base,
+                    is_abstract: entry.is_abstract,
+                },
+            );
             for element in &entry.elements {
                 let Some((owner, child)) = element.path.rsplit_once('.') else {
                     continue;
                 };
                 let child = child.trim_end_matches("[x]");
                 let codes: Vec<&'static str> = element.types.iter().map(|t| intern(&t.code)).collect();
+                let targets: Vec<&'static str> = element
+                    .types
+                    .iter()
+                    .filter(|t| t.code == "Reference")
+                    .flat_map(|t| t.targets.iter())
+                    .map(|t| intern(t))
+                    .collect();
                 // Primitive types define a `value` child of a System type: not navigable in JSON.
                 if kind == TypeKind::Primitive {
                     continue;
@@ -177,6 +200,7 @@ impl FhirModel {
                 elements.entry(intern(owner)).or_default().insert(
                     intern(child),
                     ElementDef {
+                        targets,
                         types: codes,
                         choice: element.choice,
                         repeating,
@@ -186,6 +210,11 @@ impl FhirModel {
             }
         }
         Ok(Self { types, elements })
+    }
+
+    /// All types of the model with their definitions.
+    pub fn types(&self) -> impl Iterator<Item = (&'static str, &TypeDef)> {
+        self.types.iter().map(|(k, v)| (*k, v))
     }
 
     /// The definition of a type.

@@ -6,27 +6,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
-use serde::Deserialize;
-
-use crate::fhir::compartment::SEARCH_PARAMETERS_JSON;
+use crate::fhir::search_parameters::definitions;
+pub use crate::fhir::search_parameters::{ParamType, split_union};
 use crate::fhir::{DefinitionError, ResourceTypes};
 use crate::fhirpath::FhirPath;
-
-/// A search parameter's type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[allow(missing_docs)]
-pub enum ParamType {
-    Number,
-    Date,
-    String,
-    Token,
-    Reference,
-    Composite,
-    Quantity,
-    Uri,
-    Special,
-}
 
 /// One component of a composite parameter.
 #[derive(Debug, Clone)]
@@ -71,56 +54,6 @@ pub struct SearchRegistry {
     by_url: HashMap<String, (String, ParamType)>,
 }
 
-#[derive(Deserialize)]
-struct Bundle {
-    entry: Vec<Entry>,
-}
-
-#[derive(Deserialize)]
-struct Entry {
-    resource: Definition,
-}
-
-#[derive(Deserialize)]
-struct Definition {
-    url: String,
-    code: String,
-    base: Vec<String>,
-    #[serde(rename = "type")]
-    param_type: ParamType,
-    expression: Option<String>,
-    #[serde(default)]
-    target: Vec<String>,
-    #[serde(default)]
-    component: Vec<ComponentDefinition>,
-}
-
-#[derive(Deserialize)]
-struct ComponentDefinition {
-    definition: String,
-    expression: String,
-}
-
-/// Splits `expression` at `|` outside parentheses and quotes.
-pub fn split_union(expression: &str) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let (mut depth, mut quoted, mut start) = (0i32, false, 0);
-    for (i, c) in expression.char_indices() {
-        match c {
-            '\'' => quoted = !quoted,
-            '(' if !quoted => depth += 1,
-            ')' if !quoted => depth -= 1,
-            '|' if !quoted && depth == 0 => {
-                parts.push(expression[start..i].trim());
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    parts.push(expression[start..].trim());
-    parts
-}
-
 /// True if branch `branch` of a shared expression applies to `resource_type`.
 fn branch_applies(branch: &str, resource_type: &str) -> bool {
     let b = branch.trim_start_matches('(').trim_start();
@@ -138,9 +71,9 @@ impl SearchRegistry {
     }
 
     fn load() -> Result<Self, DefinitionError> {
-        let bundle: Bundle = serde_json::from_str(SEARCH_PARAMETERS_JSON).map_err(|source| DefinitionError::Json {
+        let definitions = definitions().map_err(|e| DefinitionError::Unsupported {
             file: "data/fhir-r4/search-parameters.json",
-            source,
+            message: e.to_string(),
         })?;
         let types = ResourceTypes::r4().map_err(|e| DefinitionError::Unsupported {
             file: "data/fhir-r4/elements-r4.json",
@@ -148,8 +81,7 @@ impl SearchRegistry {
         })?;
         let mut by_type: HashMap<&'static str, BTreeMap<String, SearchParam>> = HashMap::new();
         let mut by_url = HashMap::new();
-        for entry in bundle.entry {
-            let def = entry.resource;
+        for def in definitions {
             by_url.insert(def.url.clone(), (def.code.clone(), def.param_type));
             let bases: Vec<&'static str> = if def.base.iter().any(|b| b == "Resource" || b == "DomainResource") {
                 types.names().to_vec()
@@ -261,11 +193,5 @@ mod tests {
                 assert!(p.path.is_some(), "{t}.{} '{}' does not parse", p.code, p.expression);
             }
         }
-    }
-
-    #[test]
-    fn splits_unions_outside_parentheses() {
-        assert_eq!(split_union("a.where(x | y) | (b as C)"), ["a.where(x | y)", "(b as C)"]);
-        assert_eq!(split_union("'a|b' | c"), ["'a|b'", "c"]);
     }
 }
