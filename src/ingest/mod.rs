@@ -90,6 +90,9 @@ pub enum IngestError {
     /// A view could not be materialized.
     #[error(transparent)]
     View(#[from] MaterializeError),
+    /// A worker thread panicked: a bug in fhirlake, not in the data.
+    #[error("a load worker crashed (a bug in fhirlake; please report it with the input); nothing was committed")]
+    WorkerPanicked,
     /// A load thread panicked or was cancelled.
     #[error("load thread failed: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -440,10 +443,7 @@ fn run_pipeline(ctx: &WorkerContext<'_>, workers: usize) -> (Vec<WorkerOutput>, 
                 outputs.push(output);
                 errors.extend(error);
             }
-            Err(_) => errors.push(IngestError::Read {
-                file: String::new(),
-                source: std::io::Error::other("a load worker panicked"),
-            }),
+            Err(_) => errors.push(IngestError::WorkerPanicked),
         }
     }
     // Report the earliest bad line, so the message does not depend on thread timing.

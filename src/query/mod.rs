@@ -47,7 +47,15 @@ pub enum QueryError {
 
 /// A session over the warehouse's current snapshot.
 pub async fn open_session(warehouse: &Warehouse) -> Result<SessionContext, QueryError> {
-    Ok(session_for(warehouse).await?.0)
+    let (ctx, snapshot) = session_for(warehouse).await?;
+    if snapshot.is_none() {
+        // Queries will fail with "table not found"; say why and what to do.
+        tracing::warn!(
+            "warehouse {} holds no data yet: run `fhirlake load` first",
+            warehouse.root().url()
+        );
+    }
+    Ok(ctx)
 }
 
 /// The result of one statement.

@@ -32,51 +32,11 @@ pub fn write_batches(
     out: &mut (dyn Write + Send),
     target: &str,
 ) -> Result<(), QueryError> {
-    let io = |source| QueryError::Io {
-        target: target.to_string(),
-        source,
-    };
-    match format {
-        OutputFormat::Table => {
-            let table = if batches.is_empty() {
-                pretty_format_batches(&[RecordBatch::new_empty(schema)])?
-            } else {
-                pretty_format_batches(batches)?
-            };
-            writeln!(out, "{table}").map_err(io)?;
-        }
-        OutputFormat::Csv => {
-            let mut writer = datafusion::arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(&mut *out);
-            for batch in batches {
-                writer.write(batch)?;
-            }
-        }
-        OutputFormat::Json => {
-            let mut writer = datafusion::arrow::json::ArrayWriter::new(&mut *out);
-            for batch in batches {
-                writer.write(batch)?;
-            }
-            writer.finish()?;
-            writeln!(out).map_err(io)?;
-        }
-        OutputFormat::Ndjson => {
-            let mut writer = datafusion::arrow::json::LineDelimitedWriter::new(&mut *out);
-            for batch in batches {
-                writer.write(batch)?;
-            }
-            writer.finish()?;
-        }
-        OutputFormat::Parquet => {
-            let mut writer = ArrowWriter::try_new(&mut *out, schema, None)?;
-            for batch in batches {
-                writer.write(batch)?;
-            }
-            writer.close()?;
-        }
+    let mut writer = StreamingWriter::new(format, schema, out)?;
+    for batch in batches {
+        writer.write(batch)?;
     }
-    out.flush().map_err(io)
+    writer.finish(target)
 }
 
 /// Writes batches one at a time (for results too large to hold): CSV, NDJSON,
@@ -140,12 +100,15 @@ impl<W: Write + Send> StreamingWriter<W> {
                 writeln!(out).map_err(io)?;
                 out.flush().map_err(io)
             }
-            Self::Parquet(w) => {
-                w.close()?;
-                Ok(())
-            }
+            Self::Parquet(w) => w.into_inner()?.flush().map_err(io),
             Self::Table(mut out, schema, batches) => {
-                write_batches(schema, &batches, OutputFormat::Table, &mut out, target)
+                let table = if batches.is_empty() {
+                    pretty_format_batches(&[RecordBatch::new_empty(schema)])?
+                } else {
+                    pretty_format_batches(&batches)?
+                };
+                writeln!(out, "{table}").map_err(io)?;
+                out.flush().map_err(io)
             }
         }
     }

@@ -40,8 +40,10 @@ pub fn schema_of(kind: TableKind) -> Option<SchemaRef> {
 }
 
 /// A table provider reading exactly the files of `entry`.
+/// `ctx` reads a view table's schema from its files.
 pub async fn table_provider(
     warehouse: &Warehouse,
+    ctx: &SessionContext,
     entry: &TableEntry,
 ) -> Result<Arc<dyn TableProvider>, WarehouseError> {
     let schema = schema_of(entry.kind);
@@ -59,7 +61,7 @@ pub async fn table_provider(
     let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options);
     let config = match schema {
         Some(schema) => config.with_schema(schema),
-        None => config.infer_schema(&new_session()?.state()).await?,
+        None => config.infer_schema(&ctx.state()).await?,
     };
     Ok(Arc::new(ListingTable::try_new(config)?))
 }
@@ -86,7 +88,7 @@ pub async fn register_snapshot(
     }
     let mut compartment_branches = Vec::new();
     for (name, entry) in &snapshot.tables {
-        let provider = table_provider(warehouse, entry).await?;
+        let provider = table_provider(warehouse, ctx, entry).await?;
         if entry.kind == TableKind::View {
             let view_name = name.strip_prefix("views/").unwrap_or(name);
             ctx.register_table(TableReference::bare(view_name), provider)?;
