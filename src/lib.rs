@@ -10,9 +10,11 @@
 //! - [`query`]: running SQL over the warehouse and writing results
 //! - [`generate`]: scaled-up benchmark data from a real dataset
 
+pub mod cohort;
 pub mod fhir;
 pub mod fhirpath;
 pub mod generate;
+pub mod index;
 pub mod ingest;
 pub mod json;
 pub mod query;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use fhirlake::cohort::CohortEngine;
 use fhirlake::ingest::{LoadOptions, LoadReport, load};
 use fhirlake::query::{OutputFormat, StreamingWriter, open_session, run_statements, write_batches};
 use fhirlake::view::materialize::run_view;
@@ -49,6 +50,10 @@ enum Command {
         /// Do not materialize the shipped views (only those of --views, if any).
         #[arg(long)]
         no_shipped_views: bool,
+        /// Do not write the search index (cohorts and `_typeFilter` need it;
+        /// useful only to measure or to load data never searched).
+        #[arg(long)]
+        no_index: bool,
     },
     /// SQL-on-FHIR ViewDefinitions.
     View {
@@ -65,6 +70,23 @@ enum Command {
         /// Write results to this file instead of stdout.
         #[arg(long)]
         output: Option<PathBuf>,
+    },
+    /// Count the patients meeting every FHIR search expression (member-filter
+    /// style: `Condition?code=http://snomed.info/sct|44054006`; several are ANDed).
+    Cohort {
+        /// FHIR search expressions (`Type?param=value&…`).
+        #[arg(required = true)]
+        expressions: Vec<String>,
+        /// Only patients who are members of this Group of the loaded data.
+        #[arg(long)]
+        base_group: Option<String>,
+        /// Print the optimized logical plan and the physical plan with its
+        /// metrics (rows, row groups pruned) and the time taken.
+        #[arg(long)]
+        explain: bool,
+        /// Print the patient ids, one per line, after the count.
+        #[arg(long)]
+        ids: bool,
     },
     /// Delete data files that no recent snapshot refers to (replaced by merges,
     /// or left by failed or killed loads).
@@ -152,6 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             views,
             no_shipped_views,
+            no_index,
         } => {
             let sources = if sources.is_empty() {
                 vec![sample_data()]
@@ -162,6 +185,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut options = LoadOptions {
                 skip_invalid,
                 quiet,
+                index: !no_index,
                 ..LoadOptions::default()
             };
             if views.is_some() || no_shipped_views {
@@ -205,6 +229,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for result in &results {
                 write_batches(result.schema.clone(), &result.batches, format, &mut sink, &target)?;
             }
+        }
+        Command::Cohort {
+            expressions,
+            base_group,
+            explain,
+            ids,
+        } => {
+            let started = std::time::Instant::now();
+            let queries = CohortEngine::parse(&expressions)?;
+            let warehouse = Warehouse::open(&cli.warehouse)?;
+            let engine = CohortEngine::open(&warehouse).await?;
+            if !engine.has_index() {
+                anyhow::bail!("the warehouse has no search index: reload without --no-index");
+            }
+            let base = match &base_group {
+                Some(id) => Some(engine.group_members(id).await?),
+                None => None,
+            };
+            let plan = engine.plan(&queries, base.as_deref())?;
+            let mut out = std::io::stdout().lock();
+            if explain {
+                writeln!(out, "{}", engine.explain(plan.clone()).await?)?;
+            }
+            let result = engine.run(plan).await?;
+            writeln!(out, "{}", result.patients.len())?;
+            if ids {
+                for id in &result.patients {
+                    writeln!(out, "{id}")?;
+                }
+            }
+            tracing::debug!(
+                patients = result.patients.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                "cohort computed"
+            );
         }
         Command::View {
             command: ViewCommand::Run { view, format, output },

@@ -29,6 +29,10 @@ pub use source::{SourceFile, discover};
 use self::progress::{Progress, ProgressDisplay};
 use self::worker::{WorkerContext, WorkerOutput, run_worker};
 use crate::fhir::{DefinitionError, PatientCompartment, ResourceTypes};
+use crate::index::rebuild::rebuild_index;
+use crate::index::writer::IndexWriteError;
+use crate::index::{INDEX_TABLE_PREFIX, parse_index_table_key};
+use crate::search::SearchRegistry;
 use crate::store::StoreError;
 use crate::view::catalog::view_table_key;
 use crate::view::materialize::{MaterializeError, rebuild_views};
@@ -90,6 +94,9 @@ pub enum IngestError {
     /// A view could not be materialized.
     #[error(transparent)]
     View(#[from] MaterializeError),
+    /// Writing the search index failed.
+    #[error(transparent)]
+    Index(#[from] IndexWriteError),
     /// A worker thread panicked: a bug in fhirlake, not in the data.
     #[error("a load worker crashed (a bug in fhirlake; please report it with the input); nothing was committed")]
     WorkerPanicked,
@@ -109,6 +116,8 @@ pub struct LoadOptions {
     pub quiet: bool,
     /// Views to materialize; `None` means the shipped views (`sql/views`).
     pub views: Option<ViewCatalog>,
+    /// Write the search index (needed by cohorts and `_typeFilter`).
+    pub index: bool,
 }
 
 impl Default for LoadOptions {
@@ -119,6 +128,7 @@ impl Default for LoadOptions {
             workers: cores,
             quiet: false,
             views: None,
+            index: true,
         }
     }
 }
@@ -168,6 +178,11 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
     let started = Instant::now();
     let types = ResourceTypes::r4().map_err(IngestError::Definitions)?;
     let compartment = PatientCompartment::r4().map_err(IngestError::Definitions)?;
+    let search = if options.index {
+        Some(SearchRegistry::r4().map_err(IngestError::Definitions)?)
+    } else {
+        None
+    };
     let views = match &options.views {
         Some(v) => v.clone(),
         None => ViewCatalog::shipped().map_err(|e| IngestError::View(e.into()))?,
@@ -211,6 +226,7 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
                 progress: &progress,
                 views: &views,
                 runners: &runners,
+                search,
             };
             run_pipeline(&ctx, options.workers.max(1))
         })
@@ -259,7 +275,7 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
     let result = async {
         let mut merged_types: Vec<String> = Vec::new();
         for (name, (files, loaded)) in &new_files {
-            if name.starts_with("views/") {
+            if name.starts_with("views/") || name.starts_with(INDEX_TABLE_PREFIX) {
                 continue;
             }
             let kind = if name == REJECTS_TABLE {
@@ -353,6 +369,63 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
             );
             snapshot.tables.insert(name.clone(), entry);
         }
+        // Index: appended from the workers' single parse, unless the resource
+        // table was merged, in which case all its index tables are rebuilt.
+        if let Some(registry) = search {
+            for resource_type in &merged_types {
+                let Some(resource_type) = types.get(resource_type) else {
+                    continue;
+                };
+                let resource_files = snapshot
+                    .tables
+                    .get(resource_type)
+                    .map(|t| t.files.clone())
+                    .unwrap_or_default();
+                let rebuilt =
+                    rebuild_index(warehouse, resource_type, &resource_files, &token, registry, compartment).await?;
+                snapshot
+                    .tables
+                    .retain(|key, _| parse_index_table_key(key).is_none_or(|(_, t)| t != resource_type));
+                for (key, output) in rebuilt {
+                    merged_files.extend(output.files.iter().cloned());
+                    let entry = TableEntry {
+                        kind: TableKind::Index,
+                        files: output.files,
+                    };
+                    let loaded = new_files.get(&key).map_or(0, |(_, n)| *n);
+                    report.tables.insert(
+                        key.clone(),
+                        TableReport {
+                            loaded,
+                            rows: entry.rows(),
+                            merged: true,
+                        },
+                    );
+                    snapshot.tables.insert(key, entry);
+                }
+            }
+            for (name, (files, loaded)) in &new_files {
+                let Some((_, resource_type)) = parse_index_table_key(name) else {
+                    continue;
+                };
+                if merged_types.iter().any(|t| t == resource_type) {
+                    continue;
+                }
+                let entry = snapshot.tables.entry(name.clone()).or_insert_with(|| TableEntry {
+                    kind: TableKind::Index,
+                    files: Vec::new(),
+                });
+                entry.files.extend(files.iter().cloned());
+                report.tables.insert(
+                    name.clone(),
+                    TableReport {
+                        loaded: *loaded,
+                        rows: entry.rows(),
+                        merged: false,
+                    },
+                );
+            }
+        }
         snapshot.version = version;
         snapshot.committed_at = now_rfc3339();
         snapshot.operation = "load".into();
@@ -373,11 +446,10 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
         return Err(e);
     }
     // New files that a merge superseded were never visible: remove them.
-    let superseded: Vec<DataFile> = report
-        .tables
+    let superseded: Vec<DataFile> = new_files
         .iter()
-        .filter(|(_, t)| t.merged)
-        .flat_map(|(name, _)| new_files.get(name.as_str()).map(|(f, _)| f.clone()).unwrap_or_default())
+        .filter(|(name, _)| report.tables.get(name.as_str()).is_none_or(|t| t.merged))
+        .flat_map(|(_, (files, _))| files.clone())
         .collect();
     warehouse.delete_files(&superseded).await;
     report.version = version;

@@ -16,6 +16,8 @@ use super::reader::{Chunk, Work};
 use super::record::{RejectReason, validate};
 use super::source::SourceFile;
 use crate::fhir::{PatientCompartment, ResourceTypes};
+use crate::index::writer::{IndexTarget, IndexWriter};
+use crate::search::SearchRegistry;
 use crate::json;
 use crate::store::StoreLocation;
 use crate::view::catalog::view_table_key;
@@ -63,6 +65,8 @@ pub struct WorkerContext<'a> {
     pub views: &'a ViewCatalog,
     /// One runner per view of `views`.
     pub runners: &'a [ViewRunner<'a>],
+    /// Search parameters to index (`None`: no search index).
+    pub search: Option<&'static SearchRegistry>,
 }
 
 /// Files a worker wrote for one table.
@@ -79,6 +83,14 @@ pub struct TableOutput {
 pub struct WorkerOutput {
     /// Per table name (resource types and `_rejects`).
     pub tables: BTreeMap<String, TableOutput>,
+}
+
+/// Why a line produced no row.
+enum RowError {
+    /// The line's fault: reject it.
+    Reject(RejectReason),
+    /// Writing failed: the load fails.
+    Fatal(IngestError),
 }
 
 /// Rows of the views of one resource: (view index, rows).
@@ -101,6 +113,8 @@ struct Worker<'a> {
     view_buffers: ViewBuffers,
     view_writers: Vec<Option<ViewTableWriter>>,
     view_outputs: Vec<TableOutput>,
+    search_index: Option<IndexWriter<'a>>,
+    index_outputs: BTreeMap<String, TableOutput>,
 }
 
 /// Runs worker `index` until the channel closes. On error, the error is
@@ -121,6 +135,16 @@ pub fn run_worker(
         view_buffers: ViewBuffers::new(&ctx.runners.iter().collect::<Vec<_>>()),
         view_writers: ctx.runners.iter().map(|_| None).collect(),
         view_outputs: ctx.runners.iter().map(|_| TableOutput::default()).collect(),
+        search_index: ctx.search.map(|registry| {
+            let target = IndexTarget {
+                root: ctx.root,
+                token: ctx.token,
+                part: format!("w{index}"),
+                handle: ctx.handle.clone(),
+            };
+            IndexWriter::new(target, registry)
+        }),
+        index_outputs: BTreeMap::new(),
     };
     let mut error = None;
     loop {
@@ -154,7 +178,7 @@ pub fn run_worker(
     (worker.into_output(), error)
 }
 
-impl Worker<'_> {
+impl<'a> Worker<'a> {
     fn process(&mut self, chunk: &Chunk) -> Result<(), IngestError> {
         let data = &chunk.data;
         let mut start = 0;
@@ -193,7 +217,8 @@ impl Worker<'_> {
     fn add_resource(&mut self, file: usize, line_no: u64, text: &str) -> Result<Result<(), RejectReason>, IngestError> {
         let (name, view_rows) = match self.append_row(file, line_no, text) {
             Ok(appended) => appended,
-            Err(reason) => return Ok(Err(reason)),
+            Err(RowError::Reject(reason)) => return Ok(Err(reason)),
+            Err(RowError::Fatal(error)) => return Err(error),
         };
         for (i, rows) in view_rows {
             self.view_outputs[i].resources += rows.len() as u64;
@@ -263,14 +288,16 @@ impl Worker<'_> {
     /// Validates a line and buffers its row; returns its type and the rows of
     /// its views (computed before anything is buffered, so a view error
     /// leaves no partial output).
-    fn append_row(&mut self, file: usize, line_no: u64, text: &str) -> Result<(&'static str, ViewRows), RejectReason> {
-        let value = json::parse(text)?;
-        let header = validate(&value, self.ctx.types)?;
+    fn append_row(&mut self, file: usize, line_no: u64, text: &str) -> Result<(&'static str, ViewRows), RowError> {
+        let value = json::parse(text).map_err(|e| RowError::Reject(e.into()))?;
+        let header = validate(&value, self.ctx.types).map_err(RowError::Reject)?;
         let mut view_rows = Vec::new();
         for &i in self.ctx.views.for_type(header.resource_type) {
-            let rows = self.ctx.runners[i].rows(&value).map_err(|e| RejectReason::View {
-                view: self.ctx.views.name(i).to_string(),
-                message: e.to_string(),
+            let rows = self.ctx.runners[i].rows(&value).map_err(|e| {
+                RowError::Reject(RejectReason::View {
+                    view: self.ctx.views.name(i).to_string(),
+                    message: e.to_string(),
+                })
             })?;
             view_rows.push((i, rows));
         }
@@ -285,6 +312,11 @@ impl Worker<'_> {
             output: TableOutput::default(),
         });
         table.builder.append(&header, seq, &self.patients, text);
+        if let Some(index) = self.search_index.as_mut() {
+            index
+                .add(header.resource_type, &value, &self.patients)
+                .map_err(|e| RowError::Fatal(e.into()))?;
+        }
         self.ctx.progress.resources.fetch_add(1, Ordering::Relaxed);
         // A type seen by this worker gets a file for each of its views, even an empty one.
         for &i in self.ctx.views.for_type(header.resource_type) {
@@ -396,6 +428,17 @@ impl Worker<'_> {
                 self.view_outputs[i].files.extend(w.finish()?);
             }
         }
+        if let Some(index) = self.search_index.take() {
+            for (key, output) in index.finish()? {
+                self.index_outputs.insert(
+                    key,
+                    TableOutput {
+                        files: output.files,
+                        resources: output.rows,
+                    },
+                );
+            }
+        }
         Ok(())
     }
 
@@ -411,6 +454,18 @@ impl Worker<'_> {
         for i in 0..self.view_writers.len() {
             if let Some(w) = self.view_writers[i].take() {
                 self.view_outputs[i].files.extend(w.abort());
+            }
+        }
+        if let Some(index) = self.search_index.take() {
+            let files = index.abort();
+            if !files.is_empty() {
+                self.index_outputs.insert(
+                    "index/aborted".into(),
+                    TableOutput {
+                        files,
+                        resources: 0,
+                    },
+                );
             }
         }
     }
@@ -429,6 +484,7 @@ impl Worker<'_> {
                 tables.insert(view_table_key(self.ctx.views.name(i)), output);
             }
         }
+        tables.extend(self.index_outputs);
         WorkerOutput { tables }
     }
 }

@@ -386,16 +386,16 @@ mod tests {
 /// evaluated once, and an expression whose first element the resource lacks
 /// is not evaluated at all (most parameters of a type are absent from any
 /// given resource).
-pub struct TypeIndexer {
-    groups: Vec<ExpressionGroup>,
+pub struct TypeIndexer<'r> {
+    groups: Vec<ExpressionGroup<'r>>,
 }
 
-struct ExpressionGroup {
+struct ExpressionGroup<'r> {
     path: crate::fhirpath::FhirPath,
     /// Root element names the expression reads (`None`: could not tell, always evaluate).
     roots: Option<Vec<String>>,
     /// (parameter code, type) of every parameter using this expression.
-    params: Vec<(String, ParamType)>,
+    params: Vec<(&'r str, ParamType)>,
 }
 
 /// The element names right below the resource that `expr` starts from.
@@ -420,13 +420,13 @@ fn root_elements(expr: &crate::fhirpath::ast::Expr, out: &mut Vec<String>) -> bo
     }
 }
 
-impl TypeIndexer {
+impl<'r> TypeIndexer<'r> {
     /// The indexer of `resource_type`'s supported parameters.
-    pub fn new(registry: &super::SearchRegistry, resource_type: &str) -> Self {
+    pub fn new(registry: &'r super::SearchRegistry, resource_type: &str) -> Self {
         let mut groups: Vec<ExpressionGroup> = Vec::new();
         for param in registry.supported(resource_type) {
             let Some(path) = &param.path else { continue };
-            let entry = (param.code.clone(), param.param_type);
+            let entry = (param.code.as_str(), param.param_type);
             match groups.iter_mut().find(|g| g.path.text() == path.text()) {
                 Some(group) => group.params.push(entry),
                 None => {
@@ -444,11 +444,35 @@ impl TypeIndexer {
     }
 
     /// Appends `(parameter code, value)` for every indexed value of `resource`.
-    pub fn index<'s>(
-        &'s self,
+    pub fn index(
+        &self,
         resource: &JsonValue<'_>,
-        out: &mut Vec<(&'s str, IndexValue)>,
+        out: &mut Vec<(&'r str, IndexValue)>,
     ) -> Result<(), crate::fhirpath::FhirPathError> {
+        let mut first_error = None;
+        self.index_each(resource, out, |e| {
+            first_error.get_or_insert(e);
+        });
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Like [`TypeIndexer::index`], but an expression that fails is skipped
+    /// (the others still index the resource); returns how many failed.
+    pub fn index_lenient(&self, resource: &JsonValue<'_>, out: &mut Vec<(&'r str, IndexValue)>) -> u64 {
+        let mut failures = 0;
+        self.index_each(resource, out, |e| {
+            tracing::debug!(error = %e, "search parameter expression failed; value not indexed");
+            failures += 1;
+        });
+        failures
+    }
+
+    fn index_each(
+        &self,
+        resource: &JsonValue<'_>,
+        out: &mut Vec<(&'r str, IndexValue)>,
+        mut on_error: impl FnMut(crate::fhirpath::FhirPathError),
+    ) {
         let members = resource.as_object().unwrap_or_default();
         let vars = std::collections::HashMap::new();
         for group in &self.groups {
@@ -461,19 +485,24 @@ impl TypeIndexer {
                     continue;
                 }
             }
-            let results = group.path.evaluate(resource, &vars)?;
+            let results = match group.path.evaluate(resource, &vars) {
+                Ok(results) => results,
+                Err(e) => {
+                    on_error(e);
+                    continue;
+                }
+            };
             if results.is_empty() {
                 continue;
             }
-            for (code, param_type) in &group.params {
-                let mut values = Vec::new();
+            let mut values = Vec::new();
+            for &(code, param_type) in &group.params {
                 for value in &results {
-                    extract(*param_type, value, &mut values);
+                    extract(param_type, value, &mut values);
                 }
-                out.extend(values.into_iter().map(|v| (code.as_str(), v)));
+                out.extend(values.drain(..).map(|v| (code, v)));
             }
         }
-        Ok(())
     }
 }
 

@@ -111,7 +111,7 @@ where
     };
     ctx.register_table(
         "scan_source",
-        table_provider(warehouse, &ctx, &entry)
+        table_provider(warehouse, &ctx, "", &entry)
             .await
             .map_err(MaterializeError::Warehouse)?,
     )

@@ -1,5 +1,6 @@
 //! Registering a warehouse snapshot as DataFusion tables.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
@@ -12,6 +13,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::schema::{rejects_schema, resource_schema};
+use crate::index::{IndexKind, parse_index_table_key};
 use super::{Snapshot, TableEntry, TableKind, Warehouse, WarehouseError};
 
 /// Memory DataFusion may use for sorts, joins and aggregates before it spills
@@ -30,30 +32,41 @@ pub fn new_session() -> Result<SessionContext, WarehouseError> {
     Ok(ctx)
 }
 
-/// The schema of a table of `kind` (`None` for views: their files carry it).
-pub fn schema_of(kind: TableKind) -> Option<SchemaRef> {
+/// The schema of table `name` of `kind` (`None` for views: their files carry it).
+pub fn schema_of(name: &str, kind: TableKind) -> Option<SchemaRef> {
     match kind {
         TableKind::Resource => Some(resource_schema()),
         TableKind::Rejects => Some(rejects_schema()),
         TableKind::View => None,
+        TableKind::Index => parse_index_table_key(name).map(|(kind, _)| kind.schema()),
     }
 }
 
-/// A table provider reading exactly the files of `entry`.
-/// `ctx` reads a view table's schema from its files.
+/// A table provider reading exactly the files of `entry` (named `name` in
+/// the snapshot). `ctx` reads a view table's schema from its files.
 pub async fn table_provider(
     warehouse: &Warehouse,
     ctx: &SessionContext,
+    name: &str,
     entry: &TableEntry,
 ) -> Result<Arc<dyn TableProvider>, WarehouseError> {
-    let schema = schema_of(entry.kind);
-    if entry.files.is_empty() {
+    files_provider(warehouse, ctx, schema_of(name, entry.kind), &entry.files).await
+}
+
+/// A table provider reading exactly `files`, with `schema` (`None`: read
+/// from the files).
+pub async fn files_provider(
+    warehouse: &Warehouse,
+    ctx: &SessionContext,
+    schema: Option<SchemaRef>,
+    files: &[super::DataFile],
+) -> Result<Arc<dyn TableProvider>, WarehouseError> {
+    if files.is_empty() {
         let schema = schema.unwrap_or_else(|| Arc::new(datafusion::arrow::datatypes::Schema::empty()));
         return Ok(Arc::new(EmptyTable::new(schema)));
     }
     let root = warehouse.root();
-    let urls = entry
-        .files
+    let urls = files
         .iter()
         .map(|f| ListingTableUrl::parse(root.url_of(&root.child(&f.path))))
         .collect::<Result<Vec<_>, _>>()?;
@@ -87,8 +100,15 @@ pub async fn register_snapshot(
         catalog.register_schema(RESOURCE_SCHEMA, Arc::new(MemorySchemaProvider::new()))?;
     }
     let mut compartment_branches = Vec::new();
+    let mut index_files: BTreeMap<IndexKind, Vec<super::DataFile>> = BTreeMap::new();
     for (name, entry) in &snapshot.tables {
-        let provider = table_provider(warehouse, ctx, entry).await?;
+        if entry.kind == TableKind::Index {
+            if let Some((kind, _)) = parse_index_table_key(name) {
+                index_files.entry(kind).or_default().extend(entry.files.iter().cloned());
+            }
+            continue;
+        }
+        let provider = table_provider(warehouse, ctx, name, entry).await?;
         if entry.kind == TableKind::View {
             let view_name = name.strip_prefix("views/").unwrap_or(name);
             ctx.register_table(TableReference::bare(view_name), provider)?;
@@ -109,6 +129,11 @@ pub async fn register_snapshot(
         compartment_branches.push(format!(
             "SELECT '{name}' AS resource_type, id AS resource_id, unnest(patients) AS patient_id FROM {RESOURCE_SCHEMA}.\"{name}\""
         ));
+    }
+    // One SQL table per index kind over all types (`index_token`, …).
+    for (kind, files) in index_files {
+        let provider = files_provider(warehouse, ctx, Some(kind.schema()), &files).await?;
+        ctx.register_table(TableReference::bare(kind.sql_table()), provider)?;
     }
     if !compartment_branches.is_empty() {
         let view = format!(

@@ -40,6 +40,8 @@ pub enum TableKind {
     /// A materialized SQL-on-FHIR view (schema from its ViewDefinition, read
     /// from the files).
     View,
+    /// A search index table `index/<kind>/<Type>` (schema fixed by its kind).
+    Index,
 }
 
 /// The files of one table in one snapshot.

@@ -28,7 +28,7 @@ async fn source_session(warehouse: &Warehouse, files: &[DataFile]) -> Result<Ses
         kind: TableKind::Resource,
         files: files.to_vec(),
     };
-    ctx.register_table(SOURCE, table_provider(warehouse, &ctx, &entry).await?)?;
+    ctx.register_table(SOURCE, table_provider(warehouse, &ctx, "", &entry).await?)?;
     Ok(ctx)
 }
 

@@ -1,0 +1,285 @@
+//! Compiling a parsed search to a DataFusion logical plan over the index.
+//!
+//! Every clause becomes a plan yielding `(resource_id, patient)` of the
+//! resources of the searched type that meet it; the clauses of one
+//! expression are intersected (all must hold for the same resource). Chains
+//! and `_has` join through the reference index. Only ordinary operators
+//! (scan, filter, projection, semi/anti join, intersect, distinct) are used.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::catalog::TableProvider;
+use datafusion::common::Column;
+use datafusion::datasource::provider_as_source;
+use datafusion::datasource::empty::EmptyTable;
+use datafusion::logical_expr::{Expr, JoinType, LogicalPlan, LogicalPlanBuilder, col, lit};
+
+use super::CohortError;
+use super::predicate;
+use crate::index::columns::{PARAM, PATIENT, RESOURCE_ID};
+use crate::index::IndexKind;
+use crate::search::{Clause, ClauseKind, Modifier, ParamType, SearchParam, SearchQuery, SearchRegistry, SearchValue};
+
+/// Index table providers by (kind, resource type).
+pub type IndexProviders = HashMap<(IndexKind, String), Arc<dyn TableProvider>>;
+
+/// Builds plans over one set of index tables.
+pub struct Compiler<'a> {
+    providers: &'a IndexProviders,
+    registry: &'static SearchRegistry,
+    next_alias: std::cell::Cell<usize>,
+}
+
+impl<'a> Compiler<'a> {
+    /// A compiler over `providers`.
+    pub fn new(providers: &'a IndexProviders, registry: &'static SearchRegistry) -> Self {
+        Self {
+            providers,
+            registry,
+            next_alias: std::cell::Cell::new(0),
+        }
+    }
+
+    fn alias(&self, stem: &str) -> String {
+        let n = self.next_alias.get();
+        self.next_alias.set(n + 1);
+        format!("{stem}_{n}")
+    }
+
+    /// A scan of the `kind` index of `resource_type` (empty when none was written).
+    fn scan(&self, kind: IndexKind, resource_type: &str) -> Result<LogicalPlanBuilder, CohortError> {
+        let provider = self
+            .providers
+            .get(&(kind, resource_type.to_string()))
+            .cloned()
+            .unwrap_or_else(|| Arc::new(EmptyTable::new(kind.schema())));
+        let name = self.alias(&format!("{}_{}", kind.name(), resource_type.to_lowercase()));
+        Ok(LogicalPlanBuilder::scan(name, provider_as_source(provider), None)?)
+    }
+
+    /// `(resource_id, patient)` of the rows of `param` in the `kind` index of
+    /// `resource_type` that pass `filter`.
+    fn matching(
+        &self,
+        kind: IndexKind,
+        resource_type: &str,
+        param: &str,
+        filter: Expr,
+    ) -> Result<LogicalPlanBuilder, CohortError> {
+        Ok(self
+            .scan(kind, resource_type)?
+            .filter(col(PARAM).eq(lit(param)).and(filter))?
+            .project(vec![col(RESOURCE_ID), col(PATIENT)])?)
+    }
+
+    /// Every resource of `resource_type` with its patients (from the `_id`
+    /// rows every indexed resource has).
+    fn all(&self, resource_type: &str) -> Result<LogicalPlanBuilder, CohortError> {
+        self.matching(IndexKind::Token, resource_type, "_id", lit(true))
+    }
+
+    /// `(resource_id, patient)` of the resources of the query's type that
+    /// meet every clause.
+    pub fn query(&self, query: &SearchQuery) -> Result<LogicalPlan, CohortError> {
+        let mut plan: Option<LogicalPlan> = None;
+        for clause in &query.clauses {
+            let next = self.clause(query.resource_type, clause)?.build()?;
+            plan = Some(match plan {
+                None => next,
+                Some(previous) => LogicalPlanBuilder::intersect(previous, next, false)?,
+            });
+        }
+        match plan {
+            Some(plan) => Ok(plan),
+            None => Ok(self.all(query.resource_type)?.build()?),
+        }
+    }
+
+    fn clause(&self, resource_type: &str, clause: &Clause) -> Result<LogicalPlanBuilder, CohortError> {
+        match &clause.kind {
+            ClauseKind::Param {
+                param,
+                modifier,
+                values,
+            } => self.param(resource_type, param, modifier.as_ref(), values),
+            ClauseKind::Chain {
+                reference,
+                target_type,
+                inner,
+            } => {
+                let targets = self.clause(target_type, inner)?.project(vec![col(RESOURCE_ID)])?.build()?;
+                let referring = self.references(resource_type, reference, target_type)?;
+                let alias = self.alias("chain");
+                Ok(referring
+                    .alias(alias.as_str())?
+                    .join(
+                        targets,
+                        JoinType::LeftSemi,
+                        (vec![Column::new(Some(alias.as_str()), "target_id")], vec![Column::from_name(RESOURCE_ID)]),
+                        None,
+                    )?
+                    .project(vec![col(RESOURCE_ID), col(PATIENT)])?)
+            }
+            ClauseKind::Has {
+                source_type,
+                reference,
+                inner,
+            } => {
+                let sources = self.clause(source_type, inner)?.project(vec![col(RESOURCE_ID)])?.build()?;
+                let alias = self.alias("has");
+                let targets = self
+                    .references(source_type, reference, resource_type)?
+                    .alias(alias.as_str())?
+                    .join(
+                        sources,
+                        JoinType::LeftSemi,
+                        (vec![Column::new(Some(alias.as_str()), RESOURCE_ID)], vec![Column::from_name(RESOURCE_ID)]),
+                        None,
+                    )?
+                    .project(vec![col("target_id")])?
+                    .build()?;
+                let all_alias = self.alias("has_target");
+                Ok(self
+                    .all(resource_type)?
+                    .alias(all_alias.as_str())?
+                    .join(
+                        targets,
+                        JoinType::LeftSemi,
+                        (vec![Column::new(Some(all_alias.as_str()), RESOURCE_ID)], vec![Column::from_name("target_id")]),
+                        None,
+                    )?
+                    .project(vec![col(RESOURCE_ID), col(PATIENT)])?)
+            }
+        }
+    }
+
+    /// Reference rows of `param` of `resource_type` that point to `target_type`:
+    /// `(resource_id, patient, target_id)`.
+    fn references(
+        &self,
+        resource_type: &str,
+        param: &SearchParam,
+        target_type: &str,
+    ) -> Result<LogicalPlanBuilder, CohortError> {
+        Ok(self
+            .scan(IndexKind::Reference, resource_type)?
+            .filter(
+                col(PARAM)
+                    .eq(lit(param.code.as_str()))
+                    .and(col("target_type").eq(lit(target_type)).or(col("target_type").is_null())),
+            )?
+            .project(vec![col(RESOURCE_ID), col(PATIENT), col("target_id")])?)
+    }
+
+    fn param(
+        &self,
+        resource_type: &str,
+        param: &SearchParam,
+        modifier: Option<&Modifier>,
+        values: &[SearchValue],
+    ) -> Result<LogicalPlanBuilder, CohortError> {
+        if param.param_type == ParamType::Composite {
+            return self.composite(resource_type, param, values);
+        }
+        let kind = IndexKind::of(param.param_type).ok_or_else(|| CohortError::Unsupported {
+            param: param.code.clone(),
+            reason: format!("{:?} parameters are not indexed", param.param_type),
+        })?;
+        let code = param.code.as_str();
+        if modifier == Some(&Modifier::Missing) {
+            // One value (`true`/`false`); the parser allows no other.
+            let missing = matches!(values.first(), Some(SearchValue::Missing(true)));
+            let present = self.matching(kind, resource_type, code, lit(true))?.build()?;
+            return Ok(if missing {
+                LogicalPlanBuilder::from(LogicalPlanBuilder::except(
+                    self.all(resource_type)?.build()?,
+                    present,
+                    false,
+                )?)
+            } else {
+                LogicalPlanBuilder::from(present).distinct()?
+            });
+        }
+        let positive_modifier = if modifier == Some(&Modifier::Not) { None } else { modifier };
+        let filters = values
+            .iter()
+            .map(|value| value_filter(kind, code, positive_modifier, value))
+            .collect::<Result<Vec<_>, _>>()?;
+        let matches = self.matching(kind, resource_type, code, predicate::disjunction(filters))?;
+        if modifier == Some(&Modifier::Not) {
+            // R4: `:not` also returns resources without any value.
+            return Ok(LogicalPlanBuilder::from(LogicalPlanBuilder::except(
+                self.all(resource_type)?.build()?,
+                matches.build()?,
+                false,
+            )?));
+        }
+        Ok(matches)
+    }
+
+    /// A composite parameter whose components are elements of the resource
+    /// itself (`Observation?code-value-quantity=…`): each component is
+    /// matched through its own parameter on the same resource. Composites
+    /// over repeating parts (`component-code-value-quantity`) need both parts
+    /// in the same repetition, which the per-parameter index cannot tell.
+    fn composite(
+        &self,
+        resource_type: &str,
+        param: &SearchParam,
+        values: &[SearchValue],
+    ) -> Result<LogicalPlanBuilder, CohortError> {
+        let unsupported = |reason: &str| CohortError::Unsupported {
+            param: param.code.clone(),
+            reason: reason.to_string(),
+        };
+        if param.expression.trim() != resource_type {
+            return Err(unsupported(
+                "composite parameters over repeating elements are not supported yet; search the parts separately",
+            ));
+        }
+        let mut alternatives: Option<LogicalPlan> = None;
+        for value in values {
+            let SearchValue::Composite(parts) = value else {
+                return Err(unsupported("value is not a composite"));
+            };
+            let mut plan: Option<LogicalPlan> = None;
+            for (component, part) in param.components.iter().zip(parts) {
+                let Some((code, _)) = self.registry.by_url(&component.definition) else {
+                    return Err(unsupported("unknown component"));
+                };
+                let Some(component_param) = self.registry.get(resource_type, code) else {
+                    return Err(unsupported("component is not a parameter of the type"));
+                };
+                let next = self
+                    .param(resource_type, component_param, None, std::slice::from_ref(part))?
+                    .build()?;
+                plan = Some(match plan {
+                    None => next,
+                    Some(previous) => LogicalPlanBuilder::intersect(previous, next, false)?,
+                });
+            }
+            let Some(plan) = plan else {
+                return Err(unsupported("no components"));
+            };
+            alternatives = Some(match alternatives {
+                None => plan,
+                Some(previous) => LogicalPlanBuilder::from(previous).union(plan)?.build()?,
+            });
+        }
+        let plan = alternatives.ok_or_else(|| unsupported("no value"))?;
+        Ok(LogicalPlanBuilder::from(plan))
+    }
+}
+
+fn value_filter(kind: IndexKind, param: &str, modifier: Option<&Modifier>, value: &SearchValue) -> Result<Expr, CohortError> {
+    match kind {
+        IndexKind::Token => predicate::token(param, modifier, value),
+        IndexKind::Date => predicate::date(param, value),
+        IndexKind::String => predicate::string(param, modifier, value),
+        IndexKind::Reference => predicate::reference(param, modifier, value),
+        IndexKind::Quantity => predicate::quantity(param, value),
+        IndexKind::Number => predicate::number(param, value),
+        IndexKind::Uri => predicate::uri(param, modifier, value),
+    }
+}

@@ -1,0 +1,285 @@
+//! The cohort engine: `member-filter` searches compiled to DataFusion plans
+//! over the search index, yielding patient ids.
+//!
+//! One expression's clauses must all hold for the same resource; the
+//! resource's patients come from the `patient` column the index carries (the
+//! Patient compartment computed at load). Several expressions are
+//! intersected per patient (Bulk Cohort rule), and a base population, when
+//! given, restricts the result.
+
+pub mod compile;
+pub mod predicate;
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::common::Column;
+use datafusion::logical_expr::{JoinType, LogicalPlan, LogicalPlanBuilder, col, lit};
+use datafusion::prelude::{DataFrame, SessionContext};
+
+use self::compile::{Compiler, IndexProviders};
+use crate::fhir::parse_reference;
+use crate::index::columns::{PATIENT, RESOURCE_ID};
+use crate::index::parse_index_table_key;
+use crate::search::{SearchError, SearchQuery, SearchRegistry, parse_search};
+use crate::warehouse::catalog::{files_provider, new_session, table_provider};
+use crate::warehouse::{Snapshot, TableKind, Warehouse, WarehouseError};
+
+/// Errors of building or running a cohort.
+#[derive(Debug, thiserror::Error)]
+pub enum CohortError {
+    /// A filter expression is invalid.
+    #[error(transparent)]
+    Search(#[from] SearchError),
+    /// A valid search fhirlake cannot run yet.
+    #[error("search parameter '{param}' cannot be used in a cohort: {reason}")]
+    Unsupported {
+        /// The parameter.
+        param: String,
+        /// Why.
+        reason: String,
+    },
+    /// Nothing has been loaded.
+    #[error("the warehouse is empty: load data first (fhirlake load …)")]
+    EmptyWarehouse,
+    /// The base group does not exist.
+    #[error("base group '{0}' not found")]
+    GroupNotFound(String),
+    /// A stored resource is damaged.
+    #[error("stored {resource} is not valid JSON")]
+    Corrupt {
+        /// `Type/id`.
+        resource: String,
+    },
+    /// Reading the warehouse failed.
+    #[error(transparent)]
+    Warehouse(#[from] WarehouseError),
+    /// Planning or executing failed.
+    #[error("cohort query failed: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    /// The bundled definitions are unusable.
+    #[error("search definitions unavailable: {0}")]
+    Definitions(String),
+}
+
+/// Patients of a cohort, sorted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CohortResult {
+    /// Patient ids, sorted.
+    pub patients: Vec<String>,
+}
+
+/// Compiles and runs cohorts over one warehouse snapshot.
+pub struct CohortEngine {
+    warehouse: Warehouse,
+    snapshot: Snapshot,
+    ctx: SessionContext,
+    providers: IndexProviders,
+    registry: &'static SearchRegistry,
+}
+
+impl CohortEngine {
+    /// An engine over the current state of `warehouse`.
+    pub async fn open(warehouse: &Warehouse) -> Result<Self, CohortError> {
+        let snapshot = warehouse.current().await?.ok_or(CohortError::EmptyWarehouse)?;
+        Self::for_snapshot(warehouse, snapshot).await
+    }
+
+    /// An engine over `snapshot` of `warehouse`.
+    pub async fn for_snapshot(warehouse: &Warehouse, snapshot: Snapshot) -> Result<Self, CohortError> {
+        let registry = SearchRegistry::r4().map_err(|e| CohortError::Definitions(e.to_string()))?;
+        let ctx = new_session()?;
+        let mut providers = IndexProviders::new();
+        for (name, entry) in &snapshot.tables {
+            if entry.kind != TableKind::Index {
+                continue;
+            }
+            if let Some((kind, resource_type)) = parse_index_table_key(name) {
+                let provider = files_provider(warehouse, &ctx, Some(kind.schema()), &entry.files).await?;
+                providers.insert((kind, resource_type.to_string()), provider);
+            }
+        }
+        Ok(Self {
+            warehouse: warehouse.clone(),
+            snapshot,
+            ctx,
+            providers,
+            registry,
+        })
+    }
+
+    /// The snapshot version the engine reads.
+    pub fn version(&self) -> u64 {
+        self.snapshot.version
+    }
+
+    /// Whether the snapshot has a search index (loads with `--no-index` do not).
+    pub fn has_index(&self) -> bool {
+        !self.providers.is_empty()
+    }
+
+    /// Parses every expression (so all errors surface before anything runs).
+    pub fn parse(expressions: &[impl AsRef<str>]) -> Result<Vec<SearchQuery>, CohortError> {
+        expressions
+            .iter()
+            .map(|e| parse_search(e.as_ref()).map_err(CohortError::from))
+            .collect()
+    }
+
+    /// The plan yielding the distinct ids (column `patient`) of the patients
+    /// meeting every query, limited to `base` when given.
+    pub fn plan(&self, queries: &[SearchQuery], base: Option<&[String]>) -> Result<LogicalPlan, CohortError> {
+        let compiler = Compiler::new(&self.providers, self.registry);
+        let mut plan: Option<LogicalPlan> = None;
+        for query in queries {
+            let resources = LogicalPlanBuilder::from(compiler.query(query)?);
+            // A Patient search selects the patients themselves.
+            let patients = if query.resource_type == "Patient" {
+                resources.project(vec![col(RESOURCE_ID).alias(PATIENT)])?
+            } else {
+                resources.project(vec![col(PATIENT)])?.filter(col(PATIENT).is_not_null())?
+            };
+            let patients = patients.distinct()?.build()?;
+            plan = Some(match plan {
+                None => patients,
+                Some(previous) => LogicalPlanBuilder::intersect(previous, patients, false)?,
+            });
+        }
+        let mut builder = match plan {
+            Some(plan) => LogicalPlanBuilder::from(plan),
+            // No filter: every patient.
+            None => LogicalPlanBuilder::from(compiler.query(&SearchQuery {
+                resource_type: "Patient",
+                clauses: Vec::new(),
+            })?)
+            .project(vec![col(RESOURCE_ID).alias(PATIENT)])?
+            .distinct()?,
+        };
+        if let Some(base) = base {
+            let values = if base.is_empty() {
+                LogicalPlanBuilder::empty(false).project(vec![lit("").alias("member")])?.filter(lit(false))?
+            } else {
+                LogicalPlanBuilder::values(base.iter().map(|id| vec![lit(id.as_str())]).collect())?
+                    .project(vec![col("column1").alias("member")])?
+            };
+            builder = builder.alias("cohort")?.join(
+                values.build()?,
+                JoinType::LeftSemi,
+                (vec![Column::new(Some("cohort"), PATIENT)], vec![Column::from_name("member")]),
+                None,
+            )?;
+        }
+        Ok(builder.project(vec![col(PATIENT)])?.build()?)
+    }
+
+    /// Runs `plan` (from [`CohortEngine::plan`]); ids sorted.
+    pub async fn run(&self, plan: LogicalPlan) -> Result<CohortResult, CohortError> {
+        let frame = DataFrame::new(self.ctx.state(), plan);
+        let mut patients = Vec::new();
+        for batch in frame.collect().await? {
+            let column = batch.column(0);
+            let Some(ids) = column.as_string_opt::<i32>() else {
+                return Err(CohortError::DataFusion(datafusion::error::DataFusionError::Internal(
+                    "cohort plan yields no string ids".into(),
+                )));
+            };
+            patients.extend((0..ids.len()).filter(|&i| ids.is_valid(i)).map(|i| ids.value(i).to_string()));
+        }
+        patients.sort_unstable();
+        patients.dedup();
+        Ok(CohortResult { patients })
+    }
+
+    /// The patients meeting every expression (within `base` when given).
+    pub async fn evaluate(
+        &self,
+        expressions: &[impl AsRef<str>],
+        base: Option<&[String]>,
+    ) -> Result<CohortResult, CohortError> {
+        let queries = Self::parse(expressions)?;
+        let plan = self.plan(&queries, base)?;
+        self.run(plan).await
+    }
+
+    /// The optimized logical plan, and the physical plan with the metrics of
+    /// running it (rows, row groups pruned by statistics), and the time taken.
+    pub async fn explain(&self, plan: LogicalPlan) -> Result<String, CohortError> {
+        let optimized = self.ctx.state().optimize(&plan)?;
+        let started = Instant::now();
+        let frame = DataFrame::new(self.ctx.state(), plan).explain(false, true)?;
+        let batches = frame.collect().await?;
+        let elapsed = started.elapsed();
+        let mut physical = String::new();
+        for batch in &batches {
+            // EXPLAIN ANALYZE: (plan_type, plan) rows.
+            if let Some(plans) = batch.column(batch.num_columns() - 1).as_string_opt::<i32>() {
+                for i in 0..plans.len() {
+                    physical.push_str(plans.value(i));
+                    physical.push('\n');
+                }
+            }
+        }
+        Ok(format!(
+            "== Logical plan (optimized) ==\n{}\n\n== Physical plan with metrics ==\n{physical}\nexecuted in {:.3} s",
+            optimized.display_indent(),
+            elapsed.as_secs_f64()
+        ))
+    }
+
+    /// The Patient ids of the members of Group `id` in the loaded data:
+    /// `member.entity` references to Patients, and to Groups expanded
+    /// recursively (each Group once, so cycles end).
+    pub async fn group_members(&self, id: &str) -> Result<Vec<String>, CohortError> {
+        let Some(entry) = self.snapshot.tables.get("Group") else {
+            return Err(CohortError::GroupNotFound(id.to_string()));
+        };
+        let provider = table_provider(&self.warehouse, &self.ctx, "Group", entry).await?;
+        let frame = self.ctx.read_table(provider)?.select(vec![col("id"), col("resource")])?;
+        let mut groups = std::collections::HashMap::new();
+        for batch in frame.collect().await? {
+            let ids = batch.column(0).as_string::<i32>();
+            let resources = batch.column(1).as_string::<i32>();
+            for i in 0..batch.num_rows() {
+                groups.insert(ids.value(i).to_string(), resources.value(i).to_string());
+            }
+        }
+        if !groups.contains_key(id) {
+            return Err(CohortError::GroupNotFound(id.to_string()));
+        }
+        let mut members = HashSet::new();
+        let mut seen = HashSet::new();
+        let mut pending = vec![id.to_string()];
+        while let Some(group) = pending.pop() {
+            if !seen.insert(group.clone()) {
+                continue;
+            }
+            let Some(text) = groups.get(&group) else {
+                continue;
+            };
+            let resource = crate::json::parse(text).map_err(|_| CohortError::Corrupt {
+                resource: format!("Group/{group}"),
+            })?;
+            if let Some(list) = resource.get("member") {
+                list.for_each_item(|member| {
+                    let reference = member
+                        .get("entity")
+                        .and_then(|e| e.get("reference"))
+                        .and_then(crate::json::JsonValue::as_str);
+                    if let Some(target) = reference.and_then(parse_reference) {
+                        match target.resource_type {
+                            Some("Patient") => {
+                                members.insert(target.id.to_string());
+                            }
+                            Some("Group") => pending.push(target.id.to_string()),
+                            _ => {}
+                        }
+                    }
+                });
+            }
+        }
+        let mut members: Vec<String> = members.into_iter().collect();
+        members.sort_unstable();
+        Ok(members)
+    }
+}

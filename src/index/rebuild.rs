@@ -1,0 +1,53 @@
+//! Recomputing the index of a resource table from its stored resources, for
+//! tables a load merged (their rows changed, so their index rows must too).
+
+use std::collections::BTreeMap;
+
+use tokio::runtime::Handle;
+
+use super::writer::{IndexOutput, IndexTarget, IndexWriter};
+use crate::fhir::PatientCompartment;
+use crate::search::SearchRegistry;
+use crate::view::materialize::{MaterializeError, scan_resources};
+use crate::warehouse::{DataFile, Warehouse};
+
+/// Rebuilds every index table of `resource_type` from `files` (its resource
+/// table). Returns the new files per index table key; a table absent from the
+/// result has no rows. Needs a multi-threaded tokio runtime.
+pub async fn rebuild_index(
+    warehouse: &Warehouse,
+    resource_type: &'static str,
+    files: &[DataFile],
+    token: &str,
+    registry: &'static SearchRegistry,
+    compartment: &'static PatientCompartment,
+) -> Result<BTreeMap<String, IndexOutput>, MaterializeError> {
+    let handle = Handle::current();
+    let root = warehouse.root().clone();
+    let make_state = |p: usize| {
+        let target = IndexTarget {
+            root: &root,
+            token,
+            part: format!("r{p}"),
+            handle: handle.clone(),
+        };
+        (IndexWriter::new(target, registry), Vec::new())
+    };
+    let process = |(writer, patients): &mut (IndexWriter<'_>, Vec<String>), resource: &crate::json::JsonValue<'_>| {
+        patients.clear();
+        compartment.patients_of(resource_type, resource, patients);
+        writer
+            .add(resource_type, resource, patients)
+            .map_err(|e| MaterializeError::Sink(e.to_string()))
+    };
+    let states = scan_resources(warehouse, files, make_state, process).await?;
+    let mut merged: BTreeMap<String, IndexOutput> = BTreeMap::new();
+    for (writer, _) in states {
+        for (key, output) in writer.finish().map_err(|e| MaterializeError::Sink(e.to_string()))? {
+            let entry = merged.entry(key).or_default();
+            entry.files.extend(output.files);
+            entry.rows += output.rows;
+        }
+    }
+    Ok(merged)
+}

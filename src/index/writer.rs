@@ -1,0 +1,217 @@
+//! Writing index tables during a load: each worker (or rebuild partition)
+//! owns one [`IndexWriter`], which buffers rows per (kind, resource type) and
+//! writes them as sorted runs into one Parquet file per table.
+
+use std::collections::{BTreeMap, HashMap};
+
+use tokio::runtime::Handle;
+
+use super::buffer::IndexBuffer;
+use super::{IndexKind, index_table_key};
+use crate::json::JsonValue;
+use crate::search::SearchRegistry;
+use crate::search::extract::{IndexValue, TypeIndexer};
+use crate::store::StoreLocation;
+use crate::warehouse::DataFile;
+use crate::warehouse::parquet_file::ParquetFileWriter;
+
+/// Buffered index rows of one writer are sorted and written once they hold
+/// this much; a larger budget means longer sorted runs (better pruning).
+const BUFFER_BUDGET: usize = 48 * 1024 * 1024;
+/// A run is cut at this many rows even under the budget.
+const RUN_ROWS: usize = 1 << 20;
+/// Rows per row group inside a run: small enough that statistics of a sorted
+/// run are selective.
+const ROW_GROUP_ROWS: usize = 64 * 1024;
+
+/// Errors of writing the index.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexWriteError {
+    /// Building or sorting a batch failed.
+    #[error("building index batch: {0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+    /// Writing Parquet failed.
+    #[error("writing index Parquet: {0}")]
+    Parquet(#[from] datafusion::parquet::errors::ParquetError),
+}
+
+struct IndexTable {
+    buffer: IndexBuffer,
+    writer: Option<ParquetFileWriter>,
+    rows: u64,
+}
+
+/// Where a writer puts its files.
+#[derive(Clone)]
+pub struct IndexTarget<'a> {
+    /// Warehouse root.
+    pub root: &'a StoreLocation,
+    /// Unique prefix of this load's file names.
+    pub token: &'a str,
+    /// Distinguishes writers of one load (`w0`, `r3`).
+    pub part: String,
+    /// Runtime for object-store calls.
+    pub handle: Handle,
+}
+
+/// The index rows one writer produced for one table.
+#[derive(Debug, Default)]
+pub struct IndexOutput {
+    /// Completed files.
+    pub files: Vec<DataFile>,
+    /// Rows written.
+    pub rows: u64,
+}
+
+/// Indexes resources and writes the index tables.
+pub struct IndexWriter<'a> {
+    target: IndexTarget<'a>,
+    registry: &'static SearchRegistry,
+    indexers: HashMap<&'static str, TypeIndexer<'static>>,
+    tables: BTreeMap<(IndexKind, &'static str), IndexTable>,
+    values: Vec<(&'static str, IndexValue)>,
+    outputs: BTreeMap<String, IndexOutput>,
+    failures: u64,
+}
+
+impl<'a> IndexWriter<'a> {
+    /// A writer into `target`.
+    pub fn new(target: IndexTarget<'a>, registry: &'static SearchRegistry) -> Self {
+        Self {
+            target,
+            registry,
+            indexers: HashMap::new(),
+            tables: BTreeMap::new(),
+            values: Vec::new(),
+            outputs: BTreeMap::new(),
+            failures: 0,
+        }
+    }
+
+    /// Indexes one resource of `resource_type` whose compartment is `patients`.
+    pub fn add(
+        &mut self,
+        resource_type: &'static str,
+        resource: &JsonValue<'_>,
+        patients: &[String],
+    ) -> Result<(), IndexWriteError> {
+        let Some(id) = resource.get("id").and_then(JsonValue::as_str) else {
+            return Ok(());
+        };
+        let registry = self.registry;
+        let indexer = self
+            .indexers
+            .entry(resource_type)
+            .or_insert_with(|| TypeIndexer::new(registry, resource_type));
+        self.values.clear();
+        // A parameter whose expression fails on this resource is skipped: the
+        // resource is valid FHIR, and the other parameters still index it.
+        self.failures += indexer.index_lenient(resource, &mut self.values);
+        for (param, value) in &self.values {
+            let kind = kind_of(value);
+            let table = self.tables.entry((kind, resource_type)).or_insert_with(|| IndexTable {
+                buffer: IndexBuffer::new(kind, resource_type),
+                writer: None,
+                rows: 0,
+            });
+            table.buffer.append(param, value, id, patients);
+        }
+        let buffered: usize = self.tables.values().map(|t| t.buffer.bytes()).sum();
+        if buffered > BUFFER_BUDGET {
+            if let Some(key) = self.tables.iter().max_by_key(|(_, t)| t.buffer.bytes()).map(|(k, _)| *k) {
+                self.write_run(key)?;
+            }
+        }
+        let full: Vec<_> = self
+            .tables
+            .iter()
+            .filter(|(_, t)| t.buffer.rows() >= RUN_ROWS)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in full {
+            self.write_run(key)?;
+        }
+        Ok(())
+    }
+
+    /// Parameter evaluations that failed (and were skipped) so far.
+    pub fn failures(&self) -> u64 {
+        self.failures
+    }
+
+    fn write_run(&mut self, key: (IndexKind, &'static str)) -> Result<(), IndexWriteError> {
+        let Some(table) = self.tables.get_mut(&key) else {
+            return Ok(());
+        };
+        if table.buffer.rows() == 0 {
+            return Ok(());
+        }
+        let batch = table.buffer.take_sorted()?;
+        let writer = match table.writer.as_mut() {
+            Some(w) => w,
+            None => {
+                let table_key = index_table_key(key.0, key.1);
+                let path = format!(
+                    "tables/{table_key}/{}-{}-{:05}.parquet",
+                    self.target.token,
+                    self.target.part,
+                    self.outputs.get(&table_key).map_or(0, |o| o.files.len())
+                );
+                table.writer.insert(ParquetFileWriter::create(
+                    self.target.root,
+                    path,
+                    key.0.schema(),
+                    self.target.handle.clone(),
+                )?)
+            }
+        };
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let len = ROW_GROUP_ROWS.min(batch.num_rows() - offset);
+            writer.write(&batch.slice(offset, len))?;
+            writer.flush_row_group()?;
+            offset += len;
+        }
+        table.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Writes what is buffered and completes every file; returns the files
+    /// per index table key.
+    pub fn finish(mut self) -> Result<BTreeMap<String, IndexOutput>, IndexWriteError> {
+        let keys: Vec<_> = self.tables.keys().copied().collect();
+        for key in keys {
+            self.write_run(key)?;
+            if let Some(table) = self.tables.get_mut(&key)
+                && let Some(writer) = table.writer.take()
+            {
+                let output = self.outputs.entry(index_table_key(key.0, key.1)).or_default();
+                output.files.push(writer.finish()?);
+                output.rows += table.rows;
+            }
+        }
+        Ok(self.outputs)
+    }
+
+    /// Abandons unfinished files; returns the completed ones (to delete).
+    pub fn abort(self) -> Vec<DataFile> {
+        for table in self.tables.into_values() {
+            if let Some(w) = table.writer {
+                w.abort();
+            }
+        }
+        self.outputs.into_values().flat_map(|o| o.files).collect()
+    }
+}
+
+fn kind_of(value: &IndexValue) -> IndexKind {
+    match value {
+        IndexValue::Token { .. } => IndexKind::Token,
+        IndexValue::Date(_) => IndexKind::Date,
+        IndexValue::String { .. } => IndexKind::String,
+        IndexValue::Reference { .. } => IndexKind::Reference,
+        IndexValue::Quantity { .. } => IndexKind::Quantity,
+        IndexValue::Number(_) => IndexKind::Number,
+        IndexValue::Uri(_) => IndexKind::Uri,
+    }
+}
