@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fhirlake::cohort::CohortEngine;
+use fhirlake::index::parse_index_table_key;
 use fhirlake::ingest::{LoadOptions, LoadReport, load};
 use fhirlake::query::{OutputFormat, StreamingWriter, open_session, run_statements, write_batches};
 use fhirlake::view::materialize::run_view;
@@ -384,13 +385,26 @@ fn print_load_summary(out: &mut impl Write, warehouse: &str, r: &LoadReport) -> 
     )?;
     writeln!(out, "warehouse {warehouse} is now at version {}", r.version)?;
     writeln!(out, "{:<28} {:>12} {:>12}", "table", "loaded", "rows")?;
+    // Index tables are summed per kind (one line each instead of one per type).
+    let mut index_rows: std::collections::BTreeMap<&str, (u64, u64, usize)> = Default::default();
     for (name, t) in &r.tables {
+        if let Some((kind, _)) = parse_index_table_key(name) {
+            let entry = index_rows.entry(kind.name()).or_default();
+            entry.0 += t.loaded;
+            entry.1 += t.rows;
+            entry.2 += 1;
+            continue;
+        }
         let note = if t.merged {
             "  (merged with earlier versions)"
         } else {
             ""
         };
         writeln!(out, "{name:<28} {:>12} {:>12}{note}", t.loaded, t.rows)?;
+    }
+    for (kind, (loaded, rows, tables)) in index_rows {
+        let name = format!("index_{kind} ({tables} types)");
+        writeln!(out, "{name:<28} {loaded:>12} {rows:>12}")?;
     }
     if r.rejected > 0 {
         writeln!(

@@ -11,6 +11,7 @@
 //! Parquet row-group and page statistics prune selective filters.
 
 pub mod buffer;
+pub mod compact;
 pub mod rebuild;
 pub mod writer;
 

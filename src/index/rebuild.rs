@@ -41,9 +41,23 @@ pub async fn rebuild_index(
             .map_err(|e| MaterializeError::Sink(e.to_string()))
     };
     let states = scan_resources(warehouse, files, make_state, process).await?;
+    // Finishing writes the last runs, which blocks on uploads: do it on
+    // plain threads, as the scan does.
+    let finished = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = states
+                .into_iter()
+                .map(|(writer, _)| scope.spawn(move || writer.finish()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().map_err(|_| MaterializeError::Thread))
+                .collect::<Result<Vec<_>, _>>()
+        })
+    })?;
     let mut merged: BTreeMap<String, IndexOutput> = BTreeMap::new();
-    for (writer, _) in states {
-        for (key, output) in writer.finish().map_err(|e| MaterializeError::Sink(e.to_string()))? {
+    for outputs in finished {
+        for (key, output) in outputs.map_err(|e| MaterializeError::Sink(e.to_string()))? {
             let entry = merged.entry(key).or_default();
             entry.files.extend(output.files);
             entry.rows += output.rows;

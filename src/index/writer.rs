@@ -13,16 +13,13 @@ use crate::search::SearchRegistry;
 use crate::search::extract::{IndexValue, TypeIndexer};
 use crate::store::StoreLocation;
 use crate::warehouse::DataFile;
-use crate::warehouse::parquet_file::ParquetFileWriter;
+use crate::warehouse::parquet_file::{ParquetFileWriter, index_writer_properties};
 
 /// Buffered index rows of one writer are sorted and written once they hold
 /// this much; a larger budget means longer sorted runs (better pruning).
 const BUFFER_BUDGET: usize = 48 * 1024 * 1024;
 /// A run is cut at this many rows even under the budget.
 const RUN_ROWS: usize = 1 << 20;
-/// Rows per row group inside a run: small enough that statistics of a sorted
-/// run are selective.
-const ROW_GROUP_ROWS: usize = 64 * 1024;
 
 /// Errors of writing the index.
 #[derive(Debug, thiserror::Error)]
@@ -37,8 +34,6 @@ pub enum IndexWriteError {
 
 struct IndexTable {
     buffer: IndexBuffer,
-    writer: Option<ParquetFileWriter>,
-    rows: u64,
 }
 
 /// Where a writer puts its files.
@@ -111,8 +106,6 @@ impl<'a> IndexWriter<'a> {
             let kind = kind_of(value);
             let table = self.tables.entry((kind, resource_type)).or_insert_with(|| IndexTable {
                 buffer: IndexBuffer::new(kind, resource_type),
-                writer: None,
-                rows: 0,
             });
             table.buffer.append(param, value, id, patients);
         }
@@ -139,6 +132,8 @@ impl<'a> IndexWriter<'a> {
         self.failures
     }
 
+    /// Sorts the buffered rows of one table and writes them as one file (a
+    /// sorted run; `compact` merges the runs of a load).
     fn write_run(&mut self, key: (IndexKind, &'static str)) -> Result<(), IndexWriteError> {
         let Some(table) = self.tables.get_mut(&key) else {
             return Ok(());
@@ -147,59 +142,46 @@ impl<'a> IndexWriter<'a> {
             return Ok(());
         }
         let batch = table.buffer.take_sorted()?;
-        let writer = match table.writer.as_mut() {
-            Some(w) => w,
-            None => {
-                let table_key = index_table_key(key.0, key.1);
-                let path = format!(
-                    "tables/{table_key}/{}-{}-{:05}.parquet",
-                    self.target.token,
-                    self.target.part,
-                    self.outputs.get(&table_key).map_or(0, |o| o.files.len())
-                );
-                table.writer.insert(ParquetFileWriter::create(
-                    self.target.root,
-                    path,
-                    key.0.schema(),
-                    self.target.handle.clone(),
-                )?)
+        let table_key = index_table_key(key.0, key.1);
+        let output = self.outputs.entry(table_key.clone()).or_default();
+        let path = format!(
+            "tables/{table_key}/{}-{}-{:05}.parquet",
+            self.target.token,
+            self.target.part,
+            output.files.len()
+        );
+        let mut writer = ParquetFileWriter::create_with(
+            self.target.root,
+            path,
+            key.0.schema(),
+            self.target.handle.clone(),
+            index_writer_properties(),
+        )?;
+        match writer.write(&batch) {
+            Ok(()) => {
+                output.files.push(writer.finish()?);
+                output.rows += batch.num_rows() as u64;
+                Ok(())
             }
-        };
-        let mut offset = 0;
-        while offset < batch.num_rows() {
-            let len = ROW_GROUP_ROWS.min(batch.num_rows() - offset);
-            writer.write(&batch.slice(offset, len))?;
-            writer.flush_row_group()?;
-            offset += len;
+            Err(e) => {
+                writer.abort();
+                Err(e.into())
+            }
         }
-        table.rows += batch.num_rows() as u64;
-        Ok(())
     }
 
-    /// Writes what is buffered and completes every file; returns the files
-    /// per index table key.
+    /// Writes what is buffered; returns the files (sorted runs) per index
+    /// table key.
     pub fn finish(mut self) -> Result<BTreeMap<String, IndexOutput>, IndexWriteError> {
         let keys: Vec<_> = self.tables.keys().copied().collect();
         for key in keys {
             self.write_run(key)?;
-            if let Some(table) = self.tables.get_mut(&key)
-                && let Some(writer) = table.writer.take()
-            {
-                let output = self.outputs.entry(index_table_key(key.0, key.1)).or_default();
-                output.files.push(writer.finish()?);
-                output.rows += table.rows;
-            }
         }
         Ok(self.outputs)
     }
 
-    /// Abandons unfinished files; returns the completed ones (to delete).
+    /// Drops what is buffered; returns the files already written (to delete).
     pub fn abort(self) -> Vec<DataFile> {
-        for table in self.tables.into_values() {
-            if let Some(w) = table.writer {
-                w.abort();
-            }
-        }
         self.outputs.into_values().flat_map(|o| o.files).collect()
     }
 }

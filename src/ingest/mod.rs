@@ -29,6 +29,7 @@ pub use source::{SourceFile, discover};
 use self::progress::{Progress, ProgressDisplay};
 use self::worker::{WorkerContext, WorkerOutput, run_worker};
 use crate::fhir::{DefinitionError, PatientCompartment, ResourceTypes};
+use crate::index::compact::compact;
 use crate::index::rebuild::rebuild_index;
 use crate::index::writer::IndexWriteError;
 use crate::index::{INDEX_TABLE_PREFIX, parse_index_table_key};
@@ -272,6 +273,8 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
     };
     let all_new: Vec<DataFile> = new_files.values().flat_map(|(f, _)| f.clone()).collect();
     let mut merged_files: Vec<DataFile> = Vec::new();
+    // Index runs replaced by their compacted form: deleted once committed.
+    let mut superseded_runs: Vec<DataFile> = Vec::new();
     let result = async {
         let mut merged_types: Vec<String> = Vec::new();
         for (name, (files, loaded)) in &new_files {
@@ -369,9 +372,11 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
             );
             snapshot.tables.insert(name.clone(), entry);
         }
-        // Index: appended from the workers' single parse, unless the resource
-        // table was merged, in which case all its index tables are rebuilt.
+        // Index: from the workers' single parse, unless the resource table was
+        // merged, in which case all its index tables are rebuilt. Either way
+        // the sorted runs are merged into one sorted sequence per table.
         if let Some(registry) = search {
+            let mut index_runs: BTreeMap<String, (Vec<DataFile>, bool)> = BTreeMap::new();
             for resource_type in &merged_types {
                 let Some(resource_type) = types.get(resource_type) else {
                     continue;
@@ -387,41 +392,43 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
                     .tables
                     .retain(|key, _| parse_index_table_key(key).is_none_or(|(_, t)| t != resource_type));
                 for (key, output) in rebuilt {
-                    merged_files.extend(output.files.iter().cloned());
-                    let entry = TableEntry {
-                        kind: TableKind::Index,
-                        files: output.files,
-                    };
-                    let loaded = new_files.get(&key).map_or(0, |(_, n)| *n);
-                    report.tables.insert(
-                        key.clone(),
-                        TableReport {
-                            loaded,
-                            rows: entry.rows(),
-                            merged: true,
-                        },
-                    );
-                    snapshot.tables.insert(key, entry);
+                    index_runs.insert(key, (output.files, true));
                 }
             }
-            for (name, (files, loaded)) in &new_files {
+            for (name, (files, _)) in &new_files {
                 let Some((_, resource_type)) = parse_index_table_key(name) else {
                     continue;
                 };
                 if merged_types.iter().any(|t| t == resource_type) {
                     continue;
                 }
-                let entry = snapshot.tables.entry(name.clone()).or_insert_with(|| TableEntry {
+                index_runs.insert(name.clone(), (files.clone(), false));
+            }
+            for (key, (runs, merged)) in index_runs {
+                let Some((kind, _)) = parse_index_table_key(&key) else {
+                    continue;
+                };
+                if merged {
+                    // Rebuilt runs are this load's output too: removed if it fails.
+                    merged_files.extend(runs.iter().cloned());
+                }
+                let files = compact(warehouse, kind, &key, &runs, &token).await?;
+                if files != runs {
+                    superseded_runs.extend(runs.iter().cloned());
+                    merged_files.extend(files.iter().cloned());
+                }
+                let loaded = new_files.get(&key).map_or(0, |(_, n)| *n);
+                let entry = snapshot.tables.entry(key.clone()).or_insert_with(|| TableEntry {
                     kind: TableKind::Index,
                     files: Vec::new(),
                 });
-                entry.files.extend(files.iter().cloned());
+                entry.files.extend(files);
                 report.tables.insert(
-                    name.clone(),
+                    key,
                     TableReport {
-                        loaded: *loaded,
+                        loaded,
                         rows: entry.rows(),
-                        merged: false,
+                        merged,
                     },
                 );
             }
@@ -443,11 +450,14 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
     if let Err(e) = result {
         warehouse.delete_files(&all_new).await;
         warehouse.delete_files(&merged_files).await;
+        warehouse.delete_files(&superseded_runs).await;
         return Err(e);
     }
+    warehouse.delete_files(&superseded_runs).await;
     // New files that a merge superseded were never visible: remove them.
     let superseded: Vec<DataFile> = new_files
         .iter()
+        .filter(|(name, _)| !name.starts_with(INDEX_TABLE_PREFIX))
         .filter(|(name, _)| report.tables.get(name.as_str()).is_none_or(|t| t.merged))
         .flat_map(|(_, (files, _))| files.clone())
         .collect();

@@ -61,6 +61,28 @@ pub async fn files_provider(
     schema: Option<SchemaRef>,
     files: &[super::DataFile],
 ) -> Result<Arc<dyn TableProvider>, WarehouseError> {
+    listing_provider(warehouse, ctx, schema, files, &[]).await
+}
+
+/// Like [`files_provider`] for files that are each sorted by `sort_columns`
+/// (ascending), which DataFusion may then merge instead of sorting.
+pub async fn files_provider_sorted(
+    warehouse: &Warehouse,
+    ctx: &SessionContext,
+    schema: SchemaRef,
+    files: &[super::DataFile],
+    sort_columns: &[String],
+) -> Result<Arc<dyn TableProvider>, WarehouseError> {
+    listing_provider(warehouse, ctx, Some(schema), files, sort_columns).await
+}
+
+async fn listing_provider(
+    warehouse: &Warehouse,
+    ctx: &SessionContext,
+    schema: Option<SchemaRef>,
+    files: &[super::DataFile],
+    sort_columns: &[String],
+) -> Result<Arc<dyn TableProvider>, WarehouseError> {
     if files.is_empty() {
         let schema = schema.unwrap_or_else(|| Arc::new(datafusion::arrow::datatypes::Schema::empty()));
         return Ok(Arc::new(EmptyTable::new(schema)));
@@ -70,7 +92,14 @@ pub async fn files_provider(
         .iter()
         .map(|f| ListingTableUrl::parse(root.url_of(&root.child(&f.path))))
         .collect::<Result<Vec<_>, _>>()?;
-    let options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let mut options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    if !sort_columns.is_empty() {
+        let order = sort_columns
+            .iter()
+            .map(|c| datafusion::prelude::col(c.as_str()).sort(true, true))
+            .collect();
+        options = options.with_file_sort_order(vec![order]);
+    }
     let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options);
     let config = match schema {
         Some(schema) => config.with_schema(schema),

@@ -39,6 +39,19 @@ pub fn writer_properties() -> WriterProperties {
         .build()
 }
 
+/// Writer settings for search-index files (sorted): row groups of 32 Ki rows
+/// and pages of 4 Ki rows, so statistics and the page index narrow a
+/// selective filter to a few thousand rows.
+pub fn index_writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        .set_max_row_group_row_count(Some(32 * 1024))
+        .set_data_page_row_count_limit(4096)
+        .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
+        .set_created_by(concat!("fhirlake ", env!("CARGO_PKG_VERSION")).to_string())
+        .build()
+}
+
 /// One Parquet file being written; becomes a [`DataFile`] on `finish`.
 pub struct ParquetFileWriter {
     writer: ArrowWriter<ObjectWriter>,
@@ -54,8 +67,19 @@ impl ParquetFileWriter {
         schema: SchemaRef,
         handle: Handle,
     ) -> Result<Self, datafusion::parquet::errors::ParquetError> {
+        Self::create_with(root, relative_path, schema, handle, writer_properties())
+    }
+
+    /// Like [`ParquetFileWriter::create`], with other writer settings.
+    pub fn create_with(
+        root: &StoreLocation,
+        relative_path: String,
+        schema: SchemaRef,
+        handle: Handle,
+        properties: WriterProperties,
+    ) -> Result<Self, datafusion::parquet::errors::ParquetError> {
         let sink = ObjectWriter::new(root.store.clone(), root.child(&relative_path), handle, root.is_local());
-        let writer = ArrowWriter::try_new(sink, schema, Some(writer_properties()))?;
+        let writer = ArrowWriter::try_new(sink, schema, Some(properties))?;
         Ok(Self {
             writer,
             relative_path,
