@@ -11,14 +11,14 @@ use std::sync::Arc;
 
 use datafusion::catalog::TableProvider;
 use datafusion::common::Column;
-use datafusion::datasource::provider_as_source;
 use datafusion::datasource::empty::EmptyTable;
+use datafusion::datasource::provider_as_source;
 use datafusion::logical_expr::{Expr, JoinType, LogicalPlan, LogicalPlanBuilder, col, lit};
 
 use super::CohortError;
 use super::predicate;
-use crate::index::columns::{PARAM, PATIENT, RESOURCE_ID};
 use crate::index::IndexKind;
+use crate::index::columns::{PARAM, PATIENT, RESOURCE_ID};
 use crate::search::{Clause, ClauseKind, Modifier, ParamType, SearchParam, SearchQuery, SearchRegistry, SearchValue};
 
 /// Index table providers by (kind, resource type).
@@ -108,7 +108,10 @@ impl<'a> Compiler<'a> {
                 target_type,
                 inner,
             } => {
-                let targets = self.clause(target_type, inner)?.project(vec![col(RESOURCE_ID)])?.build()?;
+                let targets = self
+                    .clause(target_type, inner)?
+                    .project(vec![col(RESOURCE_ID)])?
+                    .build()?;
                 let referring = self.references(resource_type, reference, target_type)?;
                 let alias = self.alias("chain");
                 Ok(referring
@@ -116,7 +119,10 @@ impl<'a> Compiler<'a> {
                     .join(
                         targets,
                         JoinType::LeftSemi,
-                        (vec![Column::new(Some(alias.as_str()), "target_id")], vec![Column::from_name(RESOURCE_ID)]),
+                        (
+                            vec![Column::new(Some(alias.as_str()), "target_id")],
+                            vec![Column::from_name(RESOURCE_ID)],
+                        ),
                         None,
                     )?
                     .project(vec![col(RESOURCE_ID), col(PATIENT)])?)
@@ -126,7 +132,10 @@ impl<'a> Compiler<'a> {
                 reference,
                 inner,
             } => {
-                let sources = self.clause(source_type, inner)?.project(vec![col(RESOURCE_ID)])?.build()?;
+                let sources = self
+                    .clause(source_type, inner)?
+                    .project(vec![col(RESOURCE_ID)])?
+                    .build()?;
                 let alias = self.alias("has");
                 let targets = self
                     .references(source_type, reference, resource_type)?
@@ -134,7 +143,10 @@ impl<'a> Compiler<'a> {
                     .join(
                         sources,
                         JoinType::LeftSemi,
-                        (vec![Column::new(Some(alias.as_str()), RESOURCE_ID)], vec![Column::from_name(RESOURCE_ID)]),
+                        (
+                            vec![Column::new(Some(alias.as_str()), RESOURCE_ID)],
+                            vec![Column::from_name(RESOURCE_ID)],
+                        ),
                         None,
                     )?
                     .project(vec![col("target_id")])?
@@ -146,7 +158,10 @@ impl<'a> Compiler<'a> {
                     .join(
                         targets,
                         JoinType::LeftSemi,
-                        (vec![Column::new(Some(all_alias.as_str()), RESOURCE_ID)], vec![Column::from_name("target_id")]),
+                        (
+                            vec![Column::new(Some(all_alias.as_str()), RESOURCE_ID)],
+                            vec![Column::from_name("target_id")],
+                        ),
                         None,
                     )?
                     .project(vec![col(RESOURCE_ID), col(PATIENT)])?)
@@ -201,7 +216,11 @@ impl<'a> Compiler<'a> {
                 LogicalPlanBuilder::from(present).distinct()?
             });
         }
-        let positive_modifier = if modifier == Some(&Modifier::Not) { None } else { modifier };
+        let positive_modifier = if modifier == Some(&Modifier::Not) {
+            None
+        } else {
+            modifier
+        };
         let filters = values
             .iter()
             .map(|value| value_filter(kind, code, positive_modifier, value))
@@ -272,7 +291,12 @@ impl<'a> Compiler<'a> {
     }
 }
 
-fn value_filter(kind: IndexKind, param: &str, modifier: Option<&Modifier>, value: &SearchValue) -> Result<Expr, CohortError> {
+fn value_filter(
+    kind: IndexKind,
+    param: &str,
+    modifier: Option<&Modifier>,
+    value: &SearchValue,
+) -> Result<Expr, CohortError> {
     match kind {
         IndexKind::Token => predicate::token(param, modifier, value),
         IndexKind::Date => predicate::date(param, value),

@@ -138,7 +138,9 @@ impl CohortEngine {
             let patients = if query.resource_type == "Patient" {
                 resources.project(vec![col(RESOURCE_ID).alias(PATIENT)])?
             } else {
-                resources.project(vec![col(PATIENT)])?.filter(col(PATIENT).is_not_null())?
+                resources
+                    .project(vec![col(PATIENT)])?
+                    .filter(col(PATIENT).is_not_null())?
             };
             let patients = patients.distinct()?.build()?;
             plan = Some(match plan {
@@ -158,7 +160,9 @@ impl CohortEngine {
         };
         if let Some(base) = base {
             let values = if base.is_empty() {
-                LogicalPlanBuilder::empty(false).project(vec![lit("").alias("member")])?.filter(lit(false))?
+                LogicalPlanBuilder::empty(false)
+                    .project(vec![lit("").alias("member")])?
+                    .filter(lit(false))?
             } else {
                 LogicalPlanBuilder::values(base.iter().map(|id| vec![lit(id.as_str())]).collect())?
                     .project(vec![col("column1").alias("member")])?
@@ -166,7 +170,10 @@ impl CohortEngine {
             builder = builder.alias("cohort")?.join(
                 values.build()?,
                 JoinType::LeftSemi,
-                (vec![Column::new(Some("cohort"), PATIENT)], vec![Column::from_name("member")]),
+                (
+                    vec![Column::new(Some("cohort"), PATIENT)],
+                    vec![Column::from_name("member")],
+                ),
                 None,
             )?;
         }
@@ -184,7 +191,11 @@ impl CohortEngine {
                     "cohort plan yields no string ids".into(),
                 )));
             };
-            patients.extend((0..ids.len()).filter(|&i| ids.is_valid(i)).map(|i| ids.value(i).to_string()));
+            patients.extend(
+                (0..ids.len())
+                    .filter(|&i| ids.is_valid(i))
+                    .map(|i| ids.value(i).to_string()),
+            );
         }
         patients.sort_unstable();
         patients.dedup();
@@ -235,7 +246,10 @@ impl CohortEngine {
             return Err(CohortError::GroupNotFound(id.to_string()));
         };
         let provider = table_provider(&self.warehouse, &self.ctx, "Group", entry).await?;
-        let frame = self.ctx.read_table(provider)?.select(vec![col("id"), col("resource")])?;
+        let frame = self
+            .ctx
+            .read_table(provider)?
+            .select(vec![col("id"), col("resource")])?;
         let mut groups = std::collections::HashMap::new();
         for batch in frame.collect().await? {
             let ids = batch.column(0).as_string::<i32>();

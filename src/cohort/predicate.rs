@@ -31,7 +31,13 @@ fn timestamp(micros: i64) -> Expr {
 
 /// `column LIKE pattern` with `\` escaping.
 fn like(column: &str, pattern: String) -> Expr {
-    Expr::Like(Like::new(false, Box::new(col(column)), Box::new(lit(pattern)), Some('\\'), false))
+    Expr::Like(Like::new(
+        false,
+        Box::new(col(column)),
+        Box::new(lit(pattern)),
+        Some('\\'),
+        false,
+    ))
 }
 
 /// `text` with LIKE's wildcards escaped.
@@ -103,7 +109,9 @@ pub fn date(param: &str, value: &SearchValue) -> Result<Expr, CohortError> {
         Prefix::Le => low().lt(timestamp(search.low)).or(contained()),
         Prefix::Sa => low().gt(timestamp(search.high)),
         Prefix::Eb => high().lt(timestamp(search.low)),
-        Prefix::Ap => low().lt_eq(timestamp(search.high)).and(high().gt_eq(timestamp(search.low))),
+        Prefix::Ap => low()
+            .lt_eq(timestamp(search.high))
+            .and(high().gt_eq(timestamp(search.low))),
     })
 }
 

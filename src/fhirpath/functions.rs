@@ -680,8 +680,15 @@ static FUNCTIONS: &[Function] = &[
             .filter_map(|v| match v {
                 Value::Node(n) => {
                     let target = parse_reference(n.json.get("reference")?.as_str()?)?;
+                    // A `urn:uuid:` reference carries its type in `Reference.type`, if anywhere.
+                    let resource_type = match target.resource_type {
+                        Some(t) => t,
+                        None => crate::fhir::ResourceTypes::r4()
+                            .ok()?
+                            .get(n.json.get("type")?.as_str()?)?,
+                    };
                     Some(Value::ReferenceTarget {
-                        resource_type: target.resource_type?,
+                        resource_type,
                         id: target.id.to_string(),
                     })
                 }

@@ -134,7 +134,14 @@ impl IndexBuffer {
     fn append_value(&mut self, value: &IndexValue) -> bool {
         let opt_len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
         match (&mut self.values, value) {
-            (ValueBuilders::Token { code: c, system: s, text: t }, IndexValue::Token { system, code, text }) => {
+            (
+                ValueBuilders::Token {
+                    code: c,
+                    system: s,
+                    text: t,
+                },
+                IndexValue::Token { system, code, text },
+            ) => {
                 c.append_value(code);
                 s.append_option(system.as_deref());
                 let folded = text.as_deref().map(fold);
@@ -151,10 +158,7 @@ impl IndexBuffer {
                 e.append_value(exact);
                 self.bytes += folded.len() + exact.len();
             }
-            (
-                ValueBuilders::Reference { target_id, target_type },
-                IndexValue::Reference { resource_type, id },
-            ) => {
+            (ValueBuilders::Reference { target_id, target_type }, IndexValue::Reference { resource_type, id }) => {
                 target_id.append_value(id);
                 target_type.append_option(resource_type.as_deref());
                 self.bytes += id.len() + opt_len(resource_type);
@@ -248,7 +252,7 @@ impl IndexBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::array::{Array, AsArray};
 
     #[test]
     fn sorts_by_param_then_value_and_repeats_rows_per_patient() {
@@ -271,9 +275,16 @@ mod tests {
                 .map(|i| array.is_valid(i).then(|| array.value(i).to_string()))
                 .collect::<Vec<_>>()
         };
-        assert_eq!(column("code"), [Some("z"), Some("a"), Some("b"), Some("b")].map(|s| s.map(String::from)));
+        assert_eq!(
+            column("code"),
+            [Some("z"), Some("a"), Some("b"), Some("b")].map(|s| s.map(String::from))
+        );
         assert_eq!(column("patient")[1], None, "no compartment: a null patient");
-        assert_eq!(column("text")[0].as_deref(), Some("diabete"), "display is folded for :text");
+        assert_eq!(
+            column("text")[0].as_deref(),
+            Some("diabete"),
+            "display is folded for :text"
+        );
         assert_eq!(buffer.rows(), 0);
     }
 }

@@ -188,6 +188,9 @@ mod tests {
         let low = chrono::DateTime::from_timestamp_micros(OPEN_LOW).unwrap();
         let high = chrono::DateTime::from_timestamp_micros(OPEN_HIGH).unwrap();
         assert_eq!(low.to_rfc3339(), "0001-01-01T00:00:00+00:00");
-        assert_eq!(high.format("%Y-%m-%dT%H:%M:%S%.6f").to_string(), "9999-12-31T23:59:59.999999");
+        assert_eq!(
+            high.format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
+            "9999-12-31T23:59:59.999999"
+        );
     }
 }

@@ -110,10 +110,14 @@ impl<'a> IndexWriter<'a> {
             table.buffer.append(param, value, id, patients);
         }
         let buffered: usize = self.tables.values().map(|t| t.buffer.bytes()).sum();
-        if buffered > BUFFER_BUDGET {
-            if let Some(key) = self.tables.iter().max_by_key(|(_, t)| t.buffer.bytes()).map(|(k, _)| *k) {
-                self.write_run(key)?;
-            }
+        if buffered > BUFFER_BUDGET
+            && let Some(key) = self
+                .tables
+                .iter()
+                .max_by_key(|(_, t)| t.buffer.bytes())
+                .map(|(k, _)| *k)
+        {
+            self.write_run(key)?;
         }
         let full: Vec<_> = self
             .tables

@@ -17,8 +17,8 @@ use super::record::{RejectReason, validate};
 use super::source::SourceFile;
 use crate::fhir::{PatientCompartment, ResourceTypes};
 use crate::index::writer::{IndexTarget, IndexWriter};
-use crate::search::SearchRegistry;
 use crate::json;
+use crate::search::SearchRegistry;
 use crate::store::StoreLocation;
 use crate::view::catalog::view_table_key;
 use crate::view::materialize::{ViewBuffers, ViewTableWriter};
@@ -459,13 +459,8 @@ impl<'a> Worker<'a> {
         if let Some(index) = self.search_index.take() {
             let files = index.abort();
             if !files.is_empty() {
-                self.index_outputs.insert(
-                    "index/aborted".into(),
-                    TableOutput {
-                        files,
-                        resources: 0,
-                    },
-                );
+                self.index_outputs
+                    .insert("index/aborted".into(), TableOutput { files, resources: 0 });
             }
         }
     }

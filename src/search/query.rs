@@ -187,23 +187,22 @@ fn percent_decode(text: &str, whole: &str) -> Result<String, SearchError> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
+                // A `%` that starts no escape is literal: member-filters are
+                // often written unencoded, with UCUM `%` units.
                 let hex = text
                     .get(i + 1..i + 3)
-                    .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
-                let Some(hex) = hex else {
-                    return Err(SearchError::syntax(
-                        whole,
-                        format!("invalid percent-encoding at '{}'", &text[i..]),
-                    ));
-                };
-                out.push(
-                    u8::from_str_radix(hex, 16).map_err(|_| SearchError::syntax(whole, "invalid percent-encoding"))?,
-                );
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
+                    .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
             }
             b => {
                 out.push(b);
@@ -683,6 +682,11 @@ mod tests {
         );
         let q = parse_search("Observation?code-value-quantity=http://loinc.org|4548-4$gt6.5").unwrap();
         assert!(matches!(&values(&q, 0)[0], SearchValue::Composite(parts) if parts.len() == 2));
+        // Unencoded `%` (a UCUM unit) and `+` (a zone offset) stay literal.
+        let q = parse_search("Observation?value-quantity=6.5||%").unwrap();
+        assert!(matches!(&values(&q, 0)[0], SearchValue::Quantity { code: Some(c), .. } if c == "%"));
+        let q = parse_search("Patient?birthdate=2020-01-01T10:00:00+02:00").unwrap();
+        assert!(matches!(&values(&q, 0)[0], SearchValue::Date { value, .. } if value.offset_minutes == Some(120)));
     }
 
     #[test]

@@ -13,8 +13,8 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::schema::{rejects_schema, resource_schema};
-use crate::index::{IndexKind, parse_index_table_key};
 use super::{Snapshot, TableEntry, TableKind, Warehouse, WarehouseError};
+use crate::index::{IndexKind, parse_index_table_key};
 
 /// Memory DataFusion may use for sorts, joins and aggregates before it spills
 /// to disk; keeps queries over large warehouses within a fixed budget.

@@ -1,6 +1,7 @@
 //! Integration tests (one binary: each test file would otherwise be its own
 //! large link).
 
+mod cohort;
 mod common;
 mod crash;
 mod fhirpath_suite;

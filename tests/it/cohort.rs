@@ -1,0 +1,525 @@
+//! The cohort engine: the README example filters with their independently
+//! computed patient counts, and search semantics per parameter type,
+//! modifier and prefix on a small hand-made dataset.
+
+use std::path::Path;
+
+use fhirlake::cohort::{CohortEngine, CohortError};
+use fhirlake::warehouse::Warehouse;
+
+use crate::common::{fhirlake, load_into, sample_data, shared_dataset};
+
+/// (id, filters, synthea-10, synthea-100, synthea-615), from
+/// ../shared/spec/fhir-r4/README.md ("Example filters with expected patient counts").
+const EXAMPLES: &[(&str, &[&str], usize, usize, usize)] = &[
+    ("P1", &["Patient?gender=female"], 4, 40, 284),
+    (
+        "P2",
+        &["Patient?birthdate=ge1950-01-01&birthdate=lt1970-01-01"],
+        5,
+        31,
+        152,
+    ),
+    ("P4", &["Patient?address-state=MA"], 10, 100, 615),
+    ("P5", &["Patient?address-state:exact=Massachusetts"], 10, 100, 615),
+    ("P9", &["Patient?deceased=true"], 0, 0, 124),
+    ("C1", &["Condition?code=http://snomed.info/sct|15777000"], 2, 26, 193),
+    ("C2", &["Condition?code=http://snomed.info/sct|44054006"], 0, 1, 37),
+    (
+        "C3",
+        &["Condition?code=http://snomed.info/sct|59621000,http://snomed.info/sct|38341003"],
+        3,
+        23,
+        161,
+    ),
+    ("C5", &["Condition?code=15777000&onset-date=ge2010-01-01"], 1, 9, 39),
+    ("E1", &["Encounter?class=EMER"], 9, 71, 426),
+    ("E3", &["Encounter?date=ge2019-01-01&date=lt2020-01-01"], 10, 92, 442),
+    (
+        "E6",
+        &["Encounter?service-provider=Organization/8ad64ecf-c817-3753-bee7-006a8e662e06"],
+        2,
+        3,
+        14,
+    ),
+    (
+        "E7",
+        &["Encounter?practitioner=Practitioner/f5741899-c09e-3021-b936-435a3b478f4a"],
+        2,
+        3,
+        0,
+    ),
+    (
+        "O1",
+        &["Observation?code=http://loinc.org|4548-4&value-quantity=gt6.5"],
+        0,
+        0,
+        18,
+    ),
+    (
+        "O3",
+        &["Observation?code=http://loinc.org|39156-5&value-quantity=ge30"],
+        4,
+        26,
+        198,
+    ),
+    (
+        "O5",
+        &[
+            "Observation?code=http://loinc.org|72166-2&value-concept=http://snomed.info/sct|449868002,http://snomed.info/sct|8517006",
+        ],
+        0,
+        21,
+        158,
+    ),
+    (
+        "M3",
+        &["MedicationRequest?authoredon=ge2018-01-01&status=active"],
+        6,
+        52,
+        161,
+    ),
+    (
+        "R2",
+        &["Procedure?code=http://snomed.info/sct|73761001&date=ge2015-01-01"],
+        4,
+        27,
+        139,
+    ),
+    (
+        "I1",
+        &["Immunization?vaccine-code=http://hl7.org/fhir/sid/cvx|140&date=ge2019-01-01&date=lt2020-01-01"],
+        7,
+        79,
+        377,
+    ),
+    (
+        "X1",
+        &[
+            "Patient?gender=female",
+            "Condition?code=http://snomed.info/sct|15777000",
+        ],
+        1,
+        13,
+        88,
+    ),
+    (
+        "X4",
+        &["Patient?gender=male", "MedicationRequest?status=stopped"],
+        6,
+        57,
+        279,
+    ),
+];
+
+async fn check_examples(dataset: &Path, column: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = Warehouse::open(&dir.path().display().to_string()).expect("warehouse");
+    load_into(&warehouse, &[dataset], false).await;
+    let engine = CohortEngine::open(&warehouse).await.expect("engine");
+    let mut wrong = Vec::new();
+    for (id, filters, c10, c100, c615) in EXAMPLES {
+        let expected = [*c10, *c100, *c615][column];
+        let got = engine.evaluate(filters, None).await.expect(id).patients.len();
+        if got != expected {
+            wrong.push(format!("{id} {filters:?}: expected {expected}, got {got}"));
+        }
+    }
+    println!(
+        "cohort examples on {}: {} of {} match",
+        dataset.display(),
+        EXAMPLES.len() - wrong.len(),
+        EXAMPLES.len()
+    );
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_examples_on_synthea_10() {
+    check_examples(&sample_data(), 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_examples_on_synthea_100() {
+    if let Some(dir) = shared_dataset("synthea-100") {
+        check_examples(&dir, 1).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_examples_on_synthea_615() {
+    if let Some(dir) = shared_dataset("synthea-615") {
+        check_examples(&dir, 2).await;
+    }
+}
+
+/// Hand-made resources, one case per line of the semantics tests below.
+const FIXTURE: &[(&str, &[&str])] = &[
+    (
+        "Patient",
+        &[
+            r#"{"resourceType":"Patient","id":"p1","gender":"female","birthDate":"1960-05-01","name":[{"family":"Müller","given":["Zoë"]}],"address":[{"state":"Massachusetts"}],"deceasedDateTime":"2020-01-01T10:00:00+02:00","identifier":[{"system":"urn:mrn","value":"A1"}]}"#,
+            r#"{"resourceType":"Patient","id":"p2","gender":"male","birthDate":"1990","name":[{"family":"Bob"}],"address":[{"state":"New York"}],"deceasedBoolean":false}"#,
+            r#"{"resourceType":"Patient","id":"p3","gender":"female"}"#,
+            r#"{"resourceType":"Patient","id":"p4"}"#,
+        ],
+    ),
+    (
+        "Condition",
+        &[
+            r#"{"resourceType":"Condition","id":"c1","subject":{"reference":"Patient/p1"},"code":{"coding":[{"system":"http://snomed.info/sct","code":"44054006","display":"Diabetes mellitus type 2"}]},"onsetDateTime":"2020"}"#,
+            r#"{"resourceType":"Condition","id":"c2","subject":{"reference":"Patient/p2"},"code":{"coding":[{"system":"http://hl7.org/fhir/sid/icd-10","code":"E11"},{"system":"http://snomed.info/sct","code":"44054006"}]},"onsetPeriod":{"start":"2019-06-01"}}"#,
+            r#"{"resourceType":"Condition","id":"c3","subject":{"reference":"Patient/p3"},"code":{"coding":[{"code":"X1"}]}}"#,
+        ],
+    ),
+    (
+        "Observation",
+        &[
+            r#"{"resourceType":"Observation","id":"o1","status":"final","subject":{"reference":"Patient/p1"},"code":{"coding":[{"system":"http://loinc.org","code":"4548-4"}]},"valueQuantity":{"value":6.5,"unit":"%","system":"http://unitsofmeasure.org","code":"%"}}"#,
+            r#"{"resourceType":"Observation","id":"o2","status":"final","subject":{"reference":"Patient/p2"},"code":{"coding":[{"system":"http://loinc.org","code":"4548-4"}]},"valueQuantity":{"value":7.2,"unit":"%"}}"#,
+            r#"{"resourceType":"Observation","id":"o3","status":"final","subject":{"reference":"Patient/p3"},"code":{"coding":[{"system":"http://loinc.org","code":"39156-5"}]},"effectiveDateTime":"2020-01-01T23:30:00-05:00","valueQuantity":{"value":31.0,"unit":"kg/m2","system":"http://unitsofmeasure.org","code":"kg/m2"}}"#,
+            r#"{"resourceType":"Observation","id":"o4","status":"final","subject":{"reference":"Patient/p3"},"code":{"coding":[{"system":"http://loinc.org","code":"8302-2"}]}}"#,
+        ],
+    ),
+    (
+        "Encounter",
+        &[
+            r#"{"resourceType":"Encounter","id":"e1","status":"finished","class":{"code":"AMB"},"subject":{"reference":"Patient/p1"},"serviceProvider":{"reference":"Organization/org1"},"period":{"start":"2019-01-01T09:00:00Z","end":"2019-01-01T10:00:00Z"}}"#,
+            r#"{"resourceType":"Encounter","id":"e2","status":"in-progress","class":{"code":"EMER"},"subject":{"reference":"urn:uuid:p2","type":"Patient"},"period":{"start":"2020-03-01"}}"#,
+        ],
+    ),
+    (
+        "Group",
+        &[
+            r#"{"resourceType":"Group","id":"g1","type":"person","actual":true,"member":[{"entity":{"reference":"Patient/p1"}},{"entity":{"reference":"Group/g2"}}]}"#,
+            r#"{"resourceType":"Group","id":"g2","type":"person","actual":true,"member":[{"entity":{"reference":"Patient/p2"}},{"entity":{"reference":"Group/g1"}}]}"#,
+            r#"{"resourceType":"Group","id":"g3","type":"person","actual":true,"member":[{"entity":{"reference":"Patient/p3"}}]}"#,
+        ],
+    ),
+];
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    engine: CohortEngine,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    for (resource_type, lines) in FIXTURE {
+        std::fs::write(data.join(format!("{resource_type}.ndjson")), lines.join("\n")).expect("write");
+    }
+    let warehouse = Warehouse::open(&dir.path().join("wh").display().to_string()).expect("warehouse");
+    load_into(&warehouse, &[&data], false).await;
+    let engine = CohortEngine::open(&warehouse).await.expect("engine");
+    Fixture { _dir: dir, engine }
+}
+
+impl Fixture {
+    async fn patients(&self, filters: &[&str]) -> Vec<String> {
+        self.engine
+            .evaluate(filters, None)
+            .await
+            .unwrap_or_else(|e| panic!("{filters:?}: {e}"))
+            .patients
+    }
+
+    async fn check(&self, cases: &[(&str, &[&str])]) {
+        let mut wrong = Vec::new();
+        for (filter, expected) in cases {
+            let got = self.patients(&[filter]).await;
+            if got != *expected {
+                wrong.push(format!("{filter}: expected {expected:?}, got {got:?}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_system_code_text_not_missing() {
+    let f = fixture().await;
+    f.check(&[
+        ("Condition?code=44054006", &["p1", "p2"]),
+        ("Condition?code=http://snomed.info/sct|44054006", &["p1", "p2"]),
+        ("Condition?code=http://hl7.org/fhir/sid/icd-10|", &["p2"]),
+        ("Condition?code=|X1", &["p3"]),
+        ("Condition?code=http://snomed.info/sct|X1", &[]),
+        ("Condition?code:text=diabetes", &["p1"]),
+        ("Condition?code:not=44054006", &["p3"]),
+        // Resources without the element match :not.
+        ("Patient?gender:not=female", &["p2", "p4"]),
+        ("Patient?gender:missing=true", &["p4"]),
+        ("Patient?gender:missing=false", &["p1", "p2", "p3"]),
+        ("Observation?value-quantity:missing=true", &["p3"]),
+        ("Patient?identifier=urn:mrn|A1", &["p1"]),
+        ("Patient?identifier=A1", &["p1"]),
+        ("Patient?_id=p2,p3", &["p2", "p3"]),
+        ("Patient?deceased=true", &["p1"]),
+        ("Patient?deceased=false", &["p2", "p3", "p4"]),
+        ("Encounter?class=EMER", &["p2"]),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dates_by_precision_offset_and_period() {
+    let f = fixture().await;
+    f.check(&[
+        // onset 2020 (a year) lies inside 2020, not inside one of its days.
+        ("Condition?onset-date=2020", &["p1"]),
+        ("Condition?onset-date=2020-01-01", &[]),
+        ("Condition?onset-date=ne2020-01-01", &["p1", "p2"]),
+        // An open-ended period reaches any later date.
+        ("Condition?onset-date=ge2030", &["p2"]),
+        ("Condition?onset-date=lt2019-07-01", &["p2"]),
+        ("Condition?onset-date=ap2020-06", &["p1", "p2"]),
+        ("Condition?onset-date=sa2019-12-31", &["p1"]),
+        ("Condition?onset-date=eb2020", &[]),
+        // 2020-01-01T23:30-05:00 is 2020-01-02 in UTC.
+        ("Observation?date=2020-01-02", &["p3"]),
+        ("Observation?date=2020-01-01", &[]),
+        ("Observation?date=2020-01-02T04:30:00Z", &["p3"]),
+        // A one-hour period is inside its day, not inside one of its seconds.
+        ("Encounter?date=2019-01-01", &["p1"]),
+        ("Encounter?date=2019-01-01T09:30:00Z", &[]),
+        ("Encounter?date=ap2019-01-01T09:30:00Z", &["p1"]),
+        ("Encounter?date=gt2019-01-01T09:30:00Z", &["p1", "p2"]),
+        ("Patient?death-date=2020-01-01T08:00:00Z", &["p1"]),
+        ("Patient?death-date=2020-01-01T08:00:00+02:00", &[]),
+        ("Patient?birthdate=1960", &["p1"]),
+        ("Patient?birthdate=sa1970", &["p2"]),
+        // p2's birthDate 1990 is all of 1990: it reaches both sides of June.
+        ("Patient?birthdate=le1990-06-01", &["p1", "p2"]),
+        ("Patient?birthdate=ge1990-06-01", &["p2"]),
+        ("Patient?birthdate=lt1990-01-01", &["p1"]),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quantities_strings_references() {
+    let f = fixture().await;
+    f.check(&[
+        // eq uses the value's precision: 6.5 is [6.45, 6.55).
+        ("Observation?value-quantity=6.5", &["p1"]),
+        ("Observation?value-quantity=6.50", &["p1"]),
+        ("Observation?value-quantity=6", &[]),
+        ("Observation?value-quantity=gt6.5", &["p2", "p3"]),
+        ("Observation?value-quantity=le6.5", &["p1"]),
+        ("Observation?value-quantity=ap7", &["p1", "p2"]),
+        ("Observation?value-quantity=7.2||%", &["p2"]),
+        ("Observation?value-quantity=6.5|http://unitsofmeasure.org|%", &["p1"]),
+        ("Observation?value-quantity=7.2|http://unitsofmeasure.org|%", &[]),
+        (
+            "Observation?value-quantity=ge31|http://unitsofmeasure.org|kg/m2",
+            &["p3"],
+        ),
+        ("Observation?code-value-quantity=http://loinc.org|4548-4$gt7", &["p2"]),
+        // Strings: case- and accent-insensitive prefix; :exact; :contains.
+        ("Patient?name=zoe", &["p1"]),
+        ("Patient?name=MÜL", &["p1"]),
+        ("Patient?name:exact=Zoë", &["p1"]),
+        ("Patient?name:exact=zoë", &[]),
+        ("Patient?name:contains=ULLE", &["p1"]),
+        ("Patient?address-state=new", &["p2"]),
+        ("Patient?name=100%25", &[]),
+        // References: Type/id, a bare id, a :Type modifier; urn:uuid with a type.
+        ("Encounter?service-provider=Organization/org1", &["p1"]),
+        ("Encounter?service-provider=org1", &["p1"]),
+        ("Encounter?service-provider=Organization/org2", &[]),
+        ("Encounter?patient=p2", &["p2"]),
+        ("Encounter?subject:Patient=p1", &["p1"]),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chains_has_and_several_filters() {
+    let f = fixture().await;
+    f.check(&[
+        ("Condition?subject:Patient.gender=male", &["p2"]),
+        ("Observation?subject:Patient.name=zoe", &["p1"]),
+        ("Patient?_has:Condition:patient:code=44054006", &["p1", "p2"]),
+        ("Patient?_has:Observation:patient:value-quantity=gt30", &["p3"]),
+        // Both clauses must hold for the same resource.
+        ("Observation?code=4548-4&value-quantity=gt31", &[]),
+        ("Observation?code=39156-5&value-quantity=gt30", &["p3"]),
+    ])
+    .await;
+    // Several filters: each may be met by another resource; all must hold.
+    assert_eq!(
+        f.patients(&["Patient?gender=female", "Condition?code=44054006"]).await,
+        ["p1"]
+    );
+    assert_eq!(
+        f.patients(&["Observation?code=4548-4", "Encounter?class=EMER"]).await,
+        ["p2"]
+    );
+    assert!(
+        f.patients(&["Patient?gender=male", "Condition?code=X1"])
+            .await
+            .is_empty()
+    );
+    // No filter: every patient.
+    assert_eq!(f.patients(&[]).await, ["p1", "p2", "p3", "p4"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn base_groups_expand_recursively() {
+    let f = fixture().await;
+    // g1 holds p1 and g2, which holds p2 and g1 again (a cycle).
+    let members = f.engine.group_members("g1").await.expect("g1");
+    assert_eq!(members, ["p1", "p2"]);
+    let base = Some(members.as_slice());
+    let result = f
+        .engine
+        .evaluate(&["Condition?code=44054006"], base)
+        .await
+        .expect("cohort");
+    assert_eq!(result.patients, ["p1", "p2"]);
+    let g3 = f.engine.group_members("g3").await.expect("g3");
+    let result = f
+        .engine
+        .evaluate(&["Condition?code=44054006"], Some(g3.as_slice()))
+        .await
+        .expect("cohort");
+    assert!(result.patients.is_empty());
+    let result = f
+        .engine
+        .evaluate(&[] as &[&str], Some(g3.as_slice()))
+        .await
+        .expect("all");
+    assert_eq!(result.patients, ["p3"]);
+    assert!(matches!(
+        f.engine.group_members("nope").await,
+        Err(CohortError::GroupNotFound(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_expressions_are_clear_errors() {
+    let f = fixture().await;
+    let cases: &[(&str, &str)] = &[
+        ("Condition?", "no search parameters"),
+        ("Foo?x=1", "'Foo' is not a FHIR R4 resource type"),
+        ("Condition?code:bogus=1", "bogus"),
+        ("Condition?code=a\\", "escape"),
+        ("Condition?_sort=date", "'_sort' is a result parameter"),
+        ("Condition?nonsense=1", "supported: "),
+        ("Condition?onset-date=yesterday", "expected a date"),
+        (
+            "Observation?component-code-value-quantity=http://loinc.org|8480-6$gt100",
+            "repeating",
+        ),
+    ];
+    for (expression, needle) in cases {
+        match f.engine.evaluate(&[expression], None).await {
+            Ok(r) => panic!("{expression} should fail, gave {:?}", r.patients),
+            Err(e) => assert!(
+                e.to_string().contains(needle),
+                "{expression}: '{e}' should mention '{needle}'"
+            ),
+        }
+    }
+}
+
+#[test]
+fn cli_counts_explains_and_refuses_bad_filters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wh = dir.path().join("wh").display().to_string();
+    let sample = sample_data().display().to_string();
+    let out = fhirlake(&["--warehouse", &wh, "load", "-q", &sample]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = fhirlake(&[
+        "--warehouse",
+        &wh,
+        "cohort",
+        "--ids",
+        "Patient?gender=female",
+        "Condition?code=http://snomed.info/sct|15777000",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.first(), Some(&"1"), "{text}");
+    assert_eq!(lines.len(), 2, "the count, then one id: {text}");
+    let out = fhirlake(&["--warehouse", &wh, "cohort", "--explain", "Condition?code=15777000"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Logical plan") && text.contains("row_groups_pruned_statistics"),
+        "{text}"
+    );
+    let out = fhirlake(&["--warehouse", &wh, "cohort", "Condition?_sort=date"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("_sort"));
+}
+
+/// Random strings, and random sequences of search syntax, never make the
+/// parser panic.
+#[test]
+fn parser_never_panics() {
+    let pieces = [
+        "Patient",
+        "Condition",
+        "Observation",
+        "?",
+        "&",
+        "=",
+        ",",
+        "|",
+        "$",
+        ":",
+        ".",
+        "\\",
+        "%",
+        "%2",
+        "%zz",
+        "code",
+        "gender",
+        "_has",
+        "_id",
+        "subject",
+        "Patient.",
+        "missing",
+        "not",
+        "exact",
+        "ge",
+        "ap",
+        "2020",
+        "-01",
+        "T10:00",
+        "Z",
+        "+05:00",
+        "6.5",
+        "e9",
+        "http://x",
+        "_sort",
+        "value-quantity",
+        "code-value-quantity",
+        "ü",
+        "\u{0}",
+        " ",
+    ];
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for i in 0..20_000 {
+        let len = (next() % 12) as usize;
+        let text: String = if i % 2 == 0 {
+            (0..len)
+                .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+                .collect()
+        } else {
+            (0..len * 3)
+                .filter_map(|_| char::from_u32((next() % 0x250) as u32))
+                .collect()
+        };
+        let _ = fhirlake::search::parse_search(&text);
+    }
+}
