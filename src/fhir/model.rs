@@ -43,7 +43,8 @@ impl Hasher for FxHasher {
     }
 }
 
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+/// A hash map with [`FxHasher`] (short string keys).
+pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 use std::sync::OnceLock;
 
 use serde::Deserialize;

@@ -3,17 +3,18 @@
 //! instead of one per run.
 //!
 //! Each run file declares its sort order; with one run per partition
-//! DataFusion merges them in a streaming `SortPreservingMergeExec`. Beyond
-//! [`MAX_FAN_IN`] runs, partitions hold several runs and DataFusion sorts
-//! each partition first (within the query memory pool, spilling to disk).
+//! DataFusion merges them in a streaming `SortPreservingMergeExec` (memory:
+//! one batch per input). Beyond [`MAX_FAN_IN`] runs the merge goes in levels.
 
 use futures::StreamExt;
 use tokio::runtime::Handle;
 
 use super::IndexKind;
-use super::columns::{PARAM, RESOURCE_ID};
+use super::columns::PARAM;
 use crate::warehouse::catalog::{QUERY_MEMORY_LIMIT, files_provider_sorted};
-use crate::warehouse::parquet_file::{ParquetFileWriter, index_writer_properties};
+use datafusion::parquet::file::properties::WriterProperties;
+
+use crate::warehouse::parquet_file::{ParquetFileWriter, index_writer_properties, scratch_writer_properties};
 use crate::warehouse::{DataFile, Warehouse, WarehouseError};
 
 /// Runs merged at once (each holds a batch in memory while merging).
@@ -21,15 +22,17 @@ pub const MAX_FAN_IN: usize = 64;
 /// Output files are rolled at this size.
 const FILE_BYTES: u64 = 256 * 1024 * 1024;
 
-/// The sort key of a `kind` index table: param, the first value column, resource id.
-pub fn sort_columns(kind: IndexKind) -> [String; 3] {
+/// The sort key of a `kind` index table: param, then the first value column.
+pub fn sort_columns(kind: IndexKind) -> [String; 2] {
     let value = kind.value_fields()[0].name().clone();
-    [PARAM.to_string(), value, RESOURCE_ID.to_string()]
+    [PARAM.to_string(), value]
 }
 
 /// Merges the sorted `runs` of one index table (key `table_key`) into new
-/// files under `tables/<table_key>/`; returns them. A single run is returned
-/// as it is.
+/// files under `tables/<table_key>/`, sorted as a whole, compressed and with
+/// statistics and page index; returns them. Runs are left to the caller.
+/// More than [`MAX_FAN_IN`] runs are merged in levels (intermediate files
+/// are deleted).
 pub async fn compact(
     warehouse: &Warehouse,
     kind: IndexKind,
@@ -37,19 +40,50 @@ pub async fn compact(
     runs: &[DataFile],
     token: &str,
 ) -> Result<Vec<DataFile>, WarehouseError> {
-    if runs.len() <= 1 {
-        return Ok(runs.to_vec());
+    let mut level = runs.to_vec();
+    let mut intermediates: Vec<DataFile> = Vec::new();
+    let mut counter = 0usize;
+    let result = async {
+        while level.len() > MAX_FAN_IN {
+            let mut next = Vec::new();
+            for chunk in level.chunks(MAX_FAN_IN) {
+                let prefix = format!("tables/{table_key}/{token}-m{counter:04}");
+                counter += 1;
+                let merged = merge_once(warehouse, kind, chunk, &prefix, scratch_writer_properties()).await?;
+                intermediates.extend(merged.iter().cloned());
+                next.extend(merged);
+            }
+            level = next;
+        }
+        let prefix = format!("tables/{table_key}/{token}-c");
+        merge_once(warehouse, kind, &level, &prefix, index_writer_properties()).await
     }
-    let partitions = runs.len().min(MAX_FAN_IN);
+    .await;
+    warehouse.delete_files(&intermediates).await;
+    result
+}
+
+/// One streaming merge of at most [`MAX_FAN_IN`] sorted files (one
+/// partition each, so DataFusion merges without sorting).
+async fn merge_once(
+    warehouse: &Warehouse,
+    kind: IndexKind,
+    inputs: &[DataFile],
+    prefix: &str,
+    properties: WriterProperties,
+) -> Result<Vec<DataFile>, WarehouseError> {
+    if inputs.is_empty() {
+        return Ok(Vec::new());
+    }
     let config = datafusion::prelude::SessionConfig::new()
-        .with_target_partitions(partitions)
+        .with_target_partitions(inputs.len())
         .with_repartition_file_scans(false);
     let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
         .with_memory_limit(QUERY_MEMORY_LIMIT, 1.0)
         .build_arc()?;
     let ctx = datafusion::prelude::SessionContext::new_with_config_rt(config, runtime);
     let sort = sort_columns(kind);
-    let provider = files_provider_sorted(warehouse, &ctx, kind.schema(), runs, &sort).await?;
+    let provider = files_provider_sorted(warehouse, &ctx, kind.schema(), inputs, &sort).await?;
     let order: Vec<_> = sort
         .iter()
         .map(|c| datafusion::prelude::col(c.as_str()).sort(true, true))
@@ -58,8 +92,7 @@ pub async fn compact(
     let mut stream = frame.execute_stream().await?;
     let root = warehouse.root().clone();
     let handle = Handle::current();
-    let table_key = table_key.to_string();
-    let token = token.to_string();
+    let prefix = prefix.to_string();
     // The Parquet writer blocks on uploads: run the loop on a blocking thread.
     let (done, result) = tokio::task::spawn_blocking(move || {
         let mut done: Vec<DataFile> = Vec::new();
@@ -71,10 +104,10 @@ pub async fn compact(
                     Some(w) => w,
                     None => writer.insert(ParquetFileWriter::create_with(
                         &root,
-                        format!("tables/{table_key}/{token}-c-{:05}.parquet", done.len()),
+                        format!("{prefix}-{:05}.parquet", done.len()),
                         kind.schema(),
                         handle.clone(),
-                        index_writer_properties(),
+                        properties.clone(),
                     )?),
                 };
                 w.write(&batch)?;

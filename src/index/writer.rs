@@ -13,11 +13,11 @@ use crate::search::SearchRegistry;
 use crate::search::extract::{IndexValue, TypeIndexer};
 use crate::store::StoreLocation;
 use crate::warehouse::DataFile;
-use crate::warehouse::parquet_file::{ParquetFileWriter, index_writer_properties};
+use crate::warehouse::parquet_file::{ParquetFileWriter, scratch_writer_properties};
 
 /// Buffered index rows of one writer are sorted and written once they hold
 /// this much; a larger budget means longer sorted runs (better pruning).
-const BUFFER_BUDGET: usize = 48 * 1024 * 1024;
+const BUFFER_BUDGET: usize = 96 * 1024 * 1024;
 /// A run is cut at this many rows even under the budget.
 const RUN_ROWS: usize = 1 << 20;
 
@@ -136,8 +136,9 @@ impl<'a> IndexWriter<'a> {
         self.failures
     }
 
-    /// Sorts the buffered rows of one table and writes them as one file (a
-    /// sorted run; `compact` merges the runs of a load).
+    /// Sorts the buffered rows of one table and writes them as one scratch
+    /// file (a sorted run; `compact` merges the runs of a load into the
+    /// table's real files).
     fn write_run(&mut self, key: (IndexKind, &'static str)) -> Result<(), IndexWriteError> {
         let Some(table) = self.tables.get_mut(&key) else {
             return Ok(());
@@ -159,7 +160,7 @@ impl<'a> IndexWriter<'a> {
             path,
             key.0.schema(),
             self.target.handle.clone(),
-            index_writer_properties(),
+            scratch_writer_properties(),
         )?;
         match writer.write(&batch) {
             Ok(()) => {

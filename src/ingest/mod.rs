@@ -412,11 +412,10 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
                     // Rebuilt runs are this load's output too: removed if it fails.
                     merged_files.extend(runs.iter().cloned());
                 }
+                // Runs are scratch files: the compacted files replace them.
                 let files = compact(warehouse, kind, &key, &runs, &token).await?;
-                if files != runs {
-                    superseded_runs.extend(runs.iter().cloned());
-                    merged_files.extend(files.iter().cloned());
-                }
+                superseded_runs.extend(runs.iter().cloned());
+                merged_files.extend(files.iter().cloned());
                 let loaded = new_files.get(&key).map_or(0, |(_, n)| *n);
                 let entry = snapshot.tables.entry(key.clone()).or_insert_with(|| TableEntry {
                     kind: TableKind::Index,

@@ -62,6 +62,10 @@ pub enum IndexValue {
 
 /// Case- and accent-insensitive form of a string (R4 string search).
 pub fn fold(text: &str) -> String {
+    // Most text is ASCII: lower-casing is all it needs.
+    if text.is_ascii() {
+        return text.to_ascii_lowercase();
+    }
     text.nfd()
         .filter(|c| !('\u{300}'..='\u{36f}').contains(c))
         .flat_map(char::to_lowercase)
@@ -388,12 +392,15 @@ mod tests {
 /// given resource).
 pub struct TypeIndexer<'r> {
     groups: Vec<ExpressionGroup<'r>>,
+    /// Root element names any expression reads, by their index in `present`.
+    vocabulary: crate::fhir::model::FastMap<String, usize>,
 }
 
 struct ExpressionGroup<'r> {
     path: crate::fhirpath::FhirPath,
-    /// Root element names the expression reads (`None`: could not tell, always evaluate).
-    roots: Option<Vec<String>>,
+    /// Indexes (into the vocabulary) of the root elements the expression
+    /// reads (`None`: could not tell, always evaluate).
+    roots: Option<Vec<usize>>,
     /// (parameter code, type) of every parameter using this expression.
     params: Vec<(&'r str, ParamType)>,
 }
@@ -424,14 +431,27 @@ impl<'r> TypeIndexer<'r> {
     /// The indexer of `resource_type`'s supported parameters.
     pub fn new(registry: &'r super::SearchRegistry, resource_type: &str) -> Self {
         let mut groups: Vec<ExpressionGroup> = Vec::new();
+        let mut vocabulary = crate::fhir::model::FastMap::default();
         for param in registry.supported(resource_type) {
             let Some(path) = &param.path else { continue };
             let entry = (param.code.as_str(), param.param_type);
             match groups.iter_mut().find(|g| g.path.text() == path.text()) {
                 Some(group) => group.params.push(entry),
                 None => {
-                    let mut roots = Vec::new();
-                    let roots = root_elements(path.ast(), &mut roots).then_some(roots);
+                    let mut names = Vec::new();
+                    // `id` and `meta` are always evaluated (cheap, and `_id` must
+                    // index every resource).
+                    let known =
+                        root_elements(path.ast(), &mut names) && !names.iter().any(|r| r == "id" || r == "meta");
+                    let roots = known.then(|| {
+                        names
+                            .into_iter()
+                            .map(|name| {
+                                let next = vocabulary.len();
+                                *vocabulary.entry(name).or_insert(next)
+                            })
+                            .collect()
+                    });
                     groups.push(ExpressionGroup {
                         path: path.clone(),
                         roots,
@@ -440,7 +460,28 @@ impl<'r> TypeIndexer<'r> {
                 }
             }
         }
-        Self { groups }
+        Self { groups, vocabulary }
+    }
+
+    /// Marks which vocabulary roots `resource` has: a member matches its own
+    /// name, and a choice member (`valueQuantity`) also the stem before each
+    /// inner capital (`value`).
+    fn present_roots(&self, resource: &JsonValue<'_>, present: &mut Vec<bool>) {
+        present.clear();
+        present.resize(self.vocabulary.len(), false);
+        for (key, _) in resource.as_object().unwrap_or_default() {
+            let key: &str = key;
+            if let Some(&i) = self.vocabulary.get(key) {
+                present[i] = true;
+            }
+            for (pos, c) in key.char_indices().skip(1) {
+                if c.is_ascii_uppercase()
+                    && let Some(&i) = self.vocabulary.get(&key[..pos])
+                {
+                    present[i] = true;
+                }
+            }
+        }
     }
 
     /// Appends `(parameter code, value)` for every indexed value of `resource`.
@@ -473,17 +514,14 @@ impl<'r> TypeIndexer<'r> {
         out: &mut Vec<(&'r str, IndexValue)>,
         mut on_error: impl FnMut(crate::fhirpath::FhirPathError),
     ) {
-        let members = resource.as_object().unwrap_or_default();
+        let mut present = Vec::new();
+        self.present_roots(resource, &mut present);
         let vars = std::collections::HashMap::new();
         for group in &self.groups {
-            if let Some(roots) = &group.roots {
-                // A choice element appears as `valueQuantity` for root `value`.
-                let present = roots
-                    .iter()
-                    .any(|r| members.iter().any(|(k, _)| k.starts_with(r.as_str())));
-                if !present && !roots.iter().any(|r| r == "id" || r == "meta") {
-                    continue;
-                }
+            if let Some(roots) = &group.roots
+                && !roots.iter().any(|&i| present[i])
+            {
+                continue;
             }
             let results = match group.path.evaluate(resource, &vars) {
                 Ok(results) => results,

@@ -52,6 +52,19 @@ pub fn index_writer_properties() -> WriterProperties {
         .build()
 }
 
+/// Writer settings for temporary files read once by a merge (sorted index
+/// runs): no compression, dictionaries or statistics, which would cost time
+/// and be thrown away.
+pub fn scratch_writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::UNCOMPRESSED)
+        .set_dictionary_enabled(false)
+        .set_statistics_enabled(EnabledStatistics::None)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_created_by(concat!("fhirlake ", env!("CARGO_PKG_VERSION")).to_string())
+        .build()
+}
+
 /// One Parquet file being written; becomes a [`DataFile`] on `finish`.
 pub struct ParquetFileWriter {
     writer: ArrowWriter<ObjectWriter>,
