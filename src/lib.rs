@@ -19,6 +19,7 @@ pub mod ingest;
 pub mod json;
 pub mod query;
 pub mod search;
+pub mod server;
 pub mod store;
 pub mod view;
 pub mod warehouse;

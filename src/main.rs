@@ -72,6 +72,26 @@ enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Serve the FHIR REST API (Bulk Cohort API: async Group creation) over the
+    /// warehouse; with an empty warehouse, the bundled sample is loaded first.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+        /// Absolute base URL clients use (default: http://ADDR).
+        #[arg(long)]
+        base_url: Option<String>,
+        /// Recompute cohort Groups this often after new loads (30s, 15m, 1h; default off).
+        #[arg(long, default_value = "off")]
+        refresh_interval: String,
+        /// Seconds clients are asked to wait between polls (Retry-After).
+        #[arg(long, default_value_t = 1)]
+        retry_after: u64,
+        /// Delay each async job by this many milliseconds before it runs (for
+        /// testing progress, cancellation and crash recovery).
+        #[arg(long, default_value_t = 0, hide = true)]
+        job_delay_ms: u64,
+    },
     /// Count the patients meeting every FHIR search expression (member-filter
     /// style: `Condition?code=http://snomed.info/sct|44054006`; several are ANDed).
     Cohort {
@@ -230,6 +250,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for result in &results {
                 write_batches(result.schema.clone(), &result.batches, format, &mut sink, &target)?;
             }
+        }
+        Command::Serve {
+            addr,
+            base_url,
+            refresh_interval,
+            retry_after,
+            job_delay_ms,
+        } => {
+            let refresh_interval = fhirlake::server::parse_interval(&refresh_interval)
+                .map_err(|e| anyhow::anyhow!("--refresh-interval: {e}"))?;
+            let warehouse = Warehouse::open(&cli.warehouse)?;
+            if warehouse.current().await?.is_none() {
+                let sample = sample_data();
+                tracing::info!(sample = %sample, "the warehouse is empty: loading the bundled sample data");
+                let options = LoadOptions {
+                    quiet: true,
+                    ..LoadOptions::default()
+                };
+                load(&warehouse, &[sample], &options).await?;
+            }
+            let options = fhirlake::server::ServeOptions {
+                addr,
+                base_url,
+                refresh_interval,
+                retry_after: retry_after.max(1),
+                job_delay: std::time::Duration::from_millis(job_delay_ms),
+            };
+            fhirlake::server::serve(warehouse, options).await?;
         }
         Command::Cohort {
             expressions,

@@ -124,6 +124,14 @@ impl PatientCompartment {
         Ok(Self { paths })
     }
 
+    /// The resource types that can be in a Patient compartment through references.
+    pub fn types(&self) -> impl Iterator<Item = &str> {
+        self.paths
+            .iter()
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(t, _)| t.as_str())
+    }
+
     /// The compartment paths of a resource type (empty if it is never in a
     /// Patient compartment through references).
     pub fn paths(&self, resource_type: &str) -> &[CompartmentPath] {

@@ -1,0 +1,104 @@
+//! `GET /metadata`: a CapabilityStatement that says what this server does.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::SharedState;
+use super::cohort_group::{COHORT_PROFILE, FHIR_QUERY};
+use super::outcome::fhir_json;
+use crate::fhir::PatientCompartment;
+use crate::search::SearchRegistry;
+
+fn param_type_name(t: crate::search::ParamType) -> &'static str {
+    use crate::search::ParamType::*;
+    match t {
+        Token => "token",
+        Date => "date",
+        String => "string",
+        Reference => "reference",
+        Quantity => "quantity",
+        Number => "number",
+        Uri => "uri",
+        Composite => "composite",
+        Special => "special",
+    }
+}
+
+/// The searchParam list of `resource_type`: what `member-filter` accepts.
+fn search_params(registry: &SearchRegistry, resource_type: &str) -> Vec<Value> {
+    registry
+        .supported(resource_type)
+        .into_iter()
+        .map(|p| {
+            json!({
+                "name": p.code,
+                "definition": p.url,
+                "type": param_type_name(p.param_type),
+            })
+        })
+        .collect()
+}
+
+/// `GET /metadata`.
+pub async fn metadata(State(state): State<SharedState>) -> Response {
+    let refresh = match state.refresh_interval {
+        Some(interval) => format!(
+            "Membership is computed when a cohort Group is created or updated, and recomputed every {} s when the warehouse has changed since (members-refreshed is the time of the last computation).",
+            interval.as_secs()
+        ),
+        None => "Membership is computed when a cohort Group is created or updated (a snapshot; members-refreshed is the time of that computation). It is not refreshed periodically: PUT the Group to recompute it.".into(),
+    };
+    let mut resources = vec![json!({
+        "type": "Group",
+        "profile": "http://hl7.org/fhir/StructureDefinition/Group",
+        "supportedProfile": [COHORT_PROFILE],
+        "documentation": format!("Bulk Cohort API: POST a bulk-cohort-group Group with Prefer: respond-async (or synchronously) and poll the Content-Location URL. member-filter expressions use {FHIR_QUERY} with the search parameters listed for each resource type below; several member-filters are ANDed; member entries (Patients, Groups) set the base population. {refresh} GET /Group/[id]/$members pages through the members (Patient resources). Groups in the loaded data are read-only."),
+        "interaction": [
+            {"code": "create"}, {"code": "read"}, {"code": "vread"}, {"code": "update"},
+            {"code": "delete"}, {"code": "search-type"}
+        ],
+        "versioning": "versioned",
+        "updateCreate": false,
+        "searchParam": [
+            {"name": "name", "type": "string", "documentation": "case- and accent-insensitive prefix; :exact, :contains"},
+            {"name": "_id", "type": "token"},
+            {"name": "type", "type": "token"},
+            {"name": "_count", "type": "number"},
+            {"name": "_offset", "type": "number"}
+        ],
+    })];
+    if let (Ok(registry), Ok(compartment)) = (SearchRegistry::r4(), PatientCompartment::r4()) {
+        let mut types: Vec<&str> = compartment.types().collect();
+        types.push("Patient");
+        types.sort_unstable();
+        types.dedup();
+        for resource_type in types.into_iter().filter(|t| *t != "Group") {
+            resources.push(json!({
+                "type": resource_type,
+                "documentation": "Searchable in member-filter expressions with these parameters (plus chains and _has).",
+                "searchParam": search_params(registry, resource_type),
+            }));
+        }
+    }
+    let statement = json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": super::now(),
+        "kind": "instance",
+        "name": "fhirlake",
+        "title": "fhirlake Bulk Cohort server",
+        "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
+        "software": {"name": "fhirlake", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "fhirlake over a columnar FHIR warehouse", "url": state.base_url},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "application/json"],
+        "rest": [{
+            "mode": "server",
+            "documentation": "Bulk Cohort API (async Group creation). $export is not offered yet.",
+            "resource": resources,
+        }],
+    });
+    fhir_json(StatusCode::OK, &statement)
+}

@@ -1,0 +1,294 @@
+//! The FHIR REST front (`fhirlake serve`): axum over the warehouse, with the
+//! Bulk Cohort API (async Group creation) and the Group interactions.
+//!
+//! Conventions: every response is FHIR JSON (`application/fhir+json`, or
+//! `application/json` when asked for), every error an OperationOutcome with
+//! a fitting status; each request gets an id (`X-Request-Id`, and in logs).
+
+pub mod capability;
+pub mod cohort_group;
+pub mod groups;
+pub mod jobs;
+pub mod outcome;
+pub mod state_store;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::sync::Mutex;
+use tracing::Instrument;
+
+use self::jobs::JobRuntime;
+use self::outcome::FhirError;
+use self::state_store::StateStore;
+use crate::warehouse::Warehouse;
+
+/// Errors of starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("server failed: {0}")]
+    Serve(#[source] std::io::Error),
+    /// Reading the server state failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// How to serve.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Address to listen on.
+    pub addr: SocketAddr,
+    /// Absolute base URL clients reach the server at (default
+    /// `http://<addr>`); polling URLs and `Location`s are built from it.
+    pub base_url: Option<String>,
+    /// Recompute every cohort Group this often when the warehouse changed.
+    pub refresh_interval: Option<Duration>,
+    /// Seconds a client is asked to wait between polls (`Retry-After`).
+    pub retry_after: u64,
+    /// Wait this long before computing each async job (to observe progress,
+    /// cancellation and crash recovery in tests).
+    pub job_delay: Duration,
+}
+
+/// What every handler shares.
+pub struct AppState {
+    /// The warehouse served.
+    pub warehouse: Warehouse,
+    /// Durable state (Groups, jobs).
+    pub store: StateStore,
+    /// Absolute base URL, no trailing slash.
+    pub base_url: String,
+    /// Jobs of this process.
+    pub jobs: Mutex<HashMap<String, JobRuntime>>,
+    /// Serialises Group writes (version numbers).
+    pub group_writes: Mutex<()>,
+    /// Advised seconds between polls.
+    pub retry_after: u64,
+    /// Documented refresh policy.
+    pub refresh_interval: Option<Duration>,
+    /// See [`ServeOptions::job_delay`].
+    pub job_delay: Duration,
+}
+
+/// Shared state handle.
+pub type SharedState = Arc<AppState>;
+
+/// Builds the router over `state`.
+pub fn router(state: SharedState) -> Router {
+    Router::new()
+        .route("/metadata", get(capability::metadata))
+        .route("/Group", get(groups::search).post(groups::create))
+        .route(
+            "/Group/{id}",
+            get(groups::read).put(groups::update).delete(groups::delete),
+        )
+        .route("/Group/{id}/_history/{version}", get(groups::vread))
+        .route("/Group/{id}/$members", get(groups::members))
+        .route("/_jobs/{id}", get(groups::poll).delete(groups::cancel))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(negotiate))
+        .layer(axum::middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+async fn not_found(request: Request) -> FhirError {
+    FhirError::new(
+        StatusCode::NOT_FOUND,
+        "not-supported",
+        format!("no such endpoint: {} {}", request.method(), request.uri().path()),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> FhirError {
+    FhirError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "not-supported",
+        format!("{} is not supported on {}", request.method(), request.uri().path()),
+    )
+}
+
+static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
+
+/// Gives each request an id, logs it with its outcome and time.
+async fn request_id(request: Request, next: Next) -> Response {
+    let id = format!("req-{}", NEXT_REQUEST.fetch_add(1, Ordering::Relaxed));
+    let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
+    let started = Instant::now();
+    async move {
+        let mut response = next.run(request).await;
+        tracing::info!(
+            status = response.status().as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            "handled"
+        );
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert("x-request-id", value);
+        }
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+/// Honours `_format` and `Accept`: JSON forms are served (as
+/// `application/json` when that is what was asked for); XML and other
+/// formats get 406.
+async fn negotiate(request: Request, next: Next) -> Response {
+    let format = request.uri().query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "_format")
+            .map(|(_, v)| v.to_string())
+    });
+    let accept = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let wanted = format.or(accept);
+    let plain_json = match wanted.as_deref() {
+        None => false,
+        Some(w) => {
+            let kinds: Vec<&str> = w.split(',').map(|k| k.split(';').next().unwrap_or("").trim()).collect();
+            let fhir = kinds.iter().any(|k| {
+                matches!(
+                    *k,
+                    "application/fhir+json" | "json" | "*/*" | "application/*" | "" | "application/json+fhir"
+                )
+            });
+            let json = kinds.contains(&"application/json");
+            if !fhir && !json {
+                return FhirError::new(
+                    StatusCode::NOT_ACCEPTABLE,
+                    "not-supported",
+                    format!("fhirlake serves JSON only (application/fhir+json, application/json); asked for '{w}'"),
+                )
+                .into_response();
+            }
+            json && !fhir
+        }
+    };
+    let mut response = next.run(request).await;
+    if plain_json
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/fhir+json"))
+    {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    response
+}
+
+/// Serves until SIGINT/SIGTERM. Jobs that were running when an earlier
+/// process stopped are resumed first.
+pub async fn serve(warehouse: Warehouse, options: ServeOptions) -> Result<(), ServerError> {
+    let listener = tokio::net::TcpListener::bind(options.addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: options.addr,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(ServerError::Serve)?;
+    let base_url = options
+        .base_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{local}"))
+        .trim_end_matches('/')
+        .to_string();
+    let state = Arc::new(AppState {
+        store: StateStore::new(warehouse.root().clone()),
+        warehouse,
+        base_url: base_url.clone(),
+        jobs: Mutex::new(HashMap::new()),
+        group_writes: Mutex::new(()),
+        retry_after: options.retry_after,
+        refresh_interval: options.refresh_interval,
+        job_delay: options.job_delay,
+    });
+    groups::resume_jobs(&state).await?;
+    if let Some(interval) = options.refresh_interval {
+        tokio::spawn(groups::refresh_loop(state.clone(), interval));
+    }
+    tracing::info!(%base_url, "fhirlake serving");
+    // A line on stdout for whoever started us (scripts wait for it).
+    println!("fhirlake listening on {base_url}");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(ServerError::Serve)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// Parses `30s`, `15m`, `1h`, `2d` (or a number of seconds); `off` is `None`.
+pub fn parse_interval(text: &str) -> Result<Option<Duration>, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid interval '{text}' (e.g. 30s, 15m, 1h, off)"))?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("invalid interval unit in '{text}' (s, m, h, d)")),
+    };
+    if seconds == 0 {
+        return Err("the interval must be positive (or 'off')".into());
+    }
+    Ok(Some(Duration::from_secs(seconds)))
+}
+
+/// Current time, RFC 3339 UTC with seconds.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// `State` extractor alias for handlers.
+pub type AppStateExtractor = State<SharedState>;
