@@ -47,7 +47,12 @@ pub async fn rebuild_index(
         std::thread::scope(|scope| {
             let handles: Vec<_> = states
                 .into_iter()
-                .map(|(writer, _)| scope.spawn(move || writer.finish()))
+                .map(|(mut writer, _)| {
+                    scope.spawn(move || {
+                        let result = writer.finish();
+                        (writer.into_outputs(), result)
+                    })
+                })
                 .collect();
             handles
                 .into_iter()
@@ -56,12 +61,21 @@ pub async fn rebuild_index(
         })
     })?;
     let mut merged: BTreeMap<String, IndexOutput> = BTreeMap::new();
-    for outputs in finished {
-        for (key, output) in outputs.map_err(|e| MaterializeError::Sink(e.to_string()))? {
+    let mut failure = None;
+    for (outputs, result) in finished {
+        if let Err(e) = result {
+            failure.get_or_insert(e);
+        }
+        for (key, output) in outputs {
             let entry = merged.entry(key).or_default();
             entry.files.extend(output.files);
             entry.rows += output.rows;
         }
+    }
+    if let Some(e) = failure {
+        let written: Vec<_> = merged.into_values().flat_map(|o| o.files).collect();
+        warehouse.delete_files(&written).await;
+        return Err(MaterializeError::Sink(e.to_string()));
     }
     Ok(merged)
 }

@@ -175,19 +175,19 @@ impl<'a> IndexWriter<'a> {
         }
     }
 
-    /// Writes what is buffered; returns the files (sorted runs) per index
-    /// table key.
-    pub fn finish(mut self) -> Result<BTreeMap<String, IndexOutput>, IndexWriteError> {
+    /// Writes what is buffered as final runs.
+    pub fn finish(&mut self) -> Result<(), IndexWriteError> {
         let keys: Vec<_> = self.tables.keys().copied().collect();
         for key in keys {
             self.write_run(key)?;
         }
-        Ok(self.outputs)
+        Ok(())
     }
 
-    /// Drops what is buffered; returns the files already written (to delete).
-    pub fn abort(self) -> Vec<DataFile> {
-        self.outputs.into_values().flat_map(|o| o.files).collect()
+    /// The files (sorted runs) written, per index table key; also after a
+    /// failure, so the caller can delete them. Unwritten buffers are dropped.
+    pub fn into_outputs(self) -> BTreeMap<String, IndexOutput> {
+        self.outputs
     }
 }
 

@@ -114,7 +114,6 @@ struct Worker<'a> {
     view_writers: Vec<Option<ViewTableWriter>>,
     view_outputs: Vec<TableOutput>,
     search_index: Option<IndexWriter<'a>>,
-    index_outputs: BTreeMap<String, TableOutput>,
 }
 
 /// Runs worker `index` until the channel closes. On error, the error is
@@ -144,7 +143,6 @@ pub fn run_worker(
             };
             IndexWriter::new(target, registry)
         }),
-        index_outputs: BTreeMap::new(),
     };
     let mut error = None;
     loop {
@@ -428,16 +426,8 @@ impl<'a> Worker<'a> {
                 self.view_outputs[i].files.extend(w.finish()?);
             }
         }
-        if let Some(index) = self.search_index.take() {
-            for (key, output) in index.finish()? {
-                self.index_outputs.insert(
-                    key,
-                    TableOutput {
-                        files: output.files,
-                        resources: output.rows,
-                    },
-                );
-            }
+        if let Some(index) = self.search_index.as_mut() {
+            index.finish()?;
         }
         Ok(())
     }
@@ -456,13 +446,6 @@ impl<'a> Worker<'a> {
                 self.view_outputs[i].files.extend(w.abort());
             }
         }
-        if let Some(index) = self.search_index.take() {
-            let files = index.abort();
-            if !files.is_empty() {
-                self.index_outputs
-                    .insert("index/aborted".into(), TableOutput { files, resources: 0 });
-            }
-        }
     }
 
     fn into_output(self) -> WorkerOutput {
@@ -479,7 +462,18 @@ impl<'a> Worker<'a> {
                 tables.insert(view_table_key(self.ctx.views.name(i)), output);
             }
         }
-        tables.extend(self.index_outputs);
+        // Index runs are reported also after a failure, so they get deleted.
+        if let Some(index) = self.search_index {
+            for (key, output) in index.into_outputs() {
+                tables.insert(
+                    key,
+                    TableOutput {
+                        files: output.files,
+                        resources: output.rows,
+                    },
+                );
+            }
+        }
         WorkerOutput { tables }
     }
 }

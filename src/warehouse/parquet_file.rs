@@ -53,11 +53,12 @@ pub fn index_writer_properties() -> WriterProperties {
 }
 
 /// Writer settings for temporary files read once by a merge (sorted index
-/// runs): no compression, dictionaries or statistics, which would cost time
-/// and be thrown away.
+/// runs): no dictionaries or statistics, which would cost time and be thrown
+/// away; fast zstd, since uncompressed runs of a large load would take many
+/// times the disk of the final index.
 pub fn scratch_writer_properties() -> WriterProperties {
     WriterProperties::builder()
-        .set_compression(Compression::UNCOMPRESSED)
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
         .set_dictionary_enabled(false)
         .set_statistics_enabled(EnabledStatistics::None)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))

@@ -8,6 +8,7 @@ mod fhirpath_suite;
 mod generate;
 mod json_differential;
 mod load;
+mod server;
 mod sql_cli;
 mod sql_on_fhir;
 mod views;

@@ -1,0 +1,511 @@
+//! `fhirlake serve` end to end: the real binary on an ephemeral loopback
+//! port, an HTTP/1.1 client over a real TCP socket. Bulk Cohort creation (async and
+//! sync), polling, cancel, 429, every rejection path, restart, and a crash
+//! in the middle of a job.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fhirlake::warehouse::Warehouse;
+use serde_json::{Value, json};
+
+use crate::common::{load_into, sample_data, shared_dataset};
+
+const MEMBER_FILTER: &str = "http://hl7.org/fhir/uv/bulkdata/StructureDefinition/member-filter";
+
+/// A running `fhirlake serve`.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(warehouse: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fhirlake"))
+            .args([
+                "--warehouse",
+                warehouse.to_str().expect("path"),
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start fhirlake serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("server announces its address");
+        let base = line
+            .trim()
+            .strip_prefix("fhirlake listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_string();
+        Server { child, base }
+    }
+
+    /// SIGTERM, then wait: the graceful path.
+    fn stop(mut self) {
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "graceful shutdown exits 0, got {status:?}");
+    }
+
+    /// SIGKILL: a crash.
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cohort_group(name: &str, filters: &[&str]) -> Value {
+    json!({
+        "resourceType": "Group",
+        "name": name,
+        "type": "person",
+        "actual": true,
+        "modifierExtension": filters.iter().map(|f| json!({
+            "url": MEMBER_FILTER,
+            "valueExpression": {"language": "application/x-fhir-query", "expression": f}
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// An HTTP response as the client read it off the socket.
+struct HttpResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl HttpResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// A plain HTTP/1.1 client over a TCP socket (one request per connection).
+fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> HttpResponse {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let mut stream = std::net::TcpStream::connect(authority).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("end of headers");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
+        let mut decoded = Vec::new();
+        let mut rest = body.as_slice();
+        while let Some(end) = rest.windows(2).position(|w| w == b"\r\n") {
+            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..end]).trim(), 16).unwrap_or(0);
+            if size == 0 {
+                break;
+            }
+            decoded.extend_from_slice(&rest[end + 2..end + 2 + size]);
+            rest = &rest[end + 2 + size + 2..];
+        }
+        body = decoded;
+    }
+    HttpResponse { status, headers, body }
+}
+
+async fn post_async(server: &Server, group: &Value) -> HttpResponse {
+    http(
+        "POST",
+        &format!("{}/Group", server.base),
+        &[
+            ("Prefer", "respond-async"),
+            ("Content-Type", "application/fhir+json"),
+            ("Accept", "application/fhir+json"),
+        ],
+        Some(&group.to_string()),
+    )
+}
+
+/// Polls `url` (honouring Retry-After) until it stops answering 202.
+async fn poll(url: &str) -> (u16, Value) {
+    for _ in 0..120 {
+        let response = http("GET", url, &[], None);
+        if response.status == 202 {
+            assert!(response.header("x-progress").is_some(), "202 carries X-Progress");
+            let wait: u64 = response
+                .header("retry-after")
+                .and_then(|v| v.parse().ok())
+                .expect("202 carries Retry-After");
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            continue;
+        }
+        return (response.status, response.json());
+    }
+    panic!("{url} still 202 after two minutes");
+}
+
+/// Creates a Group asynchronously; returns (its id, the batch-response).
+async fn create(server: &Server, group: &Value) -> (String, Value) {
+    let response = post_async(server, group).await;
+    assert_eq!(response.status, 202, "{}", String::from_utf8_lossy(&response.body));
+    let location = response
+        .header("content-location")
+        .expect("Content-Location")
+        .to_string();
+    assert!(
+        location.starts_with("http://127.0.0.1:"),
+        "absolute polling URL: {location}"
+    );
+    let (status, bundle) = poll(&location).await;
+    assert_eq!(status, 200, "{bundle}");
+    assert_eq!(bundle["type"], "batch-response");
+    let entry = &bundle["entry"][0];
+    assert_eq!(entry["response"]["status"], "201 Created", "{bundle}");
+    let location = entry["response"]["location"].as_str().expect("location");
+    let id = location
+        .strip_prefix("Group/")
+        .and_then(|rest| rest.split('/').next())
+        .expect("Group/<id>/_history/<v>")
+        .to_string();
+    assert!(location.ends_with("/_history/1"), "{location}");
+    (id, bundle)
+}
+
+async fn get_json(url: &str) -> (u16, Value) {
+    let response = http("GET", url, &[], None);
+    (response.status, response.json())
+}
+
+/// A warehouse with synthea-100 (or the bundled synthea-10 when the shared
+/// data is absent) and the expected counts of the README's X1 and X4.
+async fn warehouse(dir: &Path) -> (usize, usize) {
+    let warehouse = Warehouse::open(&dir.display().to_string()).expect("warehouse");
+    match shared_dataset("synthea-100") {
+        Some(data) => {
+            load_into(&warehouse, &[&data], false).await;
+            (13, 57)
+        }
+        None => {
+            load_into(&warehouse, &[&sample_data()], false).await;
+            (1, 6)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cohorts_are_created_polled_read_and_restarted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (x1, x4) = warehouse(dir.path()).await;
+    let server = Server::start(dir.path(), &[]);
+
+    let (metadata_status, metadata) = get_json(&format!("{}/metadata", server.base)).await;
+    assert_eq!(metadata_status, 200);
+    assert_eq!(
+        metadata["instantiates"][0],
+        "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
+    );
+    let group_resource = metadata["rest"][0]["resource"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["type"] == "Group")
+        .expect("Group")
+        .clone();
+    assert_eq!(
+        group_resource["supportedProfile"][0],
+        "http://hl7.org/fhir/uv/bulkdata/StructureDefinition/bulk-cohort-group"
+    );
+
+    // The README's two-filter cohorts: each filter may be met by another resource.
+    let (x1_id, x1_bundle) = create(
+        &server,
+        &cohort_group(
+            "female prediabetic",
+            &[
+                "Patient?gender=female",
+                "Condition?code=http://snomed.info/sct|15777000",
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(x1_bundle["entry"][0]["resource"]["quantity"], x1);
+    let (x4_id, _) = create(
+        &server,
+        &cohort_group(
+            "male stopped",
+            &["Patient?gender=male", "MedicationRequest?status=stopped"],
+        ),
+    )
+    .await;
+    // The spec's example shape: an active problem AND an ambulatory encounter.
+    let (dm_id, dm) = create(
+        &server,
+        &cohort_group(
+            "DM Dx and ambulatory encounter",
+            &[
+                "Condition?clinical-status=http://terminology.hl7.org/CodeSystem/condition-clinical|active&code=http://snomed.info/sct|15777000",
+                "Encounter?class=http://terminology.hl7.org/CodeSystem/v3-ActCode|AMB&date=ge2000-01-01",
+            ],
+        ),
+    )
+    .await;
+    let dm_count = dm["entry"][0]["resource"]["quantity"].as_u64().expect("quantity");
+    assert!(dm_count > 0 && dm_count as usize <= x1.max(26), "{dm_count}");
+
+    let (status, group) = get_json(&format!("{}/Group/{x4_id}", server.base)).await;
+    assert_eq!(status, 200);
+    assert_eq!(group["quantity"], x4);
+    assert_eq!(
+        group["modifierExtension"][1]["url"], MEMBER_FILTER,
+        "the stored Group keeps its filters"
+    );
+    assert!(
+        group["extension"][0]["valueDateTime"].is_string(),
+        "members-refreshed is set"
+    );
+    let (status, members) = get_json(&format!("{}/Group/{x4_id}/$members?_count=20", server.base)).await;
+    assert_eq!(status, 200);
+    assert_eq!(members["total"], x4);
+    assert_eq!(members["entry"].as_array().map(Vec::len), Some(x4.min(20)));
+    assert_eq!(members["entry"][0]["resource"]["resourceType"], "Patient");
+    assert_eq!(members["entry"][0]["resource"]["gender"], "male");
+    let (_, found) = get_json(&format!("{}/Group?name=MALE%20st", server.base)).await;
+    assert_eq!(found["total"], 1, "{found}");
+    let (status, _) = get_json(&format!("{}/Group/{dm_id}/_history/1", server.base)).await;
+    assert_eq!(status, 200);
+
+    // Base population: the filters apply only to the listed members.
+    let x1_members: Vec<String> = get_json(&format!("{}/Group/{x1_id}/$members", server.base)).await.1["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let mut based = cohort_group("based", &["Patient?gender=female"]);
+    based["member"] = json!([{"entity": {"reference": format!("Group/{x1_id}")}}]);
+    let (_, bundle) = create(&server, &based).await;
+    assert_eq!(bundle["entry"][0]["resource"]["quantity"], x1_members.len());
+
+    // Synchronous create: 201 + Location.
+    let response = http(
+        "POST",
+        &format!("{}/Group", server.base),
+        &[("Content-Type", "application/fhir+json")],
+        Some(&cohort_group("sync", &["Patient?gender=female"]).to_string()),
+    );
+    assert_eq!(response.status, 201);
+    assert!(response.header("location").is_some());
+
+    // Async update: version 2, recomputed.
+    let response = http(
+        "PUT",
+        &format!("{}/Group/{x4_id}", server.base),
+        &[("Prefer", "respond-async"), ("Content-Type", "application/fhir+json")],
+        Some(&cohort_group("male stopped", &["Patient?gender=male"]).to_string()),
+    );
+    assert_eq!(response.status, 202);
+    let poll_url = response.header("content-location").expect("url").to_string();
+    let (status, updated) = poll(&poll_url).await;
+    assert_eq!(status, 200);
+    assert_eq!(updated["entry"][0]["response"]["status"], "200 OK");
+    assert!(
+        updated["entry"][0]["response"]["location"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("/_history/2")
+    );
+
+    // Restart: the same Groups and polling URLs answer the same.
+    let (_, before) = get_json(&format!("{}/Group/{x1_id}", server.base)).await;
+    let (_, poll_before) = get_json(&poll_url).await;
+    server.stop();
+    let server = Server::start(dir.path(), &[]);
+    let (status, after) = get_json(&format!("{}/Group/{x1_id}", server.base)).await;
+    assert_eq!(status, 200);
+    assert_eq!(before, after);
+    let poll_url = poll_url.replace(poll_url.split("/_jobs/").next().unwrap_or_default(), &server.base);
+    let (status, poll_after) = get_json(&poll_url).await;
+    assert_eq!(status, 200);
+    assert_eq!(poll_before["entry"][0]["response"], poll_after["entry"][0]["response"]);
+
+    // Delete: 204, then 404 with an OperationOutcome.
+    let response = http("DELETE", &format!("{}/Group/{dm_id}", server.base), &[], None);
+    assert_eq!(response.status, 204);
+    let (status, outcome) = get_json(&format!("{}/Group/{dm_id}", server.base)).await;
+    assert_eq!(status, 404);
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_operation_outcomes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = Warehouse::open(&dir.path().display().to_string()).expect("warehouse");
+    load_into(&warehouse, &[&sample_data()], false).await;
+    let server = Server::start(dir.path(), &[]);
+    let mut characteristic = cohort_group("c", &["Patient?gender=female"]);
+    characteristic["characteristic"] = json!([{"code": {"text": "x"}, "exclude": false}]);
+    let mut no_name = cohort_group("x", &["Patient?gender=female"]);
+    no_name.as_object_mut().map(|o| o.remove("name"));
+    let mut practitioners = cohort_group("p", &["Patient?gender=female"]);
+    practitioners["type"] = json!("practitioner");
+    let mut cql = cohort_group("q", &["Patient?gender=female"]);
+    cql["modifierExtension"][0]["valueExpression"]["language"] = json!("text/cql");
+    let mut bad_member = cohort_group("m", &["Patient?gender=female"]);
+    bad_member["member"] = json!([{"entity": {"reference": "Organization/1"}}]);
+    let cases: Vec<(String, u16, &str, &str)> = vec![
+        ("{not json".into(), 400, "invalid", "not valid JSON"),
+        (json!({"resourceType": "Patient"}).to_string(), 400, "invalid", "Group"),
+        (no_name.to_string(), 400, "invalid", "name"),
+        (characteristic.to_string(), 400, "invalid", "characteristic"),
+        (practitioners.to_string(), 400, "not-supported", "practitioner"),
+        (cql.to_string(), 400, "not-supported", "text/cql"),
+        (cohort_group("none", &[]).to_string(), 400, "invalid", "member-filter"),
+        (
+            cohort_group("u", &["Condition?bogus=1"]).to_string(),
+            400,
+            "invalid",
+            "supported: ",
+        ),
+        (
+            cohort_group("s", &["Condition?_sort=date"]).to_string(),
+            400,
+            "invalid",
+            "_sort",
+        ),
+        (cohort_group("t", &["Foo?x=1"]).to_string(), 400, "invalid", "Foo"),
+        (bad_member.to_string(), 400, "invalid", "Organization/1"),
+    ];
+    for (body, status, code, needle) in cases {
+        let response = http(
+            "POST",
+            &format!("{}/Group", server.base),
+            &[("Prefer", "respond-async"), ("Content-Type", "application/fhir+json")],
+            Some(&body),
+        );
+        assert_eq!(response.status, status, "{body}");
+        let outcome = response.json();
+        assert_eq!(outcome["resourceType"], "OperationOutcome", "{body}");
+        assert_eq!(outcome["issue"][0]["code"], code, "{body}: {outcome}");
+        let text = outcome["issue"][0]["diagnostics"].as_str().unwrap_or_default();
+        assert!(text.contains(needle), "{body}: '{text}' should mention '{needle}'");
+    }
+    let response = http(
+        "POST",
+        &format!("{}/Group", server.base),
+        &[("Content-Type", "text/plain")],
+        Some("x"),
+    );
+    assert_eq!(response.status, 415);
+    for (url, status) in [
+        (format!("{}/metadata?_format=xml", server.base), 406),
+        (format!("{}/Nothing", server.base), 404),
+        (format!("{}/Group/missing", server.base), 404),
+        (format!("{}/_jobs/missing", server.base), 404),
+    ] {
+        let (got, outcome) = get_json(&url).await;
+        assert_eq!(got, status, "{url}");
+        assert_eq!(outcome["resourceType"], "OperationOutcome", "{url}");
+    }
+    let response = http("PATCH", &format!("{}/Group", server.base), &[], None);
+    assert_eq!(response.status, 405);
+    assert_eq!(response.json()["resourceType"], "OperationOutcome");
+    let response = http("GET", &format!("{}/metadata?_format=json", server.base), &[], None);
+    assert_eq!(response.header("content-type"), Some("application/fhir+json"));
+    let response = http(
+        "GET",
+        &format!("{}/metadata", server.base),
+        &[("Accept", "application/json")],
+        None,
+    );
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    assert!(response.header("x-request-id").is_some());
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_can_be_cancelled_throttle_fast_polls_and_survive_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = Warehouse::open(&dir.path().display().to_string()).expect("warehouse");
+    load_into(&warehouse, &[&sample_data()], false).await;
+    let server = Server::start(dir.path(), &["--job-delay-ms", "4000", "--retry-after", "2"]);
+    let group = cohort_group("slow", &["Patient?gender=female"]);
+
+    // 202 with progress, then 429 when polled again at once.
+    let response = post_async(&server, &group).await;
+    let url = response.header("content-location").expect("url").to_string();
+    let first = http("GET", &url, &[], None);
+    assert_eq!(first.status, 202);
+    assert!(first.header("x-progress").is_some());
+    assert_eq!(first.header("retry-after"), Some("2"));
+    let second = http("GET", &url, &[], None);
+    assert_eq!(second.status, 429);
+    assert_eq!(second.header("retry-after"), Some("2"));
+    assert_eq!(second.json()["issue"][0]["code"], "throttled");
+
+    // Cancel: 202, then 404 on every poll, and no Group appears.
+    let response = http("DELETE", &url, &[], None);
+    assert_eq!(response.status, 202);
+    for _ in 0..2 {
+        let (status, outcome) = get_json(&url).await;
+        assert_eq!(status, 404);
+        assert_eq!(outcome["resourceType"], "OperationOutcome");
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, found) = get_json(&format!("{}/Group?name=slow", server.base)).await;
+    assert_eq!(found["total"], 0, "a cancelled job publishes nothing: {found}");
+
+    // A crash in the middle of a job: the restarted server resumes it.
+    let response = post_async(&server, &group).await;
+    let url = response.header("content-location").expect("url").to_string();
+    server.kill();
+    let server = Server::start(dir.path(), &[]);
+    let url = url.replace(url.split("/_jobs/").next().unwrap_or_default(), &server.base);
+    let (status, bundle) = poll(&url).await;
+    assert_eq!(status, 200, "{bundle}");
+    assert_eq!(bundle["entry"][0]["response"]["status"], "201 Created");
+    assert_eq!(bundle["entry"][0]["resource"]["quantity"], 4);
+    server.stop();
+}
