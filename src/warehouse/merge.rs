@@ -52,10 +52,16 @@ pub async fn merge_latest(
     token: &str,
 ) -> Result<Vec<DataFile>, WarehouseError> {
     let ctx = source_session(warehouse, files).await?;
+    // The winners are ranked on the narrow key columns only, then the full
+    // rows are joined to them: sorting whole rows (with the raw JSON) made
+    // large merges spill gigabytes.
     let sql = format!(
-        "SELECT id, version_id, last_updated, loaded_at, load_seq, patients, resource FROM (\
-           SELECT *, row_number() OVER (PARTITION BY id ORDER BY coalesce(last_updated, loaded_at) DESC, \
-             loaded_at DESC, load_seq DESC) AS version_rank FROM {SOURCE}) WHERE version_rank = 1"
+        "WITH winners AS (SELECT w_id, w_loaded_at, w_load_seq FROM (\
+           SELECT id AS w_id, loaded_at AS w_loaded_at, load_seq AS w_load_seq, row_number() OVER (\
+             PARTITION BY id ORDER BY coalesce(last_updated, loaded_at) DESC, loaded_at DESC, load_seq DESC) \
+             AS version_rank FROM {SOURCE}) WHERE version_rank = 1) \
+         SELECT s.id, s.version_id, s.last_updated, s.loaded_at, s.load_seq, s.patients, s.resource \
+         FROM {SOURCE} s JOIN winners ON s.id = w_id AND s.loaded_at = w_loaded_at AND s.load_seq = w_load_seq"
     );
     let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
     let handle = Handle::current();

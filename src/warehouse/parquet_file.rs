@@ -61,7 +61,8 @@ pub fn scratch_writer_properties() -> WriterProperties {
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
         .set_dictionary_enabled(false)
         .set_statistics_enabled(EnabledStatistics::None)
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        // A merge holds about one row group of every input in memory.
+        .set_max_row_group_row_count(Some(16 * 1024))
         .set_created_by(concat!("fhirlake ", env!("CARGO_PKG_VERSION")).to_string())
         .build()
 }
