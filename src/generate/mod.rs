@@ -158,9 +158,12 @@ fn fnv1a(seed: u64, parts: &[&[u8]]) -> u64 {
 }
 
 fn map_uuid(uuid: &[u8], copy: u64) -> [u8; 36] {
-    let copy_bytes = copy.to_le_bytes();
-    let hi = fnv1a(0xcbf2_9ce4_8422_2325, &[&copy_bytes, uuid]);
-    let lo = fnv1a(0x8422_2325_cbf2_9ce4, &[uuid, &copy_bytes]);
+    // Decimal digits: `fnv1a` lower-cases its input (UUIDs are
+    // case-insensitive), which would fold the raw bytes of copies 65 and 97.
+    let copy_text = copy.to_string();
+    let copy_bytes = copy_text.as_bytes();
+    let hi = fnv1a(0xcbf2_9ce4_8422_2325, &[copy_bytes, b"/", uuid]);
+    let lo = fnv1a(0x8422_2325_cbf2_9ce4, &[uuid, b"/", copy_bytes]);
     let hex = format!("{hi:016x}{lo:016x}");
     let h = hex.as_bytes();
     let mut out = [b'-'; 36];
@@ -177,6 +180,13 @@ fn map_uuid(uuid: &[u8], copy: u64) -> [u8; 36] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_copy_gets_its_own_ids() {
+        let id = b"6c5d9ca9-54d7-42f5-bfae-a7c19cd217f2";
+        let mapped: std::collections::HashSet<[u8; 36]> = (1..300).map(|copy| map_uuid(id, copy)).collect();
+        assert_eq!(mapped.len(), 299, "copies 65 and 97 once collided");
+    }
 
     #[test]
     fn rewrites_ids_and_references_consistently() {

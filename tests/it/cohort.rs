@@ -125,6 +125,25 @@ async fn check_examples(dataset: &Path, column: usize) {
             wrong.push(format!("{id} {filters:?}: expected {expected}, got {got}"));
         }
     }
+    if column == 2 {
+        // A selective filter reads a small fraction of the row groups.
+        let queries = CohortEngine::parse(&["Observation?code=http://loinc.org|4548-4"]).expect("parse");
+        let plan = engine.plan(&queries, None).expect("plan");
+        let explained = engine.explain(plan).await.expect("explain");
+        let metric = explained
+            .split("row_groups_pruned_statistics=")
+            .nth(1)
+            .expect("pruning metrics in EXPLAIN ANALYZE");
+        let numbers: Vec<u64> = metric
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|t| !t.is_empty())
+            .take(2)
+            .map(|t| t.parse().expect("number"))
+            .collect();
+        let (total, matched) = (numbers[0], numbers[1]);
+        println!("Observation?code=…|4548-4 reads {matched} of {total} row groups");
+        assert!(total >= 6 && matched * 3 <= total, "{matched} of {total} row groups read");
+    }
     println!(
         "cohort examples on {}: {} of {} match",
         dataset.display(),
