@@ -78,6 +78,23 @@ fn load(data: &Path, work: &Path, name: &str) -> (PathBuf, f64, f64) {
     (wh, report["ndjson_bytes"].as_f64().unwrap_or(0.0), m.wall)
 }
 
+/// Uncompressed NDJSON bytes of a dataset folder.
+fn ndjson_size(dir: &Path) -> f64 {
+    let mut bytes = 0u64;
+    for entry in std::fs::read_dir(dir).expect("data dir").flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Ok(file) = std::fs::File::open(entry.path()) else { continue };
+        bytes += if name.ends_with(".gz") {
+            std::io::copy(&mut flate2::read::MultiGzDecoder::new(file), &mut std::io::sink()).unwrap_or(0)
+        } else if name.ends_with(".ndjson") {
+            entry.metadata().map(|m| m.len()).unwrap_or(0)
+        } else {
+            0
+        };
+    }
+    bytes as f64
+}
+
 /// Bytes of the index tables in the latest manifest of `wh`.
 fn index_bytes(wh: &Path) -> f64 {
     let dir = wh.join("_manifest");
@@ -150,7 +167,14 @@ fn main() {
         ("synthea-615".to_string(), shared.clone()),
         (format!("synthea-615x{copies}"), scaled.clone()),
     ] {
-        let (wh, ndjson_bytes, load_seconds) = load(&data, &work, &name);
+        // FHIRLAKE_BENCH_REUSE=1 keeps a warehouse an earlier run loaded.
+        let reuse = work.join(format!("cohort-wh-{name}/_manifest"));
+        let (wh, ndjson_bytes, load_seconds) = if std::env::var("FHIRLAKE_BENCH_REUSE").is_ok() && reuse.exists() {
+            let ndjson: f64 = ndjson_size(&data);
+            (work.join(format!("cohort-wh-{name}")), ndjson, f64::NAN)
+        } else {
+            load(&data, &work, &name)
+        };
         let index = index_bytes(&wh);
         let patients: u64 = fhirlake(&[
             "--warehouse",

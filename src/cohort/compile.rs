@@ -108,20 +108,22 @@ impl<'a> Compiler<'a> {
                 target_type,
                 inner,
             } => {
+                // Semi joins build their hash table on the left input: the
+                // (usually smaller) set of matching ids goes left, the
+                // type-wide reference rows are probed (RightSemi).
+                let targets_alias = self.alias("chain_target");
                 let targets = self
                     .clause(target_type, inner)?
                     .project(vec![col(RESOURCE_ID)])?
-                    .build()?;
-                let referring = self.references(resource_type, reference, target_type)?;
-                let alias = self.alias("chain");
-                Ok(referring
-                    .alias(alias.as_str())?
+                    .alias(targets_alias.as_str())?;
+                let referring = self.references(resource_type, reference, target_type)?.build()?;
+                Ok(targets
                     .join(
-                        targets,
-                        JoinType::LeftSemi,
+                        referring,
+                        JoinType::RightSemi,
                         (
-                            vec![Column::new(Some(alias.as_str()), "target_id")],
-                            vec![Column::from_name(RESOURCE_ID)],
+                            vec![Column::new(Some(targets_alias.as_str()), RESOURCE_ID)],
+                            vec![Column::from_name("target_id")],
                         ),
                         None,
                     )?
@@ -132,35 +134,31 @@ impl<'a> Compiler<'a> {
                 reference,
                 inner,
             } => {
-                let sources = self
+                let sources_alias = self.alias("has_source");
+                let targets = self
                     .clause(source_type, inner)?
                     .project(vec![col(RESOURCE_ID)])?
-                    .build()?;
-                let alias = self.alias("has");
-                let targets = self
-                    .references(source_type, reference, resource_type)?
-                    .alias(alias.as_str())?
+                    .alias(sources_alias.as_str())?
                     .join(
-                        sources,
-                        JoinType::LeftSemi,
+                        self.references(source_type, reference, resource_type)?.build()?,
+                        JoinType::RightSemi,
                         (
-                            vec![Column::new(Some(alias.as_str()), RESOURCE_ID)],
+                            vec![Column::new(Some(sources_alias.as_str()), RESOURCE_ID)],
                             vec![Column::from_name(RESOURCE_ID)],
                         ),
                         None,
                     )?
                     .project(vec![col("target_id")])?
-                    .build()?;
-                let all_alias = self.alias("has_target");
-                Ok(self
-                    .all(resource_type)?
-                    .alias(all_alias.as_str())?
+                    .distinct()?;
+                let targets_alias = self.alias("has_target");
+                Ok(targets
+                    .alias(targets_alias.as_str())?
                     .join(
-                        targets,
-                        JoinType::LeftSemi,
+                        self.all(resource_type)?.build()?,
+                        JoinType::RightSemi,
                         (
-                            vec![Column::new(Some(all_alias.as_str()), RESOURCE_ID)],
-                            vec![Column::from_name("target_id")],
+                            vec![Column::new(Some(targets_alias.as_str()), "target_id")],
+                            vec![Column::from_name(RESOURCE_ID)],
                         ),
                         None,
                     )?

@@ -90,6 +90,10 @@ impl CohortEngine {
     pub async fn for_snapshot(warehouse: &Warehouse, snapshot: Snapshot) -> Result<Self, CohortError> {
         let registry = SearchRegistry::r4().map_err(|e| CohortError::Definitions(e.to_string()))?;
         let ctx = new_session()?;
+        // The compiler puts the smaller input of each semi join on the build
+        // side; statistics of filtered index scans are guesses, and a swap
+        // can build a hash table of every reference of a type.
+        ctx.sql("SET datafusion.optimizer.join_reordering = false").await?;
         let mut providers = IndexProviders::new();
         for (name, entry) in &snapshot.tables {
             if entry.kind != TableKind::Index {
