@@ -83,7 +83,9 @@ fn ndjson_size(dir: &Path) -> f64 {
     let mut bytes = 0u64;
     for entry in std::fs::read_dir(dir).expect("data dir").flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        let Ok(file) = std::fs::File::open(entry.path()) else { continue };
+        let Ok(file) = std::fs::File::open(entry.path()) else {
+            continue;
+        };
         bytes += if name.ends_with(".gz") {
             std::io::copy(&mut flate2::read::MultiGzDecoder::new(file), &mut std::io::sink()).unwrap_or(0)
         } else if name.ends_with(".ndjson") {

@@ -142,7 +142,10 @@ async fn check_examples(dataset: &Path, column: usize) {
             .collect();
         let (total, matched) = (numbers[0], numbers[1]);
         println!("Observation?code=…|4548-4 reads {matched} of {total} row groups");
-        assert!(total >= 6 && matched * 3 <= total, "{matched} of {total} row groups read");
+        assert!(
+            total >= 6 && matched * 3 <= total,
+            "{matched} of {total} row groups read"
+        );
     }
     println!(
         "cohort examples on {}: {} of {} match",
