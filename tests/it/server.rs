@@ -509,3 +509,98 @@ async fn jobs_can_be_cancelled_throttle_fast_polls_and_survive_a_crash() {
     assert_eq!(bundle["entry"][0]["resource"]["quantity"], 4);
     server.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loaded_groups_are_bases_and_cohorts_refresh_after_loads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = Warehouse::open(&dir.path().display().to_string()).expect("warehouse");
+    load_into(&warehouse, &[&sample_data()], false).await;
+    let server = Server::start(dir.path(), &["--refresh-interval", "1s"]);
+    let (_, females) = create(&server, &cohort_group("women", &["Patient?gender=female"])).await;
+    assert_eq!(females["entry"][0]["resource"]["quantity"], 4);
+    let women = females["entry"][0]["resource"]["id"].as_str().expect("id").to_string();
+
+    // A later load adds a woman and a plain member-list Group of the data.
+    let extra = dir.path().join("extra");
+    std::fs::create_dir(&extra).expect("mkdir");
+    std::fs::write(
+        extra.join("Patient.ndjson"),
+        r#"{"resourceType":"Patient","id":"new-woman","gender":"female"}"#,
+    )
+    .expect("write");
+    let (_, members) = get_json(&format!("{}/Group/{women}/$members", server.base)).await;
+    let first_two: Vec<String> = members["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .take(2)
+        .map(|e| {
+            format!(
+                r#"{{"entity":{{"reference":"Patient/{}"}}}}"#,
+                e["resource"]["id"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    std::fs::write(
+        extra.join("Group.ndjson"),
+        format!(
+            r#"{{"resourceType":"Group","id":"plan","type":"person","actual":true,"member":[{},{{"entity":{{"reference":"Patient/new-woman"}}}}]}}"#,
+            first_two.join(",")
+        ),
+    )
+    .expect("write");
+    load_into(&warehouse, &[&extra], false).await;
+
+    // The refresh picks the new woman up (version 2).
+    let mut refreshed = Value::Null;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        refreshed = get_json(&format!("{}/Group/{women}", server.base)).await.1;
+        if refreshed["meta"]["versionId"] == "2" {
+            break;
+        }
+    }
+    assert_eq!(refreshed["meta"]["versionId"], "2", "{refreshed}");
+    assert_eq!(refreshed["quantity"], 5);
+
+    // The loaded Group is readable, read-only, and a base population.
+    let (status, plan) = get_json(&format!("{}/Group/plan", server.base)).await;
+    assert_eq!(status, 200);
+    assert_eq!(plan["member"].as_array().map(Vec::len), Some(3));
+    let response = http("DELETE", &format!("{}/Group/plan", server.base), &[], None);
+    assert_eq!(response.status, 405);
+    let mut based = cohort_group("plan women", &["Patient?gender=female"]);
+    based["member"] = json!([{"entity": {"reference": "Group/plan"}}]);
+    let (_, bundle) = create(&server, &based).await;
+    assert_eq!(bundle["entry"][0]["resource"]["quantity"], 3);
+
+    // Search pages with links.
+    let (_, page) = get_json(&format!("{}/Group?_count=1", server.base)).await;
+    assert_eq!(page["total"], 3, "two cohorts and the loaded Group: {page}");
+    assert_eq!(page["entry"].as_array().map(Vec::len), Some(1));
+    let next = page["link"]
+        .as_array()
+        .expect("links")
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .and_then(|l| l["url"].as_str())
+        .expect("a next link")
+        .to_string();
+    let (_, second) = get_json(&next).await;
+    assert_ne!(second["entry"][0]["resource"]["id"], page["entry"][0]["resource"]["id"]);
+
+    // A job that fails (its base Group does not exist) completes with the
+    // error status and an OperationOutcome in entry[0].response.
+    let mut missing = cohort_group("missing base", &["Patient?gender=female"]);
+    missing["member"] = json!([{"entity": {"reference": "Group/nowhere"}}]);
+    let response = post_async(&server, &missing).await;
+    assert_eq!(response.status, 202);
+    let (status, bundle) = poll(response.header("content-location").expect("url")).await;
+    assert_eq!(status, 200);
+    assert_eq!(bundle["entry"][0]["response"]["status"], "400 Bad Request", "{bundle}");
+    assert_eq!(
+        bundle["entry"][0]["response"]["outcome"]["resourceType"],
+        "OperationOutcome"
+    );
+    server.stop();
+}
