@@ -82,9 +82,46 @@ impl<'a> Compiler<'a> {
     /// `(resource_id, patient)` of the resources of the query's type that
     /// meet every clause.
     pub fn query(&self, query: &SearchQuery) -> Result<LogicalPlan, CohortError> {
-        let mut plan: Option<LogicalPlan> = None;
+        let mut plans: Vec<LogicalPlan> = Vec::new();
+        // Repeated date/number parameters that yield at most one value per
+        // resource (`date=ge2019&date=lt2020` on `Encounter.period`) are one
+        // scan with both ranges: no resource can meet them with two values.
+        let mut combined: Vec<(&SearchParam, Vec<Expr>)> = Vec::new();
         for clause in &query.clauses {
-            let next = self.clause(query.resource_type, clause)?.build()?;
+            if let ClauseKind::Param {
+                param,
+                modifier: None,
+                values,
+            } = &clause.kind
+                && matches!(param.param_type, ParamType::Date | ParamType::Number)
+                && single_valued(param, query.resource_type)
+                && let Some(kind) = IndexKind::of(param.param_type)
+            {
+                let filters = values
+                    .iter()
+                    .map(|v| value_filter(kind, &param.code, None, v))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let filter = predicate::disjunction(filters);
+                match combined.iter_mut().find(|(p, _)| p.code == param.code) {
+                    Some((_, list)) => list.push(filter),
+                    None => combined.push((param, vec![filter])),
+                }
+                continue;
+            }
+            plans.push(self.clause(query.resource_type, clause)?.build()?);
+        }
+        for (param, filters) in combined {
+            let kind = IndexKind::of(param.param_type).ok_or_else(|| CohortError::Unsupported {
+                param: param.code.clone(),
+                reason: "not indexed".into(),
+            })?;
+            plans.push(
+                self.matching(kind, query.resource_type, &param.code, predicate::conjunction(filters))?
+                    .build()?,
+            );
+        }
+        let mut plan: Option<LogicalPlan> = None;
+        for next in plans {
             plan = Some(match plan {
                 None => next,
                 Some(previous) => LogicalPlanBuilder::intersect(previous, next, false)?,
@@ -286,6 +323,25 @@ impl<'a> Compiler<'a> {
         }
         let plan = alternatives.ok_or_else(|| unsupported("no value"))?;
         Ok(LogicalPlanBuilder::from(plan))
+    }
+}
+
+/// Whether `param` yields at most one value per resource of `resource_type`:
+/// its expression is `Type.element` for a non-repeating element that cannot
+/// hold a Timing (whose events are several dates).
+fn single_valued(param: &SearchParam, resource_type: &str) -> bool {
+    use crate::fhirpath::ast::Expr as PathExpr;
+    let (Some(path), Ok(model)) = (&param.path, crate::fhir::model::FhirModel::r4()) else {
+        return false;
+    };
+    match path.ast() {
+        PathExpr::Member(target, name) => {
+            matches!(target.as_ref(), PathExpr::Identifier(t) if t == resource_type)
+                && model
+                    .element(resource_type, name)
+                    .is_some_and(|e| !e.repeating && !e.types.contains(&"Timing"))
+        }
+        _ => false,
     }
 }
 
