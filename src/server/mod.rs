@@ -188,6 +188,26 @@ async fn negotiate(request: Request, next: Next) -> Response {
         }
     };
     let mut response = next.run(request).await;
+    // Errors raised by axum itself (body too large, bad path) come as plain
+    // text: answer them as OperationOutcomes too.
+    let status = response.status();
+    if (status.is_client_error() || status.is_server_error())
+        && !response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/fhir+json"))
+    {
+        let text = match axum::body::to_bytes(std::mem::take(response.body_mut()), 64 * 1024).await {
+            Ok(bytes) if !bytes.is_empty() => String::from_utf8_lossy(&bytes).to_string(),
+            _ => status.canonical_reason().unwrap_or("error").to_string(),
+        };
+        let code = if status.is_server_error() {
+            "exception"
+        } else {
+            "invalid"
+        };
+        response = FhirError::new(status, code, text).into_response();
+    }
     if plain_json
         && response
             .headers()
