@@ -11,6 +11,7 @@
 //! - [`generate`]: scaled-up benchmark data from a real dataset
 
 pub mod cohort;
+pub mod export;
 pub mod fhir;
 pub mod fhirpath;
 pub mod generate;

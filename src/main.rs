@@ -91,6 +91,53 @@ enum Command {
         /// testing progress, cancellation and crash recovery).
         #[arg(long, default_value_t = 0, hide = true)]
         job_delay_ms: u64,
+        /// Exports that may run at once; further kick-offs get 429.
+        #[arg(long, default_value_t = 2)]
+        max_exports: usize,
+        /// Export files are split at this size (MiB).
+        #[arg(long, default_value_t = 256)]
+        export_file_mib: u64,
+        /// Finished exports and their files are deleted after this long (30m, 1h, 2d).
+        #[arg(long, default_value = "1h")]
+        export_retention: String,
+    },
+    /// Bulk export without the server: the same pipeline as `$export`,
+    /// writing files and a manifest.json into a folder.
+    Export {
+        /// Export the compartments of this Group's members (a cohort Group
+        /// created through the server, or a Group of the loaded data).
+        #[arg(long, conflicts_with = "patients")]
+        group: Option<String>,
+        /// Export the compartments of all patients (Patient-level export).
+        #[arg(long)]
+        patients: bool,
+        /// Only these resource types (comma-separated or repeated): `_type`.
+        #[arg(long = "type")]
+        types: Vec<String>,
+        /// Only resources changed after this instant: `_since`.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only resources changed at or before this instant: `_until`.
+        #[arg(long)]
+        until: Option<String>,
+        /// FHIR search filters (`Type?param=value`), repeatable: `_typeFilter`.
+        #[arg(long = "type-filter")]
+        type_filters: Vec<String>,
+        /// Top-level elements to keep (`Type.element` or `element`): `_elements`.
+        #[arg(long)]
+        elements: Vec<String>,
+        /// Only these patients (ids or Patient/<id>): `patient`.
+        #[arg(long = "patient")]
+        patient: Vec<String>,
+        /// Output format.
+        #[arg(long, default_value = "ndjson")]
+        format: String,
+        /// Output folder (created).
+        #[arg(long)]
+        out: PathBuf,
+        /// Split files at this size (MiB).
+        #[arg(long, default_value_t = 256)]
+        max_file_mib: u64,
     },
     /// Count the patients meeting every FHIR search expression (member-filter
     /// style: `Condition?code=http://snomed.info/sct|44054006`; several are ANDed).
@@ -152,6 +199,105 @@ enum ViewCommand {
 }
 
 /// The sample dataset shipped in the repository (synthea-10).
+/// Arguments of `fhirlake export`.
+struct ExportArgs {
+    group: Option<String>,
+    patients: bool,
+    types: Vec<String>,
+    since: Option<String>,
+    until: Option<String>,
+    type_filters: Vec<String>,
+    elements: Vec<String>,
+    patient: Vec<String>,
+    format: String,
+    out: PathBuf,
+    max_file_mib: u64,
+}
+
+async fn export_command(warehouse: &str, args: ExportArgs) -> anyhow::Result<()> {
+    use fhirlake::export::{ExportLevel, ExportSettings, ExportTarget, Progress, parse_export, run_export};
+    let started = std::time::Instant::now();
+    let level = match (&args.group, args.patients) {
+        (Some(id), _) => ExportLevel::Group(id.clone()),
+        (None, true) => ExportLevel::Patient,
+        (None, false) => ExportLevel::System,
+    };
+    let mut pairs: Vec<(String, String)> = vec![("_outputFormat".into(), args.format.clone())];
+    let mut push = |name: &str, values: &[String]| {
+        pairs.extend(values.iter().map(|v| (name.to_string(), v.clone())));
+    };
+    push("_type", &args.types);
+    push("_typeFilter", &args.type_filters);
+    push("_elements", &args.elements);
+    let patients: Vec<String> = args
+        .patient
+        .iter()
+        .flat_map(|p| p.split(','))
+        .map(|p| {
+            if p.contains('/') {
+                p.to_string()
+            } else {
+                format!("Patient/{p}")
+            }
+        })
+        .collect();
+    push("patient", &patients);
+    push("_since", args.since.as_slice());
+    push("_until", args.until.as_slice());
+    let parsed = parse_export(level, &pairs, true, false)?;
+    let warehouse = Warehouse::open(warehouse)?;
+    let snapshot = warehouse
+        .current()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the warehouse is empty: load data first (fhirlake load …)"))?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let out = args
+        .out
+        .canonicalize()
+        .with_context(|| format!("opening {}", args.out.display()))?;
+    let location = fhirlake::store::StoreLocation::parse(&out.to_string_lossy(), true)?;
+    let target = ExportTarget {
+        location,
+        dir: String::new(),
+    };
+    let settings = ExportSettings {
+        max_file_bytes: args.max_file_mib.max(1) * 1024 * 1024,
+    };
+    let transaction_time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let output = run_export(
+        &warehouse,
+        snapshot,
+        &parsed.request,
+        &target,
+        &settings,
+        &[],
+        &Progress::default(),
+    )
+    .await?;
+    let manifest = fhirlake::export::manifest::manifest(
+        &transaction_time,
+        &format!("fhirlake export --warehouse {}", warehouse.root().url()),
+        false,
+        &output,
+        None,
+        |name| name.to_string(),
+    );
+    let manifest_path = out.join("manifest.json");
+    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest)?)
+        .with_context(|| format!("writing {}", manifest_path.display()))?;
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "exported {} resources in {} files ({:.1} MiB) to {} in {:.2} s ({:.0} MiB/s)",
+        output.resources,
+        output.output.len(),
+        output.bytes as f64 / 1048576.0,
+        out.display(),
+        seconds,
+        output.bytes as f64 / 1048576.0 / seconds.max(1e-9)
+    );
+    Ok(())
+}
+
 fn sample_data() -> String {
     let bundled = concat!(env!("CARGO_MANIFEST_DIR"), "/data/synthea-10");
     if std::path::Path::new(bundled).exists() {
@@ -257,7 +403,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             refresh_interval,
             retry_after,
             job_delay_ms,
+            max_exports,
+            export_file_mib,
+            export_retention,
         } => {
+            let export_retention = fhirlake::server::parse_interval(&export_retention)
+                .map_err(|e| anyhow::anyhow!("--export-retention: {e}"))?
+                .ok_or_else(|| anyhow::anyhow!("--export-retention cannot be off"))?;
             let refresh_interval = fhirlake::server::parse_interval(&refresh_interval)
                 .map_err(|e| anyhow::anyhow!("--refresh-interval: {e}"))?;
             let warehouse = Warehouse::open(&cli.warehouse)?;
@@ -276,8 +428,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 refresh_interval,
                 retry_after: retry_after.max(1),
                 job_delay: std::time::Duration::from_millis(job_delay_ms),
+                max_exports,
+                export_file_bytes: export_file_mib.max(1) * 1024 * 1024,
+                export_retention,
             };
             fhirlake::server::serve(warehouse, options).await?;
+        }
+        Command::Export {
+            group,
+            patients,
+            types,
+            since,
+            until,
+            type_filters,
+            elements,
+            patient,
+            format,
+            out,
+            max_file_mib,
+        } => {
+            export_command(
+                &cli.warehouse,
+                ExportArgs {
+                    group,
+                    patients,
+                    types,
+                    since,
+                    until,
+                    type_filters,
+                    elements,
+                    patient,
+                    format,
+                    out,
+                    max_file_mib,
+                },
+            )
+            .await?;
         }
         Command::Cohort {
             expressions,

@@ -123,6 +123,41 @@ impl CohortEngine {
         !self.providers.is_empty()
     }
 
+    /// The session the engine plans in (index tables are reached through
+    /// the plans it builds, not by name).
+    pub fn session(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// The warehouse the engine reads.
+    pub fn warehouse(&self) -> &Warehouse {
+        &self.warehouse
+    }
+
+    /// The snapshot the engine reads.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// The plan yielding the distinct ids (column `resource_id`) of the
+    /// resources meeting any of `queries` (all of one type): `_typeFilter`
+    /// semantics, where filters of one type are ORed.
+    pub fn resource_ids_plan(&self, queries: &[SearchQuery]) -> Result<LogicalPlan, CohortError> {
+        let compiler = Compiler::new(&self.providers, self.registry);
+        let mut plan: Option<LogicalPlanBuilder> = None;
+        for query in queries {
+            let ids = LogicalPlanBuilder::from(compiler.query(query)?).project(vec![col(RESOURCE_ID)])?;
+            plan = Some(match plan {
+                None => ids,
+                Some(previous) => previous.union(ids.build()?)?,
+            });
+        }
+        let plan = plan.ok_or_else(|| {
+            CohortError::DataFusion(datafusion::error::DataFusionError::Plan("no filter given".into()))
+        })?;
+        Ok(plan.distinct()?.build()?)
+    }
+
     /// Parses every expression (so all errors surface before anything runs).
     pub fn parse(expressions: &[impl AsRef<str>]) -> Result<Vec<SearchQuery>, CohortError> {
         expressions

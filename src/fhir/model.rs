@@ -85,6 +85,8 @@ pub struct ElementDef {
     pub choice: bool,
     /// `max` is `*` (or > 1).
     pub repeating: bool,
+    /// `min` ≥ 1: an instance must have it (kept by `_elements` subsetting).
+    pub required: bool,
     /// Where the element's own children are defined: a type name, or the
     /// element's path for backbone elements (`Observation.component`).
     pub children_owner: Option<&'static str>,
@@ -120,6 +122,8 @@ struct TypeEntry {
 #[derive(Deserialize)]
 struct ElementEntry {
     path: String,
+    #[serde(default)]
+    min: u32,
     max: Option<String>,
     #[serde(default)]
     types: Vec<ElementType>,
@@ -205,6 +209,7 @@ impl FhirModel {
                         types: codes,
                         choice: element.choice,
                         repeating,
+                        required: element.min > 0,
                         children_owner,
                     },
                 );

@@ -41,6 +41,13 @@ fn search_params(registry: &SearchRegistry, resource_type: &str) -> Vec<Value> {
         .collect()
 }
 
+/// What `$export` does, for the CapabilityStatement (the spec asks servers
+/// to document these choices).
+const EXPORT_DOCUMENTATION: &str = "Bulk Cohort API (async Group creation) and Bulk Data $export at system, Patient and Group level (GET, or POST with a Parameters body; Prefer: respond-async assumed). \
+Parameters: _outputFormat (application/fhir+ndjson, application/ndjson, ndjson; Parquet as application/vnd.apache.parquet or parquet: one row per resource with id, version_id, last_updated and the resource JSON), _since, _until, _type, _typeFilter (the member-filter search compiler; several filters of one type are ORed; an invalid filter is always an error, never ignored), _elements (top-level; mandatory elements kept; tagged SUBSETTED), patient (POST; must be members of the Group, or loaded Patients), includeAssociatedData (LatestProvenanceResources, RelevantProvenanceResources: Provenance is exported even when _type omits it), allowPartialManifests (accepted; the manifest is always complete). organizeOutputBy is not supported yet. Unsupported parameters are 400 unless Prefer: handling=lenient, which lists them in error[]. \
+Content: Patient and Group exports contain the Patient compartments (Patient resources included) plus the Practitioner, PractitionerRole, Organization, Location and Medication resources the exported resources reference (so references resolve). Latest versions only. _since/_until compare meta.lastUpdated, or the load time for resources without it; a Group export with _since does not add older data of patients who joined the Group since (request those with patient=). deleted[] is empty: loads never delete resources. \
+Files: one type per file, split at the configured size, count per file, downloadable with gzip (Accept-Encoding) and byte ranges; requiresAccessToken is false (the server runs without authorization). Completed exports expire after the configured retention (Expires header); DELETE on the status URL cancels and purges.";
+
 /// `GET /metadata`.
 pub async fn metadata(State(state): State<SharedState>) -> Response {
     let refresh = match state.refresh_interval {
@@ -55,6 +62,11 @@ pub async fn metadata(State(state): State<SharedState>) -> Response {
         "profile": "http://hl7.org/fhir/StructureDefinition/Group",
         "supportedProfile": [COHORT_PROFILE],
         "documentation": format!("Bulk Cohort API: POST a bulk-cohort-group Group with Prefer: respond-async (or synchronously) and poll the Content-Location URL. member-filter expressions use {FHIR_QUERY} with the search parameters listed for each resource type below; several member-filters are ANDed; member entries (Patients, Groups) set the base population. {refresh} GET /Group/[id]/$members pages through the members (Patient resources). Groups in the loaded data are read-only."),
+        "operation": [{
+            "name": "export",
+            "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+            "documentation": "Group/[id]/$export: the Patient compartments of the members (cohort or loaded Group)."
+        }],
         "interaction": [
             {"code": "create"}, {"code": "read"}, {"code": "vread"}, {"code": "update"},
             {"code": "delete"}, {"code": "search-type"}
@@ -75,11 +87,19 @@ pub async fn metadata(State(state): State<SharedState>) -> Response {
         types.sort_unstable();
         types.dedup();
         for resource_type in types.into_iter().filter(|t| *t != "Group") {
-            resources.push(json!({
+            let mut entry = json!({
                 "type": resource_type,
-                "documentation": "Searchable in member-filter expressions with these parameters (plus chains and _has).",
+                "documentation": "Searchable in member-filter and _typeFilter expressions with these parameters (plus chains and _has).",
                 "searchParam": search_params(registry, resource_type),
-            }));
+            });
+            if resource_type == "Patient" {
+                entry["operation"] = json!([{
+                    "name": "export",
+                    "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+                    "documentation": "Patient/$export: the Patient compartments of all patients."
+                }]);
+            }
+            resources.push(entry);
         }
     }
     let statement = json!({
@@ -96,8 +116,13 @@ pub async fn metadata(State(state): State<SharedState>) -> Response {
         "format": ["application/fhir+json", "application/json"],
         "rest": [{
             "mode": "server",
-            "documentation": "Bulk Cohort API (async Group creation). $export is not offered yet.",
+            "documentation": EXPORT_DOCUMENTATION,
             "resource": resources,
+            "operation": [{
+                "name": "export",
+                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+                "documentation": "System-level $export (GET or POST)."
+            }],
         }],
     });
     fhir_json(StatusCode::OK, &statement)

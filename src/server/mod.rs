@@ -7,6 +7,7 @@
 
 pub mod capability;
 pub mod cohort_group;
+pub mod export;
 pub mod groups;
 pub mod jobs;
 pub mod outcome;
@@ -67,6 +68,12 @@ pub struct ServeOptions {
     /// Wait this long before computing each async job (to observe progress,
     /// cancellation and crash recovery in tests).
     pub job_delay: Duration,
+    /// Exports allowed to run at once; more are answered `429`.
+    pub max_exports: usize,
+    /// An export file is closed and a new one started at this size.
+    pub export_file_bytes: u64,
+    /// Finished exports (and their files) are deleted this long after completion.
+    pub export_retention: Duration,
 }
 
 /// What every handler shares.
@@ -87,6 +94,14 @@ pub struct AppState {
     pub refresh_interval: Option<Duration>,
     /// See [`ServeOptions::job_delay`].
     pub job_delay: Duration,
+    /// Export jobs of this process.
+    pub exports: Mutex<HashMap<String, export::ExportRuntime>>,
+    /// See [`ServeOptions::max_exports`].
+    pub max_exports: usize,
+    /// See [`ServeOptions::export_file_bytes`].
+    pub export_file_bytes: u64,
+    /// See [`ServeOptions::export_retention`].
+    pub export_retention: Duration,
 }
 
 /// Shared state handle.
@@ -94,8 +109,20 @@ pub type SharedState = Arc<AppState>;
 
 /// Builds the router over `state`.
 pub fn router(state: SharedState) -> Router {
+    // Export files are not FHIR JSON: they skip content negotiation.
+    let files = Router::new().route("/_export/{id}/files/{name}", get(export::download));
     Router::new()
         .route("/metadata", get(capability::metadata))
+        .route("/$export", get(export::kickoff_system).post(export::kickoff_system))
+        .route(
+            "/Patient/$export",
+            get(export::kickoff_system).post(export::kickoff_system),
+        )
+        .route(
+            "/Group/{id}/$export",
+            get(export::kickoff_group).post(export::kickoff_group),
+        )
+        .route("/_export/{id}", get(export::status).delete(export::cancel))
         .route("/Group", get(groups::search).post(groups::create))
         .route(
             "/Group/{id}",
@@ -107,6 +134,7 @@ pub fn router(state: SharedState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(negotiate))
+        .merge(files)
         .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
 }
@@ -246,8 +274,17 @@ pub async fn serve(warehouse: Warehouse, options: ServeOptions) -> Result<(), Se
         retry_after: options.retry_after,
         refresh_interval: options.refresh_interval,
         job_delay: options.job_delay,
+        exports: Mutex::new(HashMap::new()),
+        max_exports: options.max_exports.max(1),
+        export_file_bytes: options.export_file_bytes,
+        export_retention: options.export_retention,
     });
     groups::resume_jobs(&state).await?;
+    export::resume_exports(&state).await?;
+    tokio::spawn(export::expiry_loop(
+        state.clone(),
+        options.export_retention.min(Duration::from_secs(60)),
+    ));
     if let Some(interval) = options.refresh_interval {
         tokio::spawn(groups::refresh_loop(state.clone(), interval));
     }

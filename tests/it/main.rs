@@ -4,8 +4,10 @@
 mod cohort;
 mod common;
 mod crash;
+mod export;
 mod fhirpath_suite;
 mod generate;
+mod http_client;
 mod json_differential;
 mod load;
 mod server;

@@ -1,0 +1,127 @@
+//! Bulk `$export`: the resources of a system, of all patients, or of a
+//! Group's members, filtered by the kick-off parameters and written as
+//! NDJSON or Parquet files into an object store.
+//!
+//! One streaming pipeline per resource type and scan partition: the
+//! resource table scan (with `_since`/`_until` pushed into it, and
+//! `_typeFilter` as a semi join with the ids the cohort compiler finds in
+//! the search index) → the membership test on each row's compartment
+//! patients → `_elements` → the file sink. Memory is a few batches per
+//! partition plus the member id set, whatever the size of the data.
+
+pub mod elements;
+pub mod manifest;
+pub mod params;
+pub mod population;
+pub mod run;
+pub mod sink;
+
+use std::sync::{Arc, Mutex};
+
+pub use params::{ExportLevel, ExportRequest, OutputFormat, ParsedExport, pairs_from_parameters, parse_export};
+pub use population::Population;
+pub use run::{ExportOutput, ExportSettings, ExportTarget, run_export};
+pub use sink::ExportedFile;
+
+/// Types outside the Patient compartment that compartment resources point
+/// to; a Patient or Group export adds the ones its resources reference, so
+/// a receiver can resolve those references.
+pub const CONTEXT_TYPES: &[&str] = &[
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
+    "Location",
+    "Medication",
+];
+
+/// Errors of an export.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// A parameter value is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// A parameter (or value) this server does not support.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The Group does not exist.
+    #[error("Group/{0} does not exist")]
+    GroupNotFound(String),
+    /// `patient` names patients outside the export's population.
+    #[error("not members of this export's population: {0}")]
+    NotMembers(String),
+    /// The search index the request needs is missing.
+    #[error("{0} needs the search index, and the warehouse was loaded with --no-index")]
+    NoIndex(&'static str),
+    /// Nothing has been loaded.
+    #[error("the warehouse is empty: load data first (fhirlake load …)")]
+    EmptyWarehouse,
+    /// The bundled definitions are unusable.
+    #[error("FHIR definitions unavailable: {0}")]
+    Definitions(String),
+    /// Compiling a `_typeFilter` or resolving a Group failed.
+    #[error(transparent)]
+    Cohort(#[from] crate::cohort::CohortError),
+    /// Reading the warehouse failed.
+    #[error(transparent)]
+    Warehouse(#[from] crate::warehouse::WarehouseError),
+    /// Reading server state failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Running the scan failed.
+    #[error("export query failed: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    /// Writing an output file failed.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file's URL.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Encoding Parquet failed.
+    #[error("writing {path}: {source}")]
+    Parquet {
+        /// The file's URL.
+        path: String,
+        /// Why.
+        #[source]
+        source: datafusion::parquet::errors::ParquetError,
+    },
+    /// A worker task panicked or was cancelled.
+    #[error("export task failed: {0}")]
+    Task(String),
+}
+
+impl ExportError {
+    /// An invalid-parameter error.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::Invalid(message.into())
+    }
+
+    /// Whether the client caused it (a `4xx`).
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            Self::Invalid(_) | Self::Unsupported(_) | Self::GroupNotFound(_) | Self::NotMembers(_)
+        ) || matches!(self, Self::Cohort(e) if matches!(e, crate::cohort::CohortError::Search(_) | crate::cohort::CohortError::Unsupported { .. }))
+    }
+}
+
+/// Short progress text a running export shares with its pollers.
+#[derive(Debug, Clone, Default)]
+pub struct Progress(Arc<Mutex<String>>);
+
+impl Progress {
+    /// Replaces the text.
+    pub fn set(&self, text: impl Into<String>) {
+        if let Ok(mut guard) = self.0.lock() {
+            *guard = text.into();
+        }
+    }
+
+    /// The current text.
+    pub fn get(&self) -> String {
+        self.0.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+}

@@ -1,0 +1,138 @@
+//! Whose data an export contains: everything (system level), every patient
+//! (Patient level), or a set of patients (a Group's members, narrowed by
+//! `patient`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, ListArray};
+
+use super::ExportError;
+use super::params::{ExportLevel, ExportRequest};
+use crate::cohort::CohortEngine;
+use crate::server::cohort_group::{GROUPS, StoredGroup};
+use crate::server::state_store::StateStore;
+use crate::warehouse::Warehouse;
+
+/// The patients whose compartments an export contains.
+#[derive(Debug, Clone)]
+pub enum Population {
+    /// System level: no restriction.
+    All,
+    /// Every resource that is in some Patient compartment.
+    AnyPatient,
+    /// Resources in the compartment of one of these patients.
+    Members(Arc<HashSet<String>>),
+}
+
+impl Population {
+    /// Which rows of a `patients` list column (a resource's compartment
+    /// patients) belong to the population; `None` keeps every row.
+    pub fn mask(&self, patients: &ListArray) -> Option<BooleanArray> {
+        match self {
+            Self::All => None,
+            Self::AnyPatient => Some(
+                (0..patients.len())
+                    .map(|i| Some(patients.value_length(i) > 0))
+                    .collect(),
+            ),
+            Self::Members(members) => {
+                let values = patients.values().as_string::<i32>();
+                let offsets = patients.value_offsets();
+                Some(
+                    (0..patients.len())
+                        .map(|i| {
+                            let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
+                            Some((start..end).any(|j| values.is_valid(j) && members.contains(values.value(j))))
+                        })
+                        .collect(),
+                )
+            }
+        }
+    }
+}
+
+/// The member Patient ids of Group `id`: a cohort Group created through the
+/// server (its computed members), or a Group of the loaded data (its
+/// `member` references, nested Groups expanded).
+pub async fn group_patients(
+    warehouse: &Warehouse,
+    engine: &CohortEngine,
+    id: &str,
+) -> Result<Vec<String>, ExportError> {
+    let store = StateStore::new(warehouse.root().clone());
+    if let Some(stored) = store.get::<StoredGroup>(GROUPS, id).await? {
+        return Ok(stored.members);
+    }
+    match engine.group_members(id).await {
+        Ok(members) => Ok(members),
+        Err(crate::cohort::CohortError::GroupNotFound(_)) => Err(ExportError::GroupNotFound(id.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The population of `request`. `patient` narrows a Group to those members
+/// (naming a non-member is an error: it would leak that patient's
+/// existence and export nothing) or a Patient-level export to those
+/// patients (which must exist).
+pub async fn resolve(
+    warehouse: &Warehouse,
+    engine: &CohortEngine,
+    request: &ExportRequest,
+) -> Result<Population, ExportError> {
+    let members: Option<HashSet<String>> = match &request.level {
+        ExportLevel::System => return Ok(Population::All),
+        ExportLevel::Patient => None,
+        ExportLevel::Group(id) => Some(group_patients(warehouse, engine, id).await?.into_iter().collect()),
+    };
+    let Some(wanted) = &request.patients else {
+        return Ok(match members {
+            Some(members) => Population::Members(Arc::new(members)),
+            None => Population::AnyPatient,
+        });
+    };
+    let known: HashSet<String> = match members {
+        Some(members) => members,
+        None => {
+            let ids: Vec<String> = wanted.iter().cloned().collect();
+            existing_patients(engine, &ids).await?
+        }
+    };
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|p| !known.contains(p.as_str()))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Err(ExportError::NotMembers(
+            missing
+                .iter()
+                .map(|p| format!("Patient/{p}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ));
+    }
+    Ok(Population::Members(Arc::new(wanted.iter().cloned().collect())))
+}
+
+/// Which of `ids` are loaded Patients.
+async fn existing_patients(engine: &CohortEngine, ids: &[String]) -> Result<HashSet<String>, ExportError> {
+    let Some(entry) = engine.snapshot().tables.get("Patient") else {
+        return Ok(HashSet::new());
+    };
+    let ctx = engine.session();
+    let provider = crate::warehouse::catalog::table_provider(engine.warehouse(), ctx, "Patient", entry).await?;
+    use datafusion::prelude::{col, lit};
+    let batches = ctx
+        .read_table(provider)?
+        .filter(col("id").in_list(ids.iter().map(|i| lit(i.as_str())).collect(), false))?
+        .select(vec![col("id")])?
+        .collect()
+        .await?;
+    let mut found = HashSet::new();
+    for batch in batches {
+        let column = batch.column(0).as_string::<i32>();
+        found.extend((0..column.len()).map(|i| column.value(i).to_string()));
+    }
+    Ok(found)
+}

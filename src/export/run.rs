@@ -1,0 +1,524 @@
+//! Running an export: one streaming pipeline per resource type, one task
+//! per scan partition (both cores busy), each writing its own files.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::common::{Column, ScalarValue};
+use datafusion::logical_expr::{JoinType, LogicalPlan, LogicalPlanBuilder};
+use datafusion::physical_plan::ExecutionPlanProperties;
+use datafusion::prelude::{DataFrame, col, lit};
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use serde_json::json;
+
+use super::elements::ElementFilter;
+use super::params::{ExportRequest, OutputFormat, in_scope};
+use super::population::{self, Population};
+use super::sink::ndjson::NdjsonSink;
+use super::sink::parquet::{ParquetSink, export_schema};
+use super::sink::{ExportedFile, FileNamer};
+use super::{CONTEXT_TYPES, ExportError, Progress};
+use crate::cohort::CohortEngine;
+use crate::index::columns::RESOURCE_ID;
+use crate::search::{SearchQuery, parse_search};
+use crate::store::StoreLocation;
+use crate::warehouse::catalog::table_provider;
+use crate::warehouse::schema::resource_columns::{ID, LAST_UPDATED, LOADED_AT, PATIENTS, RESOURCE, VERSION_ID};
+use crate::warehouse::{Snapshot, TableKind, Warehouse};
+
+/// Where the files go: a folder (key prefix) in an object store.
+#[derive(Debug, Clone)]
+pub struct ExportTarget {
+    /// The store.
+    pub location: StoreLocation,
+    /// Folder under the store's prefix (`""` for its root).
+    pub dir: String,
+}
+
+/// Tunables.
+#[derive(Debug, Clone)]
+pub struct ExportSettings {
+    /// A new file is started when one reaches this size.
+    pub max_file_bytes: u64,
+}
+
+impl Default for ExportSettings {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, Default)]
+pub struct ExportOutput {
+    /// Resource files, by type then name.
+    pub output: Vec<ExportedFile>,
+    /// OperationOutcome files (warnings, ignored parameters).
+    pub error: Vec<ExportedFile>,
+    /// Deletion Bundles (`_since`); the warehouse keeps no deletions yet,
+    /// so this is empty.
+    pub deleted: Vec<ExportedFile>,
+    /// Resources written.
+    pub resources: u64,
+    /// Bytes of resource files written.
+    pub bytes: u64,
+}
+
+/// Runs `request` over `snapshot`, writing into `target`. `notes` are
+/// messages for the error file (parameters ignored under lenient handling).
+/// On failure the files written so far are deleted.
+pub async fn run_export(
+    warehouse: &Warehouse,
+    snapshot: Snapshot,
+    request: &ExportRequest,
+    target: &ExportTarget,
+    settings: &ExportSettings,
+    notes: &[String],
+    progress: &Progress,
+) -> Result<ExportOutput, ExportError> {
+    let engine = CohortEngine::for_snapshot(warehouse, snapshot).await?;
+    let mut written = Vec::new();
+    let result = export_all(&engine, request, target, settings, notes, progress, &mut written).await;
+    if result.is_err() {
+        for name in written {
+            let path = target_path(target, &name);
+            let _ = target.location.store.delete(&path).await;
+        }
+    }
+    result
+}
+
+fn target_path(target: &ExportTarget, name: &str) -> object_store::path::Path {
+    if target.dir.is_empty() {
+        target.location.child(name)
+    } else {
+        target
+            .location
+            .child(&format!("{}/{name}", target.dir.trim_end_matches('/')))
+    }
+}
+
+/// The resource types to export, in name order.
+fn export_types(snapshot: &Snapshot, request: &ExportRequest) -> Vec<String> {
+    snapshot
+        .tables
+        .iter()
+        .filter(|(_, entry)| entry.kind == TableKind::Resource)
+        .map(|(name, _)| name.clone())
+        .filter(|t| in_scope(&request.level, t))
+        .filter(|t| match &request.types {
+            None => true,
+            // Associated Provenance is added even when `_type` omits it
+            // (the least restrictive parameter wins).
+            Some(types) => types.contains(t) || (request.include_provenance && t == "Provenance"),
+        })
+        .collect()
+}
+
+async fn export_all(
+    engine: &CohortEngine,
+    request: &ExportRequest,
+    target: &ExportTarget,
+    settings: &ExportSettings,
+    notes: &[String],
+    progress: &Progress,
+    written: &mut Vec<String>,
+) -> Result<ExportOutput, ExportError> {
+    let population = population::resolve(engine.warehouse(), engine, request).await?;
+    let mut filters: BTreeMap<&str, Vec<SearchQuery>> = BTreeMap::new();
+    for text in &request.type_filters {
+        let query = parse_search(text).map_err(|e| ExportError::invalid(format!("_typeFilter '{text}': {e}")))?;
+        filters.entry(query.resource_type).or_default().push(query);
+    }
+    if !filters.is_empty() && !engine.has_index() {
+        return Err(ExportError::NoIndex("_typeFilter"));
+    }
+    let mut types = export_types(engine.snapshot(), request);
+    let collect_context = !matches!(population, Population::All);
+    // Context types go last: their ids are the references collected while
+    // the compartment types are written.
+    types.sort_by_key(|t| collect_context && CONTEXT_TYPES.contains(&t.as_str()));
+    let referenced: SharedReferences = Arc::default();
+    let mut output = ExportOutput::default();
+    for (n, resource_type) in types.iter().enumerate() {
+        progress.set(format!(
+            "exporting {resource_type} ({} of {} types); {} resources written",
+            n + 1,
+            types.len(),
+            output.resources
+        ));
+        let mut frame = resource_frame(engine, resource_type, request).await?;
+        if let Some(queries) = filters.get(resource_type.as_str()) {
+            frame = semi_join(engine, engine.resource_ids_plan(queries)?, frame)?;
+        }
+        let is_context = collect_context && CONTEXT_TYPES.contains(&resource_type.as_str());
+        if is_context {
+            let mut ids: Vec<String> = referenced
+                .lock()
+                .map(|set| {
+                    set.iter()
+                        .filter(|(t, _)| t == resource_type)
+                        .map(|(_, id)| id.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if ids.is_empty() {
+                continue;
+            }
+            ids.sort_unstable();
+            let batch = RecordBatch::try_from_iter(vec![(RESOURCE_ID, Arc::new(StringArray::from(ids)) as ArrayRef)])
+                .map_err(datafusion::error::DataFusionError::from)?;
+            let wanted = engine.session().read_batch(batch)?.into_unoptimized_plan();
+            frame = semi_join(engine, wanted, frame)?;
+        }
+        let job = TypeJob {
+            resource_type,
+            population: if is_context {
+                Population::All
+            } else {
+                population.clone()
+            },
+            references: (collect_context && !is_context).then(|| referenced.clone()),
+        };
+        let files = match export_type(engine, frame, &job, request, target, settings).await {
+            Ok(files) => files,
+            Err((e, partial)) => {
+                written.extend(partial.into_iter().map(|f| f.name));
+                return Err(e);
+            }
+        };
+        written.extend(files.iter().map(|f| f.name.clone()));
+        output.resources += files.iter().map(|f| f.count).sum::<u64>();
+        output.bytes += files.iter().map(|f| f.bytes).sum::<u64>();
+        output.output.extend(files);
+    }
+    if !notes.is_empty() {
+        let namer = FileNamer::new(target.location.clone(), &target.dir, "OperationOutcome", "ndjson");
+        let mut sink = NdjsonSink::new(namer, Some("OperationOutcome".into()), settings.max_file_bytes);
+        for note in notes {
+            let outcome = json!({
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "warning", "code": "not-supported", "diagnostics": note}],
+            });
+            sink.write_line(&outcome.to_string()).await?;
+        }
+        let files = sink.finish().await?;
+        written.extend(files.iter().map(|f| f.name.clone()));
+        output.error = files;
+    }
+    progress.set(format!("{} resources written", output.resources));
+    Ok(output)
+}
+
+/// The rows of `resource_type` changed within `_since`/`_until`, with the
+/// columns the sinks need.
+async fn resource_frame(
+    engine: &CohortEngine,
+    resource_type: &str,
+    request: &ExportRequest,
+) -> Result<DataFrame, ExportError> {
+    let entry = engine
+        .snapshot()
+        .tables
+        .get(resource_type)
+        .ok_or_else(|| ExportError::Task(format!("table {resource_type} vanished from the snapshot")))?;
+    let provider = table_provider(engine.warehouse(), engine.session(), resource_type, entry).await?;
+    let mut frame = engine.session().read_table(provider)?;
+    // A resource without meta.lastUpdated changed when it was loaded.
+    let changed = datafusion::functions::expr_fn::coalesce(vec![col(LAST_UPDATED), col(LOADED_AT)]);
+    let instant = |micros: i64| lit(ScalarValue::TimestampMicrosecond(Some(micros), Some("UTC".into())));
+    if let Some(since) = request.since {
+        frame = frame.filter(changed.clone().gt(instant(since)))?;
+    }
+    if let Some(until) = request.until {
+        frame = frame.filter(changed.lt_eq(instant(until)))?;
+    }
+    Ok(frame.select(vec![
+        col(ID),
+        col(VERSION_ID),
+        col(LAST_UPDATED),
+        col(PATIENTS),
+        col(RESOURCE),
+    ])?)
+}
+
+/// Rows of `frame` whose `id` is among the `resource_id`s of `ids`. The ids
+/// are the hash join's build side (left); the table is probed.
+fn semi_join(engine: &CohortEngine, ids: LogicalPlan, frame: DataFrame) -> Result<DataFrame, ExportError> {
+    let plan = LogicalPlanBuilder::from(ids)
+        .alias("wanted")?
+        .join(
+            frame.into_unoptimized_plan(),
+            JoinType::RightSemi,
+            (
+                vec![Column::new(Some("wanted"), RESOURCE_ID)],
+                vec![Column::from_name(ID)],
+            ),
+            None,
+        )?
+        .build()?;
+    Ok(DataFrame::new(engine.session().state(), plan))
+}
+
+type TypeResult = Result<Vec<ExportedFile>, (ExportError, Vec<ExportedFile>)>;
+
+/// (type, id) of the context resources referenced so far, shared by the
+/// partitions of an export.
+type SharedReferences = Arc<Mutex<HashSet<(String, String)>>>;
+
+/// What differs between the types of one export.
+struct TypeJob<'a> {
+    resource_type: &'a str,
+    /// Rows outside it are dropped.
+    population: Population,
+    /// Where references to context types are collected, if they are.
+    references: Option<SharedReferences>,
+}
+
+async fn export_type(
+    engine: &CohortEngine,
+    frame: DataFrame,
+    job: &TypeJob<'_>,
+    request: &ExportRequest,
+    target: &ExportTarget,
+    settings: &ExportSettings,
+) -> TypeResult {
+    let resource_type = job.resource_type;
+    let plan = frame.create_physical_plan().await.map_err(|e| (e.into(), Vec::new()))?;
+    let task_ctx = engine.session().task_ctx();
+    let namer = FileNamer::new(
+        target.location.clone(),
+        &target.dir,
+        resource_type,
+        request.format.extension(),
+    );
+    let elements = ElementFilter::for_type(resource_type, &request.elements).map(Arc::new);
+    let mut tasks = tokio::task::JoinSet::new();
+    for partition in 0..plan.output_partitioning().partition_count() {
+        let stream = match plan.execute(partition, task_ctx.clone()) {
+            Ok(stream) => stream,
+            Err(e) => return Err((e.into(), Vec::new())),
+        };
+        let partition_job = PartitionJob {
+            resource_type: resource_type.to_string(),
+            format: request.format,
+            namer: namer.clone(),
+            max_bytes: settings.max_file_bytes,
+            population: job.population.clone(),
+            elements: elements.clone(),
+            references: job.references.clone(),
+            found: HashSet::new(),
+        };
+        tasks.spawn(partition_job.run(stream));
+    }
+    let mut files = Vec::new();
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((partition_files, None)) => files.extend(partition_files),
+            Ok((partition_files, Some(e))) => {
+                files.extend(partition_files);
+                if failure.is_none() {
+                    failure = Some(e);
+                    tasks.abort_all();
+                }
+            }
+            Err(e) => {
+                if failure.is_none() {
+                    failure = Some(ExportError::Task(e.to_string()));
+                    tasks.abort_all();
+                }
+            }
+        }
+    }
+    if let Some(e) = failure {
+        return Err((e, files));
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(files)
+}
+
+/// One partition's stream into one sink.
+struct PartitionJob {
+    resource_type: String,
+    format: OutputFormat,
+    namer: FileNamer,
+    max_bytes: u64,
+    population: Population,
+    elements: Option<Arc<ElementFilter>>,
+    /// Shared set that this partition's references are added to at its end.
+    references: Option<SharedReferences>,
+    /// References to context types seen by this partition.
+    found: HashSet<(String, String)>,
+}
+
+enum AnySink {
+    Ndjson(Box<NdjsonSink>),
+    Parquet(Box<ParquetSink>),
+}
+
+impl PartitionJob {
+    /// Returns the files it finished and the error that stopped it, if any.
+    async fn run(
+        mut self,
+        mut stream: datafusion::physical_plan::SendableRecordBatchStream,
+    ) -> (Vec<ExportedFile>, Option<ExportError>) {
+        let mut sink = match self.format {
+            OutputFormat::Ndjson => AnySink::Ndjson(Box::new(NdjsonSink::new(
+                self.namer.clone(),
+                Some(self.resource_type.clone()),
+                self.max_bytes,
+            ))),
+            OutputFormat::Parquet => AnySink::Parquet(Box::new(ParquetSink::new(
+                self.namer.clone(),
+                self.resource_type.clone(),
+                self.max_bytes,
+            ))),
+        };
+        let mut failure = None;
+        while let Some(next) = stream.next().await {
+            let result = match next {
+                Ok(batch) => self.write(&mut sink, batch).await,
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = result {
+                failure = Some(e);
+                break;
+            }
+        }
+        if let Some(shared) = &self.references
+            && let Ok(mut shared) = shared.lock()
+        {
+            shared.extend(std::mem::take(&mut self.found));
+        }
+        match (sink, failure) {
+            (AnySink::Ndjson(s), None) => match s.finish().await {
+                Ok(files) => (files, None),
+                Err(e) => (Vec::new(), Some(e)),
+            },
+            (AnySink::Parquet(s), None) => match s.finish().await {
+                Ok(files) => (files, None),
+                Err(e) => (Vec::new(), Some(e)),
+            },
+            (AnySink::Ndjson(s), Some(e)) => (s.abort().await, Some(e)),
+            (AnySink::Parquet(s), Some(e)) => (s.abort().await, Some(e)),
+        }
+    }
+
+    async fn write(&mut self, sink: &mut AnySink, batch: RecordBatch) -> Result<(), ExportError> {
+        // Columns: id, version_id, last_updated, patients, resource.
+        let batch = match self.population.mask(batch.column(3).as_list::<i32>()) {
+            Some(mask) => filter_record_batch(&batch, &mask).map_err(datafusion::error::DataFusionError::from)?,
+            None => batch,
+        };
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let resources = batch.column(4).as_string::<i32>();
+        let collect = self.references.is_some();
+        match sink {
+            AnySink::Ndjson(sink) => {
+                for i in 0..resources.len() {
+                    let subset;
+                    let line = match &self.elements {
+                        Some(filter) => {
+                            subset = filter.apply(resources.value(i));
+                            subset.as_str()
+                        }
+                        None => resources.value(i),
+                    };
+                    if collect {
+                        collect_references(line, &mut self.found);
+                    }
+                    sink.write_line(line).await?;
+                }
+            }
+            AnySink::Parquet(sink) => {
+                let resource: ArrayRef = match &self.elements {
+                    Some(filter) => Arc::new(
+                        (0..resources.len())
+                            .map(|i| Some(filter.apply(resources.value(i))))
+                            .collect::<StringArray>(),
+                    ),
+                    None => batch.column(4).clone(),
+                };
+                if collect {
+                    let texts = resource.as_string::<i32>();
+                    for i in 0..texts.len() {
+                        collect_references(texts.value(i), &mut self.found);
+                    }
+                }
+                let out = RecordBatch::try_new(
+                    export_schema(),
+                    vec![
+                        batch.column(0).clone(),
+                        batch.column(1).clone(),
+                        batch.column(2).clone(),
+                        resource,
+                    ],
+                )
+                .map_err(datafusion::error::DataFusionError::from)?;
+                sink.write(&out).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Adds to `found` the (type, id) of every `"reference": "Type/id"` in a
+/// resource's JSON text whose type is a context type. Relative, absolute
+/// and versioned references are understood; `urn:uuid:` ones carry no type
+/// and are skipped.
+fn collect_references(json: &str, found: &mut HashSet<(String, String)>) {
+    const KEY: &[u8] = b"\"reference\"";
+    let bytes = json.as_bytes();
+    for start in memchr::memmem::find_iter(bytes, KEY) {
+        let mut i = start + KEY.len();
+        while bytes.get(i).is_some_and(|b| b.is_ascii_whitespace() || *b == b':') {
+            i += 1;
+        }
+        if bytes.get(i) != Some(&b'"') {
+            continue;
+        }
+        let Some(len) = memchr::memchr(b'"', &bytes[i + 1..]) else {
+            continue;
+        };
+        let Ok(value) = std::str::from_utf8(&bytes[i + 1..i + 1 + len]) else {
+            continue;
+        };
+        if let Some(target) = crate::fhir::parse_reference(value)
+            && let Some(resource_type) = target.resource_type
+            && CONTEXT_TYPES.contains(&resource_type)
+        {
+            found.insert((resource_type.to_string(), target.id.to_string()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_to_context_types_are_collected() {
+        let mut found = HashSet::new();
+        collect_references(
+            r#"{"subject":{"reference":"Patient/p"},"performer":[{"reference" : "Practitioner/d1"},{"reference":"http://x/fhir/Organization/o1/_history/2"}],"x":{"reference":"urn:uuid:123"}}"#,
+            &mut found,
+        );
+        let mut found: Vec<_> = found.into_iter().collect();
+        found.sort();
+        assert_eq!(
+            found,
+            vec![
+                ("Organization".to_string(), "o1".to_string()),
+                ("Practitioner".to_string(), "d1".to_string())
+            ]
+        );
+    }
+}

@@ -1,0 +1,738 @@
+//! Bulk `$export` over HTTP: kick-off (GET and POST) at system, Patient and
+//! Group level, status polling with the manifest, cancel-and-purge, and the
+//! file downloads (gzip, ranges).
+//!
+//! A job is a durable record (`_server/exports/<id>.json`) holding the
+//! validated request and the warehouse version it reads, so a restarted
+//! server reruns an interrupted export over the very same snapshot; its
+//! files live under `_server/export-files/<id>/` and are listed in the
+//! manifest only once complete.
+
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use futures::{StreamExt, TryStreamExt};
+use object_store::{GetOptions, GetRange, ObjectStoreExt};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::outcome::{FhirError, fhir_json, operation_outcome};
+use super::{AppState, SharedState, now};
+use crate::cohort::CohortEngine;
+use crate::export::manifest::manifest;
+use crate::export::{
+    ExportError, ExportLevel, ExportOutput, ExportRequest, ExportSettings, ExportTarget, ExportedFile, OutputFormat,
+    Progress, pairs_from_parameters, parse_export, run_export,
+};
+
+/// State kind of stored export jobs.
+pub const EXPORTS: &str = "exports";
+/// Folder (under the warehouse root) of export files, one sub-folder per job.
+pub const EXPORT_FILES: &str = "_server/export-files";
+
+/// Where an export job is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ExportState {
+    /// Accepted, not finished.
+    Running,
+    /// Finished: its files.
+    Completed {
+        /// Resource files.
+        output: Vec<ExportedFile>,
+        /// OperationOutcome files.
+        error: Vec<ExportedFile>,
+        /// Deletion Bundles.
+        deleted: Vec<ExportedFile>,
+        /// When the files are deleted (RFC 3339).
+        expires_at: String,
+    },
+    /// Failed: the status and OperationOutcome.
+    Failed {
+        /// HTTP status.
+        status: u16,
+        /// The OperationOutcome.
+        outcome: Value,
+    },
+    /// Cancelled by `DELETE` (its files purged).
+    Cancelled,
+}
+
+/// A persisted export job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportJob {
+    /// Id (last segment of the status URL).
+    pub id: String,
+    /// The validated request.
+    pub request: ExportRequest,
+    /// The kick-off URL (without the body of a POST).
+    pub request_url: String,
+    /// Parameters ignored under `Prefer: handling=lenient`.
+    pub ignored: Vec<String>,
+    /// The warehouse version exported.
+    pub snapshot_version: u64,
+    /// `transactionTime` of the manifest.
+    pub transaction_time: String,
+    /// `Prefer: respond-async,separate-export-status`.
+    pub separate_status: bool,
+    /// Where it is.
+    pub state: ExportState,
+    /// RFC 3339 times.
+    pub created_at: String,
+    /// Last change.
+    pub updated_at: String,
+}
+
+/// In-memory facts about an export of this process.
+pub struct ExportRuntime {
+    /// Aborts the task.
+    pub abort: Option<tokio::task::AbortHandle>,
+    /// Live progress.
+    pub progress: Progress,
+    /// When the client last polled (for 429).
+    pub last_poll: Option<Instant>,
+    /// Whether the task still runs.
+    pub running: bool,
+}
+
+fn store_error(e: impl std::fmt::Display) -> FhirError {
+    FhirError::internal(format!("server state: {e}"))
+}
+
+/// Maps an export error to its HTTP answer.
+pub fn export_error(e: ExportError) -> FhirError {
+    match &e {
+        ExportError::GroupNotFound(_) => FhirError::not_found(e.to_string()),
+        ExportError::Unsupported(_) => FhirError::new(StatusCode::BAD_REQUEST, "not-supported", e.to_string()),
+        ExportError::NoIndex(_) => FhirError::new(StatusCode::BAD_REQUEST, "not-supported", e.to_string()),
+        ExportError::EmptyWarehouse => FhirError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", e.to_string()),
+        _ if e.is_client_error() => FhirError::invalid(e.to_string()),
+        _ => FhirError::internal(e.to_string()),
+    }
+}
+
+fn prefer_tokens(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_ascii_lowercase().replace(' ', ""))
+        .collect()
+}
+
+fn files_dir(id: &str) -> String {
+    format!("{EXPORT_FILES}/{id}")
+}
+
+/// Deletes every file of job `id`.
+async fn purge_files(state: &AppState, id: &str) {
+    let root = state.warehouse.root();
+    let prefix = root.child(&files_dir(id));
+    let objects: Vec<_> = match root.store.list(Some(&prefix)).try_collect().await {
+        Ok(objects) => objects,
+        Err(e) => {
+            tracing::warn!(job = %id, error = %e, "cannot list export files to purge");
+            return;
+        }
+    };
+    for object in objects {
+        let _ = root.store.delete(&object.location).await;
+    }
+    // Local stores leave the (now empty) folder behind.
+    if root.is_local()
+        && let Ok(path) = root.store_url.join(prefix.as_ref())
+        && let Ok(local) = path.to_file_path()
+    {
+        let _ = tokio::fs::remove_dir_all(local).await;
+    }
+}
+
+/// `[base]/$export`, `[base]/Patient/$export`: kick-off (GET or POST).
+pub async fn kickoff_system(
+    State(state): State<SharedState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, FhirError> {
+    let level = if uri.path().starts_with("/Patient/") {
+        ExportLevel::Patient
+    } else {
+        ExportLevel::System
+    };
+    kickoff(&state, level, method, &uri, &headers, query, &body).await
+}
+
+/// `[base]/Group/{id}/$export`: kick-off (GET or POST).
+pub async fn kickoff_group(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, FhirError> {
+    kickoff(&state, ExportLevel::Group(id), method, &uri, &headers, query, &body).await
+}
+
+async fn kickoff(
+    state: &SharedState,
+    level: ExportLevel,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    query: Option<String>,
+    body: &[u8],
+) -> Result<Response, FhirError> {
+    let prefer = prefer_tokens(headers);
+    let lenient = prefer.iter().any(|p| p == "handling=lenient");
+    let separate_status = prefer.iter().any(|p| p == "separate-export-status");
+    let mut pairs: Vec<(String, String)> = query
+        .as_deref()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .filter(|(k, _)| k != "_format")
+                .collect()
+        })
+        .unwrap_or_default();
+    let post = method == Method::POST;
+    if post && !body.iter().all(u8::is_ascii_whitespace) {
+        let parameters: Value = serde_json::from_slice(body)
+            .map_err(|e| FhirError::invalid(format!("the POST body is not valid JSON: {e}")))?;
+        pairs.extend(pairs_from_parameters(&parameters).map_err(export_error)?);
+    }
+    let parsed = parse_export(level, &pairs, post, lenient).map_err(export_error)?;
+    // What can be checked against the data is checked now, so a bad Group
+    // or patient is a 4xx at kick-off rather than a failed job.
+    let engine = CohortEngine::open(&state.warehouse).await.map_err(|e| match e {
+        crate::cohort::CohortError::EmptyWarehouse => export_error(ExportError::EmptyWarehouse),
+        other => FhirError::internal(other.to_string()),
+    })?;
+    if !parsed.request.type_filters.is_empty() && !engine.has_index() {
+        return Err(export_error(ExportError::NoIndex("_typeFilter")));
+    }
+    crate::export::population::resolve(&state.warehouse, &engine, &parsed.request)
+        .await
+        .map_err(export_error)?;
+    let mut exports = state.exports.lock().await;
+    let running = exports.values().filter(|r| r.running).count();
+    if running >= state.max_exports {
+        let mut error = FhirError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "throttled",
+            format!(
+                "{running} exports are running (the limit is {}); retry later",
+                state.max_exports
+            ),
+        );
+        error.retry_after = Some(state.retry_after.max(5));
+        return Err(error);
+    }
+    let created = now();
+    let request_url = match (&method, uri.query()) {
+        (&Method::GET, Some(q)) => format!("{}{}?{q}", state.base_url, uri.path()),
+        _ => format!("{}{}", state.base_url, uri.path()),
+    };
+    let job = ExportJob {
+        id: uuid::Uuid::new_v4().to_string(),
+        request: parsed.request,
+        request_url,
+        ignored: parsed.ignored,
+        snapshot_version: engine.version(),
+        transaction_time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        separate_status,
+        state: ExportState::Running,
+        created_at: created.clone(),
+        updated_at: created,
+    };
+    state.store.put(EXPORTS, &job.id, &job).await.map_err(store_error)?;
+    let id = job.id.clone();
+    spawn_export(state, &mut exports, job, state.job_delay);
+    drop(exports);
+    let mut response = fhir_json(
+        StatusCode::ACCEPTED,
+        &operation_outcome(
+            "information",
+            "informational",
+            "export accepted: poll the Content-Location URL",
+        ),
+    );
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&format!("{}/_export/{id}", state.base_url)) {
+        headers.insert(header::CONTENT_LOCATION, value);
+    }
+    if separate_status {
+        headers.insert(
+            "preference-applied",
+            HeaderValue::from_static("respond-async, separate-export-status"),
+        );
+    } else {
+        headers.insert("preference-applied", HeaderValue::from_static("respond-async"));
+    }
+    Ok(response)
+}
+
+fn spawn_export(
+    state: &SharedState,
+    exports: &mut std::collections::HashMap<String, ExportRuntime>,
+    job: ExportJob,
+    delay: Duration,
+) {
+    let progress = Progress::default();
+    progress.set("queued");
+    let id = job.id.clone();
+    let task = tokio::spawn(run_job(state.clone(), job, delay, progress.clone()));
+    exports.insert(
+        id,
+        ExportRuntime {
+            abort: Some(task.abort_handle()),
+            progress,
+            last_poll: None,
+            running: true,
+        },
+    );
+}
+
+async fn run_job(state: SharedState, mut job: ExportJob, delay: Duration, progress: Progress) {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let started = Instant::now();
+    let result = match state.warehouse.snapshot(job.snapshot_version).await {
+        Ok(snapshot) => {
+            let target = ExportTarget {
+                location: state.warehouse.root().clone(),
+                dir: files_dir(&job.id),
+            };
+            let settings = ExportSettings {
+                max_file_bytes: state.export_file_bytes,
+            };
+            run_export(
+                &state.warehouse,
+                snapshot,
+                &job.request,
+                &target,
+                &settings,
+                &job.ignored,
+                &progress,
+            )
+            .await
+        }
+        Err(e) => Err(ExportError::Warehouse(e)),
+    };
+    let _writes = state.group_writes.lock().await;
+    if let Ok(Some(current)) = state.store.get::<ExportJob>(EXPORTS, &job.id).await
+        && current.state == ExportState::Cancelled
+    {
+        purge_files(&state, &job.id).await;
+        return;
+    }
+    job.state = match result {
+        Ok(ExportOutput {
+            output,
+            error,
+            deleted,
+            resources,
+            bytes,
+        }) => {
+            tracing::info!(
+                job = %job.id,
+                resources,
+                bytes,
+                seconds = started.elapsed().as_secs_f64(),
+                "export finished"
+            );
+            let expires = chrono::Utc::now()
+                + chrono::Duration::from_std(state.export_retention).unwrap_or(chrono::Duration::hours(1));
+            ExportState::Completed {
+                output,
+                error,
+                deleted,
+                expires_at: expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            }
+        }
+        Err(e) => {
+            tracing::error!(job = %job.id, error = %e, "export failed");
+            let error = export_error(e);
+            ExportState::Failed {
+                status: error.status.as_u16(),
+                outcome: error.outcome(),
+            }
+        }
+    };
+    job.updated_at = now();
+    if let Err(e) = state.store.put(EXPORTS, &job.id, &job).await {
+        tracing::error!(job = %job.id, error = %e, "cannot record the export's outcome");
+    }
+    if let Some(runtime) = state.exports.lock().await.get_mut(&job.id) {
+        runtime.running = false;
+    }
+}
+
+/// Resumes the exports a previous process left running: their partial
+/// files are deleted and they run again over the same warehouse version.
+pub async fn resume_exports(state: &SharedState) -> Result<(), crate::store::StoreError> {
+    for id in state.store.list(EXPORTS).await? {
+        let Some(job) = state.store.get::<ExportJob>(EXPORTS, &id).await? else {
+            continue;
+        };
+        if job.state == ExportState::Running {
+            tracing::info!(job = %id, "restarting an export interrupted by a restart");
+            purge_files(state, &id).await;
+            let mut exports = state.exports.lock().await;
+            spawn_export(state, &mut exports, job, Duration::ZERO);
+        }
+    }
+    Ok(())
+}
+
+/// Deletes completed exports past their expiry, every `interval`.
+pub async fn expiry_loop(state: SharedState, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let Ok(ids) = state.store.list(EXPORTS).await else {
+            continue;
+        };
+        for id in ids {
+            let Ok(Some(job)) = state.store.get::<ExportJob>(EXPORTS, &id).await else {
+                continue;
+            };
+            if expired(&job) || job.state == ExportState::Cancelled {
+                purge_files(&state, &id).await;
+                let _ = state.store.delete(EXPORTS, &id).await;
+                state.exports.lock().await.remove(&id);
+                tracing::info!(job = %id, "expired export deleted");
+            }
+        }
+    }
+}
+
+fn expired(job: &ExportJob) -> bool {
+    match &job.state {
+        ExportState::Completed { expires_at, .. } => {
+            chrono::DateTime::parse_from_rfc3339(expires_at).is_ok_and(|t| t < chrono::Utc::now())
+        }
+        _ => false,
+    }
+}
+
+async fn load_job(state: &AppState, id: &str) -> Result<ExportJob, FhirError> {
+    match state.store.get::<ExportJob>(EXPORTS, id).await.map_err(store_error)? {
+        None => Err(FhirError::not_found(format!("no export '{id}'"))),
+        Some(job) if job.state == ExportState::Cancelled => {
+            Err(FhirError::not_found(format!("export '{id}' was cancelled")))
+        }
+        Some(job) if expired(&job) => Err(FhirError::not_found(format!(
+            "export '{id}' has expired and its files were deleted"
+        ))),
+        Some(job) => Ok(job),
+    }
+}
+
+fn file_url(state: &AppState, id: &str, name: &str) -> String {
+    format!("{}/_export/{id}/files/{name}", state.base_url)
+}
+
+/// `GET /_export/{id}`: the status URL.
+pub async fn status(State(state): State<SharedState>, Path(id): Path<String>) -> Result<Response, FhirError> {
+    let job = load_job(&state, &id).await?;
+    let separate = |mut response: Response, status: &str| {
+        if let Ok(value) = HeaderValue::from_str(status) {
+            response.headers_mut().insert("x-export-status", value);
+        }
+        *response.status_mut() = StatusCode::OK;
+        response
+    };
+    match &job.state {
+        ExportState::Running => {
+            let mut exports = state.exports.lock().await;
+            let runtime = exports.entry(id.clone()).or_insert(ExportRuntime {
+                abort: None,
+                progress: Progress::default(),
+                last_poll: None,
+                running: false,
+            });
+            if let Some(last) = runtime.last_poll
+                && last.elapsed() < Duration::from_secs(state.retry_after) / 2
+            {
+                let mut error = FhirError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "throttled",
+                    format!(
+                        "polled too often: wait {} s between polls (Retry-After)",
+                        state.retry_after
+                    ),
+                );
+                error.retry_after = Some(state.retry_after);
+                return Err(error);
+            }
+            runtime.last_poll = Some(Instant::now());
+            let progress = match runtime.progress.get() {
+                p if p.is_empty() => "in progress".to_string(),
+                p => p,
+            };
+            let mut response = StatusCode::ACCEPTED.into_response();
+            let headers = response.headers_mut();
+            if let Ok(value) = HeaderValue::from_str(&progress) {
+                headers.insert("x-progress", value);
+            }
+            if let Ok(value) = HeaderValue::from_str(&state.retry_after.to_string()) {
+                headers.insert(header::RETRY_AFTER, value);
+            }
+            Ok(if job.separate_status {
+                separate(response, "202 Accepted")
+            } else {
+                response
+            })
+        }
+        ExportState::Completed {
+            output,
+            error,
+            deleted,
+            expires_at,
+        } => {
+            let body = manifest(
+                &job.transaction_time,
+                &job.request_url,
+                false,
+                &ExportOutput {
+                    output: output.clone(),
+                    error: error.clone(),
+                    deleted: deleted.clone(),
+                    ..ExportOutput::default()
+                },
+                None,
+                |name| file_url(&state, &id, name),
+            );
+            let mut response = (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+                body.to_string(),
+            )
+                .into_response();
+            if let Ok(expires) = chrono::DateTime::parse_from_rfc3339(expires_at)
+                && let Ok(value) = HeaderValue::from_str(&expires.to_rfc2822().replace("+0000", "GMT"))
+            {
+                response.headers_mut().insert(header::EXPIRES, value);
+            }
+            Ok(if job.separate_status {
+                separate(response, "200 OK")
+            } else {
+                response
+            })
+        }
+        ExportState::Failed { status, outcome } => {
+            let code = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let response = fhir_json(code, outcome);
+            Ok(if job.separate_status {
+                let text = format!("{} {}", code.as_u16(), code.canonical_reason().unwrap_or(""));
+                separate(response, text.trim())
+            } else {
+                response
+            })
+        }
+        ExportState::Cancelled => Err(FhirError::not_found(format!("export '{id}' was cancelled"))),
+    }
+}
+
+/// `DELETE /_export/{id}`: cancels a running export or deletes a finished
+/// one; its files are purged and later polls answer 404.
+pub async fn cancel(State(state): State<SharedState>, Path(id): Path<String>) -> Result<Response, FhirError> {
+    let _writes = state.group_writes.lock().await;
+    let mut job = load_job(&state, &id).await?;
+    if let Some(runtime) = state.exports.lock().await.get_mut(&id) {
+        if let Some(abort) = runtime.abort.take() {
+            abort.abort();
+        }
+        runtime.running = false;
+    }
+    job.state = ExportState::Cancelled;
+    job.updated_at = now();
+    state.store.put(EXPORTS, &id, &job).await.map_err(store_error)?;
+    purge_files(&state, &id).await;
+    Ok(fhir_json(
+        StatusCode::ACCEPTED,
+        &operation_outcome(
+            "information",
+            "informational",
+            &format!("export '{id}' cancelled and its files deleted"),
+        ),
+    ))
+}
+
+/// One `bytes=` range of a file of `size` bytes; `Err` when unsatisfiable.
+fn parse_range(header: &str, size: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        // Several ranges: serve the whole file (allowed by RFC 9110).
+        return Ok(None);
+    }
+    let (start, end) = spec.split_once('-').ok_or(())?;
+    let (start, end) = match (start.trim(), end.trim()) {
+        ("", suffix) => {
+            let n: u64 = suffix.parse().map_err(|_| ())?;
+            if n == 0 {
+                return Err(());
+            }
+            (size.saturating_sub(n), size.saturating_sub(1))
+        }
+        (start, "") => (start.parse().map_err(|_| ())?, size.saturating_sub(1)),
+        (start, end) => {
+            let (s, e): (u64, u64) = (start.parse().map_err(|_| ())?, end.parse().map_err(|_| ())?);
+            (s, e.min(size.saturating_sub(1)))
+        }
+    };
+    if size == 0 || start > end || start >= size {
+        return Err(());
+    }
+    Ok(Some((start, end)))
+}
+
+/// `GET /_export/{id}/files/{name}`: one file of a finished export. Only
+/// names listed in the job's manifest are served (never another path);
+/// `Accept-Encoding: gzip` gets a gzip stream, `Range` a `206`.
+pub async fn download(
+    State(state): State<SharedState>,
+    Path((id, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, FhirError> {
+    let job = load_job(&state, &id).await?;
+    let ExportState::Completed {
+        output, error, deleted, ..
+    } = &job.state
+    else {
+        return Err(FhirError::not_found(format!("export '{id}' has not finished")));
+    };
+    let Some(file) = output.iter().chain(error).chain(deleted).find(|f| f.name == name) else {
+        return Err(FhirError::not_found(format!("export '{id}' has no file '{name}'")));
+    };
+    let root = state.warehouse.root();
+    let path = root.child(&format!("{}/{}", files_dir(&id), file.name));
+    let is_parquet = file.name.ends_with(".parquet");
+    let content_type = if is_parquet {
+        OutputFormat::Parquet.media_type()
+    } else {
+        OutputFormat::Ndjson.media_type()
+    };
+    let size = file.bytes;
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        None => None,
+        Some(text) => match parse_range(text, size) {
+            Ok(range) => range,
+            Err(()) => {
+                let mut response = FhirError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "invalid",
+                    format!("range '{text}' is outside the file's {size} bytes"),
+                )
+                .into_response();
+                if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    response.headers_mut().insert(header::CONTENT_RANGE, value);
+                }
+                return Ok(response);
+            }
+        },
+    };
+    let options = GetOptions {
+        range: range.map(|(s, e)| GetRange::Bounded(s..e + 1)),
+        ..GetOptions::default()
+    };
+    let result = root
+        .store
+        .get_opts(&path, options)
+        .await
+        .map_err(|e| FhirError::internal(format!("reading export file: {e}")))?;
+    let stream = result.into_stream();
+    let gzip = range.is_none()
+        && headers
+            .get_all(header::ACCEPT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|e| {
+                let mut parts = e.split(';');
+                let coding = parts.next().unwrap_or("").trim();
+                let refused = parts.any(|p| p.trim().replace(' ', "") == "q=0");
+                (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+            });
+    let mut builder = Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::VARY, "accept-encoding");
+    let body = if gzip {
+        builder = builder.header(header::CONTENT_ENCODING, "gzip");
+        Body::from_stream(gzip_stream(stream))
+    } else {
+        Body::from_stream(stream)
+    };
+    builder = match range {
+        Some((start, end)) => builder
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"))
+            .header(header::CONTENT_LENGTH, end - start + 1),
+        None if !gzip => builder.status(StatusCode::OK).header(header::CONTENT_LENGTH, size),
+        None => builder.status(StatusCode::OK),
+    };
+    builder
+        .body(body)
+        .map_err(|e| FhirError::internal(format!("building the response: {e}")))
+}
+
+/// Gzips a byte stream chunk by chunk (fast level: the network, not the
+/// ratio, is what a download waits for).
+fn gzip_stream(
+    input: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+    use std::io::Write;
+    let encoder = GzEncoder::new(Vec::new(), Compression::fast());
+    futures::stream::unfold(Some((input, encoder)), |state| async move {
+        let (mut input, mut encoder) = state?;
+        loop {
+            match input.next().await {
+                Some(Ok(chunk)) => {
+                    if let Err(e) = encoder.write_all(&chunk) {
+                        return Some((Err(e), None));
+                    }
+                    let out = std::mem::take(encoder.get_mut());
+                    if !out.is_empty() {
+                        return Some((Ok(Bytes::from(out)), Some((input, encoder))));
+                    }
+                }
+                Some(Err(e)) => return Some((Err(std::io::Error::other(e)), None)),
+                None => {
+                    return match encoder.finish() {
+                        Ok(rest) => Some((Ok(Bytes::from(rest)), None)),
+                        Err(e) => Some((Err(e), None)),
+                    };
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Ok(Some((0, 9))));
+        assert_eq!(parse_range("bytes=90-", 100), Ok(Some((90, 99))));
+        assert_eq!(parse_range("bytes=-10", 100), Ok(Some((90, 99))));
+        assert_eq!(parse_range("bytes=95-200", 100), Ok(Some((95, 99))));
+        assert_eq!(parse_range("bytes=100-", 100), Err(()));
+        assert_eq!(parse_range("bytes=5-1", 100), Err(()));
+        assert_eq!(parse_range("items=1-2", 100), Ok(None));
+    }
+}
