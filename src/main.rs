@@ -138,6 +138,10 @@ enum Command {
         /// Split files at this size (MiB).
         #[arg(long, default_value_t = 256)]
         max_file_mib: u64,
+        /// Write blocks per patient (header, Patient, its resources) instead
+        /// of one type per file: `organizeOutputBy=Patient`.
+        #[arg(long)]
+        organize_by_patient: bool,
     },
     /// Count the patients meeting every FHIR search expression (member-filter
     /// style: `Condition?code=http://snomed.info/sct|44054006`; several are ANDed).
@@ -212,6 +216,7 @@ struct ExportArgs {
     format: String,
     out: PathBuf,
     max_file_mib: u64,
+    organize_by_patient: bool,
 }
 
 async fn export_command(warehouse: &str, args: ExportArgs) -> anyhow::Result<()> {
@@ -244,6 +249,9 @@ async fn export_command(warehouse: &str, args: ExportArgs) -> anyhow::Result<()>
     push("patient", &patients);
     push("_since", args.since.as_slice());
     push("_until", args.until.as_slice());
+    if args.organize_by_patient {
+        pairs.push(("organizeOutputBy".into(), "Patient".into()));
+    }
     let parsed = parse_export(level, &pairs, true, false)?;
     let warehouse = Warehouse::open(warehouse)?;
     let snapshot = warehouse
@@ -279,7 +287,7 @@ async fn export_command(warehouse: &str, args: ExportArgs) -> anyhow::Result<()>
         &format!("fhirlake export --warehouse {}", warehouse.root().url()),
         false,
         &output,
-        None,
+        parsed.request.organize_by_patient.then_some("Patient"),
         |name| name.to_string(),
     );
     let manifest_path = out.join("manifest.json");
@@ -446,6 +454,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             format,
             out,
             max_file_mib,
+            organize_by_patient,
         } => {
             export_command(
                 &cli.warehouse,
@@ -461,6 +470,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     format,
                     out,
                     max_file_mib,
+                    organize_by_patient,
                 },
             )
             .await?;

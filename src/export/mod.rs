@@ -11,6 +11,7 @@
 
 pub mod elements;
 pub mod manifest;
+pub mod organized;
 pub mod params;
 pub mod population;
 pub mod run;

@@ -391,9 +391,15 @@ pub fn parse_export(
                     }
                 }
             }
-            "organizeOutputBy" => unsupported(format!(
-                "organizeOutputBy '{value}' is not supported yet; files are organized by resource type"
-            ))?,
+            "organizeOutputBy" => {
+                if value.trim() == "Patient" {
+                    request.organize_by_patient = true;
+                } else {
+                    unsupported(format!(
+                        "organizeOutputBy '{value}' is not supported (only Patient)"
+                    ))?;
+                }
+            }
             "allowPartialManifests" => request.allow_partial_manifests = parse_bool(name, value)?,
             other => unsupported(format!(
                 "parameter '{other}' is not supported by $export (supported: {})",

@@ -15,6 +15,7 @@ use object_store::ObjectStoreExt;
 use serde_json::json;
 
 use super::elements::ElementFilter;
+use super::organized;
 use super::params::{ExportRequest, OutputFormat, in_scope};
 use super::population::{self, Population};
 use super::sink::ndjson::NdjsonSink;
@@ -145,6 +146,34 @@ async fn export_all(
     types.sort_by_key(|t| collect_context && CONTEXT_TYPES.contains(&t.as_str()));
     let referenced: SharedReferences = Arc::default();
     let mut output = ExportOutput::default();
+    if request.organize_by_patient {
+        // Blocks of one patient's resources; context types are not added
+        // (the spec lets unreferencing resources be dropped).
+        types.retain(|t| !CONTEXT_TYPES.contains(&t.as_str()));
+        let files = match organized::export_by_patient(
+            engine,
+            request,
+            &population,
+            &filters,
+            &types,
+            target,
+            settings,
+            progress,
+        )
+        .await
+        {
+            Ok(files) => files,
+            Err((e, partial)) => {
+                written.extend(partial.into_iter().map(|f| f.name));
+                return Err(e);
+            }
+        };
+        written.extend(files.iter().map(|f| f.name.clone()));
+        output.resources = files.iter().map(|f| f.count).sum();
+        output.bytes = files.iter().map(|f| f.bytes).sum();
+        output.output = files;
+        types.clear();
+    }
     for (n, resource_type) in types.iter().enumerate() {
         progress.set(format!(
             "exporting {resource_type} ({} of {} types); {} resources written",
@@ -217,7 +246,7 @@ async fn export_all(
 
 /// The rows of `resource_type` changed within `_since`/`_until`, with the
 /// columns the sinks need.
-async fn resource_frame(
+pub(super) async fn resource_frame(
     engine: &CohortEngine,
     resource_type: &str,
     request: &ExportRequest,
@@ -249,7 +278,7 @@ async fn resource_frame(
 
 /// Rows of `frame` whose `id` is among the `resource_id`s of `ids`. The ids
 /// are the hash join's build side (left); the table is probed.
-fn semi_join(engine: &CohortEngine, ids: LogicalPlan, frame: DataFrame) -> Result<DataFrame, ExportError> {
+pub(super) fn semi_join(engine: &CohortEngine, ids: LogicalPlan, frame: DataFrame) -> Result<DataFrame, ExportError> {
     let plan = LogicalPlanBuilder::from(ids)
         .alias("wanted")?
         .join(
@@ -265,7 +294,7 @@ fn semi_join(engine: &CohortEngine, ids: LogicalPlan, frame: DataFrame) -> Resul
     Ok(DataFrame::new(engine.session().state(), plan))
 }
 
-type TypeResult = Result<Vec<ExportedFile>, (ExportError, Vec<ExportedFile>)>;
+pub(super) type TypeResult = Result<Vec<ExportedFile>, (ExportError, Vec<ExportedFile>)>;
 
 /// (type, id) of the context resources referenced so far, shared by the
 /// partitions of an export.

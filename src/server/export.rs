@@ -508,7 +508,7 @@ pub async fn status(State(state): State<SharedState>, Path(id): Path<String>) ->
                     deleted: deleted.clone(),
                     ..ExportOutput::default()
                 },
-                None,
+                job.request.organize_by_patient.then_some("Patient"),
                 |name| file_url(&state, &id, name),
             );
             let mut response = (

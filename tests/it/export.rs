@@ -357,6 +357,54 @@ async fn cli_export_system_patient_and_group_levels_with_parameters() {
         String::from_utf8_lossy(&result.stderr)
     );
 
+    // organizeOutputBy=Patient: header, the Patient, then its resources.
+    let out = dir.path().join("blocks");
+    let manifest = cli_export(
+        &wh,
+        &out,
+        &["--group", "g1", "--organize-by-patient", "--max-file-mib", "1"],
+    );
+    assert_eq!(manifest["outputOrganizedBy"], "Patient");
+    let mut blocks: BTreeMap<String, usize> = BTreeMap::new();
+    let mut by_type: BTreeMap<String, usize> = BTreeMap::new();
+    for entry in manifest["output"].as_array().expect("output") {
+        assert!(entry.get("type").is_none(), "organized files carry no type");
+        let text = std::fs::read_to_string(out.join(entry["url"].as_str().expect("url"))).expect("file");
+        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+        let mut current: Option<String> = None;
+        let mut resources = 0;
+        for (i, line) in lines.iter().enumerate() {
+            if type_of(line) == "Parameters" {
+                let reference = line["parameter"][0]["valueReference"]["reference"]
+                    .as_str()
+                    .expect("header");
+                let patient = reference.strip_prefix("Patient/").expect("Patient header").to_string();
+                assert!(member_set.contains(&patient), "{patient} is not a member");
+                assert_eq!(type_of(&lines[i + 1]), "Patient", "the Patient follows its header");
+                assert_eq!(lines[i + 1]["id"].as_str(), Some(patient.as_str()));
+                *blocks.entry(patient.clone()).or_default() += 1;
+                current = Some(patient);
+                continue;
+            }
+            let patient = current.as_ref().expect("a resource before any header");
+            assert!(patients_of(line).contains(patient), "{} outside its block", line["id"]);
+            *by_type.entry(type_of(line).to_string()).or_default() += 1;
+            resources += 1;
+        }
+        assert_eq!(entry["count"].as_u64(), Some(resources), "count excludes headers");
+    }
+    assert_eq!(blocks.len(), 3);
+    assert!(blocks.values().all(|&n| n == 1), "blocks are never split: {blocks:?}");
+    // A resource is in the block of each member whose compartment holds it.
+    let mut expected: BTreeMap<String, usize> = BTreeMap::new();
+    for r in source.resources.iter().filter(|r| !CONTEXT_TYPES.contains(&type_of(r))) {
+        let n = patients_of(r).intersection(&member_set).count();
+        if n > 0 {
+            *expected.entry(type_of(r).to_string()).or_default() += n;
+        }
+    }
+    assert_eq!(by_type, expected);
+
     // File splitting: 1 MiB files, every line in exactly one of them.
     let out = dir.path().join("split");
     let manifest = cli_export(&wh, &out, &["--type", "ExplanationOfBenefit", "--max-file-mib", "1"]);

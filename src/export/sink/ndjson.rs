@@ -27,6 +27,7 @@ pub struct NdjsonSink {
     current: Option<OpenFile>,
     chunk: Vec<u8>,
     files: Vec<ExportedFile>,
+    split_anywhere: bool,
 }
 
 impl NdjsonSink {
@@ -40,7 +41,15 @@ impl NdjsonSink {
             current: None,
             chunk: Vec::with_capacity(CHUNK + 64 * 1024),
             files: Vec::new(),
+            split_anywhere: true,
         }
+    }
+
+    /// A sink that starts new files only when told to ([`NdjsonSink::roll`]):
+    /// Patient-organized output never splits a block.
+    pub fn split_only_on_roll(mut self) -> Self {
+        self.split_anywhere = false;
+        self
     }
 
     fn io_error(&self, path: &Path, e: std::io::Error) -> ExportError {
@@ -88,23 +97,39 @@ impl NdjsonSink {
     fn full_for(&self, len: usize) -> bool {
         self.current
             .as_ref()
-            .is_some_and(|f| f.count > 0 && f.bytes + len as u64 + 1 > self.max_bytes)
+            .is_some_and(|f| f.bytes > 0 && f.bytes + len as u64 + 1 > self.max_bytes)
     }
 
-    /// Starts a new file now (organize-by-patient blocks start files this
-    /// way when a block would not fit).
+    /// Starts a new file with the next line.
     pub async fn roll(&mut self) -> Result<(), ExportError> {
         self.close_current().await
     }
 
     /// Bytes in the current file so far (0 when none is open).
+    ///
+    /// Callers that roll by themselves compare it with [`NdjsonSink::max_bytes`].
     pub fn current_bytes(&self) -> u64 {
         self.current.as_ref().map_or(0, |f| f.bytes)
     }
 
+    /// The size limit of one file.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
     /// Appends one line (`line` without its newline).
     pub async fn write_line(&mut self, line: &str) -> Result<(), ExportError> {
-        if self.full_for(line.len()) {
+        self.append(line, 1).await
+    }
+
+    /// Appends a line that is not counted as an exported resource (the
+    /// header line of a Patient block).
+    pub async fn write_header(&mut self, line: &str) -> Result<(), ExportError> {
+        self.append(line, 0).await
+    }
+
+    async fn append(&mut self, line: &str, counted: u64) -> Result<(), ExportError> {
+        if self.split_anywhere && self.full_for(line.len()) {
             self.close_current().await?;
         }
         if self.current.is_none() {
@@ -120,7 +145,7 @@ impl NdjsonSink {
         self.chunk.extend_from_slice(line.as_bytes());
         self.chunk.push(b'\n');
         if let Some(file) = self.current.as_mut() {
-            file.count += 1;
+            file.count += counted;
             file.bytes += line.len() as u64 + 1;
         }
         if self.chunk.len() >= CHUNK {
