@@ -100,6 +100,10 @@ enum Command {
         /// Finished exports and their files are deleted after this long (30m, 1h, 2d).
         #[arg(long, default_value = "1h")]
         export_retention: String,
+        /// Pause after each exported resource type (to observe partial
+        /// manifests in tests).
+        #[arg(long, default_value_t = 0, hide = true)]
+        export_type_delay_ms: u64,
     },
     /// Bulk export without the server: the same pipeline as `$export`,
     /// writing files and a manifest.json into a folder.
@@ -270,6 +274,7 @@ async fn export_command(warehouse: &str, args: ExportArgs) -> anyhow::Result<()>
     };
     let settings = ExportSettings {
         max_file_bytes: args.max_file_mib.max(1) * 1024 * 1024,
+        ..ExportSettings::default()
     };
     let transaction_time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let output = run_export(
@@ -414,6 +419,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_exports,
             export_file_mib,
             export_retention,
+            export_type_delay_ms,
         } => {
             let export_retention = fhirlake::server::parse_interval(&export_retention)
                 .map_err(|e| anyhow::anyhow!("--export-retention: {e}"))?
@@ -439,6 +445,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_exports,
                 export_file_bytes: export_file_mib.max(1) * 1024 * 1024,
                 export_retention,
+                export_type_delay: std::time::Duration::from_millis(export_type_delay_ms),
             };
             fhirlake::server::serve(warehouse, options).await?;
         }

@@ -109,20 +109,36 @@ impl ExportError {
     }
 }
 
-/// Short progress text a running export shares with its pollers.
+/// What a running export shares with its pollers: a short progress text
+/// and the output files finished so far (for partial manifests).
 #[derive(Debug, Clone, Default)]
-pub struct Progress(Arc<Mutex<String>>);
+pub struct Progress {
+    text: Arc<Mutex<String>>,
+    finished: Arc<Mutex<Vec<ExportedFile>>>,
+}
 
 impl Progress {
     /// Replaces the text.
     pub fn set(&self, text: impl Into<String>) {
-        if let Ok(mut guard) = self.0.lock() {
+        if let Ok(mut guard) = self.text.lock() {
             *guard = text.into();
         }
     }
 
     /// The current text.
     pub fn get(&self) -> String {
-        self.0.lock().map(|g| g.clone()).unwrap_or_default()
+        self.text.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    /// Records complete, downloadable output files.
+    pub fn add_finished(&self, files: &[ExportedFile]) {
+        if let Ok(mut guard) = self.finished.lock() {
+            guard.extend_from_slice(files);
+        }
+    }
+
+    /// The output files complete so far, in completion order.
+    pub fn finished(&self) -> Vec<ExportedFile> {
+        self.finished.lock().map(|g| g.clone()).unwrap_or_default()
     }
 }

@@ -44,12 +44,16 @@ pub struct ExportTarget {
 pub struct ExportSettings {
     /// A new file is started when one reaches this size.
     pub max_file_bytes: u64,
+    /// A pause after each resource type (tests observe partial manifests
+    /// with it; zero otherwise).
+    pub type_delay: std::time::Duration,
 }
 
 impl Default for ExportSettings {
     fn default() -> Self {
         Self {
             max_file_bytes: 256 * 1024 * 1024,
+            type_delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -169,6 +173,7 @@ async fn export_all(
             }
         };
         written.extend(files.iter().map(|f| f.name.clone()));
+        progress.add_finished(&files);
         output.resources = files.iter().map(|f| f.count).sum();
         output.bytes = files.iter().map(|f| f.bytes).sum();
         output.output = files;
@@ -222,9 +227,13 @@ async fn export_all(
             }
         };
         written.extend(files.iter().map(|f| f.name.clone()));
+        progress.add_finished(&files);
         output.resources += files.iter().map(|f| f.count).sum::<u64>();
         output.bytes += files.iter().map(|f| f.bytes).sum::<u64>();
         output.output.extend(files);
+        if !settings.type_delay.is_zero() {
+            tokio::time::sleep(settings.type_delay).await;
+        }
     }
     if !notes.is_empty() {
         let namer = FileNamer::new(target.location.clone(), &target.dir, "OperationOutcome", "ndjson");

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
@@ -80,6 +80,10 @@ pub struct ExportJob {
     pub separate_status: bool,
     /// Where it is.
     pub state: ExportState,
+    /// Manifest pages published under `allowPartialManifests` (files per
+    /// page; the last page of a completed job holds the rest).
+    #[serde(default)]
+    pub pages: Vec<Vec<ExportedFile>>,
     /// RFC 3339 times.
     pub created_at: String,
     /// Last change.
@@ -249,6 +253,7 @@ async fn kickoff(
         transaction_time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         separate_status,
         state: ExportState::Running,
+        pages: Vec::new(),
         created_at: created.clone(),
         updated_at: created,
     };
@@ -313,6 +318,7 @@ async fn run_job(state: SharedState, mut job: ExportJob, delay: Duration, progre
             };
             let settings = ExportSettings {
                 max_file_bytes: state.export_file_bytes,
+                type_delay: state.export_type_delay,
             };
             run_export(
                 &state.warehouse,
@@ -328,11 +334,14 @@ async fn run_job(state: SharedState, mut job: ExportJob, delay: Duration, progre
         Err(e) => Err(ExportError::Warehouse(e)),
     };
     let _writes = state.group_writes.lock().await;
-    if let Ok(Some(current)) = state.store.get::<ExportJob>(EXPORTS, &job.id).await
-        && current.state == ExportState::Cancelled
-    {
-        purge_files(&state, &job.id).await;
-        return;
+    match state.store.get::<ExportJob>(EXPORTS, &job.id).await {
+        Ok(Some(current)) if current.state == ExportState::Cancelled => {
+            purge_files(&state, &job.id).await;
+            return;
+        }
+        // Pollers may have published partial manifest pages meanwhile.
+        Ok(Some(current)) => job.pages = current.pages,
+        _ => {}
     }
     job.state = match result {
         Ok(ExportOutput {
@@ -351,6 +360,17 @@ async fn run_job(state: SharedState, mut job: ExportJob, delay: Duration, progre
             );
             let expires = chrono::Utc::now()
                 + chrono::Duration::from_std(state.export_retention).unwrap_or(chrono::Duration::hours(1));
+            if !job.pages.is_empty() {
+                // The last page holds every file no earlier page listed.
+                let published: std::collections::HashSet<&str> =
+                    job.pages.iter().flatten().map(|f| f.name.as_str()).collect();
+                let rest: Vec<ExportedFile> = output
+                    .iter()
+                    .filter(|f| !published.contains(f.name.as_str()))
+                    .cloned()
+                    .collect();
+                job.pages.push(rest);
+            }
             ExportState::Completed {
                 output,
                 error,
@@ -383,6 +403,23 @@ pub async fn resume_exports(state: &SharedState) -> Result<(), crate::store::Sto
         let Some(job) = state.store.get::<ExportJob>(EXPORTS, &id).await? else {
             continue;
         };
+        if job.state == ExportState::Running && !job.pages.is_empty() {
+            // Published pages name files a rerun would not reproduce
+            // exactly, and published manifests must not change: fail it.
+            let mut job = job;
+            let error = FhirError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "the server restarted during this export after partial manifests were published; kick it off again",
+            );
+            job.state = ExportState::Failed {
+                status: error.status.as_u16(),
+                outcome: error.outcome(),
+            };
+            job.updated_at = now();
+            state.store.put(EXPORTS, &id, &job).await?;
+            continue;
+        }
         if job.state == ExportState::Running {
             tracing::info!(job = %id, "restarting an export interrupted by a restart");
             purge_files(state, &id).await;
@@ -440,8 +477,96 @@ fn file_url(state: &AppState, id: &str, name: &str) -> String {
     format!("{}/_export/{id}/files/{name}", state.base_url)
 }
 
-/// `GET /_export/{id}`: the status URL.
-pub async fn status(State(state): State<SharedState>, Path(id): Path<String>) -> Result<Response, FhirError> {
+fn page_url(state: &AppState, id: &str, page: usize) -> String {
+    if page <= 1 {
+        format!("{}/_export/{id}", state.base_url)
+    } else {
+        format!("{}/_export/{id}?page={page}", state.base_url)
+    }
+}
+
+/// The manifest of `output` files for `job`; `last` pages carry error[] and
+/// deleted[], earlier partial pages a `link` to the next one.
+fn job_manifest(state: &AppState, job: &ExportJob, output: &[ExportedFile], next: Option<usize>, last: bool) -> Value {
+    let (error, deleted) = match (&job.state, last) {
+        (ExportState::Completed { error, deleted, .. }, true) => (error.clone(), deleted.clone()),
+        _ => (Vec::new(), Vec::new()),
+    };
+    let mut body = manifest(
+        &job.transaction_time,
+        &job.request_url,
+        false,
+        &ExportOutput {
+            output: output.to_vec(),
+            error,
+            deleted,
+            ..ExportOutput::default()
+        },
+        job.request.organize_by_patient.then_some("Patient"),
+        |name| file_url(state, &job.id, name),
+    );
+    if let Some(next) = next {
+        body["link"] = serde_json::json!([{"relation": "next", "url": page_url(state, &job.id, next)}]);
+    }
+    body
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Under `allowPartialManifests`, the manifest page `page` of a running
+/// job: pages are created from the files finished when first asked for,
+/// stored, and never change afterwards except by gaining a `next` link.
+async fn running_page(
+    state: &AppState,
+    id: &str,
+    page: usize,
+    finished: Vec<ExportedFile>,
+) -> Result<Option<Value>, FhirError> {
+    let _writes = state.group_writes.lock().await;
+    let mut job = load_job(state, id).await?;
+    if job.state != ExportState::Running {
+        return Ok(None);
+    }
+    let published: std::collections::HashSet<&str> = job.pages.iter().flatten().map(|f| f.name.as_str()).collect();
+    let fresh: Vec<ExportedFile> = finished
+        .into_iter()
+        .filter(|f| !published.contains(f.name.as_str()))
+        .collect();
+    // Asking for the newest page (or the first) publishes what finished since.
+    if !fresh.is_empty() && page >= job.pages.len() && page <= job.pages.len() + 1 {
+        job.pages.push(fresh);
+        job.updated_at = now();
+        state.store.put(EXPORTS, id, &job).await.map_err(store_error)?;
+    }
+    if page == 0 || page > job.pages.len() {
+        return Ok(None);
+    }
+    let next = (page < job.pages.len()).then_some(page + 1);
+    Ok(Some(job_manifest(state, &job, &job.pages[page - 1], next, false)))
+}
+
+/// `GET /_export/{id}[?page=N]`: the status URL (pages of a partial
+/// manifest when the export allowed them).
+pub async fn status(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Response, FhirError> {
+    let page: usize = match params.iter().find(|(k, _)| k == "page") {
+        None => 1,
+        Some((_, v)) => v
+            .parse()
+            .ok()
+            .filter(|p| *p >= 1)
+            .ok_or_else(|| FhirError::invalid(format!("page must be a positive number, got '{v}'")))?,
+    };
     let job = load_job(&state, &id).await?;
     let separate = |mut response: Response, status: &str| {
         if let Ok(value) = HeaderValue::from_str(status) {
@@ -450,36 +575,52 @@ pub async fn status(State(state): State<SharedState>, Path(id): Path<String>) ->
         *response.status_mut() = StatusCode::OK;
         response
     };
+    let no_page = || FhirError::not_found(format!("export '{id}' has no manifest page {page}"));
     match &job.state {
         ExportState::Running => {
-            let mut exports = state.exports.lock().await;
-            let runtime = exports.entry(id.clone()).or_insert(ExportRuntime {
-                abort: None,
-                progress: Progress::default(),
-                last_poll: None,
-                running: false,
-            });
-            if let Some(last) = runtime.last_poll
-                && last.elapsed() < Duration::from_secs(state.retry_after) / 2
-            {
-                let mut error = FhirError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "throttled",
-                    format!(
-                        "polled too often: wait {} s between polls (Retry-After)",
-                        state.retry_after
-                    ),
-                );
-                error.retry_after = Some(state.retry_after);
-                return Err(error);
-            }
-            runtime.last_poll = Some(Instant::now());
-            let progress = match runtime.progress.get() {
-                p if p.is_empty() => "in progress".to_string(),
-                p => p,
+            let (progress, finished) = {
+                let mut exports = state.exports.lock().await;
+                let runtime = exports.entry(id.clone()).or_insert(ExportRuntime {
+                    abort: None,
+                    progress: Progress::default(),
+                    last_poll: None,
+                    running: false,
+                });
+                if let Some(last) = runtime.last_poll
+                    && last.elapsed() < Duration::from_secs(state.retry_after) / 2
+                {
+                    let mut error = FhirError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "throttled",
+                        format!(
+                            "polled too often: wait {} s between polls (Retry-After)",
+                            state.retry_after
+                        ),
+                    );
+                    error.retry_after = Some(state.retry_after);
+                    return Err(error);
+                }
+                runtime.last_poll = Some(Instant::now());
+                (runtime.progress.get(), runtime.progress.finished())
             };
-            let mut response = StatusCode::ACCEPTED.into_response();
+            let partial = if job.request.allow_partial_manifests {
+                running_page(&state, &id, page, finished).await?
+            } else {
+                None
+            };
+            if partial.is_none() && page > 1 && page > job.pages.len() + 1 {
+                return Err(no_page());
+            }
+            let mut response = match &partial {
+                Some(body) => json_response(StatusCode::ACCEPTED, body),
+                None => StatusCode::ACCEPTED.into_response(),
+            };
             let headers = response.headers_mut();
+            let progress = if progress.is_empty() {
+                "in progress".to_string()
+            } else {
+                progress
+            };
             if let Ok(value) = HeaderValue::from_str(&progress) {
                 headers.insert("x-progress", value);
             }
@@ -492,31 +633,18 @@ pub async fn status(State(state): State<SharedState>, Path(id): Path<String>) ->
                 response
             })
         }
-        ExportState::Completed {
-            output,
-            error,
-            deleted,
-            expires_at,
-        } => {
-            let body = manifest(
-                &job.transaction_time,
-                &job.request_url,
-                false,
-                &ExportOutput {
-                    output: output.clone(),
-                    error: error.clone(),
-                    deleted: deleted.clone(),
-                    ..ExportOutput::default()
-                },
-                job.request.organize_by_patient.then_some("Patient"),
-                |name| file_url(&state, &id, name),
-            );
-            let mut response = (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-                body.to_string(),
-            )
-                .into_response();
+        ExportState::Completed { output, expires_at, .. } => {
+            let body = if job.pages.is_empty() {
+                if page != 1 {
+                    return Err(no_page());
+                }
+                job_manifest(&state, &job, output, None, true)
+            } else {
+                let files = job.pages.get(page - 1).ok_or_else(no_page)?;
+                let last = page == job.pages.len();
+                job_manifest(&state, &job, files, (!last).then_some(page + 1), last)
+            };
+            let mut response = json_response(StatusCode::OK, &body);
             if let Ok(expires) = chrono::DateTime::parse_from_rfc3339(expires_at)
                 && let Ok(value) = HeaderValue::from_str(&expires.to_rfc2822().replace("+0000", "GMT"))
             {
@@ -606,13 +734,15 @@ pub async fn download(
     headers: HeaderMap,
 ) -> Result<Response, FhirError> {
     let job = load_job(&state, &id).await?;
-    let ExportState::Completed {
-        output, error, deleted, ..
-    } = &job.state
-    else {
-        return Err(FhirError::not_found(format!("export '{id}' has not finished")));
+    let listed: Vec<&ExportedFile> = match &job.state {
+        ExportState::Completed {
+            output, error, deleted, ..
+        } => output.iter().chain(error).chain(deleted).collect(),
+        // Files of published partial manifest pages are complete.
+        ExportState::Running => job.pages.iter().flatten().collect(),
+        _ => Vec::new(),
     };
-    let Some(file) = output.iter().chain(error).chain(deleted).find(|f| f.name == name) else {
+    let Some(file) = listed.into_iter().find(|f| f.name == name) else {
         return Err(FhirError::not_found(format!("export '{id}' has no file '{name}'")));
     };
     let root = state.warehouse.root();

@@ -74,6 +74,8 @@ pub struct ServeOptions {
     pub export_file_bytes: u64,
     /// Finished exports (and their files) are deleted this long after completion.
     pub export_retention: Duration,
+    /// Pause after each exported type (tests).
+    pub export_type_delay: Duration,
 }
 
 /// What every handler shares.
@@ -102,6 +104,8 @@ pub struct AppState {
     pub export_file_bytes: u64,
     /// See [`ServeOptions::export_retention`].
     pub export_retention: Duration,
+    /// See [`ServeOptions::export_type_delay`].
+    pub export_type_delay: Duration,
 }
 
 /// Shared state handle.
@@ -278,6 +282,7 @@ pub async fn serve(warehouse: Warehouse, options: ServeOptions) -> Result<(), Se
         max_exports: options.max_exports.max(1),
         export_file_bytes: options.export_file_bytes,
         export_retention: options.export_retention,
+        export_type_delay: options.export_type_delay,
     });
     groups::resume_jobs(&state).await?;
     export::resume_exports(&state).await?;

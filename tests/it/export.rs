@@ -934,3 +934,93 @@ async fn export_counts_on_synthea_100() {
     assert_eq!(counts.get("Condition").copied().unwrap_or(0), expected);
     assert!(lines.iter().all(|l| l["code"].to_string().contains("44054006")));
 }
+
+#[tokio::test]
+async fn http_export_partial_manifests_are_immutable_pages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wh = dir.path().join("wh");
+    let warehouse = Warehouse::open(wh.to_str().expect("path")).expect("open");
+    load_into(&warehouse, &[&sample_data()], false).await;
+    let source = Source::read(&[&sample_data()]);
+    let server = Server::start(&wh, &["--export-type-delay-ms", "2500"]);
+    let response = kickoff(
+        "GET",
+        &format!(
+            "{}/$export?_type=Condition,Observation,Patient&allowPartialManifests=true",
+            server.base
+        ),
+        None,
+        &[],
+    );
+    assert_eq!(response.status, 202);
+    let location = response.header("content-location").expect("location").to_string();
+    // Follow pages: each page, once returned, keeps its files.
+    let mut pages: Vec<Value> = Vec::new();
+    let mut url = location.clone();
+    let mut finished = false;
+    let mut partial_seen = false;
+    for _ in 0..120 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let poll = http("GET", &url, &[], None);
+        match poll.status {
+            202 if poll.body.is_empty() => continue,
+            202 | 200 => {
+                let page = poll.json();
+                if poll.status == 202 {
+                    partial_seen = true;
+                    // Files of a partial page are downloadable already.
+                    for entry in page["output"].as_array().expect("output") {
+                        assert_eq!(get_file(entry["url"].as_str().expect("url"), &[]).status, 200);
+                    }
+                }
+                let index = pages
+                    .iter()
+                    .position(|p: &Value| p["output"] == page["output"])
+                    .unwrap_or(pages.len());
+                if index < pages.len() {
+                    // The same page again: only a link may have been added.
+                    let mut without_link = page.clone();
+                    without_link.as_object_mut().expect("object").remove("link");
+                    let mut earlier = pages[index].clone();
+                    earlier.as_object_mut().expect("object").remove("link");
+                    assert_eq!(without_link, earlier, "a returned manifest page never changes");
+                } else {
+                    pages.push(page.clone());
+                }
+                if let Some(next) = page["link"][0]["url"].as_str() {
+                    assert_eq!(page["link"][0]["relation"], "next");
+                    url = next.to_string();
+                    continue;
+                }
+                if poll.status == 200 {
+                    finished = true;
+                    break;
+                }
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(finished, "the export finished");
+    assert!(partial_seen, "at least one partial page while running");
+    assert!(pages.len() >= 2, "{pages:?}");
+    let mut all = json!({"output": []});
+    for page in &pages {
+        for entry in page["output"].as_array().expect("output") {
+            all["output"].as_array_mut().expect("array").push(entry.clone());
+        }
+    }
+    let (counts, _) = manifest_counts(&all, |url| get_file(url, &[]).body);
+    assert_eq!(
+        counts,
+        BTreeMap::from([
+            ("Condition".to_string(), source.of_type("Condition").count()),
+            ("Observation".to_string(), source.of_type("Observation").count()),
+            ("Patient".to_string(), source.of_type("Patient").count()),
+        ])
+    );
+    // Re-reading the first page after completion gives the same files.
+    let first = http("GET", &location, &[], None);
+    assert_eq!(first.status, 200);
+    assert_eq!(first.json()["output"], pages[0]["output"]);
+    server.stop();
+}
