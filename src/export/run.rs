@@ -28,7 +28,7 @@ use crate::search::{SearchQuery, parse_search};
 use crate::store::StoreLocation;
 use crate::warehouse::catalog::table_provider;
 use crate::warehouse::schema::resource_columns::{ID, LAST_UPDATED, LOADED_AT, PATIENTS, RESOURCE, VERSION_ID};
-use crate::warehouse::{Snapshot, TableKind, Warehouse};
+use crate::warehouse::{Snapshot, TOMBSTONES_TABLE, TableKind, Warehouse};
 
 /// Where the files go: a folder (key prefix) in an object store.
 #[derive(Debug, Clone)]
@@ -65,8 +65,8 @@ pub struct ExportOutput {
     pub output: Vec<ExportedFile>,
     /// OperationOutcome files (warnings, ignored parameters).
     pub error: Vec<ExportedFile>,
-    /// Deletion Bundles (`_since`); the warehouse keeps no deletions yet,
-    /// so this is empty.
+    /// Deletion Bundles (`_since`): tombstones of loads that deleted
+    /// resources.
     pub deleted: Vec<ExportedFile>,
     /// Resources written.
     pub resources: u64,
@@ -235,6 +235,11 @@ async fn export_all(
             tokio::time::sleep(settings.type_delay).await;
         }
     }
+    if request.since.is_some() {
+        let files = export_deleted(engine, request, &population, target, settings).await?;
+        written.extend(files.iter().map(|f| f.name.clone()));
+        output.deleted = files;
+    }
     if !notes.is_empty() {
         let namer = FileNamer::new(target.location.clone(), &target.dir, "OperationOutcome", "ndjson");
         let mut sink = NdjsonSink::new(namer, Some("OperationOutcome".into()), settings.max_file_bytes);
@@ -251,6 +256,102 @@ async fn export_all(
     }
     progress.set(format!("{} resources written", output.resources));
     Ok(output)
+}
+
+/// DELETE entries per deletion Bundle line.
+const DELETIONS_PER_BUNDLE: usize = 500;
+
+/// `deleted[]`: the resources of the export's scope deleted within
+/// `_since`/`_until` (tombstones of loads), as NDJSON `transaction` Bundles
+/// of `DELETE` entries. A resource that exists again (loaded after its
+/// deletion) is not listed, so `deleted` never overlaps `output`.
+async fn export_deleted(
+    engine: &CohortEngine,
+    request: &ExportRequest,
+    population: &Population,
+    target: &ExportTarget,
+    settings: &ExportSettings,
+) -> Result<Vec<ExportedFile>, ExportError> {
+    let Some(entry) = engine.snapshot().tables.get(TOMBSTONES_TABLE) else {
+        return Ok(Vec::new());
+    };
+    let ctx = engine.session();
+    let provider = table_provider(engine.warehouse(), ctx, TOMBSTONES_TABLE, entry).await?;
+    let mut frame = ctx.read_table(provider)?;
+    let instant = |micros: i64| lit(ScalarValue::TimestampMicrosecond(Some(micros), Some("UTC".into())));
+    if let Some(since) = request.since {
+        frame = frame.filter(col("deleted_at").gt(instant(since)))?;
+    }
+    if let Some(until) = request.until {
+        frame = frame.filter(col("deleted_at").lt_eq(instant(until)))?;
+    }
+    let frame = frame.select(vec![col("resource_type"), col(ID), col(PATIENTS)])?;
+    // (type → ids) in scope; tombstones are few, so they are gathered.
+    let mut deleted: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for batch in frame.collect().await? {
+        let keep = population.mask(batch.column(2).as_list::<i32>());
+        let text = |i: usize| -> Result<ArrayRef, ExportError> {
+            Ok(
+                datafusion::arrow::compute::cast(batch.column(i), &datafusion::arrow::datatypes::DataType::Utf8)
+                    .map_err(datafusion::error::DataFusionError::from)?,
+            )
+        };
+        let (types, ids) = (text(0)?, text(1)?);
+        let (types, ids) = (types.as_string::<i32>(), ids.as_string::<i32>());
+        for i in 0..batch.num_rows() {
+            let resource_type = types.value(i);
+            let wanted = in_scope(&request.level, resource_type)
+                && request.types.as_ref().is_none_or(|t| t.contains(resource_type))
+                && keep.as_ref().is_none_or(|m| m.value(i));
+            if wanted {
+                deleted
+                    .entry(resource_type.to_string())
+                    .or_default()
+                    .insert(ids.value(i).to_string());
+            }
+        }
+    }
+    // Resources loaded again after their deletion are not deleted.
+    for (resource_type, ids) in deleted.iter_mut() {
+        let Some(entry) = engine.snapshot().tables.get(resource_type.as_str()) else {
+            continue;
+        };
+        let provider = table_provider(engine.warehouse(), ctx, resource_type, entry).await?;
+        let list: Vec<_> = ids.iter().map(|id| lit(id.as_str())).collect();
+        let present = ctx
+            .read_table(provider)?
+            .filter(col(ID).in_list(list, false))?
+            .select(vec![col(ID)])?
+            .collect()
+            .await?;
+        for batch in present {
+            let column =
+                datafusion::arrow::compute::cast(batch.column(0), &datafusion::arrow::datatypes::DataType::Utf8)
+                    .map_err(datafusion::error::DataFusionError::from)?;
+            let column = column.as_string::<i32>();
+            for i in 0..column.len() {
+                ids.remove(column.value(i));
+            }
+        }
+    }
+    let urls: Vec<String> = deleted
+        .iter()
+        .flat_map(|(t, ids)| ids.iter().map(move |id| format!("{t}/{id}")))
+        .collect();
+    if urls.is_empty() {
+        return Ok(Vec::new());
+    }
+    let namer = FileNamer::new(target.location.clone(), &target.dir, "Bundle.deleted", "ndjson");
+    let mut sink = NdjsonSink::new(namer, Some("Bundle".into()), settings.max_file_bytes);
+    for chunk in urls.chunks(DELETIONS_PER_BUNDLE) {
+        let bundle = json!({
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": chunk.iter().map(|url| json!({"request": {"method": "DELETE", "url": url}})).collect::<Vec<_>>(),
+        });
+        sink.write_line(&bundle.to_string()).await?;
+    }
+    sink.finish().await
 }
 
 /// The rows of `resource_type` changed within `_since`/`_until`, with the

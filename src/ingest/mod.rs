@@ -38,9 +38,10 @@ use crate::store::StoreError;
 use crate::view::catalog::view_table_key;
 use crate::view::materialize::{MaterializeError, rebuild_views};
 use crate::view::{ViewCatalog, ViewRunner};
-use crate::warehouse::merge::{has_duplicate_ids, merge_latest};
+use crate::warehouse::merge::{Deletions, has_duplicate_ids, merge_latest, patients_of_deleted};
 use crate::warehouse::{
-    DataFile, REJECTS_TABLE, Snapshot, TableEntry, TableKind, Warehouse, WarehouseError, manifest, now_rfc3339,
+    DataFile, REJECTS_TABLE, Snapshot, TOMBSTONES_TABLE, TableEntry, TableKind, Warehouse, WarehouseError, manifest,
+    now_rfc3339,
 };
 
 /// Errors of a load. Nothing is committed when a load returns one.
@@ -247,7 +248,15 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
 
     // Gather each table's new files over all workers.
     let mut new_files: BTreeMap<String, (Vec<DataFile>, u64)> = BTreeMap::new();
+    // Deleted ids per type: (id, load_seq of the deleting line).
+    let mut deletions: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
     for output in outputs {
+        for deletion in output.deletions {
+            deletions
+                .entry(deletion.resource_type.to_string())
+                .or_default()
+                .push((deletion.id, deletion.load_seq));
+        }
         for (name, table) in output.tables {
             let entry = new_files.entry(name).or_default();
             entry.0.extend(table.files);
@@ -277,10 +286,23 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
     let mut superseded_runs: Vec<DataFile> = Vec::new();
     let result = async {
         let mut merged_types: Vec<String> = Vec::new();
-        for (name, (files, loaded)) in &new_files {
+        // Types that only lose resources are rewritten too.
+        let no_files = (Vec::new(), 0);
+        let mut tables: Vec<(&String, &(Vec<DataFile>, u64))> = new_files.iter().collect();
+        for resource_type in deletions.keys() {
+            if !new_files.contains_key(resource_type) && snapshot.tables.contains_key(resource_type) {
+                tables.push((resource_type, &no_files));
+            }
+        }
+        let mut tombstones = TombstoneRows::default();
+        for (name, (files, loaded)) in tables {
             if name.starts_with("views/") || name.starts_with(INDEX_TABLE_PREFIX) {
                 continue;
             }
+            let deleted = deletions.get(name.as_str()).map(|ids| Deletions {
+                ids,
+                deleted_at: loaded_at,
+            });
             let kind = if name == REJECTS_TABLE {
                 TableKind::Rejects
             } else {
@@ -290,13 +312,17 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
             let mut merged = false;
             let table_files = if kind == TableKind::Rejects {
                 old.into_iter().chain(files.iter().cloned()).collect()
-            } else if old.is_empty() && !has_duplicate_ids(warehouse, files).await? {
+            } else if deleted.is_none() && old.is_empty() && !has_duplicate_ids(warehouse, files).await? {
                 files.clone()
             } else {
                 merged = true;
                 merged_types.push(name.clone());
                 let inputs: Vec<DataFile> = old.into_iter().chain(files.iter().cloned()).collect();
-                let out = merge_latest(warehouse, name, &inputs, &token).await?;
+                if let Some(deleted) = &deleted {
+                    let patients = patients_of_deleted(warehouse, &inputs, deleted).await?;
+                    tombstones.add(name, deleted, &patients);
+                }
+                let out = merge_latest(warehouse, name, &inputs, &token, deleted.as_ref()).await?;
                 merged_files.extend(out.iter().cloned());
                 out
             };
@@ -313,6 +339,38 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
                 },
             );
             snapshot.tables.insert(name.clone(), entry);
+        }
+        // Deletions of resources this warehouse never held are kept too: a
+        // downstream copy may hold them.
+        for (resource_type, ids) in &deletions {
+            if !tombstones.has_type(resource_type) {
+                let deleted = Deletions {
+                    ids,
+                    deleted_at: loaded_at,
+                };
+                tombstones.add(resource_type, &deleted, &Default::default());
+            }
+        }
+        if !tombstones.is_empty() {
+            let count = tombstones.len() as u64;
+            let file = tombstones.write(warehouse, &token, loaded_at).await?;
+            merged_files.push(file.clone());
+            let entry = snapshot
+                .tables
+                .entry(TOMBSTONES_TABLE.to_string())
+                .or_insert_with(|| TableEntry {
+                    kind: TableKind::Tombstones,
+                    files: Vec::new(),
+                });
+            entry.files.push(file);
+            report.tables.insert(
+                TOMBSTONES_TABLE.to_string(),
+                TableReport {
+                    loaded: count,
+                    rows: entry.rows(),
+                    merged: false,
+                },
+            );
         }
         // Views: from the workers' single parse, unless their resource table was
         // merged, in which case they are recomputed from the merged table.
@@ -464,6 +522,77 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
     report.version = version;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Tombstone rows gathered by a load, written as one file of `_tombstones`.
+#[derive(Default)]
+struct TombstoneRows {
+    types: Vec<String>,
+    ids: Vec<String>,
+    seqs: Vec<i64>,
+    patients: Vec<Vec<String>>,
+}
+
+impl TombstoneRows {
+    fn add(
+        &mut self,
+        resource_type: &str,
+        deleted: &Deletions<'_>,
+        patients: &std::collections::HashMap<String, Vec<String>>,
+    ) {
+        for (id, seq) in deleted.ids {
+            self.types.push(resource_type.to_string());
+            self.ids.push(id.clone());
+            self.seqs.push(*seq);
+            self.patients.push(patients.get(id).cloned().unwrap_or_default());
+        }
+    }
+
+    fn has_type(&self, resource_type: &str) -> bool {
+        self.types.iter().any(|t| t == resource_type)
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    async fn write(self, warehouse: &Warehouse, token: &str, loaded_at: i64) -> Result<DataFile, IngestError> {
+        use datafusion::arrow::array::{
+            ArrayRef, Int64Array, ListBuilder, StringArray, StringBuilder, TimestampMicrosecondArray,
+        };
+        let rows = self.ids.len();
+        let mut patients = ListBuilder::new(StringBuilder::new());
+        for list in &self.patients {
+            for p in list {
+                patients.values().append_value(p);
+            }
+            patients.append(true);
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(self.types)),
+            Arc::new(StringArray::from(self.ids)),
+            Arc::new(TimestampMicrosecondArray::from(vec![loaded_at; rows]).with_timezone("UTC")),
+            Arc::new(Int64Array::from(self.seqs)),
+            Arc::new(patients.finish()),
+        ];
+        let schema = crate::warehouse::schema::tombstones_schema();
+        let batch = datafusion::arrow::record_batch::RecordBatch::try_new(schema.clone(), columns)
+            .map_err(|e| IngestError::Warehouse(WarehouseError::DataFusion(e.into())))?;
+        let root = warehouse.root().clone();
+        let path = format!("tables/{TOMBSTONES_TABLE}/{token}-0.parquet");
+        let handle = Handle::current();
+        let file = tokio::task::spawn_blocking(move || -> Result<DataFile, WarehouseError> {
+            let mut writer = crate::warehouse::parquet_file::ParquetFileWriter::create(&root, path, schema, handle)?;
+            writer.write(&batch)?;
+            Ok(writer.finish()?)
+        })
+        .await??;
+        Ok(file)
+    }
 }
 
 /// A file-name prefix no other load (even a racing one) uses.

@@ -42,6 +42,14 @@ pub enum RejectReason {
         /// What went wrong.
         message: String,
     },
+    /// A deletion Bundle entry that names no `Type/id`.
+    #[error("deletion Bundle entry {entry}: {message}")]
+    InvalidDeletion {
+        /// Index of the entry.
+        entry: usize,
+        /// What is wrong.
+        message: String,
+    },
     /// The file could not be read past this point (corrupt or truncated gzip).
     #[error("unreadable input: {0}")]
     Unreadable(String),
@@ -71,6 +79,55 @@ pub fn parse_instant(text: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(text)
         .ok()
         .map(|t| t.timestamp_micros())
+}
+
+/// The resources a line deletes, when it is a deletion Bundle: a
+/// `transaction` Bundle whose entries are all `request.method = DELETE`
+/// with `request.url = Type/id` (the Bulk Data `deleted` file format).
+/// `None` for any other line.
+pub fn deletions<'v>(
+    value: &'v JsonValue<'_>,
+    types: &ResourceTypes,
+) -> Result<Option<Vec<(&'static str, &'v str)>>, RejectReason> {
+    if value.get("resourceType").and_then(JsonValue::as_str) != Some("Bundle")
+        || value.get("type").and_then(JsonValue::as_str) != Some("transaction")
+    {
+        return Ok(None);
+    }
+    let Some(JsonValue::Array(entries)) = value.get("entry") else {
+        return Ok(None);
+    };
+    let is_delete = |e: &JsonValue<'_>| {
+        e.get("request")
+            .and_then(|r| r.get("method"))
+            .and_then(JsonValue::as_str)
+            == Some("DELETE")
+    };
+    if entries.is_empty() || !entries.iter().all(is_delete) {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let invalid = |message: String| RejectReason::InvalidDeletion { entry: i, message };
+        let url = entry
+            .get("request")
+            .and_then(|r| r.get("url"))
+            .and_then(JsonValue::as_str)
+            .ok_or_else(|| invalid("no request.url".into()))?;
+        // Relative `Type/id`, or an absolute URL ending in it.
+        let path = url.split('?').next().unwrap_or(url).trim_end_matches('/');
+        let mut parts = path.rsplitn(2, '/');
+        let (id, rest) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let type_name = rest.rsplit('/').next().unwrap_or("");
+        let resource_type = types
+            .get(type_name)
+            .ok_or_else(|| invalid(format!("request.url '{url}' names no R4 resource type")))?;
+        if !is_valid_id(id) {
+            return Err(invalid(format!("request.url '{url}' has no valid id")));
+        }
+        out.push((resource_type, id));
+    }
+    Ok(Some(out))
 }
 
 /// Checks a parsed line and extracts its header.

@@ -13,7 +13,7 @@ use super::IngestError;
 use super::batch::{RejectBatchBuilder, ResourceBatchBuilder};
 use super::progress::Progress;
 use super::reader::{Chunk, Work};
-use super::record::{RejectReason, validate};
+use super::record::{RejectReason, deletions, validate};
 use super::source::SourceFile;
 use crate::fhir::{PatientCompartment, ResourceTypes};
 use crate::index::writer::{IndexTarget, IndexWriter};
@@ -25,7 +25,7 @@ use crate::view::materialize::{ViewBuffers, ViewTableWriter};
 use crate::view::{Row, ViewCatalog, ViewRunner};
 use crate::warehouse::parquet_file::ParquetFileWriter;
 use crate::warehouse::schema::{rejects_schema, resource_schema};
-use crate::warehouse::{DataFile, REJECTS_TABLE};
+use crate::warehouse::{DataFile, REJECTS_TABLE, TOMBSTONES_TABLE};
 use datafusion::arrow::array::RecordBatch;
 
 /// A batch is handed to the Parquet writer at this much raw JSON…
@@ -78,11 +78,24 @@ pub struct TableOutput {
     pub resources: u64,
 }
 
+/// A resource a deletion Bundle line deletes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    /// Its type.
+    pub resource_type: &'static str,
+    /// Its id.
+    pub id: String,
+    /// Position of the deleting line in the load (`load_seq`).
+    pub load_seq: i64,
+}
+
 /// Everything a worker wrote (also on failure, so the caller can delete it).
 #[derive(Debug, Default)]
 pub struct WorkerOutput {
     /// Per table name (resource types and `_rejects`).
     pub tables: BTreeMap<String, TableOutput>,
+    /// Resources deleted by deletion Bundle lines.
+    pub deletions: Vec<Deletion>,
 }
 
 /// Why a line produced no row.
@@ -114,6 +127,7 @@ struct Worker<'a> {
     view_writers: Vec<Option<ViewTableWriter>>,
     view_outputs: Vec<TableOutput>,
     search_index: Option<IndexWriter<'a>>,
+    deletions: Vec<Deletion>,
 }
 
 /// Runs worker `index` until the channel closes. On error, the error is
@@ -143,6 +157,7 @@ pub fn run_worker(
             };
             IndexWriter::new(target, registry)
         }),
+        deletions: Vec::new(),
     };
     let mut error = None;
     loop {
@@ -288,6 +303,16 @@ impl<'a> Worker<'a> {
     /// leaves no partial output).
     fn append_row(&mut self, file: usize, line_no: u64, text: &str) -> Result<(&'static str, ViewRows), RowError> {
         let value = json::parse(text).map_err(|e| RowError::Reject(e.into()))?;
+        let seq = ((file as i64) << 32) | (line_no as i64 & 0xFFFF_FFFF);
+        if let Some(deleted) = deletions(&value, self.ctx.types).map_err(RowError::Reject)? {
+            self.deletions
+                .extend(deleted.into_iter().map(|(resource_type, id)| Deletion {
+                    resource_type,
+                    id: id.to_string(),
+                    load_seq: seq,
+                }));
+            return Ok((TOMBSTONES_TABLE, Vec::new()));
+        }
         let header = validate(&value, self.ctx.types).map_err(RowError::Reject)?;
         let mut view_rows = Vec::new();
         for &i in self.ctx.views.for_type(header.resource_type) {
@@ -303,7 +328,6 @@ impl<'a> Worker<'a> {
         self.ctx
             .compartment
             .patients_of(header.resource_type, &value, &mut self.patients);
-        let seq = ((file as i64) << 32) | (line_no as i64 & 0xFFFF_FFFF);
         let table = self.tables.entry(header.resource_type).or_insert_with(|| OpenTable {
             builder: ResourceBatchBuilder::default(),
             writer: None,
@@ -474,6 +498,9 @@ impl<'a> Worker<'a> {
                 );
             }
         }
-        WorkerOutput { tables }
+        WorkerOutput {
+            tables,
+            deletions: self.deletions,
+        }
     }
 }

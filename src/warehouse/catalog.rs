@@ -12,7 +12,7 @@ use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTable
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use super::schema::{rejects_schema, resource_schema};
+use super::schema::{rejects_schema, resource_schema, tombstones_schema};
 use super::{Snapshot, TableEntry, TableKind, Warehouse, WarehouseError};
 use crate::index::{IndexKind, parse_index_table_key};
 
@@ -37,6 +37,7 @@ pub fn schema_of(name: &str, kind: TableKind) -> Option<SchemaRef> {
     match kind {
         TableKind::Resource => Some(resource_schema()),
         TableKind::Rejects => Some(rejects_schema()),
+        TableKind::Tombstones => Some(tombstones_schema()),
         TableKind::View => None,
         TableKind::Index => parse_index_table_key(name).map(|(kind, _)| kind.schema()),
     }

@@ -42,6 +42,8 @@ pub enum TableKind {
     View,
     /// A search index table `index/<kind>/<Type>` (schema fixed by its kind).
     Index,
+    /// Deleted resources (schema `tombstones_schema`).
+    Tombstones,
 }
 
 /// The files of one table in one snapshot.

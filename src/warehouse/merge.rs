@@ -8,6 +8,10 @@
 //! without it counts as updated when it was loaded, so a later load (or a later
 //! line of the same load) wins.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
 use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use tokio::runtime::Handle;
@@ -43,15 +47,91 @@ pub async fn has_duplicate_ids(warehouse: &Warehouse, files: &[DataFile]) -> Res
     Ok(batches.iter().any(|b| b.num_rows() > 0))
 }
 
+/// Resources a load deletes from one table: (id, `load_seq` of the deleting
+/// line), all at the load's `loaded_at`.
+#[derive(Debug, Clone, Copy)]
+pub struct Deletions<'a> {
+    /// Deleted ids with the position of their deletion.
+    pub ids: &'a [(String, i64)],
+    /// The deleting load's time (µs since the epoch).
+    pub deleted_at: i64,
+}
+
+const DELETED: &str = "merge_deleted";
+
+/// Registers `deletions` as table `merge_deleted(d_id, d_seq)`, one row per
+/// id with its last deletion.
+fn register_deletions(ctx: &SessionContext, deletions: &Deletions<'_>) -> Result<(), WarehouseError> {
+    let mut last: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+    for (id, seq) in deletions.ids {
+        let entry = last.entry(id.as_str()).or_insert(*seq);
+        *entry = (*entry).max(*seq);
+    }
+    let ids: Vec<&str> = last.keys().copied().collect();
+    let seqs: Vec<i64> = last.values().copied().collect();
+    let batch = RecordBatch::try_from_iter(vec![
+        ("d_id", Arc::new(StringArray::from(ids)) as ArrayRef),
+        ("d_seq", Arc::new(Int64Array::from(seqs)) as ArrayRef),
+    ])
+    .map_err(datafusion::error::DataFusionError::from)?;
+    ctx.register_batch(DELETED, batch)?;
+    Ok(())
+}
+
+/// The compartment patients of the `deletions` ids found in `files` (what
+/// a tombstone keeps so Patient and Group exports can report it).
+pub async fn patients_of_deleted(
+    warehouse: &Warehouse,
+    files: &[DataFile],
+    deletions: &Deletions<'_>,
+) -> Result<HashMap<String, Vec<String>>, WarehouseError> {
+    let mut out = HashMap::new();
+    if files.is_empty() || deletions.ids.is_empty() {
+        return Ok(out);
+    }
+    let ctx = source_session(warehouse, files).await?;
+    register_deletions(&ctx, deletions)?;
+    let sql = format!("SELECT s.id, s.patients FROM {SOURCE} s JOIN {DELETED} d ON s.id = d.d_id");
+    for batch in ctx.sql(&sql).await?.collect().await? {
+        let ids = batch.column(0).as_string::<i32>();
+        let lists = batch.column(1).as_list::<i32>();
+        for i in 0..batch.num_rows() {
+            let patients = lists.value(i);
+            let patients = patients.as_string::<i32>();
+            let entry: &mut Vec<String> = out.entry(ids.value(i).to_string()).or_default();
+            for j in 0..patients.len() {
+                if patients.is_valid(j) && !entry.iter().any(|p| p == patients.value(j)) {
+                    entry.push(patients.value(j).to_string());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Rewrites `files` of resource table `table` keeping the latest version of each
-/// id; returns the new files, named `tables/<table>/<token>-m-<n>.parquet`.
+/// id, minus the ids `deletions` removes (unless a version was loaded after
+/// the deletion: a later line of the same load); returns the new files,
+/// named `tables/<table>/<token>-m-<n>.parquet`.
 pub async fn merge_latest(
     warehouse: &Warehouse,
     table: &str,
     files: &[DataFile],
     token: &str,
+    deletions: Option<&Deletions<'_>>,
 ) -> Result<Vec<DataFile>, WarehouseError> {
     let ctx = source_session(warehouse, files).await?;
+    let deleted = match deletions {
+        Some(deletions) if !deletions.ids.is_empty() => {
+            register_deletions(&ctx, deletions)?;
+            format!(
+                " LEFT JOIN {DELETED} d ON s.id = d.d_id \
+                 WHERE d.d_id IS NULL OR (CAST(s.loaded_at AS BIGINT) = {} AND s.load_seq > d.d_seq)",
+                deletions.deleted_at
+            )
+        }
+        _ => String::new(),
+    };
     // The winners are ranked on the narrow key columns only, then the full
     // rows are joined to them: sorting whole rows (with the raw JSON) made
     // large merges spill gigabytes.
@@ -61,7 +141,7 @@ pub async fn merge_latest(
              PARTITION BY id ORDER BY coalesce(last_updated, loaded_at) DESC, loaded_at DESC, load_seq DESC) \
              AS version_rank FROM {SOURCE}) WHERE version_rank = 1) \
          SELECT s.id, s.version_id, s.last_updated, s.loaded_at, s.load_seq, s.patients, s.resource \
-         FROM {SOURCE} s JOIN winners ON s.id = w_id AND s.loaded_at = w_loaded_at AND s.load_seq = w_load_seq"
+         FROM {SOURCE} s JOIN winners ON s.id = w_id AND s.loaded_at = w_loaded_at AND s.load_seq = w_load_seq{deleted}"
     );
     let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
     let handle = Handle::current();

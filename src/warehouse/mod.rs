@@ -26,6 +26,8 @@ pub const WAREHOUSE_ENV: &str = "FHIRLAKE_WAREHOUSE";
 pub const DEFAULT_WAREHOUSE: &str = "./warehouse";
 /// Name of the rejected-lines table.
 pub const REJECTS_TABLE: &str = "_rejects";
+/// Name of the table of deleted resources.
+pub const TOMBSTONES_TABLE: &str = "_tombstones";
 
 /// Errors reading or committing warehouse state.
 #[derive(Debug, thiserror::Error)]

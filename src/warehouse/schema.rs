@@ -52,6 +52,28 @@ pub fn resource_schema() -> SchemaRef {
         .clone()
 }
 
+/// Schema of `_tombstones`: resources deleted by a load (a `transaction`
+/// Bundle of `DELETE` entries, the bulk-export `deleted` format), with the
+/// patients whose compartments held them, for `$export`'s `deleted[]`.
+pub fn tombstones_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            Arc::new(Schema::new(vec![
+                Field::new("resource_type", DataType::Utf8, false),
+                Field::new("id", DataType::Utf8, false),
+                Field::new("deleted_at", timestamp_type(), false),
+                Field::new("load_seq", DataType::Int64, false),
+                Field::new(
+                    "patients",
+                    DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true))),
+                    false,
+                ),
+            ]))
+        })
+        .clone()
+}
+
 /// Schema of `_rejects`: every line a `--skip-invalid` load refused, with why.
 pub fn rejects_schema() -> SchemaRef {
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();

@@ -204,7 +204,7 @@ fn write_group(dir: &Path, id: &str, members: &[&str]) {
         "resourceType": "Group", "id": id, "type": "person", "actual": true,
         "member": members.iter().map(|m| json!({"entity": {"reference": format!("Patient/{m}")}})).collect::<Vec<_>>(),
     });
-    std::fs::write(dir.join("Group.ndjson"), format!("{group}\n")).expect("write group");
+    std::fs::write(dir.join(format!("Group.{id}.ndjson")), format!("{group}\n")).expect("write group");
 }
 
 #[tokio::test]
@@ -1023,4 +1023,144 @@ async fn http_export_partial_manifests_are_immutable_pages() {
     assert_eq!(first.status, 200);
     assert_eq!(first.json()["output"], pages[0]["output"]);
     server.stop();
+}
+
+fn deletion_bundle(urls: &[String]) -> String {
+    let bundle = json!({
+        "resourceType": "Bundle", "type": "transaction",
+        "entry": urls.iter().map(|u| json!({"request": {"method": "DELETE", "url": u}})).collect::<Vec<_>>(),
+    });
+    format!("{bundle}\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_are_applied_and_exported_as_deleted_bundles() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wh = dir.path().join("wh");
+    let groups = dir.path().join("groups");
+    std::fs::create_dir_all(&groups).expect("mkdir");
+    let source = Source::read(&[&sample_data()]);
+    let mut patient_ids: Vec<String> = source
+        .of_type("Patient")
+        .map(|p| p["id"].as_str().expect("id").to_string())
+        .collect();
+    patient_ids.sort();
+    let owner = patient_ids[0].clone();
+    write_group(&groups, "owner", &[&owner]);
+    write_group(&groups, "others", &[&patient_ids[1]]);
+    let warehouse = Warehouse::open(wh.to_str().expect("path")).expect("open");
+    load_into(&warehouse, &[&sample_data(), &groups], false).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    // Delete two of the owner's Conditions and one Practitioner.
+    let conditions: Vec<&Value> = source
+        .of_type("Condition")
+        .filter(|c| patients_of(c).contains(&owner))
+        .take(2)
+        .collect();
+    assert_eq!(conditions.len(), 2);
+    let condition_ids: Vec<String> = conditions
+        .iter()
+        .map(|c| c["id"].as_str().expect("id").to_string())
+        .collect();
+    let practitioner = source.of_type("Practitioner").next().expect("practitioner")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let deletions = dir.path().join("deletions");
+    std::fs::create_dir_all(&deletions).expect("mkdir");
+    let urls = vec![
+        format!("Condition/{}", condition_ids[0]),
+        format!("Condition/{}", condition_ids[1]),
+        format!("Practitioner/{practitioner}"),
+    ];
+    std::fs::write(deletions.join("Bundle.ndjson"), deletion_bundle(&urls)).expect("write");
+    load_into(&warehouse, &[&deletions], false).await;
+
+    // Gone from the table, the views and the index; remembered as tombstones.
+    let conditions_left = crate::common::query_i64(&warehouse, "SELECT count(*) FROM fhir.condition").await;
+    assert_eq!(conditions_left as usize, source.of_type("Condition").count() - 2);
+    let view_rows = crate::common::query_i64(
+        &warehouse,
+        &format!("SELECT count(*) FROM condition WHERE id = '{}'", condition_ids[0]),
+    )
+    .await;
+    assert_eq!(view_rows, 0, "views are rebuilt without the deleted resource");
+    let index_rows = crate::common::query_i64(
+        &warehouse,
+        &format!(
+            "SELECT count(*) FROM index_token WHERE resource_id = '{}'",
+            condition_ids[0]
+        ),
+    )
+    .await;
+    assert_eq!(index_rows, 0, "the index forgets the deleted resource");
+    let tombstones = crate::common::query_i64(&warehouse, "SELECT count(*) FROM _tombstones").await;
+    assert_eq!(tombstones, 3);
+
+    // System export since: the three deletions, nothing in output.
+    let out = dir.path().join("since");
+    let manifest = cli_export(&wh, &out, &["--since", &since]);
+    assert_eq!(manifest["output"], json!([]));
+    let deleted_urls = |manifest: &Value, out: &Path| -> BTreeSet<String> {
+        let mut found = BTreeSet::new();
+        for entry in manifest["deleted"].as_array().expect("deleted[]") {
+            assert_eq!(entry["type"], "Bundle");
+            let text = std::fs::read_to_string(out.join(entry["url"].as_str().expect("url"))).expect("file");
+            for line in text.lines() {
+                let bundle: Value = serde_json::from_str(line).expect("json");
+                assert_eq!(bundle["type"], "transaction");
+                for e in bundle["entry"].as_array().expect("entries") {
+                    assert_eq!(e["request"]["method"], "DELETE");
+                    found.insert(e["request"]["url"].as_str().expect("url").to_string());
+                }
+            }
+        }
+        found
+    };
+    assert_eq!(deleted_urls(&manifest, &out), urls.iter().cloned().collect());
+    // Without _since there is no deleted[].
+    let out = dir.path().join("all");
+    let manifest = cli_export(&wh, &out, &["--type", "Patient"]);
+    assert_eq!(manifest["deleted"], json!([]));
+
+    // Group exports list only their members' deletions (Practitioners
+    // belong to no compartment).
+    let out = dir.path().join("owner");
+    let manifest = cli_export(&wh, &out, &["--group", "owner", "--since", &since]);
+    assert_eq!(deleted_urls(&manifest, &out), urls[..2].iter().cloned().collect());
+    let out = dir.path().join("others");
+    let manifest = cli_export(&wh, &out, &["--group", "others", "--since", &since]);
+    assert_eq!(manifest["deleted"], json!([]));
+
+    // Loaded again: in output, no longer in deleted.
+    let again = dir.path().join("again");
+    std::fs::create_dir_all(&again).expect("mkdir");
+    std::fs::write(again.join("Condition.ndjson"), format!("{}\n", conditions[0])).expect("write");
+    load_into(&warehouse, &[&again], false).await;
+    let out = dir.path().join("resurrected");
+    let manifest = cli_export(&wh, &out, &["--since", &since, "--type", "Condition"]);
+    let (counts, _) = manifest_counts(&manifest, read_local(&out));
+    assert_eq!(counts, BTreeMap::from([("Condition".to_string(), 1)]));
+    assert_eq!(deleted_urls(&manifest, &out), BTreeSet::from([urls[1].clone()]));
+
+    // A malformed deletion entry is a clear error naming the line.
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).expect("mkdir");
+    std::fs::write(bad.join("Bundle.ndjson"), deletion_bundle(&["Nope/1".to_string()])).expect("write");
+    let result = fhirlake(&[
+        "--warehouse",
+        wh.to_str().expect("path"),
+        "load",
+        "--quiet",
+        bad.to_str().expect("path"),
+    ]);
+    assert!(!result.status.success());
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(
+        stderr.contains("Bundle.ndjson:1") && stderr.contains("Nope/1"),
+        "{stderr}"
+    );
 }
