@@ -257,6 +257,7 @@ async fn export_command(warehouse: &str, args: ExportArgs) -> anyhow::Result<()>
         pairs.push(("organizeOutputBy".into(), "Patient".into()));
     }
     let parsed = parse_export(level, &pairs, true, false)?;
+    let transaction_time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let warehouse = Warehouse::open(warehouse)?;
     let snapshot = warehouse
         .current()
@@ -276,7 +277,6 @@ async fn export_command(warehouse: &str, args: ExportArgs) -> anyhow::Result<()>
         max_file_bytes: args.max_file_mib.max(1) * 1024 * 1024,
         ..ExportSettings::default()
     };
-    let transaction_time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let output = run_export(
         &warehouse,
         snapshot,

@@ -213,6 +213,9 @@ async fn kickoff(
         pairs.extend(pairs_from_parameters(&parameters).map_err(export_error)?);
     }
     let parsed = parse_export(level, &pairs, post, lenient).map_err(export_error)?;
+    // Taken before the snapshot is read, so everything committed up to it
+    // is in the export (transactionTime SHALL cover it).
+    let transaction_time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     // What can be checked against the data is checked now, so a bad Group
     // or patient is a 4xx at kick-off rather than a failed job.
     let engine = CohortEngine::open(&state.warehouse).await.map_err(|e| match e {
@@ -250,7 +253,7 @@ async fn kickoff(
         request_url,
         ignored: parsed.ignored,
         snapshot_version: engine.version(),
-        transaction_time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        transaction_time,
         separate_status,
         state: ExportState::Running,
         pages: Vec::new(),
