@@ -22,7 +22,7 @@ use serde_json::json;
 use super::elements::ElementFilter;
 use super::params::ExportRequest;
 use super::population::Population;
-use super::run::{ExportSettings, ExportTarget, TypeResult, resource_frame, semi_join};
+use super::run::{ChangeWindow, ExportSettings, ExportTarget, TypeResult, resource_frame, semi_join};
 use super::sink::FileNamer;
 use super::sink::ndjson::NdjsonSink;
 use super::{ExportError, Progress};
@@ -40,6 +40,7 @@ const LATER: &str = "later";
 pub(super) async fn export_by_patient(
     engine: &CohortEngine,
     request: &ExportRequest,
+    window: &ChangeWindow,
     population: &Population,
     filters: &BTreeMap<&str, Vec<SearchQuery>>,
     types: &[String],
@@ -47,7 +48,7 @@ pub(super) async fn export_by_patient(
     settings: &ExportSettings,
     progress: &Progress,
 ) -> TypeResult {
-    let frame = match blocks_frame(engine, request, population, filters, types).await {
+    let frame = match blocks_frame(engine, window, population, filters, types).await {
         Ok(Some(frame)) => frame,
         Ok(None) => return Ok(Vec::new()),
         Err(e) => return Err((e, Vec::new())),
@@ -68,14 +69,14 @@ pub(super) async fn export_by_patient(
 /// sorted for writing; `None` when no type has data.
 async fn blocks_frame(
     engine: &CohortEngine,
-    request: &ExportRequest,
+    window: &ChangeWindow,
     population: &Population,
     filters: &BTreeMap<&str, Vec<SearchQuery>>,
     types: &[String],
 ) -> Result<Option<DataFrame>, ExportError> {
     let mut union: Option<DataFrame> = None;
     for resource_type in types {
-        let mut frame = resource_frame(engine, resource_type, request).await?;
+        let mut frame = resource_frame(engine, resource_type, window).await?;
         if let Some(queries) = filters.get(resource_type.as_str()) {
             frame = semi_join(engine, engine.resource_ids_plan(queries)?, frame)?;
         }

@@ -281,6 +281,7 @@ pub fn parse_export(
         allow_partial_manifests: false,
     };
     let mut seen_single: BTreeSet<&str> = BTreeSet::new();
+    let mut type_given = false;
     for (name, value) in pairs {
         let name = name.as_str();
         if matches!(
@@ -302,6 +303,7 @@ pub fn parse_export(
             "_since" => request.since = Some(parse_instant(name, value)?),
             "_until" => request.until = Some(parse_instant(name, value)?),
             "_type" => {
+                type_given = true;
                 for t in comma_list(value) {
                     if !model.is_resource(t) || model.type_def(t).is_some_and(|d| d.is_abstract) {
                         unsupported(format!("_type '{t}' is not a FHIR R4 resource type"))?;
@@ -412,12 +414,28 @@ pub fn parse_export(
     {
         return Err(ExportError::invalid("_until is before _since"));
     }
+    // `_type` SHALL restrict the output: when none of its values is usable
+    // (even under lenient handling), nothing would be restricted.
+    if type_given && request.types.is_none() {
+        return Err(ExportError::invalid(
+            "none of the _type values can be exported at this level",
+        ));
+    }
+    if let Some(types) = &request.types
+        && level != ExportLevel::System
+        && types.iter().all(|t| super::CONTEXT_TYPES.contains(&t.as_str()))
+    {
+        return Err(ExportError::invalid(format!(
+            "_type names only types outside the Patient compartment ({}); a {} export adds them only as resources its compartment resources reference, so list a compartment type too",
+            types.iter().cloned().collect::<Vec<_>>().join(", "),
+            if level == ExportLevel::Patient {
+                "Patient"
+            } else {
+                "Group"
+            }
+        )));
+    }
     if let Some(types) = &request.types {
-        if types.is_empty() {
-            return Err(ExportError::invalid(
-                "none of the _type values can be exported at this level",
-            ));
-        }
         for filter in &request.type_filters {
             let resource_type = filter.split('?').next().unwrap_or_default();
             if !types.contains(resource_type) {
@@ -496,14 +514,25 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("compartment"), "{error}");
-        // Context types are allowed.
+        // Context types are allowed beside compartment types, not alone.
         parse_export(
             ExportLevel::Group("g".into()),
-            &pairs(&[("_type", "Practitioner")]),
+            &pairs(&[("_type", "Practitioner,Encounter")]),
             false,
             false,
         )
         .unwrap();
+        assert!(
+            parse_export(
+                ExportLevel::Group("g".into()),
+                &pairs(&[("_type", "Practitioner")]),
+                false,
+                false
+            )
+            .is_err()
+        );
+        // A lenient _type with no usable value must not widen the export.
+        assert!(parse_export(ExportLevel::System, &pairs(&[("_type", "Nope")]), false, true).is_err());
     }
 
     #[test]

@@ -143,6 +143,7 @@ async fn export_all(
     if !filters.is_empty() && !engine.has_index() {
         return Err(ExportError::NoIndex("_typeFilter"));
     }
+    let window = ChangeWindow::new(engine, request).await?;
     let mut types = export_types(engine.snapshot(), request);
     let collect_context = !matches!(population, Population::All);
     // Context types go last: their ids are the references collected while
@@ -157,6 +158,7 @@ async fn export_all(
         let files = match organized::export_by_patient(
             engine,
             request,
+            &window,
             &population,
             &filters,
             &types,
@@ -186,7 +188,7 @@ async fn export_all(
             types.len(),
             output.resources
         ));
-        let mut frame = resource_frame(engine, resource_type, request).await?;
+        let mut frame = resource_frame(engine, resource_type, &window).await?;
         if let Some(queries) = filters.get(resource_type.as_str()) {
             frame = semi_join(engine, engine.resource_ids_plan(queries)?, frame)?;
         }
@@ -236,12 +238,18 @@ async fn export_all(
         }
     }
     if request.since.is_some() {
-        let files = export_deleted(engine, request, &population, target, settings).await?;
+        let files = export_deleted(engine, request, &window, &population, target, settings).await?;
         written.extend(files.iter().map(|f| f.name.clone()));
         output.deleted = files;
     }
     if !notes.is_empty() {
-        let namer = FileNamer::new(target.location.clone(), &target.dir, "OperationOutcome", "ndjson");
+        // Not `OperationOutcome.*`: that name belongs to exported resources.
+        let namer = FileNamer::new(
+            target.location.clone(),
+            &target.dir,
+            "OperationOutcome.errors",
+            "ndjson",
+        );
         let mut sink = NdjsonSink::new(namer, Some("OperationOutcome".into()), settings.max_file_bytes);
         for note in notes {
             let outcome = json!({
@@ -268,6 +276,7 @@ const DELETIONS_PER_BUNDLE: usize = 500;
 async fn export_deleted(
     engine: &CohortEngine,
     request: &ExportRequest,
+    window: &ChangeWindow,
     population: &Population,
     target: &ExportTarget,
     settings: &ExportSettings,
@@ -278,12 +287,8 @@ async fn export_deleted(
     let ctx = engine.session();
     let provider = table_provider(engine.warehouse(), ctx, TOMBSTONES_TABLE, entry).await?;
     let mut frame = ctx.read_table(provider)?;
-    let instant = |micros: i64| lit(ScalarValue::TimestampMicrosecond(Some(micros), Some("UTC".into())));
-    if let Some(since) = request.since {
-        frame = frame.filter(col("deleted_at").gt(instant(since)))?;
-    }
-    if let Some(until) = request.until {
-        frame = frame.filter(col("deleted_at").lt_eq(instant(until)))?;
+    if let Some(filter) = window.filter(col("deleted_at"), col("deleted_at")) {
+        frame = frame.filter(filter)?;
     }
     let frame = frame.select(vec![col("resource_type"), col(ID), col(PATIENTS)])?;
     // (type → ids) in scope; tombstones are few, so they are gathered.
@@ -354,12 +359,86 @@ async fn export_deleted(
     sink.finish().await
 }
 
+/// Which changes `_since`/`_until` select.
+///
+/// A resource changed at `coalesce(meta.lastUpdated, loaded_at)`; but a
+/// load stamps `loaded_at` when it starts and becomes visible when it
+/// commits, and may bring resources whose `lastUpdated` is older than an
+/// earlier export's `transactionTime`. So `_since=T` also takes every row
+/// of the loads committed after T (`loaded_at` at or after the earliest
+/// start of those loads): nothing committed after T is missed, at the
+/// price of sometimes repeating a resource (which the spec allows).
+pub(super) struct ChangeWindow {
+    since: Option<i64>,
+    until: Option<i64>,
+    /// The earliest `loaded_at` of the loads committed after `since`.
+    committed_since: Option<i64>,
+}
+
+impl ChangeWindow {
+    async fn new(engine: &CohortEngine, request: &ExportRequest) -> Result<Self, ExportError> {
+        let mut committed_since = None;
+        if let Some(since) = request.since {
+            let current = engine.snapshot().version;
+            let mut version = current;
+            while version > 0 {
+                let snapshot = if version == current {
+                    engine.snapshot().clone()
+                } else {
+                    engine.warehouse().snapshot(version).await?
+                };
+                let committed = chrono::DateTime::parse_from_rfc3339(&snapshot.committed_at)
+                    .map(|t| t.timestamp_micros())
+                    .unwrap_or(i64::MAX);
+                if committed <= since {
+                    break;
+                }
+                if let Some(loaded_at) = snapshot.operation_details.get("loaded_at").and_then(|v| v.as_i64()) {
+                    committed_since = Some(committed_since.map_or(loaded_at, |c: i64| c.min(loaded_at)));
+                }
+                version -= 1;
+            }
+        }
+        Ok(Self {
+            since: request.since,
+            until: request.until,
+            committed_since,
+        })
+    }
+
+    /// The filter over a row's change time (`changed`) and its load time
+    /// (`loaded`); `None` when the window is unbounded.
+    fn filter(
+        &self,
+        changed: datafusion::prelude::Expr,
+        loaded: datafusion::prelude::Expr,
+    ) -> Option<datafusion::prelude::Expr> {
+        let instant = |micros: i64| lit(ScalarValue::TimestampMicrosecond(Some(micros), Some("UTC".into())));
+        let mut filter = None;
+        if let Some(since) = self.since {
+            let mut after = changed.clone().gt(instant(since));
+            if let Some(floor) = self.committed_since {
+                after = after.or(loaded.gt_eq(instant(floor)));
+            }
+            filter = Some(after);
+        }
+        if let Some(until) = self.until {
+            let before = changed.lt_eq(instant(until));
+            filter = Some(match filter {
+                Some(f) => f.and(before),
+                None => before,
+            });
+        }
+        filter
+    }
+}
+
 /// The rows of `resource_type` changed within `_since`/`_until`, with the
 /// columns the sinks need.
 pub(super) async fn resource_frame(
     engine: &CohortEngine,
     resource_type: &str,
-    request: &ExportRequest,
+    window: &ChangeWindow,
 ) -> Result<DataFrame, ExportError> {
     let entry = engine
         .snapshot()
@@ -370,12 +449,8 @@ pub(super) async fn resource_frame(
     let mut frame = engine.session().read_table(provider)?;
     // A resource without meta.lastUpdated changed when it was loaded.
     let changed = datafusion::functions::expr_fn::coalesce(vec![col(LAST_UPDATED), col(LOADED_AT)]);
-    let instant = |micros: i64| lit(ScalarValue::TimestampMicrosecond(Some(micros), Some("UTC".into())));
-    if let Some(since) = request.since {
-        frame = frame.filter(changed.clone().gt(instant(since)))?;
-    }
-    if let Some(until) = request.until {
-        frame = frame.filter(changed.lt_eq(instant(until)))?;
+    if let Some(filter) = window.filter(changed, col(LOADED_AT)) {
+        frame = frame.filter(filter)?;
     }
     Ok(frame.select(vec![
         col(ID),

@@ -114,8 +114,10 @@ pub fn deletions<'v>(
             .and_then(|r| r.get("url"))
             .and_then(JsonValue::as_str)
             .ok_or_else(|| invalid("no request.url".into()))?;
-        // Relative `Type/id`, or an absolute URL ending in it.
+        // Relative `Type/id`, or an absolute URL ending in it; a version
+        // (`/_history/v`) deletes the resource all the same.
         let path = url.split('?').next().unwrap_or(url).trim_end_matches('/');
+        let path = path.split("/_history/").next().unwrap_or(path);
         let mut parts = path.rsplitn(2, '/');
         let (id, rest) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
         let type_name = rest.rsplit('/').next().unwrap_or("");

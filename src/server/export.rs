@@ -114,6 +114,11 @@ pub fn export_error(e: ExportError) -> FhirError {
         ExportError::NoIndex(_) => FhirError::new(StatusCode::BAD_REQUEST, "not-supported", e.to_string()),
         ExportError::EmptyWarehouse => FhirError::new(StatusCode::SERVICE_UNAVAILABLE, "transient", e.to_string()),
         _ if e.is_client_error() => FhirError::invalid(e.to_string()),
+        // Store paths are the server's business: logged, not shown.
+        ExportError::Write { .. } | ExportError::Parquet { .. } | ExportError::Store(_) => {
+            tracing::error!(error = %e, "export storage failure");
+            FhirError::internal("writing the export's files failed (see the server log)")
+        }
         _ => FhirError::internal(e.to_string()),
     }
 }
@@ -200,6 +205,9 @@ async fn kickoff(
     let mut pairs: Vec<(String, String)> = query
         .as_deref()
         .map(|q| {
+            // An unencoded `+` (zone offsets, `application/fhir+ndjson`) is a
+            // plus, not a space, as in member-filter searches.
+            let q = q.replace('+', "%2B");
             url::form_urlencoded::parse(q.as_bytes())
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .filter(|(k, _)| k != "_format")
@@ -213,24 +221,8 @@ async fn kickoff(
         pairs.extend(pairs_from_parameters(&parameters).map_err(export_error)?);
     }
     let parsed = parse_export(level, &pairs, post, lenient).map_err(export_error)?;
-    // Taken before the snapshot is read, so everything committed up to it
-    // is in the export (transactionTime SHALL cover it).
-    let transaction_time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    // What can be checked against the data is checked now, so a bad Group
-    // or patient is a 4xx at kick-off rather than a failed job.
-    let engine = CohortEngine::open(&state.warehouse).await.map_err(|e| match e {
-        crate::cohort::CohortError::EmptyWarehouse => export_error(ExportError::EmptyWarehouse),
-        other => FhirError::internal(other.to_string()),
-    })?;
-    if !parsed.request.type_filters.is_empty() && !engine.has_index() {
-        return Err(export_error(ExportError::NoIndex("_typeFilter")));
-    }
-    crate::export::population::resolve(&state.warehouse, &engine, &parsed.request)
-        .await
-        .map_err(export_error)?;
-    let mut exports = state.exports.lock().await;
-    let running = exports.values().filter(|r| r.running).count();
-    if running >= state.max_exports {
+    // Refused before any expensive check is made.
+    let throttled = |running: usize| {
         let mut error = FhirError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "throttled",
@@ -240,7 +232,40 @@ async fn kickoff(
             ),
         );
         error.retry_after = Some(state.retry_after.max(5));
-        return Err(error);
+        error
+    };
+    let running = state.exports.lock().await.values().filter(|r| r.running).count();
+    if running >= state.max_exports {
+        return Err(throttled(running));
+    }
+    // Taken before the snapshot is read, so everything committed up to it
+    // is in the export (transactionTime SHALL cover it).
+    let transaction_time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    // What can be checked against the data is checked now, so a bad Group
+    // or patient is a 4xx at kick-off rather than a failed job.
+    let engine = CohortEngine::open(&state.warehouse).await.map_err(|e| match e {
+        crate::cohort::CohortError::EmptyWarehouse => export_error(ExportError::EmptyWarehouse),
+        other => FhirError::internal(other.to_string()),
+    })?;
+    if !parsed.request.type_filters.is_empty() {
+        if !engine.has_index() {
+            return Err(export_error(ExportError::NoIndex("_typeFilter")));
+        }
+        // Compiled now, so a filter the compiler refuses is a 400 here.
+        for filter in &parsed.request.type_filters {
+            let queries = CohortEngine::parse(&[filter]).map_err(|e| export_error(e.into()))?;
+            engine
+                .resource_ids_plan(&queries)
+                .map_err(|e| FhirError::invalid(format!("_typeFilter '{filter}': {e}")))?;
+        }
+    }
+    crate::export::population::resolve(&state.warehouse, &engine, &parsed.request)
+        .await
+        .map_err(export_error)?;
+    let mut exports = state.exports.lock().await;
+    let running = exports.values().filter(|r| r.running).count();
+    if running >= state.max_exports {
+        return Err(throttled(running));
     }
     let created = now();
     let request_url = match (&method, uri.query()) {
@@ -313,8 +338,12 @@ async fn run_job(state: SharedState, mut job: ExportJob, delay: Duration, progre
         tokio::time::sleep(delay).await;
     }
     let started = Instant::now();
-    let result = match state.warehouse.snapshot(job.snapshot_version).await {
-        Ok(snapshot) => {
+    // The export runs in its own task, so a panic in it becomes a failed
+    // job instead of one that stays running forever.
+    let inner = {
+        let (state, job, progress) = (state.clone(), job.clone(), progress.clone());
+        tokio::spawn(async move {
+            let snapshot = state.warehouse.snapshot(job.snapshot_version).await?;
             let target = ExportTarget {
                 location: state.warehouse.root().clone(),
                 dir: files_dir(&job.id),
@@ -333,8 +362,13 @@ async fn run_job(state: SharedState, mut job: ExportJob, delay: Duration, progre
                 &progress,
             )
             .await
-        }
-        Err(e) => Err(ExportError::Warehouse(e)),
+        })
+    };
+    // Cancelling aborts this task; the export task goes with it.
+    let _abort_inner = AbortOnDrop(inner.abort_handle());
+    let result = match inner.await {
+        Ok(result) => result,
+        Err(e) => Err(ExportError::Task(e.to_string())),
     };
     let _writes = state.group_writes.lock().await;
     match state.store.get::<ExportJob>(EXPORTS, &job.id).await {
@@ -383,7 +417,13 @@ async fn run_job(state: SharedState, mut job: ExportJob, delay: Duration, progre
         }
         Err(e) => {
             tracing::error!(job = %job.id, error = %e, "export failed");
-            let error = export_error(e);
+            purge_files(&state, &job.id).await;
+            let mut error = export_error(e);
+            // A 404 on the status URL means "no such job": a Group that
+            // vanished while the job ran is reported as gone instead.
+            if error.status == StatusCode::NOT_FOUND {
+                error.status = StatusCode::GONE;
+            }
             ExportState::Failed {
                 status: error.status.as_u16(),
                 outcome: error.outcome(),
@@ -391,11 +431,33 @@ async fn run_job(state: SharedState, mut job: ExportJob, delay: Duration, progre
         }
     };
     job.updated_at = now();
-    if let Err(e) = state.store.put(EXPORTS, &job.id, &job).await {
-        tracing::error!(job = %job.id, error = %e, "cannot record the export's outcome");
+    let mut recorded = false;
+    for attempt in 0..3 {
+        match state.store.put(EXPORTS, &job.id, &job).await {
+            Ok(()) => {
+                recorded = true;
+                break;
+            }
+            Err(e) => {
+                tracing::error!(job = %job.id, attempt, error = %e, "cannot record the export's outcome");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    if !recorded {
+        purge_files(&state, &job.id).await;
     }
     if let Some(runtime) = state.exports.lock().await.get_mut(&job.id) {
         runtime.running = false;
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -421,6 +483,7 @@ pub async fn resume_exports(state: &SharedState) -> Result<(), crate::store::Sto
             };
             job.updated_at = now();
             state.store.put(EXPORTS, &id, &job).await?;
+            purge_files(state, &id).await;
             continue;
         }
         if job.state == ExportState::Running {
@@ -444,7 +507,7 @@ pub async fn expiry_loop(state: SharedState, interval: Duration) {
             let Ok(Some(job)) = state.store.get::<ExportJob>(EXPORTS, &id).await else {
                 continue;
             };
-            if expired(&job) || job.state == ExportState::Cancelled {
+            if expired(&job) || job.state == ExportState::Cancelled || failed_long_ago(&job, state.export_retention) {
                 purge_files(&state, &id).await;
                 let _ = state.store.delete(EXPORTS, &id).await;
                 state.exports.lock().await.remove(&id);
@@ -452,6 +515,17 @@ pub async fn expiry_loop(state: SharedState, interval: Duration) {
             }
         }
     }
+}
+
+/// Failed jobs are kept (for their pollers) as long as completed ones.
+fn failed_long_ago(job: &ExportJob, retention: Duration) -> bool {
+    matches!(job.state, ExportState::Failed { .. })
+        && chrono::DateTime::parse_from_rfc3339(&job.updated_at).is_ok_and(|t| {
+            chrono::Utc::now()
+                .signed_duration_since(t)
+                .to_std()
+                .is_ok_and(|age| age > retention)
+        })
 }
 
 fn expired(job: &ExportJob) -> bool {
@@ -589,7 +663,9 @@ pub async fn status(
                     last_poll: None,
                     running: false,
                 });
-                if let Some(last) = runtime.last_poll
+                // Following a `next` link right away is not over-polling.
+                if page == 1
+                    && let Some(last) = runtime.last_poll
                     && last.elapsed() < Duration::from_secs(state.retry_after) / 2
                 {
                     let mut error = FhirError::new(
@@ -603,7 +679,9 @@ pub async fn status(
                     error.retry_after = Some(state.retry_after);
                     return Err(error);
                 }
-                runtime.last_poll = Some(Instant::now());
+                if page == 1 {
+                    runtime.last_poll = Some(Instant::now());
+                }
                 (runtime.progress.get(), runtime.progress.finished())
             };
             let partial = if job.request.allow_partial_manifests {
@@ -688,6 +766,12 @@ pub async fn cancel(State(state): State<SharedState>, Path(id): Path<String>) ->
     job.updated_at = now();
     state.store.put(EXPORTS, &id, &job).await.map_err(store_error)?;
     purge_files(&state, &id).await;
+    // An aborted upload may still land a moment later: purge once more.
+    let (later, job_id) = (state.clone(), id.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        purge_files(&later, &job_id).await;
+    });
     Ok(fhir_json(
         StatusCode::ACCEPTED,
         &operation_outcome(
@@ -794,7 +878,12 @@ pub async fn download(
             .any(|e| {
                 let mut parts = e.split(';');
                 let coding = parts.next().unwrap_or("").trim();
-                let refused = parts.any(|p| p.trim().replace(' ', "") == "q=0");
+                let refused = parts.any(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .and_then(|q| q.trim().parse::<f32>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                });
                 (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
             });
     let mut builder = Response::builder()

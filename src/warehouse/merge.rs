@@ -121,16 +121,19 @@ pub async fn merge_latest(
     deletions: Option<&Deletions<'_>>,
 ) -> Result<Vec<DataFile>, WarehouseError> {
     let ctx = source_session(warehouse, files).await?;
-    let deleted = match deletions {
+    // Versions a deletion removes (those loaded before it) are dropped
+    // before the latest version is chosen, so a version loaded after the
+    // deletion wins even when its lastUpdated is older.
+    let rows = match deletions {
         Some(deletions) if !deletions.ids.is_empty() => {
             register_deletions(&ctx, deletions)?;
             format!(
-                " LEFT JOIN {DELETED} d ON s.id = d.d_id \
-                 WHERE d.d_id IS NULL OR (CAST(s.loaded_at AS BIGINT) = {} AND s.load_seq > d.d_seq)",
+                "(SELECT x.* FROM {SOURCE} x LEFT JOIN {DELETED} d ON x.id = d.d_id \
+                 WHERE d.d_id IS NULL OR (CAST(x.loaded_at AS BIGINT) = {} AND x.load_seq > d.d_seq))",
                 deletions.deleted_at
             )
         }
-        _ => String::new(),
+        _ => SOURCE.to_string(),
     };
     // The winners are ranked on the narrow key columns only, then the full
     // rows are joined to them: sorting whole rows (with the raw JSON) made
@@ -139,9 +142,9 @@ pub async fn merge_latest(
         "WITH winners AS (SELECT w_id, w_loaded_at, w_load_seq FROM (\
            SELECT id AS w_id, loaded_at AS w_loaded_at, load_seq AS w_load_seq, row_number() OVER (\
              PARTITION BY id ORDER BY coalesce(last_updated, loaded_at) DESC, loaded_at DESC, load_seq DESC) \
-             AS version_rank FROM {SOURCE}) WHERE version_rank = 1) \
+             AS version_rank FROM {rows}) WHERE version_rank = 1) \
          SELECT s.id, s.version_id, s.last_updated, s.loaded_at, s.load_seq, s.patients, s.resource \
-         FROM {SOURCE} s JOIN winners ON s.id = w_id AND s.loaded_at = w_loaded_at AND s.load_seq = w_load_seq{deleted}"
+         FROM {rows} s JOIN winners ON s.id = w_id AND s.loaded_at = w_loaded_at AND s.load_seq = w_load_seq"
     );
     let mut stream = ctx.sql(&sql).await?.execute_stream().await?;
     let handle = Handle::current();

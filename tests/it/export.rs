@@ -486,12 +486,22 @@ async fn cli_export_since_returns_only_later_changes() {
     let update = dir.path().join("update");
     std::fs::create_dir_all(&update).expect("mkdir");
     std::fs::write(update.join("Patient.ndjson"), format!("{patient}\n")).expect("write");
+    // Loaded after _since, though its lastUpdated is years older: a client
+    // syncing with _since must still receive it.
+    let mut late = source.of_type("Condition").next().expect("condition").clone();
+    late["id"] = json!("late-arrival");
+    late["meta"] = json!({"lastUpdated": "2015-01-01T00:00:00Z"});
+    std::fs::write(update.join("Condition.ndjson"), format!("{late}\n")).expect("write");
     load_into(&warehouse, &[&update], false).await;
     let out = dir.path().join("since");
     let manifest = cli_export(&wh, &out, &["--since", &since]);
     let (counts, lines) = manifest_counts(&manifest, read_local(&out));
-    assert_eq!(counts, BTreeMap::from([("Patient".to_string(), 1)]));
-    assert_eq!(lines[0]["gender"], "other", "the latest version only");
+    assert_eq!(
+        counts,
+        BTreeMap::from([("Condition".to_string(), 1), ("Patient".to_string(), 1)])
+    );
+    let patient_line = lines.iter().find(|l| type_of(l) == "Patient").expect("patient");
+    assert_eq!(patient_line["gender"], "other", "the latest version only");
     let out = dir.path().join("until");
     let manifest = cli_export(&wh, &out, &["--until", &since, "--type", "Patient"]);
     let (counts, _) = manifest_counts(&manifest, read_local(&out));

@@ -31,6 +31,9 @@ pub fn export_schema() -> SchemaRef {
         .clone()
 }
 
+/// Encoded bytes of a row group in progress at which it is written out.
+const ROW_GROUP_BUFFER: usize = 64 * 1024 * 1024;
+
 struct OpenFile {
     name: String,
     path: object_store::path::Path,
@@ -92,6 +95,13 @@ impl ParquetSink {
             source: e,
         })?;
         file.count += batch.num_rows() as u64;
+        // Large resources would otherwise buffer a whole row group.
+        if file.writer.in_progress_size() >= ROW_GROUP_BUFFER {
+            file.writer.flush().await.map_err(|e| ExportError::Parquet {
+                path: file.url.clone(),
+                source: e,
+            })?;
+        }
         let size = file.writer.bytes_written() + file.writer.in_progress_size();
         if size as u64 >= self.max_bytes {
             self.close_current().await?;
@@ -133,9 +143,12 @@ impl ParquetSink {
         Ok(self.files)
     }
 
-    /// Abandons the open file.
+    /// Abandons the open file (its upload is aborted).
     pub async fn abort(mut self) -> Vec<ExportedFile> {
-        self.current = None;
+        if let Some(file) = self.current.take() {
+            let mut upload = file.writer.into_inner();
+            let _ = upload.abort().await;
+        }
         self.files
     }
 }
