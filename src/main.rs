@@ -146,6 +146,10 @@ enum Command {
         /// of one type per file: `organizeOutputBy=Patient`.
         #[arg(long)]
         organize_by_patient: bool,
+        /// `includeAssociatedData` values (`LatestProvenanceResources`,
+        /// `RelevantProvenanceResources`).
+        #[arg(long)]
+        include_associated_data: Vec<String>,
     },
     /// Count the patients meeting every FHIR search expression (member-filter
     /// style: `Condition?code=http://snomed.info/sct|44054006`; several are ANDed).
@@ -221,6 +225,7 @@ struct ExportArgs {
     out: PathBuf,
     max_file_mib: u64,
     organize_by_patient: bool,
+    include_associated_data: Vec<String>,
 }
 
 async fn export_command(warehouse: &str, args: ExportArgs) -> anyhow::Result<()> {
@@ -253,6 +258,7 @@ async fn export_command(warehouse: &str, args: ExportArgs) -> anyhow::Result<()>
     push("patient", &patients);
     push("_since", args.since.as_slice());
     push("_until", args.until.as_slice());
+    push("includeAssociatedData", &args.include_associated_data);
     if args.organize_by_patient {
         pairs.push(("organizeOutputBy".into(), "Patient".into()));
     }
@@ -462,6 +468,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             max_file_mib,
             organize_by_patient,
+            include_associated_data,
         } => {
             export_command(
                 &cli.warehouse,
@@ -478,6 +485,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     out,
                     max_file_mib,
                     organize_by_patient,
+                    include_associated_data,
                 },
             )
             .await?;

@@ -158,6 +158,80 @@ impl CohortEngine {
         Ok(plan.distinct()?.build()?)
     }
 
+    /// The plan yielding the distinct ids (column `resource_id`) of the
+    /// `source_type` resources whose reference parameter `param` points to
+    /// a resource of `target_types` in the compartment of a patient of
+    /// `members` (a plan with a `member` column; `None`: any patient).
+    /// Provenance of exported resources is found this way (`target`).
+    /// `None` when `source_type` has no reference index.
+    pub fn referencing_ids_plan(
+        &self,
+        source_type: &str,
+        param: &str,
+        target_types: &[String],
+        members: Option<&LogicalPlan>,
+    ) -> Result<Option<LogicalPlan>, CohortError> {
+        use crate::index::IndexKind;
+        use datafusion::datasource::provider_as_source;
+        let Some(references) = self.providers.get(&(IndexKind::Reference, source_type.to_string())) else {
+            return Ok(None);
+        };
+        let mut targets: Option<LogicalPlanBuilder> = None;
+        for (n, target_type) in target_types.iter().enumerate() {
+            let Some(ids) = self.providers.get(&(IndexKind::Token, target_type.clone())) else {
+                continue;
+            };
+            let alias = format!("targets_{n}");
+            let mut rows = LogicalPlanBuilder::scan(alias.as_str(), provider_as_source(ids.clone()), None)?.filter(
+                col(crate::index::columns::PARAM)
+                    .eq(lit("_id"))
+                    .and(col(PATIENT).is_not_null()),
+            )?;
+            if let Some(members) = members {
+                let members_alias = format!("target_members_{n}");
+                rows = LogicalPlanBuilder::from(members.clone())
+                    .alias(members_alias.as_str())?
+                    .join(
+                        rows.build()?,
+                        JoinType::RightSemi,
+                        (
+                            vec![Column::new(Some(members_alias.as_str()), "member")],
+                            vec![Column::new(Some(alias.as_str()), PATIENT)],
+                        ),
+                        None,
+                    )?;
+            }
+            let rows = rows.project(vec![
+                lit(target_type.as_str()).alias("t_type"),
+                col(RESOURCE_ID).alias("t_id"),
+            ])?;
+            targets = Some(match targets {
+                None => rows,
+                Some(previous) => previous.union(rows.build()?)?,
+            });
+        }
+        let Some(targets) = targets else {
+            return Ok(None);
+        };
+        // The referencing rows (few) are the build side; the targets stream by.
+        let plan = LogicalPlanBuilder::scan("referencing", provider_as_source(references.clone()), None)?
+            .filter(col(crate::index::columns::PARAM).eq(lit(param)))?
+            .project(vec![col(RESOURCE_ID), col("target_type"), col("target_id")])?
+            .join(
+                targets.build()?,
+                JoinType::LeftSemi,
+                (
+                    vec![Column::from_name("target_type"), Column::from_name("target_id")],
+                    vec![Column::from_name("t_type"), Column::from_name("t_id")],
+                ),
+                None,
+            )?
+            .project(vec![col(RESOURCE_ID)])?
+            .distinct()?
+            .build()?;
+        Ok(Some(plan))
+    }
+
     /// Parses every expression (so all errors surface before anything runs).
     pub fn parse(expressions: &[impl AsRef<str>]) -> Result<Vec<SearchQuery>, CohortError> {
         expressions

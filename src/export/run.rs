@@ -151,6 +151,18 @@ async fn export_all(
     types.sort_by_key(|t| collect_context && CONTEXT_TYPES.contains(&t.as_str()));
     let referenced: SharedReferences = Arc::default();
     let mut output = ExportOutput::default();
+    let mut notes: Vec<String> = notes.to_vec();
+    // Members as a table, for the Provenance join.
+    let members_plan = match &population {
+        Population::Members(members) => {
+            let mut ids: Vec<&str> = members.iter().map(String::as_str).collect();
+            ids.sort_unstable();
+            let batch = RecordBatch::try_from_iter(vec![("member", Arc::new(StringArray::from(ids)) as ArrayRef)])
+                .map_err(datafusion::error::DataFusionError::from)?;
+            Some(engine.session().read_batch(batch)?.into_unoptimized_plan())
+        }
+        _ => None,
+    };
     if request.organize_by_patient {
         // Blocks of one patient's resources; context types are not added
         // (the spec lets unreferencing resources be dropped).
@@ -193,6 +205,25 @@ async fn export_all(
             frame = semi_join(engine, engine.resource_ids_plan(queries)?, frame)?;
         }
         let is_context = collect_context && CONTEXT_TYPES.contains(&resource_type.as_str());
+        // Provenance of Patient/Group exports: the Provenance whose target is
+        // an exported resource (not only one naming a Patient directly).
+        let mut by_target = false;
+        if collect_context && resource_type == "Provenance" {
+            let targets: Vec<String> = types
+                .iter()
+                .filter(|t| *t != "Provenance" && !CONTEXT_TYPES.contains(&t.as_str()))
+                .cloned()
+                .collect();
+            match engine.referencing_ids_plan("Provenance", "target", &targets, members_plan.as_ref())? {
+                Some(ids) => {
+                    frame = semi_join(engine, ids, frame)?;
+                    by_target = true;
+                }
+                None => notes.push(
+                    "Provenance is exported only when its target is a member's Patient: the warehouse has no search index of Provenance targets".into(),
+                ),
+            }
+        }
         if is_context {
             let mut ids: Vec<String> = referenced
                 .lock()
@@ -214,7 +245,7 @@ async fn export_all(
         }
         let job = TypeJob {
             resource_type,
-            population: if is_context {
+            population: if is_context || by_target {
                 Population::All
             } else {
                 population.clone()
@@ -251,7 +282,7 @@ async fn export_all(
             "ndjson",
         );
         let mut sink = NdjsonSink::new(namer, Some("OperationOutcome".into()), settings.max_file_bytes);
-        for note in notes {
+        for note in &notes {
             let outcome = json!({
                 "resourceType": "OperationOutcome",
                 "issue": [{"severity": "warning", "code": "not-supported", "diagnostics": note}],

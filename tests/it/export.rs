@@ -1174,3 +1174,80 @@ async fn deletions_are_applied_and_exported_as_deleted_bundles() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn group_exports_carry_the_provenance_of_their_resources() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wh = dir.path().join("wh");
+    let extra = dir.path().join("extra");
+    std::fs::create_dir_all(&extra).expect("mkdir");
+    let source = Source::read(&[&sample_data()]);
+    let mut ids: Vec<String> = source
+        .of_type("Patient")
+        .map(|p| p["id"].as_str().expect("id").to_string())
+        .collect();
+    ids.sort();
+    let (member, outsider) = (&ids[0], &ids[1]);
+    write_group(&extra, "g1", &[member]);
+    let condition_of = |patient: &str| {
+        source
+            .of_type("Condition")
+            .find(|c| patients_of(c).contains(patient))
+            .and_then(|c| c["id"].as_str())
+            .expect("a condition")
+            .to_string()
+    };
+    let provenance = |id: &str, target: String| {
+        json!({"resourceType": "Provenance", "id": id, "recorded": "2020-01-01T00:00:00Z",
+            "target": [{"reference": target}], "agent": [{"who": {"display": "x"}}]})
+    };
+    let lines = [
+        provenance("prov-member-condition", format!("Condition/{}", condition_of(member))),
+        provenance("prov-member-patient", format!("Patient/{member}")),
+        provenance(
+            "prov-outsider-condition",
+            format!("Condition/{}", condition_of(outsider)),
+        ),
+    ];
+    std::fs::write(
+        extra.join("Provenance.ndjson"),
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .expect("write");
+    let warehouse = Warehouse::open(wh.to_str().expect("path")).expect("open");
+    load_into(&warehouse, &[&sample_data(), &extra], false).await;
+    let out = dir.path().join("group");
+    let manifest = cli_export(&wh, &out, &["--group", "g1"]);
+    let (_, lines) = manifest_counts(&manifest, read_local(&out));
+    let provenance: BTreeSet<&str> = lines
+        .iter()
+        .filter(|l| type_of(l) == "Provenance")
+        .filter_map(|l| l["id"].as_str())
+        .collect();
+    assert_eq!(
+        provenance,
+        BTreeSet::from(["prov-member-condition", "prov-member-patient"])
+    );
+    // _type without Provenance, but includeAssociatedData asks for it.
+    let out = dir.path().join("associated");
+    let manifest = cli_export(
+        &wh,
+        &out,
+        &[
+            "--group",
+            "g1",
+            "--type",
+            "Condition",
+            "--include-associated-data",
+            "LatestProvenanceResources",
+        ],
+    );
+    let (_, lines) = manifest_counts(&manifest, read_local(&out));
+    let provenance: Vec<&str> = lines
+        .iter()
+        .filter(|l| type_of(l) == "Provenance")
+        .filter_map(|l| l["id"].as_str())
+        .collect();
+    // Only the Provenance of what is exported (the Patient is not).
+    assert_eq!(provenance, ["prov-member-condition"]);
+}
