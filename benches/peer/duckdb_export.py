@@ -31,18 +31,18 @@ def main():
         if entry["kind"] != "resource" or name in CONTEXT or not entry["files"]:
             continue
         files = [os.path.join(a.warehouse, f["path"]) for f in entry["files"]]
-        # Synthea resources are in one patient's compartment each, so the
-        # unnest + semi join yields each resource once.
-        select = (f"SELECT x.resource FROM (SELECT resource, unnest(patients) AS p FROM read_parquet({files!r})) x "
-                  f"SEMI JOIN members m ON x.p = m.id")
+        # A resource in several members' compartments (a Group, an EOB
+        # naming two patients) is written once: EXISTS over its patients.
+        select = (f"SELECT r.resource FROM read_parquet({files!r}) r WHERE EXISTS "
+                  f"(SELECT 1 FROM (SELECT unnest(r.patients) AS p) u JOIN members m ON u.p = m.id)")
         if a.format == "parquet":
             out = os.path.join(a.out_dir, f"{name}.parquet")
             con.execute(f"COPY ({select}) TO '{out}' (FORMAT parquet, COMPRESSION zstd)")
         else:
             out = os.path.join(a.out_dir, f"{name}.ndjson")
-            # JSON lines hold neither \x01 nor \x02 nor newlines: CSV with
-            # those as delimiter and quote writes each value verbatim.
-            con.execute(f"COPY ({select}) TO '{out}' (FORMAT csv, HEADER false, DELIMITER '\x01', QUOTE '\x02')")
+            # One column, no quoting, no escaping: CSV writes each JSON
+            # text verbatim as a line (NDJSON lines hold no raw newline).
+            con.execute(f"COPY ({select}) TO '{out}' (FORMAT csv, HEADER false, DELIMITER '\x01', QUOTE '', ESCAPE '')")
         outputs.append(out)
     seconds = time.perf_counter() - t0
     rows = 0

@@ -77,6 +77,9 @@ async fn blocks_frame(
     let mut union: Option<DataFrame> = None;
     for resource_type in types {
         let mut frame = resource_frame(engine, resource_type, window).await?;
+        if let Some(predicate) = population.scan_predicate() {
+            frame = frame.filter(predicate)?;
+        }
         if let Some(queries) = filters.get(resource_type.as_str()) {
             frame = semi_join(engine, engine.resource_ids_plan(queries)?, frame)?;
         }

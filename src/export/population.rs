@@ -26,6 +26,32 @@ pub enum Population {
 }
 
 impl Population {
+    /// A predicate on the `patients` column for the table scan: with
+    /// Parquet filter pushdown the scan decodes the (large) `resource`
+    /// column only for the members' rows. `None` when every row may pass.
+    pub fn scan_predicate(&self) -> Option<datafusion::prelude::Expr> {
+        use datafusion::arrow::array::{ArrayRef, StringArray};
+        use datafusion::arrow::buffer::OffsetBuffer;
+        use datafusion::arrow::datatypes::{DataType, Field};
+        let Self::Members(members) = self else {
+            return None;
+        };
+        let mut ids: Vec<&str> = members.iter().map(String::as_str).collect();
+        ids.sort_unstable();
+        let values: ArrayRef = Arc::new(StringArray::from(ids));
+        let list = ListArray::new(
+            Arc::new(Field::new_list_field(DataType::Utf8, true)),
+            OffsetBuffer::from_lengths([values.len()]),
+            values,
+            None,
+        );
+        let members = datafusion::prelude::lit(datafusion::common::ScalarValue::List(Arc::new(list)));
+        Some(datafusion::functions_nested::expr_fn::array_has_any(
+            datafusion::prelude::col(crate::warehouse::schema::resource_columns::PATIENTS),
+            members,
+        ))
+    }
+
     /// Which rows of a `patients` list column (a resource's compartment
     /// patients) belong to the population; `None` keeps every row.
     pub fn mask(&self, patients: &ListArray) -> Option<BooleanArray> {

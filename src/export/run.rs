@@ -87,6 +87,12 @@ pub async fn run_export(
     progress: &Progress,
 ) -> Result<ExportOutput, ExportError> {
     let engine = CohortEngine::for_snapshot(warehouse, snapshot).await?;
+    // Filters (membership above all) are evaluated inside the Parquet scan,
+    // so the `resource` column is decoded only for the rows exported.
+    engine
+        .session()
+        .sql("SET datafusion.execution.parquet.pushdown_filters = true")
+        .await?;
     let mut written = Vec::new();
     let result = export_all(&engine, request, target, settings, notes, progress, &mut written).await;
     if result.is_err() {
@@ -144,6 +150,7 @@ async fn export_all(
         return Err(ExportError::NoIndex("_typeFilter"));
     }
     let window = ChangeWindow::new(engine, request).await?;
+    let membership = population.scan_predicate();
     let mut types = export_types(engine.snapshot(), request);
     let collect_context = !matches!(population, Population::All);
     // Context types go last: their ids are the references collected while
@@ -205,6 +212,12 @@ async fn export_all(
             frame = semi_join(engine, engine.resource_ids_plan(queries)?, frame)?;
         }
         let is_context = collect_context && CONTEXT_TYPES.contains(&resource_type.as_str());
+        if !is_context
+            && resource_type != "Provenance"
+            && let Some(predicate) = &membership
+        {
+            frame = frame.filter(predicate.clone())?;
+        }
         // Provenance of Patient/Group exports: the Provenance whose target is
         // an exported resource (not only one naming a Patient directly).
         let mut by_target = false;
