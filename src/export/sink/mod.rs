@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::StoreLocation;
 
-/// Size of the upload buffer of one open file (and of its multipart parts).
-const UPLOAD_BUFFER: usize = 8 * 1024 * 1024;
+/// Size of the upload buffer of one open file (and of its multipart parts;
+/// S3 needs at least 5 MiB).
+pub(crate) const PART_SIZE: usize = 8 * 1024 * 1024;
 
 /// One finished output file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,8 +56,8 @@ impl FileNamer {
         }
     }
 
-    /// The next file: its name relative to the folder and a writer for it.
-    fn open(&self) -> (String, Path, BufWriter) {
+    /// The next file's name (relative to the folder) and key.
+    fn next_name(&self) -> (String, Path) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let name = format!("{}.{n:03}.{}", self.stem, self.extension);
         let key = if self.dir.is_empty() {
@@ -64,9 +65,15 @@ impl FileNamer {
         } else {
             format!("{}/{name}", self.dir)
         };
-        let path = self.location.child(&key);
+        (name, self.location.child(&key))
+    }
+
+    /// The next file: its name relative to the folder and a buffered
+    /// writer for it.
+    fn open(&self) -> (String, Path, BufWriter) {
+        let (name, path) = self.next_name();
         let writer =
-            BufWriter::with_capacity(self.location.store.clone(), path.clone(), UPLOAD_BUFFER).with_max_concurrency(2);
+            BufWriter::with_capacity(self.location.store.clone(), path.clone(), PART_SIZE).with_max_concurrency(2);
         (name, path, writer)
     }
 

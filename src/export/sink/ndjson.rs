@@ -1,21 +1,26 @@
 //! NDJSON output: one resource per line, the stored JSON as loaded.
+//!
+//! Lines are copied once, straight into the multipart upload's part buffer
+//! (`WriteMultipart`), which uploads each full part in the background.
 
-use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use tokio::io::AsyncWriteExt;
+use object_store::{ObjectStoreExt, WriteMultipart};
 
-use super::{ExportedFile, FileNamer};
+use super::{ExportedFile, FileNamer, PART_SIZE};
 use crate::export::ExportError;
 
-/// Bytes gathered before they are handed to the upload.
-const CHUNK: usize = 1024 * 1024;
+/// Part uploads of one file in flight at most (bounds memory to this many
+/// parts plus the one being filled).
+const PARTS_IN_FLIGHT: usize = 2;
 
 struct OpenFile {
     name: String,
     path: Path,
-    writer: BufWriter,
+    upload: WriteMultipart,
     count: u64,
     bytes: u64,
+    /// Bytes written since the last wait for upload capacity.
+    unflushed: usize,
 }
 
 /// Writes lines into files of at most `max_bytes` (a line is never split;
@@ -25,7 +30,6 @@ pub struct NdjsonSink {
     resource_type: Option<String>,
     max_bytes: u64,
     current: Option<OpenFile>,
-    chunk: Vec<u8>,
     files: Vec<ExportedFile>,
     split_anywhere: bool,
 }
@@ -39,7 +43,6 @@ impl NdjsonSink {
             resource_type,
             max_bytes: max_bytes.max(1),
             current: None,
-            chunk: Vec::with_capacity(CHUNK + 64 * 1024),
             files: Vec::new(),
             split_anywhere: true,
         }
@@ -52,36 +55,17 @@ impl NdjsonSink {
         self
     }
 
-    fn io_error(&self, path: &Path, e: std::io::Error) -> ExportError {
+    fn error(&self, path: &Path, e: object_store::Error) -> ExportError {
         ExportError::Write {
             path: self.namer.location().url_of(path),
-            source: e,
-        }
-    }
-
-    async fn flush_chunk(&mut self) -> Result<(), ExportError> {
-        if self.chunk.is_empty() {
-            return Ok(());
-        }
-        let Some(file) = self.current.as_mut() else {
-            return Ok(());
-        };
-        let result = file.writer.write_all(&self.chunk).await;
-        self.chunk.clear();
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let path = file.path.clone();
-                Err(self.io_error(&path, e))
-            }
+            source: std::io::Error::other(e),
         }
     }
 
     async fn close_current(&mut self) -> Result<(), ExportError> {
-        self.flush_chunk().await?;
-        if let Some(mut file) = self.current.take() {
-            if let Err(e) = file.writer.shutdown().await {
-                return Err(self.io_error(&file.path, e));
+        if let Some(file) = self.current.take() {
+            if let Err(e) = file.upload.finish().await {
+                return Err(self.error(&file.path, e));
             }
             self.files.push(ExportedFile {
                 resource_type: self.resource_type.clone(),
@@ -133,23 +117,37 @@ impl NdjsonSink {
             self.close_current().await?;
         }
         if self.current.is_none() {
-            let (name, path, writer) = self.namer.open();
+            let (name, path) = self.namer.next_name();
+            let upload = self
+                .namer
+                .location()
+                .store
+                .put_multipart(&path)
+                .await
+                .map_err(|e| self.error(&path, e))?;
             self.current = Some(OpenFile {
                 name,
                 path,
-                writer,
+                upload: WriteMultipart::new_with_chunk_size(upload, PART_SIZE),
                 count: 0,
                 bytes: 0,
+                unflushed: 0,
             });
         }
-        self.chunk.extend_from_slice(line.as_bytes());
-        self.chunk.push(b'\n');
-        if let Some(file) = self.current.as_mut() {
-            file.count += counted;
-            file.bytes += line.len() as u64 + 1;
-        }
-        if self.chunk.len() >= CHUNK {
-            self.flush_chunk().await?;
+        let Some(file) = self.current.as_mut() else {
+            return Ok(());
+        };
+        file.upload.write(line.as_bytes());
+        file.upload.write(b"\n");
+        file.count += counted;
+        file.bytes += line.len() as u64 + 1;
+        file.unflushed += line.len() + 1;
+        if file.unflushed >= PART_SIZE {
+            file.unflushed = 0;
+            if let Err(e) = file.upload.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                let path = file.path.clone();
+                return Err(self.error(&path, e));
+            }
         }
         Ok(())
     }
@@ -163,8 +161,8 @@ impl NdjsonSink {
     /// Abandons the open file (its upload is aborted; finished files stay
     /// for the caller to delete).
     pub async fn abort(mut self) -> Vec<ExportedFile> {
-        if let Some(mut file) = self.current.take() {
-            let _ = file.writer.abort().await;
+        if let Some(file) = self.current.take() {
+            let _ = file.upload.abort().await;
         }
         self.files
     }
