@@ -74,6 +74,27 @@ pub struct ExportOutput {
     pub bytes: u64,
 }
 
+impl ExportOutput {
+    /// Takes the outcome of writing one type (or the Patient blocks): its
+    /// files join `output` (and `written`, for clean-up on failure) and are
+    /// announced to pollers; a failure's partial files go to `written`.
+    fn add(&mut self, files: TypeResult, written: &mut Vec<String>, progress: &Progress) -> Result<(), ExportError> {
+        let files = match files {
+            Ok(files) => files,
+            Err((e, partial)) => {
+                written.extend(partial.into_iter().map(|f| f.name));
+                return Err(e);
+            }
+        };
+        written.extend(files.iter().map(|f| f.name.clone()));
+        progress.add_finished(&files);
+        self.resources += files.iter().map(|f| f.count).sum::<u64>();
+        self.bytes += files.iter().map(|f| f.bytes).sum::<u64>();
+        self.output.extend(files);
+        Ok(())
+    }
+}
+
 /// Runs `request` over `snapshot`, writing into `target`. `notes` are
 /// messages for the error file (parameters ignored under lenient handling).
 /// On failure the files written so far are deleted.
@@ -174,7 +195,7 @@ async fn export_all(
         // Blocks of one patient's resources; context types are not added
         // (the spec lets unreferencing resources be dropped).
         types.retain(|t| !CONTEXT_TYPES.contains(&t.as_str()));
-        let files = match organized::export_by_patient(
+        let files = organized::export_by_patient(
             engine,
             request,
             &window,
@@ -185,19 +206,8 @@ async fn export_all(
             settings,
             progress,
         )
-        .await
-        {
-            Ok(files) => files,
-            Err((e, partial)) => {
-                written.extend(partial.into_iter().map(|f| f.name));
-                return Err(e);
-            }
-        };
-        written.extend(files.iter().map(|f| f.name.clone()));
-        progress.add_finished(&files);
-        output.resources = files.iter().map(|f| f.count).sum();
-        output.bytes = files.iter().map(|f| f.bytes).sum();
-        output.output = files;
+        .await;
+        output.add(files, written, progress)?;
         types.clear();
     }
     for (n, resource_type) in types.iter().enumerate() {
@@ -265,18 +275,8 @@ async fn export_all(
             },
             references: (collect_context && !is_context).then(|| referenced.clone()),
         };
-        let files = match export_type(engine, frame, &job, request, target, settings).await {
-            Ok(files) => files,
-            Err((e, partial)) => {
-                written.extend(partial.into_iter().map(|f| f.name));
-                return Err(e);
-            }
-        };
-        written.extend(files.iter().map(|f| f.name.clone()));
-        progress.add_finished(&files);
-        output.resources += files.iter().map(|f| f.count).sum::<u64>();
-        output.bytes += files.iter().map(|f| f.bytes).sum::<u64>();
-        output.output.extend(files);
+        let files = export_type(engine, frame, &job, request, target, settings).await;
+        output.add(files, written, progress)?;
         if !settings.type_delay.is_zero() {
             tokio::time::sleep(settings.type_delay).await;
         }

@@ -668,16 +668,7 @@ pub async fn status(
                     && let Some(last) = runtime.last_poll
                     && last.elapsed() < Duration::from_secs(state.retry_after) / 2
                 {
-                    let mut error = FhirError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "throttled",
-                        format!(
-                            "polled too often: wait {} s between polls (Retry-After)",
-                            state.retry_after
-                        ),
-                    );
-                    error.retry_after = Some(state.retry_after);
-                    return Err(error);
+                    return Err(FhirError::polled_too_often(state.retry_after));
                 }
                 if page == 1 {
                     runtime.last_poll = Some(Instant::now());

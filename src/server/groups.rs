@@ -297,16 +297,7 @@ pub async fn poll(State(state): State<SharedState>, Path(id): Path<String>) -> R
             if let Some(last) = runtime.last_poll
                 && last.elapsed() < advised / 2
             {
-                let mut error = FhirError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "throttled",
-                    format!(
-                        "polled too often: wait {} s between polls (Retry-After)",
-                        state.retry_after
-                    ),
-                );
-                error.retry_after = Some(state.retry_after);
-                return Err(error);
+                return Err(FhirError::polled_too_often(state.retry_after));
             }
             runtime.last_poll = Some(Instant::now());
             let mut response = StatusCode::ACCEPTED.into_response();

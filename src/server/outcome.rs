@@ -39,6 +39,18 @@ impl FhirError {
         Self::new(StatusCode::NOT_FOUND, "not-found", text)
     }
 
+    /// 429, issue `throttled`: a status URL polled faster than its
+    /// `Retry-After` (half of it is tolerated).
+    pub fn polled_too_often(retry_after: u64) -> Self {
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "throttled",
+            format!("polled too often: wait {retry_after} s between polls (Retry-After)"),
+        );
+        error.retry_after = Some(retry_after);
+        error
+    }
+
     /// 500, issue `exception`.
     pub fn internal(text: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "exception", text)
