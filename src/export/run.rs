@@ -252,8 +252,9 @@ async fn export_all(
                 .lock()
                 .map(|set| {
                     set.iter()
+                        .filter_map(|key| key.split_once('/'))
                         .filter(|(t, _)| t == resource_type)
-                        .map(|(_, id)| id.clone())
+                        .map(|(_, id)| id.to_string())
                         .collect()
                 })
                 .unwrap_or_default();
@@ -525,9 +526,9 @@ pub(super) fn semi_join(engine: &CohortEngine, ids: LogicalPlan, frame: DataFram
 
 pub(super) type TypeResult = Result<Vec<ExportedFile>, (ExportError, Vec<ExportedFile>)>;
 
-/// (type, id) of the context resources referenced so far, shared by the
+/// `Type/id` of the context resources referenced so far, shared by the
 /// partitions of an export.
-type SharedReferences = Arc<Mutex<HashSet<(String, String)>>>;
+type SharedReferences = Arc<Mutex<HashSet<String>>>;
 
 /// What differs between the types of one export.
 struct TypeJob<'a> {
@@ -612,7 +613,7 @@ struct PartitionJob {
     /// Shared set that this partition's references are added to at its end.
     references: Option<SharedReferences>,
     /// References to context types seen by this partition.
-    found: HashSet<(String, String)>,
+    found: HashSet<String>,
 }
 
 enum AnySink {
@@ -728,15 +729,18 @@ impl PartitionJob {
     }
 }
 
-/// Adds to `found` the (type, id) of every `"reference": "Type/id"` in a
+/// Adds to `found` the `Type/id` of every `"reference": "Type/id"` in a
 /// resource's JSON text whose type is a context type. Relative, absolute
 /// and versioned references are understood; `urn:uuid:` ones carry no type
-/// and are skipped.
-fn collect_references(json: &str, found: &mut HashSet<(String, String)>) {
-    const KEY: &[u8] = b"\"reference\"";
+/// and are skipped. Runs over every exported byte, so the common case (a
+/// relative reference to another type) is rejected without parsing or
+/// allocating.
+fn collect_references(json: &str, found: &mut HashSet<String>) {
+    static KEY: std::sync::OnceLock<memchr::memmem::Finder<'static>> = std::sync::OnceLock::new();
+    let finder = KEY.get_or_init(|| memchr::memmem::Finder::new(b"\"reference\""));
     let bytes = json.as_bytes();
-    for start in memchr::memmem::find_iter(bytes, KEY) {
-        let mut i = start + KEY.len();
+    for start in finder.find_iter(bytes) {
+        let mut i = start + finder.needle().len();
         while bytes.get(i).is_some_and(|b| b.is_ascii_whitespace() || *b == b':') {
             i += 1;
         }
@@ -746,14 +750,27 @@ fn collect_references(json: &str, found: &mut HashSet<(String, String)>) {
         let Some(len) = memchr::memchr(b'"', &bytes[i + 1..]) else {
             continue;
         };
-        let Ok(value) = std::str::from_utf8(&bytes[i + 1..i + 1 + len]) else {
+        // Quotes are ASCII, so these offsets are char boundaries.
+        let value = &json[i + 1..i + 1 + len];
+        let relative_context = CONTEXT_TYPES
+            .iter()
+            .any(|t| value.len() > t.len() && value.starts_with(t) && value.as_bytes()[t.len()] == b'/');
+        if !relative_context && !value.contains("://") {
             continue;
-        };
+        }
         if let Some(target) = crate::fhir::parse_reference(value)
             && let Some(resource_type) = target.resource_type
             && CONTEXT_TYPES.contains(&resource_type)
         {
-            found.insert((resource_type.to_string(), target.id.to_string()));
+            let key_len = resource_type.len() + 1 + target.id.len();
+            let relative = value.len() == key_len;
+            if relative {
+                if !found.contains(value) {
+                    found.insert(value.to_string());
+                }
+            } else {
+                found.insert(format!("{resource_type}/{}", target.id));
+            }
         }
     }
 }
@@ -766,17 +783,11 @@ mod tests {
     fn references_to_context_types_are_collected() {
         let mut found = HashSet::new();
         collect_references(
-            r#"{"subject":{"reference":"Patient/p"},"performer":[{"reference" : "Practitioner/d1"},{"reference":"http://x/fhir/Organization/o1/_history/2"}],"x":{"reference":"urn:uuid:123"}}"#,
+            r#"{"subject":{"reference":"Patient/p"},"performer":[{"reference" : "Practitioner/d1"},{"reference":"http://x/fhir/Organization/o1/_history/2"}],"x":{"reference":"urn:uuid:123"},"y":{"reference":"PractitionerRole/r1/_history/3"}}"#,
             &mut found,
         );
         let mut found: Vec<_> = found.into_iter().collect();
         found.sort();
-        assert_eq!(
-            found,
-            vec![
-                ("Organization".to_string(), "o1".to_string()),
-                ("Practitioner".to_string(), "d1".to_string())
-            ]
-        );
+        assert_eq!(found, ["Organization/o1", "Practitioner/d1", "PractitionerRole/r1"]);
     }
 }
