@@ -117,7 +117,10 @@ pub async fn run_export(
     // Resources are large: a default 8192-row batch of them is tens of MB,
     // which the allocator maps and unmaps for every batch (page faults were
     // a quarter of the scan's time). 1024-row batches reuse heap memory.
-    engine.session().sql("SET datafusion.execution.batch_size = 1024").await?;
+    engine
+        .session()
+        .sql("SET datafusion.execution.batch_size = 1024")
+        .await?;
     let mut written = Vec::new();
     let result = export_all(&engine, request, target, settings, notes, progress, &mut written).await;
     if result.is_err() {
