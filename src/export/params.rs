@@ -160,8 +160,7 @@ pub fn pairs_from_parameters(body: &Value) -> Result<Vec<(String, String)>, Expo
                     Some(s) => s.to_string(),
                     None => {
                         return Err(ExportError::invalid(format!(
-                            "parameter '{name}': a {} value needs a reference or code",
-                            "complex"
+                            "parameter '{name}': a complex value needs a reference or a code"
                         )));
                     }
                 }
