@@ -107,50 +107,7 @@ enum Command {
     },
     /// Bulk export without the server: the same pipeline as `$export`,
     /// writing files and a manifest.json into a folder.
-    Export {
-        /// Export the compartments of this Group's members (a cohort Group
-        /// created through the server, or a Group of the loaded data).
-        #[arg(long, conflicts_with = "patients")]
-        group: Option<String>,
-        /// Export the compartments of all patients (Patient-level export).
-        #[arg(long)]
-        patients: bool,
-        /// Only these resource types (comma-separated or repeated): `_type`.
-        #[arg(long = "type")]
-        types: Vec<String>,
-        /// Only resources changed after this instant: `_since`.
-        #[arg(long)]
-        since: Option<String>,
-        /// Only resources changed at or before this instant: `_until`.
-        #[arg(long)]
-        until: Option<String>,
-        /// FHIR search filters (`Type?param=value`), repeatable: `_typeFilter`.
-        #[arg(long = "type-filter")]
-        type_filters: Vec<String>,
-        /// Top-level elements to keep (`Type.element` or `element`): `_elements`.
-        #[arg(long)]
-        elements: Vec<String>,
-        /// Only these patients (ids or Patient/<id>): `patient`.
-        #[arg(long = "patient")]
-        patient: Vec<String>,
-        /// Output format.
-        #[arg(long, default_value = "ndjson")]
-        format: String,
-        /// Output folder (created).
-        #[arg(long)]
-        out: PathBuf,
-        /// Split files at this size (MiB).
-        #[arg(long, default_value_t = 256)]
-        max_file_mib: u64,
-        /// Write blocks per patient (header, Patient, its resources) instead
-        /// of one type per file: `organizeOutputBy=Patient`.
-        #[arg(long)]
-        organize_by_patient: bool,
-        /// `includeAssociatedData` values (`LatestProvenanceResources`,
-        /// `RelevantProvenanceResources`).
-        #[arg(long)]
-        include_associated_data: Vec<String>,
-    },
+    Export(ExportArgs),
     /// Count the patients meeting every FHIR search expression (member-filter
     /// style: `Condition?code=http://snomed.info/sct|44054006`; several are ANDed).
     Cohort {
@@ -210,21 +167,50 @@ enum ViewCommand {
     },
 }
 
-/// The sample dataset shipped in the repository (synthea-10).
-/// Arguments of `fhirlake export`.
+/// Arguments of `fhirlake export` (`_type`, `_since`, … as flags).
+#[derive(clap::Args)]
 struct ExportArgs {
+    /// Export the compartments of this Group's members (a cohort Group
+    /// created through the server, or a Group of the loaded data).
+    #[arg(long, conflicts_with = "patients")]
     group: Option<String>,
+    /// Export the compartments of all patients (Patient-level export).
+    #[arg(long)]
     patients: bool,
+    /// Only these resource types (comma-separated or repeated): `_type`.
+    #[arg(long = "type")]
     types: Vec<String>,
+    /// Only resources changed after this instant: `_since`.
+    #[arg(long)]
     since: Option<String>,
+    /// Only resources changed at or before this instant: `_until`.
+    #[arg(long)]
     until: Option<String>,
+    /// FHIR search filters (`Type?param=value`), repeatable: `_typeFilter`.
+    #[arg(long = "type-filter")]
     type_filters: Vec<String>,
+    /// Top-level elements to keep (`Type.element` or `element`): `_elements`.
+    #[arg(long)]
     elements: Vec<String>,
+    /// Only these patients (ids or Patient/<id>): `patient`.
+    #[arg(long = "patient")]
     patient: Vec<String>,
+    /// Output format.
+    #[arg(long, default_value = "ndjson")]
     format: String,
+    /// Output folder (created).
+    #[arg(long)]
     out: PathBuf,
+    /// Split files at this size (MiB).
+    #[arg(long, default_value_t = 256)]
     max_file_mib: u64,
+    /// Write blocks per patient (header, Patient, its resources) instead
+    /// of one type per file: `organizeOutputBy=Patient`.
+    #[arg(long)]
     organize_by_patient: bool,
+    /// `includeAssociatedData` values (`LatestProvenanceResources`,
+    /// `RelevantProvenanceResources`).
+    #[arg(long)]
     include_associated_data: Vec<String>,
 }
 
@@ -317,6 +303,7 @@ async fn export_command(warehouse: &str, args: ExportArgs) -> anyhow::Result<()>
     Ok(())
 }
 
+/// The sample dataset shipped in the repository (synthea-10).
 fn sample_data() -> String {
     let bundled = concat!(env!("CARGO_MANIFEST_DIR"), "/data/synthea-10");
     if std::path::Path::new(bundled).exists() {
@@ -455,41 +442,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             fhirlake::server::serve(warehouse, options).await?;
         }
-        Command::Export {
-            group,
-            patients,
-            types,
-            since,
-            until,
-            type_filters,
-            elements,
-            patient,
-            format,
-            out,
-            max_file_mib,
-            organize_by_patient,
-            include_associated_data,
-        } => {
-            export_command(
-                &cli.warehouse,
-                ExportArgs {
-                    group,
-                    patients,
-                    types,
-                    since,
-                    until,
-                    type_filters,
-                    elements,
-                    patient,
-                    format,
-                    out,
-                    max_file_mib,
-                    organize_by_patient,
-                    include_associated_data,
-                },
-            )
-            .await?;
-        }
+        Command::Export(args) => export_command(&cli.warehouse, args).await?,
         Command::Cohort {
             expressions,
             base_group,

@@ -10,18 +10,16 @@
 //! limit). A resource in two members' compartments is in both blocks.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::common::Column;
-use datafusion::logical_expr::{JoinType, LogicalPlanBuilder};
-use datafusion::prelude::{DataFrame, col, lit};
+use datafusion::logical_expr::{JoinType, LogicalPlan, LogicalPlanBuilder};
+use datafusion::prelude::{DataFrame, Expr, col, lit};
 use futures::StreamExt;
 use serde_json::json;
 
 use super::elements::ElementFilter;
 use super::params::ExportRequest;
-use super::population::Population;
 use super::run::{ChangeWindow, ExportSettings, ExportTarget, TypeResult, resource_frame, semi_join};
 use super::sink::FileNamer;
 use super::sink::ndjson::NdjsonSink;
@@ -41,14 +39,15 @@ pub(super) async fn export_by_patient(
     engine: &CohortEngine,
     request: &ExportRequest,
     window: &ChangeWindow,
-    population: &Population,
+    membership: Option<&Expr>,
+    members: Option<&LogicalPlan>,
     filters: &BTreeMap<&str, Vec<SearchQuery>>,
     types: &[String],
     target: &ExportTarget,
     settings: &ExportSettings,
     progress: &Progress,
 ) -> TypeResult {
-    let frame = match blocks_frame(engine, window, population, filters, types).await {
+    let frame = match blocks_frame(engine, window, membership, members, filters, types).await {
         Ok(Some(frame)) => frame,
         Ok(None) => return Ok(Vec::new()),
         Err(e) => return Err((e, Vec::new())),
@@ -70,15 +69,16 @@ pub(super) async fn export_by_patient(
 async fn blocks_frame(
     engine: &CohortEngine,
     window: &ChangeWindow,
-    population: &Population,
+    membership: Option<&Expr>,
+    members: Option<&LogicalPlan>,
     filters: &BTreeMap<&str, Vec<SearchQuery>>,
     types: &[String],
 ) -> Result<Option<DataFrame>, ExportError> {
     let mut union: Option<DataFrame> = None;
     for resource_type in types {
         let mut frame = resource_frame(engine, resource_type, window).await?;
-        if let Some(predicate) = population.scan_predicate() {
-            frame = frame.filter(predicate)?;
+        if let Some(predicate) = membership {
+            frame = frame.filter(predicate.clone())?;
         }
         if let Some(queries) = filters.get(resource_type.as_str()) {
             frame = semi_join(engine, engine.resource_ids_plan(queries)?, frame)?;
@@ -103,14 +103,11 @@ async fn blocks_frame(
     let Some(frame) = union else {
         return Ok(None);
     };
-    let frame = match population {
-        Population::Members(members) => {
-            let mut ids: Vec<&str> = members.iter().map(String::as_str).collect();
-            ids.sort_unstable();
-            let batch = RecordBatch::try_from_iter(vec![("member", Arc::new(StringArray::from(ids)) as ArrayRef)])
-                .map_err(datafusion::error::DataFusionError::from)?;
-            let members = engine.session().read_batch(batch)?.into_unoptimized_plan();
-            let plan = LogicalPlanBuilder::from(members)
+    // Unnesting gives each row every patient of its compartment: keep the
+    // members' rows (the scan predicate kept resources with any member).
+    let frame = match members {
+        Some(members) => {
+            let plan = LogicalPlanBuilder::from(members.clone())
                 .alias("members")?
                 .join(
                     frame.into_unoptimized_plan(),

@@ -187,15 +187,10 @@ async fn export_all(
     let referenced: SharedReferences = Arc::default();
     let mut output = ExportOutput::default();
     let mut notes: Vec<String> = notes.to_vec();
-    // Members as a table, for the Provenance join.
+    // Members as a table (column `member`), for the Provenance and
+    // Patient-block joins.
     let members_plan = match &population {
-        Population::Members(members) => {
-            let mut ids: Vec<&str> = members.iter().map(String::as_str).collect();
-            ids.sort_unstable();
-            let batch = RecordBatch::try_from_iter(vec![("member", Arc::new(StringArray::from(ids)) as ArrayRef)])
-                .map_err(datafusion::error::DataFusionError::from)?;
-            Some(engine.session().read_batch(batch)?.into_unoptimized_plan())
-        }
+        Population::Members(members) => Some(id_table(engine, "member", members.iter().map(String::as_str))?),
         _ => None,
     };
     if request.organize_by_patient {
@@ -206,7 +201,8 @@ async fn export_all(
             engine,
             request,
             &window,
-            &population,
+            membership.as_ref(),
+            members_plan.as_ref(),
             &filters,
             &types,
             target,
@@ -229,12 +225,6 @@ async fn export_all(
             frame = semi_join(engine, engine.resource_ids_plan(queries)?, frame)?;
         }
         let is_context = collect_context && CONTEXT_TYPES.contains(&resource_type.as_str());
-        if !is_context
-            && resource_type != "Provenance"
-            && let Some(predicate) = &membership
-        {
-            frame = frame.filter(predicate.clone())?;
-        }
         // Provenance of Patient/Group exports: the Provenance whose target is
         // an exported resource (not only one naming a Patient directly).
         let mut by_target = false;
@@ -255,7 +245,7 @@ async fn export_all(
             }
         }
         if is_context {
-            let mut ids: Vec<String> = referenced
+            let ids: Vec<String> = referenced
                 .lock()
                 .map(|set| {
                     set.iter()
@@ -268,15 +258,18 @@ async fn export_all(
             if ids.is_empty() {
                 continue;
             }
-            ids.sort_unstable();
-            let batch = RecordBatch::try_from_iter(vec![(RESOURCE_ID, Arc::new(StringArray::from(ids)) as ArrayRef)])
-                .map_err(datafusion::error::DataFusionError::from)?;
-            let wanted = engine.session().read_batch(batch)?.into_unoptimized_plan();
+            let wanted = id_table(engine, RESOURCE_ID, ids.iter().map(String::as_str))?;
             frame = semi_join(engine, wanted, frame)?;
+        }
+        // Types selected by id above need no membership test; the others get
+        // the membership predicate inside their scan, and then no row test.
+        let by_id = is_context || by_target;
+        if !by_id && let Some(predicate) = &membership {
+            frame = frame.filter(predicate.clone())?;
         }
         let job = TypeJob {
             resource_type,
-            population: if is_context || by_target {
+            population: if by_id || membership.is_some() {
                 Population::All
             } else {
                 population.clone()
@@ -532,6 +525,19 @@ pub(super) fn semi_join(engine: &CohortEngine, ids: LogicalPlan, frame: DataFram
 }
 
 pub(super) type TypeResult = Result<Vec<ExportedFile>, (ExportError, Vec<ExportedFile>)>;
+
+/// A one-column table (`column`, text) of `ids`, sorted, as a plan.
+pub(super) fn id_table<'a>(
+    engine: &CohortEngine,
+    column: &str,
+    ids: impl Iterator<Item = &'a str>,
+) -> Result<LogicalPlan, ExportError> {
+    let mut ids: Vec<&str> = ids.collect();
+    ids.sort_unstable();
+    let batch = RecordBatch::try_from_iter(vec![(column, Arc::new(StringArray::from(ids)) as ArrayRef)])
+        .map_err(datafusion::error::DataFusionError::from)?;
+    Ok(engine.session().read_batch(batch)?.into_unoptimized_plan())
+}
 
 /// `Type/id` of the context resources referenced so far, shared by the
 /// partitions of an export.

@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::outcome::FhirError;
-use super::state_store::StateStore;
 use crate::cohort::{CohortEngine, CohortError};
 use crate::fhir::parse_reference;
 use crate::warehouse::Warehouse;
@@ -192,11 +191,7 @@ fn cohort_error(error: CohortError) -> FhirError {
 /// patients meeting every filter, within the base population when `member`
 /// gives one (Patients, and Groups: stored cohort Groups by their computed
 /// members, Groups of the loaded data expanded recursively).
-pub async fn compute(
-    warehouse: &Warehouse,
-    store: &StateStore,
-    request: &CohortRequest,
-) -> Result<(Vec<String>, u64), FhirError> {
+pub async fn compute(warehouse: &Warehouse, request: &CohortRequest) -> Result<(Vec<String>, u64), FhirError> {
     let engine = CohortEngine::open(warehouse).await.map_err(cohort_error)?;
     if !engine.has_index() {
         return Err(FhirError::new(
@@ -214,14 +209,14 @@ pub async fn compute(
             if !seen.insert(group.clone()) {
                 continue;
             }
-            let stored: Option<StoredGroup> = store
-                .get(GROUPS, &group)
-                .await
-                .map_err(|e| FhirError::internal(e.to_string()))?;
-            match stored {
-                Some(stored) => members.extend(stored.members),
-                None => members.extend(engine.group_members(&group).await.map_err(cohort_error)?),
-            }
+            members.extend(
+                crate::export::population::group_patients(warehouse, &engine, &group)
+                    .await
+                    .map_err(|e| match e {
+                        crate::export::ExportError::GroupNotFound(id) => cohort_error(CohortError::GroupNotFound(id)),
+                        other => super::export::export_error(other),
+                    })?,
+            );
         }
         let mut members: Vec<String> = members.into_iter().collect();
         members.sort_unstable();

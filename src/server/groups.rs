@@ -101,7 +101,7 @@ async fn run_job(state: SharedState, mut job: Job, delay: Duration) {
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let outcome = compute(&state.warehouse, &state.store, &job.request).await;
+    let outcome = compute(&state.warehouse, &job.request).await;
     let _writes = state.group_writes.lock().await;
     // A cancel that won the lock leaves the job cancelled and the Group unwritten.
     match state.store.get::<Job>(JOBS, &job.id).await {
@@ -165,7 +165,7 @@ pub async fn refresh_loop(state: SharedState, interval: Duration) {
             if stored.warehouse_version >= current {
                 continue;
             }
-            match compute(&state.warehouse, &state.store, &stored.request).await {
+            match compute(&state.warehouse, &stored.request).await {
                 Ok((members, version)) => {
                     let _writes = state.group_writes.lock().await;
                     match write_group(&state, &id, &stored.request, members, version).await {
@@ -228,7 +228,7 @@ pub async fn create(State(state): State<SharedState>, headers: HeaderMap, body: 
     if prefers_async(&headers) {
         return start_job(&state, JobKind::CreateGroup, id, request).await;
     }
-    let (members, version) = compute(&state.warehouse, &state.store, &request).await?;
+    let (members, version) = compute(&state.warehouse, &request).await?;
     let _writes = state.group_writes.lock().await;
     let stored = write_group(&state, &id, &request, members, version).await?;
     let mut response = fhir_json(StatusCode::CREATED, &stored.resource);
@@ -274,7 +274,7 @@ pub async fn update(
     if prefers_async(&headers) {
         return start_job(&state, JobKind::UpdateGroup, id, request).await;
     }
-    let (members, version) = compute(&state.warehouse, &state.store, &request).await?;
+    let (members, version) = compute(&state.warehouse, &request).await?;
     let _writes = state.group_writes.lock().await;
     let stored = write_group(&state, &id, &request, members, version).await?;
     Ok(fhir_json(StatusCode::OK, &stored.resource))
@@ -564,21 +564,12 @@ pub async fn members(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, FhirError> {
     let (count, offset) = page_params(&params, 100, 1000)?;
-    let ids: Vec<String> = match state.store.get::<StoredGroup>(GROUPS, &id).await.map_err(store_error)? {
-        Some(stored) => stored.members,
-        None => {
-            if loaded_group(&state, &id).await?.is_none() {
-                return Err(FhirError::not_found(format!("Group/{id} does not exist")));
-            }
-            let engine = crate::cohort::CohortEngine::open(&state.warehouse)
-                .await
-                .map_err(|e| FhirError::internal(e.to_string()))?;
-            engine
-                .group_members(&id)
-                .await
-                .map_err(|e| FhirError::internal(e.to_string()))?
-        }
-    };
+    let engine = crate::cohort::CohortEngine::open(&state.warehouse)
+        .await
+        .map_err(|e| FhirError::internal(e.to_string()))?;
+    let ids = crate::export::population::group_patients(&state.warehouse, &engine, &id)
+        .await
+        .map_err(super::export::export_error)?;
     let total = ids.len();
     let page: Vec<String> = ids.into_iter().skip(offset).take(count).collect();
     let resources = patients_by_id(&state, &page).await?;
