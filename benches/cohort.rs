@@ -133,21 +133,7 @@ fn time_cohort(wh: &Path, filters: &[&str]) -> (u64, f64) {
 
 /// DuckDB's view script; returns (cohort patients, cohort seconds, total seconds).
 fn duckdb(data: &Path, work: &Path, name: &str) -> Option<(u64, f64, f64)> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/bench/duckdb_view.py");
-    if !script.exists() {
-        eprintln!("SKIPPED: {} is absent", script.display());
-        return None;
-    }
-    let out = work.join(format!("cohort-duck-{name}"));
-    let _ = std::fs::remove_dir_all(&out);
-    let m = run_measured(Command::new("python3").args([
-        script.to_str().unwrap_or_default(),
-        data.to_str().unwrap_or_default(),
-        out.to_str().unwrap_or_default(),
-        "--threads",
-        "2",
-    ]));
-    let report: serde_json::Value = serde_json::from_str(m.stdout.trim().lines().last()?).ok()?;
+    let (_, report) = common::run_shared_peer("duckdb_view.py", data, &work.join(format!("cohort-duck-{name}")))?;
     Some((
         report["cohort"]["patients"].as_u64()?,
         report["timings"]["cohort_s"].as_f64()?,

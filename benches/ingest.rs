@@ -55,24 +55,8 @@ fn fhirlake_load(data: &Path, work: &Path, name: &str, views: bool) -> Run {
 }
 
 fn duckdb(script: &str, data: &Path, work: &Path, name: &str) -> Option<Run> {
-    let script_path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/bench")
-        .join(script);
-    if !script_path.exists() {
-        eprintln!("SKIPPED: {} is absent", script_path.display());
-        return None;
-    }
-    let out_dir = work.join(format!("duck-{name}"));
-    let _ = std::fs::remove_dir_all(&out_dir);
-    let m = run_measured(Command::new("python3").args([
-        script_path.to_str().unwrap(),
-        data.to_str().unwrap(),
-        out_dir.to_str().unwrap(),
-        "--threads",
-        "2",
-    ]));
-    let (out, seconds, rss) = (m.stdout, m.wall, m.peak_rss_mib);
-    let report: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap_or("{}")).ok()?;
+    let (m, report) = common::run_shared_peer(script, data, &work.join(format!("duck-{name}")))?;
+    let (seconds, rss) = (m.wall, m.peak_rss_mib);
     let (input_mib, inner_seconds, resources) = if script == "duckdb_ingest.py" {
         (
             report["input_mib"].as_f64()?,

@@ -47,6 +47,34 @@ pub fn run_measured(cmd: &mut Command) -> Measured {
     }
 }
 
+/// Runs a DuckDB peer script of `../shared/bench` as `SCRIPT DATA OUT
+/// --threads 2` (OUT emptied first); returns its measurement and its last
+/// stdout line parsed as JSON (the script's report). `None` (with a note)
+/// when the script is absent.
+pub fn run_shared_peer(
+    script: &str,
+    data: &std::path::Path,
+    out: &std::path::Path,
+) -> Option<(Measured, serde_json::Value)> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/bench")
+        .join(script);
+    if !script.exists() {
+        eprintln!("SKIPPED: {} is absent", script.display());
+        return None;
+    }
+    let _ = std::fs::remove_dir_all(out);
+    let m = run_measured(Command::new("python3").args([
+        script.to_str().unwrap_or_default(),
+        data.to_str().unwrap_or_default(),
+        out.to_str().unwrap_or_default(),
+        "--threads",
+        "2",
+    ]));
+    let report = serde_json::from_str(m.stdout.trim().lines().last().unwrap_or("{}")).ok()?;
+    Some((m, report))
+}
+
 /// The benchmark work folder (`target/bench-data`) and the scaled copy of
 /// `source` (`FHIRLAKE_BENCH_COPIES` copies, default `default_copies`),
 /// generated with `fhirlake gen --gzip` when missing. Returns (work folder,

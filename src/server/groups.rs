@@ -491,6 +491,18 @@ fn page_links(base: &str, params: &[(String, String)], total: usize, count: usiz
     links
 }
 
+/// A `200` searchset Bundle of one page.
+fn searchset(total: usize, links: Vec<Value>, entries: Vec<Value>) -> Response {
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": total,
+        "link": links,
+        "entry": entries,
+    });
+    fhir_json(StatusCode::OK, &bundle)
+}
+
 /// `GET /Group?name=…&_id=…&type=…&_count=…&_offset=…`.
 pub async fn search(
     State(state): State<SharedState>,
@@ -546,14 +558,8 @@ pub async fn search(
             "search": {"mode": "outcome"},
         }));
     }
-    let bundle = json!({
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": total,
-        "link": page_links(&format!("{}/Group", state.base_url), &params, total, count, offset),
-        "entry": entries,
-    });
-    Ok(fhir_json(StatusCode::OK, &bundle))
+    let links = page_links(&format!("{}/Group", state.base_url), &params, total, count, offset);
+    Ok(searchset(total, links, entries))
 }
 
 /// `GET /Group/{id}/$members?_count=…&_offset=…`: the member Patients of a
@@ -589,14 +595,14 @@ pub async fn members(
             })
         })
         .collect();
-    let bundle = json!({
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": total,
-        "link": page_links(&format!("{}/Group/{id}/$members", state.base_url), &params, total, count, offset),
-        "entry": entries,
-    });
-    Ok(fhir_json(StatusCode::OK, &bundle))
+    let links = page_links(
+        &format!("{}/Group/{id}/$members", state.base_url),
+        &params,
+        total,
+        count,
+        offset,
+    );
+    Ok(searchset(total, links, entries))
 }
 
 async fn patients_by_id(state: &AppState, ids: &[String]) -> Result<Vec<Value>, FhirError> {
