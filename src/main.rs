@@ -255,6 +255,14 @@ async fn export_command(warehouse: &str, args: ExportArgs) -> anyhow::Result<()>
         .current()
         .await?
         .ok_or_else(|| anyhow::anyhow!("the warehouse is empty: load data first (fhirlake load …)"))?;
+    // Never overwrite an earlier export (its files would be silently mixed
+    // with or replaced by this one's).
+    if std::fs::read_dir(&args.out).is_ok_and(|mut entries| entries.next().is_some()) {
+        anyhow::bail!(
+            "output folder {} is not empty: export into a new or empty folder",
+            args.out.display()
+        );
+    }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let out = args
         .out

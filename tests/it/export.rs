@@ -329,6 +329,17 @@ async fn cli_export_system_patient_and_group_levels_with_parameters() {
         assert_eq!(line["meta"]["tag"][0]["code"], "SUBSETTED");
     }
 
+    // An earlier export is never overwritten.
+    let again = fhirlake(&[
+        "--warehouse",
+        wh.to_str().expect("path"),
+        "export",
+        "--out",
+        out.to_str().expect("path"),
+    ]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+
     // patient: only members; a non-member is an error.
     let out = dir.path().join("one");
     let manifest = cli_export(
