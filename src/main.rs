@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
 use fhirlake::cohort::CohortEngine;
 use fhirlake::index::parse_index_table_key;
 use fhirlake::ingest::{LoadOptions, LoadReport, load};
@@ -19,11 +21,41 @@ use std::sync::{Arc, Mutex};
 #[derive(Parser)]
 #[command(name = "fhirlake", version, about)]
 struct Cli {
-    /// Warehouse location: a folder or file:// URL.
+    /// Warehouse location: a folder, file:// URL or s3://bucket/prefix.
     #[arg(long, global = true, env = WAREHOUSE_ENV, default_value = DEFAULT_WAREHOUSE)]
     warehouse: String,
+    /// Endpoint of an S3-compatible server for s3:// locations (default:
+    /// AWS_ENDPOINT_URL or AWS_ENDPOINT, else AWS); an http:// endpoint
+    /// allows plain HTTP.
+    #[arg(long, global = true)]
+    s3_endpoint: Option<String>,
+    /// S3 addressing style: `path` (ENDPOINT/BUCKET/KEY, the default) or
+    /// `virtual` (BUCKET.ENDPOINT/KEY).
+    #[arg(long, global = true, value_enum)]
+    s3_addressing: Option<S3Addressing>,
+    /// Seconds a failing S3 request is retried before the error is reported.
+    #[arg(long, global = true, env = "FHIRLAKE_S3_RETRY_SECONDS", default_value_t = 30)]
+    s3_retry_seconds: u64,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How clients download export files.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportDownloads {
+    /// Streamed by the server.
+    Server,
+    /// Presigned S3 URLs.
+    Presigned,
+}
+
+/// How S3 object URLs are formed.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum S3Addressing {
+    /// `ENDPOINT/BUCKET/KEY`
+    Path,
+    /// `BUCKET.ENDPOINT/KEY`
+    Virtual,
 }
 
 #[derive(Subcommand)]
@@ -104,6 +136,18 @@ enum Command {
         /// manifests in tests).
         #[arg(long, default_value_t = 0, hide = true)]
         export_type_delay_ms: u64,
+        /// Where export files are written: a folder or s3://bucket/prefix
+        /// (default: the warehouse's _server/export-files).
+        #[arg(long)]
+        export_store: Option<String>,
+        /// How clients download export files: `server` (streamed by this
+        /// server) or `presigned` (short-lived presigned S3 URLs in the
+        /// manifest; needs an s3:// --export-store).
+        #[arg(long, value_enum, default_value = "server")]
+        export_downloads: ExportDownloads,
+        /// How long a presigned download URL stays valid (30s, 10m, 1h).
+        #[arg(long, default_value = "10m")]
+        download_url_expiry: String,
     },
     /// Bulk export without the server: the same pipeline as `$export`,
     /// writing files and a manifest.json into a folder.
@@ -198,9 +242,10 @@ struct ExportArgs {
     /// Output format.
     #[arg(long, default_value = "ndjson")]
     format: String,
-    /// Output folder (created).
+    /// Output folder (created) or object-store prefix (`s3://bucket/prefix`);
+    /// must be empty.
     #[arg(long)]
-    out: PathBuf,
+    out: String,
     /// Split files at this size (MiB).
     #[arg(long, default_value_t = 256)]
     max_file_mib: u64,
@@ -255,20 +300,23 @@ async fn export_command(warehouse: &str, args: ExportArgs) -> anyhow::Result<()>
         .current()
         .await?
         .ok_or_else(|| anyhow::anyhow!("the warehouse is empty: load data first (fhirlake load …)"))?;
+    let location = fhirlake::store::StoreLocation::parse(&args.out, true)?;
     // Never overwrite an earlier export (its files would be silently mixed
     // with or replaced by this one's).
-    if std::fs::read_dir(&args.out).is_ok_and(|mut entries| entries.next().is_some()) {
+    let existing = location
+        .store
+        .list(Some(&location.prefix))
+        .next()
+        .await
+        .transpose()
+        .map_err(|e| location.error("listing", &location.prefix, e))?;
+    if existing.is_some() {
         anyhow::bail!(
-            "output folder {} is not empty: export into a new or empty folder",
-            args.out.display()
+            "output location {} is not empty: export into a new or empty folder",
+            args.out
         );
     }
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let out = args
-        .out
-        .canonicalize()
-        .with_context(|| format!("opening {}", args.out.display()))?;
-    let location = fhirlake::store::StoreLocation::parse(&out.to_string_lossy(), true)?;
+    let out_url = location.display_of(&location.prefix);
     let target = ExportTarget {
         location,
         dir: String::new(),
@@ -295,16 +343,20 @@ async fn export_command(warehouse: &str, args: ExportArgs) -> anyhow::Result<()>
         parsed.request.organize_by_patient.then_some("Patient"),
         |name| name.to_string(),
     );
-    let manifest_path = out.join("manifest.json");
-    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest)?)
-        .with_context(|| format!("writing {}", manifest_path.display()))?;
+    let manifest_path = target.location.child("manifest.json");
+    target
+        .location
+        .store
+        .put(&manifest_path, serde_json::to_vec_pretty(&manifest)?.into())
+        .await
+        .map_err(|e| target.location.error("writing", &manifest_path, e))?;
     let seconds = started.elapsed().as_secs_f64();
     println!(
         "exported {} resources in {} files ({:.1} MiB) to {} in {:.2} s ({:.0} MiB/s)",
         output.resources,
         output.output.len(),
         output.bytes as f64 / 1048576.0,
-        out.display(),
+        out_url,
         seconds,
         output.bytes as f64 / 1048576.0 / seconds.max(1e-9)
     );
@@ -329,6 +381,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    fhirlake::store::configure_s3(fhirlake::store::S3Options {
+        endpoint: cli.s3_endpoint.clone(),
+        path_style: cli.s3_addressing.map(|a| matches!(a, S3Addressing::Path)),
+        retry_timeout: Some(std::time::Duration::from_secs(cli.s3_retry_seconds)),
+        credentials: None,
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -421,7 +479,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             export_file_mib,
             export_retention,
             export_type_delay_ms,
+            export_store,
+            export_downloads,
+            download_url_expiry,
         } => {
+            let export_downloads = match export_downloads {
+                ExportDownloads::Server => fhirlake::server::DownloadMode::Server,
+                ExportDownloads::Presigned => {
+                    let expiry = fhirlake::server::parse_interval(&download_url_expiry)
+                        .map_err(|e| anyhow::anyhow!("--download-url-expiry: {e}"))?
+                        .ok_or_else(|| anyhow::anyhow!("--download-url-expiry cannot be off"))?;
+                    // S3 refuses presigned URLs valid for more than 7 days.
+                    anyhow::ensure!(
+                        expiry <= std::time::Duration::from_secs(7 * 24 * 3600),
+                        "--download-url-expiry must be at most 7 days"
+                    );
+                    fhirlake::server::DownloadMode::Presigned { expiry }
+                }
+            };
             let export_retention = fhirlake::server::parse_interval(&export_retention)
                 .map_err(|e| anyhow::anyhow!("--export-retention: {e}"))?
                 .ok_or_else(|| anyhow::anyhow!("--export-retention cannot be off"))?;
@@ -447,6 +522,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 export_file_bytes: export_file_mib.max(1) * 1024 * 1024,
                 export_retention,
                 export_type_delay: std::time::Duration::from_millis(export_type_delay_ms),
+                export_store,
+                export_downloads,
             };
             fhirlake::server::serve(warehouse, options).await?;
         }

@@ -5,9 +5,11 @@
 //! A job is a durable record (`_server/exports/<id>.json`) holding the
 //! validated request and the warehouse version it reads, so a restarted
 //! server reruns an interrupted export over the very same snapshot; its
-//! files live under `_server/export-files/<id>/` and are listed in the
-//! manifest only once complete.
+//! files live under `<export store>/<id>/` (default the warehouse's
+//! `_server/export-files`, or an S3 prefix) and are listed in the manifest
+//! only once complete.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -20,13 +22,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::outcome::{FhirError, fhir_json, operation_outcome};
-use super::{AppState, SharedState, now};
+use super::{AppState, ServerError, SharedState, now};
 use crate::cohort::CohortEngine;
 use crate::export::manifest::manifest;
 use crate::export::{
     ExportError, ExportLevel, ExportOutput, ExportRequest, ExportSettings, ExportTarget, ExportedFile, OutputFormat,
     Progress, pairs_from_parameters, parse_export, run_export,
 };
+use crate::store::StoreLocation;
+use crate::warehouse::Warehouse;
 
 /// State kind of stored export jobs.
 pub const EXPORTS: &str = "exports";
@@ -133,14 +137,62 @@ fn prefer_tokens(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-fn files_dir(id: &str) -> String {
-    format!("{EXPORT_FILES}/{id}")
+/// How clients download export files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownloadMode {
+    /// Manifest URLs point at this server, which streams the files (gzip,
+    /// byte ranges).
+    Server,
+    /// Manifest URLs are presigned object-store URLs valid for `expiry`
+    /// from the time the manifest is served (S3 export stores only).
+    Presigned {
+        /// How long a URL stays valid.
+        expiry: Duration,
+    },
+}
+
+/// Where export files are written (one folder per job) and how they are
+/// downloaded.
+#[derive(Debug, Clone)]
+pub struct ExportFiles {
+    /// The folder holding one sub-folder per job.
+    pub location: StoreLocation,
+    /// How clients download them.
+    pub downloads: DownloadMode,
+}
+
+impl ExportFiles {
+    /// Export files in `store` (a URL or folder) or, by default, in the
+    /// warehouse's `_server/export-files`; presigned downloads need a store
+    /// that can sign URLs (S3).
+    pub fn new(warehouse: &Warehouse, store: Option<&str>, downloads: DownloadMode) -> Result<Self, ServerError> {
+        let location = match store {
+            Some(url) => StoreLocation::parse(url, true)?,
+            None => {
+                let mut location = warehouse.root().clone();
+                location.prefix = location.child(EXPORT_FILES);
+                location
+            }
+        };
+        if matches!(downloads, DownloadMode::Presigned { .. }) && location.signer.is_none() {
+            return Err(ServerError::Options(format!(
+                "presigned downloads need an S3 export store (--export-store s3://…); {} cannot sign URLs",
+                location.url()
+            )));
+        }
+        Ok(Self { location, downloads })
+    }
+
+    /// The key of file `name` of job `id`.
+    fn path(&self, id: &str, name: &str) -> object_store::path::Path {
+        self.location.child(&format!("{id}/{name}"))
+    }
 }
 
 /// Deletes every file of job `id`.
 async fn purge_files(state: &AppState, id: &str) {
-    let root = state.warehouse.root();
-    let prefix = root.child(&files_dir(id));
+    let root = &state.export_files.location;
+    let prefix = root.child(id);
     let objects: Vec<_> = match root.store.list(Some(&prefix)).try_collect().await {
         Ok(objects) => objects,
         Err(e) => {
@@ -345,8 +397,8 @@ async fn run_job(state: SharedState, mut job: ExportJob, delay: Duration, progre
         tokio::spawn(async move {
             let snapshot = state.warehouse.snapshot(job.snapshot_version).await?;
             let target = ExportTarget {
-                location: state.warehouse.root().clone(),
-                dir: files_dir(&job.id),
+                location: state.export_files.location.clone(),
+                dir: job.id.clone(),
             };
             let settings = ExportSettings {
                 max_file_bytes: state.export_file_bytes,
@@ -563,16 +615,35 @@ fn page_url(state: &AppState, id: &str, page: usize) -> String {
 }
 
 /// The manifest of `output` files for `job`; `last` pages carry error[] and
-/// deleted[], earlier partial pages a `link` to the next one.
-fn job_manifest(state: &AppState, job: &ExportJob, output: &[ExportedFile], next: Option<usize>, last: bool) -> Value {
+/// deleted[], earlier partial pages a `link` to the next one. File URLs
+/// point at this server or, for presigned downloads, are signed now.
+async fn job_manifest(
+    state: &AppState,
+    job: &ExportJob,
+    output: &[ExportedFile],
+    next: Option<usize>,
+    last: bool,
+) -> Result<Value, FhirError> {
     let (error, deleted) = match (&job.state, last) {
         (ExportState::Completed { error, deleted, .. }, true) => (error.clone(), deleted.clone()),
         _ => (Vec::new(), Vec::new()),
     };
+    let mut urls: HashMap<String, String> = HashMap::new();
+    for file in output.iter().chain(&error).chain(&deleted) {
+        let url = match (state.export_files.downloads, &state.export_files.location.signer) {
+            (DownloadMode::Presigned { expiry }, Some(signer)) => signer
+                .signed_url(Method::GET, &state.export_files.path(&job.id, &file.name), expiry)
+                .await
+                .map_err(|e| FhirError::internal(format!("signing the URL of {}: {e}", file.name)))?
+                .to_string(),
+            _ => file_url(state, &job.id, &file.name),
+        };
+        urls.insert(file.name.clone(), url);
+    }
     let mut body = manifest(
         &job.transaction_time,
         &job.request_url,
-        false,
+        requires_access_token(state),
         &ExportOutput {
             output: output.to_vec(),
             error,
@@ -580,12 +651,22 @@ fn job_manifest(state: &AppState, job: &ExportJob, output: &[ExportedFile], next
             ..ExportOutput::default()
         },
         job.request.organize_by_patient.then_some("Patient"),
-        |name| file_url(state, &job.id, name),
+        |name| urls.get(name).cloned().unwrap_or_else(|| file_url(state, &job.id, name)),
     );
     if let Some(next) = next {
         body["link"] = serde_json::json!([{"relation": "next", "url": page_url(state, &job.id, next)}]);
     }
-    body
+    Ok(body)
+}
+
+/// Whether a download needs the client's access token: presigned URLs carry
+/// their own authorization; files streamed by this server would need a
+/// token once authorization is on, but the server runs without it.
+fn requires_access_token(state: &AppState) -> bool {
+    match state.export_files.downloads {
+        DownloadMode::Presigned { .. } => false,
+        DownloadMode::Server => false,
+    }
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
@@ -626,7 +707,7 @@ async fn running_page(
         return Ok(None);
     }
     let next = (page < job.pages.len()).then_some(page + 1);
-    Ok(Some(job_manifest(state, &job, &job.pages[page - 1], next, false)))
+    Ok(Some(job_manifest(state, &job, &job.pages[page - 1], next, false).await?))
 }
 
 /// `GET /_export/{id}[?page=N]`: the status URL (pages of a partial
@@ -710,11 +791,11 @@ pub async fn status(
                 if page != 1 {
                     return Err(no_page());
                 }
-                job_manifest(&state, &job, output, None, true)
+                job_manifest(&state, &job, output, None, true).await?
             } else {
                 let files = job.pages.get(page - 1).ok_or_else(no_page)?;
                 let last = page == job.pages.len();
-                job_manifest(&state, &job, files, (!last).then_some(page + 1), last)
+                job_manifest(&state, &job, files, (!last).then_some(page + 1), last).await?
             };
             let mut response = json_response(StatusCode::OK, &body);
             if let Ok(expires) = chrono::DateTime::parse_from_rfc3339(expires_at)
@@ -823,8 +904,8 @@ pub async fn download(
     let Some(file) = listed.into_iter().find(|f| f.name == name) else {
         return Err(FhirError::not_found(format!("export '{id}' has no file '{name}'")));
     };
-    let root = state.warehouse.root();
-    let path = root.child(&format!("{}/{}", files_dir(&id), file.name));
+    let root = &state.export_files.location;
+    let path = state.export_files.path(&id, &file.name);
     let is_parquet = file.name.ends_with(".parquet");
     let content_type = if is_parquet {
         OutputFormat::Parquet.media_type()

@@ -32,6 +32,7 @@ use self::jobs::JobRuntime;
 use self::outcome::FhirError;
 use self::state_store::StateStore;
 use crate::warehouse::Warehouse;
+pub use self::export::{DownloadMode, ExportFiles};
 
 /// Errors of starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +52,9 @@ pub enum ServerError {
     /// Reading the server state failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The options contradict each other.
+    #[error("{0}")]
+    Options(String),
 }
 
 /// How to serve.
@@ -76,6 +80,11 @@ pub struct ServeOptions {
     pub export_retention: Duration,
     /// Pause after each exported type (tests).
     pub export_type_delay: Duration,
+    /// Where export files go (`s3://bucket/prefix`, a folder); default the
+    /// warehouse's `_server/export-files`.
+    pub export_store: Option<String>,
+    /// How clients download export files.
+    pub export_downloads: export::DownloadMode,
 }
 
 /// What every handler shares.
@@ -106,6 +115,8 @@ pub struct AppState {
     pub export_retention: Duration,
     /// See [`ServeOptions::export_type_delay`].
     pub export_type_delay: Duration,
+    /// Where export files are written and how they are downloaded.
+    pub export_files: export::ExportFiles,
 }
 
 /// Shared state handle.
@@ -269,7 +280,9 @@ pub async fn serve(warehouse: Warehouse, options: ServeOptions) -> Result<(), Se
         .unwrap_or_else(|| format!("http://{local}"))
         .trim_end_matches('/')
         .to_string();
+    let export_files = export::ExportFiles::new(&warehouse, options.export_store.as_deref(), options.export_downloads)?;
     let state = Arc::new(AppState {
+        export_files,
         store: StateStore::new(warehouse.root().clone()),
         warehouse,
         base_url: base_url.clone(),

@@ -3,15 +3,18 @@
 //! folder and an object-store bucket take the same code path.
 
 mod object_writer;
+mod s3;
 
 use std::sync::Arc;
 
 use object_store::ObjectStore;
+use object_store::signer::Signer;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use url::Url;
 
 pub use object_writer::ObjectWriter;
+pub use s3::{S3Options, configure_s3};
 
 /// Errors resolving or accessing a storage location.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +28,7 @@ pub enum StoreError {
         reason: String,
     },
     /// The URL scheme has no object store in this build.
-    #[error("unsupported storage scheme '{scheme}' in '{location}' (supported: file://, local paths)")]
+    #[error("unsupported storage scheme '{scheme}' in '{location}' (supported: s3://, file://, local paths)")]
     UnsupportedScheme {
         /// The scheme found.
         scheme: String,
@@ -33,12 +36,15 @@ pub enum StoreError {
         location: String,
     },
     /// An object store operation failed.
-    #[error("{operation} {url}: {source}")]
+    #[error("{operation} {url}: {}", describe_failure(*kind, source))]
     ObjectStore {
         /// What was being done (`reading`, `listing`, …).
         operation: &'static str,
         /// The object's URL.
         url: String,
+        /// What kind of failure it was, in words (`bucket not found`,
+        /// `forbidden…`, `unreachable…`), where known.
+        kind: Option<&'static str>,
         /// The store's error.
         #[source]
         source: object_store::Error,
@@ -54,6 +60,14 @@ pub enum StoreError {
     },
 }
 
+/// `kind: details` when the kind of failure is known, else the details.
+fn describe_failure(kind: Option<&str>, source: &object_store::Error) -> String {
+    match kind {
+        Some(kind) => format!("{kind} ({source})"),
+        None => source.to_string(),
+    }
+}
+
 /// A resolved storage location: an object store and the key prefix inside it.
 #[derive(Debug, Clone)]
 pub struct StoreLocation {
@@ -64,12 +78,21 @@ pub struct StoreLocation {
     pub store_url: Url,
     /// Key prefix of this location inside the store (no leading or trailing `/`).
     pub prefix: Path,
+    /// Makes presigned URLs for objects of this store (S3 only).
+    pub signer: Option<Arc<dyn Signer>>,
 }
 
 impl StoreLocation {
-    /// Resolves a user-given location: a local path (relative or absolute) or a
-    /// `file://` URL. With `create_local`, a missing local folder is created.
+    /// Resolves a user-given location: a local path (relative or absolute), a
+    /// `file://` URL or an `s3://bucket/prefix` URL (see [`configure_s3`]).
+    /// With `create_local`, a missing local folder is created.
     pub fn parse(location: &str, create_local: bool) -> Result<Self, StoreError> {
+        Self::parse_with(location, create_local, &s3::configured())
+    }
+
+    /// Like [`StoreLocation::parse`] with explicit S3 options instead of
+    /// those set by [`configure_s3`].
+    pub fn parse_with(location: &str, create_local: bool, s3_options: &S3Options) -> Result<Self, StoreError> {
         let invalid = |reason: String| StoreError::InvalidLocation {
             location: location.to_string(),
             reason,
@@ -82,6 +105,18 @@ impl StoreLocation {
                         .to_file_path()
                         .map_err(|()| invalid("not a local file URL".into()))?;
                     Self::local(&path, location, create_local)
+                }
+                "s3" | "s3a" => {
+                    let store = s3::open(&url, location, s3_options)?;
+                    let bucket = url.host_str().unwrap_or_default();
+                    let store_url = Url::parse(&format!("s3://{bucket}/")).map_err(|e| invalid(e.to_string()))?;
+                    let prefix = Path::from_url_path(url.path()).map_err(|e| invalid(e.to_string()))?;
+                    Ok(Self {
+                        signer: Some(store.clone()),
+                        store,
+                        store_url,
+                        prefix,
+                    })
                 }
                 other => Err(StoreError::UnsupportedScheme {
                     scheme: other.to_string(),
@@ -118,6 +153,7 @@ impl StoreLocation {
             store: Arc::new(LocalFileSystem::new()),
             store_url,
             prefix,
+            signer: None,
         })
     }
 
@@ -157,9 +193,11 @@ impl StoreLocation {
 
     /// Wraps an object store error with the operation and the object's URL.
     pub fn error(&self, operation: &'static str, path: &Path, source: object_store::Error) -> StoreError {
+        let kind = if self.is_local() { None } else { s3::classify(&source) };
         StoreError::ObjectStore {
             operation,
             url: self.url_of(path),
+            kind,
             source,
         }
     }

@@ -89,6 +89,10 @@ async fn listing_provider(
         return Ok(Arc::new(EmptyTable::new(schema)));
     }
     let root = warehouse.root();
+    if !root.is_local() {
+        // DataFusion finds stores by URL; the local filesystem is built in.
+        ctx.register_object_store(&root.store_url, root.store.clone());
+    }
     let urls = files
         .iter()
         .map(|f| ListingTableUrl::parse(root.url_of(&root.child(&f.path))))

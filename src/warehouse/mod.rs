@@ -85,6 +85,11 @@ impl Warehouse {
         })
     }
 
+    /// The warehouse at an already resolved location.
+    pub fn at(root: StoreLocation) -> Self {
+        Self { root }
+    }
+
     /// The warehouse's root location.
     pub fn root(&self) -> &StoreLocation {
         &self.root

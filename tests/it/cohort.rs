@@ -11,7 +11,7 @@ use crate::common::{fhirlake, load_into, sample_data, shared_dataset};
 
 /// (id, filters, synthea-10, synthea-100, synthea-615), from
 /// ../shared/spec/fhir-r4/README.md ("Example filters with expected patient counts").
-const EXAMPLES: &[(&str, &[&str], usize, usize, usize)] = &[
+pub(crate) const EXAMPLES: &[(&str, &[&str], usize, usize, usize)] = &[
     ("P1", &["Patient?gender=female"], 4, 40, 284),
     (
         "P2",

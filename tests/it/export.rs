@@ -151,7 +151,7 @@ fn expected_compartment_export(
 
 /// Per-type counts of the NDJSON files listed in a manifest (read through
 /// `read`), checking each file's `count` and each line's type.
-fn manifest_counts(manifest: &Value, read: impl Fn(&str) -> Vec<u8>) -> (BTreeMap<String, usize>, Vec<Value>) {
+pub(crate) fn manifest_counts(manifest: &Value, read: impl Fn(&str) -> Vec<u8>) -> (BTreeMap<String, usize>, Vec<Value>) {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     let mut all = Vec::new();
     for entry in manifest["output"].as_array().expect("output[]") {
@@ -520,7 +520,7 @@ async fn cli_export_since_returns_only_later_changes() {
 }
 
 /// Follows `Retry-After` until the status URL stops answering 202.
-async fn poll_export(url: &str) -> HttpResponse {
+pub(crate) async fn poll_export(url: &str) -> HttpResponse {
     for _ in 0..240 {
         let response = http("GET", url, &[("Accept", "application/json")], None);
         if response.status != 202 {
@@ -546,12 +546,12 @@ fn kickoff(method: &str, url: &str, body: Option<&Value>, extra: &[(&str, &str)]
     http(method, url, &headers, text.as_deref())
 }
 
-fn get_file(url: &str, headers: &[(&str, &str)]) -> HttpResponse {
+pub(crate) fn get_file(url: &str, headers: &[(&str, &str)]) -> HttpResponse {
     http("GET", url, headers, None)
 }
 
 /// Kicks off, polls and returns (status URL, manifest).
-async fn export_ok(method: &str, url: &str, body: Option<&Value>) -> (String, Value) {
+pub(crate) async fn export_ok(method: &str, url: &str, body: Option<&Value>) -> (String, Value) {
     let response = kickoff(method, url, body, &[]);
     assert_eq!(
         response.status,

@@ -18,15 +18,16 @@ pub struct Server {
 impl Server {
     /// Starts the server over `warehouse` with `extra` arguments.
     pub fn start(warehouse: &Path, extra: &[&str]) -> Server {
+        Self::start_with(warehouse.to_str().expect("path"), extra, &[])
+    }
+
+    /// Starts the server over the warehouse at `warehouse` (a path or URL)
+    /// with `extra` arguments and environment variables `envs`.
+    pub fn start_with(warehouse: &str, extra: &[&str], envs: &[(String, String)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fhirlake"))
-            .args([
-                "--warehouse",
-                warehouse.to_str().expect("path"),
-                "serve",
-                "--addr",
-                "127.0.0.1:0",
-            ])
+            .args(["--warehouse", warehouse, "serve", "--addr", "127.0.0.1:0"])
             .args(extra)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

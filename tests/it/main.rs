@@ -10,6 +10,7 @@ mod generate;
 mod http_client;
 mod json_differential;
 mod load;
+mod s3;
 mod server;
 mod sql_cli;
 mod sql_on_fhir;

@@ -1,0 +1,272 @@
+//! S3 and S3-compatible locations (`s3://bucket/prefix`).
+//!
+//! Configuration follows what AWS users expect, in the AWS SDKs' order:
+//! command-line options (set once through [`configure_s3`]), then the
+//! standard `AWS_*` environment variables, then the shared profile files
+//! (`~/.aws/credentials`, `~/.aws/config`, `AWS_PROFILE`), then the
+//! container and instance credential providers `object_store` falls back to.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::{BackoffConfig, ClientOptions, RetryConfig};
+use url::Url;
+
+use super::StoreError;
+
+/// S3 settings given on the command line; they override the environment.
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    /// Endpoint of an S3-compatible server (`http://127.0.0.1:9000`); an
+    /// `http://` endpoint allows plain HTTP.
+    pub endpoint: Option<String>,
+    /// Addressing style: `Some(true)` for path style
+    /// (`endpoint/bucket/key`), `Some(false)` for virtual-hosted style
+    /// (`bucket.endpoint/key`); `None` keeps the environment's choice
+    /// (`AWS_VIRTUAL_HOSTED_STYLE_REQUEST`), path style by default.
+    pub path_style: Option<bool>,
+    /// How long a failing request is retried before the error is reported.
+    pub retry_timeout: Option<Duration>,
+    /// Explicit credentials (access key id, secret), for programs that
+    /// embed fhirlake; the command line takes them from the environment or
+    /// profile only, never from arguments (they would show in `ps`).
+    pub credentials: Option<(String, String)>,
+}
+
+static OPTIONS: OnceLock<S3Options> = OnceLock::new();
+
+/// Sets the command-line S3 options for every later `s3://` location of
+/// this process. Returns false if they were already set (the first call wins).
+pub fn configure_s3(options: S3Options) -> bool {
+    OPTIONS.set(options).is_ok()
+}
+
+/// How long requests are retried by default: long enough to ride out S3's
+/// throttling (503 SlowDown), short enough that an unreachable endpoint is
+/// reported within a minute.
+const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The options set by [`configure_s3`] (defaults when never called).
+pub(super) fn configured() -> S3Options {
+    OPTIONS.get().cloned().unwrap_or_default()
+}
+
+/// Builds the store for the bucket of `url` (an `s3://` URL).
+pub(super) fn open(url: &Url, location: &str, options: &S3Options) -> Result<Arc<AmazonS3>, StoreError> {
+    let invalid = |reason: String| StoreError::InvalidLocation {
+        location: location.to_string(),
+        reason,
+    };
+    let bucket = url
+        .host_str()
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| invalid("missing bucket name (expected s3://BUCKET/PREFIX)".into()))?;
+    let env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("AWS_")).collect();
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    for (key, value) in profile_settings(&env) {
+        builder = builder.with_config(key, value);
+    }
+    let endpoint = options
+        .endpoint
+        .clone()
+        .or_else(|| env.get("AWS_ENDPOINT_URL").cloned())
+        .or_else(|| env.get("AWS_ENDPOINT").cloned());
+    if let Some(endpoint) = &endpoint {
+        builder = builder.with_endpoint(endpoint.trim_end_matches('/'));
+        // An explicit http:// endpoint is the user's choice of plain HTTP
+        // (a local S3-compatible server); no second flag needed.
+        if endpoint.starts_with("http://") {
+            builder = builder.with_allow_http(true);
+        }
+    }
+    if let Some((key, secret)) = &options.credentials {
+        builder = builder.with_access_key_id(key).with_secret_access_key(secret);
+    }
+    if let Some(path_style) = options.path_style {
+        builder = builder.with_virtual_hosted_style_request(!path_style);
+    }
+    if builder.get_config_value(&AmazonS3ConfigKey::Region).is_none() {
+        builder = builder.with_region("us-east-1");
+    }
+    let retry = RetryConfig {
+        backoff: BackoffConfig::default(),
+        max_retries: 10,
+        retry_timeout: options.retry_timeout.unwrap_or(DEFAULT_RETRY_TIMEOUT),
+    };
+    // Large objects are streamed for minutes while workers parse them; a
+    // body that times out is resumed by object_store with a ranged GET.
+    let client = ClientOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_timeout(Duration::from_secs(300));
+    let store = builder
+        .with_retry(retry)
+        .with_client_options(client)
+        .build()
+        .map_err(|e| invalid(e.to_string()))?;
+    Ok(Arc::new(store))
+}
+
+/// Settings from the shared AWS profile files for the profile named by
+/// `AWS_PROFILE` (default `default`), each only where the environment does
+/// not already set it (environment variables win, as in the AWS SDKs).
+fn profile_settings(env: &HashMap<String, String>) -> Vec<(AmazonS3ConfigKey, String)> {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let profile = env.get("AWS_PROFILE").cloned().unwrap_or_else(|| "default".into());
+    let credentials_file = env
+        .get("AWS_SHARED_CREDENTIALS_FILE")
+        .cloned()
+        .unwrap_or_else(|| format!("{home}/.aws/credentials"));
+    let config_file = env
+        .get("AWS_CONFIG_FILE")
+        .cloned()
+        .unwrap_or_else(|| format!("{home}/.aws/config"));
+    let mut values = HashMap::new();
+    // `~/.aws/config` names sections `[profile NAME]` (`[default]` for the
+    // default); `~/.aws/credentials` uses the bare name. Credentials win.
+    if let Ok(text) = std::fs::read_to_string(&config_file) {
+        let section = if profile == "default" {
+            "default".to_string()
+        } else {
+            format!("profile {profile}")
+        };
+        values.extend(ini_section(&text, &section));
+    }
+    if let Ok(text) = std::fs::read_to_string(&credentials_file) {
+        values.extend(ini_section(&text, &profile));
+    }
+    let mut settings = Vec::new();
+    let env_has_keys = env.contains_key("AWS_ACCESS_KEY_ID");
+    let pairs = [
+        ("aws_access_key_id", "AWS_ACCESS_KEY_ID", AmazonS3ConfigKey::AccessKeyId),
+        ("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY", AmazonS3ConfigKey::SecretAccessKey),
+        ("aws_session_token", "AWS_SESSION_TOKEN", AmazonS3ConfigKey::Token),
+    ];
+    // Credentials come as a set: a key id from the environment is never
+    // mixed with a secret from a file.
+    if !env_has_keys {
+        for (file_key, _, config_key) in pairs {
+            if let Some(value) = values.get(file_key) {
+                settings.push((config_key, value.clone()));
+            }
+        }
+    }
+    if !env.contains_key("AWS_REGION")
+        && !env.contains_key("AWS_DEFAULT_REGION")
+        && let Some(region) = values.get("region")
+    {
+        settings.push((AmazonS3ConfigKey::Region, region.clone()));
+    }
+    if !env.contains_key("AWS_ENDPOINT")
+        && !env.contains_key("AWS_ENDPOINT_URL")
+        && let Some(endpoint) = values.get("endpoint_url")
+    {
+        settings.push((AmazonS3ConfigKey::Endpoint, endpoint.clone()));
+        if endpoint.starts_with("http://") {
+            settings.push((AmazonS3ConfigKey::Client(object_store::ClientConfigKey::AllowHttp), "true".into()));
+        }
+    }
+    settings
+}
+
+/// The `key = value` pairs of section `[name]` of an INI-style AWS file.
+fn ini_section(text: &str, name: &str) -> HashMap<String, String> {
+    let mut values = HashMap::new();
+    let mut inside = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = header.trim() == name;
+            continue;
+        }
+        if inside && let Some((key, value)) = line.split_once('=') {
+            values.insert(key.trim().to_ascii_lowercase(), value.trim().to_string());
+        }
+    }
+    values
+}
+
+/// What went wrong with an S3 request, in words a user can act on: not
+/// found (and whether it was the bucket), forbidden, unauthenticated or
+/// unreachable; `None` when the error says nothing more specific.
+pub(super) fn classify(error: &object_store::Error) -> Option<&'static str> {
+    let text = error_chain(error);
+    match error {
+        object_store::Error::NotFound { .. } if text.contains("NoSuchBucket") => Some("bucket not found"),
+        object_store::Error::NotFound { .. } => Some("not found"),
+        object_store::Error::PermissionDenied { .. } => Some("forbidden: access denied (check the credentials and the bucket policy)"),
+        object_store::Error::Unauthenticated { .. } => Some("unauthenticated: the credentials were refused"),
+        _ if text.contains("NoSuchBucket") => Some("bucket not found"),
+        _ if text.contains("InvalidAccessKeyId") || text.contains("SignatureDoesNotMatch") => {
+            Some("forbidden: the credentials were refused")
+        }
+        _ if text.contains("AccessDenied") => Some("forbidden: access denied"),
+        _ if text.contains("error sending request")
+            || text.contains("connect")
+            || text.contains("dns error")
+            || text.contains("timed out") =>
+        {
+            Some("unreachable: no answer from the S3 endpoint")
+        }
+        _ => None,
+    }
+}
+
+/// The error and its sources as one string (object_store puts the S3 error
+/// code in the response body it carries as a source).
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_profile_sections() {
+        let text = "[default]\naws_access_key_id = A\n\n[profile dev]\nregion=eu-west-1\n# c\n[dev]\naws_access_key_id = B\n";
+        assert_eq!(ini_section(text, "default").get("aws_access_key_id").map(String::as_str), Some("A"));
+        assert_eq!(ini_section(text, "profile dev").get("region").map(String::as_str), Some("eu-west-1"));
+        assert_eq!(ini_section(text, "dev").get("aws_access_key_id").map(String::as_str), Some("B"));
+        assert!(ini_section(text, "other").is_empty());
+    }
+
+    #[test]
+    fn profile_credentials_apply_only_without_environment_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let credentials = dir.path().join("credentials");
+        std::fs::write(&credentials, "[ci]\naws_access_key_id = K\naws_secret_access_key = S\n").unwrap();
+        let config = dir.path().join("config");
+        std::fs::write(&config, "[profile ci]\nregion = eu-north-1\nendpoint_url = http://127.0.0.1:1\n").unwrap();
+        let mut env = HashMap::from([
+            ("AWS_PROFILE".to_string(), "ci".to_string()),
+            ("AWS_SHARED_CREDENTIALS_FILE".to_string(), credentials.display().to_string()),
+            ("AWS_CONFIG_FILE".to_string(), config.display().to_string()),
+        ]);
+        let settings = profile_settings(&env);
+        let get = |settings: &[(AmazonS3ConfigKey, String)], key: AmazonS3ConfigKey| {
+            settings.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+        };
+        assert_eq!(get(&settings, AmazonS3ConfigKey::AccessKeyId).as_deref(), Some("K"));
+        assert_eq!(get(&settings, AmazonS3ConfigKey::SecretAccessKey).as_deref(), Some("S"));
+        assert_eq!(get(&settings, AmazonS3ConfigKey::Region).as_deref(), Some("eu-north-1"));
+        assert_eq!(get(&settings, AmazonS3ConfigKey::Endpoint).as_deref(), Some("http://127.0.0.1:1"));
+        env.insert("AWS_ACCESS_KEY_ID".into(), "E".into());
+        env.insert("AWS_REGION".into(), "us-west-2".into());
+        let settings = profile_settings(&env);
+        assert_eq!(get(&settings, AmazonS3ConfigKey::AccessKeyId), None);
+        assert_eq!(get(&settings, AmazonS3ConfigKey::SecretAccessKey), None);
+        assert_eq!(get(&settings, AmazonS3ConfigKey::Region), None);
+    }
+}
