@@ -6,8 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use futures::StreamExt;
-use object_store::ObjectStoreExt;
 use fhirlake::cohort::CohortEngine;
 use fhirlake::index::parse_index_table_key;
 use fhirlake::ingest::{LoadOptions, LoadReport, load};
@@ -15,6 +13,8 @@ use fhirlake::query::{OutputFormat, StreamingWriter, open_session, run_statement
 use fhirlake::view::materialize::run_view;
 use fhirlake::view::{ViewCatalog, ViewDefinition, ViewRunner, view_schema};
 use fhirlake::warehouse::{DEFAULT_WAREHOUSE, WAREHOUSE_ENV, Warehouse};
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
 use std::sync::{Arc, Mutex};
 
 /// FHIR R4 bulk data → columnar warehouse, SQL, Bulk Cohort API and $export.

@@ -651,7 +651,11 @@ async fn job_manifest(
             ..ExportOutput::default()
         },
         job.request.organize_by_patient.then_some("Patient"),
-        |name| urls.get(name).cloned().unwrap_or_else(|| file_url(state, &job.id, name)),
+        |name| {
+            urls.get(name)
+                .cloned()
+                .unwrap_or_else(|| file_url(state, &job.id, name))
+        },
     );
     if let Some(next) = next {
         body["link"] = serde_json::json!([{"relation": "next", "url": page_url(state, &job.id, next)}]);
@@ -707,7 +711,9 @@ async fn running_page(
         return Ok(None);
     }
     let next = (page < job.pages.len()).then_some(page + 1);
-    Ok(Some(job_manifest(state, &job, &job.pages[page - 1], next, false).await?))
+    Ok(Some(
+        job_manifest(state, &job, &job.pages[page - 1], next, false).await?,
+    ))
 }
 
 /// `GET /_export/{id}[?page=N]`: the status URL (pages of a partial

@@ -28,11 +28,11 @@ use axum::routing::get;
 use tokio::sync::Mutex;
 use tracing::Instrument;
 
+pub use self::export::{DownloadMode, ExportFiles};
 use self::jobs::JobRuntime;
 use self::outcome::FhirError;
 use self::state_store::StateStore;
 use crate::warehouse::Warehouse;
-pub use self::export::{DownloadMode, ExportFiles};
 
 /// Errors of starting or running the server.
 #[derive(Debug, thiserror::Error)]

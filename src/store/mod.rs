@@ -8,9 +8,9 @@ mod s3;
 use std::sync::Arc;
 
 use object_store::ObjectStore;
-use object_store::signer::Signer;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
+use object_store::signer::Signer;
 use url::Url;
 
 pub use object_writer::ObjectWriter;

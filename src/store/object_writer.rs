@@ -14,6 +14,8 @@ use object_store::path::Path;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::runtime::Handle;
 
+use super::StoreLocation;
+
 /// Size of one multipart part on object stores (S3 requires ≥ 5 MiB for all
 /// but the last part).
 const REMOTE_PART_SIZE: usize = 8 * 1024 * 1024;
@@ -24,6 +26,7 @@ const LOCAL_PART_SIZE: usize = 512 * 1024;
 /// Streams bytes to one object; see the module docs.
 pub struct ObjectWriter {
     store: Arc<dyn ObjectStore>,
+    location: StoreLocation,
     path: Path,
     handle: Handle,
     buffer: Vec<u8>,
@@ -33,13 +36,18 @@ pub struct ObjectWriter {
 }
 
 impl ObjectWriter {
-    /// A writer for `path` in `store`; `handle` runs the store's async calls,
-    /// so this must be used from a thread outside the tokio runtime. `local`
-    /// stores (the filesystem) take small parts.
-    pub fn new(store: Arc<dyn ObjectStore>, path: Path, handle: Handle, local: bool) -> Self {
-        let part_size = if local { LOCAL_PART_SIZE } else { REMOTE_PART_SIZE };
+    /// A writer for `path` in `location`'s store; `handle` runs the store's
+    /// async calls, so this must be used from a thread outside the tokio
+    /// runtime. Local stores (the filesystem) take small parts.
+    pub fn new(location: &StoreLocation, path: Path, handle: Handle) -> Self {
+        let part_size = if location.is_local() {
+            LOCAL_PART_SIZE
+        } else {
+            REMOTE_PART_SIZE
+        };
         Self {
-            store,
+            store: location.store.clone(),
+            location: location.clone(),
             path,
             handle,
             buffer: Vec::with_capacity(64 * 1024),
@@ -59,18 +67,25 @@ impl ObjectWriter {
         self.written
     }
 
+    /// The store's error as an I/O error naming the object and the cause.
+    fn error(&self, e: object_store::Error) -> std::io::Error {
+        std::io::Error::other(self.location.error("writing", &self.path, e))
+    }
+
     fn flush_part(&mut self) -> std::io::Result<()> {
         if self.upload.is_none() {
             let upload = self
                 .handle
                 .block_on(self.store.put_multipart(&self.path))
-                .map_err(std::io::Error::other)?;
+                .map_err(|e| self.error(e))?;
             self.upload = Some(upload);
         }
         let part = Bytes::from(std::mem::replace(&mut self.buffer, Vec::with_capacity(64 * 1024)));
         if let Some(upload) = self.upload.as_mut() {
             let fut = upload.put_part(PutPayload::from(part));
-            self.handle.block_on(fut).map_err(std::io::Error::other)?;
+            if let Err(e) = self.handle.block_on(fut) {
+                return Err(self.error(e));
+            }
         }
         Ok(())
     }
@@ -82,16 +97,18 @@ impl ObjectWriter {
                 let payload = PutPayload::from(Bytes::from(std::mem::take(&mut self.buffer)));
                 self.handle
                     .block_on(self.store.put(&self.path, payload))
-                    .map_err(std::io::Error::other)?;
+                    .map_err(|e| self.error(e))?;
             }
             Some(mut upload) => {
                 if !self.buffer.is_empty() {
                     let part = Bytes::from(std::mem::take(&mut self.buffer));
-                    self.handle
-                        .block_on(upload.put_part(PutPayload::from(part)))
-                        .map_err(std::io::Error::other)?;
+                    if let Err(e) = self.handle.block_on(upload.put_part(PutPayload::from(part))) {
+                        return Err(self.error(e));
+                    }
                 }
-                self.handle.block_on(upload.complete()).map_err(std::io::Error::other)?;
+                if let Err(e) = self.handle.block_on(upload.complete()) {
+                    return Err(self.error(e));
+                }
             }
         }
         Ok(self.written)

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::{BackoffConfig, ClientOptions, RetryConfig};
+use object_store::{BackoffConfig, ClientConfigKey, RetryConfig};
 use url::Url;
 
 use super::StoreError;
@@ -97,12 +97,12 @@ pub(super) fn open(url: &Url, location: &str, options: &S3Options) -> Result<Arc
     };
     // Large objects are streamed for minutes while workers parse them; a
     // body that times out is resumed by object_store with a ranged GET.
-    let client = ClientOptions::new()
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_timeout(Duration::from_secs(300));
+    // (Set as keys: `with_client_options` would drop allow-http and the
+    // environment's client settings.)
     let store = builder
         .with_retry(retry)
-        .with_client_options(client)
+        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout), "5s")
+        .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "300s")
         .build()
         .map_err(|e| invalid(e.to_string()))?;
     Ok(Arc::new(store))
@@ -140,7 +140,11 @@ fn profile_settings(env: &HashMap<String, String>) -> Vec<(AmazonS3ConfigKey, St
     let env_has_keys = env.contains_key("AWS_ACCESS_KEY_ID");
     let pairs = [
         ("aws_access_key_id", "AWS_ACCESS_KEY_ID", AmazonS3ConfigKey::AccessKeyId),
-        ("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY", AmazonS3ConfigKey::SecretAccessKey),
+        (
+            "aws_secret_access_key",
+            "AWS_SECRET_ACCESS_KEY",
+            AmazonS3ConfigKey::SecretAccessKey,
+        ),
         ("aws_session_token", "AWS_SESSION_TOKEN", AmazonS3ConfigKey::Token),
     ];
     // Credentials come as a set: a key id from the environment is never
@@ -164,7 +168,7 @@ fn profile_settings(env: &HashMap<String, String>) -> Vec<(AmazonS3ConfigKey, St
     {
         settings.push((AmazonS3ConfigKey::Endpoint, endpoint.clone()));
         if endpoint.starts_with("http://") {
-            settings.push((AmazonS3ConfigKey::Client(object_store::ClientConfigKey::AllowHttp), "true".into()));
+            settings.push((AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp), "true".into()));
         }
     }
     settings
@@ -198,9 +202,18 @@ pub(super) fn classify(error: &object_store::Error) -> Option<&'static str> {
     match error {
         object_store::Error::NotFound { .. } if text.contains("NoSuchBucket") => Some("bucket not found"),
         object_store::Error::NotFound { .. } => Some("not found"),
-        object_store::Error::PermissionDenied { .. } => Some("forbidden: access denied (check the credentials and the bucket policy)"),
+        object_store::Error::PermissionDenied { .. } => {
+            Some("forbidden: access denied (check the credentials and the bucket policy)")
+        }
         object_store::Error::Unauthenticated { .. } => Some("unauthenticated: the credentials were refused"),
         _ if text.contains("NoSuchBucket") => Some("bucket not found"),
+        _ if text.contains("InvalidBucketName") => Some("invalid bucket name (S3 names have 3 to 63 characters)"),
+        // Without credentials object_store asks the EC2 instance metadata
+        // service last; off EC2 that fails with an unhelpful message.
+        _ if text.contains("169.254.169.254") || text.contains("169.254.170.2") => Some(
+            "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (~/.aws/credentials), \
+             or run where instance or container credentials exist",
+        ),
         _ if text.contains("InvalidAccessKeyId") || text.contains("SignatureDoesNotMatch") => {
             Some("forbidden: the credentials were refused")
         }
@@ -235,10 +248,22 @@ mod tests {
 
     #[test]
     fn reads_profile_sections() {
-        let text = "[default]\naws_access_key_id = A\n\n[profile dev]\nregion=eu-west-1\n# c\n[dev]\naws_access_key_id = B\n";
-        assert_eq!(ini_section(text, "default").get("aws_access_key_id").map(String::as_str), Some("A"));
-        assert_eq!(ini_section(text, "profile dev").get("region").map(String::as_str), Some("eu-west-1"));
-        assert_eq!(ini_section(text, "dev").get("aws_access_key_id").map(String::as_str), Some("B"));
+        let text =
+            "[default]\naws_access_key_id = A\n\n[profile dev]\nregion=eu-west-1\n# c\n[dev]\naws_access_key_id = B\n";
+        assert_eq!(
+            ini_section(text, "default")
+                .get("aws_access_key_id")
+                .map(String::as_str),
+            Some("A")
+        );
+        assert_eq!(
+            ini_section(text, "profile dev").get("region").map(String::as_str),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            ini_section(text, "dev").get("aws_access_key_id").map(String::as_str),
+            Some("B")
+        );
         assert!(ini_section(text, "other").is_empty());
     }
 
@@ -248,10 +273,17 @@ mod tests {
         let credentials = dir.path().join("credentials");
         std::fs::write(&credentials, "[ci]\naws_access_key_id = K\naws_secret_access_key = S\n").unwrap();
         let config = dir.path().join("config");
-        std::fs::write(&config, "[profile ci]\nregion = eu-north-1\nendpoint_url = http://127.0.0.1:1\n").unwrap();
+        std::fs::write(
+            &config,
+            "[profile ci]\nregion = eu-north-1\nendpoint_url = http://127.0.0.1:1\n",
+        )
+        .unwrap();
         let mut env = HashMap::from([
             ("AWS_PROFILE".to_string(), "ci".to_string()),
-            ("AWS_SHARED_CREDENTIALS_FILE".to_string(), credentials.display().to_string()),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE".to_string(),
+                credentials.display().to_string(),
+            ),
             ("AWS_CONFIG_FILE".to_string(), config.display().to_string()),
         ]);
         let settings = profile_settings(&env);
@@ -261,7 +293,10 @@ mod tests {
         assert_eq!(get(&settings, AmazonS3ConfigKey::AccessKeyId).as_deref(), Some("K"));
         assert_eq!(get(&settings, AmazonS3ConfigKey::SecretAccessKey).as_deref(), Some("S"));
         assert_eq!(get(&settings, AmazonS3ConfigKey::Region).as_deref(), Some("eu-north-1"));
-        assert_eq!(get(&settings, AmazonS3ConfigKey::Endpoint).as_deref(), Some("http://127.0.0.1:1"));
+        assert_eq!(
+            get(&settings, AmazonS3ConfigKey::Endpoint).as_deref(),
+            Some("http://127.0.0.1:1")
+        );
         env.insert("AWS_ACCESS_KEY_ID".into(), "E".into());
         env.insert("AWS_REGION".into(), "us-west-2".into());
         let settings = profile_settings(&env);

@@ -93,7 +93,7 @@ impl ParquetFileWriter {
         handle: Handle,
         properties: WriterProperties,
     ) -> Result<Self, datafusion::parquet::errors::ParquetError> {
-        let sink = ObjectWriter::new(root.store.clone(), root.child(&relative_path), handle, root.is_local());
+        let sink = ObjectWriter::new(root, root.child(&relative_path), handle);
         let writer = ArrowWriter::try_new(sink, schema, Some(properties))?;
         Ok(Self {
             writer,

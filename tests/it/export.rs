@@ -151,7 +151,10 @@ fn expected_compartment_export(
 
 /// Per-type counts of the NDJSON files listed in a manifest (read through
 /// `read`), checking each file's `count` and each line's type.
-pub(crate) fn manifest_counts(manifest: &Value, read: impl Fn(&str) -> Vec<u8>) -> (BTreeMap<String, usize>, Vec<Value>) {
+pub(crate) fn manifest_counts(
+    manifest: &Value,
+    read: impl Fn(&str) -> Vec<u8>,
+) -> (BTreeMap<String, usize>, Vec<Value>) {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     let mut all = Vec::new();
     for entry in manifest["output"].as_array().expect("output[]") {
