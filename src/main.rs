@@ -40,6 +40,43 @@ struct Cli {
     command: Command,
 }
 
+/// `fhirlake clients …`.
+#[derive(Subcommand)]
+enum ClientsCommand {
+    /// Register a client (or replace the one with the same id) from its
+    /// public key: a PEM public key (RSA ≥ 2048 bits for RS384, EC P-384 for
+    /// ES384) or a JWK file.
+    Add {
+        /// The clients file (created when missing).
+        #[arg(long)]
+        file: PathBuf,
+        /// The client's id (its assertions' iss and sub).
+        #[arg(long)]
+        client_id: String,
+        /// The public key file (PEM or JWK).
+        #[arg(long, conflicts_with = "jwks_url")]
+        public_key: Option<PathBuf>,
+        /// Key id for the key (default: the key's own, else its RFC 7638 thumbprint).
+        #[arg(long, requires = "public_key")]
+        kid: Option<String>,
+        /// URL where the client publishes its keys (instead of --public-key).
+        #[arg(long)]
+        jwks_url: Option<String>,
+        /// Scopes the client may be granted.
+        #[arg(long, default_value = "system/*.rs system/Group.cud")]
+        scopes: String,
+        /// Groups the client may see and export besides its own cohorts.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// List the registered clients.
+    List {
+        /// The clients file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+}
+
 /// How clients download export files.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum ExportDownloads {
@@ -148,6 +185,20 @@ enum Command {
         /// How long a presigned download URL stays valid (30s, 10m, 1h).
         #[arg(long, default_value = "10m")]
         download_url_expiry: String,
+        /// Turn on SMART Backend Services authorization with the clients in
+        /// FILE ({"clients": [{"client_id", "jwks"|"jwks_url", "scopes",
+        /// "groups"}]}; reloaded when it changes; see `fhirlake clients add`).
+        #[arg(long)]
+        clients: Option<PathBuf>,
+        /// Serve a non-loopback address without authorization (anyone who
+        /// reaches it reads all data).
+        #[arg(long, conflicts_with = "clients")]
+        no_auth: bool,
+    },
+    /// Manage the clients file of `serve --clients`.
+    Clients {
+        #[command(subcommand)]
+        command: ClientsCommand,
     },
     /// Bulk export without the server: the same pipeline as `$export`,
     /// writing files and a manifest.json into a folder.
@@ -363,6 +414,71 @@ async fn export_command(warehouse: &str, args: ExportArgs) -> anyhow::Result<()>
     Ok(())
 }
 
+fn clients_command(command: ClientsCommand) -> anyhow::Result<()> {
+    use fhirlake::auth::{ClientConfig, ClientsFile};
+    match command {
+        ClientsCommand::Add {
+            file,
+            client_id,
+            public_key,
+            kid,
+            jwks_url,
+            scopes,
+            groups,
+        } => {
+            let jwks = match &public_key {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                    let jwk = fhirlake::auth::keys::public_jwk(&text, kid.as_deref())
+                        .with_context(|| format!("key file {}", path.display()))?;
+                    Some(serde_json::from_value(serde_json::json!({"keys": [jwk]}))?)
+                }
+                None => None,
+            };
+            anyhow::ensure!(
+                jwks.is_some() || jwks_url.is_some(),
+                "give --public-key FILE or --jwks-url URL"
+            );
+            let mut clients = ClientsFile::read(&file, true)?;
+            clients.clients.retain(|c| c.client_id != client_id);
+            clients.clients.push(ClientConfig {
+                client_id: client_id.clone(),
+                jwks,
+                jwks_url,
+                scopes,
+                groups,
+            });
+            // Validated before it is written: a bad entry never reaches the file.
+            clients.validate(&file)?;
+            clients.write(&file)?;
+            println!("registered client '{client_id}' in {}", file.display());
+        }
+        ClientsCommand::List { file } => {
+            let clients = ClientsFile::read(&file, false)?;
+            for client in &clients.clients {
+                let keys = match (&client.jwks, &client.jwks_url) {
+                    (Some(jwks), _) => jwks
+                        .keys
+                        .iter()
+                        .filter_map(|k| k.common.key_id.clone())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    (None, Some(url)) => url.clone(),
+                    (None, None) => String::new(),
+                };
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    client.client_id,
+                    client.scopes,
+                    keys,
+                    client.groups.join(",")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The sample dataset shipped in the repository (synthea-10).
 fn sample_data() -> String {
     let bundled = concat!(env!("CARGO_MANIFEST_DIR"), "/data/synthea-10");
@@ -482,6 +598,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             export_store,
             export_downloads,
             download_url_expiry,
+            clients,
+            no_auth,
         } => {
             let export_downloads = match export_downloads {
                 ExportDownloads::Server => fhirlake::server::DownloadMode::Server,
@@ -524,10 +642,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 export_type_delay: std::time::Duration::from_millis(export_type_delay_ms),
                 export_store,
                 export_downloads,
+                clients,
+                no_auth,
             };
             fhirlake::server::serve(warehouse, options).await?;
         }
         Command::Export(args) => export_command(&cli.warehouse, args).await?,
+        Command::Clients { command } => clients_command(command)?,
         Command::Cohort {
             expressions,
             base_group,

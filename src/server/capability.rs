@@ -46,7 +46,31 @@ fn search_params(registry: &SearchRegistry, resource_type: &str) -> Vec<Value> {
 const EXPORT_DOCUMENTATION: &str = "Bulk Cohort API (async Group creation) and Bulk Data $export at system, Patient and Group level (GET, or POST with a Parameters body; Prefer: respond-async assumed). \
 Parameters: _outputFormat (application/fhir+ndjson, application/ndjson, ndjson; Parquet as application/vnd.apache.parquet or parquet: one row per resource with id, version_id, last_updated and the resource JSON), _since, _until, _type, _typeFilter (the member-filter search compiler; several filters of one type are ORed; an invalid filter is always an error, never ignored), _elements (top-level; mandatory elements kept; tagged SUBSETTED), patient (POST; must be members of the Group, or loaded Patients), includeAssociatedData (LatestProvenanceResources, RelevantProvenanceResources: Provenance is exported even when _type omits it; at Patient and Group level the Provenance exported is every Provenance whose target is an exported resource, a superset of the latest one per resource), organizeOutputBy=Patient (NDJSON files of blocks: a Parameters header naming the Patient, the Patient, then its compartment's resources; blocks are never split, so a file may exceed the size limit by one block; context resources are not added), allowPartialManifests=true (while the export runs, a poll returns 202 with a manifest page of the files finished so far; pages never change except by gaining a link to the next page; the last page comes with 200 and carries error[] and deleted[]). Unsupported parameters are 400 unless Prefer: handling=lenient, which lists them in error[]. \
 Content: Patient and Group exports contain the Patient compartments (Patient resources included) plus the Practitioner, PractitionerRole, Organization, Location and Medication resources the exported resources reference (so references resolve). Latest versions only. _since/_until compare meta.lastUpdated, or the load time for resources without it, and _since also returns everything loads committed after it (so nothing committed after a transactionTime is missed); a Group export with _since does not add older data of patients who joined the Group since (request those with patient=). With _since, deleted[] lists the resources of the export's scope that loads deleted since then (a load deletes with the Bulk Data deleted format: transaction Bundles of DELETE entries), as transaction Bundles of DELETE entries; a resource loaded again after its deletion is in output, never in deleted. \
-Files: one type per file, split at the configured size, count per file, downloadable with gzip (Accept-Encoding) and byte ranges; requiresAccessToken is false (the server runs without authorization). Completed exports expire after the configured retention (Expires header); DELETE on the status URL cancels and purges.";
+Files: one type per file, split at the configured size, count per file, downloadable with gzip (Accept-Encoding) and byte ranges; requiresAccessToken is true when authorization is on and files are streamed by the server, false for presigned download URLs or an open server. Completed exports expire after the configured retention (Expires header); DELETE on the status URL cancels and purges.";
+
+/// The `rest.security` element: SMART Backend Services when authorization
+/// is on (token endpoint in the `oauth-uris` extension), else a statement
+/// that the server runs open.
+fn security(state: &super::AppState) -> serde_json::Value {
+    match &state.auth {
+        Some(issuer) => json!({
+            "cors": false,
+            "service": [{
+                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}],
+                "text": "SMART Backend Services: client_credentials with a private_key_jwt assertion (RS384 or ES384)"
+            }],
+            "extension": [{
+                "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                "extension": [{"url": "token", "valueUri": issuer.token_url()}]
+            }],
+            "description": "Every request but /metadata and /.well-known/smart-configuration needs a bearer token from the token endpoint (lifetime 300 s). Scopes: SMART v2 (system/*.rs, system/Group.cud, system/Patient.rs …) and v1 (system/*.read, system/Group.write). Exports are limited to the types the scopes allow to read; a client sees and exports only the cohort Groups it created and the Groups granted to it; export status URLs and files belong to the client that started the export (requiresAccessToken: true unless downloads are presigned)."
+        }),
+        None => json!({
+            "cors": false,
+            "description": "This server runs without authorization (no access token is needed)."
+        }),
+    }
+}
 
 /// `GET /metadata`.
 pub async fn metadata(State(state): State<SharedState>) -> Response {
@@ -116,6 +140,7 @@ pub async fn metadata(State(state): State<SharedState>) -> Response {
         "format": ["application/fhir+json", "application/json"],
         "rest": [{
             "mode": "server",
+            "security": security(&state),
             "documentation": EXPORT_DOCUMENTATION,
             "resource": resources,
             "operation": [{

@@ -58,6 +58,9 @@ pub struct StoredGroup {
     pub members: Vec<String>,
     /// Warehouse version the membership was computed on.
     pub warehouse_version: u64,
+    /// The client that created it (`None` without authorization).
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// Validates a submitted Group against `bulk-cohort-group` and what fhirlake

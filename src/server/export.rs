@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
@@ -21,8 +22,10 @@ use object_store::{GetOptions, GetRange, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::auth::{Caller, hidden};
 use super::outcome::{FhirError, fhir_json, operation_outcome};
 use super::{AppState, ServerError, SharedState, now};
+use crate::auth::Permission;
 use crate::cohort::CohortEngine;
 use crate::export::manifest::manifest;
 use crate::export::{
@@ -92,6 +95,9 @@ pub struct ExportJob {
     pub created_at: String,
     /// Last change.
     pub updated_at: String,
+    /// The client that kicked it off (`None` without authorization).
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// In-memory facts about an export of this process.
@@ -215,6 +221,7 @@ async fn purge_files(state: &AppState, id: &str) {
 /// `[base]/$export`, `[base]/Patient/$export`: kick-off (GET or POST).
 pub async fn kickoff_system(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -226,12 +233,13 @@ pub async fn kickoff_system(
     } else {
         ExportLevel::System
     };
-    kickoff(&state, level, method, &uri, &headers, query, &body).await
+    kickoff(&state, &caller, level, method, &uri, &headers, query, &body).await
 }
 
 /// `[base]/Group/{id}/$export`: kick-off (GET or POST).
 pub async fn kickoff_group(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     method: Method,
     uri: Uri,
@@ -239,11 +247,69 @@ pub async fn kickoff_group(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Response, FhirError> {
-    kickoff(&state, ExportLevel::Group(id), method, &uri, &headers, query, &body).await
+    caller.require("Group", Permission::Read)?;
+    super::groups::check_visible(&state, &caller, &id).await?;
+    kickoff(
+        &state,
+        &caller,
+        ExportLevel::Group(id),
+        method,
+        &uri,
+        &headers,
+        query,
+        &body,
+    )
+    .await
 }
 
+/// Limits `request` to the resource types `caller`'s scopes let it read;
+/// types dropped are noted in `ignored`. 403 when nothing is left.
+fn restrict_to_scopes(
+    caller: &Caller,
+    request: &mut ExportRequest,
+    ignored: &mut Vec<String>,
+) -> Result<(), FhirError> {
+    let Some(readable) = caller.readable_types() else {
+        return Ok(());
+    };
+    let readable: std::collections::BTreeSet<String> = readable.into_iter().collect();
+    let forbidden = |text: String| FhirError::new(StatusCode::FORBIDDEN, "forbidden", text);
+    let kept = match &request.types {
+        Some(types) => {
+            let (kept, dropped): (Vec<String>, Vec<String>) = types.iter().cloned().partition(|t| readable.contains(t));
+            if kept.is_empty() {
+                return Err(forbidden(format!(
+                    "the access token's scopes allow reading none of the requested types ({})",
+                    dropped.join(", ")
+                )));
+            }
+            if !dropped.is_empty() {
+                ignored.push(format!(
+                    "_type {} (not allowed by the access token's scopes)",
+                    dropped.join(",")
+                ));
+            }
+            kept.into_iter().collect()
+        }
+        None if readable.is_empty() => {
+            return Err(forbidden(
+                "the access token's scopes allow reading no resource type".into(),
+            ));
+        }
+        None => readable.clone(),
+    };
+    if request.include_provenance && !readable.contains("Provenance") {
+        request.include_provenance = false;
+        ignored.push("includeAssociatedData (Provenance is not allowed by the access token's scopes)".into());
+    }
+    request.types = Some(kept);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)] // the parts of one HTTP request
 async fn kickoff(
     state: &SharedState,
+    caller: &Caller,
     level: ExportLevel,
     method: Method,
     uri: &Uri,
@@ -272,7 +338,8 @@ async fn kickoff(
             .map_err(|e| FhirError::invalid(format!("the POST body is not valid JSON: {e}")))?;
         pairs.extend(pairs_from_parameters(&parameters).map_err(export_error)?);
     }
-    let parsed = parse_export(level, &pairs, post, lenient).map_err(export_error)?;
+    let mut parsed = parse_export(level, &pairs, post, lenient).map_err(export_error)?;
+    restrict_to_scopes(caller, &mut parsed.request, &mut parsed.ignored)?;
     // Refused before any expensive check is made.
     let throttled = |running: usize| {
         let mut error = FhirError::new(
@@ -336,8 +403,10 @@ async fn kickoff(
         pages: Vec::new(),
         created_at: created.clone(),
         updated_at: created,
+        owner: caller.client_id().map(str::to_string),
     };
     state.store.put(EXPORTS, &job.id, &job).await.map_err(store_error)?;
+    tracing::info!(target: "fhirlake::audit", event = "export_started", client_id = caller.client_id().unwrap_or("-"), export = %job.id, url = %job.request_url);
     let id = job.id.clone();
     spawn_export(state, &mut exports, job, state.job_delay);
     drop(exports);
@@ -589,9 +658,17 @@ fn expired(job: &ExportJob) -> bool {
     }
 }
 
-async fn load_job(state: &AppState, id: &str) -> Result<ExportJob, FhirError> {
-    match state.store.get::<ExportJob>(EXPORTS, id).await.map_err(store_error)? {
-        None => Err(FhirError::not_found(format!("no export '{id}'"))),
+/// Export `id`, if `caller` kicked it off (others get 404: a job's
+/// existence does not leak).
+async fn load_job(state: &AppState, caller: &Caller, id: &str) -> Result<ExportJob, FhirError> {
+    let job = state
+        .store
+        .get::<ExportJob>(EXPORTS, id)
+        .await
+        .map_err(store_error)?
+        .filter(|j| caller.owns(j.owner.as_deref()));
+    match job {
+        None => Err(hidden(&format!("export '{id}'"))),
         Some(job) if job.state == ExportState::Cancelled => {
             Err(FhirError::not_found(format!("export '{id}' was cancelled")))
         }
@@ -664,12 +741,12 @@ async fn job_manifest(
 }
 
 /// Whether a download needs the client's access token: presigned URLs carry
-/// their own authorization; files streamed by this server would need a
-/// token once authorization is on, but the server runs without it.
+/// their own authorization; files streamed by this server need the token of
+/// the client that kicked the export off, when authorization is on.
 fn requires_access_token(state: &AppState) -> bool {
     match state.export_files.downloads {
         DownloadMode::Presigned { .. } => false,
-        DownloadMode::Server => false,
+        DownloadMode::Server => state.auth.is_some(),
     }
 }
 
@@ -687,12 +764,13 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
 /// stored, and never change afterwards except by gaining a `next` link.
 async fn running_page(
     state: &AppState,
+    caller: &Caller,
     id: &str,
     page: usize,
     finished: Vec<ExportedFile>,
 ) -> Result<Option<Value>, FhirError> {
     let _writes = state.group_writes.lock().await;
-    let mut job = load_job(state, id).await?;
+    let mut job = load_job(state, caller, id).await?;
     if job.state != ExportState::Running {
         return Ok(None);
     }
@@ -720,6 +798,7 @@ async fn running_page(
 /// manifest when the export allowed them).
 pub async fn status(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, FhirError> {
@@ -731,7 +810,7 @@ pub async fn status(
             .filter(|p| *p >= 1)
             .ok_or_else(|| FhirError::invalid(format!("page must be a positive number, got '{v}'")))?,
     };
-    let job = load_job(&state, &id).await?;
+    let job = load_job(&state, &caller, &id).await?;
     let separate = |mut response: Response, status: &str| {
         if let Ok(value) = HeaderValue::from_str(status) {
             response.headers_mut().insert("x-export-status", value);
@@ -763,7 +842,7 @@ pub async fn status(
                 (runtime.progress.get(), runtime.progress.finished())
             };
             let partial = if job.request.allow_partial_manifests {
-                running_page(&state, &id, page, finished).await?
+                running_page(&state, &caller, &id, page, finished).await?
             } else {
                 None
             };
@@ -831,9 +910,14 @@ pub async fn status(
 
 /// `DELETE /_export/{id}`: cancels a running export or deletes a finished
 /// one; its files are purged and later polls answer 404.
-pub async fn cancel(State(state): State<SharedState>, Path(id): Path<String>) -> Result<Response, FhirError> {
+pub async fn cancel(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, FhirError> {
     let _writes = state.group_writes.lock().await;
-    let mut job = load_job(&state, &id).await?;
+    let mut job = load_job(&state, &caller, &id).await?;
+    tracing::info!(target: "fhirlake::audit", event = "export_deleted", client_id = caller.client_id().unwrap_or("-"), export = %id);
     if let Some(runtime) = state.exports.lock().await.get_mut(&id) {
         if let Some(abort) = runtime.abort.take() {
             abort.abort();
@@ -895,10 +979,11 @@ fn parse_range(header: &str, size: u64) -> Result<Option<(u64, u64)>, ()> {
 /// `Accept-Encoding: gzip` gets a gzip stream, `Range` a `206`.
 pub async fn download(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     Path((id, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, FhirError> {
-    let job = load_job(&state, &id).await?;
+    let job = load_job(&state, &caller, &id).await?;
     let listed: Vec<&ExportedFile> = match &job.state {
         ExportState::Completed {
             output, error, deleted, ..
@@ -910,6 +995,7 @@ pub async fn download(
     let Some(file) = listed.into_iter().find(|f| f.name == name) else {
         return Err(FhirError::not_found(format!("export '{id}' has no file '{name}'")));
     };
+    tracing::info!(target: "fhirlake::audit", event = "export_downloaded", client_id = caller.client_id().unwrap_or("-"), export = %id, file = %name);
     let root = &state.export_files.location;
     let path = state.export_files.path(&id, &file.name);
     let is_parquet = file.name.ends_with(".parquet");

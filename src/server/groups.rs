@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -15,10 +16,12 @@ use datafusion::common::TableReference;
 use datafusion::prelude::{col, lit};
 use serde_json::{Value, json};
 
+use super::auth::{Caller, hidden};
 use super::cohort_group::{CohortRequest, GROUPS, StoredGroup, compute, group_resource, validate};
 use super::jobs::{JOBS, Job, JobKind, JobRuntime, JobState};
 use super::outcome::{FhirError, fhir_json, operation_outcome};
 use super::{AppState, SharedState, now};
+use crate::auth::Permission;
 use crate::search::extract::fold;
 use crate::warehouse::catalog::RESOURCE_SCHEMA;
 
@@ -67,8 +70,14 @@ async fn write_group(
     request: &CohortRequest,
     members: Vec<String>,
     warehouse_version: u64,
+    owner: Option<String>,
 ) -> Result<StoredGroup, FhirError> {
     let previous: Option<StoredGroup> = state.store.get(GROUPS, id).await.map_err(store_error)?;
+    if previous.is_none() {
+        tracing::info!(target: "fhirlake::audit", event = "cohort_created", client_id = owner.as_deref().unwrap_or("-"), group = %id, members = members.len());
+    }
+    // An update keeps the creator as owner.
+    let owner = previous.as_ref().map_or(owner, |p| p.owner.clone());
     let version = previous.map_or(1, |p| p.version + 1);
     let computed_at = now();
     let resource = group_resource(id, version, request, members.len(), &computed_at);
@@ -79,6 +88,7 @@ async fn write_group(
         resource,
         members,
         warehouse_version,
+        owner,
     };
     state.store.put(GROUPS, id, &stored).await.map_err(store_error)?;
     Ok(stored)
@@ -109,18 +119,20 @@ async fn run_job(state: SharedState, mut job: Job, delay: Duration) {
         _ => {}
     }
     job.state = match outcome {
-        Ok((members, version)) => match write_group(&state, &job.group_id, &job.request, members, version).await {
-            Ok(stored) => JobState::Completed {
-                status: if job.kind == JobKind::CreateGroup { 201 } else { 200 },
-                location: Some(format!("Group/{}/_history/{}", stored.id, stored.version)),
-                outcome: None,
-            },
-            Err(e) => JobState::Completed {
-                status: e.status.as_u16(),
-                location: None,
-                outcome: Some(e.outcome()),
-            },
-        },
+        Ok((members, version)) => {
+            match write_group(&state, &job.group_id, &job.request, members, version, job.owner.clone()).await {
+                Ok(stored) => JobState::Completed {
+                    status: if job.kind == JobKind::CreateGroup { 201 } else { 200 },
+                    location: Some(format!("Group/{}/_history/{}", stored.id, stored.version)),
+                    outcome: None,
+                },
+                Err(e) => JobState::Completed {
+                    status: e.status.as_u16(),
+                    location: None,
+                    outcome: Some(e.outcome()),
+                },
+            }
+        }
         Err(e) => JobState::Completed {
             status: e.status.as_u16(),
             location: None,
@@ -168,7 +180,7 @@ pub async fn refresh_loop(state: SharedState, interval: Duration) {
             match compute(&state.warehouse, &stored.request).await {
                 Ok((members, version)) => {
                     let _writes = state.group_writes.lock().await;
-                    match write_group(&state, &id, &stored.request, members, version).await {
+                    match write_group(&state, &id, &stored.request, members, version, stored.owner.clone()).await {
                         Ok(g) => {
                             tracing::info!(group = %id, version = g.version, members = g.members.len(), "cohort refreshed")
                         }
@@ -201,6 +213,7 @@ async fn start_job(
     kind: JobKind,
     group_id: String,
     request: CohortRequest,
+    owner: Option<String>,
 ) -> Result<Response, FhirError> {
     let created = now();
     let job = Job {
@@ -213,6 +226,7 @@ async fn start_job(
         },
         created_at: created.clone(),
         updated_at: created,
+        owner,
     };
     state.store.put(JOBS, &job.id, &job).await.map_err(store_error)?;
     let response = accepted(state, &job.id);
@@ -221,16 +235,24 @@ async fn start_job(
 }
 
 /// `POST /Group`: a Bulk Cohort Group; async with `Prefer: respond-async`.
-pub async fn create(State(state): State<SharedState>, headers: HeaderMap, body: Bytes) -> Result<Response, FhirError> {
+pub async fn create(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, FhirError> {
+    caller.require("Group", Permission::Create)?;
     check_content_type(&headers)?;
     let request = validate(&body)?;
+    check_base_groups(&state, &caller, &request).await?;
     let id = new_id();
+    let owner = caller.client_id().map(str::to_string);
     if prefers_async(&headers) {
-        return start_job(&state, JobKind::CreateGroup, id, request).await;
+        return start_job(&state, JobKind::CreateGroup, id, request, owner).await;
     }
     let (members, version) = compute(&state.warehouse, &request).await?;
     let _writes = state.group_writes.lock().await;
-    let stored = write_group(&state, &id, &request, members, version).await?;
+    let stored = write_group(&state, &id, &request, members, version, owner).await?;
     let mut response = fhir_json(StatusCode::CREATED, &stored.resource);
     if let Ok(value) = HeaderValue::from_str(&format!(
         "{}/Group/{}/_history/{}",
@@ -244,12 +266,15 @@ pub async fn create(State(state): State<SharedState>, headers: HeaderMap, body: 
 /// `PUT /Group/{id}`: replaces a cohort Group and recomputes its members.
 pub async fn update(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, FhirError> {
+    caller.require("Group", Permission::Update)?;
     check_content_type(&headers)?;
     let request = validate(&body)?;
+    check_base_groups(&state, &caller, &request).await?;
     if let Some(body_id) = request.group.get("id").and_then(Value::as_str)
         && body_id != id
     {
@@ -259,30 +284,48 @@ pub async fn update(
     }
     let existing: Option<StoredGroup> = state.store.get(GROUPS, &id).await.map_err(store_error)?;
     if existing.is_none() {
-        return Err(if loaded_group(&state, &id).await?.is_some() {
-            FhirError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "not-supported",
-                format!("Group/{id} comes from the loaded data and is read-only"),
-            )
-        } else {
-            FhirError::not_found(format!(
-                "Group/{id} does not exist (create cohort Groups with POST /Group)"
-            ))
-        });
+        return Err(
+            if loaded_group(&state, &id).await?.is_some() && caller.sees_group(&id, None) {
+                FhirError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "not-supported",
+                    format!("Group/{id} comes from the loaded data and is read-only"),
+                )
+            } else {
+                FhirError::not_found(format!(
+                    "Group/{id} does not exist (create cohort Groups with POST /Group)"
+                ))
+            },
+        );
     }
+    if let Some(existing) = &existing
+        && !caller.sees_group(&id, existing.owner.as_deref())
+    {
+        return Err(hidden(&format!("Group/{id}")));
+    }
+    let owner = caller.client_id().map(str::to_string);
     if prefers_async(&headers) {
-        return start_job(&state, JobKind::UpdateGroup, id, request).await;
+        return start_job(&state, JobKind::UpdateGroup, id, request, owner).await;
     }
     let (members, version) = compute(&state.warehouse, &request).await?;
     let _writes = state.group_writes.lock().await;
-    let stored = write_group(&state, &id, &request, members, version).await?;
+    let stored = write_group(&state, &id, &request, members, version, owner).await?;
     Ok(fhir_json(StatusCode::OK, &stored.resource))
 }
 
 /// `GET /_jobs/{id}`: the polling URL.
-pub async fn poll(State(state): State<SharedState>, Path(id): Path<String>) -> Result<Response, FhirError> {
-    let Some(job) = state.store.get::<Job>(JOBS, &id).await.map_err(store_error)? else {
+pub async fn poll(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, FhirError> {
+    let Some(job) = state
+        .store
+        .get::<Job>(JOBS, &id)
+        .await
+        .map_err(store_error)?
+        .filter(|j| caller.owns(j.owner.as_deref()))
+    else {
         return Err(FhirError::not_found(format!("no job '{id}'")));
     };
     match job.state {
@@ -341,9 +384,19 @@ pub async fn poll(State(state): State<SharedState>, Path(id): Path<String>) -> R
 }
 
 /// `DELETE /_jobs/{id}`: cancels a job; later polls answer 404.
-pub async fn cancel(State(state): State<SharedState>, Path(id): Path<String>) -> Result<Response, FhirError> {
+pub async fn cancel(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, FhirError> {
     let _writes = state.group_writes.lock().await;
-    let Some(mut job) = state.store.get::<Job>(JOBS, &id).await.map_err(store_error)? else {
+    let Some(mut job) = state
+        .store
+        .get::<Job>(JOBS, &id)
+        .await
+        .map_err(store_error)?
+        .filter(|j| caller.owns(j.owner.as_deref()))
+    else {
         return Err(FhirError::not_found(format!("no job '{id}'")));
     };
     if job.state == JobState::Cancelled {
@@ -401,22 +454,63 @@ async fn loaded_group(state: &AppState, id: &str) -> Result<Option<Value>, FhirE
 }
 
 /// `GET /Group/{id}`.
-pub async fn read(State(state): State<SharedState>, Path(id): Path<String>) -> Result<Response, FhirError> {
+pub async fn read(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, FhirError> {
+    caller.require("Group", Permission::Read)?;
     if let Some(stored) = state.store.get::<StoredGroup>(GROUPS, &id).await.map_err(store_error)? {
+        if !caller.sees_group(&id, stored.owner.as_deref()) {
+            return Err(hidden(&format!("Group/{id}")));
+        }
         return Ok(fhir_json(StatusCode::OK, &stored.resource));
     }
     match loaded_group(&state, &id).await? {
-        Some(group) => Ok(fhir_json(StatusCode::OK, &group)),
-        None => Err(FhirError::not_found(format!("Group/{id} does not exist"))),
+        Some(group) if caller.sees_group(&id, None) => Ok(fhir_json(StatusCode::OK, &group)),
+        _ => Err(hidden(&format!("Group/{id}"))),
     }
+}
+
+/// Whether `caller` may see Group `id` (a cohort Group or one of the loaded
+/// data); 404 when it does not exist or is not the caller's.
+pub async fn check_visible(state: &AppState, caller: &Caller, id: &str) -> Result<(), FhirError> {
+    if matches!(caller, Caller::Open) {
+        return Ok(());
+    }
+    let owner = match state.store.get::<StoredGroup>(GROUPS, id).await.map_err(store_error)? {
+        Some(stored) => stored.owner,
+        None => None,
+    };
+    if caller.sees_group(id, owner.as_deref()) {
+        Ok(())
+    } else {
+        Err(hidden(&format!("Group/{id}")))
+    }
+}
+
+/// A cohort's base Groups must be visible to its creator.
+async fn check_base_groups(state: &AppState, caller: &Caller, request: &CohortRequest) -> Result<(), FhirError> {
+    for group in &request.base_groups {
+        check_visible(state, caller, group).await?;
+    }
+    Ok(())
 }
 
 /// `GET /Group/{id}/_history/{version}` (only the current version is kept).
 pub async fn vread(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     Path((id, version)): Path<(String, String)>,
 ) -> Result<Response, FhirError> {
-    match state.store.get::<StoredGroup>(GROUPS, &id).await.map_err(store_error)? {
+    caller.require("Group", Permission::Read)?;
+    let stored = state
+        .store
+        .get::<StoredGroup>(GROUPS, &id)
+        .await
+        .map_err(store_error)?
+        .filter(|g| caller.sees_group(&id, g.owner.as_deref()));
+    match stored {
         Some(stored) if stored.version.to_string() == version => Ok(fhir_json(StatusCode::OK, &stored.resource)),
         Some(stored) => Err(FhirError::not_found(format!(
             "Group/{id} version {version} is not kept (the current version is {})",
@@ -427,19 +521,22 @@ pub async fn vread(
 }
 
 /// `DELETE /Group/{id}`: removes a cohort Group.
-pub async fn delete(State(state): State<SharedState>, Path(id): Path<String>) -> Result<Response, FhirError> {
+pub async fn delete(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, FhirError> {
+    caller.require("Group", Permission::Delete)?;
     let _writes = state.group_writes.lock().await;
-    if state
-        .store
-        .get::<StoredGroup>(GROUPS, &id)
-        .await
-        .map_err(store_error)?
-        .is_some()
-    {
+    if let Some(stored) = state.store.get::<StoredGroup>(GROUPS, &id).await.map_err(store_error)? {
+        if !caller.sees_group(&id, stored.owner.as_deref()) {
+            return Err(hidden(&format!("Group/{id}")));
+        }
         state.store.delete(GROUPS, &id).await.map_err(store_error)?;
+        tracing::info!(target: "fhirlake::audit", event = "cohort_deleted", client_id = caller.client_id().unwrap_or("-"), group = %id);
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    if loaded_group(&state, &id).await?.is_some() {
+    if loaded_group(&state, &id).await?.is_some() && caller.sees_group(&id, None) {
         return Err(FhirError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "not-supported",
@@ -506,8 +603,10 @@ fn searchset(total: usize, links: Vec<Value>, entries: Vec<Value>) -> Response {
 /// `GET /Group?name=…&_id=…&type=…&_count=…&_offset=…`.
 pub async fn search(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, FhirError> {
+    caller.require("Group", Permission::Search)?;
     let (count, offset) = page_params(&params, 50, 500)?;
     let mut ignored = Vec::new();
     for (k, _) in &params {
@@ -520,11 +619,18 @@ pub async fn search(
     }
     let mut groups: Vec<Value> = Vec::new();
     for id in state.store.list(GROUPS).await.map_err(store_error)? {
-        if let Some(stored) = state.store.get::<StoredGroup>(GROUPS, &id).await.map_err(store_error)? {
+        if let Some(stored) = state.store.get::<StoredGroup>(GROUPS, &id).await.map_err(store_error)?
+            && caller.sees_group(&id, stored.owner.as_deref())
+        {
             groups.push(stored.resource);
         }
     }
-    groups.extend(loaded_groups(&state, None).await?);
+    groups.extend(
+        loaded_groups(&state, None)
+            .await?
+            .into_iter()
+            .filter(|g| caller.sees_group(g["id"].as_str().unwrap_or_default(), None)),
+    );
     let matches = |group: &Value| {
         let field = |name: &str| group.get(name).and_then(Value::as_str).unwrap_or_default();
         params.iter().all(|(k, v)| match k.as_str() {
@@ -566,9 +672,13 @@ pub async fn search(
 /// Group (cohort or loaded), as a paged searchset Bundle of Patient resources.
 pub async fn members(
     State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, FhirError> {
+    caller.require("Group", Permission::Read)?;
+    caller.require("Patient", Permission::Read)?;
+    check_visible(&state, &caller, &id).await?;
     let (count, offset) = page_params(&params, 100, 1000)?;
     let engine = crate::cohort::CohortEngine::open(&state.warehouse)
         .await

@@ -62,6 +62,9 @@ pub struct Job {
     pub created_at: String,
     /// Last change.
     pub updated_at: String,
+    /// The client that started it (`None` without authorization).
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// In-memory facts about a job of this process.

@@ -5,6 +5,7 @@
 //! `application/json` when asked for), every error an OperationOutcome with
 //! a fitting status; each request gets an id (`X-Request-Id`, and in logs).
 
+pub mod auth;
 pub mod capability;
 pub mod cohort_group;
 pub mod export;
@@ -85,6 +86,10 @@ pub struct ServeOptions {
     pub export_store: Option<String>,
     /// How clients download export files.
     pub export_downloads: export::DownloadMode,
+    /// The clients file: authorization (SMART Backend Services) is on.
+    pub clients: Option<std::path::PathBuf>,
+    /// Serve without authorization on a non-loopback address.
+    pub no_auth: bool,
 }
 
 /// What every handler shares.
@@ -117,6 +122,8 @@ pub struct AppState {
     pub export_type_delay: Duration,
     /// Where export files are written and how they are downloaded.
     pub export_files: export::ExportFiles,
+    /// Token issuing and checking; `None` when authorization is off.
+    pub auth: Option<Arc<crate::auth::TokenIssuer>>,
 }
 
 /// Shared state handle.
@@ -126,8 +133,7 @@ pub type SharedState = Arc<AppState>;
 pub fn router(state: SharedState) -> Router {
     // Export files are not FHIR JSON: they skip content negotiation.
     let files = Router::new().route("/_export/{id}/files/{name}", get(export::download));
-    Router::new()
-        .route("/metadata", get(capability::metadata))
+    let fhir = Router::new()
         .route("/$export", get(export::kickoff_system).post(export::kickoff_system))
         .route(
             "/Patient/$export",
@@ -146,10 +152,21 @@ pub fn router(state: SharedState) -> Router {
         .route("/Group/{id}/_history/{version}", get(groups::vread))
         .route("/Group/{id}/$members", get(groups::members))
         .route("/_jobs/{id}", get(groups::poll).delete(groups::cancel))
+        .layer(axum::middleware::from_fn(negotiate));
+    // Every FHIR route and download needs a token when authorization is on;
+    // discovery, the token endpoint and the CapabilityStatement do not.
+    let protected = fhir
+        .merge(files)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authorize));
+    let public = Router::new()
+        .route("/metadata", get(capability::metadata))
+        .layer(axum::middleware::from_fn(negotiate))
+        .route("/.well-known/smart-configuration", get(auth::smart_configuration))
+        .route("/auth/token", axum::routing::post(auth::token));
+    public
+        .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(negotiate))
-        .merge(files)
         .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
 }
@@ -281,7 +298,37 @@ pub async fn serve(warehouse: Warehouse, options: ServeOptions) -> Result<(), Se
         .trim_end_matches('/')
         .to_string();
     let export_files = export::ExportFiles::new(&warehouse, options.export_store.as_deref(), options.export_downloads)?;
+    let auth = match &options.clients {
+        Some(path) => {
+            let registry = crate::auth::ClientRegistry::load(path).map_err(|e| ServerError::Options(e.to_string()))?;
+            tracing::info!(clients = %path.display(), "authorization on: SMART Backend Services (private_key_jwt)");
+            Some(Arc::new(crate::auth::TokenIssuer::new(
+                registry,
+                format!("{base_url}/auth/token"),
+            )))
+        }
+        None if local.ip().is_loopback() => {
+            tracing::warn!(
+                "authorization is off: serving loopback clients only, without tokens (use --clients FILE to require them)"
+            );
+            None
+        }
+        None if options.no_auth => {
+            tracing::warn!(addr = %local, "AUTHORIZATION IS OFF (--no-auth) ON A NON-LOOPBACK ADDRESS: anyone who can reach it reads every patient's data");
+            eprintln!(
+                "WARNING: --no-auth: {local} serves every patient's data to anyone who can reach it, without authorization"
+            );
+            None
+        }
+        None => {
+            return Err(ServerError::Options(format!(
+                "refusing to serve on {local} without authorization: give --clients FILE (SMART Backend Services), \
+                 or --no-auth to serve this non-loopback address openly"
+            )));
+        }
+    };
     let state = Arc::new(AppState {
+        auth,
         export_files,
         store: StateStore::new(warehouse.root().clone()),
         warehouse,

@@ -217,8 +217,8 @@ fn lake_dataset() -> (PathBuf, String, usize) {
     }
 }
 
-#[test]
-fn load_from_s3_into_an_s3_warehouse_then_sql_cohorts_and_export() {
+#[tokio::test]
+async fn load_from_s3_into_an_s3_warehouse_then_sql_cohorts_and_export() {
     let dir = tempfile::tempdir().expect("tempdir");
     let Some(server) = S3Server::start(&dir.path().join("s3")) else {
         return;
@@ -288,6 +288,45 @@ fn load_from_s3_into_an_s3_warehouse_then_sql_cohorts_and_export() {
     let again = server.fhirlake(&["--warehouse", warehouse, "export", "--out", "s3://out/run1"]);
     assert!(!again.status.success());
     assert!(stderr_of(&again).contains("not empty"), "{}", stderr_of(&again));
+
+    // The server runs over the S3 warehouse (its own state goes there too):
+    // a cohort Group and its export.
+    let fhir = Server::start_with(warehouse, &[], &server.env());
+    let group = serde_json::json!({
+        "resourceType": "Group", "type": "person", "actual": true, "name": "women",
+        "modifierExtension": [{
+            "url": "http://hl7.org/fhir/uv/bulkdata/StructureDefinition/member-filter",
+            "valueExpression": {"language": "application/x-fhir-query", "expression": "Patient?gender=female"}
+        }]
+    });
+    let created = http(
+        "POST",
+        &format!("{}/Group", fhir.base),
+        &[
+            ("Content-Type", "application/fhir+json"),
+            ("Accept", "application/fhir+json"),
+        ],
+        Some(&group.to_string()),
+    );
+    assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
+    let group_id = created.json()["id"].as_str().expect("id").to_string();
+    let (_, manifest) = export_ok(
+        "GET",
+        &format!("{}/Group/{group_id}/$export?_type=Patient", fhir.base),
+        None,
+    )
+    .await;
+    let (exported, _) = manifest_counts(&manifest, |url| get_file(url, &[]).body);
+    let women = EXAMPLES
+        .iter()
+        .find(|e| e.0 == "P1")
+        .map(|e| if column == 1 { e.3 } else { e.2 });
+    assert_eq!(exported.get("Patient").copied(), women);
+    assert!(
+        files_under(&server.data.join("warehouse/fhir/_server")).len() >= 2,
+        "the Group and the export job are stored in the bucket"
+    );
+    fhir.stop();
 
     // A reload of the same data is idempotent on S3 too.
     ok(

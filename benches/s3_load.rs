@@ -1,0 +1,176 @@
+//! S3 benchmark: `fhirlake load` with the source and/or the warehouse on a
+//! loopback S3-compatible server (`s3s-fs`, SigV4 checked) against the same
+//! load from and to local disk, in the same run.
+//!
+//! Run: `cargo bench --bench s3_load` (needs `s3s-fs`: `scripts/test.sh`
+//! installs it into `~/.cache/fhirlake/tools`; env `FHIRLAKE_BENCH_COPIES`,
+//! default 4, sets the scale of the generated dataset). Results are printed
+//! as a Markdown table and written to `target/bench-s3.json`.
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::run_measured;
+
+const ACCESS_KEY: &str = "fhirlake-bench";
+const SECRET_KEY: &str = "fhirlake-bench-secret";
+
+struct Run {
+    dataset: String,
+    mode: &'static str,
+    source: &'static str,
+    warehouse: &'static str,
+    input_mib: f64,
+    resources: u64,
+    seconds: f64,
+    peak_rss_mib: f64,
+}
+
+fn s3s_binary() -> Option<PathBuf> {
+    let home = std::env::var("HOME").unwrap_or_default();
+    [
+        std::env::var("FHIRLAKE_S3S_FS").ok().map(PathBuf::from),
+        Some(PathBuf::from(format!("{home}/.cache/fhirlake/tools/bin/s3s-fs"))),
+        Some(PathBuf::from(format!("{home}/.cargo/bin/s3s-fs"))),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| p.is_file())
+}
+
+/// Copies (hard-links where possible) the NDJSON files of `dataset` into `dir`.
+fn seed(dataset: &Path, dir: &Path) {
+    std::fs::create_dir_all(dir).expect("bucket prefix");
+    for entry in std::fs::read_dir(dataset).expect("dataset").flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.ends_with(".ndjson") || name.ends_with(".ndjson.gz") {
+            let target = dir.join(&name);
+            if !target.exists() && std::fs::hard_link(entry.path(), &target).is_err() {
+                std::fs::copy(entry.path(), &target).expect("copy");
+            }
+        }
+    }
+}
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let shared = root.join("../shared/data/synthea-615");
+    if !shared.exists() {
+        eprintln!("SKIPPED: {} is absent", shared.display());
+        return;
+    }
+    let Some(binary) = s3s_binary() else {
+        eprintln!("SKIPPED: s3s-fs is not installed (scripts/test.sh installs it)");
+        return;
+    };
+    let (work, scaled, copies) = common::scaled_dataset(&shared, 4);
+    let s3_data = work.join("s3");
+    let _ = std::fs::remove_dir_all(&s3_data);
+    std::fs::create_dir_all(s3_data.join("warehouse")).expect("bucket");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut server: Child = Command::new(&binary)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+        .arg(&s3_data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start s3s-fs");
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(20), "s3s-fs did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let endpoint = format!("http://127.0.0.1:{port}");
+
+    let mut runs = Vec::new();
+    let datasets = [
+        ("synthea-615".to_string(), shared.clone()),
+        (format!("synthea-615x{copies}"), scaled.clone()),
+    ];
+    for (name, data) in &datasets {
+        seed(data, &s3_data.join("lake").join(name));
+        for (mode, extra) in [
+            ("full", &[][..]),
+            ("resources only", &["--no-index", "--no-shipped-views"][..]),
+        ] {
+            for (source, warehouse) in [("local", "local"), ("s3", "local"), ("local", "s3"), ("s3", "s3")] {
+                let local_wh = work.join(format!("wh-s3bench-{name}"));
+                let _ = std::fs::remove_dir_all(&local_wh);
+                let _ = std::fs::remove_dir_all(s3_data.join("warehouse").join(name));
+                let wh = match warehouse {
+                    "local" => local_wh.display().to_string(),
+                    _ => format!("s3://warehouse/{name}"),
+                };
+                let src = match source {
+                    "local" => data.display().to_string(),
+                    _ => format!("s3://lake/{name}/"),
+                };
+                let mut args = vec!["--warehouse", wh.as_str(), "load", "--quiet", "--json", src.as_str()];
+                args.extend_from_slice(extra);
+                let m = run_measured(
+                    Command::new(env!("CARGO_BIN_EXE_fhirlake"))
+                        .args(&args)
+                        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+                        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+                        .env("AWS_ENDPOINT_URL", &endpoint),
+                );
+                let report: serde_json::Value = serde_json::from_str(m.stdout.trim()).expect("load --json output");
+                runs.push(Run {
+                    dataset: name.clone(),
+                    mode,
+                    source,
+                    warehouse,
+                    input_mib: report["ndjson_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+                    resources: report["resources"].as_u64().unwrap_or(0),
+                    seconds: m.wall,
+                    peak_rss_mib: m.peak_rss_mib,
+                });
+            }
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+
+    println!(
+        "| dataset | load | source | warehouse | NDJSON MiB | resources | seconds | MiB/s | vs local→local | peak RSS MiB |"
+    );
+    println!("|---|---|---|---|---:|---:|---:|---:|---:|---:|");
+    let mut json = Vec::new();
+    for r in &runs {
+        let baseline = runs
+            .iter()
+            .find(|b| b.dataset == r.dataset && b.mode == r.mode && b.source == "local" && b.warehouse == "local")
+            .map_or(f64::NAN, |b| b.seconds);
+        let ratio = baseline / r.seconds;
+        println!(
+            "| {} | {} | {} | {} | {:.1} | {} | {:.2} | {:.1} | {:.2}x | {:.0} |",
+            r.dataset,
+            r.mode,
+            r.source,
+            r.warehouse,
+            r.input_mib,
+            r.resources,
+            r.seconds,
+            r.input_mib / r.seconds,
+            ratio,
+            r.peak_rss_mib
+        );
+        json.push(
+            serde_json::json!({"dataset": r.dataset, "load": r.mode, "source": r.source,
+            "warehouse": r.warehouse, "input_mib": r.input_mib, "resources": r.resources,
+            "seconds": r.seconds, "throughput_vs_local": ratio, "peak_rss_mib": r.peak_rss_mib}),
+        );
+    }
+    let _ = std::fs::write(
+        root.join("target/bench-s3.json"),
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    );
+}
