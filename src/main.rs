@@ -194,6 +194,9 @@ enum Command {
         /// reaches it reads all data).
         #[arg(long, conflicts_with = "clients")]
         no_auth: bool,
+        /// Lifetime of access tokens in seconds (1 to 300).
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=300))]
+        access_token_seconds: u64,
     },
     /// Manage the clients file of `serve --clients`.
     Clients {
@@ -600,6 +603,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             download_url_expiry,
             clients,
             no_auth,
+            access_token_seconds,
         } => {
             let export_downloads = match export_downloads {
                 ExportDownloads::Server => fhirlake::server::DownloadMode::Server,
@@ -644,6 +648,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 export_downloads,
                 clients,
                 no_auth,
+                access_token_lifetime: std::time::Duration::from_secs(access_token_seconds),
             };
             fhirlake::server::serve(warehouse, options).await?;
         }

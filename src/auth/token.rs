@@ -16,8 +16,8 @@ use serde_json::Value;
 use super::clients::{Client, ClientRegistry};
 use super::scopes::ScopeSet;
 
-/// Lifetime of an access token.
-pub const ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
+/// Longest lifetime of an access token (SMART recommends five minutes).
+pub const MAX_ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
 /// How far ahead an assertion's `exp` may be (SMART: at most five minutes).
 const MAX_ASSERTION_LIFETIME_SECONDS: i64 = 300;
 /// Clock skew tolerated on `exp`.
@@ -95,6 +95,7 @@ struct AssertionClaims {
 pub struct TokenIssuer {
     registry: ClientRegistry,
     token_url: String,
+    lifetime: Duration,
     tokens: Mutex<HashMap<String, AccessGrant>>,
     /// `(client_id, jti)` of accepted assertions, with their `exp`.
     seen: Mutex<HashMap<(String, String), i64>>,
@@ -103,11 +104,13 @@ pub struct TokenIssuer {
 }
 
 impl TokenIssuer {
-    /// An issuer for `registry` whose assertions must name `token_url` as `aud`.
-    pub fn new(registry: ClientRegistry, token_url: String) -> Self {
+    /// An issuer for `registry` whose assertions must name `token_url` as
+    /// `aud`, issuing tokens that live `lifetime` (at most five minutes).
+    pub fn new(registry: ClientRegistry, token_url: String, lifetime: Duration) -> Self {
         Self {
             registry,
             token_url,
+            lifetime: lifetime.clamp(Duration::from_secs(1), MAX_ACCESS_TOKEN_LIFETIME),
             tokens: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
             fetched_keys: Mutex::new(HashMap::new()),
@@ -176,7 +179,7 @@ impl TokenIssuer {
         let grant = AccessGrant {
             client_id: client.config.client_id.clone(),
             scopes: granted.clone(),
-            expires: Instant::now() + ACCESS_TOKEN_LIFETIME,
+            expires: Instant::now() + self.lifetime,
         };
         {
             let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
@@ -185,7 +188,7 @@ impl TokenIssuer {
         }
         Ok(IssuedToken {
             access_token,
-            expires_in: ACCESS_TOKEN_LIFETIME.as_secs(),
+            expires_in: self.lifetime.as_secs(),
             scope: granted.to_string(),
         })
     }

@@ -90,6 +90,8 @@ pub struct ServeOptions {
     pub clients: Option<std::path::PathBuf>,
     /// Serve without authorization on a non-loopback address.
     pub no_auth: bool,
+    /// Lifetime of access tokens (at most five minutes).
+    pub access_token_lifetime: Duration,
 }
 
 /// What every handler shares.
@@ -305,6 +307,7 @@ pub async fn serve(warehouse: Warehouse, options: ServeOptions) -> Result<(), Se
             Some(Arc::new(crate::auth::TokenIssuer::new(
                 registry,
                 format!("{base_url}/auth/token"),
+                options.access_token_lifetime,
             )))
         }
         None if local.ip().is_loopback() => {

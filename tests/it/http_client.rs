@@ -24,8 +24,12 @@ impl Server {
     /// Starts the server over the warehouse at `warehouse` (a path or URL)
     /// with `extra` arguments and environment variables `envs`.
     pub fn start_with(warehouse: &str, extra: &[&str], envs: &[(String, String)]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fhirlake"))
-            .args(["--warehouse", warehouse, "serve", "--addr", "127.0.0.1:0"])
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fhirlake"));
+        command.args(["--warehouse", warehouse, "serve"]);
+        if !extra.contains(&"--addr") {
+            command.args(["--addr", "127.0.0.1:0"]);
+        }
+        let mut child = command
             .args(extra)
             .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())

@@ -1,6 +1,7 @@
 //! Integration tests (one binary: each test file would otherwise be its own
 //! large link).
 
+mod auth;
 mod cohort;
 mod common;
 mod crash;

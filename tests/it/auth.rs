@@ -1,0 +1,569 @@
+//! SMART Backend Services against the real server: keys made by openssl
+//! (RSA 2048 and EC P-384), clients registered with `fhirlake clients add`,
+//! real signed assertions; the full flow and each attack.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+use crate::common::fhirlake;
+use crate::export::get_file;
+use crate::http_client::{HttpResponse, Server, http};
+
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// A private key (PEM file) and its public half, made by openssl.
+struct Key {
+    private: PathBuf,
+    public: PathBuf,
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn make_key(dir: &Path, name: &str, rsa: bool) -> Key {
+    let private = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    let private_s = private.to_str().expect("path");
+    if rsa {
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            private_s,
+        ]);
+    } else {
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-out",
+            private_s,
+        ]);
+    }
+    openssl(&[
+        "pkey",
+        "-in",
+        private_s,
+        "-pubout",
+        "-out",
+        public.to_str().expect("path"),
+    ]);
+    Key { private, public }
+}
+
+fn add_client(file: &Path, id: &str, key: &Key, kid: &str, scopes: &str, groups: &[&str]) {
+    let mut args = vec![
+        "clients",
+        "add",
+        "--file",
+        file.to_str().expect("path"),
+        "--client-id",
+        id,
+        "--public-key",
+        key.public.to_str().expect("path"),
+        "--kid",
+        kid,
+        "--scopes",
+        scopes,
+    ];
+    for g in groups {
+        args.extend(["--group", g]);
+    }
+    let out = fhirlake(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A signed client assertion.
+fn assertion(key: &Key, alg: Algorithm, kid: &str, claims: &Value) -> String {
+    let pem = std::fs::read(&key.private).expect("key");
+    let encoding = match alg {
+        Algorithm::RS384 => EncodingKey::from_rsa_pem(&pem).expect("rsa key"),
+        _ => EncodingKey::from_ec_pem(&pem).expect("ec key"),
+    };
+    let mut header = Header::new(alg);
+    header.kid = Some(kid.to_string());
+    jsonwebtoken::encode(&header, claims, &encoding).expect("sign")
+}
+
+fn claims(client: &str, aud: &str) -> Value {
+    json!({"iss": client, "sub": client, "aud": aud, "exp": now() + 240, "jti": uuid::Uuid::new_v4().to_string()})
+}
+
+fn token_request(base: &str, assertion: &str, scope: &str) -> HttpResponse {
+    let body: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "client_credentials")
+        .append_pair("client_assertion_type", ASSERTION_TYPE)
+        .append_pair("client_assertion", assertion)
+        .append_pair("scope", scope)
+        .finish();
+    http(
+        "POST",
+        &format!("{base}/auth/token"),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some(&body),
+    )
+}
+
+fn token(base: &str, assertion: &str, scope: &str) -> String {
+    let response = token_request(base, assertion, scope);
+    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+    response.json()["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_string()
+}
+
+/// Asserts an OAuth error response.
+fn refused(response: &HttpResponse, status: u16, error: &str, case: &str) {
+    assert_eq!(
+        response.status,
+        status,
+        "{case}: {}",
+        String::from_utf8_lossy(&response.body)
+    );
+    assert_eq!(response.json()["error"], error, "{case}");
+}
+
+fn get(url: &str, token: Option<&str>) -> HttpResponse {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Accept", "application/fhir+json")];
+    if let Some(b) = &bearer {
+        headers.push(("Authorization", b.as_str()));
+    }
+    http("GET", url, &headers, None)
+}
+
+fn unauthorized(response: &HttpResponse, case: &str) {
+    assert_eq!(
+        response.status,
+        401,
+        "{case}: {}",
+        String::from_utf8_lossy(&response.body)
+    );
+    assert!(
+        response
+            .header("www-authenticate")
+            .is_some_and(|h| h.starts_with("Bearer")),
+        "{case}: WWW-Authenticate"
+    );
+    assert_eq!(response.json()["resourceType"], "OperationOutcome", "{case}");
+}
+
+fn base64url(value: &Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+}
+
+#[tokio::test]
+async fn smart_backend_services_flow_and_attacks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rsa = make_key(dir.path(), "a", true);
+    let ec = make_key(dir.path(), "b", false);
+    let rogue = make_key(dir.path(), "rogue", true);
+    let clients = dir.path().join("clients.json");
+    add_client(&clients, "app-a", &rsa, "a1", "system/*.rs system/Group.cud", &[]);
+    add_client(
+        &clients,
+        "app-b",
+        &ec,
+        "b1",
+        "system/Patient.read system/Group.write system/Group.read",
+        &[],
+    );
+    let warehouse = dir.path().join("wh");
+    let server = Server::start(&warehouse, &["--clients", clients.to_str().expect("path")]);
+    let base = server.base.clone();
+    let aud = format!("{base}/auth/token");
+
+    // Discovery and the CapabilityStatement are public.
+    let config = get(&format!("{base}/.well-known/smart-configuration"), None);
+    assert_eq!(config.status, 200);
+    let config = config.json();
+    assert_eq!(config["token_endpoint"], aud.as_str());
+    assert_eq!(
+        config["token_endpoint_auth_methods_supported"],
+        json!(["private_key_jwt"])
+    );
+    assert!(
+        config["grant_types_supported"]
+            .as_array()
+            .expect("grants")
+            .contains(&json!("client_credentials"))
+    );
+    let metadata = get(&format!("{base}/metadata"), None);
+    assert_eq!(metadata.status, 200);
+    let security = &metadata.json()["rest"][0]["security"];
+    assert_eq!(security["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
+    assert_eq!(security["extension"][0]["extension"][0]["valueUri"], aud.as_str());
+
+    // No token, a garbled header, an unknown token: 401 everywhere.
+    unauthorized(&get(&format!("{base}/Group"), None), "no token");
+    let garbled = http(
+        "GET",
+        &format!("{base}/Group"),
+        &[("Authorization", "Basic YTpi")],
+        None,
+    );
+    unauthorized(&garbled, "Basic auth");
+    let empty = http("GET", &format!("{base}/Group"), &[("Authorization", "Bearer ")], None);
+    unauthorized(&empty, "empty bearer");
+    unauthorized(&get(&format!("{base}/Group"), Some("not-a-token")), "unknown token");
+
+    // Client A (RS384): a token, then create a cohort, export it, download.
+    // (v1 scopes asked for, v2 granted.)
+    let response = token_request(
+        &base,
+        &assertion(&rsa, Algorithm::RS384, "a1", &claims("app-a", &aud)),
+        "system/*.read system/Group.write",
+    );
+    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+    assert_eq!(response.header("cache-control"), Some("no-store"));
+    let body = response.json();
+    assert_eq!(body["token_type"], "bearer");
+    assert!(body["expires_in"].as_u64().is_some_and(|s| s > 0 && s <= 300));
+    assert_eq!(body["scope"], "system/*.rs system/Group.cud");
+    let token_a = body["access_token"].as_str().expect("token").to_string();
+    let bearer_a = format!("Bearer {token_a}");
+    let group = json!({
+        "resourceType": "Group", "type": "person", "actual": true, "name": "women of A",
+        "modifierExtension": [{
+            "url": "http://hl7.org/fhir/uv/bulkdata/StructureDefinition/member-filter",
+            "valueExpression": {"language": "application/x-fhir-query", "expression": "Patient?gender=female"}
+        }]
+    });
+    let created = http(
+        "POST",
+        &format!("{base}/Group"),
+        &[
+            ("Content-Type", "application/fhir+json"),
+            ("Accept", "application/fhir+json"),
+            ("Authorization", &bearer_a),
+        ],
+        Some(&group.to_string()),
+    );
+    assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
+    let group_a = created.json()["id"].as_str().expect("id").to_string();
+    assert_eq!(get(&format!("{base}/Group/{group_a}"), Some(&token_a)).status, 200);
+    let kickoff = http(
+        "GET",
+        &format!("{base}/Group/{group_a}/$export?_type=Patient"),
+        &[
+            ("Accept", "application/fhir+json"),
+            ("Prefer", "respond-async"),
+            ("Authorization", &bearer_a),
+        ],
+        None,
+    );
+    assert_eq!(kickoff.status, 202, "{}", String::from_utf8_lossy(&kickoff.body));
+    let status_url = kickoff.header("content-location").expect("status URL").to_string();
+    let manifest = loop {
+        let polled = get(&status_url, Some(&token_a));
+        if polled.status == 200 {
+            break polled.json();
+        }
+        assert_eq!(polled.status, 202, "{}", String::from_utf8_lossy(&polled.body));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_eq!(manifest["requiresAccessToken"], true);
+    let file_url = manifest["output"][0]["url"].as_str().expect("file url").to_string();
+    let download = get_file(&file_url, &[("Authorization", &bearer_a)]);
+    assert_eq!(download.status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&download.body).lines().count(),
+        4,
+        "the 4 women of synthea-10"
+    );
+    unauthorized(&get_file(&file_url, &[]), "download without a token");
+
+    // Client B (ES384): scopes are intersected, A's things are invisible.
+    let response = token_request(
+        &base,
+        &assertion(&ec, Algorithm::ES384, "b1", &claims("app-b", &aud)),
+        "system/Patient.rs system/Group.cud system/Observation.rs",
+    );
+    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+    assert_eq!(
+        response.json()["scope"],
+        "system/Group.cud system/Patient.rs",
+        "Observation dropped"
+    );
+    let token_b = response.json()["access_token"].as_str().expect("token").to_string();
+    let bearer_b = format!("Bearer {token_b}");
+    assert_eq!(
+        get(&format!("{base}/Group/{group_a}"), Some(&token_b)).status,
+        403,
+        "no Group.r in B's token"
+    );
+    let token_b_read = token(
+        &base,
+        &assertion(&ec, Algorithm::ES384, "b1", &claims("app-b", &aud)),
+        "system/Patient.rs system/Group.rs",
+    );
+    assert_eq!(
+        get(&format!("{base}/Group/{group_a}"), Some(&token_b_read)).status,
+        404,
+        "A's Group"
+    );
+    let search = get(&format!("{base}/Group"), Some(&token_b_read));
+    assert_eq!(search.status, 200);
+    assert_eq!(search.json()["total"], 0, "B's search does not list A's Group");
+    assert_eq!(get(&status_url, Some(&token_b_read)).status, 404, "A's status URL");
+    assert_eq!(
+        get_file(&file_url, &[("Authorization", &bearer_b)]).status,
+        404,
+        "A's file"
+    );
+    let export_b = |types: &str| {
+        http(
+            "GET",
+            &format!("{base}/$export?_type={types}"),
+            &[
+                ("Accept", "application/fhir+json"),
+                ("Prefer", "respond-async"),
+                ("Authorization", &format!("Bearer {token_b_read}")),
+            ],
+            None,
+        )
+    };
+    let forbidden = export_b("Observation");
+    assert_eq!(forbidden.status, 403, "{}", String::from_utf8_lossy(&forbidden.body));
+    assert_eq!(forbidden.json()["resourceType"], "OperationOutcome");
+    let partial = export_b("Patient,Observation");
+    assert_eq!(partial.status, 202, "only the allowed types are exported");
+    let manifest = loop {
+        let polled = get(partial.header("content-location").expect("status"), Some(&token_b_read));
+        if polled.status == 200 {
+            break polled.json();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let types: Vec<&str> = manifest["output"]
+        .as_array()
+        .expect("output")
+        .iter()
+        .filter_map(|o| o["type"].as_str())
+        .collect();
+    assert_eq!(types, ["Patient"]);
+
+    // Attacks on the token endpoint.
+    let good = claims("app-a", &aud);
+    let none = format!(
+        "{}.{}.",
+        base64url(&json!({"alg": "none", "kid": "a1", "typ": "JWT"})),
+        base64url(&good)
+    );
+    refused(
+        &token_request(&base, &none, "system/*.rs"),
+        401,
+        "invalid_client",
+        "alg none",
+    );
+    let public_pem = std::fs::read(&rsa.public).expect("public key");
+    let mut hs = Header::new(Algorithm::HS256);
+    hs.kid = Some("a1".into());
+    let hmac =
+        jsonwebtoken::encode(&hs, &claims("app-a", &aud), &EncodingKey::from_secret(&public_pem)).expect("hs256");
+    refused(
+        &token_request(&base, &hmac, "system/*.rs"),
+        401,
+        "invalid_client",
+        "HS256 with the public key",
+    );
+    let wrong_key = assertion(&rogue, Algorithm::RS384, "a1", &claims("app-a", &aud));
+    refused(
+        &token_request(&base, &wrong_key, "system/*.rs"),
+        401,
+        "invalid_client",
+        "wrong key",
+    );
+    let mut expired = claims("app-a", &aud);
+    expired["exp"] = json!(now() - 120);
+    refused(
+        &token_request(&base, &assertion(&rsa, Algorithm::RS384, "a1", &expired), "system/*.rs"),
+        401,
+        "invalid_client",
+        "expired assertion",
+    );
+    let mut far = claims("app-a", &aud);
+    far["exp"] = json!(now() + 3600);
+    refused(
+        &token_request(&base, &assertion(&rsa, Algorithm::RS384, "a1", &far), "system/*.rs"),
+        401,
+        "invalid_client",
+        "exp an hour ahead",
+    );
+    let wrong_aud = claims("app-a", "https://elsewhere.example/token");
+    refused(
+        &token_request(
+            &base,
+            &assertion(&rsa, Algorithm::RS384, "a1", &wrong_aud),
+            "system/*.rs",
+        ),
+        401,
+        "invalid_client",
+        "wrong aud",
+    );
+    let once = assertion(&rsa, Algorithm::RS384, "a1", &claims("app-a", &aud));
+    token(&base, &once, "system/*.rs");
+    refused(
+        &token_request(&base, &once, "system/*.rs"),
+        401,
+        "invalid_client",
+        "replayed jti",
+    );
+    let unknown = assertion(&rsa, Algorithm::RS384, "a1", &claims("app-z", &aud));
+    refused(
+        &token_request(&base, &unknown, "system/*.rs"),
+        401,
+        "invalid_client",
+        "unknown client",
+    );
+    let escalation = assertion(&ec, Algorithm::ES384, "b1", &claims("app-b", &aud));
+    refused(
+        &token_request(&base, &escalation, "system/Observation.rs"),
+        400,
+        "invalid_scope",
+        "scope escalation",
+    );
+    let grant = http(
+        "POST",
+        &aud,
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some("grant_type=password&username=a&password=b"),
+    );
+    refused(&grant, 400, "unsupported_grant_type", "password grant");
+
+    // The clients file reloads without a restart: B is granted A's Group.
+    add_client(
+        &clients,
+        "app-b",
+        &ec,
+        "b1",
+        "system/Patient.read system/Group.write system/Group.read",
+        &[&group_a],
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        get(&format!("{base}/Group/{group_a}"), Some(&token_b_read)).status,
+        200,
+        "granted Group"
+    );
+    let (_, manifest) = export_ok_with(&base, &group_a, &token_b_read).await;
+    assert!(manifest["output"].as_array().is_some_and(|o| !o.is_empty()));
+    server.stop();
+
+    // Expired access tokens.
+    let server = Server::start(
+        &warehouse,
+        &[
+            "--clients",
+            clients.to_str().expect("path"),
+            "--access-token-seconds",
+            "1",
+        ],
+    );
+    let aud = format!("{}/auth/token", server.base);
+    let short = token(
+        &server.base,
+        &assertion(&rsa, Algorithm::RS384, "a1", &claims("app-a", &aud)),
+        "system/*.rs",
+    );
+    assert_eq!(get(&format!("{}/Group", server.base), Some(&short)).status, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let late = get(&format!("{}/Group", server.base), Some(&short));
+    unauthorized(&late, "expired access token");
+    assert!(
+        late.header("www-authenticate")
+            .is_some_and(|h| h.contains("invalid_token"))
+    );
+    server.stop();
+}
+
+/// A Group export by the holder of `token`, polled to completion.
+async fn export_ok_with(base: &str, group: &str, token: &str) -> (String, Value) {
+    let bearer = format!("Bearer {token}");
+    let kickoff = http(
+        "GET",
+        &format!("{base}/Group/{group}/$export?_type=Patient"),
+        &[
+            ("Accept", "application/fhir+json"),
+            ("Prefer", "respond-async"),
+            ("Authorization", &bearer),
+        ],
+        None,
+    );
+    assert_eq!(kickoff.status, 202, "{}", String::from_utf8_lossy(&kickoff.body));
+    let status = kickoff.header("content-location").expect("status").to_string();
+    loop {
+        let polled = get(&status, Some(token));
+        if polled.status == 200 {
+            return (status, polled.json());
+        }
+        assert_eq!(polled.status, 202, "{}", String::from_utf8_lossy(&polled.body));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[test]
+fn open_serving_is_refused_off_loopback_unless_asked_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = dir.path().join("wh");
+    let out = Command::new(env!("CARGO_BIN_EXE_fhirlake"))
+        .args([
+            "--warehouse",
+            warehouse.to_str().expect("path"),
+            "serve",
+            "--addr",
+            "0.0.0.0:0",
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("--clients") && text.contains("--no-auth"), "{text}");
+    let server = Server::start(&warehouse, &["--addr", "0.0.0.0:0", "--no-auth"]);
+    let port = server.base.rsplit(':').next().expect("port").to_string();
+    let open = get(&format!("http://127.0.0.1:{port}/Group"), None);
+    assert_eq!(open.status, 200, "--no-auth serves without tokens");
+    server.stop();
+
+    // `clients add` refuses unusable keys before writing anything.
+    let bad = dir.path().join("bad.pem");
+    std::fs::write(&bad, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").expect("write");
+    let file = dir.path().join("clients.json");
+    let out = fhirlake(&[
+        "clients",
+        "add",
+        "--file",
+        file.to_str().expect("path"),
+        "--client-id",
+        "x",
+        "--public-key",
+        bad.to_str().expect("path"),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("private key"));
+    assert!(!file.exists());
+}
