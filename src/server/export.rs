@@ -237,6 +237,7 @@ pub async fn kickoff_system(
 }
 
 /// `[base]/Group/{id}/$export`: kick-off (GET or POST).
+#[allow(clippy::too_many_arguments)] // axum extractors, one per request part
 pub async fn kickoff_group(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,

@@ -45,9 +45,9 @@ pub enum StoreError {
         /// What kind of failure it was, in words (`bucket not found`,
         /// `forbidden…`, `unreachable…`), where known.
         kind: Option<&'static str>,
-        /// The store's error.
+        /// The store's error (boxed: it is large, and errors travel far).
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// Local filesystem error (creating a warehouse folder).
     #[error("{path}: {source}")]
@@ -198,7 +198,7 @@ impl StoreLocation {
             operation,
             url: self.url_of(path),
             kind,
-            source,
+            source: Box::new(source),
         }
     }
 }

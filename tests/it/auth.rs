@@ -366,6 +366,11 @@ async fn smart_backend_services_flow_and_attacks() {
         .filter_map(|o| o["type"].as_str())
         .collect();
     assert_eq!(types, ["Patient"]);
+    assert_eq!(
+        manifest["error"].as_array().map(Vec::len),
+        Some(1),
+        "the dropped type is reported in error[]"
+    );
 
     // Attacks on the token endpoint.
     let good = claims("app-a", &aud);
@@ -455,6 +460,54 @@ async fn smart_backend_services_flow_and_attacks() {
     );
     refused(&grant, 400, "unsupported_grant_type", "password grant");
 
+    // A's async Group job is A's alone.
+    let job = http(
+        "POST",
+        &format!("{base}/Group"),
+        &[
+            ("Content-Type", "application/fhir+json"),
+            ("Accept", "application/fhir+json"),
+            ("Prefer", "respond-async"),
+            ("Authorization", &bearer_a),
+        ],
+        Some(&group.to_string()),
+    );
+    assert_eq!(job.status, 202);
+    let job_url = job.header("content-location").expect("job URL").to_string();
+    assert_eq!(get(&job_url, Some(&token_b_read)).status, 404, "A's job, polled by B");
+    let deleted = http("DELETE", &job_url, &[("Authorization", &bearer_b)], None);
+    assert_eq!(deleted.status, 404, "A's job, cancelled by B");
+
+    // A client publishing its keys at a jwks_url.
+    let ec_c = make_key(dir.path(), "c", false);
+    let jwk = fhirlake::auth::keys::public_jwk(&std::fs::read_to_string(&ec_c.public).expect("key"), Some("c1"))
+        .expect("jwk");
+    let jwks_url = serve_once_json(json!({"keys": [jwk]}));
+    let out = fhirlake(&[
+        "clients",
+        "add",
+        "--file",
+        clients.to_str().expect("path"),
+        "--client-id",
+        "app-c",
+        "--jwks-url",
+        &jwks_url,
+        "--scopes",
+        "system/Patient.rs",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let token_c = token(
+        &base,
+        &assertion(&ec_c, Algorithm::ES384, "c1", &claims("app-c", &aud)),
+        "system/Patient.rs",
+    );
+    assert_eq!(
+        get(&format!("{base}/Group"), Some(&token_c)).status,
+        403,
+        "no Group scope"
+    );
+
     // The clients file reloads without a restart: B is granted A's Group.
     add_client(
         &clients,
@@ -499,6 +552,28 @@ async fn smart_backend_services_flow_and_attacks() {
             .is_some_and(|h| h.contains("invalid_token"))
     );
     server.stop();
+}
+
+/// Serves `body` as JSON to every request on a loopback port (a client's
+/// JWKS endpoint); returns its URL.
+fn serve_once_json(body: Value) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/jwks.json", listener.local_addr().expect("addr"));
+    let text = body.to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer);
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                text.len()
+            );
+            let _ = stream.write_all(response.as_bytes());
+        }
+    });
+    url
 }
 
 /// A Group export by the holder of `token`, polled to completion.
