@@ -50,7 +50,10 @@ pub struct Client {
 
 struct Loaded {
     clients: HashMap<String, Arc<Client>>,
+    /// Modification time of the file the clients came from.
     modified: Option<SystemTime>,
+    /// Modification time of a version found invalid (logged once).
+    rejected: Option<SystemTime>,
     checked: Instant,
 }
 
@@ -88,14 +91,15 @@ impl ClientsFile {
             match (&config.jwks, &config.jwks_url) {
                 (Some(jwks), None) => {
                     for key in &jwks.keys {
-                        jsonwebtoken::DecodingKey::from_jwk(key).map_err(|e| problem(format!("unusable key: {e}")))?;
-                        if key.common.key_id.is_none() {
-                            return Err(problem("every key needs a 'kid'".into()));
-                        }
+                        check_key(key).map_err(problem)?;
                     }
                 }
-                (None, Some(url)) if url.starts_with("https://") || url.starts_with("http://") => {}
-                (None, Some(url)) => return Err(problem(format!("jwks_url '{url}' is not an http(s) URL"))),
+                (None, Some(url)) if is_trusted_key_url(url) => {}
+                (None, Some(url)) => {
+                    return Err(problem(format!(
+                        "jwks_url '{url}' must be https:// (plain http only on a loopback host): keys fetched in clear could be swapped"
+                    )));
+                }
                 _ => return Err(problem("give exactly one of 'jwks' and 'jwks_url'".into())),
             }
             let client = Arc::new(Client {
@@ -119,6 +123,44 @@ impl ClientsFile {
     }
 }
 
+/// A key fhirlake can verify assertions with: RSA (RS384) or EC P-384
+/// (ES384), with a `kid`; anything else (HMAC secrets, other curves or
+/// algorithms) is refused when registered, not only when used.
+pub fn check_key(key: &jsonwebtoken::jwk::Jwk) -> Result<(), String> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, KeyAlgorithm};
+    if key.common.key_id.is_none() {
+        return Err("every key needs a 'kid'".into());
+    }
+    let expected = match &key.algorithm {
+        AlgorithmParameters::RSA(_) => KeyAlgorithm::RS384,
+        AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P384 => KeyAlgorithm::ES384,
+        _ => return Err("keys must be RSA (RS384) or EC P-384 (ES384)".into()),
+    };
+    if let Some(alg) = key.common.key_algorithm
+        && alg != expected
+    {
+        return Err(format!("key alg {alg:?} is not accepted; use {expected:?}"));
+    }
+    jsonwebtoken::DecodingKey::from_jwk(key).map_err(|e| format!("unusable key: {e}"))?;
+    Ok(())
+}
+
+/// `https://`, or `http://` to a loopback host (a key server beside us).
+pub fn is_trusted_key_url(url: &str) -> bool {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return false;
+    };
+    match parsed.scheme() {
+        "https" => true,
+        "http" => {
+            matches!(parsed.host(), Some(url::Host::Domain("localhost")))
+                || matches!(parsed.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+                || matches!(parsed.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
+        }
+        _ => false,
+    }
+}
+
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
@@ -133,14 +175,10 @@ impl ClientRegistry {
             loaded: RwLock::new(Loaded {
                 clients,
                 modified: modified(path),
+                rejected: None,
                 checked: Instant::now(),
             }),
         })
-    }
-
-    /// The file this registry reads.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Client `client_id`, after reloading the file if it changed. A file
@@ -165,15 +203,20 @@ impl ClientRegistry {
         if now == loaded.modified {
             return;
         }
-        loaded.modified = now;
+        // An invalid version is retried every second (it may be half
+        // written) but reported once.
         match ClientsFile::read(&self.path, false).and_then(|f| f.validate(&self.path)) {
             Ok(clients) => {
                 tracing::info!(target: "fhirlake::audit", event = "clients_reloaded", clients = clients.len(), file = %self.path.display());
                 loaded.clients = clients;
+                loaded.modified = now;
+                loaded.rejected = None;
             }
-            Err(e) => {
-                tracing::error!(error = %e, "the clients file changed but is invalid; keeping the previous clients")
+            Err(e) if loaded.rejected != now => {
+                loaded.rejected = now;
+                tracing::error!(error = %e, "the clients file changed but is invalid; keeping the previous clients");
             }
+            Err(_) => {}
         }
     }
 }

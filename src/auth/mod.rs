@@ -18,13 +18,7 @@ pub enum AuthError {
     /// The clients file cannot be read or is invalid.
     #[error("clients file {0}")]
     ClientsFile(String),
-    /// A key file is unusable.
-    #[error("key file {path}: {source}")]
-    Key {
-        /// The file.
-        path: String,
-        /// Why.
-        #[source]
-        source: keys::KeyError,
-    },
+    /// The HTTP client for `jwks_url`s cannot be set up.
+    #[error("cannot set up the HTTP client for jwks_url keys: {0}")]
+    HttpClient(String),
 }

@@ -24,14 +24,18 @@ const MAX_ASSERTION_LIFETIME_SECONDS: i64 = 300;
 const LEEWAY_SECONDS: u64 = 30;
 /// How long keys fetched from a `jwks_url` are reused.
 const JWKS_CACHE: Duration = Duration::from_secs(300);
+/// A `kid` missing from the cached keys triggers a new fetch, at most this often.
+const JWKS_REFETCH: Duration = Duration::from_secs(10);
+/// Largest JWKS document accepted.
+const JWKS_MAX_BYTES: usize = 64 * 1024;
 /// The assertion type SMART requires.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// An OAuth 2.0 token error (RFC 6749 §5.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OAuthError {
-    /// `invalid_request`, `invalid_client`, `invalid_grant`, `invalid_scope`
-    /// or `unsupported_grant_type`.
+    /// `invalid_request`, `invalid_client`, `invalid_scope`,
+    /// `unsupported_grant_type`, or `server_error`.
     pub code: &'static str,
     /// What exactly was wrong (`error_description`).
     pub description: String,
@@ -45,9 +49,14 @@ impl OAuthError {
         }
     }
 
-    /// The HTTP status: 401 for client authentication failures, else 400.
+    /// The HTTP status: 401 for client authentication failures, 500 for
+    /// the server's own, else 400.
     pub fn status(&self) -> u16 {
-        if self.code == "invalid_client" { 401 } else { 400 }
+        match self.code {
+            "invalid_client" => 401,
+            "server_error" => 500,
+            _ => 400,
+        }
     }
 }
 
@@ -65,6 +74,8 @@ pub struct AccessGrant {
 /// What the token endpoint answers.
 #[derive(Debug, Clone)]
 pub struct IssuedToken {
+    /// The client it was issued to.
+    pub client_id: String,
     /// The bearer token.
     pub access_token: String,
     /// Seconds it lives.
@@ -106,29 +117,30 @@ pub struct TokenIssuer {
 impl TokenIssuer {
     /// An issuer for `registry` whose assertions must name `token_url` as
     /// `aud`, issuing tokens that live `lifetime` (at most five minutes).
-    pub fn new(registry: ClientRegistry, token_url: String, lifetime: Duration) -> Self {
-        Self {
+    pub fn new(registry: ClientRegistry, token_url: String, lifetime: Duration) -> Result<Self, super::AuthError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| super::AuthError::HttpClient(e.to_string()))?;
+        Ok(Self {
             registry,
             token_url,
             lifetime: lifetime.clamp(Duration::from_secs(1), MAX_ACCESS_TOKEN_LIFETIME),
             tokens: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
             fetched_keys: Mutex::new(HashMap::new()),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
-        }
+            http,
+        })
+    }
+
+    /// How long issued tokens live.
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
     }
 
     /// The token endpoint's absolute URL.
     pub fn token_url(&self) -> &str {
         &self.token_url
-    }
-
-    /// The registry.
-    pub fn registry(&self) -> &ClientRegistry {
-        &self.registry
     }
 
     /// Handles a token request's form fields.
@@ -174,7 +186,7 @@ impl TokenIssuer {
         }
         let mut random = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
-            .map_err(|_| OAuthError::new("invalid_request", "no randomness available"))?;
+            .map_err(|_| OAuthError::new("server_error", "no randomness available"))?;
         let access_token = URL_SAFE_NO_PAD.encode(random);
         let grant = AccessGrant {
             client_id: client.config.client_id.clone(),
@@ -187,6 +199,7 @@ impl TokenIssuer {
             tokens.insert(access_token.clone(), grant);
         }
         Ok(IssuedToken {
+            client_id: client.config.client_id.clone(),
             access_token,
             expires_in: self.lifetime.as_secs(),
             scope: granted.to_string(),
@@ -230,11 +243,13 @@ impl TokenIssuer {
             .registry
             .get(&issuer)
             .ok_or_else(|| invalid(format!("unknown client '{issuer}'")))?;
-        let keys = self.keys_of(&client).await?;
+        let keys = self.keys_of(&client, &kid).await?;
         let jwk = keys
             .find(&kid)
             .ok_or_else(|| invalid(format!("client '{issuer}' has no key with kid '{kid}'")))?;
         let key = DecodingKey::from_jwk(jwk).map_err(|e| invalid(format!("key '{kid}' is unusable: {e}")))?;
+        // One clock reading for every time check of this assertion.
+        let now = chrono::Utc::now().timestamp();
         let mut validation = Validation::new(header.alg);
         validation.set_audience(&[&self.token_url]);
         validation.set_issuer(&[&issuer]);
@@ -246,7 +261,6 @@ impl TokenIssuer {
         if claims.sub != claims.iss {
             return Err(invalid("the assertion's sub must equal its iss (the client_id)".into()));
         }
-        let now = chrono::Utc::now().timestamp();
         if claims.exp > now + MAX_ASSERTION_LIFETIME_SECONDS + LEEWAY_SECONDS as i64 {
             return Err(invalid("the assertion's exp is more than five minutes ahead".into()));
         }
@@ -255,7 +269,9 @@ impl TokenIssuer {
             .filter(|j| !j.is_empty())
             .ok_or_else(|| invalid("the assertion has no jti".into()))?;
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.retain(|_, exp| *exp + (LEEWAY_SECONDS as i64) >= now);
+        // Kept a second past the last instant the assertion could be
+        // accepted, so a replay at the edge is still recognised.
+        seen.retain(|_, exp| *exp + LEEWAY_SECONDS as i64 + 1 >= now);
         if seen.contains_key(&(issuer.clone(), jti.clone())) {
             return Err(invalid(format!("the assertion's jti '{jti}' was already used")));
         }
@@ -264,36 +280,41 @@ impl TokenIssuer {
     }
 
     /// The client's keys: registered, or fetched from its `jwks_url`
-    /// (cached for five minutes).
-    async fn keys_of(&self, client: &Client) -> Result<Arc<JwkSet>, OAuthError> {
+    /// (cached for five minutes; fetched again, at most every ten seconds,
+    /// when `kid` is not among them, so a rotated key works at once).
+    async fn keys_of(&self, client: &Client, kid: &str) -> Result<Arc<JwkSet>, OAuthError> {
         if let Some(jwks) = &client.config.jwks {
             return Ok(Arc::new(jwks.clone()));
         }
         let Some(url) = &client.config.jwks_url else {
             return Err(OAuthError::new("invalid_client", "the client has no keys"));
         };
-        if let Some((at, keys)) = self
+        let cached = self
             .fetched_keys
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(url)
-            .cloned()
-            && at.elapsed() < JWKS_CACHE
+            .cloned();
+        if let Some((at, keys)) = &cached
+            && (at.elapsed() < JWKS_REFETCH || (at.elapsed() < JWKS_CACHE && keys.find(kid).is_some()))
         {
-            return Ok(keys);
+            return Ok(keys.clone());
         }
-        let failed = |e: String| {
-            OAuthError::new(
-                "invalid_client",
-                format!("cannot fetch the client's jwks_url {url}: {e}"),
-            )
-        };
+        let failed = |e: String| OAuthError::new("invalid_client", format!("cannot fetch the client's keys: {e}"));
         let response = self.http.get(url).send().await.map_err(|e| failed(e.to_string()))?;
         if !response.status().is_success() {
             return Err(failed(format!("status {}", response.status())));
         }
+        if response.content_length().is_some_and(|n| n > JWKS_MAX_BYTES as u64) {
+            return Err(failed("the key set is too large".into()));
+        }
         let body = response.bytes().await.map_err(|e| failed(e.to_string()))?;
-        let keys: JwkSet = serde_json::from_slice(&body).map_err(|e| failed(e.to_string()))?;
+        if body.len() > JWKS_MAX_BYTES {
+            return Err(failed("the key set is too large".into()));
+        }
+        let mut keys: JwkSet = serde_json::from_slice(&body).map_err(|e| failed(e.to_string()))?;
+        // Only keys that could be registered are used.
+        keys.keys.retain(|k| super::clients::check_key(k).is_ok());
         let keys = Arc::new(keys);
         self.fetched_keys
             .lock()

@@ -102,6 +102,10 @@ pub struct ExportRequest {
     pub organize_by_patient: bool,
     /// `allowPartialManifests=true`.
     pub allow_partial_manifests: bool,
+    /// Types never exported whatever `_type` says (set by authorization:
+    /// Groups of the loaded data are only for clients they are granted to).
+    #[serde(default)]
+    pub excluded_types: BTreeSet<String>,
 }
 
 /// A request and the parameters set aside under `Prefer: handling=lenient`.
@@ -278,6 +282,7 @@ pub fn parse_export(
         include_provenance: false,
         organize_by_patient: false,
         allow_partial_manifests: false,
+        excluded_types: BTreeSet::new(),
     };
     let mut seen_single: BTreeSet<&str> = BTreeSet::new();
     let mut type_given = false;

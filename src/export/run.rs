@@ -150,6 +150,7 @@ fn export_types(snapshot: &Snapshot, request: &ExportRequest) -> Vec<String> {
         .filter(|(_, entry)| entry.kind == TableKind::Resource)
         .map(|(name, _)| name.clone())
         .filter(|t| in_scope(&request.level, t))
+        .filter(|t| !request.excluded_types.contains(t))
         .filter(|t| match &request.types {
             None => true,
             // Associated Provenance is added even when `_type` omits it

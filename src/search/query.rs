@@ -180,6 +180,34 @@ pub struct SearchQuery {
     pub clauses: Vec<Clause>,
 }
 
+impl SearchQuery {
+    /// Every resource type whose data the search reads: its own type, the
+    /// targets of chains and the sources of `_has`, at any depth (what an
+    /// authorization check must cover).
+    pub fn types_read(&self) -> Vec<&'static str> {
+        fn walk(clause: &Clause, out: &mut Vec<&'static str>) {
+            match &clause.kind {
+                ClauseKind::Param { .. } => {}
+                ClauseKind::Chain { target_type, inner, .. } => {
+                    out.push(target_type);
+                    walk(inner, out);
+                }
+                ClauseKind::Has { source_type, inner, .. } => {
+                    out.push(source_type);
+                    walk(inner, out);
+                }
+            }
+        }
+        let mut out = vec![self.resource_type];
+        for clause in &self.clauses {
+            walk(clause, &mut out);
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
 fn percent_decode(text: &str, whole: &str) -> Result<String, SearchError> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

@@ -10,7 +10,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::SharedState;
 use super::outcome::{FhirError, fhir_json, operation_outcome};
@@ -59,12 +59,35 @@ impl Caller {
         }
     }
 
-    /// Whether `permission` on `resource_type` is granted (always, when open).
-    pub fn allows(&self, resource_type: &str, permission: Permission) -> bool {
-        match self {
-            Caller::Open => true,
-            Caller::Client(c) => c.grant.scopes.allows(resource_type, permission),
+    /// 403 unless the caller may read every type `queries` read (member
+    /// filters, `_typeFilter`): a search over a type is a way of reading it.
+    /// Searches touching Groups are refused for clients, as `Group?_id=X` or
+    /// `_has:Group:member:…` would reveal the members of any Group; clients
+    /// name Groups they may see as `member` entries instead.
+    pub fn require_search(&self, queries: &[crate::search::SearchQuery]) -> Result<(), FhirError> {
+        if matches!(self, Caller::Open) {
+            return Ok(());
         }
+        for query in queries {
+            for resource_type in query.types_read() {
+                if resource_type == "Group" {
+                    return Err(FhirError::new(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        "searches over Group resources are not allowed with an access token; \
+                         name a Group you may see as a member entry (base population) instead",
+                    ));
+                }
+                self.require(resource_type, Permission::Read)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this caller may change or delete a cohort Group made by
+    /// `owner`: only its creator (a granted Group is read-only to others).
+    pub fn owns_group(&self, owner: Option<&str>) -> bool {
+        self.owns(owner)
     }
 
     /// The resource types this caller may read, `None` for every type.
@@ -156,11 +179,7 @@ pub async fn token(State(state): State<SharedState>, headers: HeaderMap, body: B
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     match issuer.issue(&form).await {
         Ok(issued) => {
-            let client = form
-                .get("client_assertion")
-                .and_then(|a| claimed_client(a))
-                .unwrap_or_default();
-            tracing::info!(target: "fhirlake::audit", event = "token_issued", client_id = %client, scope = %issued.scope);
+            tracing::info!(target: "fhirlake::audit", event = "token_issued", client_id = %issued.client_id, scope = %issued.scope);
             (
                 StatusCode::OK,
                 [
@@ -179,21 +198,12 @@ pub async fn token(State(state): State<SharedState>, headers: HeaderMap, body: B
                 .into_response()
         }
         Err(e) => {
-            tracing::info!(target: "fhirlake::audit", event = "token_refused", error = e.code, reason = %e.description);
+            // `{:?}`: the description may quote what the client sent.
+            tracing::info!(target: "fhirlake::audit", event = "token_refused", error = e.code, reason = ?e.description);
             let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
             oauth_error(status, e.code, &e.description)
         }
     }
-}
-
-/// The `iss` an assertion claims (for the audit line of a token that was
-/// issued, so verified).
-fn claimed_client(assertion: &str) -> Option<String> {
-    use base64::Engine;
-    let payload = assertion.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).ok()?;
-    let claims: Value = serde_json::from_slice(&bytes).ok()?;
-    claims["iss"].as_str().map(str::to_string)
 }
 
 /// A 401 with `WWW-Authenticate` and an OperationOutcome.
@@ -238,6 +248,9 @@ pub async fn authorize(State(state): State<SharedState>, mut request: Request, n
         return unauthorized("invalid_token", "the token's client is no longer registered");
     };
     let granted_groups = client.config.groups.clone();
+    // Scopes narrowed in the file since the token was issued apply now.
+    let mut grant = grant;
+    grant.scopes = grant.scopes.intersect(&client.allowed);
     request
         .extensions_mut()
         .insert(Caller::Client(Arc::new(ClientCaller { grant, granted_groups })));

@@ -63,7 +63,7 @@ fn security(state: &super::AppState) -> serde_json::Value {
                 "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
                 "extension": [{"url": "token", "valueUri": issuer.token_url()}]
             }],
-            "description": "Every request but /metadata and /.well-known/smart-configuration needs a bearer token from the token endpoint (lifetime 300 s). Scopes: SMART v2 (system/*.rs, system/Group.cud, system/Patient.rs …) and v1 (system/*.read, system/Group.write). Exports are limited to the types the scopes allow to read; a client sees and exports only the cohort Groups it created and the Groups granted to it; export status URLs and files belong to the client that started the export (requiresAccessToken: true unless downloads are presigned)."
+            "description": format!("Every request but /metadata and /.well-known/smart-configuration needs a bearer token from the token endpoint (lifetime {} s). Scopes: SMART v2 (system/*.rs, system/Group.cud, system/Patient.rs …) and v1 (system/*.read, system/Group.write). Exports are limited to the types the scopes allow to read; member-filters and _typeFilter need read access to every type they search, and may not search Groups; a client sees and exports only the cohort Groups it created and the Groups granted to it (granted ones read-only); export status URLs and files belong to the client that started the export (requiresAccessToken: true unless downloads are presigned).", issuer.lifetime().as_secs())
         }),
         None => json!({
             "cors": false,

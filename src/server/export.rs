@@ -196,18 +196,24 @@ impl ExportFiles {
 }
 
 /// Deletes every file of job `id`.
-async fn purge_files(state: &AppState, id: &str) {
+/// Returns whether every file is gone (the expiry loop keeps the job record
+/// of a failed purge and tries again on its next pass).
+async fn purge_files(state: &AppState, id: &str) -> bool {
     let root = &state.export_files.location;
     let prefix = root.child(id);
     let objects: Vec<_> = match root.store.list(Some(&prefix)).try_collect().await {
         Ok(objects) => objects,
         Err(e) => {
-            tracing::warn!(job = %id, error = %e, "cannot list export files to purge");
-            return;
+            tracing::warn!(job = %id, error = %root.error("listing", &prefix, e), "cannot list export files to purge");
+            return false;
         }
     };
+    let mut purged = true;
     for object in objects {
-        let _ = root.store.delete(&object.location).await;
+        if let Err(e) = root.store.delete(&object.location).await {
+            tracing::warn!(job = %id, error = %root.error("deleting", &object.location, e), "cannot delete an export file");
+            purged = false;
+        }
     }
     // Local stores leave the (now empty) folder behind.
     if root.is_local()
@@ -216,6 +222,7 @@ async fn purge_files(state: &AppState, id: &str) {
     {
         let _ = tokio::fs::remove_dir_all(local).await;
     }
+    purged
 }
 
 /// `[base]/$export`, `[base]/Patient/$export`: kick-off (GET or POST).
@@ -270,6 +277,12 @@ fn restrict_to_scopes(
     request: &mut ExportRequest,
     ignored: &mut Vec<String>,
 ) -> Result<(), FhirError> {
+    if matches!(caller, Caller::Open) {
+        return Ok(());
+    }
+    // Groups of the loaded data are visible only to clients they are
+    // granted to; a system export must not hand them to everyone.
+    request.excluded_types.insert("Group".to_string());
     let Some(readable) = caller.readable_types() else {
         return Ok(());
     };
@@ -374,6 +387,8 @@ async fn kickoff(
         // Compiled now, so a filter the compiler refuses is a 400 here.
         for filter in &parsed.request.type_filters {
             let queries = CohortEngine::parse(&[filter]).map_err(|e| export_error(e.into()))?;
+            // A filter reads the types it searches (chains, `_has`) too.
+            caller.require_search(&queries)?;
             engine
                 .resource_ids_plan(&queries)
                 .map_err(|e| FhirError::invalid(format!("_typeFilter '{filter}': {e}")))?;
@@ -630,7 +645,9 @@ pub async fn expiry_loop(state: SharedState, interval: Duration) {
                 continue;
             };
             if expired(&job) || job.state == ExportState::Cancelled || failed_long_ago(&job, state.export_retention) {
-                purge_files(&state, &id).await;
+                if !purge_files(&state, &id).await {
+                    continue;
+                }
                 let _ = state.store.delete(EXPORTS, &id).await;
                 state.exports.lock().await.remove(&id);
                 tracing::info!(job = %id, "expired export deleted");

@@ -244,7 +244,7 @@ pub async fn create(
     caller.require("Group", Permission::Create)?;
     check_content_type(&headers)?;
     let request = validate(&body)?;
-    check_base_groups(&state, &caller, &request).await?;
+    check_request_access(&state, &caller, &request).await?;
     let id = new_id();
     let owner = caller.client_id().map(str::to_string);
     if prefers_async(&headers) {
@@ -274,7 +274,7 @@ pub async fn update(
     caller.require("Group", Permission::Update)?;
     check_content_type(&headers)?;
     let request = validate(&body)?;
-    check_base_groups(&state, &caller, &request).await?;
+    check_request_access(&state, &caller, &request).await?;
     if let Some(body_id) = request.group.get("id").and_then(Value::as_str)
         && body_id != id
     {
@@ -292,16 +292,23 @@ pub async fn update(
                     format!("Group/{id} comes from the loaded data and is read-only"),
                 )
             } else {
-                FhirError::not_found(format!(
-                    "Group/{id} does not exist (create cohort Groups with POST /Group)"
-                ))
+                hidden(&format!("Group/{id}"))
             },
         );
     }
     if let Some(existing) = &existing
-        && !caller.sees_group(&id, existing.owner.as_deref())
+        && !caller.owns_group(existing.owner.as_deref())
     {
-        return Err(hidden(&format!("Group/{id}")));
+        // Granted Groups are read-only; other clients' Groups are invisible.
+        return Err(if caller.sees_group(&id, existing.owner.as_deref()) {
+            FhirError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("Group/{id} was granted to this client read-only; only its creator may change it"),
+            )
+        } else {
+            hidden(&format!("Group/{id}"))
+        });
     }
     let owner = caller.client_id().map(str::to_string);
     if prefers_async(&headers) {
@@ -489,8 +496,18 @@ pub async fn check_visible(state: &AppState, caller: &Caller, id: &str) -> Resul
     }
 }
 
-/// A cohort's base Groups must be visible to its creator.
-async fn check_base_groups(state: &AppState, caller: &Caller, request: &CohortRequest) -> Result<(), FhirError> {
+/// What a cohort reads must be readable by its creator: the types its
+/// member-filters search (403) and its base Groups (404 when not visible).
+async fn check_request_access(state: &AppState, caller: &Caller, request: &CohortRequest) -> Result<(), FhirError> {
+    if matches!(caller, Caller::Open) {
+        return Ok(());
+    }
+    let queries =
+        crate::cohort::CohortEngine::parse(&request.filters).map_err(|e| FhirError::invalid(e.to_string()))?;
+    caller.require_search(&queries)?;
+    if !request.base_patients.is_empty() {
+        caller.require("Patient", Permission::Read)?;
+    }
     for group in &request.base_groups {
         check_visible(state, caller, group).await?;
     }
@@ -529,8 +546,16 @@ pub async fn delete(
     caller.require("Group", Permission::Delete)?;
     let _writes = state.group_writes.lock().await;
     if let Some(stored) = state.store.get::<StoredGroup>(GROUPS, &id).await.map_err(store_error)? {
-        if !caller.sees_group(&id, stored.owner.as_deref()) {
-            return Err(hidden(&format!("Group/{id}")));
+        if !caller.owns_group(stored.owner.as_deref()) {
+            return Err(if caller.sees_group(&id, stored.owner.as_deref()) {
+                FhirError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!("Group/{id} was granted to this client read-only; only its creator may delete it"),
+                )
+            } else {
+                hidden(&format!("Group/{id}"))
+            });
         }
         state.store.delete(GROUPS, &id).await.map_err(store_error)?;
         tracing::info!(target: "fhirlake::audit", event = "cohort_deleted", client_id = caller.client_id().unwrap_or("-"), group = %id);

@@ -304,11 +304,20 @@ pub async fn serve(warehouse: Warehouse, options: ServeOptions) -> Result<(), Se
         Some(path) => {
             let registry = crate::auth::ClientRegistry::load(path).map_err(|e| ServerError::Options(e.to_string()))?;
             tracing::info!(clients = %path.display(), "authorization on: SMART Backend Services (private_key_jwt)");
-            Some(Arc::new(crate::auth::TokenIssuer::new(
-                registry,
-                format!("{base_url}/auth/token"),
-                options.access_token_lifetime,
-            )))
+            if options.base_url.is_none() && !local.ip().is_loopback() {
+                return Err(ServerError::Options(format!(
+                    "give --base-url (the URL clients reach this server at): it is the token endpoint's audience, \
+                     and http://{local} is not an address clients can use"
+                )));
+            }
+            Some(Arc::new(
+                crate::auth::TokenIssuer::new(
+                    registry,
+                    format!("{base_url}/auth/token"),
+                    options.access_token_lifetime,
+                )
+                .map_err(|e| ServerError::Options(e.to_string()))?,
+            ))
         }
         None if local.ip().is_loopback() => {
             tracing::warn!(
@@ -397,13 +406,16 @@ pub fn parse_interval(text: &str) -> Result<Option<Duration>, String> {
     let n: u64 = number
         .parse()
         .map_err(|_| format!("invalid interval '{text}' (e.g. 30s, 15m, 1h, off)"))?;
-    let seconds = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
         _ => return Err(format!("invalid interval unit in '{text}' (s, m, h, d)")),
     };
+    let seconds = n
+        .checked_mul(scale)
+        .ok_or_else(|| format!("interval '{text}' is too long"))?;
     if seconds == 0 {
         return Err("the interval must be positive (or 'off')".into());
     }

@@ -117,7 +117,8 @@ impl ObjectWriter {
     /// Abandons the object; a started multipart upload is aborted.
     pub fn abort(mut self) {
         if let Some(mut upload) = self.upload.take() {
-            // Best effort: an orphaned upload is invisible and cleaned by the store.
+            // Best effort: an upload left behind is invisible; on S3 a bucket
+            // lifecycle rule (AbortIncompleteMultipartUpload) removes it.
             let _ = self.handle.block_on(upload.abort());
         }
     }

@@ -66,6 +66,15 @@ pub(super) fn open(url: &Url, location: &str, options: &S3Options) -> Result<Arc
     let env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("AWS_")).collect();
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
     for (key, value) in profile_settings(&env) {
+        // A command-line endpoint replaces the profile's (and its allow-http).
+        if options.endpoint.is_some()
+            && matches!(
+                key,
+                AmazonS3ConfigKey::Endpoint | AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp)
+            )
+        {
+            continue;
+        }
         builder = builder.with_config(key, value);
     }
     let endpoint = options
@@ -73,8 +82,21 @@ pub(super) fn open(url: &Url, location: &str, options: &S3Options) -> Result<Arc
         .clone()
         .or_else(|| env.get("AWS_ENDPOINT_URL").cloned())
         .or_else(|| env.get("AWS_ENDPOINT").cloned());
+    let virtual_hosted = match options.path_style {
+        Some(path_style) => !path_style,
+        None => builder
+            .get_config_value(&AmazonS3ConfigKey::VirtualHostedStyleRequest)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true")),
+    };
     if let Some(endpoint) = &endpoint {
-        builder = builder.with_endpoint(endpoint.trim_end_matches('/'));
+        // object_store expects a virtual-hosted endpoint to name the bucket
+        // already (`https://bucket.host`); build it from the plain endpoint.
+        let endpoint = if virtual_hosted {
+            with_bucket_host(endpoint, bucket).map_err(invalid)?
+        } else {
+            endpoint.trim_end_matches('/').to_string()
+        };
+        builder = builder.with_endpoint(endpoint.clone());
         // An explicit http:// endpoint is the user's choice of plain HTTP
         // (a local S3-compatible server); no second flag needed.
         if endpoint.starts_with("http://") {
@@ -84,9 +106,7 @@ pub(super) fn open(url: &Url, location: &str, options: &S3Options) -> Result<Arc
     if let Some((key, secret)) = &options.credentials {
         builder = builder.with_access_key_id(key).with_secret_access_key(secret);
     }
-    if let Some(path_style) = options.path_style {
-        builder = builder.with_virtual_hosted_style_request(!path_style);
-    }
+    builder = builder.with_virtual_hosted_style_request(virtual_hosted);
     if builder.get_config_value(&AmazonS3ConfigKey::Region).is_none() {
         builder = builder.with_region("us-east-1");
     }
@@ -106,6 +126,18 @@ pub(super) fn open(url: &Url, location: &str, options: &S3Options) -> Result<Arc
         .build()
         .map_err(|e| invalid(e.to_string()))?;
     Ok(Arc::new(store))
+}
+
+/// `https://host:port` → `https://bucket.host:port`.
+fn with_bucket_host(endpoint: &str, bucket: &str) -> Result<String, String> {
+    let mut url = Url::parse(endpoint).map_err(|e| format!("endpoint '{endpoint}': {e}"))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| format!("endpoint '{endpoint}' has no host"))?
+        .to_string();
+    url.set_host(Some(&format!("{bucket}.{host}")))
+        .map_err(|e| format!("endpoint '{endpoint}': {e}"))?;
+    Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
 /// Settings from the shared AWS profile files for the profile named by
@@ -245,6 +277,19 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn virtual_hosted_endpoints_name_the_bucket() {
+        assert_eq!(
+            with_bucket_host("http://127.0.0.1.nip.io:9000/", "lake").unwrap(),
+            "http://lake.127.0.0.1.nip.io:9000"
+        );
+        assert_eq!(
+            with_bucket_host("https://s3.example.com", "wh").unwrap(),
+            "https://wh.s3.example.com"
+        );
+        assert!(with_bucket_host("not a url", "b").is_err());
+    }
 
     #[test]
     fn reads_profile_sections() {

@@ -525,6 +525,79 @@ async fn smart_backend_services_flow_and_attacks() {
     );
     let (_, manifest) = export_ok_with(&base, &group_a, &token_b_read).await;
     assert!(manifest["output"].as_array().is_some_and(|o| !o.is_empty()));
+    // Granted is read-only: B may not change or delete A's Group.
+    let token_b_write = token(
+        &base,
+        &assertion(&ec, Algorithm::ES384, "b1", &claims("app-b", &aud)),
+        "system/Patient.rs system/Group.cruds",
+    );
+    let bearer_bw = format!("Bearer {token_b_write}");
+    let mut changed = group.clone();
+    changed["id"] = json!(group_a);
+    let put = http(
+        "PUT",
+        &format!("{base}/Group/{group_a}"),
+        &[("Content-Type", "application/fhir+json"), ("Authorization", &bearer_bw)],
+        Some(&changed.to_string()),
+    );
+    assert_eq!(put.status, 403, "{}", String::from_utf8_lossy(&put.body));
+    let delete = http(
+        "DELETE",
+        &format!("{base}/Group/{group_a}"),
+        &[("Authorization", &bearer_bw)],
+        None,
+    );
+    assert_eq!(delete.status, 403);
+    assert_eq!(
+        get(&format!("{base}/Group/{group_a}"), Some(&token_a)).status,
+        200,
+        "A's Group intact"
+    );
+
+    // A search reads every type it touches: B (Patient only) may not filter
+    // on Conditions, directly, through _has, or in a _typeFilter; nobody
+    // searches Groups.
+    let cohort = |expression: &str, bearer: &str| {
+        let mut body = group.clone();
+        body["modifierExtension"][0]["valueExpression"]["expression"] = json!(expression);
+        http(
+            "POST",
+            &format!("{base}/Group"),
+            &[("Content-Type", "application/fhir+json"), ("Authorization", bearer)],
+            Some(&body.to_string()),
+        )
+    };
+    for expression in [
+        "Condition?code=http://snomed.info/sct|15777000",
+        "Patient?_has:Condition:patient:code=15777000",
+    ] {
+        let response = cohort(expression, &bearer_bw);
+        assert_eq!(
+            response.status,
+            403,
+            "{expression}: {}",
+            String::from_utf8_lossy(&response.body)
+        );
+    }
+    assert_eq!(cohort("Patient?gender=male", &bearer_bw).status, 201);
+    let response = cohort(&format!("Patient?_has:Group:member:_id={group_a}"), &bearer_a);
+    assert_eq!(
+        response.status,
+        403,
+        "Group searches: {}",
+        String::from_utf8_lossy(&response.body)
+    );
+    let filtered = http(
+        "GET",
+        &format!("{base}/$export?_type=Patient&_typeFilter=Patient%3F_has%3ACondition%3Apatient%3Acode%3D15777000"),
+        &[
+            ("Accept", "application/fhir+json"),
+            ("Prefer", "respond-async"),
+            ("Authorization", &bearer_bw),
+        ],
+        None,
+    );
+    assert_eq!(filtered.status, 403, "{}", String::from_utf8_lossy(&filtered.body));
     server.stop();
 
     // Expired access tokens.
