@@ -296,19 +296,8 @@ pub async fn update(
             },
         );
     }
-    if let Some(existing) = &existing
-        && !caller.owns_group(existing.owner.as_deref())
-    {
-        // Granted Groups are read-only; other clients' Groups are invisible.
-        return Err(if caller.sees_group(&id, existing.owner.as_deref()) {
-            FhirError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!("Group/{id} was granted to this client read-only; only its creator may change it"),
-            )
-        } else {
-            hidden(&format!("Group/{id}"))
-        });
+    if let Some(existing) = &existing {
+        check_owner(&caller, &id, existing.owner.as_deref(), "change")?;
     }
     let owner = caller.client_id().map(str::to_string);
     if prefers_async(&headers) {
@@ -496,6 +485,22 @@ pub async fn check_visible(state: &AppState, caller: &Caller, id: &str) -> Resul
     }
 }
 
+/// Only a cohort Group's creator may `action` (change, delete) it: a client
+/// it was granted to gets 403 (it may read it), any other client 404.
+fn check_owner(caller: &Caller, id: &str, owner: Option<&str>, action: &str) -> Result<(), FhirError> {
+    if caller.owns_group(owner) {
+        Ok(())
+    } else if caller.sees_group(id, owner) {
+        Err(FhirError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("Group/{id} was granted to this client read-only; only its creator may {action} it"),
+        ))
+    } else {
+        Err(hidden(&format!("Group/{id}")))
+    }
+}
+
 /// What a cohort reads must be readable by its creator: the types its
 /// member-filters search (403) and its base Groups (404 when not visible).
 async fn check_request_access(state: &AppState, caller: &Caller, request: &CohortRequest) -> Result<(), FhirError> {
@@ -546,17 +551,7 @@ pub async fn delete(
     caller.require("Group", Permission::Delete)?;
     let _writes = state.group_writes.lock().await;
     if let Some(stored) = state.store.get::<StoredGroup>(GROUPS, &id).await.map_err(store_error)? {
-        if !caller.owns_group(stored.owner.as_deref()) {
-            return Err(if caller.sees_group(&id, stored.owner.as_deref()) {
-                FhirError::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    format!("Group/{id} was granted to this client read-only; only its creator may delete it"),
-                )
-            } else {
-                hidden(&format!("Group/{id}"))
-            });
-        }
+        check_owner(&caller, &id, stored.owner.as_deref(), "delete")?;
         state.store.delete(GROUPS, &id).await.map_err(store_error)?;
         tracing::info!(target: "fhirlake::audit", event = "cohort_deleted", client_id = caller.client_id().unwrap_or("-"), group = %id);
         return Ok(StatusCode::NO_CONTENT.into_response());

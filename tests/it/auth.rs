@@ -246,13 +246,7 @@ async fn smart_backend_services_flow_and_attacks() {
     assert_eq!(body["scope"], "system/*.rs system/Group.cud");
     let token_a = body["access_token"].as_str().expect("token").to_string();
     let bearer_a = format!("Bearer {token_a}");
-    let group = json!({
-        "resourceType": "Group", "type": "person", "actual": true, "name": "women of A",
-        "modifierExtension": [{
-            "url": "http://hl7.org/fhir/uv/bulkdata/StructureDefinition/member-filter",
-            "valueExpression": {"language": "application/x-fhir-query", "expression": "Patient?gender=female"}
-        }]
-    });
+    let group = crate::common::cohort_group("women of A", "Patient?gender=female");
     let created = http(
         "POST",
         &format!("{base}/Group"),
@@ -372,86 +366,83 @@ async fn smart_backend_services_flow_and_attacks() {
         "the dropped type is reported in error[]"
     );
 
-    // Attacks on the token endpoint.
+    // Attacks on the token endpoint: (case, assertion, scope, status, error).
     let good = claims("app-a", &aud);
     let none = format!(
         "{}.{}.",
         base64url(&json!({"alg": "none", "kid": "a1", "typ": "JWT"})),
         base64url(&good)
     );
-    refused(
-        &token_request(&base, &none, "system/*.rs"),
-        401,
-        "invalid_client",
-        "alg none",
-    );
     let public_pem = std::fs::read(&rsa.public).expect("public key");
     let mut hs = Header::new(Algorithm::HS256);
     hs.kid = Some("a1".into());
     let hmac =
         jsonwebtoken::encode(&hs, &claims("app-a", &aud), &EncodingKey::from_secret(&public_pem)).expect("hs256");
-    refused(
-        &token_request(&base, &hmac, "system/*.rs"),
-        401,
-        "invalid_client",
-        "HS256 with the public key",
-    );
-    let wrong_key = assertion(&rogue, Algorithm::RS384, "a1", &claims("app-a", &aud));
-    refused(
-        &token_request(&base, &wrong_key, "system/*.rs"),
-        401,
-        "invalid_client",
-        "wrong key",
-    );
-    let mut expired = claims("app-a", &aud);
-    expired["exp"] = json!(now() - 120);
-    refused(
-        &token_request(&base, &assertion(&rsa, Algorithm::RS384, "a1", &expired), "system/*.rs"),
-        401,
-        "invalid_client",
-        "expired assertion",
-    );
-    let mut far = claims("app-a", &aud);
-    far["exp"] = json!(now() + 3600);
-    refused(
-        &token_request(&base, &assertion(&rsa, Algorithm::RS384, "a1", &far), "system/*.rs"),
-        401,
-        "invalid_client",
-        "exp an hour ahead",
-    );
-    let wrong_aud = claims("app-a", "https://elsewhere.example/token");
-    refused(
-        &token_request(
-            &base,
-            &assertion(&rsa, Algorithm::RS384, "a1", &wrong_aud),
-            "system/*.rs",
-        ),
-        401,
-        "invalid_client",
-        "wrong aud",
-    );
+    let with = |field: &str, value: Value| {
+        let mut c = claims("app-a", &aud);
+        c[field] = value;
+        assertion(&rsa, Algorithm::RS384, "a1", &c)
+    };
     let once = assertion(&rsa, Algorithm::RS384, "a1", &claims("app-a", &aud));
     token(&base, &once, "system/*.rs");
-    refused(
-        &token_request(&base, &once, "system/*.rs"),
-        401,
-        "invalid_client",
-        "replayed jti",
-    );
-    let unknown = assertion(&rsa, Algorithm::RS384, "a1", &claims("app-z", &aud));
-    refused(
-        &token_request(&base, &unknown, "system/*.rs"),
-        401,
-        "invalid_client",
-        "unknown client",
-    );
-    let escalation = assertion(&ec, Algorithm::ES384, "b1", &claims("app-b", &aud));
-    refused(
-        &token_request(&base, &escalation, "system/Observation.rs"),
-        400,
-        "invalid_scope",
-        "scope escalation",
-    );
+    let attacks: Vec<(&str, String, &str, u16, &str)> = vec![
+        ("alg none", none, "system/*.rs", 401, "invalid_client"),
+        ("HS256 with the public key", hmac, "system/*.rs", 401, "invalid_client"),
+        (
+            "wrong key",
+            assertion(&rogue, Algorithm::RS384, "a1", &claims("app-a", &aud)),
+            "system/*.rs",
+            401,
+            "invalid_client",
+        ),
+        (
+            "expired assertion",
+            with("exp", json!(now() - 120)),
+            "system/*.rs",
+            401,
+            "invalid_client",
+        ),
+        (
+            "exp an hour ahead",
+            with("exp", json!(now() + 3600)),
+            "system/*.rs",
+            401,
+            "invalid_client",
+        ),
+        (
+            "wrong aud",
+            with("aud", json!("https://elsewhere.example/token")),
+            "system/*.rs",
+            401,
+            "invalid_client",
+        ),
+        (
+            "sub differs from iss",
+            with("sub", json!("app-b")),
+            "system/*.rs",
+            401,
+            "invalid_client",
+        ),
+        ("no jti", with("jti", Value::Null), "system/*.rs", 401, "invalid_client"),
+        ("replayed jti", once, "system/*.rs", 401, "invalid_client"),
+        (
+            "unknown client",
+            assertion(&rsa, Algorithm::RS384, "a1", &claims("app-z", &aud)),
+            "system/*.rs",
+            401,
+            "invalid_client",
+        ),
+        (
+            "scope escalation",
+            assertion(&ec, Algorithm::ES384, "b1", &claims("app-b", &aud)),
+            "system/Observation.rs",
+            400,
+            "invalid_scope",
+        ),
+    ];
+    for (case, assertion, scope, status, error) in &attacks {
+        refused(&token_request(&base, assertion, scope), *status, error, case);
+    }
     let grant = http(
         "POST",
         &aud,

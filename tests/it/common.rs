@@ -86,3 +86,14 @@ pub fn expected_counts(dataset: &Path) -> Vec<(String, i64)> {
     out.sort();
     out
 }
+
+/// A Bulk Cohort Group named `name` with one member-filter `expression`.
+pub fn cohort_group(name: &str, expression: &str) -> serde_json::Value {
+    serde_json::json!({
+        "resourceType": "Group", "name": name, "type": "person", "actual": true,
+        "modifierExtension": [{
+            "url": "http://hl7.org/fhir/uv/bulkdata/StructureDefinition/member-filter",
+            "valueExpression": {"language": "application/x-fhir-query", "expression": expression}
+        }],
+    })
+}

@@ -668,13 +668,7 @@ async fn http_export_kickoff_poll_download() {
     assert_eq!(rows, source.of_type("Immunization").count());
 
     // A cohort Group created through the API, exported.
-    let group = json!({
-        "resourceType": "Group", "name": "women", "type": "person", "actual": true,
-        "modifierExtension": [{
-            "url": "http://hl7.org/fhir/uv/bulkdata/StructureDefinition/member-filter",
-            "valueExpression": {"language": "application/x-fhir-query", "expression": "Patient?gender=female"}
-        }],
-    });
+    let group = crate::common::cohort_group("women", "Patient?gender=female");
     let created = http(
         "POST",
         &format!("{}/Group", server.base),

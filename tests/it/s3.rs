@@ -138,6 +138,14 @@ impl S3Server {
         ]
     }
 
+    /// [`S3Server::env`] without the variables named in `remove`, plus `add`.
+    fn env_with(&self, remove: &[&str], add: &[(&str, String)]) -> Vec<(String, String)> {
+        let mut env = self.env();
+        env.retain(|(k, _)| !remove.contains(&k.as_str()) && !add.iter().any(|(a, _)| a == k));
+        env.extend(add.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        env
+    }
+
     /// Runs `fhirlake` as a client of this server.
     fn fhirlake(&self, args: &[&str]) -> Output {
         run_fhirlake(args, &self.env())
@@ -292,13 +300,7 @@ async fn load_from_s3_into_an_s3_warehouse_then_sql_cohorts_and_export() {
     // The server runs over the S3 warehouse (its own state goes there too):
     // a cohort Group and its export.
     let fhir = Server::start_with(warehouse, &[], &server.env());
-    let group = serde_json::json!({
-        "resourceType": "Group", "type": "person", "actual": true, "name": "women",
-        "modifierExtension": [{
-            "url": "http://hl7.org/fhir/uv/bulkdata/StructureDefinition/member-filter",
-            "valueExpression": {"language": "application/x-fhir-query", "expression": "Patient?gender=female"}
-        }]
-    });
+    let group = crate::common::cohort_group("women", "Patient?gender=female");
     let created = http(
         "POST",
         &format!("{}/Group", fhir.base),
@@ -350,9 +352,7 @@ fn s3_errors_say_what_and_where() {
     let local_wh = local_wh.to_str().expect("path");
 
     // Wrong secret: refused, naming the object and the cause.
-    let mut env = server.env();
-    env.retain(|(k, _)| k != "AWS_SECRET_ACCESS_KEY");
-    env.push(("AWS_SECRET_ACCESS_KEY".into(), "wrong-secret".into()));
+    let env = server.env_with(&[], &[("AWS_SECRET_ACCESS_KEY", "wrong-secret".into())]);
     let out = run_fhirlake(&["--warehouse", local_wh, "load", "s3://lake/sample/", "--quiet"], &env);
     assert!(!out.status.success());
     let text = stderr_of(&out);
@@ -381,10 +381,13 @@ fn s3_errors_say_what_and_where() {
     assert!(stderr_of(&out).contains("bucket not found"), "{}", stderr_of(&out));
 
     // No credentials anywhere (environment, profile files).
-    let mut env = server.env();
-    env.retain(|(k, _)| k != "AWS_ACCESS_KEY_ID" && k != "AWS_SECRET_ACCESS_KEY" && k != "FHIRLAKE_S3_RETRY_SECONDS");
-    env.push(("HOME".into(), dir.path().display().to_string()));
-    env.push(("FHIRLAKE_S3_RETRY_SECONDS".into(), "1".into()));
+    let env = server.env_with(
+        &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
+        &[
+            ("HOME", dir.path().display().to_string()),
+            ("FHIRLAKE_S3_RETRY_SECONDS", "1".into()),
+        ],
+    );
     let out = run_fhirlake(&["--warehouse", local_wh, "load", "s3://lake/sample/", "--quiet"], &env);
     assert!(!out.status.success());
     let text = stderr_of(&out);
@@ -398,10 +401,13 @@ fn s3_errors_say_what_and_where() {
         .and_then(|l| l.local_addr())
         .expect("port")
         .port();
-    let mut env = server.env();
-    env.retain(|(k, _)| k != "AWS_ENDPOINT_URL" && k != "FHIRLAKE_S3_RETRY_SECONDS");
-    env.push(("AWS_ENDPOINT_URL".into(), format!("http://127.0.0.1:{closed}")));
-    env.push(("FHIRLAKE_S3_RETRY_SECONDS".into(), "1".into()));
+    let env = server.env_with(
+        &[],
+        &[
+            ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{closed}")),
+            ("FHIRLAKE_S3_RETRY_SECONDS", "1".into()),
+        ],
+    );
     let out = run_fhirlake(&["--warehouse", local_wh, "load", "s3://lake/sample/", "--quiet"], &env);
     assert!(!out.status.success());
     let text = stderr_of(&out);
