@@ -20,6 +20,7 @@ use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use futures::StreamExt;
 use serde::Serialize;
 use tokio::runtime::Handle;
 
@@ -43,6 +44,19 @@ use crate::warehouse::{
     DataFile, REJECTS_TABLE, Snapshot, TOMBSTONES_TABLE, TableEntry, TableKind, Warehouse, WarehouseError, manifest,
     now_rfc3339,
 };
+
+/// Index tables merged at once at the end of a load (default; the
+/// environment variable `FHIRLAKE_COMPACT_PARALLELISM` overrides it, to
+/// measure).
+const COMPACT_PARALLELISM: usize = 2;
+
+fn compact_parallelism() -> usize {
+    std::env::var("FHIRLAKE_COMPACT_PARALLELISM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(COMPACT_PARALLELISM)
+}
 
 /// Errors of a load. Nothing is committed when a load returns one.
 #[derive(Debug, thiserror::Error)]
@@ -462,16 +476,40 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
                 }
                 index_runs.insert(name.clone(), (files.clone(), false));
             }
-            for (key, (runs, merged)) in index_runs {
-                let Some((kind, _)) = parse_index_table_key(&key) else {
-                    continue;
-                };
+            // Tables are merged two at a time: one merge is a single
+            // streaming sort-preserving merge plus a Parquet encoder, about
+            // one core's work, and there are dozens of tables.
+            let work: Vec<_> = index_runs
+                .into_iter()
+                .filter_map(|(key, (runs, merged))| {
+                    let kind = parse_index_table_key(&key)?.0;
+                    Some((key, kind, runs, merged))
+                })
+                .collect();
+            let token = &token;
+            let mut compacted: Vec<_> = futures::stream::iter(work)
+                .map(|(key, kind, runs, merged)| async move {
+                    let files = compact(warehouse, kind, &key, &runs, token).await;
+                    (key, runs, merged, files)
+                })
+                .buffer_unordered(compact_parallelism())
+                .collect()
+                .await;
+            compacted.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut first_error = None;
+            for (key, runs, merged, files) in compacted {
                 if merged {
                     // Rebuilt runs are this load's output too: removed if it fails.
                     merged_files.extend(runs.iter().cloned());
                 }
+                let files = match files {
+                    Ok(files) => files,
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                        continue;
+                    }
+                };
                 // Runs are scratch files: the compacted files replace them.
-                let files = compact(warehouse, kind, &key, &runs, &token).await?;
                 superseded_runs.extend(runs.iter().cloned());
                 merged_files.extend(files.iter().cloned());
                 let loaded = new_files.get(&key).map_or(0, |(_, n)| *n);
@@ -488,6 +526,9 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
                         merged,
                     },
                 );
+            }
+            if let Some(e) = first_error {
+                return Err(e.into());
             }
         }
         snapshot.version = version;
