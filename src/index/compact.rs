@@ -11,6 +11,7 @@ use tokio::runtime::Handle;
 
 use super::IndexKind;
 use super::columns::PARAM;
+use super::writer::FINAL_RUN_SUFFIX;
 use crate::warehouse::catalog::{QUERY_MEMORY_LIMIT, files_provider_sorted};
 use datafusion::parquet::file::properties::WriterProperties;
 
@@ -19,6 +20,10 @@ use crate::warehouse::{DataFile, Warehouse, WarehouseError};
 
 /// Runs merged at once (each holds a batch in memory while merging).
 pub const MAX_FAN_IN: usize = 64;
+/// A table of at most this many runs, all written with the final settings,
+/// keeps them as its files: a filter reads a few sorted files instead of
+/// one, and the load skips decoding and re-encoding them.
+const MAX_UNMERGED_RUNS: usize = 4;
 /// Output files are rolled at this size.
 const FILE_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -30,9 +35,10 @@ pub fn sort_columns(kind: IndexKind) -> [String; 2] {
 
 /// Merges the sorted `runs` of one index table (key `table_key`) into new
 /// files under `tables/<table_key>/`, sorted as a whole, compressed and with
-/// statistics and page index; returns them. Runs are left to the caller.
-/// More than [`MAX_FAN_IN`] runs are merged in levels (intermediate files
-/// are deleted).
+/// statistics and page index; returns them. Runs are left to the caller
+/// (a few runs already written with the final settings are returned as
+/// they are). More than [`MAX_FAN_IN`] runs are merged in levels
+/// (intermediate files are deleted).
 pub async fn compact(
     warehouse: &Warehouse,
     kind: IndexKind,
@@ -40,6 +46,9 @@ pub async fn compact(
     runs: &[DataFile],
     token: &str,
 ) -> Result<Vec<DataFile>, WarehouseError> {
+    if runs.len() <= MAX_UNMERGED_RUNS && runs.iter().all(|r| r.path.ends_with(FINAL_RUN_SUFFIX)) {
+        return Ok(runs.to_vec());
+    }
     let mut level = runs.to_vec();
     let mut intermediates: Vec<DataFile> = Vec::new();
     let mut counter = 0usize;

@@ -13,13 +13,16 @@ use crate::search::SearchRegistry;
 use crate::search::extract::{IndexValue, TypeIndexer};
 use crate::store::StoreLocation;
 use crate::warehouse::DataFile;
-use crate::warehouse::parquet_file::{ParquetFileWriter, scratch_writer_properties};
+use crate::warehouse::parquet_file::{ParquetFileWriter, index_writer_properties, scratch_writer_properties};
 
 /// Buffered index rows of one writer are sorted and written once they hold
 /// this much; a larger budget means longer sorted runs (better pruning).
 const BUFFER_BUDGET: usize = 96 * 1024 * 1024;
 /// A run is cut at this many rows even under the budget.
 const RUN_ROWS: usize = 1 << 20;
+/// File-name ending of a run written with the final index settings
+/// (compressed, statistics, page index): usable as an index file as it is.
+pub const FINAL_RUN_SUFFIX: &str = "-final.parquet";
 
 /// Errors of writing the index.
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +120,7 @@ impl<'a> IndexWriter<'a> {
                 .max_by_key(|(_, t)| t.buffer.bytes())
                 .map(|(k, _)| *k)
         {
-            self.write_run(key)?;
+            self.write_run(key, false)?;
         }
         let full: Vec<_> = self
             .tables
@@ -126,7 +129,7 @@ impl<'a> IndexWriter<'a> {
             .map(|(k, _)| *k)
             .collect();
         for key in full {
-            self.write_run(key)?;
+            self.write_run(key, false)?;
         }
         Ok(())
     }
@@ -136,10 +139,11 @@ impl<'a> IndexWriter<'a> {
         self.failures
     }
 
-    /// Sorts the buffered rows of one table and writes them as one scratch
-    /// file (a sorted run; `compact` merges the runs of a load into the
-    /// table's real files).
-    fn write_run(&mut self, key: (IndexKind, &'static str)) -> Result<(), IndexWriteError> {
+    /// Sorts the buffered rows of one table and writes them as one sorted
+    /// run; `compact` merges the runs of a load into the table's real files.
+    /// A `last` run of a table this writer wrote nothing else for is written
+    /// with the final settings, so a table of a few such runs needs no merge.
+    fn write_run(&mut self, key: (IndexKind, &'static str), last: bool) -> Result<(), IndexWriteError> {
         let Some(table) = self.tables.get_mut(&key) else {
             return Ok(());
         };
@@ -149,18 +153,25 @@ impl<'a> IndexWriter<'a> {
         let batch = table.buffer.take_sorted()?;
         let table_key = index_table_key(key.0, key.1);
         let output = self.outputs.entry(table_key.clone()).or_default();
+        let only_run = last && output.files.is_empty();
         let path = format!(
-            "tables/{table_key}/{}-{}-{:05}.parquet",
+            "tables/{table_key}/{}-{}-{:05}{}",
             self.target.token,
             self.target.part,
-            output.files.len()
+            output.files.len(),
+            if only_run { FINAL_RUN_SUFFIX } else { ".parquet" }
         );
+        let properties = if only_run {
+            index_writer_properties()
+        } else {
+            scratch_writer_properties()
+        };
         let mut writer = ParquetFileWriter::create_with(
             self.target.root,
             path,
             key.0.schema(),
             self.target.handle.clone(),
-            scratch_writer_properties(),
+            properties,
         )?;
         match writer.write(&batch) {
             Ok(()) => {
@@ -179,7 +190,7 @@ impl<'a> IndexWriter<'a> {
     pub fn finish(&mut self) -> Result<(), IndexWriteError> {
         let keys: Vec<_> = self.tables.keys().copied().collect();
         for key in keys {
-            self.write_run(key)?;
+            self.write_run(key, true)?;
         }
         Ok(())
     }

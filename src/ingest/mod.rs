@@ -509,8 +509,9 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
                         continue;
                     }
                 };
-                // Runs are scratch files: the compacted files replace them.
-                superseded_runs.extend(runs.iter().cloned());
+                // Runs are scratch files: the compacted files replace them
+                // (runs kept as the table's files are not superseded).
+                superseded_runs.extend(runs.iter().filter(|r| !files.contains(r)).cloned());
                 merged_files.extend(files.iter().cloned());
                 let loaded = new_files.get(&key).map_or(0, |(_, n)| *n);
                 let entry = snapshot.tables.entry(key.clone()).or_insert_with(|| TableEntry {

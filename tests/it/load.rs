@@ -356,3 +356,49 @@ async fn racing_commits_of_one_version_let_exactly_one_win() {
     assert_eq!((a.is_ok() as u8 + b.is_ok() as u8, conflicts), (1, 1), "{a:?} {b:?}");
     assert_eq!(warehouse.current().await.unwrap().unwrap().version, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_index_tables_keep_their_final_runs_and_leave_no_scratch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wh_dir = tmp.path().join("wh");
+    let warehouse = Warehouse::open(wh_dir.to_str().unwrap()).unwrap();
+    load_into(&warehouse, &[&sample_data()], false).await;
+    let snapshot = warehouse.current().await.unwrap().expect("a version");
+    let index_files: Vec<String> = snapshot
+        .tables
+        .iter()
+        .filter(|(name, _)| name.starts_with("index/"))
+        .flat_map(|(_, entry)| entry.files.iter().map(|f| f.path.clone()))
+        .collect();
+    assert!(!index_files.is_empty());
+    // The sample fits the writers' buffers: every table is one final run per
+    // worker, kept as it is instead of being merged again.
+    assert!(
+        index_files.iter().all(|p| p.ends_with("-final.parquet")),
+        "{index_files:?}"
+    );
+    // Every index file on disk is one the manifest lists (no scratch left).
+    let mut on_disk = Vec::new();
+    let mut stack = vec![wh_dir.join("tables/index")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                on_disk.push(path.strip_prefix(&wh_dir).unwrap().display().to_string());
+            }
+        }
+    }
+    on_disk.sort();
+    let mut listed = index_files.clone();
+    listed.sort();
+    assert_eq!(on_disk, listed);
+    // And they answer searches: the README's C1 count on synthea-10.
+    let engine = fhirlake::cohort::CohortEngine::open(&warehouse).await.unwrap();
+    let result = engine
+        .evaluate(&["Condition?code=http://snomed.info/sct|15777000"], None)
+        .await
+        .unwrap();
+    assert_eq!(result.patients.len(), 2);
+}
