@@ -143,11 +143,9 @@ fn duckdb(data: &Path, work: &Path, name: &str) -> Option<(u64, f64, f64)> {
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let shared = root.join("../shared/data/synthea-615");
-    if !shared.exists() {
-        eprintln!("SKIPPED: {} is absent", shared.display());
+    let Some(shared) = common::synthea_615() else {
         return;
-    }
+    };
     let (work, scaled, copies) = common::scaled_dataset(&shared, 163);
     let mut timings = Vec::new();
     let mut summary = Vec::new();

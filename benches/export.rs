@@ -137,11 +137,9 @@ fn bench(data: &Path, work: &Path, name: &str, rows: &mut Vec<Row>) {
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let source = root.join("../shared/data/synthea-615");
-    if !source.is_dir() {
-        eprintln!("SKIPPED: {} is absent", source.display());
+    let Some(source) = common::synthea_615() else {
         return;
-    }
+    };
     let (work, scaled, copies) = common::scaled_dataset(&source, 8);
     let mut rows = Vec::new();
     bench(&source, &work, "synthea-615", &mut rows);

@@ -109,11 +109,9 @@ fn ndjson_mib(dir: &Path, types: &[&str]) -> f64 {
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let shared = root.join("../shared/data/synthea-615");
-    if !shared.exists() {
-        eprintln!("SKIPPED: {} is absent", shared.display());
+    let Some(shared) = common::synthea_615() else {
         return;
-    }
+    };
     let (work, scaled, copies) = common::scaled_dataset(&shared, 8);
     let mut runs = Vec::new();
     for (name, data) in [

@@ -58,11 +58,9 @@ fn seed(dataset: &Path, dir: &Path) {
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let shared = root.join("../shared/data/synthea-615");
-    if !shared.exists() {
-        eprintln!("SKIPPED: {} is absent", shared.display());
+    let Some(shared) = common::synthea_615() else {
         return;
-    }
+    };
     let Some(binary) = s3s_binary() else {
         eprintln!("SKIPPED: s3s-fs is not installed (scripts/test.sh installs it)");
         return;

@@ -75,6 +75,17 @@ pub fn run_shared_peer(
     Some((m, report))
 }
 
+/// `../shared/data/synthea-615`, or `None` (with a note) when it is absent.
+pub fn synthea_615() -> Option<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/synthea-615");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("SKIPPED: {} is absent", dir.display());
+        None
+    }
+}
+
 /// The benchmark work folder (`target/bench-data`) and the scaled copy of
 /// `source` (`FHIRLAKE_BENCH_COPIES` copies, default `default_copies`),
 /// generated with `fhirlake gen --gzip` when missing. Returns (work folder,
