@@ -250,6 +250,9 @@ pub(super) fn classify(error: &object_store::Error) -> Option<&'static str> {
             Some("forbidden: the credentials were refused")
         }
         _ if text.contains("AccessDenied") => Some("forbidden: access denied"),
+        _ if text.contains("certificate") || text.contains("handshake") || text.contains("InvalidCertificate") => {
+            Some("TLS failure: the endpoint's certificate was not accepted")
+        }
         _ if text.contains("error sending request")
             || text.contains("connect")
             || text.contains("dns error")

@@ -192,6 +192,15 @@ async fn smart_backend_services_flow_and_attacks() {
         "system/Patient.read system/Group.write system/Group.read",
         &[],
     );
+    let listed = fhirlake(&["clients", "list", "--file", clients.to_str().expect("path")]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("app-a\tsystem/*.rs system/Group.cud\ta1")),
+        "{listed}"
+    );
+    assert!(listed.lines().any(|l| l.starts_with("app-b\t")), "{listed}");
     let warehouse = dir.path().join("wh");
     let server = Server::start(&warehouse, &["--clients", clients.to_str().expect("path")]);
     let base = server.base.clone();
