@@ -80,6 +80,8 @@ pub(super) fn open(url: &Url, location: &str, options: &S3Options) -> Result<Arc
     let endpoint = options
         .endpoint
         .clone()
+        // The service-specific variable wins over the general one, as in the SDKs.
+        .or_else(|| env.get("AWS_ENDPOINT_URL_S3").cloned())
         .or_else(|| env.get("AWS_ENDPOINT_URL").cloned())
         .or_else(|| env.get("AWS_ENDPOINT").cloned());
     let virtual_hosted = match options.path_style {
@@ -196,6 +198,7 @@ fn profile_settings(env: &HashMap<String, String>) -> Vec<(AmazonS3ConfigKey, St
     }
     if !env.contains_key("AWS_ENDPOINT")
         && !env.contains_key("AWS_ENDPOINT_URL")
+        && !env.contains_key("AWS_ENDPOINT_URL_S3")
         && let Some(endpoint) = values.get("endpoint_url")
     {
         settings.push((AmazonS3ConfigKey::Endpoint, endpoint.clone()));
