@@ -84,12 +84,6 @@ impl Caller {
         Ok(())
     }
 
-    /// Whether this caller may change or delete a cohort Group made by
-    /// `owner`: only its creator (a granted Group is read-only to others).
-    pub fn owns_group(&self, owner: Option<&str>) -> bool {
-        self.owns(owner)
-    }
-
     /// The resource types this caller may read, `None` for every type.
     pub fn readable_types(&self) -> Option<Vec<String>> {
         match self {
@@ -109,7 +103,8 @@ impl Caller {
         }
     }
 
-    /// Whether this caller owns a job (export, async Group job) made by `owner`.
+    /// Whether this caller made the thing (cohort Group, export, async job)
+    /// whose owner is `owner`: only its maker may change or cancel it.
     pub fn owns(&self, owner: Option<&str>) -> bool {
         match self {
             Caller::Open => true,

@@ -488,7 +488,7 @@ pub async fn check_visible(state: &AppState, caller: &Caller, id: &str) -> Resul
 /// Only a cohort Group's creator may `action` (change, delete) it: a client
 /// it was granted to gets 403 (it may read it), any other client 404.
 fn check_owner(caller: &Caller, id: &str, owner: Option<&str>, action: &str) -> Result<(), FhirError> {
-    if caller.owns_group(owner) {
+    if caller.owns(owner) {
         Ok(())
     } else if caller.sees_group(id, owner) {
         Err(FhirError::new(

@@ -49,6 +49,16 @@ impl Source {
             .iter()
             .filter(move |r| r["resourceType"] == resource_type)
     }
+
+    /// The ids of the resources of `resource_type`, sorted.
+    fn sorted_ids(&self, resource_type: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .of_type(resource_type)
+            .map(|r| r["id"].as_str().expect("id").to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
 }
 
 fn type_of(resource: &Value) -> &str {
@@ -216,11 +226,7 @@ async fn cli_export_system_patient_and_group_levels_with_parameters() {
     let wh = dir.path().join("wh");
     let groups = dir.path().join("groups");
     std::fs::create_dir_all(&groups).expect("mkdir");
-    let mut patient_ids: Vec<String> = Source::read(&[&sample_data()])
-        .of_type("Patient")
-        .map(|p| p["id"].as_str().expect("id").to_string())
-        .collect();
-    patient_ids.sort();
+    let patient_ids = Source::read(&[&sample_data()]).sorted_ids("Patient");
     let members: Vec<&str> = patient_ids.iter().take(3).map(String::as_str).collect();
     write_group(&groups, "g1", &members);
     // The Group is in its members' Patient compartments (R4: Group.member).
@@ -904,11 +910,7 @@ async fn export_counts_on_synthea_100() {
     let wh = dir.path().join("wh");
     let groups = dir.path().join("groups");
     std::fs::create_dir_all(&groups).expect("mkdir");
-    let mut ids: Vec<String> = Source::read(&[&data])
-        .of_type("Patient")
-        .map(|p| p["id"].as_str().expect("id").to_string())
-        .collect();
-    ids.sort();
+    let ids = Source::read(&[&data]).sorted_ids("Patient");
     let half: Vec<&str> = ids.iter().step_by(2).map(String::as_str).collect();
     write_group(&groups, "half", &half);
     let source = Source::read(&[&data, &groups]);
@@ -1058,11 +1060,7 @@ async fn deletions_are_applied_and_exported_as_deleted_bundles() {
     let groups = dir.path().join("groups");
     std::fs::create_dir_all(&groups).expect("mkdir");
     let source = Source::read(&[&sample_data()]);
-    let mut patient_ids: Vec<String> = source
-        .of_type("Patient")
-        .map(|p| p["id"].as_str().expect("id").to_string())
-        .collect();
-    patient_ids.sort();
+    let patient_ids = source.sorted_ids("Patient");
     let owner = patient_ids[0].clone();
     write_group(&groups, "owner", &[&owner]);
     write_group(&groups, "others", &[&patient_ids[1]]);
@@ -1190,11 +1188,7 @@ async fn group_exports_carry_the_provenance_of_their_resources() {
     let extra = dir.path().join("extra");
     std::fs::create_dir_all(&extra).expect("mkdir");
     let source = Source::read(&[&sample_data()]);
-    let mut ids: Vec<String> = source
-        .of_type("Patient")
-        .map(|p| p["id"].as_str().expect("id").to_string())
-        .collect();
-    ids.sort();
+    let ids = source.sorted_ids("Patient");
     let (member, outsider) = (&ids[0], &ids[1]);
     write_group(&extra, "g1", &[member]);
     let condition_of = |patient: &str| {
