@@ -62,10 +62,19 @@ pub fn token(param: &str, modifier: Option<&Modifier>, value: &SearchValue) -> R
             param,
             ":below/:above on tokens need a terminology server (code system hierarchies)",
         )),
-        (Some(Modifier::OfType), _) | (_, SearchValue::OfType { .. }) => Err(unsupported(
-            param,
-            ":of-type is not indexed yet (the index keeps an identifier's system and value, not its type)",
-        )),
+        (_, SearchValue::OfType { system, code, value }) => {
+            let type_system = if system.is_empty() {
+                col("type_system").is_null()
+            } else {
+                col("type_system").eq(lit(system.as_str()))
+            };
+            Ok(conjunction(vec![
+                col("code").eq(lit(value.as_str())),
+                type_system,
+                col("type_code").eq(lit(code.as_str())),
+            ]))
+        }
+        (Some(Modifier::OfType), _) => Err(unsupported(param, ":of-type takes type-system|type-code|value")),
         (_, SearchValue::Token { system, code }) => {
             let mut parts = Vec::new();
             match system.as_deref() {

@@ -17,6 +17,8 @@ enum ValueBuilders {
         code: StringBuilder,
         system: StringBuilder,
         text: StringBuilder,
+        type_system: StringBuilder,
+        type_code: StringBuilder,
     },
     Date {
         low: TimestampMicrosecondBuilder,
@@ -69,6 +71,8 @@ impl IndexBuffer {
                 code: StringBuilder::new(),
                 system: StringBuilder::new(),
                 text: StringBuilder::new(),
+                type_system: StringBuilder::new(),
+                type_code: StringBuilder::new(),
             },
             IndexKind::Date => ValueBuilders::Date {
                 low: TimestampMicrosecondBuilder::new(),
@@ -141,14 +145,32 @@ impl IndexBuffer {
                     code: c,
                     system: s,
                     text: t,
+                    type_system,
+                    type_code,
                 },
-                IndexValue::Token { system, code, text },
+                IndexValue::Token {
+                    system,
+                    code,
+                    text,
+                    of_type,
+                },
             ) => {
                 c.append_value(code);
                 s.append_option(system.as_deref());
                 let folded = text.as_deref().map(fold);
                 self.bytes += code.len() + opt_len(system) + opt_len(&folded);
                 t.append_option(folded);
+                match of_type {
+                    Some((system, code)) => {
+                        type_system.append_option(system.as_deref());
+                        type_code.append_value(code);
+                        self.bytes += opt_len(system) + code.len();
+                    }
+                    None => {
+                        type_system.append_null();
+                        type_code.append_null();
+                    }
+                }
             }
             (ValueBuilders::Date { low, high }, IndexValue::Date(range)) => {
                 low.append_value(range.low.max(OPEN_LOW));
@@ -210,8 +232,23 @@ impl IndexBuffer {
         }
         let mut arrays: Vec<ArrayRef> = vec![Arc::new(type_column.finish()), Arc::new(self.param.finish())];
         match &mut self.values {
-            ValueBuilders::Token { code, system, text } => {
-                arrays.extend([code.finish(), system.finish(), text.finish()].map(|a| Arc::new(a) as ArrayRef));
+            ValueBuilders::Token {
+                code,
+                system,
+                text,
+                type_system,
+                type_code,
+            } => {
+                arrays.extend(
+                    [
+                        code.finish(),
+                        system.finish(),
+                        text.finish(),
+                        type_system.finish(),
+                        type_code.finish(),
+                    ]
+                    .map(|a| Arc::new(a) as ArrayRef),
+                );
             }
             ValueBuilders::Date { low, high } => {
                 arrays.push(Arc::new(low.finish().with_timezone("UTC")));
@@ -262,6 +299,7 @@ mod tests {
             system: Some("http://snomed.info/sct".into()),
             code: code.into(),
             text: Some("Diabète".into()),
+            of_type: None,
         };
         buffer.append("code", &token("b"), "c1", &["p1".into(), "p2".into()]);
         buffer.append("code", &token("a"), "c2", &[]);

@@ -40,7 +40,8 @@ pub mod columns {
 /// The value shape of an index table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum IndexKind {
-    /// `system`, `code`, `text` (folded display).
+    /// `system`, `code`, `text` (folded display), `type_system`/`type_code`
+    /// (an Identifier's type, for `:of-type`).
     Token,
     /// `low`, `high`: the instants of the value's precision range.
     Date,
@@ -110,7 +111,16 @@ impl IndexKind {
     pub fn value_fields(self) -> Vec<Field> {
         let text = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
         match self {
-            IndexKind::Token => vec![text("code", false), text("system", true), text("text", true)],
+            // `type_system`/`type_code`: an Identifier's type coding
+            // (`:of-type`); null for other tokens and in files written
+            // before they existed (the scan fills missing columns with null).
+            IndexKind::Token => vec![
+                text("code", false),
+                text("system", true),
+                text("text", true),
+                text("type_system", true),
+                text("type_code", true),
+            ],
             IndexKind::Date => vec![
                 Field::new("low", timestamp_type(), false),
                 Field::new("high", timestamp_type(), false),

@@ -26,6 +26,9 @@ pub enum IndexValue {
         code: String,
         /// Display text (`Coding.display`, `CodeableConcept.text`) for `:text`.
         text: Option<String>,
+        /// An Identifier's type coding `(system, code)`, for `:of-type` (one
+        /// value per type coding).
+        of_type: Option<(Option<String>, String)>,
     },
     /// A date value's range.
     Date(InstantRange),
@@ -106,6 +109,7 @@ pub fn extract(param_type: ParamType, value: &Value<'_>, out: &mut Vec<IndexValu
                                 system: str_field(c, "system"),
                                 code,
                                 text: display,
+                                of_type: None,
                             });
                         }
                     });
@@ -117,34 +121,63 @@ pub fn extract(param_type: ParamType, value: &Value<'_>, out: &mut Vec<IndexValu
                         system: str_field(n.json, "system"),
                         code,
                         text: str_field(n.json, "display"),
+                        of_type: None,
                     });
                 }
             }
             (Some(n), _) if n.json.get("value").is_some() && n.json.as_object().is_some() => {
                 // Identifier (system|value) and ContactPoint (value).
                 if let Some(code) = str_field(n.json, "value") {
-                    let text = n.json.get("type").and_then(|t| str_field(t, "text"));
-                    out.push(IndexValue::Token {
-                        system: str_field(n.json, "system"),
-                        code,
-                        text,
-                    });
+                    let identifier_type = n.json.get("type");
+                    let text = identifier_type.and_then(|t| str_field(t, "text"));
+                    let system = str_field(n.json, "system");
+                    let mut type_codings = Vec::new();
+                    if let Some(codings) = identifier_type.and_then(|t| t.get("coding")) {
+                        codings.for_each_item(|c| {
+                            if let Some(type_code) = str_field(c, "code") {
+                                type_codings.push((str_field(c, "system"), type_code));
+                            }
+                        });
+                    }
+                    if type_codings.is_empty() {
+                        out.push(IndexValue::Token {
+                            system,
+                            code,
+                            text,
+                            of_type: None,
+                        });
+                    } else {
+                        // One row per type coding, so `:of-type` is a plain
+                        // row filter; plain token searches see duplicates,
+                        // which a cohort (distinct patients) ignores.
+                        for of_type in type_codings {
+                            out.push(IndexValue::Token {
+                                system: system.clone(),
+                                code: code.clone(),
+                                text: text.clone(),
+                                of_type: Some(of_type),
+                            });
+                        }
+                    }
                 }
             }
             (_, Value::Boolean(b)) => out.push(IndexValue::Token {
                 system: None,
                 code: b.to_string(),
                 text: None,
+                of_type: None,
             }),
             (_, Value::String(s)) => out.push(IndexValue::Token {
                 system: None,
                 code: s,
                 text: None,
+                of_type: None,
             }),
             (_, Value::Integer(i)) => out.push(IndexValue::Token {
                 system: None,
                 code: i.to_string(),
                 text: None,
+                of_type: None,
             }),
             _ => {}
         },
@@ -305,7 +338,8 @@ mod tests {
             [IndexValue::Token {
                 system: Some("http://snomed.info/sct".into()),
                 code: "44054006".into(),
-                text: Some("Diabetes".into())
+                text: Some("Diabetes".into()),
+                of_type: None,
             }]
         );
         let patient = r#"{"resourceType":"Patient","id":"p","gender":"female","deceasedDateTime":"2020-01-01",
@@ -315,7 +349,8 @@ mod tests {
             [IndexValue::Token {
                 system: None,
                 code: "female".into(),
-                text: None
+                text: None,
+                of_type: None,
             }]
         );
         assert_eq!(
@@ -323,7 +358,8 @@ mod tests {
             [IndexValue::Token {
                 system: None,
                 code: "true".into(),
-                text: None
+                text: None,
+                of_type: None,
             }]
         );
         assert_eq!(
@@ -331,7 +367,8 @@ mod tests {
             [IndexValue::Token {
                 system: Some("urn:x".into()),
                 code: "42".into(),
-                text: None
+                text: None,
+                of_type: None,
             }]
         );
         assert_eq!(
@@ -339,8 +376,28 @@ mod tests {
             [IndexValue::Token {
                 system: None,
                 code: "p".into(),
-                text: None
+                text: None,
+                of_type: None,
             }]
+        );
+    }
+
+    #[test]
+    fn identifiers_keep_their_type_codings() {
+        let patient = r#"{"resourceType":"Patient","id":"p","identifier":[{"system":"urn:mrn","value":"7",
+            "type":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v2-0203","code":"MR"},{"code":"X"}],"text":"MRN"}}]}"#;
+        let token = |of_type: (Option<&str>, &str)| IndexValue::Token {
+            system: Some("urn:mrn".into()),
+            code: "7".into(),
+            text: Some("MRN".into()),
+            of_type: Some((of_type.0.map(String::from), of_type.1.into())),
+        };
+        assert_eq!(
+            values("Patient", "identifier", patient),
+            [
+                token((Some("http://terminology.hl7.org/CodeSystem/v2-0203"), "MR")),
+                token((None, "X"))
+            ]
         );
     }
 

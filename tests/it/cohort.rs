@@ -180,8 +180,8 @@ const FIXTURE: &[(&str, &[&str])] = &[
     (
         "Patient",
         &[
-            r#"{"resourceType":"Patient","id":"p1","gender":"female","birthDate":"1960-05-01","name":[{"family":"Müller","given":["Zoë"]}],"address":[{"state":"Massachusetts"}],"deceasedDateTime":"2020-01-01T10:00:00+02:00","identifier":[{"system":"urn:mrn","value":"A1"}]}"#,
-            r#"{"resourceType":"Patient","id":"p2","gender":"male","birthDate":"1990","name":[{"family":"Bob"}],"address":[{"state":"New York"}],"deceasedBoolean":false}"#,
+            r#"{"resourceType":"Patient","id":"p1","gender":"female","birthDate":"1960-05-01","name":[{"family":"Müller","given":["Zoë"]}],"address":[{"state":"Massachusetts"}],"deceasedDateTime":"2020-01-01T10:00:00+02:00","identifier":[{"system":"urn:mrn","value":"A1","type":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v2-0203","code":"MR"}]}},{"system":"urn:ssn","value":"B2","type":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v2-0203","code":"SS"}]}}]}"#,
+            r#"{"resourceType":"Patient","id":"p2","gender":"male","birthDate":"1990","name":[{"family":"Bob"}],"address":[{"state":"New York"}],"deceasedBoolean":false,"identifier":[{"value":"A1","type":{"coding":[{"code":"SS"}],"text":"social"}}]}"#,
             r#"{"resourceType":"Patient","id":"p3","gender":"female"}"#,
             r#"{"resourceType":"Patient","id":"p4"}"#,
         ],
@@ -276,7 +276,23 @@ async fn tokens_system_code_text_not_missing() {
         ("Patient?gender:missing=false", &["p1", "p2", "p3"]),
         ("Observation?value-quantity:missing=true", &["p3"]),
         ("Patient?identifier=urn:mrn|A1", &["p1"]),
-        ("Patient?identifier=A1", &["p1"]),
+        ("Patient?identifier=A1", &["p1", "p2"]),
+        // :of-type is type-system|type-code|value; an empty type system
+        // means the coding has none.
+        (
+            "Patient?identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|MR|A1",
+            &["p1"],
+        ),
+        (
+            "Patient?identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|SS|A1",
+            &[],
+        ),
+        (
+            "Patient?identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|SS|B2",
+            &["p1"],
+        ),
+        ("Patient?identifier:of-type=|SS|A1", &["p2"]),
+        ("Patient?identifier:of-type=|SS|A1,|MR|B2", &["p2"]),
         ("Patient?_id=p2,p3", &["p2", "p3"]),
         ("Patient?deceased=true", &["p1"]),
         ("Patient?deceased=false", &["p2", "p3", "p4"]),
