@@ -835,7 +835,7 @@ fn same_node(a: &Value<'_>, b: &Value<'_>) -> bool {
     }
 }
 
-fn type_argument(arg: &Expr) -> Result<TypeSpecifier, FhirPathError> {
+pub(crate) fn type_argument(arg: &Expr) -> Result<TypeSpecifier, FhirPathError> {
     match arg {
         Expr::Identifier(name) => Ok(TypeSpecifier {
             namespace: None,

@@ -8,6 +8,7 @@
 //! precision (`rust_decimal`, scale preserved).
 
 pub mod ast;
+mod compiled;
 pub mod eval;
 mod functions;
 pub mod lexer;
@@ -17,6 +18,7 @@ pub mod units;
 pub mod value;
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 pub use eval::{Evaluator, Scope};
 pub use value::{Collection, Value};
@@ -68,10 +70,33 @@ pub enum FhirPathError {
 }
 
 /// A parsed FHIRPath expression.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct FhirPath {
     text: String,
     ast: ast::Expr,
+    /// The expression compiled for the first focus type it was evaluated on
+    /// (`None` inside: not a compilable shape). Foci of that type take the
+    /// compiled path; others the general evaluator.
+    compiled: OnceLock<Option<CompiledFor>>,
+}
+
+/// A compiled path and the focus type it was compiled for.
+#[derive(Debug, Clone)]
+struct CompiledFor {
+    fhir_type: &'static str,
+    owner: &'static str,
+    path: compiled::CompiledPath,
+}
+
+impl PartialEq for FhirPath {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text && self.ast == other.ast
+    }
+}
+
+/// Equality of model-interned names: the same pointer almost always.
+fn same_name(a: &'static str, b: &'static str) -> bool {
+    std::ptr::eq(a, b) || a == b
 }
 
 fn check_functions(expr: &ast::Expr, text: &str) -> Result<(), FhirPathError> {
@@ -115,6 +140,7 @@ impl FhirPath {
         Ok(Self {
             text: text.to_string(),
             ast,
+            compiled: OnceLock::new(),
         })
     }
 
@@ -152,7 +178,31 @@ impl FhirPath {
             resource,
             variables,
         };
-        evaluator.eval(&self.ast, &Scope::new(focus)).map_err(|e| match e {
+        let fast = match focus.as_slice() {
+            [Value::Node(node)] if node.primitive_element.is_none() => {
+                node.fhir_type.zip(node.children_owner).and_then(|(fhir_type, owner)| {
+                    self.compiled
+                        .get_or_init(|| {
+                            compiled::CompiledPath::compile(&self.ast, fhir_type, owner, model)
+                                .map(|path| CompiledFor { fhir_type, owner, path })
+                        })
+                        .as_ref()
+                        .filter(|c| same_name(c.fhir_type, fhir_type) && same_name(c.owner, owner))
+                        .map(|c| (*node, &c.path))
+                })
+            }
+            _ => None,
+        };
+        let scope = Scope::new(focus);
+        let result = match fast {
+            Some((node, path)) => match path.evaluate(&node, &evaluator, &scope) {
+                Ok(Some(result)) => Ok(result),
+                Ok(None) => evaluator.eval(&self.ast, &scope),
+                Err(e) => Err(e),
+            },
+            None => evaluator.eval(&self.ast, &scope),
+        };
+        result.map_err(|e| match e {
             FhirPathError::InExpression { .. } | FhirPathError::Syntax { .. } => e,
             other => FhirPathError::InExpression {
                 expression: self.text.clone(),
