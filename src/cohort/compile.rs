@@ -2,7 +2,8 @@
 //!
 //! Every clause becomes a plan yielding `(resource_id, patient)` of the
 //! resources of the searched type that meet it; the clauses of one
-//! expression are intersected (all must hold for the same resource). Chains
+//! expression are semi-joined on the resource id (all must hold for the
+//! same resource). Chains
 //! and `_has` join through the reference index. Only ordinary operators
 //! (scan, filter, projection, semi/anti join, intersect, distinct) are used.
 
@@ -73,6 +74,33 @@ impl<'a> Compiler<'a> {
             .project(vec![col(RESOURCE_ID), col(PATIENT)])?)
     }
 
+    /// The rows of `previous` whose resource is also in `next`: a semi join
+    /// on `resource_id` alone. Every clause plan carries all compartment
+    /// patients of each resource it matches, so comparing resources is the
+    /// same as intersecting `(resource_id, patient)`, and the probe side
+    /// reads one string column instead of two. `previous` is the build side:
+    /// the cohort session collects it whole and pushes it into the probe
+    /// side's Parquet scan as a dynamic filter, so rows of other resources
+    /// are dropped while decoding.
+    fn same_resource(&self, previous: LogicalPlan, next: LogicalPlan) -> Result<LogicalPlan, CohortError> {
+        let alias = self.alias("same_resource");
+        let next = LogicalPlanBuilder::from(next)
+            .project(vec![col(RESOURCE_ID)])?
+            .alias(alias.as_str())?
+            .build()?;
+        Ok(LogicalPlanBuilder::from(previous)
+            .join(
+                next,
+                JoinType::LeftSemi,
+                (
+                    vec![Column::from_name(RESOURCE_ID)],
+                    vec![Column::new(Some(alias.as_str()), RESOURCE_ID)],
+                ),
+                None,
+            )?
+            .build()?)
+    }
+
     /// Every resource of `resource_type` with its patients (from the `_id`
     /// rows every indexed resource has).
     fn all(&self, resource_type: &str) -> Result<LogicalPlanBuilder, CohortError> {
@@ -82,7 +110,7 @@ impl<'a> Compiler<'a> {
     /// `(resource_id, patient)` of the resources of the query's type that
     /// meet every clause.
     pub fn query(&self, query: &SearchQuery) -> Result<LogicalPlan, CohortError> {
-        let mut plans: Vec<LogicalPlan> = Vec::new();
+        let mut plans: Vec<(u8, LogicalPlan)> = Vec::new();
         // Repeated date/number parameters that yield at most one value per
         // resource (`date=ge2019&date=lt2020` on `Encounter.period`) are one
         // scan with both ranges: no resource can meet them with two values.
@@ -108,8 +136,13 @@ impl<'a> Compiler<'a> {
                 }
                 continue;
             }
-            plans.push(self.clause(query.resource_type, clause)?.build()?);
+            plans.push((clause_rank(clause), self.clause(query.resource_type, clause)?.build()?));
         }
+        // The first plan is the hash table every later clause probes: put
+        // the likely selective clauses (equality on a token, reference…)
+        // before ranges and negations (stable, so the user's order breaks ties).
+        plans.sort_by_key(|(rank, _)| *rank);
+        let mut plans: Vec<LogicalPlan> = plans.into_iter().map(|(_, plan)| plan).collect();
         for (param, filters) in combined {
             let kind = IndexKind::of(param.param_type).ok_or_else(|| CohortError::Unsupported {
                 param: param.code.clone(),
@@ -124,7 +157,7 @@ impl<'a> Compiler<'a> {
         for next in plans {
             plan = Some(match plan {
                 None => next,
-                Some(previous) => LogicalPlanBuilder::intersect(previous, next, false)?,
+                Some(previous) => self.same_resource(previous, next)?,
             });
         }
         match plan {
@@ -310,7 +343,7 @@ impl<'a> Compiler<'a> {
                     .build()?;
                 plan = Some(match plan {
                     None => next,
-                    Some(previous) => LogicalPlanBuilder::intersect(previous, next, false)?,
+                    Some(previous) => self.same_resource(previous, next)?,
                 });
             }
             let Some(plan) = plan else {
@@ -323,6 +356,27 @@ impl<'a> Compiler<'a> {
         }
         let plan = alternatives.ok_or_else(|| unsupported("no value"))?;
         Ok(LogicalPlanBuilder::from(plan))
+    }
+}
+
+/// How likely a clause is to match few resources (lower: more selective),
+/// for ordering the semi joins of one expression.
+fn clause_rank(clause: &Clause) -> u8 {
+    match &clause.kind {
+        ClauseKind::Param { modifier, values, .. } => match modifier {
+            Some(Modifier::Not | Modifier::Missing) => 3,
+            _ if values.iter().any(|v| {
+                matches!(
+                    v,
+                    SearchValue::Date { .. } | SearchValue::Number { .. } | SearchValue::Quantity { .. }
+                )
+            }) =>
+            {
+                2
+            }
+            _ => 0,
+        },
+        ClauseKind::Chain { .. } | ClauseKind::Has { .. } => 1,
     }
 }
 

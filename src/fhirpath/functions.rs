@@ -759,7 +759,7 @@ pub fn call<'a>(
     args: &[Expr],
     scope: &Scope<'a>,
 ) -> Result<Collection<'a>, FhirPathError> {
-    let Some(function) = FUNCTIONS.iter().find(|f| f.name == name) else {
+    let Some(function) = lookup(name) else {
         return Err(FhirPathError::UnknownFunction {
             name: name.to_string(),
             pos,
@@ -788,9 +788,20 @@ pub fn call<'a>(
     })
 }
 
+/// The function called `name`: a hash lookup, since a linear scan of
+/// [`FUNCTIONS`] by name ran on every call of every evaluation.
+fn lookup(name: &str) -> Option<&'static Function> {
+    static BY_NAME: std::sync::OnceLock<crate::fhir::model::FastMap<&'static str, &'static Function>> =
+        std::sync::OnceLock::new();
+    BY_NAME
+        .get_or_init(|| FUNCTIONS.iter().map(|f| (f.name, f)).collect())
+        .get(name)
+        .copied()
+}
+
 /// True if `name` is a known function (for validation without evaluation).
 pub fn is_function(name: &str) -> bool {
-    FUNCTIONS.iter().any(|f| f.name == name)
+    lookup(name).is_some()
 }
 
 fn boolean<'a>(b: bool) -> Collection<'a> {
