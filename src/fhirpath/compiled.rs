@@ -51,6 +51,10 @@ pub(super) enum Step {
     First,
     /// A type filter that statically keeps nothing.
     Empty,
+    /// `where(resolve() is T)` (how R4 search parameters pick references to
+    /// one type): keeps references whose target type is `T` or derives
+    /// from it, read from the reference text (or `Reference.type`).
+    WhereResolvesTo(TypeSpecifier),
     /// `where(criteria)`: evaluated by the general function (keeps types).
     Where {
         /// The criteria.
@@ -182,6 +186,13 @@ fn compile_expr(expr: &Expr, focus: Shape, model: &'static FhirModel) -> Option<
                     Some((CompiledPath::Steps(steps), shape))
                 }
                 ("ofType" | "as", [arg], input) => type_filter(input, &type_argument(arg).ok()?, model),
+                ("where", [Expr::Is(inner, spec)], (CompiledPath::Steps(mut steps), shape))
+                    if matches!(inner.as_ref(), Expr::Function { target: None, name, args, .. } if name == "resolve" && args.is_empty())
+                        && known_type(spec, model) =>
+                {
+                    steps.push(Step::WhereResolvesTo(spec.clone()));
+                    Some((CompiledPath::Steps(steps), shape))
+                }
                 ("where", [_], (CompiledPath::Steps(mut steps), shape)) => {
                     steps.push(Step::Where {
                         args: args.clone(),
@@ -243,6 +254,51 @@ fn member_step(shape: Shape, name: &str, model: &'static FhirModel, steps: &mut 
         fhir_type,
         owner: def.children_owner,
     }))
+}
+
+/// Whether `spec` names a type the general evaluator knows (an unknown one
+/// is an error it reports).
+fn known_type(spec: &TypeSpecifier, model: &'static FhirModel) -> bool {
+    let variables = std::collections::HashMap::new();
+    let evaluator = Evaluator {
+        model,
+        resource: &[],
+        variables: &variables,
+    };
+    evaluator.check_type(spec).is_ok()
+}
+
+/// What `resolve() is T` gives for one reference node: the general
+/// evaluator's `resolve()` (target type from the reference text, or from
+/// `Reference.type` for `urn:uuid:`) and its `is` test, without building
+/// the target value.
+fn resolves_to(node: &Node<'_>, spec: &TypeSpecifier, evaluator: &Evaluator<'_, '_>) -> bool {
+    let Some(target) = node
+        .json
+        .get("reference")
+        .and_then(JsonValue::as_str)
+        .and_then(crate::fhir::parse_reference)
+    else {
+        return false;
+    };
+    let resource_type = match target.resource_type {
+        Some(t) => t,
+        None => match crate::fhir::ResourceTypes::r4()
+            .ok()
+            .zip(node.json.get("type").and_then(JsonValue::as_str))
+            .and_then(|(types, name)| types.get(name))
+        {
+            Some(t) => t,
+            None => return false,
+        },
+    };
+    evaluator.is_type(
+        &Value::ReferenceTarget {
+            resource_type,
+            id: String::new(),
+        },
+        spec,
+    )
 }
 
 /// `ofType(T)` / `as T` on a compiled input: decided per type code now,
@@ -354,6 +410,12 @@ fn run_steps<'a>(
                 continue;
             }
             Step::Empty => return Ok(Some(Vec::new())),
+            Step::WhereResolvesTo(spec) => {
+                next = current
+                    .into_iter()
+                    .filter(|item| matches!(item, Value::Node(node) if resolves_to(node, spec, evaluator)))
+                    .collect();
+            }
             Step::Where { args, pos } => {
                 next = functions::call(evaluator, "where", *pos, current, args, scope)?;
             }
