@@ -46,7 +46,7 @@ const QUERIES: &[(&str, &[&str])] = &[
         ],
     ),
     (
-        "_has: patients with a BMI >= 30",
+        "_has: patients with a BMI Observation",
         &["Patient?_has:Observation:patient:code=http://loinc.org|39156-5"],
     ),
 ];
