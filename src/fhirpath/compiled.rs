@@ -475,7 +475,10 @@ mod tests {
         (compiled, general)
     }
 
-    fn view_paths(select: &serde_json::Value, out: &mut Vec<(Option<String>, Vec<String>)>) {
+    /// `(forEach path, column paths)` of each select of a view.
+    type ViewPaths = Vec<(Option<String>, Vec<String>)>;
+
+    fn view_paths(select: &serde_json::Value, out: &mut ViewPaths) {
         for s in select.as_array().into_iter().flatten() {
             let each = s
                 .get("forEach")
@@ -501,7 +504,7 @@ mod tests {
         let model = FhirModel::r4().unwrap();
         let registry = SearchRegistry::r4().unwrap();
         let root_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut views: HashMap<String, Vec<(Option<String>, Vec<String>)>> = HashMap::new();
+        let mut views: HashMap<String, ViewPaths> = HashMap::new();
         for entry in std::fs::read_dir(root_dir.join("sql/views")).unwrap() {
             let view: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap()).unwrap();
