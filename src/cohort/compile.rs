@@ -110,7 +110,11 @@ impl<'a> Compiler<'a> {
     /// `(resource_id, patient)` of the resources of the query's type that
     /// meet every clause.
     pub fn query(&self, query: &SearchQuery) -> Result<LogicalPlan, CohortError> {
-        let mut plans: Vec<(u8, LogicalPlan)> = Vec::new();
+        // The first plan is the hash table every later clause probes, so
+        // clauses keep the order the user wrote (put the selective one
+        // first): a guess by parameter type would build on `status=final`
+        // or `gender=female` ahead of a selective date.
+        let mut plans: Vec<LogicalPlan> = Vec::new();
         // Repeated date/number parameters that yield at most one value per
         // resource (`date=ge2019&date=lt2020` on `Encounter.period`) are one
         // scan with both ranges: no resource can meet them with two values.
@@ -136,13 +140,8 @@ impl<'a> Compiler<'a> {
                 }
                 continue;
             }
-            plans.push((clause_rank(clause), self.clause(query.resource_type, clause)?.build()?));
+            plans.push(self.clause(query.resource_type, clause)?.build()?);
         }
-        // The first plan is the hash table every later clause probes: put
-        // the likely selective clauses (equality on a token, reference…)
-        // before ranges and negations (stable, so the user's order breaks ties).
-        plans.sort_by_key(|(rank, _)| *rank);
-        let mut plans: Vec<LogicalPlan> = plans.into_iter().map(|(_, plan)| plan).collect();
         for (param, filters) in combined {
             let kind = IndexKind::of(param.param_type).ok_or_else(|| CohortError::Unsupported {
                 param: param.code.clone(),
@@ -356,27 +355,6 @@ impl<'a> Compiler<'a> {
         }
         let plan = alternatives.ok_or_else(|| unsupported("no value"))?;
         Ok(LogicalPlanBuilder::from(plan))
-    }
-}
-
-/// How likely a clause is to match few resources (lower: more selective),
-/// for ordering the semi joins of one expression.
-fn clause_rank(clause: &Clause) -> u8 {
-    match &clause.kind {
-        ClauseKind::Param { modifier, values, .. } => match modifier {
-            Some(Modifier::Not | Modifier::Missing) => 3,
-            _ if values.iter().any(|v| {
-                matches!(
-                    v,
-                    SearchValue::Date { .. } | SearchValue::Number { .. } | SearchValue::Quantity { .. }
-                )
-            }) =>
-            {
-                2
-            }
-            _ => 0,
-        },
-        ClauseKind::Chain { .. } | ClauseKind::Has { .. } => 1,
     }
 }
 
