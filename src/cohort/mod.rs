@@ -99,7 +99,7 @@ impl CohortEngine {
         // side's keys reach the probe side's Parquet scan as a dynamic
         // filter evaluated while decoding: `value-quantity=gt6.5` next to a
         // selective code no longer moves millions of rows through the join
-        // (2.5 s → ~1.6 s at 100k patients, docs/benchmarks.md).
+        // (2.5 s → 1.4 s at 100k patients, docs/benchmarks.md).
         ctx.sql("SET datafusion.optimizer.repartition_joins = false").await?;
         ctx.sql("SET datafusion.execution.parquet.pushdown_filters = true")
             .await?;
