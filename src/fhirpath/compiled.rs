@@ -224,13 +224,7 @@ fn member_step(shape: Shape, name: &str, model: &'static FhirModel, steps: &mut 
             return None;
         }
         let types = def.types.clone();
-        let shape = match types.as_slice() {
-            [only] => Some(Shape {
-                fhir_type: only,
-                owner: Some(only),
-            }),
-            _ => None,
-        };
+        let shape = choice_shape(&types);
         steps.push(Step::Choice {
             name: name.into(),
             types,
@@ -256,49 +250,46 @@ fn member_step(shape: Shape, name: &str, model: &'static FhirModel, steps: &mut 
     }))
 }
 
-/// Whether `spec` names a type the general evaluator knows (an unknown one
-/// is an error it reports).
-fn known_type(spec: &TypeSpecifier, model: &'static FhirModel) -> bool {
+/// Runs `f` with an evaluator that has no resource or variables: type tests
+/// decided at compile time use the general evaluator's own rules.
+fn with_type_evaluator<R>(model: &'static FhirModel, f: impl FnOnce(&Evaluator<'static, '_>) -> R) -> R {
     let variables = std::collections::HashMap::new();
-    let evaluator = Evaluator {
+    f(&Evaluator {
         model,
         resource: &[],
         variables: &variables,
-    };
-    evaluator.check_type(spec).is_ok()
+    })
+}
+
+/// Whether `spec` names a type the general evaluator knows (an unknown one
+/// is an error it reports).
+fn known_type(spec: &TypeSpecifier, model: &'static FhirModel) -> bool {
+    with_type_evaluator(model, |evaluator| evaluator.check_type(spec).is_ok())
+}
+
+/// The shape of a choice element's items: known when one type is left.
+fn choice_shape(types: &[&'static str]) -> Option<Shape> {
+    match types {
+        [only] => Some(Shape {
+            fhir_type: only,
+            owner: Some(only),
+        }),
+        _ => None,
+    }
 }
 
 /// What `resolve() is T` gives for one reference node: the general
-/// evaluator's `resolve()` (target type from the reference text, or from
-/// `Reference.type` for `urn:uuid:`) and its `is` test, without building
-/// the target value.
+/// `resolve()`'s target type and its `is` test, without building the target.
 fn resolves_to(node: &Node<'_>, spec: &TypeSpecifier, evaluator: &Evaluator<'_, '_>) -> bool {
-    let Some(target) = node
-        .json
-        .get("reference")
-        .and_then(JsonValue::as_str)
-        .and_then(crate::fhir::parse_reference)
-    else {
-        return false;
-    };
-    let resource_type = match target.resource_type {
-        Some(t) => t,
-        None => match crate::fhir::ResourceTypes::r4()
-            .ok()
-            .zip(node.json.get("type").and_then(JsonValue::as_str))
-            .and_then(|(types, name)| types.get(name))
-        {
-            Some(t) => t,
-            None => return false,
-        },
-    };
-    evaluator.is_type(
-        &Value::ReferenceTarget {
-            resource_type,
-            id: String::new(),
-        },
-        spec,
-    )
+    functions::reference_target(node.json).is_some_and(|(resource_type, _)| {
+        evaluator.is_type(
+            &Value::ReferenceTarget {
+                resource_type,
+                id: String::new(),
+            },
+            spec,
+        )
+    })
 }
 
 /// `ofType(T)` / `as T` on a compiled input: decided per type code now,
@@ -311,26 +302,20 @@ fn type_filter(
     let CompiledPath::Steps(mut steps) = path else {
         return None;
     };
-    let variables = std::collections::HashMap::new();
-    let evaluator = Evaluator {
-        model,
-        resource: &[],
-        variables: &variables,
-    };
     // An unknown type is an error the general evaluator reports.
-    evaluator.check_type(spec).ok()?;
+    if !known_type(spec, model) {
+        return None;
+    }
     static NULL: JsonValue<'static> = JsonValue::Null;
-    let keeps = |t: &'static str| evaluator.is_type_exact(&Value::node(&NULL, Some(t), Some(t)), spec);
+    let keeps = |t: &'static str| {
+        with_type_evaluator(model, |evaluator| {
+            evaluator.is_type_exact(&Value::node(&NULL, Some(t), Some(t)), spec)
+        })
+    };
     match steps.last_mut() {
         Some(Step::Choice { types, .. }) => {
             types.retain(|t| keeps(t));
-            let shape = match types.as_slice() {
-                [only] => Some(Shape {
-                    fhir_type: only,
-                    owner: Some(only),
-                }),
-                _ => None,
-            };
+            let shape = choice_shape(types);
             Some((CompiledPath::Steps(steps), shape))
         }
         _ => {
@@ -356,51 +341,26 @@ fn run_steps<'a>(
         match step {
             Step::Member { name, fhir_type, owner } => {
                 for item in &current {
-                    let Value::Node(Node {
-                        json: JsonValue::Object(members),
-                        ..
-                    }) = item
-                    else {
-                        continue;
-                    };
                     let mut value = None;
-                    for (key, v) in members {
-                        if key.len() == name.len() && **key == **name {
+                    for (key, v) in members(item) {
+                        if **key == **name {
                             value = Some(v);
-                        } else if key.len() == name.len() + 1 && key.as_bytes()[0] == b'_' && key[1..] == **name {
+                        } else if key.strip_prefix('_') == Some(&**name) {
                             // Extensions on a primitive: the general evaluator
                             // pairs values with their companions.
                             return Ok(None);
                         }
                     }
                     if let Some(v) = value {
-                        v.for_each_item(|item| {
-                            if !matches!(item, JsonValue::Null) {
-                                next.push(Value::node(item, Some(fhir_type), *owner));
-                            }
-                        });
+                        push_nodes(v, fhir_type, *owner, &mut next);
                     }
                 }
             }
             Step::Choice { name, types } => {
                 for item in &current {
-                    let Value::Node(Node {
-                        json: JsonValue::Object(members),
-                        ..
-                    }) = item
-                    else {
-                        continue;
-                    };
-                    for (key, v) in members {
-                        let Some(suffix) = key.strip_prefix(&**name) else {
-                            continue;
-                        };
-                        if let Some(code) = choice_type(suffix, types) {
-                            v.for_each_item(|item| {
-                                if !matches!(item, JsonValue::Null) {
-                                    next.push(Value::node(item, Some(code), Some(code)));
-                                }
-                            });
+                    for (key, v) in members(item) {
+                        if let Some(code) = key.strip_prefix(&**name).and_then(|suffix| choice_type(suffix, types)) {
+                            push_nodes(v, code, Some(code), &mut next);
                         }
                     }
                 }
@@ -426,6 +386,29 @@ fn run_steps<'a>(
         }
     }
     Ok(Some(current))
+}
+
+/// The members of an object node (none for anything else).
+fn members<'a>(item: &Value<'a>) -> &'a [(std::borrow::Cow<'a, str>, JsonValue<'a>)] {
+    match item {
+        Value::Node(node) => node.json.as_object().unwrap_or_default(),
+        _ => &[],
+    }
+}
+
+/// Pushes `value` (each item, if an array; nulls skipped) as nodes of
+/// `fhir_type`, as the general evaluator's `push_items` does.
+fn push_nodes<'a>(
+    value: &'a JsonValue<'a>,
+    fhir_type: &'static str,
+    owner: Option<&'static str>,
+    out: &mut Collection<'a>,
+) {
+    value.for_each_item(|item| {
+        if !matches!(item, JsonValue::Null) {
+            out.push(Value::node(item, Some(fhir_type), owner));
+        }
+    });
 }
 
 /// The type code among `types` that a choice JSON name's suffix

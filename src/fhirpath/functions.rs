@@ -679,17 +679,10 @@ static FUNCTIONS: &[Function] = &[
             .iter()
             .filter_map(|v| match v {
                 Value::Node(n) => {
-                    let target = parse_reference(n.json.get("reference")?.as_str()?)?;
-                    // A `urn:uuid:` reference carries its type in `Reference.type`, if anywhere.
-                    let resource_type = match target.resource_type {
-                        Some(t) => t,
-                        None => crate::fhir::ResourceTypes::r4()
-                            .ok()?
-                            .get(n.json.get("type")?.as_str()?)?,
-                    };
+                    let (resource_type, id) = reference_target(n.json)?;
                     Some(Value::ReferenceTarget {
                         resource_type,
-                        id: target.id.to_string(),
+                        id: id.to_string(),
                     })
                 }
                 _ => None,
@@ -786,6 +779,20 @@ pub fn call<'a>(
         },
         other => other,
     })
+}
+
+/// The target type and id of a Reference node, as `resolve()` sees them:
+/// the type from the reference text, or from `Reference.type` for a
+/// `urn:uuid:` reference.
+pub(crate) fn reference_target<'j>(reference: &'j JsonValue<'_>) -> Option<(&'static str, &'j str)> {
+    let target = parse_reference(reference.get("reference")?.as_str()?)?;
+    let resource_type = match target.resource_type {
+        Some(t) => t,
+        None => crate::fhir::ResourceTypes::r4()
+            .ok()?
+            .get(reference.get("type")?.as_str()?)?,
+    };
+    Some((resource_type, target.id))
 }
 
 /// The function called `name`: a hash lookup, since a linear scan of
