@@ -302,12 +302,21 @@ async fn missing_sources_are_clear_errors() {
 }
 
 pub fn count_files(dir: &Path) -> usize {
-    let mut n = 0;
+    files_under(dir).len()
+}
+
+/// Every file below `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        n += if path.is_dir() { count_files(&path) } else { 1 };
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
     }
-    n
+    files
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,18 +387,10 @@ async fn small_index_tables_keep_their_final_runs_and_leave_no_scratch() {
         "{index_files:?}"
     );
     // Every index file on disk is one the manifest lists (no scratch left).
-    let mut on_disk = Vec::new();
-    let mut stack = vec![wh_dir.join("tables/index")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                on_disk.push(path.strip_prefix(&wh_dir).unwrap().display().to_string());
-            }
-        }
-    }
+    let mut on_disk: Vec<String> = files_under(&wh_dir.join("tables/index"))
+        .iter()
+        .map(|path| path.strip_prefix(&wh_dir).unwrap().display().to_string())
+        .collect();
     on_disk.sort();
     let mut listed = index_files.clone();
     listed.sort();
