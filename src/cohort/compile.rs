@@ -269,6 +269,14 @@ impl<'a> Compiler<'a> {
             reason: format!("{:?} parameters are not indexed", param.param_type),
         })?;
         let code = param.code.as_str();
+        if modifier == Some(&Modifier::OfType) && !may_yield_identifiers(param, resource_type) {
+            return Err(CohortError::Unsupported {
+                param: param.code.clone(),
+                reason: format!(
+                    ":of-type searches identifiers by their type, and {resource_type}.{code} is not an Identifier parameter (try {resource_type}?identifier:of-type=…)"
+                ),
+            });
+        }
         if modifier == Some(&Modifier::Missing) {
             // One value (`true`/`false`); the parser allows no other.
             let missing = matches!(values.first(), Some(SearchValue::Missing(true)));
@@ -355,6 +363,30 @@ impl<'a> Compiler<'a> {
         }
         let plan = alternatives.ok_or_else(|| unsupported("no value"))?;
         Ok(LogicalPlanBuilder::from(plan))
+    }
+}
+
+/// Whether `param` may yield Identifiers (so `:of-type` applies): false only
+/// when every branch of its expression is `Type.element` for an element
+/// the model knows is of another type.
+fn may_yield_identifiers(param: &SearchParam, resource_type: &str) -> bool {
+    use crate::fhirpath::ast::{BinaryOp, Expr as PathExpr};
+    fn branch(expr: &PathExpr, resource_type: &str, model: &crate::fhir::model::FhirModel) -> bool {
+        match expr {
+            PathExpr::Binary(BinaryOp::Union, a, b) => {
+                branch(a, resource_type, model) || branch(b, resource_type, model)
+            }
+            PathExpr::Member(target, name) if matches!(target.as_ref(), PathExpr::Identifier(t) if t == resource_type) => {
+                model
+                    .element(resource_type, name)
+                    .is_none_or(|e| e.types.contains(&"Identifier"))
+            }
+            _ => true,
+        }
+    }
+    match (&param.path, crate::fhir::model::FhirModel::r4()) {
+        (Some(path), Ok(model)) => branch(path.ast(), resource_type, model),
+        _ => true,
     }
 }
 

@@ -447,6 +447,7 @@ async fn bad_expressions_are_clear_errors() {
         ("Condition?_sort=date", "'_sort' is a result parameter"),
         ("Condition?nonsense=1", "supported: "),
         ("Condition?onset-date=yesterday", "expected a date"),
+        ("Condition?code:of-type=a|b|c", "not an Identifier parameter"),
         (
             "Observation?component-code-value-quantity=http://loinc.org|8480-6$gt100",
             "repeating",
