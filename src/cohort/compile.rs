@@ -3,9 +3,10 @@
 //! Every clause becomes a plan yielding `(resource_id, patient)` of the
 //! resources of the searched type that meet it; the clauses of one
 //! expression are semi-joined on the resource id (all must hold for the
-//! same resource). Chains
-//! and `_has` join through the reference index. Only ordinary operators
-//! (scan, filter, projection, semi/anti join, intersect, distinct) are used.
+//! same resource). Chains and `_has` join through the reference index (or,
+//! for a `_has` whose reference the load proved to be the compartment, read
+//! the inner clause's `patient` column). Only ordinary operators (scan,
+//! filter, projection, semi/anti join, intersect, distinct) are used.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use super::CohortError;
 use super::predicate;
 use crate::index::IndexKind;
 use crate::index::columns::{PARAM, PATIENT, RESOURCE_ID};
+use crate::index::writer::CompartmentReferences;
 use crate::search::{Clause, ClauseKind, Modifier, ParamType, SearchParam, SearchQuery, SearchRegistry, SearchValue};
 
 /// Index table providers by (kind, resource type).
@@ -28,15 +30,23 @@ pub type IndexProviders = HashMap<(IndexKind, String), Arc<dyn TableProvider>>;
 /// Builds plans over one set of index tables.
 pub struct Compiler<'a> {
     providers: &'a IndexProviders,
+    compartment_references: &'a CompartmentReferences,
     registry: &'static SearchRegistry,
     next_alias: std::cell::Cell<usize>,
 }
 
 impl<'a> Compiler<'a> {
-    /// A compiler over `providers`.
-    pub fn new(providers: &'a IndexProviders, registry: &'static SearchRegistry) -> Self {
+    /// A compiler over `providers`; `compartment_references` is what the
+    /// snapshot's reference index tables say (see
+    /// [`crate::warehouse::TableEntry::compartment_references`]).
+    pub fn new(
+        providers: &'a IndexProviders,
+        compartment_references: &'a CompartmentReferences,
+        registry: &'static SearchRegistry,
+    ) -> Self {
         Self {
             providers,
+            compartment_references,
             registry,
             next_alias: std::cell::Cell::new(0),
         }
@@ -203,22 +213,24 @@ impl<'a> Compiler<'a> {
                 reference,
                 inner,
             } => {
-                let sources_alias = self.alias("has_source");
-                let targets = self
-                    .clause(source_type, inner)?
-                    .project(vec![col(RESOURCE_ID)])?
-                    .alias(sources_alias.as_str())?
-                    .join(
-                        self.references(source_type, reference, resource_type)?.build()?,
-                        JoinType::RightSemi,
-                        (
-                            vec![Column::new(Some(sources_alias.as_str()), RESOURCE_ID)],
-                            vec![Column::from_name(RESOURCE_ID)],
-                        ),
-                        None,
-                    )?
-                    .project(vec![col("target_id")])?
-                    .distinct()?;
+                let targets = if resource_type == "Patient"
+                    && self
+                        .compartment_references
+                        .get(*source_type)
+                        .is_some_and(|params| params.contains(&reference.code))
+                {
+                    // The load found this parameter's Patient targets to be
+                    // exactly each source resource's compartment, so the
+                    // inner clause's own `patient` column holds them: no
+                    // pass over the type's reference rows (which, for a
+                    // broad inner clause, decodes every reference id).
+                    self.clause(source_type, inner)?
+                        .filter(col(PATIENT).is_not_null())?
+                        .project(vec![col(PATIENT).alias("target_id")])?
+                        .distinct()?
+                } else {
+                    self.has_targets(resource_type, source_type, reference, inner)?
+                };
                 let targets_alias = self.alias("has_target");
                 Ok(targets
                     .alias(targets_alias.as_str())?
@@ -234,6 +246,34 @@ impl<'a> Compiler<'a> {
                     .project(vec![col(RESOURCE_ID), col(PATIENT)])?)
             }
         }
+    }
+
+    /// `target_id` of the `resource_type` resources that `reference` of the
+    /// `source_type` resources meeting `inner` points to, through the
+    /// reference index.
+    fn has_targets(
+        &self,
+        resource_type: &str,
+        source_type: &str,
+        reference: &SearchParam,
+        inner: &Clause,
+    ) -> Result<LogicalPlanBuilder, CohortError> {
+        let sources_alias = self.alias("has_source");
+        Ok(self
+            .clause(source_type, inner)?
+            .project(vec![col(RESOURCE_ID)])?
+            .alias(sources_alias.as_str())?
+            .join(
+                self.references(source_type, reference, resource_type)?.build()?,
+                JoinType::RightSemi,
+                (
+                    vec![Column::new(Some(sources_alias.as_str()), RESOURCE_ID)],
+                    vec![Column::from_name(RESOURCE_ID)],
+                ),
+                None,
+            )?
+            .project(vec![col("target_id")])?
+            .distinct()?)
     }
 
     /// Reference rows of `param` of `resource_type` that point to `target_type`:

@@ -22,6 +22,7 @@ use self::compile::{Compiler, IndexProviders};
 use crate::fhir::parse_reference;
 use crate::index::columns::{PATIENT, RESOURCE_ID};
 use crate::index::parse_index_table_key;
+use crate::index::writer::CompartmentReferences;
 use crate::search::{SearchError, SearchQuery, SearchRegistry, parse_search};
 use crate::warehouse::catalog::{files_provider, new_session, table_provider};
 use crate::warehouse::{Snapshot, TableKind, Warehouse, WarehouseError};
@@ -76,6 +77,8 @@ pub struct CohortEngine {
     snapshot: Snapshot,
     ctx: SessionContext,
     providers: IndexProviders,
+    /// From the reference index entries of the snapshot.
+    compartment_references: CompartmentReferences,
     registry: &'static SearchRegistry,
 }
 
@@ -104,6 +107,7 @@ impl CohortEngine {
         ctx.sql("SET datafusion.execution.parquet.pushdown_filters = true")
             .await?;
         let mut providers = IndexProviders::new();
+        let mut compartment_references = CompartmentReferences::new();
         for (name, entry) in &snapshot.tables {
             if entry.kind != TableKind::Index {
                 continue;
@@ -111,6 +115,10 @@ impl CohortEngine {
             if let Some((kind, resource_type)) = parse_index_table_key(name) {
                 let provider = files_provider(warehouse, &ctx, Some(kind.schema()), &entry.files).await?;
                 providers.insert((kind, resource_type.to_string()), provider);
+                if !entry.compartment_references.is_empty() {
+                    let params = entry.compartment_references.iter().cloned().collect();
+                    compartment_references.insert(resource_type.to_string(), params);
+                }
             }
         }
         Ok(Self {
@@ -118,6 +126,7 @@ impl CohortEngine {
             snapshot,
             ctx,
             providers,
+            compartment_references,
             registry,
         })
     }
@@ -152,7 +161,7 @@ impl CohortEngine {
     /// resources meeting any of `queries` (all of one type): `_typeFilter`
     /// semantics, where filters of one type are ORed.
     pub fn resource_ids_plan(&self, queries: &[SearchQuery]) -> Result<LogicalPlan, CohortError> {
-        let compiler = Compiler::new(&self.providers, self.registry);
+        let compiler = Compiler::new(&self.providers, &self.compartment_references, self.registry);
         let mut plan: Option<LogicalPlanBuilder> = None;
         for query in queries {
             let ids = LogicalPlanBuilder::from(compiler.query(query)?).project(vec![col(RESOURCE_ID)])?;
@@ -252,7 +261,7 @@ impl CohortEngine {
     /// The plan yielding the distinct ids (column `patient`) of the patients
     /// meeting every query, limited to `base` when given.
     pub fn plan(&self, queries: &[SearchQuery], base: Option<&[String]>) -> Result<LogicalPlan, CohortError> {
-        let compiler = Compiler::new(&self.providers, self.registry);
+        let compiler = Compiler::new(&self.providers, &self.compartment_references, self.registry);
         let mut plan: Option<LogicalPlan> = None;
         for query in queries {
             let resources = LogicalPlanBuilder::from(compiler.query(query)?);

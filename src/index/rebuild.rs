@@ -5,15 +5,23 @@ use std::collections::BTreeMap;
 
 use tokio::runtime::Handle;
 
-use super::writer::{IndexOutput, IndexTarget, IndexWriter};
+use super::writer::{CompartmentReferences, IndexOutput, IndexTarget, IndexWriter, combine_compartment_references};
 use crate::fhir::PatientCompartment;
 use crate::search::SearchRegistry;
 use crate::view::materialize::{MaterializeError, scan_resources};
 use crate::warehouse::{DataFile, Warehouse};
 
+/// A rebuilt index of one resource type.
+#[derive(Debug, Default)]
+pub struct RebuiltIndex {
+    /// New files per index table key; a table absent here has no rows.
+    pub tables: BTreeMap<String, IndexOutput>,
+    /// What [`IndexWriter::compartment_references`] found over the whole table.
+    pub compartment_references: CompartmentReferences,
+}
+
 /// Rebuilds every index table of `resource_type` from `files` (its resource
-/// table). Returns the new files per index table key; a table absent from the
-/// result has no rows. Needs a multi-threaded tokio runtime.
+/// table). Needs a multi-threaded tokio runtime.
 pub async fn rebuild_index(
     warehouse: &Warehouse,
     resource_type: &'static str,
@@ -21,7 +29,7 @@ pub async fn rebuild_index(
     token: &str,
     registry: &'static SearchRegistry,
     compartment: &'static PatientCompartment,
-) -> Result<BTreeMap<String, IndexOutput>, MaterializeError> {
+) -> Result<RebuiltIndex, MaterializeError> {
     let handle = Handle::current();
     let root = warehouse.root().clone();
     let make_state = |p: usize| {
@@ -50,7 +58,8 @@ pub async fn rebuild_index(
                 .map(|(mut writer, _)| {
                     scope.spawn(move || {
                         let result = writer.finish();
-                        (writer.into_outputs(), result)
+                        let references = writer.compartment_references();
+                        (writer.into_outputs(), references, result)
                     })
                 })
                 .collect();
@@ -61,8 +70,10 @@ pub async fn rebuild_index(
         })
     })?;
     let mut merged: BTreeMap<String, IndexOutput> = BTreeMap::new();
+    let mut compartment_references = CompartmentReferences::new();
     let mut failure = None;
-    for (outputs, result) in finished {
+    for (outputs, references, result) in finished {
+        combine_compartment_references(&mut compartment_references, references);
         if let Err(e) = result {
             failure.get_or_insert(e);
         }
@@ -77,5 +88,8 @@ pub async fn rebuild_index(
         warehouse.delete_files(&written).await;
         return Err(MaterializeError::Sink(e.to_string()));
     }
-    Ok(merged)
+    Ok(RebuiltIndex {
+        tables: merged,
+        compartment_references,
+    })
 }

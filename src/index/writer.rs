@@ -2,15 +2,15 @@
 //! owns one [`IndexWriter`], which buffers rows per (kind, resource type) and
 //! writes them as sorted runs into one Parquet file per table.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tokio::runtime::Handle;
 
 use super::buffer::IndexBuffer;
 use super::{IndexKind, index_table_key};
 use crate::json::JsonValue;
-use crate::search::SearchRegistry;
 use crate::search::extract::{IndexValue, TypeIndexer};
+use crate::search::{ParamType, SearchRegistry};
 use crate::store::StoreLocation;
 use crate::warehouse::DataFile;
 use crate::warehouse::parquet_file::{ParquetFileWriter, index_writer_properties, scratch_writer_properties};
@@ -61,6 +61,25 @@ pub struct IndexOutput {
     pub rows: u64,
 }
 
+/// Per resource type, the reference parameters whose Patient targets were
+/// exactly the Patient compartment of every resource indexed (see
+/// [`IndexWriter::compartment_references`]).
+pub type CompartmentReferences = BTreeMap<String, BTreeSet<String>>;
+
+/// Adds what another writer found for other resources to `into`: a
+/// parameter holds for a type only if it held in every writer that saw the
+/// type.
+pub fn combine_compartment_references(into: &mut CompartmentReferences, other: CompartmentReferences) {
+    for (resource_type, params) in other {
+        match into.entry(resource_type) {
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(params);
+            }
+            std::collections::btree_map::Entry::Occupied(mut slot) => slot.get_mut().retain(|p| params.contains(p)),
+        }
+    }
+}
+
 /// Indexes resources and writes the index tables.
 pub struct IndexWriter<'a> {
     target: IndexTarget<'a>,
@@ -70,6 +89,11 @@ pub struct IndexWriter<'a> {
     values: Vec<(&'static str, IndexValue)>,
     outputs: BTreeMap<String, IndexOutput>,
     failures: u64,
+    /// Per type seen: the reference parameters (that may target a Patient)
+    /// whose Patient targets equalled the compartment of every resource so far.
+    compartment_references: HashMap<&'static str, Vec<&'static str>>,
+    /// Scratch: which compartment patients a parameter's targets covered.
+    covered: Vec<bool>,
 }
 
 impl<'a> IndexWriter<'a> {
@@ -83,6 +107,8 @@ impl<'a> IndexWriter<'a> {
             values: Vec::new(),
             outputs: BTreeMap::new(),
             failures: 0,
+            compartment_references: HashMap::new(),
+            covered: Vec::new(),
         }
     }
 
@@ -105,6 +131,11 @@ impl<'a> IndexWriter<'a> {
         // A parameter whose expression fails on this resource is skipped: the
         // resource is valid FHIR, and the other parameters still index it.
         self.failures += indexer.index_lenient(resource, &mut self.values);
+        let alive = self
+            .compartment_references
+            .entry(resource_type)
+            .or_insert_with(|| patient_reference_params(registry, resource_type));
+        alive.retain(|&param| targets_are_compartment(param, &self.values, patients, &mut self.covered));
         for (param, value) in &self.values {
             let kind = kind_of(value);
             let table = self.tables.entry((kind, resource_type)).or_insert_with(|| IndexTable {
@@ -132,6 +163,18 @@ impl<'a> IndexWriter<'a> {
             self.write_run(key, false)?;
         }
         Ok(())
+    }
+
+    /// Per resource type indexed, the reference parameters whose Patient (or
+    /// untyped) targets were exactly the Patient compartment of every
+    /// resource. A `_has` through such a parameter can read the compartment
+    /// column of its inner clause instead of joining the type's reference
+    /// rows (docs/architecture.md, "Cohort compiler").
+    pub fn compartment_references(&self) -> CompartmentReferences {
+        self.compartment_references
+            .iter()
+            .map(|(t, params)| (t.to_string(), params.iter().map(|p| p.to_string()).collect()))
+            .collect()
     }
 
     /// Parameter evaluations that failed (and were skipped) so far.
@@ -200,6 +243,46 @@ impl<'a> IndexWriter<'a> {
     pub fn into_outputs(self) -> BTreeMap<String, IndexOutput> {
         self.outputs
     }
+}
+
+/// The supported reference parameters of `resource_type` that may target a Patient.
+fn patient_reference_params(registry: &'static SearchRegistry, resource_type: &str) -> Vec<&'static str> {
+    registry
+        .supported(resource_type)
+        .into_iter()
+        .filter(|p| {
+            p.param_type == ParamType::Reference && (p.targets.is_empty() || p.targets.iter().any(|t| t == "Patient"))
+        })
+        .map(|p| p.code.as_str())
+        .collect()
+}
+
+/// Whether the targets of `param` among `values` that are Patients or of
+/// unknown type are exactly `patients` (the resource's compartment).
+fn targets_are_compartment(
+    param: &str,
+    values: &[(&'static str, IndexValue)],
+    patients: &[String],
+    covered: &mut Vec<bool>,
+) -> bool {
+    covered.clear();
+    covered.resize(patients.len(), false);
+    for (code, value) in values {
+        if *code != param {
+            continue;
+        }
+        let IndexValue::Reference { resource_type, id } = value else {
+            continue;
+        };
+        if resource_type.as_deref().is_some_and(|t| t != "Patient") {
+            continue;
+        }
+        match patients.iter().position(|p| p == id) {
+            Some(i) => covered[i] = true,
+            None => return false,
+        }
+    }
+    covered.iter().all(|&c| c)
 }
 
 fn kind_of(value: &IndexValue) -> IndexKind {

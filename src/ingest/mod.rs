@@ -32,8 +32,8 @@ use self::worker::{WorkerContext, WorkerOutput, run_worker};
 use crate::fhir::{DefinitionError, PatientCompartment, ResourceTypes};
 use crate::index::compact::compact;
 use crate::index::rebuild::rebuild_index;
-use crate::index::writer::IndexWriteError;
-use crate::index::{INDEX_TABLE_PREFIX, parse_index_table_key};
+use crate::index::writer::{CompartmentReferences, IndexWriteError, combine_compartment_references};
+use crate::index::{INDEX_TABLE_PREFIX, IndexKind, parse_index_table_key};
 use crate::search::SearchRegistry;
 use crate::store::StoreError;
 use crate::view::catalog::view_table_key;
@@ -264,7 +264,9 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
     let mut new_files: BTreeMap<String, (Vec<DataFile>, u64)> = BTreeMap::new();
     // Deleted ids per type: (id, load_seq of the deleting line).
     let mut deletions: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
+    let mut compartment_references = CompartmentReferences::new();
     for output in outputs {
+        combine_compartment_references(&mut compartment_references, output.compartment_references);
         for deletion in output.deletions {
             deletions
                 .entry(deletion.resource_type.to_string())
@@ -340,10 +342,7 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
                 merged_files.extend(out.iter().cloned());
                 out
             };
-            let entry = TableEntry {
-                kind,
-                files: table_files,
-            };
+            let entry = TableEntry::new(kind, table_files);
             report.tables.insert(
                 name.clone(),
                 TableReport {
@@ -372,10 +371,7 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
             let entry = snapshot
                 .tables
                 .entry(TOMBSTONES_TABLE.to_string())
-                .or_insert_with(|| TableEntry {
-                    kind: TableKind::Tombstones,
-                    files: Vec::new(),
-                });
+                .or_insert_with(|| TableEntry::new(TableKind::Tombstones, Vec::new()));
             entry.files.push(file);
             report.tables.insert(
                 TOMBSTONES_TABLE.to_string(),
@@ -410,10 +406,7 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
             for (&i, files) in indexes.iter().zip(rebuilt) {
                 merged_files.extend(files.iter().cloned());
                 let key = view_table_key(views.name(i));
-                let entry = TableEntry {
-                    kind: TableKind::View,
-                    files,
-                };
+                let entry = TableEntry::new(TableKind::View, files);
                 let loaded = new_files.get(&key).map_or(0, |(_, n)| *n);
                 report.tables.insert(
                     key.clone(),
@@ -430,10 +423,7 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
             if report.tables.contains_key(name) {
                 continue;
             }
-            let entry = TableEntry {
-                kind: TableKind::View,
-                files: files.clone(),
-            };
+            let entry = TableEntry::new(TableKind::View, files.clone());
             report.tables.insert(
                 name.clone(),
                 TableReport {
@@ -463,7 +453,10 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
                 snapshot
                     .tables
                     .retain(|key, _| parse_index_table_key(key).is_none_or(|(_, t)| t != resource_type));
-                for (key, output) in rebuilt {
+                // The rebuild saw every resource of the type, old and new.
+                let found = rebuilt.compartment_references.get(resource_type).cloned();
+                compartment_references.insert(resource_type.to_string(), found.unwrap_or_default());
+                for (key, output) in rebuilt.tables {
                     index_runs.insert(key, (output.files, true));
                 }
             }
@@ -514,11 +507,19 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
                 superseded_runs.extend(runs.iter().filter(|r| !files.contains(r)).cloned());
                 merged_files.extend(files.iter().cloned());
                 let loaded = new_files.get(&key).map_or(0, |(_, n)| *n);
-                let entry = snapshot.tables.entry(key.clone()).or_insert_with(|| TableEntry {
-                    kind: TableKind::Index,
-                    files: Vec::new(),
-                });
+                let entry = snapshot
+                    .tables
+                    .entry(key.clone())
+                    .or_insert_with(|| TableEntry::new(TableKind::Index, Vec::new()));
                 entry.files.extend(files);
+                // Index tables in this loop are new or rebuilt whole, so
+                // what the writers found holds for the whole table.
+                if let Some((IndexKind::Reference, resource_type)) = parse_index_table_key(&key) {
+                    entry.compartment_references = compartment_references
+                        .get(resource_type)
+                        .map(|params| params.iter().cloned().collect())
+                        .unwrap_or_default();
+                }
                 report.tables.insert(
                     key,
                     TableReport {

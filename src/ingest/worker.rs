@@ -16,7 +16,7 @@ use super::reader::{Chunk, Work};
 use super::record::{RejectReason, deletions, validate};
 use super::source::SourceFile;
 use crate::fhir::{PatientCompartment, ResourceTypes};
-use crate::index::writer::{IndexTarget, IndexWriter};
+use crate::index::writer::{CompartmentReferences, IndexTarget, IndexWriter};
 use crate::json;
 use crate::search::SearchRegistry;
 use crate::store::StoreLocation;
@@ -96,6 +96,8 @@ pub struct WorkerOutput {
     pub tables: BTreeMap<String, TableOutput>,
     /// Resources deleted by deletion Bundle lines.
     pub deletions: Vec<Deletion>,
+    /// What the index writer found (see [`IndexWriter::compartment_references`]).
+    pub compartment_references: CompartmentReferences,
 }
 
 /// Why a line produced no row.
@@ -486,6 +488,11 @@ impl<'a> Worker<'a> {
                 tables.insert(view_table_key(self.ctx.views.name(i)), output);
             }
         }
+        let compartment_references = self
+            .search_index
+            .as_ref()
+            .map(IndexWriter::compartment_references)
+            .unwrap_or_default();
         // Index runs are reported also after a failure, so they get deleted.
         if let Some(index) = self.search_index {
             for (key, output) in index.into_outputs() {
@@ -501,6 +508,7 @@ impl<'a> Worker<'a> {
         WorkerOutput {
             tables,
             deletions: self.deletions,
+            compartment_references,
         }
     }
 }

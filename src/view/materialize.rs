@@ -105,10 +105,7 @@ where
         return Ok(Vec::new());
     }
     let ctx = new_session()?;
-    let entry = TableEntry {
-        kind: TableKind::Resource,
-        files: files.to_vec(),
-    };
+    let entry = TableEntry::new(TableKind::Resource, files.to_vec());
     ctx.register_table(
         "scan_source",
         table_provider(warehouse, &ctx, "", &entry)

@@ -53,9 +53,26 @@ pub struct TableEntry {
     pub kind: TableKind,
     /// Data files, relative to the warehouse root.
     pub files: Vec<DataFile>,
+    /// Reference index tables only: the reference parameters whose Patient
+    /// targets were, for every resource of the type, exactly its Patient
+    /// compartment (checked by the load that wrote the table). A `_has`
+    /// through one of them reads its inner clause's `patient` column instead
+    /// of the type's reference rows. Empty: none known (also in tables
+    /// written before this existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compartment_references: Vec<String>,
 }
 
 impl TableEntry {
+    /// An entry of `kind` made of `files`.
+    pub fn new(kind: TableKind, files: Vec<DataFile>) -> Self {
+        Self {
+            kind,
+            files,
+            compartment_references: Vec::new(),
+        }
+    }
+
     /// Total rows over all files.
     pub fn rows(&self) -> u64 {
         self.files.iter().map(|f| f.rows).sum()

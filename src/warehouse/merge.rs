@@ -28,10 +28,7 @@ const SOURCE: &str = "merge_source";
 
 async fn source_session(warehouse: &Warehouse, files: &[DataFile]) -> Result<SessionContext, WarehouseError> {
     let ctx = new_session()?;
-    let entry = TableEntry {
-        kind: TableKind::Resource,
-        files: files.to_vec(),
-    };
+    let entry = TableEntry::new(TableKind::Resource, files.to_vec());
     ctx.register_table(SOURCE, table_provider(warehouse, &ctx, "", &entry).await?)?;
     Ok(ctx)
 }

@@ -404,6 +404,80 @@ async fn chains_has_and_several_filters() {
     assert_eq!(f.patients(&[]).await, ["p1", "p2", "p3", "p4"]);
 }
 
+async fn patients(engine: &CohortEngine, filter: &str) -> Vec<String> {
+    engine.evaluate(&[filter], None).await.expect(filter).patients
+}
+
+/// `_has` reads the inner clause's compartment column only for reference
+/// parameters the load found to target exactly each resource's compartment;
+/// a later load that breaks this (an Observation performed by another
+/// patient) must turn it off, or `_has:Observation:patient` would also find
+/// the performer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn has_reads_compartments_only_where_the_load_proved_them_equal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, lines: &[&str]| {
+        let folder = dir.path().join(name);
+        std::fs::create_dir(&folder).expect("mkdir");
+        std::fs::write(folder.join("data.ndjson"), lines.join("\n")).expect("write");
+        folder
+    };
+    let first = write(
+        "first",
+        &[
+            r#"{"resourceType":"Patient","id":"p1"}"#,
+            r#"{"resourceType":"Patient","id":"p2"}"#,
+            r#"{"resourceType":"Observation","id":"o1","status":"final","subject":{"reference":"Patient/p1"},"code":{"coding":[{"code":"a"}]}}"#,
+            r#"{"resourceType":"Observation","id":"o2","status":"final","subject":{"reference":"Patient/p2"},"code":{"coding":[{"code":"b"}]}}"#,
+        ],
+    );
+    let second = write(
+        "second",
+        &[
+            r#"{"resourceType":"Observation","id":"o3","status":"final","subject":{"reference":"Patient/p1"},"performer":[{"reference":"Patient/p2"}],"code":{"coding":[{"code":"c"}]}}"#,
+        ],
+    );
+    let warehouse = Warehouse::open(&dir.path().join("wh").display().to_string()).expect("warehouse");
+    let references = |snapshot: &fhirlake::warehouse::Snapshot| {
+        snapshot.tables["index/reference/Observation"]
+            .compartment_references
+            .clone()
+    };
+
+    load_into(&warehouse, &[&first], false).await;
+    let engine = CohortEngine::open(&warehouse).await.expect("engine");
+    assert_eq!(references(engine.snapshot()), ["patient", "subject"]);
+    assert_eq!(
+        patients(&engine, "Patient?_has:Observation:patient:code=a").await,
+        ["p1"]
+    );
+    assert_eq!(
+        patients(&engine, "Patient?_has:Observation:subject:code=b").await,
+        ["p2"]
+    );
+
+    // o3 is in the compartments of p1 (subject) and p2 (performer).
+    load_into(&warehouse, &[&second], false).await;
+    let engine = CohortEngine::open(&warehouse).await.expect("engine");
+    assert!(
+        references(engine.snapshot()).is_empty(),
+        "{:?}",
+        references(engine.snapshot())
+    );
+    assert_eq!(
+        patients(&engine, "Patient?_has:Observation:patient:code=c").await,
+        ["p1"]
+    );
+    assert_eq!(
+        patients(&engine, "Patient?_has:Observation:performer:code=c").await,
+        ["p2"]
+    );
+    assert_eq!(
+        patients(&engine, "Patient?_has:Observation:patient:code=a").await,
+        ["p1"]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn base_groups_expand_recursively() {
     let f = fixture().await;
