@@ -21,6 +21,8 @@ struct Run {
     resources: u64,
     seconds: f64,
     peak_rss_mib: f64,
+    /// fhirlake's own account of where the load's time went (`stages`).
+    stages: Option<serde_json::Value>,
 }
 
 impl Run {
@@ -51,6 +53,7 @@ fn fhirlake_load(data: &Path, work: &Path, name: &str, views: bool) -> Run {
         resources: report["resources"].as_u64().unwrap_or(0),
         seconds,
         peak_rss_mib: rss,
+        stages: Some(report["stages"].clone()),
     }
 }
 
@@ -82,6 +85,7 @@ fn duckdb(script: &str, data: &Path, work: &Path, name: &str) -> Option<Run> {
         resources,
         seconds: inner_seconds,
         peak_rss_mib: rss,
+        stages: None,
     })
 }
 
@@ -138,6 +142,22 @@ fn main() {
             r.peak_rss_mib
         );
     }
+    for r in &runs {
+        if let Some(st) = &r.stages {
+            let f = |k: &str| st[k].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "{} / {}: read {:.2} s (worker s: parse {:.2}, views {:.2}, index {:.2}, tables {:.2}), merge and commit {:.2} s",
+                r.dataset,
+                r.tool,
+                f("read_seconds"),
+                f("parse_seconds"),
+                f("views_seconds"),
+                f("index_seconds"),
+                f("tables_seconds"),
+                f("finish_seconds"),
+            );
+        }
+    }
     let mut json = Vec::new();
     for dataset in runs
         .iter()
@@ -158,7 +178,7 @@ fn main() {
     for r in &runs {
         json.push(
             serde_json::json!({"dataset": r.dataset, "tool": r.tool, "input_mib": r.input_mib, "resources": r.resources,
-            "seconds": r.seconds, "mib_per_s": r.mib_per_s(), "peak_rss_mib": r.peak_rss_mib}),
+            "seconds": r.seconds, "mib_per_s": r.mib_per_s(), "peak_rss_mib": r.peak_rss_mib, "stages": r.stages}),
         );
     }
     let _ = std::fs::write(

@@ -17,6 +17,11 @@ use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use std::sync::{Arc, Mutex};
 
+/// mimalloc: the load allocates and frees a JSON tree per resource on every
+/// core, where glibc's allocator cost ~14 % of the CPU.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// FHIR R4 bulk data → columnar warehouse, SQL, Bulk Cohort API and $export.
 #[derive(Parser)]
 #[command(name = "fhirlake", version, about)]
@@ -805,6 +810,12 @@ fn print_load_summary(out: &mut impl Write, warehouse: &str, r: &LoadReport) -> 
         r.mib_per_second(),
         r.resources as f64 / r.seconds.max(1e-9),
         r.rejected
+    )?;
+    let st = &r.stages;
+    writeln!(
+        out,
+        "read {:.2} s (worker time: parse {:.2} s, views {:.2} s, index {:.2} s, tables {:.2} s), then merge and commit {:.2} s",
+        st.read_seconds, st.parse_seconds, st.views_seconds, st.index_seconds, st.tables_seconds, st.finish_seconds
     )?;
     writeln!(out, "warehouse {warehouse} is now at version {}", r.version)?;
     writeln!(out, "{:<28} {:>12} {:>12}", "table", "loaded", "rows")?;

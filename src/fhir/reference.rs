@@ -29,7 +29,9 @@ pub fn parse_reference(reference: &str) -> Option<ReferenceTarget<'_>> {
     if reference.starts_with('#') || reference.contains('?') {
         return None;
     }
-    let path = match reference.find("/_history/") {
+    // Most references have no version: a byte scan for `_` rules that out
+    // before the (costlier) substring search.
+    let path = match memchr::memchr(b'_', reference.as_bytes()).and_then(|_| reference.find("/_history/")) {
         Some(i) => &reference[..i],
         None => reference,
     };

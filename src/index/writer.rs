@@ -2,12 +2,13 @@
 //! owns one [`IndexWriter`], which buffers rows per (kind, resource type) and
 //! writes them as sorted runs into one Parquet file per table.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use tokio::runtime::Handle;
 
 use super::buffer::IndexBuffer;
 use super::{IndexKind, index_table_key};
+use crate::fhir::model::FastMap;
 use crate::json::JsonValue;
 use crate::search::extract::{IndexValue, TypeIndexer};
 use crate::search::{ParamType, SearchRegistry};
@@ -84,14 +85,18 @@ pub fn combine_compartment_references(into: &mut CompartmentReferences, other: C
 pub struct IndexWriter<'a> {
     target: IndexTarget<'a>,
     registry: &'static SearchRegistry,
-    indexers: HashMap<&'static str, TypeIndexer<'static>>,
-    tables: BTreeMap<(IndexKind, &'static str), IndexTable>,
+    indexers: FastMap<&'static str, TypeIndexer<'static>>,
+    /// Looked up for every index value, so hashed (a B-tree compared type
+    /// names several times per value).
+    tables: FastMap<(IndexKind, &'static str), IndexTable>,
+    /// Bytes held by all of `tables`.
+    buffered: usize,
     values: Vec<(&'static str, IndexValue)>,
     outputs: BTreeMap<String, IndexOutput>,
     failures: u64,
     /// Per type seen: the reference parameters (that may target a Patient)
     /// whose Patient targets equalled the compartment of every resource so far.
-    compartment_references: HashMap<&'static str, Vec<&'static str>>,
+    compartment_references: FastMap<&'static str, Vec<&'static str>>,
     /// Scratch: which compartment patients a parameter's targets covered.
     covered: Vec<bool>,
 }
@@ -102,12 +107,13 @@ impl<'a> IndexWriter<'a> {
         Self {
             target,
             registry,
-            indexers: HashMap::new(),
-            tables: BTreeMap::new(),
+            indexers: FastMap::default(),
+            tables: FastMap::default(),
+            buffered: 0,
             values: Vec::new(),
             outputs: BTreeMap::new(),
             failures: 0,
-            compartment_references: HashMap::new(),
+            compartment_references: FastMap::default(),
             covered: Vec::new(),
         }
     }
@@ -136,30 +142,29 @@ impl<'a> IndexWriter<'a> {
             .entry(resource_type)
             .or_insert_with(|| patient_reference_params(registry, resource_type));
         alive.retain(|&param| targets_are_compartment(param, &self.values, patients, &mut self.covered));
+        let mut full = None;
         for (param, value) in &self.values {
             let kind = kind_of(value);
             let table = self.tables.entry((kind, resource_type)).or_insert_with(|| IndexTable {
                 buffer: IndexBuffer::new(kind, resource_type),
             });
+            let before = table.buffer.bytes();
             table.buffer.append(param, value, id, patients);
+            self.buffered += table.buffer.bytes() - before;
+            if table.buffer.rows() >= RUN_ROWS {
+                full = Some((kind, resource_type));
+            }
         }
-        let buffered: usize = self.tables.values().map(|t| t.buffer.bytes()).sum();
-        if buffered > BUFFER_BUDGET
+        if let Some(key) = full {
+            self.write_run(key, false)?;
+        }
+        if self.buffered > BUFFER_BUDGET
             && let Some(key) = self
                 .tables
                 .iter()
                 .max_by_key(|(_, t)| t.buffer.bytes())
                 .map(|(k, _)| *k)
         {
-            self.write_run(key, false)?;
-        }
-        let full: Vec<_> = self
-            .tables
-            .iter()
-            .filter(|(_, t)| t.buffer.rows() >= RUN_ROWS)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in full {
             self.write_run(key, false)?;
         }
         Ok(())
@@ -193,6 +198,7 @@ impl<'a> IndexWriter<'a> {
         if table.buffer.rows() == 0 {
             return Ok(());
         }
+        self.buffered -= table.buffer.bytes();
         let batch = table.buffer.take_sorted()?;
         let table_key = index_table_key(key.0, key.1);
         let output = self.outputs.entry(table_key.clone()).or_default();
@@ -231,7 +237,8 @@ impl<'a> IndexWriter<'a> {
 
     /// Writes what is buffered as final runs.
     pub fn finish(&mut self) -> Result<(), IndexWriteError> {
-        let keys: Vec<_> = self.tables.keys().copied().collect();
+        let mut keys: Vec<_> = self.tables.keys().copied().collect();
+        keys.sort_unstable();
         for key in keys {
             self.write_run(key, true)?;
         }

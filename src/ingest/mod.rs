@@ -28,7 +28,7 @@ pub use record::RejectReason;
 pub use source::{SourceFile, discover};
 
 use self::progress::{Progress, ProgressDisplay};
-use self::worker::{WorkerContext, WorkerOutput, run_worker};
+use self::worker::{StageTimes, WorkerContext, WorkerOutput, run_worker};
 use crate::fhir::{DefinitionError, PatientCompartment, ResourceTypes};
 use crate::index::compact::compact;
 use crate::index::rebuild::rebuild_index;
@@ -177,8 +177,29 @@ pub struct LoadReport {
     pub rejected: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
+    /// Where the time went.
+    pub stages: LoadStages,
     /// Per table.
     pub tables: BTreeMap<String, TableReport>,
+}
+
+/// Where a load's time went, in seconds. The per-stage figures are worker
+/// time summed over the parse workers (about CPU time: one worker per core);
+/// reading and gunzipping run on their own threads and are not in them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoadStages {
+    /// Wall time until every line was read and turned into rows and runs.
+    pub read_seconds: f64,
+    /// Wall time after that: duplicate checks, merges, index compaction, commit.
+    pub finish_seconds: f64,
+    /// Worker time parsing and validating JSON.
+    pub parse_seconds: f64,
+    /// Worker time computing and writing view rows.
+    pub views_seconds: f64,
+    /// Worker time extracting index values and writing sorted runs.
+    pub index_seconds: f64,
+    /// Worker time building and writing the resource tables.
+    pub tables_seconds: f64,
 }
 
 impl LoadReport {
@@ -265,8 +286,10 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
     // Deleted ids per type: (id, load_seq of the deleting line).
     let mut deletions: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
     let mut compartment_references = CompartmentReferences::new();
+    let mut stages = StageTimes::default();
     for output in outputs {
         combine_compartment_references(&mut compartment_references, output.compartment_references);
+        stages.add(&output.stages);
         for deletion in output.deletions {
             deletions
                 .entry(deletion.resource_type.to_string())
@@ -294,6 +317,14 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
         ndjson_bytes: progress.ndjson_bytes.load(Ordering::Relaxed),
         resources: progress.resources.load(Ordering::Relaxed),
         rejected: progress.rejected.load(Ordering::Relaxed),
+        stages: LoadStages {
+            read_seconds: started.elapsed().as_secs_f64(),
+            parse_seconds: stages.parse.as_secs_f64(),
+            views_seconds: stages.views.as_secs_f64(),
+            index_seconds: stages.index.as_secs_f64(),
+            tables_seconds: stages.tables.as_secs_f64(),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let all_new: Vec<DataFile> = new_files.values().flat_map(|(f, _)| f.clone()).collect();
@@ -564,6 +595,7 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
     warehouse.delete_files(&superseded).await;
     report.version = version;
     report.seconds = started.elapsed().as_secs_f64();
+    report.stages.finish_seconds = report.seconds - report.stages.read_seconds;
     Ok(report)
 }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 
@@ -89,6 +90,31 @@ pub struct Deletion {
     pub load_seq: i64,
 }
 
+/// Time one worker spent in each stage of turning lines into tables: wall
+/// time of its thread, which with one worker per core is about its CPU time.
+/// Reading and gunzipping run on other threads and are not counted.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StageTimes {
+    /// JSON parsing and validation.
+    pub parse: Duration,
+    /// View rows: FHIRPath evaluation, Arrow batches, Parquet encoding.
+    pub views: Duration,
+    /// Search index: extraction, sorting and writing runs.
+    pub index: Duration,
+    /// Resource tables: compartments, Arrow batches, Parquet encoding.
+    pub tables: Duration,
+}
+
+impl StageTimes {
+    /// Adds another worker's times.
+    pub fn add(&mut self, other: &StageTimes) {
+        self.parse += other.parse;
+        self.views += other.views;
+        self.index += other.index;
+        self.tables += other.tables;
+    }
+}
+
 /// Everything a worker wrote (also on failure, so the caller can delete it).
 #[derive(Debug, Default)]
 pub struct WorkerOutput {
@@ -98,6 +124,8 @@ pub struct WorkerOutput {
     pub deletions: Vec<Deletion>,
     /// What the index writer found (see [`IndexWriter::compartment_references`]).
     pub compartment_references: CompartmentReferences,
+    /// Where the worker's time went.
+    pub stages: StageTimes,
 }
 
 /// Why a line produced no row.
@@ -130,6 +158,7 @@ struct Worker<'a> {
     view_outputs: Vec<TableOutput>,
     search_index: Option<IndexWriter<'a>>,
     deletions: Vec<Deletion>,
+    stages: StageTimes,
 }
 
 /// Runs worker `index` until the channel closes. On error, the error is
@@ -160,6 +189,7 @@ pub fn run_worker(
             IndexWriter::new(target, registry)
         }),
         deletions: Vec::new(),
+        stages: StageTimes::default(),
     };
     let mut error = None;
     loop {
@@ -235,6 +265,7 @@ impl<'a> Worker<'a> {
             Err(RowError::Reject(reason)) => return Ok(Err(reason)),
             Err(RowError::Fatal(error)) => return Err(error),
         };
+        let started = (!view_rows.is_empty()).then(Instant::now);
         for (i, rows) in view_rows {
             self.view_outputs[i].resources += rows.len() as u64;
             if let Some(batch) = self
@@ -245,13 +276,18 @@ impl<'a> Worker<'a> {
                 self.write_view(i, &batch)?;
             }
         }
+        if let Some(started) = started {
+            self.stages.views += started.elapsed();
+        }
         let full = self
             .tables
             .get(name)
             .is_some_and(|t| t.builder.bytes() >= BATCH_BYTES || t.builder.rows() >= BATCH_ROWS);
         if full {
+            let started = Instant::now();
             self.flush_table(name, false)?;
             self.enforce_memory_budget()?;
+            self.stages.tables += started.elapsed();
         }
         Ok(Ok(()))
     }
@@ -304,6 +340,7 @@ impl<'a> Worker<'a> {
     /// its views (computed before anything is buffered, so a view error
     /// leaves no partial output).
     fn append_row(&mut self, file: usize, line_no: u64, text: &str) -> Result<(&'static str, ViewRows), RowError> {
+        let started = Instant::now();
         let value = json::parse(text).map_err(|e| RowError::Reject(e.into()))?;
         let seq = ((file as i64) << 32) | (line_no as i64 & 0xFFFF_FFFF);
         if let Some(deleted) = deletions(&value, self.ctx.types).map_err(RowError::Reject)? {
@@ -316,6 +353,8 @@ impl<'a> Worker<'a> {
             return Ok((TOMBSTONES_TABLE, Vec::new()));
         }
         let header = validate(&value, self.ctx.types).map_err(RowError::Reject)?;
+        let parsed = Instant::now();
+        self.stages.parse += parsed - started;
         let mut view_rows = Vec::new();
         for &i in self.ctx.views.for_type(header.resource_type) {
             let rows = self.ctx.runners[i].rows(&value).map_err(|e| {
@@ -326,6 +365,8 @@ impl<'a> Worker<'a> {
             })?;
             view_rows.push((i, rows));
         }
+        let viewed = Instant::now();
+        self.stages.views += viewed - parsed;
         self.patients.clear();
         self.ctx
             .compartment
@@ -336,10 +377,13 @@ impl<'a> Worker<'a> {
             output: TableOutput::default(),
         });
         table.builder.append(&header, seq, &self.patients, text);
+        let appended = Instant::now();
+        self.stages.tables += appended - viewed;
         if let Some(index) = self.search_index.as_mut() {
             index
                 .add(header.resource_type, &value, &self.patients)
                 .map_err(|e| RowError::Fatal(e.into()))?;
+            self.stages.index += appended.elapsed();
         }
         self.ctx.progress.resources.fetch_add(1, Ordering::Relaxed);
         // A type seen by this worker gets a file for each of its views, even an empty one.
@@ -432,6 +476,7 @@ impl<'a> Worker<'a> {
     }
 
     fn close(&mut self) -> Result<(), IngestError> {
+        let started = Instant::now();
         let names: Vec<&'static str> = self.tables.keys().copied().collect();
         for name in names {
             self.flush_table(name, true)?;
@@ -440,6 +485,8 @@ impl<'a> Worker<'a> {
         if let Some(w) = self.rejects_writer.take() {
             self.rejects_output.files.push(w.finish()?);
         }
+        let tables_closed = Instant::now();
+        self.stages.tables += tables_closed - started;
         for i in 0..self.view_writers.len() {
             if self.view_writers[i].is_none() {
                 continue;
@@ -452,8 +499,11 @@ impl<'a> Worker<'a> {
                 self.view_outputs[i].files.extend(w.finish()?);
             }
         }
+        let views_closed = Instant::now();
+        self.stages.views += views_closed - tables_closed;
         if let Some(index) = self.search_index.as_mut() {
             index.finish()?;
+            self.stages.index += views_closed.elapsed();
         }
         Ok(())
     }
@@ -509,6 +559,7 @@ impl<'a> Worker<'a> {
             tables,
             deletions: self.deletions,
             compartment_references,
+            stages: self.stages,
         }
     }
 }

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
-use crate::fhir::search_parameters::definitions;
 pub use crate::fhir::search_parameters::{ParamType, split_union};
+use crate::fhir::search_parameters::{SearchParameterDefinition, definitions};
 use crate::fhir::{DefinitionError, ResourceTypes};
 use crate::fhirpath::FhirPath;
 
@@ -47,11 +47,23 @@ impl SearchParam {
     }
 }
 
-/// All search parameters of all resource types.
+/// All search parameters of all resource types. A type's parameters (and
+/// their FHIRPath expressions) are built the first time the type is asked
+/// for: a CLI cohort touches a few of the 146 types, and building them all
+/// was most of its start-up.
 #[derive(Debug)]
 pub struct SearchRegistry {
-    by_type: HashMap<&'static str, BTreeMap<String, SearchParam>>,
+    by_type: HashMap<&'static str, TypeParams>,
     by_url: HashMap<String, (String, ParamType)>,
+}
+
+/// The parameters of one resource type.
+#[derive(Debug)]
+struct TypeParams {
+    /// The definitions that apply to the type.
+    definitions: Vec<&'static SearchParameterDefinition>,
+    /// Built on first use.
+    params: OnceLock<BTreeMap<String, SearchParam>>,
 }
 
 /// True if branch `branch` of a shared expression applies to `resource_type`.
@@ -61,6 +73,39 @@ fn branch_applies(branch: &str, resource_type: &str) -> bool {
         b.strip_prefix(t)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with(' '))
     })
+}
+
+/// `def` as it applies to `resource_type`: the branches of its expression
+/// for that type, parsed.
+fn param_for(def: &SearchParameterDefinition, resource_type: &str) -> SearchParam {
+    let expression = def.expression.as_deref().unwrap_or_default();
+    let branches: Vec<&str> = split_union(expression)
+        .into_iter()
+        .filter(|b| branch_applies(b, resource_type))
+        .collect();
+    let text = branches.join(" | ");
+    let path = if text.is_empty() {
+        None
+    } else {
+        FhirPath::parse(&text).ok()
+    };
+    let components = def
+        .component
+        .iter()
+        .map(|c| Component {
+            definition: c.definition.clone(),
+            expression: c.expression.clone(),
+        })
+        .collect();
+    SearchParam {
+        code: def.code.clone(),
+        param_type: def.param_type,
+        expression: text,
+        path,
+        targets: def.target.clone(),
+        components,
+        url: def.url.clone(),
+    }
 }
 
 impl SearchRegistry {
@@ -79,7 +124,7 @@ impl SearchRegistry {
             file: "data/fhir-r4/elements-r4.json",
             message: e.to_string(),
         })?;
-        let mut by_type: HashMap<&'static str, BTreeMap<String, SearchParam>> = HashMap::new();
+        let mut by_type: HashMap<&'static str, TypeParams> = HashMap::new();
         let mut by_url = HashMap::new();
         for def in definitions {
             by_url.insert(def.url.clone(), (def.code.clone(), def.param_type));
@@ -89,52 +134,40 @@ impl SearchRegistry {
                 def.base.iter().filter_map(|b| types.get(b)).collect()
             };
             for resource_type in bases {
-                let expression = def.expression.as_deref().unwrap_or_default();
-                let branches: Vec<&str> = split_union(expression)
-                    .into_iter()
-                    .filter(|b| branch_applies(b, resource_type))
-                    .collect();
-                let text = branches.join(" | ");
-                let path = if text.is_empty() {
-                    None
-                } else {
-                    FhirPath::parse(&text).ok()
-                };
-                let targets = def.target.clone();
-                let components = def
-                    .component
-                    .iter()
-                    .map(|c| Component {
-                        definition: c.definition.clone(),
-                        expression: c.expression.clone(),
+                by_type
+                    .entry(resource_type)
+                    .or_insert_with(|| TypeParams {
+                        definitions: Vec::new(),
+                        params: OnceLock::new(),
                     })
-                    .collect();
-                by_type.entry(resource_type).or_default().insert(
-                    def.code.clone(),
-                    SearchParam {
-                        code: def.code.clone(),
-                        param_type: def.param_type,
-                        expression: text,
-                        path,
-                        targets,
-                        components,
-                        url: def.url.clone(),
-                    },
-                );
+                    .definitions
+                    .push(def);
             }
         }
         Ok(Self { by_type, by_url })
     }
 
+    /// Every parameter of `resource_type` by code (built on first use).
+    fn params(&self, resource_type: &str) -> Option<&BTreeMap<String, SearchParam>> {
+        let (name, entry) = self.by_type.get_key_value(resource_type)?;
+        Some(entry.params.get_or_init(|| {
+            let mut params = BTreeMap::new();
+            for def in &entry.definitions {
+                // A later definition of the same code replaces an earlier one.
+                params.insert(def.code.clone(), param_for(def, name));
+            }
+            params
+        }))
+    }
+
     /// The parameter `code` of `resource_type`.
     pub fn get(&self, resource_type: &str, code: &str) -> Option<&SearchParam> {
-        self.by_type.get(resource_type)?.get(code)
+        self.params(resource_type)?.get(code)
     }
 
     /// The searchable parameters of `resource_type`, sorted by name.
     pub fn supported(&self, resource_type: &str) -> Vec<&SearchParam> {
-        self.by_type
-            .get(resource_type)
+        self.params(resource_type)
             .map(|m| m.values().filter(|p| p.is_supported()).collect())
             .unwrap_or_default()
     }
@@ -186,7 +219,9 @@ mod tests {
             "Procedure",
             "Immunization",
         ] {
-            for p in r.by_type[t]
+            for p in r
+                .params(t)
+                .unwrap()
                 .values()
                 .filter(|p| p.param_type != ParamType::Special && !p.expression.is_empty())
             {
