@@ -12,6 +12,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
+
+use fhirlake::cohort::CohortEngine;
+use fhirlake::warehouse::Warehouse;
 
 use common::run_measured;
 
@@ -131,6 +135,44 @@ fn time_cohort(wh: &Path, filters: &[&str]) -> (u64, f64) {
     (patients, best)
 }
 
+/// Runs of a cohort in one process, the way the server runs them: a new
+/// engine per request over the current snapshot, sharing the process's
+/// Parquet metadata cache. Returns (patients, first run s, median of the
+/// next 9 s).
+fn in_process(wh: &Path, filters: &[&str]) -> (usize, f64, f64) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let warehouse = Warehouse::open(wh.to_str().unwrap_or_default()).expect("warehouse");
+        let mut times = Vec::new();
+        let mut patients = 0;
+        for _ in 0..10 {
+            let started = Instant::now();
+            let engine = CohortEngine::open(&warehouse).await.expect("engine");
+            patients = engine.evaluate(filters, None).await.expect("cohort").patients.len();
+            times.push(started.elapsed().as_secs_f64());
+        }
+        let first = times.remove(0);
+        times.sort_by(f64::total_cmp);
+        (patients, first, times[times.len() / 2])
+    })
+}
+
+/// `benches/peer/duckdb_cohort_repeat.py` over the Parquet files DuckDB's
+/// view script wrote to `out_dir`: (first s, median of the rest s).
+fn duckdb_repeated(root: &Path, out_dir: &Path) -> Option<(f64, f64)> {
+    let output = Command::new("python3")
+        .arg(root.join("benches/peer/duckdb_cohort_repeat.py"))
+        .arg(out_dir)
+        .output()
+        .ok()?;
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    Some((report["first_s"].as_f64()?, report["median_s"].as_f64()?))
+}
+
 /// DuckDB's view script; returns (cohort patients, cohort seconds, total seconds).
 fn duckdb(data: &Path, work: &Path, name: &str) -> Option<(u64, f64, f64)> {
     let (_, report) = common::run_shared_peer("duckdb_view.py", data, &work.join(format!("cohort-duck-{name}")))?;
@@ -185,6 +227,12 @@ fn main() {
             });
         }
         let duck = duckdb(&data, &work, &name);
+        let (warm_patients, first, warm) = in_process(&wh, QUERIES[0].1);
+        let duck_repeated = duckdb_repeated(&root, &work.join(format!("cohort-duck-{name}")));
+        println!(
+            "{name}: DuckDB's cohort in one process, 10 runs: fhirlake first {first:.4} s, then median {warm:.4} s ({warm_patients} patients); DuckDB {}",
+            duck_repeated.map_or("–".into(), |(f, m)| format!("first {f:.4} s, then median {m:.4} s")),
+        );
         if let Some((duck_patients, _, _)) = duck {
             assert_eq!(
                 timings
@@ -201,6 +249,8 @@ fn main() {
             "load_seconds": load_seconds,
             "duckdb_cohort_patients": duck.map(|d| d.0), "duckdb_cohort_seconds": duck.map(|d| d.1),
             "duckdb_total_seconds": duck.map(|d| d.2),
+            "in_process": {"first_s": first, "median_s": warm,
+                "duckdb_first_s": duck_repeated.map(|d| d.0), "duckdb_median_s": duck_repeated.map(|d| d.1)},
         }));
     }
     println!(
@@ -223,7 +273,7 @@ fn main() {
     }
     println!();
     println!(
-        "| dataset | cohort | patients | fhirlake cohort s (process, best of 3) | DuckDB cohort phase s | ratio |"
+        "| dataset | cohort | patients | fhirlake cohort s (process, best of 3) | DuckDB cohort phase s | DuckDB s / fhirlake s |"
     );
     println!("|---|---|---:|---:|---:|---:|");
     for t in &timings {
@@ -239,7 +289,7 @@ fn main() {
             t.patients,
             t.seconds,
             duck.map_or("–".into(), |d| format!("{d:.3}")),
-            duck.map_or("–".into(), |d| format!("{:.2}x faster", d / t.seconds)),
+            duck.map_or("–".into(), |d| format!("{:.2}", d / t.seconds)),
         );
     }
     let json = serde_json::json!({

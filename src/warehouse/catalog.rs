@@ -1,7 +1,7 @@
 //! Registering a warehouse snapshot as DataFusion tables.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{MemorySchemaProvider, TableProvider};
@@ -9,6 +9,8 @@ use datafusion::common::TableReference;
 use datafusion::datasource::empty::EmptyTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::execution::cache::cache_manager::{CacheManagerConfig, FileMetadataCache};
+use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -20,11 +22,31 @@ use crate::index::{IndexKind, parse_index_table_key};
 /// to disk; keeps queries over large warehouses within a fixed budget.
 pub const QUERY_MEMORY_LIMIT: usize = 1024 * 1024 * 1024;
 
+/// Parquet footers and page indexes, shared by every session of the process
+/// (each session keeps its own memory pool). Warehouse files are never
+/// changed once written (names carry a unique load token, and entries are
+/// checked against size and modification time), so a server's later cohorts
+/// and exports skip re-reading the metadata of files an earlier query read:
+/// at small scale that was most of a cohort's time (docs/benchmarks.md).
+fn shared_metadata_cache() -> Arc<FileMetadataCache> {
+    static CACHE: OnceLock<Arc<FileMetadataCache>> = OnceLock::new();
+    CACHE
+        .get_or_init(|| Arc::new(DefaultCache::new(METADATA_CACHE_BYTES).with_name("fhirlake file metadata")))
+        .clone()
+}
+
+/// Memory the shared metadata cache may hold (least recently used entries go first).
+const METADATA_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// A DataFusion session with fhirlake's settings and SQL functions (the JSON
 /// functions `json_get_str`, `->>`, … over the `resource` column).
 pub fn new_session() -> Result<SessionContext, WarehouseError> {
+    let caches = CacheManagerConfig::default()
+        .with_file_metadata_cache(Some(shared_metadata_cache()))
+        .with_metadata_cache_limit(METADATA_CACHE_BYTES);
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_limit(QUERY_MEMORY_LIMIT, 1.0)
+        .with_cache_manager(caches)
         .build_arc()?;
     let config = SessionConfig::new().with_information_schema(true);
     let mut ctx = SessionContext::new_with_config_rt(config, runtime);
