@@ -71,6 +71,47 @@ pub struct CohortResult {
     pub patients: Vec<String>,
 }
 
+/// The engine of a warehouse's current version, kept while that version is
+/// current. Requests reuse its session, table providers and settings
+/// instead of rebuilding them (at small scale that rebuild was most of a
+/// cohort's time); concurrent requests share its memory pool. A commit makes
+/// the next request build a new engine, while requests holding the old one
+/// finish on their snapshot (a vacuum keeps the files of the latest
+/// versions).
+pub struct CurrentEngine {
+    warehouse: Warehouse,
+    engine: tokio::sync::Mutex<Option<std::sync::Arc<CohortEngine>>>,
+}
+
+impl CurrentEngine {
+    /// No engine yet; the first [`CurrentEngine::get`] builds one.
+    pub fn new(warehouse: Warehouse) -> Self {
+        Self {
+            warehouse,
+            engine: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The engine of the newest committed version.
+    pub async fn get(&self) -> Result<std::sync::Arc<CohortEngine>, CohortError> {
+        let version = self
+            .warehouse
+            .latest_version()
+            .await?
+            .ok_or(CohortError::EmptyWarehouse)?;
+        let mut slot = self.engine.lock().await;
+        if let Some(engine) = slot.as_ref()
+            && engine.version() == version
+        {
+            return Ok(engine.clone());
+        }
+        let snapshot = self.warehouse.snapshot(version).await?;
+        let engine = std::sync::Arc::new(CohortEngine::for_snapshot(&self.warehouse, snapshot).await?);
+        *slot = Some(engine.clone());
+        Ok(engine)
+    }
+}
+
 /// Compiles and runs cohorts over one warehouse snapshot.
 pub struct CohortEngine {
     warehouse: Warehouse,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::outcome::FhirError;
-use crate::cohort::{CohortEngine, CohortError};
+use crate::cohort::{CohortEngine, CohortError, CurrentEngine};
 use crate::fhir::parse_reference;
 use crate::warehouse::Warehouse;
 
@@ -194,8 +194,12 @@ fn cohort_error(error: CohortError) -> FhirError {
 /// patients meeting every filter, within the base population when `member`
 /// gives one (Patients, and Groups: stored cohort Groups by their computed
 /// members, Groups of the loaded data expanded recursively).
-pub async fn compute(warehouse: &Warehouse, request: &CohortRequest) -> Result<(Vec<String>, u64), FhirError> {
-    let engine = CohortEngine::open(warehouse).await.map_err(cohort_error)?;
+pub async fn compute(
+    current: &CurrentEngine,
+    warehouse: &Warehouse,
+    request: &CohortRequest,
+) -> Result<(Vec<String>, u64), FhirError> {
+    let engine = current.get().await.map_err(cohort_error)?;
     if !engine.has_index() {
         return Err(FhirError::new(
             StatusCode::SERVICE_UNAVAILABLE,

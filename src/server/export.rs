@@ -376,7 +376,7 @@ async fn kickoff(
     let transaction_time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     // What can be checked against the data is checked now, so a bad Group
     // or patient is a 4xx at kick-off rather than a failed job.
-    let engine = CohortEngine::open(&state.warehouse).await.map_err(|e| match e {
+    let engine = state.cohort_engine.get().await.map_err(|e| match e {
         crate::cohort::CohortError::EmptyWarehouse => export_error(ExportError::EmptyWarehouse),
         other => FhirError::internal(other.to_string()),
     })?;

@@ -98,6 +98,8 @@ pub struct ServeOptions {
 pub struct AppState {
     /// The warehouse served.
     pub warehouse: Warehouse,
+    /// The cohort engine of its current version, shared by requests.
+    pub cohort_engine: crate::cohort::CurrentEngine,
     /// Durable state (Groups, jobs).
     pub store: StateStore,
     /// Absolute base URL, no trailing slash.
@@ -343,6 +345,7 @@ pub async fn serve(warehouse: Warehouse, options: ServeOptions) -> Result<(), Se
         auth,
         export_files,
         store: StateStore::new(warehouse.root().clone()),
+        cohort_engine: crate::cohort::CurrentEngine::new(warehouse.clone()),
         warehouse,
         base_url: base_url.clone(),
         jobs: Mutex::new(HashMap::new()),

@@ -237,7 +237,7 @@ impl<'v> ViewRunner<'v> {
         root: &Collection<'a>,
         vars: &mut HashMap<String, Collection<'a>>,
     ) -> Result<Vec<Partial>, ViewError> {
-        let mut own = Partial::new();
+        let mut own = Partial::with_capacity(select.columns.len());
         for column in &select.columns {
             let result = column
                 .path

@@ -97,6 +97,15 @@ impl Warehouse {
 
     /// The latest committed snapshot, or `None` for an empty warehouse.
     pub async fn current(&self) -> Result<Option<Snapshot>, WarehouseError> {
+        match self.latest_version().await? {
+            Some(version) => self.snapshot(version).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The newest committed version (a listing of the manifests; nothing
+    /// is read), `None` for an empty warehouse.
+    pub async fn latest_version(&self) -> Result<Option<u64>, WarehouseError> {
         let dir = self.root.child(manifest::MANIFEST_DIR);
         let metas: Vec<_> = self
             .root
@@ -105,14 +114,10 @@ impl Warehouse {
             .try_collect()
             .await
             .map_err(|e| self.root.error("listing", &dir, e))?;
-        let latest = metas
+        Ok(metas
             .iter()
             .filter_map(|m| m.location.filename().and_then(manifest::parse_manifest_name))
-            .max();
-        match latest {
-            Some(version) => self.snapshot(version).await.map(Some),
-            None => Ok(None),
-        }
+            .max())
     }
 
     /// Reads the snapshot of `version`.

@@ -478,6 +478,35 @@ async fn has_reads_compartments_only_where_the_load_proved_them_equal() {
     );
 }
 
+/// The server's shared engine: reused while the version is current, rebuilt
+/// after a commit (a cohort then sees the new data).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn current_engine_follows_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = Warehouse::open(&dir.path().join("wh").display().to_string()).expect("warehouse");
+    let current = fhirlake::cohort::CurrentEngine::new(warehouse.clone());
+    assert!(matches!(current.get().await, Err(CohortError::EmptyWarehouse)));
+    let write = |name: &str, line: &str| {
+        let folder = dir.path().join(name);
+        std::fs::create_dir(&folder).expect("mkdir");
+        std::fs::write(folder.join("Patient.ndjson"), line).expect("write");
+        folder
+    };
+    let first = write("first", r#"{"resourceType":"Patient","id":"p1","gender":"female"}"#);
+    load_into(&warehouse, &[&first], false).await;
+    let engine = current.get().await.expect("engine");
+    assert!(std::sync::Arc::ptr_eq(&engine, &current.get().await.expect("engine")));
+    assert_eq!(patients(&engine, "Patient?gender=female").await, ["p1"]);
+
+    let second = write("second", r#"{"resourceType":"Patient","id":"p2","gender":"female"}"#);
+    load_into(&warehouse, &[&second], false).await;
+    let newer = current.get().await.expect("engine");
+    assert_eq!(newer.version(), engine.version() + 1);
+    assert_eq!(patients(&newer, "Patient?gender=female").await, ["p1", "p2"]);
+    // A request that still holds the old engine reads its own snapshot.
+    assert_eq!(patients(&engine, "Patient?gender=female").await, ["p1"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn base_groups_expand_recursively() {
     let f = fixture().await;
