@@ -107,7 +107,11 @@ impl CurrentEngine {
         }
         let snapshot = self.warehouse.snapshot(version).await?;
         let engine = std::sync::Arc::new(CohortEngine::for_snapshot(&self.warehouse, snapshot).await?);
-        *slot = Some(engine.clone());
+        // A request that listed an older version before a newer engine was
+        // kept gets its engine without replacing the newer one.
+        if slot.as_ref().is_none_or(|kept| kept.version() < version) {
+            *slot = Some(engine.clone());
+        }
         Ok(engine)
     }
 }

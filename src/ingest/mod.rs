@@ -542,14 +542,18 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
                     .tables
                     .entry(key.clone())
                     .or_insert_with(|| TableEntry::new(TableKind::Index, Vec::new()));
-                entry.files.extend(files);
                 // Index tables in this loop are new or rebuilt whole, so
-                // what the writers found holds for the whole table.
+                // what the writers found holds for the whole table. An entry
+                // that already has files (index rows left by a `--no-index`
+                // load that emptied the type) gets no list: the check never
+                // saw those rows.
+                let had_files = !entry.files.is_empty();
+                entry.files.extend(files);
                 if let Some((IndexKind::Reference, resource_type)) = parse_index_table_key(&key) {
-                    entry.compartment_references = compartment_references
-                        .get(resource_type)
-                        .map(|params| params.iter().cloned().collect())
-                        .unwrap_or_default();
+                    entry.compartment_references = match compartment_references.get(resource_type) {
+                        Some(params) if !had_files => params.iter().cloned().collect(),
+                        _ => Vec::new(),
+                    };
                 }
                 report.tables.insert(
                     key,

@@ -11,6 +11,7 @@ use super::outcome::FhirError;
 use crate::cohort::{CohortEngine, CohortError, CurrentEngine};
 use crate::fhir::parse_reference;
 use crate::warehouse::Warehouse;
+use datafusion::error::DataFusionError;
 
 /// `member-filter` modifier extension.
 pub const MEMBER_FILTER_URL: &str = "http://hl7.org/fhir/uv/bulkdata/StructureDefinition/member-filter";
@@ -186,6 +187,15 @@ fn cohort_error(error: CohortError) -> FhirError {
             "transient",
             "no data is loaded yet (fhirlake load)",
         ),
+        // Requests on one warehouse version share the engine's memory pool:
+        // running out is the load of the moment, not a fault of the request.
+        CohortError::DataFusion(e) if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) => {
+            FhirError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                format!("the server is busy (query memory exhausted: {e}); retry later"),
+            )
+        }
         other => FhirError::internal(other.to_string()),
     }
 }
