@@ -478,6 +478,64 @@ async fn has_reads_compartments_only_where_the_load_proved_them_equal() {
     );
 }
 
+/// Index rows a `--no-index` load left behind (it deleted every Observation
+/// but does not touch the index) were never checked, so a later indexed
+/// load that appends to that index must not claim `subject` is the
+/// compartment: the stale o1 rows carry its performer p2 too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn has_shortcut_is_off_for_index_rows_an_unindexed_load_left() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, lines: &[&str]| {
+        let folder = dir.path().join(name);
+        std::fs::create_dir(&folder).expect("mkdir");
+        std::fs::write(folder.join("data.ndjson"), lines.join("\n")).expect("write");
+        folder
+    };
+    let first = write(
+        "first",
+        &[
+            r#"{"resourceType":"Patient","id":"p1"}"#,
+            r#"{"resourceType":"Patient","id":"p2"}"#,
+            r#"{"resourceType":"Observation","id":"o1","status":"final","subject":{"reference":"Patient/p1"},"performer":[{"reference":"Patient/p2"}],"code":{"coding":[{"code":"x"}]}}"#,
+        ],
+    );
+    let delete = write(
+        "delete",
+        &[
+            r#"{"resourceType":"Bundle","type":"transaction","entry":[{"request":{"method":"DELETE","url":"Observation/o1"}}]}"#,
+        ],
+    );
+    let third = write(
+        "third",
+        &[
+            r#"{"resourceType":"Observation","id":"o2","status":"final","subject":{"reference":"Patient/p1"},"code":{"coding":[{"code":"y"}]}}"#,
+        ],
+    );
+    let warehouse = Warehouse::open(&dir.path().join("wh").display().to_string()).expect("warehouse");
+    load_into(&warehouse, &[&first], false).await;
+    let unindexed = fhirlake::ingest::LoadOptions {
+        quiet: true,
+        index: false,
+        ..Default::default()
+    };
+    fhirlake::ingest::load(&warehouse, &[delete.display().to_string()], &unindexed)
+        .await
+        .expect("deleting load");
+    load_into(&warehouse, &[&third], false).await;
+    let engine = CohortEngine::open(&warehouse).await.expect("engine");
+    let entry = &engine.snapshot().tables["index/reference/Observation"];
+    assert!(
+        entry.compartment_references.is_empty(),
+        "{:?}",
+        entry.compartment_references
+    );
+    // The join path reads the stale o1 rows too, but only its subject.
+    assert_eq!(
+        patients(&engine, "Patient?_has:Observation:subject:code=x").await,
+        ["p1"]
+    );
+}
+
 /// The server's shared engine: reused while the version is current, rebuilt
 /// after a commit (a cohort then sees the new data).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
