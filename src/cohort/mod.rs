@@ -73,8 +73,8 @@ pub struct CohortResult {
 
 /// The engine of a warehouse's current version, kept while that version is
 /// current. Requests reuse its session, table providers and settings
-/// instead of rebuilding them (at small scale that rebuild was most of a
-/// cohort's time); concurrent requests share its memory pool. A commit makes
+/// instead of reading the manifest and rebuilding them each time;
+/// concurrent requests share its memory pool. A commit makes
 /// the next request build a new engine, while requests holding the old one
 /// finish on their snapshot (a vacuum keeps the files of the latest
 /// versions).

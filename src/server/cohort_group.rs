@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 use super::outcome::FhirError;
 use crate::cohort::{CohortEngine, CohortError, CurrentEngine};
 use crate::fhir::parse_reference;
-use crate::warehouse::Warehouse;
 use datafusion::error::DataFusionError;
 
 /// `member-filter` modifier extension.
@@ -204,11 +203,7 @@ fn cohort_error(error: CohortError) -> FhirError {
 /// patients meeting every filter, within the base population when `member`
 /// gives one (Patients, and Groups: stored cohort Groups by their computed
 /// members, Groups of the loaded data expanded recursively).
-pub async fn compute(
-    current: &CurrentEngine,
-    warehouse: &Warehouse,
-    request: &CohortRequest,
-) -> Result<(Vec<String>, u64), FhirError> {
+pub async fn compute(current: &CurrentEngine, request: &CohortRequest) -> Result<(Vec<String>, u64), FhirError> {
     let engine = current.get().await.map_err(cohort_error)?;
     if !engine.has_index() {
         return Err(FhirError::new(
@@ -227,7 +222,7 @@ pub async fn compute(
                 continue;
             }
             members.extend(
-                crate::export::population::group_patients(warehouse, &engine, &group)
+                crate::export::population::group_patients(engine.warehouse(), &engine, &group)
                     .await
                     .map_err(|e| match e {
                         crate::export::ExportError::GroupNotFound(id) => cohort_error(CohortError::GroupNotFound(id)),

@@ -111,7 +111,7 @@ async fn run_job(state: SharedState, mut job: Job, delay: Duration) {
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let outcome = compute(&state.cohort_engine, &state.warehouse, &job.request).await;
+    let outcome = compute(&state.cohort_engine, &job.request).await;
     let _writes = state.group_writes.lock().await;
     // A cancel that won the lock leaves the job cancelled and the Group unwritten.
     match state.store.get::<Job>(JOBS, &job.id).await {
@@ -177,7 +177,7 @@ pub async fn refresh_loop(state: SharedState, interval: Duration) {
             if stored.warehouse_version >= current {
                 continue;
             }
-            match compute(&state.cohort_engine, &state.warehouse, &stored.request).await {
+            match compute(&state.cohort_engine, &stored.request).await {
                 Ok((members, version)) => {
                     let _writes = state.group_writes.lock().await;
                     match write_group(&state, &id, &stored.request, members, version, stored.owner.clone()).await {
@@ -250,7 +250,7 @@ pub async fn create(
     if prefers_async(&headers) {
         return start_job(&state, JobKind::CreateGroup, id, request, owner).await;
     }
-    let (members, version) = compute(&state.cohort_engine, &state.warehouse, &request).await?;
+    let (members, version) = compute(&state.cohort_engine, &request).await?;
     let _writes = state.group_writes.lock().await;
     let stored = write_group(&state, &id, &request, members, version, owner).await?;
     let mut response = fhir_json(StatusCode::CREATED, &stored.resource);
@@ -303,7 +303,7 @@ pub async fn update(
     if prefers_async(&headers) {
         return start_job(&state, JobKind::UpdateGroup, id, request, owner).await;
     }
-    let (members, version) = compute(&state.cohort_engine, &state.warehouse, &request).await?;
+    let (members, version) = compute(&state.cohort_engine, &request).await?;
     let _writes = state.group_writes.lock().await;
     let stored = write_group(&state, &id, &request, members, version, owner).await?;
     Ok(fhir_json(StatusCode::OK, &stored.resource))

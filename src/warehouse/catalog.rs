@@ -26,8 +26,7 @@ pub const QUERY_MEMORY_LIMIT: usize = 1024 * 1024 * 1024;
 /// (each session keeps its own memory pool). Warehouse files are never
 /// changed once written (names carry a unique load token, and entries are
 /// checked against size and modification time), so a server's later cohorts
-/// and exports skip re-reading the metadata of files an earlier query read:
-/// at small scale that was most of a cohort's time (docs/benchmarks.md).
+/// and exports skip re-reading the metadata of files an earlier query read.
 fn shared_metadata_cache() -> Arc<FileMetadataCache> {
     static CACHE: OnceLock<Arc<FileMetadataCache>> = OnceLock::new();
     CACHE

@@ -404,6 +404,14 @@ async fn chains_has_and_several_filters() {
     assert_eq!(f.patients(&[]).await, ["p1", "p2", "p3", "p4"]);
 }
 
+/// A folder `name` under `dir` holding `lines` as one NDJSON file.
+fn dataset(dir: &Path, name: &str, lines: &[&str]) -> std::path::PathBuf {
+    let folder = dir.join(name);
+    std::fs::create_dir(&folder).expect("mkdir");
+    std::fs::write(folder.join("data.ndjson"), lines.join("\n")).expect("write");
+    folder
+}
+
 async fn patients(engine: &CohortEngine, filter: &str) -> Vec<String> {
     engine.evaluate(&[filter], None).await.expect(filter).patients
 }
@@ -416,12 +424,7 @@ async fn patients(engine: &CohortEngine, filter: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn has_reads_compartments_only_where_the_load_proved_them_equal() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let write = |name: &str, lines: &[&str]| {
-        let folder = dir.path().join(name);
-        std::fs::create_dir(&folder).expect("mkdir");
-        std::fs::write(folder.join("data.ndjson"), lines.join("\n")).expect("write");
-        folder
-    };
+    let write = |name: &str, lines: &[&str]| dataset(dir.path(), name, lines);
     let first = write(
         "first",
         &[
@@ -485,12 +488,7 @@ async fn has_reads_compartments_only_where_the_load_proved_them_equal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn has_shortcut_is_off_for_index_rows_an_unindexed_load_left() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let write = |name: &str, lines: &[&str]| {
-        let folder = dir.path().join(name);
-        std::fs::create_dir(&folder).expect("mkdir");
-        std::fs::write(folder.join("data.ndjson"), lines.join("\n")).expect("write");
-        folder
-    };
+    let write = |name: &str, lines: &[&str]| dataset(dir.path(), name, lines);
     let first = write(
         "first",
         &[
@@ -544,12 +542,7 @@ async fn current_engine_follows_commits() {
     let warehouse = Warehouse::open(&dir.path().join("wh").display().to_string()).expect("warehouse");
     let current = fhirlake::cohort::CurrentEngine::new(warehouse.clone());
     assert!(matches!(current.get().await, Err(CohortError::EmptyWarehouse)));
-    let write = |name: &str, line: &str| {
-        let folder = dir.path().join(name);
-        std::fs::create_dir(&folder).expect("mkdir");
-        std::fs::write(folder.join("Patient.ndjson"), line).expect("write");
-        folder
-    };
+    let write = |name: &str, line: &str| dataset(dir.path(), name, &[line]);
     let first = write("first", r#"{"resourceType":"Patient","id":"p1","gender":"female"}"#);
     load_into(&warehouse, &[&first], false).await;
     let engine = current.get().await.expect("engine");
