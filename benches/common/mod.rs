@@ -3,6 +3,12 @@
 #![allow(dead_code)]
 
 use std::process::{Command, Stdio};
+
+/// In-process measurements run on the allocator the `fhirlake` binary ships
+/// with (the library leaves the choice to its binary).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::Instant;
 
 /// What one run of a command cost.

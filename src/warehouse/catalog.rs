@@ -7,14 +7,17 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{MemorySchemaProvider, TableProvider};
 use datafusion::common::TableReference;
 use datafusion::datasource::empty::EmptyTable;
+use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::object_store::ObjectStoreUrl;
 use datafusion::execution::cache::cache_manager::{CacheManagerConfig, FileMetadataCache};
 use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use object_store::ObjectMeta;
 
 use super::schema::{rejects_schema, resource_schema, tombstones_schema};
+use super::table::ManifestTable;
 use super::{Snapshot, TableEntry, TableKind, Warehouse, WarehouseError};
 use crate::index::{IndexKind, parse_index_table_key};
 
@@ -114,24 +117,34 @@ async fn listing_provider(
         // DataFusion finds stores by URL; the local filesystem is built in.
         ctx.register_object_store(&root.store_url, root.store.clone());
     }
-    let urls = files
-        .iter()
-        .map(|f| ListingTableUrl::parse(root.url_of(&root.child(&f.path))))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut options = ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    if !sort_columns.is_empty() {
-        let order = sort_columns
-            .iter()
-            .map(|c| datafusion::prelude::col(c.as_str()).sort(true, true))
-            .collect();
-        options = options.with_file_sort_order(vec![order]);
-    }
-    let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options);
-    let config = match schema {
-        Some(schema) => config.with_schema(schema),
-        None => config.infer_schema(&ctx.state()).await?,
+    // `scheme://authority` without the path: DataFusion's key for the store.
+    let store_url = ObjectStoreUrl::parse(&root.store_url[..url::Position::BeforePath])?;
+    let keys: Vec<_> = files.iter().map(|f| root.child(&f.path)).collect();
+    let schema = match schema {
+        Some(schema) => schema,
+        // View tables: their first file's footer carries the schema.
+        None => {
+            let first = ObjectMeta {
+                location: keys[0].clone(),
+                last_modified: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+                size: files[0].bytes,
+                e_tag: None,
+                version: None,
+            };
+            ParquetFormat::default()
+                .infer_schema(&ctx.state(), &root.store, &[first])
+                .await?
+        }
     };
-    Ok(Arc::new(ListingTable::try_new(config)?))
+    let sort_order = sort_columns
+        .iter()
+        .map(|c| datafusion::prelude::col(c.as_str()).sort(true, true))
+        .collect();
+    let files = keys
+        .into_iter()
+        .zip(files)
+        .map(|(key, file)| (key.to_string(), file.bytes, file.rows));
+    Ok(Arc::new(ManifestTable::new(schema, store_url, files, sort_order)))
 }
 
 /// Schema holding the raw resource tables (`fhir.patient`, `fhir."Observation"`)

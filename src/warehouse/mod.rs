@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod merge;
 pub mod parquet_file;
 pub mod schema;
+pub mod table;
 pub mod vacuum;
 
 use futures::TryStreamExt;
