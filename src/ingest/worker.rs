@@ -23,7 +23,7 @@ use crate::search::SearchRegistry;
 use crate::store::StoreLocation;
 use crate::view::catalog::view_table_key;
 use crate::view::materialize::{ViewBuffers, ViewTableWriter};
-use crate::view::{Row, ViewCatalog, ViewRunner};
+use crate::view::{ViewCatalog, ViewRunner, ViewVariables, typed_rows};
 use crate::warehouse::parquet_file::ParquetFileWriter;
 use crate::warehouse::schema::{rejects_schema, resource_schema};
 use crate::warehouse::{DataFile, REJECTS_TABLE, TOMBSTONES_TABLE};
@@ -136,9 +136,6 @@ enum RowError {
     Fatal(IngestError),
 }
 
-/// Rows of the views of one resource: (view index, rows).
-type ViewRows = Vec<(usize, Vec<Row>)>;
-
 struct OpenTable {
     builder: ResourceBatchBuilder,
     writer: Option<ParquetFileWriter>,
@@ -154,6 +151,8 @@ struct Worker<'a> {
     rejects_output: TableOutput,
     patients: Vec<String>,
     view_buffers: ViewBuffers,
+    /// Per view: its constants and `%rowIndex`, reused across resources.
+    view_variables: Vec<ViewVariables>,
     view_writers: Vec<Option<ViewTableWriter>>,
     view_outputs: Vec<TableOutput>,
     search_index: Option<IndexWriter<'a>>,
@@ -177,6 +176,7 @@ pub fn run_worker(
         rejects_output: TableOutput::default(),
         patients: Vec::new(),
         view_buffers: ViewBuffers::new(&ctx.runners.iter().collect::<Vec<_>>()),
+        view_variables: ctx.runners.iter().map(ViewRunner::variables).collect(),
         view_writers: ctx.runners.iter().map(|_| None).collect(),
         view_outputs: ctx.runners.iter().map(|_| TableOutput::default()).collect(),
         search_index: ctx.search.map(|registry| {
@@ -260,25 +260,11 @@ impl<'a> Worker<'a> {
     /// Parses and buffers one resource. The outer error is fatal (writing
     /// failed), the inner one is the line's fault.
     fn add_resource(&mut self, file: usize, line_no: u64, text: &str) -> Result<Result<(), RejectReason>, IngestError> {
-        let (name, view_rows) = match self.append_row(file, line_no, text) {
-            Ok(appended) => appended,
+        let name = match self.append_row(file, line_no, text) {
+            Ok(name) => name,
             Err(RowError::Reject(reason)) => return Ok(Err(reason)),
             Err(RowError::Fatal(error)) => return Err(error),
         };
-        let started = (!view_rows.is_empty()).then(Instant::now);
-        for (i, rows) in view_rows {
-            self.view_outputs[i].resources += rows.len() as u64;
-            if let Some(batch) = self
-                .view_buffers
-                .push(i, rows)
-                .map_err(|e| IngestError::View(e.into()))?
-            {
-                self.write_view(i, &batch)?;
-            }
-        }
-        if let Some(started) = started {
-            self.stages.views += started.elapsed();
-        }
         let full = self
             .tables
             .get(name)
@@ -336,10 +322,11 @@ impl<'a> Worker<'a> {
         self.enforce_memory_budget()
     }
 
-    /// Validates a line and buffers its row; returns its type and the rows of
-    /// its views (computed before anything is buffered, so a view error
-    /// leaves no partial output).
-    fn append_row(&mut self, file: usize, line_no: u64, text: &str) -> Result<(&'static str, ViewRows), RowError> {
+    /// Validates a line and buffers its row and its views' rows; returns its
+    /// type. The views' rows are computed and converted to their column
+    /// types before anything is buffered, so a view error leaves no partial
+    /// output.
+    fn append_row(&mut self, file: usize, line_no: u64, text: &str) -> Result<&'static str, RowError> {
         let started = Instant::now();
         let value = json::parse(text).map_err(|e| RowError::Reject(e.into()))?;
         let seq = ((file as i64) << 32) | (line_no as i64 & 0xFFFF_FFFF);
@@ -350,20 +337,27 @@ impl<'a> Worker<'a> {
                     id: id.to_string(),
                     load_seq: seq,
                 }));
-            return Ok((TOMBSTONES_TABLE, Vec::new()));
+            return Ok(TOMBSTONES_TABLE);
         }
         let header = validate(&value, self.ctx.types).map_err(RowError::Reject)?;
         let parsed = Instant::now();
         self.stages.parse += parsed - started;
-        let mut view_rows = Vec::new();
-        for &i in self.ctx.views.for_type(header.resource_type) {
-            let rows = self.ctx.runners[i].rows(&value).map_err(|e| {
-                RowError::Reject(RejectReason::View {
-                    view: self.ctx.views.name(i).to_string(),
-                    message: e.to_string(),
-                })
-            })?;
-            view_rows.push((i, rows));
+        let views = self.ctx.views.for_type(header.resource_type);
+        let rejected = |i: usize, e: crate::view::ViewError| {
+            RowError::Reject(RejectReason::View {
+                view: self.ctx.views.name(i).to_string(),
+                message: e.to_string(),
+            })
+        };
+        let mut raw_rows = Vec::with_capacity(views.len());
+        for &i in views {
+            let rows = self.ctx.runners[i].raw_rows(&value, &mut self.view_variables[i]);
+            raw_rows.push((i, rows.map_err(|e| rejected(i, e))?));
+        }
+        let mut view_rows = Vec::with_capacity(views.len());
+        for (i, rows) in &raw_rows {
+            let typed = typed_rows(&self.view_buffers.schema(*i), rows);
+            view_rows.push((*i, typed.map_err(|e| rejected(*i, e))?));
         }
         let viewed = Instant::now();
         self.stages.views += viewed - parsed;
@@ -386,11 +380,19 @@ impl<'a> Worker<'a> {
             self.stages.index += appended.elapsed();
         }
         self.ctx.progress.resources.fetch_add(1, Ordering::Relaxed);
-        // A type seen by this worker gets a file for each of its views, even an empty one.
-        for &i in self.ctx.views.for_type(header.resource_type) {
+        let started = Instant::now();
+        for (i, rows) in view_rows {
+            self.view_outputs[i].resources += rows.len() as u64;
+            let batch = self.view_buffers.push(i, &rows);
+            let batch = batch.map_err(|e| RowError::Fatal(IngestError::View(e.into())))?;
+            // A type seen by this worker gets a file for each of its views, even an empty one.
             self.view_writer(i);
+            if let Some(batch) = batch {
+                self.write_view(i, &batch).map_err(RowError::Fatal)?;
+            }
         }
-        Ok((header.resource_type, view_rows))
+        self.stages.views += started.elapsed();
+        Ok(header.resource_type)
     }
 
     fn reject(

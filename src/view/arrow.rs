@@ -1,5 +1,6 @@
 //! View rows → Arrow record batches, with the SQL-on-FHIR type mapping.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -10,8 +11,11 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::ViewError;
 use super::model::{Column, ViewDefinition};
-use super::run::{Cell, CellValue, Row};
+use super::run::{Cell, CellValue, RawCell, RawRow, Row, cell_value};
+use crate::fhirpath::Value;
 use crate::fhirpath::ast::{BinaryOp, Expr};
+use crate::fhirpath::value::Node;
+use crate::json::JsonValue;
 use crate::warehouse::schema::timestamp_type;
 
 const BOOLEAN_FUNCTIONS: [&str; 18] = [
@@ -98,76 +102,196 @@ fn value_error(column: &str, value: &CellValue, t: &DataType) -> ViewError {
     }
 }
 
-fn append(
-    builder: &mut dyn ArrayBuilder,
-    t: &DataType,
-    value: Option<&CellValue>,
-    column: &str,
-) -> Result<(), ViewError> {
-    let any = builder.as_any_mut();
-    match t {
-        DataType::Boolean => {
-            let b = any
-                .downcast_mut::<BooleanBuilder>()
-                .ok_or_else(|| ViewError::invalid(column, "builder"))?;
-            match value {
-                None => b.append_null(),
-                Some(CellValue::Bool(v)) => b.append_value(*v),
-                Some(other) => return Err(value_error(column, other, t)),
-            }
+/// A cell converted to its column's Arrow type, ready to append: converting
+/// can fail (a value that does not fit the type), appending cannot, so a
+/// resource's rows are converted whole before any is appended.
+#[derive(Debug)]
+pub enum Typed<'b> {
+    /// Null.
+    Null,
+    /// Boolean.
+    Bool(bool),
+    /// Int32 / Int64, or a timestamp in microseconds.
+    Int(i64),
+    /// Utf8 (borrowed from the resource where it can be).
+    Text(Cow<'b, str>),
+    /// A list column's values (`None`: a null list).
+    List(Option<Vec<Typed<'b>>>),
+}
+
+/// Converts an owned value to type `t`.
+fn typed_value(t: &DataType, value: CellValue, column: &str) -> Result<Typed<'static>, ViewError> {
+    Ok(match (t, value) {
+        (DataType::Boolean, CellValue::Bool(v)) => Typed::Bool(v),
+        (DataType::Int32, CellValue::Int(v)) => {
+            i32::try_from(v).map_err(|_| value_error(column, &CellValue::Int(v), t))?;
+            Typed::Int(v)
         }
-        DataType::Int32 => {
-            let b = any
-                .downcast_mut::<Int32Builder>()
-                .ok_or_else(|| ViewError::invalid(column, "builder"))?;
-            match value {
-                None => b.append_null(),
-                Some(CellValue::Int(v)) => {
-                    b.append_value(i32::try_from(*v).map_err(|_| value_error(column, &CellValue::Int(*v), t))?)
+        (DataType::Int64, CellValue::Int(v)) => Typed::Int(v),
+        (DataType::Int64, CellValue::Str(s)) => match s.parse() {
+            Ok(v) => Typed::Int(v),
+            Err(_) => return Err(value_error(column, &CellValue::Str(s), t)),
+        },
+        (DataType::Timestamp(..), CellValue::Str(s)) => match crate::ingest::record::parse_instant(&s) {
+            Some(micros) => Typed::Int(micros),
+            None => return Err(value_error(column, &CellValue::Str(s), t)),
+        },
+        (DataType::Boolean | DataType::Int32 | DataType::Int64 | DataType::Timestamp(..), other) => {
+            return Err(value_error(column, &other, t));
+        }
+        (_, CellValue::Bool(v)) => Typed::Text(Cow::Owned(v.to_string())),
+        (_, CellValue::Int(v)) => Typed::Text(Cow::Owned(v.to_string())),
+        (_, CellValue::Decimal(s) | CellValue::Str(s)) => Typed::Text(Cow::Owned(s)),
+    })
+}
+
+/// Converts a FHIRPath value to type `t`; strings of the resource stay borrowed.
+fn typed_item<'b>(t: &DataType, value: &'b Value<'_>, column: &str) -> Result<Typed<'b>, ViewError> {
+    if let Value::Node(Node {
+        json: JsonValue::String(s),
+        ..
+    }) = value
+    {
+        match t {
+            DataType::Utf8 => return Ok(Typed::Text(Cow::Borrowed(s.as_ref()))),
+            DataType::Timestamp(..) => {
+                if let Some(micros) = crate::ingest::record::parse_instant(s) {
+                    return Ok(Typed::Int(micros));
                 }
-                Some(other) => return Err(value_error(column, other, t)),
+            }
+            _ => {}
+        }
+    }
+    typed_value(t, cell_value(value), column)
+}
+
+/// Converts rows to the types of `schema` (one [`Typed`] per column).
+pub fn typed_rows<'b>(schema: &SchemaRef, rows: &'b [RawRow<'_>]) -> Result<Vec<Vec<Typed<'b>>>, ViewError> {
+    rows.iter()
+        .map(|row| {
+            row.iter()
+                .zip(schema.fields().iter())
+                .map(|(cell, field)| {
+                    let name = field.name();
+                    match (field.data_type(), cell) {
+                        (DataType::List(_), RawCell::Null) => Ok(Typed::List(None)),
+                        (DataType::List(item), RawCell::One(v)) => {
+                            Ok(Typed::List(Some(vec![typed_item(item.data_type(), v, name)?])))
+                        }
+                        (DataType::List(item), RawCell::Many(values)) => Ok(Typed::List(Some(
+                            values
+                                .iter()
+                                .map(|v| typed_item(item.data_type(), v, name))
+                                .collect::<Result<_, _>>()?,
+                        ))),
+                        (_, RawCell::Null | RawCell::Many(_)) => Ok(Typed::Null),
+                        (t, RawCell::One(v)) => typed_item(t, v, name),
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Converts owned rows (see [`typed_rows`]).
+fn typed_owned_rows(schema: &SchemaRef, rows: &[Row]) -> Result<Vec<Vec<Typed<'static>>>, ViewError> {
+    rows.iter()
+        .map(|row| {
+            row.iter()
+                .zip(schema.fields().iter())
+                .map(|(cell, field)| {
+                    let name = field.name();
+                    match (field.data_type(), cell) {
+                        (DataType::List(_), Cell::Null) => Ok(Typed::List(None)),
+                        (DataType::List(item), Cell::One(v)) => {
+                            Ok(Typed::List(Some(vec![typed_value(item.data_type(), v.clone(), name)?])))
+                        }
+                        (DataType::List(item), Cell::Many(values)) => Ok(Typed::List(Some(
+                            values
+                                .iter()
+                                .map(|v| typed_value(item.data_type(), v.clone(), name))
+                                .collect::<Result<_, _>>()?,
+                        ))),
+                        (_, Cell::Null | Cell::Many(_)) => Ok(Typed::Null),
+                        (t, Cell::One(v)) => typed_value(t, v.clone(), name),
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Appends one converted value to `builder` (made by [`column_builder`] for `t`).
+fn append(builder: &mut dyn ArrayBuilder, t: &DataType, value: &Typed<'_>) -> Result<(), ViewError> {
+    let wrong = || ViewError::invalid("view batch", &format!("no {t} builder for {value:?}"));
+    let any = builder.as_any_mut();
+    match (t, value) {
+        (DataType::List(item), Typed::List(values)) => {
+            let b = any
+                .downcast_mut::<ListBuilder<Box<dyn ArrayBuilder>>>()
+                .ok_or_else(wrong)?;
+            match values {
+                None => b.append(false),
+                Some(values) => {
+                    for v in values {
+                        append(b.values().as_mut(), item.data_type(), v)?;
+                    }
+                    b.append(true);
+                }
             }
         }
-        DataType::Int64 => {
-            let b = any
-                .downcast_mut::<Int64Builder>()
-                .ok_or_else(|| ViewError::invalid(column, "builder"))?;
-            match value {
-                None => b.append_null(),
-                Some(CellValue::Int(v)) => b.append_value(*v),
-                Some(CellValue::Str(s)) => b.append_value(
-                    s.parse()
-                        .map_err(|_| value_error(column, &CellValue::Str(s.clone()), t))?,
-                ),
-                Some(other) => return Err(value_error(column, other, t)),
-            }
+        (DataType::Boolean, Typed::Null) => any.downcast_mut::<BooleanBuilder>().ok_or_else(wrong)?.append_null(),
+        (DataType::Boolean, Typed::Bool(v)) => any.downcast_mut::<BooleanBuilder>().ok_or_else(wrong)?.append_value(*v),
+        (DataType::Int32, Typed::Null) => any.downcast_mut::<Int32Builder>().ok_or_else(wrong)?.append_null(),
+        (DataType::Int32, Typed::Int(v)) => any
+            .downcast_mut::<Int32Builder>()
+            .ok_or_else(wrong)?
+            .append_value(i32::try_from(*v).map_err(|_| wrong())?),
+        (DataType::Int64, Typed::Null) => any.downcast_mut::<Int64Builder>().ok_or_else(wrong)?.append_null(),
+        (DataType::Int64, Typed::Int(v)) => any.downcast_mut::<Int64Builder>().ok_or_else(wrong)?.append_value(*v),
+        (DataType::Timestamp(..), Typed::Null) => any
+            .downcast_mut::<TimestampMicrosecondBuilder>()
+            .ok_or_else(wrong)?
+            .append_null(),
+        (DataType::Timestamp(..), Typed::Int(v)) => any
+            .downcast_mut::<TimestampMicrosecondBuilder>()
+            .ok_or_else(wrong)?
+            .append_value(*v),
+        (DataType::Utf8, Typed::Null) => any.downcast_mut::<StringBuilder>().ok_or_else(wrong)?.append_null(),
+        (DataType::Utf8, Typed::Text(s)) => any.downcast_mut::<StringBuilder>().ok_or_else(wrong)?.append_value(s),
+        _ => return Err(wrong()),
+    }
+    Ok(())
+}
+
+/// The builder of a column of type `t`.
+pub fn column_builder(t: &DataType, capacity: usize) -> Box<dyn ArrayBuilder> {
+    match t {
+        DataType::List(item) => {
+            Box::new(ListBuilder::new(scalar_builder(item.data_type(), capacity)).with_field(item.clone()))
         }
-        DataType::Timestamp(..) => {
-            let b = any
-                .downcast_mut::<TimestampMicrosecondBuilder>()
-                .ok_or_else(|| ViewError::invalid(column, "builder"))?;
-            match value {
-                None => b.append_null(),
-                Some(CellValue::Str(s)) => match crate::ingest::record::parse_instant(s) {
-                    Some(micros) => b.append_value(micros),
-                    None => return Err(value_error(column, &CellValue::Str(s.clone()), t)),
-                },
-                Some(other) => return Err(value_error(column, other, t)),
-            }
-        }
-        _ => {
-            let b = any
-                .downcast_mut::<StringBuilder>()
-                .ok_or_else(|| ViewError::invalid(column, "builder"))?;
-            match value {
-                None => b.append_null(),
-                Some(CellValue::Bool(v)) => b.append_value(v.to_string()),
-                Some(CellValue::Int(v)) => b.append_value(v.to_string()),
-                Some(CellValue::Decimal(s) | CellValue::Str(s)) => b.append_value(s),
-            }
+        t => scalar_builder(t, capacity),
+    }
+}
+
+/// Appends converted rows to `builders` (one per field of `schema`).
+pub fn append_rows(
+    schema: &SchemaRef,
+    builders: &mut [Box<dyn ArrayBuilder>],
+    rows: &[Vec<Typed<'_>>],
+) -> Result<(), ViewError> {
+    for row in rows {
+        for ((builder, field), value) in builders.iter_mut().zip(schema.fields().iter()).zip(row) {
+            append(builder.as_mut(), field.data_type(), value)?;
         }
     }
     Ok(())
+}
+
+/// A record batch of what `builders` hold (they are left empty).
+pub fn finish_batch(schema: &SchemaRef, builders: &mut [Box<dyn ArrayBuilder>]) -> Result<RecordBatch, ViewError> {
+    let columns: Vec<ArrayRef> = builders.iter_mut().map(|b| b.finish()).collect();
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| ViewError::invalid("record batch", &e.to_string()))
 }
 
 fn scalar_builder(t: &DataType, capacity: usize) -> Box<dyn ArrayBuilder> {
@@ -184,41 +308,12 @@ fn scalar_builder(t: &DataType, capacity: usize) -> Box<dyn ArrayBuilder> {
 
 /// Builds a record batch of `rows` with `schema`.
 pub fn rows_to_batch(schema: &SchemaRef, rows: &[Row]) -> Result<RecordBatch, ViewError> {
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-    for (i, field) in schema.fields().iter().enumerate() {
-        let name = field.name();
-        match field.data_type() {
-            DataType::List(item) => {
-                let t = item.data_type().clone();
-                let mut builder = ListBuilder::new(scalar_builder(&t, rows.len())).with_field(item.clone());
-                for row in rows {
-                    match &row[i] {
-                        Cell::Null => builder.append(false),
-                        Cell::One(v) => {
-                            append(builder.values().as_mut(), &t, Some(v), name)?;
-                            builder.append(true);
-                        }
-                        Cell::Many(values) => {
-                            for v in values {
-                                append(builder.values().as_mut(), &t, Some(v), name)?;
-                            }
-                            builder.append(true);
-                        }
-                    }
-                }
-                columns.push(Arc::new(builder.finish()));
-            }
-            t => {
-                let mut builder = scalar_builder(t, rows.len());
-                for row in rows {
-                    match &row[i] {
-                        Cell::Null | Cell::Many(_) => append(builder.as_mut(), t, None, name)?,
-                        Cell::One(v) => append(builder.as_mut(), t, Some(v), name)?,
-                    }
-                }
-                columns.push(builder.finish());
-            }
-        }
-    }
-    RecordBatch::try_new(schema.clone(), columns).map_err(|e| ViewError::invalid("record batch", &e.to_string()))
+    let typed = typed_owned_rows(schema, rows)?;
+    let mut builders: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|f| column_builder(f.data_type(), rows.len()))
+        .collect();
+    append_rows(schema, &mut builders, &typed)?;
+    finish_batch(schema, &mut builders)
 }

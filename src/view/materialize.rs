@@ -2,12 +2,13 @@
 //! resources: the `resource` column is scanned with DataFusion, partitions in
 //! parallel, each resource parsed once for all views of its type.
 
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayBuilder, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
 use futures::StreamExt;
 use tokio::runtime::Handle;
 
-use super::{Row, ViewError, ViewRunner, rows_to_batch, view_schema};
+use super::arrow::{Typed, append_rows, column_builder, finish_batch, typed_rows};
+use super::{ViewError, ViewRunner, ViewVariables, view_schema};
 use crate::json;
 use crate::store::StoreLocation;
 use crate::warehouse::catalog::{new_session, table_provider};
@@ -49,41 +50,69 @@ pub enum MaterializeError {
     Sink(String),
 }
 
-/// Rows of several views, buffered, turned into batches when full.
+/// Rows of several views, appended to Arrow builders, taken as batches
+/// when full.
 pub struct ViewBuffers {
     schemas: Vec<SchemaRef>,
-    rows: Vec<Vec<Row>>,
+    builders: Vec<Vec<Box<dyn ArrayBuilder>>>,
+    rows: Vec<usize>,
 }
 
 impl ViewBuffers {
     /// Buffers for `runners`.
     pub fn new(runners: &[&ViewRunner<'_>]) -> Self {
+        let schemas: Vec<SchemaRef> = runners.iter().map(|r| view_schema(r.view())).collect();
         Self {
-            schemas: runners.iter().map(|r| view_schema(r.view())).collect(),
-            rows: runners.iter().map(|_| Vec::new()).collect(),
+            builders: schemas.iter().map(new_builders).collect(),
+            rows: vec![0; schemas.len()],
+            schemas,
         }
     }
 
-    /// Adds rows of view `i`; returns a batch when the buffer is full.
-    pub fn push(&mut self, i: usize, rows: Vec<Row>) -> Result<Option<RecordBatch>, ViewError> {
-        self.rows[i].extend(rows);
-        if self.rows[i].len() >= VIEW_BATCH_ROWS {
+    /// Appends converted rows (see [`typed_rows`]) of view `i`; returns a
+    /// batch when the buffer is full.
+    pub fn push(&mut self, i: usize, rows: &[Vec<Typed<'_>>]) -> Result<Option<RecordBatch>, ViewError> {
+        append_rows(&self.schemas[i], &mut self.builders[i], rows)?;
+        self.rows[i] += rows.len();
+        if self.rows[i] >= VIEW_BATCH_ROWS {
             self.take(i).map(Some)
         } else {
             Ok(None)
         }
     }
 
+    /// Runs view `i` (`runner`, with its `vars`) on `resource` and appends
+    /// its rows; returns a batch when the buffer is full.
+    pub fn add(
+        &mut self,
+        i: usize,
+        runner: &ViewRunner<'_>,
+        resource: &json::JsonValue<'_>,
+        vars: &mut ViewVariables,
+    ) -> Result<Option<RecordBatch>, ViewError> {
+        let rows = runner.raw_rows(resource, vars)?;
+        let typed = typed_rows(&self.schemas[i], &rows)?;
+        self.push(i, &typed)
+    }
+
     /// Takes view `i`'s buffered rows as a batch (possibly empty).
     pub fn take(&mut self, i: usize) -> Result<RecordBatch, ViewError> {
-        let rows = std::mem::take(&mut self.rows[i]);
-        rows_to_batch(&self.schemas[i], &rows)
+        self.rows[i] = 0;
+        finish_batch(&self.schemas[i], &mut self.builders[i])
     }
 
     /// The schema of view `i`.
     pub fn schema(&self, i: usize) -> SchemaRef {
         self.schemas[i].clone()
     }
+}
+
+fn new_builders(schema: &SchemaRef) -> Vec<Box<dyn ArrayBuilder>> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| column_builder(f.data_type(), VIEW_BATCH_ROWS))
+        .collect()
 }
 
 /// Scans the `resource` column of `files` (a resource table) in parallel and
@@ -246,15 +275,18 @@ pub async fn rebuild_views(
                 )
             })
             .collect();
-        (buffers, writers)
+        let variables: Vec<ViewVariables> = runners.iter().map(|r| r.variables()).collect();
+        (buffers, writers, variables)
     };
-    let process = |state: &mut (ViewBuffers, Vec<ViewTableWriter>), resource: &json::JsonValue<'_>| {
+    let process = |state: &mut (ViewBuffers, Vec<ViewTableWriter>, Vec<ViewVariables>),
+                   resource: &json::JsonValue<'_>| {
         for (i, runner) in runners.iter().enumerate() {
-            let rows = runner.rows(resource).map_err(|source| MaterializeError::View {
+            let added = state.0.add(i, runner, resource, &mut state.2[i]);
+            let added = added.map_err(|source| MaterializeError::View {
                 resource: resource_label(resource),
                 source,
             })?;
-            if let Some(batch) = state.0.push(i, rows)? {
+            if let Some(batch) = added {
                 state.1[i].write(&batch)?;
             }
         }
@@ -263,7 +295,7 @@ pub async fn rebuild_views(
     let states = scan_resources(warehouse, files, make_state, process).await?;
     let mut out: Vec<Vec<DataFile>> = runners.iter().map(|_| Vec::new()).collect();
     tokio::task::block_in_place(|| -> Result<(), MaterializeError> {
-        for (mut buffers, writers) in states {
+        for (mut buffers, writers, _) in states {
             for (i, mut writer) in writers.into_iter().enumerate() {
                 let batch = buffers.take(i)?;
                 if batch.num_rows() > 0 {
@@ -310,15 +342,16 @@ where
         }
         Ok(rows)
     });
-    type State = (ViewBuffers, std::sync::mpsc::SyncSender<RecordBatch>);
+    type State = (ViewBuffers, std::sync::mpsc::SyncSender<RecordBatch>, ViewVariables);
     let closed = || MaterializeError::Sink("output closed".into());
-    let make_state = |_| (ViewBuffers::new(&[runner]), tx.clone());
+    let make_state = |_| (ViewBuffers::new(&[runner]), tx.clone(), runner.variables());
     let process = |state: &mut State, resource: &json::JsonValue<'_>| {
-        let rows = runner.rows(resource).map_err(|source| MaterializeError::View {
+        let added = state.0.add(0, runner, resource, &mut state.2);
+        let added = added.map_err(|source| MaterializeError::View {
             resource: resource_label(resource),
             source,
         })?;
-        if let Some(batch) = state.0.push(0, rows)? {
+        if let Some(batch) = added {
             state.1.send(batch).map_err(|_| closed())?;
         }
         Ok(())
@@ -326,7 +359,7 @@ where
     let scanned = scan_resources(warehouse, &files, make_state, process)
         .await
         .and_then(|states| {
-            for (mut buffers, sender) in states {
+            for (mut buffers, sender, _) in states {
                 let batch = buffers.take(0)?;
                 if batch.num_rows() > 0 {
                     sender.send(batch).map_err(|_| closed())?;

@@ -8,10 +8,10 @@ pub mod materialize;
 mod model;
 mod run;
 
-pub use arrow::{rows_to_batch, view_schema};
+pub use arrow::{Typed, rows_to_batch, typed_rows, view_schema};
 pub use catalog::ViewCatalog;
 pub use model::{Column, Iteration, Select, ViewDefinition};
-pub use run::{Cell, CellValue, Row, ViewRunner};
+pub use run::{Cell, CellValue, RawCell, RawRow, Row, ViewRunner, ViewVariables};
 
 use crate::fhirpath::FhirPathError;
 

@@ -41,7 +41,62 @@ pub enum Cell {
 /// A row: one cell per view column, in column order.
 pub type Row = Vec<Cell>;
 
-type Partial = Vec<(usize, Cell)>;
+/// A cell before conversion: the FHIRPath values themselves, borrowing the
+/// resource's strings (rows are built per resource, then copied once into
+/// Arrow builders or into [`Cell`]s).
+#[derive(Debug, Clone)]
+pub enum RawCell<'a> {
+    /// No value.
+    Null,
+    /// One value.
+    One(Value<'a>),
+    /// A `collection: true` column (possibly empty).
+    Many(Collection<'a>),
+}
+
+impl RawCell<'_> {
+    /// The owned cell.
+    pub fn to_cell(&self) -> Cell {
+        match self {
+            RawCell::Null => Cell::Null,
+            RawCell::One(v) => Cell::One(cell_value(v)),
+            RawCell::Many(values) => Cell::Many(values.iter().map(cell_value).collect()),
+        }
+    }
+}
+
+/// A row of [`RawCell`]s, in column order.
+pub type RawRow<'a> = Vec<RawCell<'a>>;
+
+type Partial<'a> = Vec<(usize, RawCell<'a>)>;
+
+/// The variables a view's paths see: its constants and `%rowIndex`. Kept
+/// by the caller across resources (their values never borrow a resource).
+#[derive(Debug, Clone)]
+pub struct ViewVariables(HashMap<String, Collection<'static>>);
+
+impl ViewVariables {
+    fn set_row_index(&mut self, index: usize) {
+        let value = Value::Integer(index as i64);
+        match self.0.get_mut("rowIndex") {
+            Some(slot) if slot.len() == 1 => slot[0] = value,
+            Some(slot) => *slot = vec![value],
+            None => {
+                self.0.insert("rowIndex".into(), vec![value]);
+            }
+        }
+    }
+
+    fn row_index(&self) -> Option<Value<'static>> {
+        self.0.get("rowIndex").and_then(|v| v.first()).cloned()
+    }
+
+    fn restore_row_index(&mut self, value: Option<Value<'static>>) {
+        if let (Some(value), Some(slot)) = (value, self.0.get_mut("rowIndex")) {
+            *slot = vec![value];
+        }
+    }
+}
 
 /// Converts one FHIRPath item to an output value.
 pub fn cell_value(value: &Value<'_>) -> CellValue {
@@ -109,21 +164,42 @@ impl<'v> ViewRunner<'v> {
         self.view
     }
 
+    /// The variables of this view (constants, `%rowIndex`), for [`ViewRunner::raw_rows`].
+    pub fn variables(&self) -> ViewVariables {
+        let mut vars = HashMap::new();
+        for (name, value) in &self.constants {
+            vars.insert(name.clone(), vec![value.clone()]);
+        }
+        vars.insert("rowIndex".into(), vec![Value::Integer(0)]);
+        ViewVariables(vars)
+    }
+
     /// The rows `resource` yields (none if it is of another type or filtered out).
-    pub fn rows<'a>(&self, resource: &'a JsonValue<'a>) -> Result<Vec<Row>, ViewError> {
+    pub fn rows(&self, resource: &JsonValue<'_>) -> Result<Vec<Row>, ViewError> {
+        let mut vars = self.variables();
+        Ok(self
+            .raw_rows(resource, &mut vars)?
+            .iter()
+            .map(|row| row.iter().map(RawCell::to_cell).collect())
+            .collect())
+    }
+
+    /// Like [`ViewRunner::rows`], with the values still borrowing `resource`;
+    /// `vars` from [`ViewRunner::variables`] of this runner.
+    pub fn raw_rows<'a>(
+        &self,
+        resource: &'a JsonValue<'a>,
+        vars: &mut ViewVariables,
+    ) -> Result<Vec<RawRow<'a>>, ViewError> {
         if resource.get("resourceType").and_then(JsonValue::as_str) != Some(self.view.resource.as_str()) {
             return Ok(Vec::new());
         }
         let model = FhirModel::r4().map_err(|e| ViewError::invalid("model", &e.to_string()))?;
         let root = vec![Value::resource(resource, model)];
-        let mut vars: HashMap<String, Collection<'a>> = HashMap::new();
-        for (name, value) in &self.constants {
-            vars.insert(name.clone(), vec![value.clone()]);
-        }
-        vars.insert("rowIndex".into(), vec![Value::Integer(0)]);
+        vars.set_row_index(0);
         for path in &self.view.where_paths {
             let result = path
-                .evaluate_on(root.clone(), &root, &vars)
+                .evaluate_on(root.clone(), &root, &vars.0)
                 .map_err(|source| ViewError::Path {
                     at: "where".into(),
                     source,
@@ -150,16 +226,16 @@ impl<'v> ViewRunner<'v> {
                 return Ok(Vec::new());
             }
         }
-        let mut rows: Vec<Partial> = vec![Vec::new()];
+        let mut rows: Vec<Partial<'a>> = vec![Vec::new()];
         for select in &self.view.select {
-            let part = self.process(select, &root[0], &root, &mut vars)?;
+            let part = self.process(select, &root[0], &root, vars)?;
             rows = product(rows, part);
         }
         let n = self.view.columns.len();
         Ok(rows
             .into_iter()
             .map(|partial| {
-                let mut row = vec![Cell::Null; n];
+                let mut row = vec![RawCell::Null; n];
                 for (i, cell) in partial {
                     row[i] = cell;
                 }
@@ -173,10 +249,10 @@ impl<'v> ViewRunner<'v> {
         select: &Select,
         node: &Value<'a>,
         root: &Collection<'a>,
-        vars: &mut HashMap<String, Collection<'a>>,
-    ) -> Result<Vec<Partial>, ViewError> {
-        let eval = |path: &FhirPath, focus: &Value<'a>, vars: &HashMap<String, Collection<'a>>| {
-            path.evaluate_on(vec![focus.clone()], root, vars)
+        vars: &mut ViewVariables,
+    ) -> Result<Vec<Partial<'a>>, ViewError> {
+        let eval = |path: &FhirPath, focus: &Value<'a>, vars: &ViewVariables| {
+            path.evaluate_on(vec![focus.clone()], root, &vars.0)
                 .map_err(|source| ViewError::Path {
                     at: path.text().to_string(),
                     source,
@@ -191,7 +267,7 @@ impl<'v> ViewRunner<'v> {
                 Some(out)
             }
         };
-        let saved_index = vars.get("rowIndex").cloned();
+        let saved_index = vars.row_index();
         let mut rows = Vec::new();
         match foci {
             None => rows = self.focus_rows(select, node, root, vars)?,
@@ -201,7 +277,7 @@ impl<'v> ViewRunner<'v> {
                     let mut row = Partial::new();
                     for c in all_columns(select) {
                         let value = if c.path.text().trim() == "%rowIndex" {
-                            Cell::One(CellValue::Int(0))
+                            RawCell::One(Value::Integer(0))
                         } else {
                             null_cell(&c)
                         };
@@ -212,21 +288,12 @@ impl<'v> ViewRunner<'v> {
             }
             Some(foci) => {
                 for (i, focus) in foci.iter().enumerate() {
-                    match vars.get_mut("rowIndex") {
-                        Some(slot) => *slot = vec![Value::Integer(i as i64)],
-                        None => {
-                            vars.insert("rowIndex".into(), vec![Value::Integer(i as i64)]);
-                        }
-                    }
+                    vars.set_row_index(i);
                     rows.extend(self.focus_rows(select, focus, root, vars)?);
                 }
             }
         }
-        if let Some(index) = saved_index
-            && let Some(slot) = vars.get_mut("rowIndex")
-        {
-            *slot = index;
-        }
+        vars.restore_row_index(saved_index);
         Ok(rows)
     }
 
@@ -235,18 +302,18 @@ impl<'v> ViewRunner<'v> {
         select: &Select,
         focus: &Value<'a>,
         root: &Collection<'a>,
-        vars: &mut HashMap<String, Collection<'a>>,
-    ) -> Result<Vec<Partial>, ViewError> {
+        vars: &mut ViewVariables,
+    ) -> Result<Vec<Partial<'a>>, ViewError> {
         let mut own = Partial::with_capacity(select.columns.len());
         for column in &select.columns {
             let result = column
                 .path
-                .evaluate_on(vec![focus.clone()], root, vars)
+                .evaluate_on(vec![focus.clone()], root, &vars.0)
                 .map_err(|source| ViewError::Path {
                     at: format!("column {}", column.name),
                     source,
                 })?;
-            own.push((column.index, column_cell(column, &result)?));
+            own.push((column.index, column_cell(column, result)?));
         }
         let mut rows = vec![own];
         for nested in &select.selects {
@@ -264,37 +331,35 @@ impl<'v> ViewRunner<'v> {
     }
 }
 
-fn null_cell(column: &Column) -> Cell {
+fn null_cell<'a>(column: &Column) -> RawCell<'a> {
     if column.collection {
-        Cell::Many(Vec::new())
+        RawCell::Many(Vec::new())
     } else {
-        Cell::Null
+        RawCell::Null
     }
 }
 
-fn column_cell(column: &Column, result: &Collection<'_>) -> Result<Cell, ViewError> {
+fn column_cell<'a>(column: &Column, mut result: Collection<'a>) -> Result<RawCell<'a>, ViewError> {
     if column.collection {
-        return Ok(Cell::Many(result.iter().map(cell_value).collect()));
+        return Ok(RawCell::Many(result));
     }
-    match result.as_slice() {
-        [] => Ok(Cell::Null),
-        [one] => Ok(Cell::One(cell_value(one))),
-        many => Err(ViewError::MultipleValues {
+    if result.len() > 1 {
+        return Err(ViewError::MultipleValues {
             column: column.name.clone(),
             path: column.path.text().to_string(),
-            count: many.len(),
-        }),
+            count: result.len(),
+        });
     }
+    Ok(result.pop().map_or(RawCell::Null, RawCell::One))
 }
 
-type EvalFn<'e, 'a> =
-    dyn Fn(&FhirPath, &Value<'a>, &HashMap<String, Collection<'a>>) -> Result<Collection<'a>, ViewError> + 'e;
+type EvalFn<'e, 'a> = dyn Fn(&FhirPath, &Value<'a>, &ViewVariables) -> Result<Collection<'a>, ViewError> + 'e;
 
 fn repeat<'a>(
     paths: &[FhirPath],
     node: &Value<'a>,
     eval: &EvalFn<'_, 'a>,
-    vars: &HashMap<String, Collection<'a>>,
+    vars: &ViewVariables,
     out: &mut Collection<'a>,
     depth: usize,
 ) -> Result<(), ViewError> {
@@ -310,7 +375,7 @@ fn repeat<'a>(
     Ok(())
 }
 
-fn product(mut left: Vec<Partial>, mut right: Vec<Partial>) -> Vec<Partial> {
+fn product<'a>(mut left: Vec<Partial<'a>>, mut right: Vec<Partial<'a>>) -> Vec<Partial<'a>> {
     // The common shapes avoid copying: one side a single row.
     if left.len() == 1 && left[0].is_empty() {
         return right;

@@ -180,4 +180,44 @@ async fn user_views_are_materialized_and_view_errors_reject_lines() {
         err.contains("Patient.ndjson:1") && err.contains("view 'given'") && err.contains("column 'given'"),
         "{err}"
     );
+
+    // A value that does not fit its column's type rejects its line too: with
+    // --skip-invalid the other lines and their view rows are committed.
+    let typed_dir = tmp.path().join("typed");
+    std::fs::create_dir(&typed_dir).unwrap();
+    let view: serde_json::Value = serde_json::from_str(
+        r#"{"name":"born","resource":"Patient","select":[{"column":[{"name":"id","path":"id"},
+            {"name":"born","path":"extension.where(url = 'born').value","type":"integer"}]}]}"#,
+    )
+    .unwrap();
+    let mut typed = ViewCatalog::empty();
+    typed.add(ViewDefinition::from_json(&view).unwrap());
+    std::fs::write(
+        typed_dir.join("Patient.ndjson"),
+        concat!(
+            "{\"resourceType\":\"Patient\",\"id\":\"ok\",\"extension\":[{\"url\":\"born\",\"valueInteger\":1980}]}\n",
+            "{\"resourceType\":\"Patient\",\"id\":\"bad\",\"extension\":[{\"url\":\"born\",\"valueString\":\"x\"}]}\n",
+        ),
+    )
+    .unwrap();
+    let typed_warehouse = Warehouse::open(tmp.path().join("typed-wh").to_str().unwrap()).unwrap();
+    let options = LoadOptions {
+        quiet: true,
+        views: Some(typed),
+        skip_invalid: true,
+        ..LoadOptions::default()
+    };
+    load(&typed_warehouse, &[typed_dir.display().to_string()], &options)
+        .await
+        .unwrap();
+    assert_eq!(query_i64(&typed_warehouse, "SELECT sum(born) FROM born").await, 1980);
+    assert_eq!(
+        query_i64(&typed_warehouse, "SELECT count(*) FROM fhir.patient").await,
+        1
+    );
+    let reasons = query_strings(&typed_warehouse, "SELECT reason FROM _rejects").await;
+    assert!(
+        reasons.len() == 1 && reasons[0].contains("view 'born'") && reasons[0].contains("column 'born'"),
+        "{reasons:?}"
+    );
 }
