@@ -27,8 +27,8 @@ pub const QUERY_MEMORY_LIMIT: usize = 1024 * 1024 * 1024;
 
 /// Parquet footers and page indexes, shared by every session of the process
 /// (each session keeps its own memory pool). Warehouse files are never
-/// changed once written (names carry a unique load token, and entries are
-/// checked against size and modification time), so a server's later cohorts
+/// changed once written (names carry a unique load token; entries are
+/// checked against the size the manifest records), so a server's later cohorts
 /// and exports skip re-reading the metadata of files an earlier query read.
 fn shared_metadata_cache() -> Arc<FileMetadataCache> {
     static CACHE: OnceLock<Arc<FileMetadataCache>> = OnceLock::new();
@@ -143,7 +143,7 @@ async fn listing_provider(
     let files = keys
         .into_iter()
         .zip(files)
-        .map(|(key, file)| (key.to_string(), file.bytes, file.rows));
+        .map(|(key, file)| (key, file.bytes, file.rows));
     Ok(Arc::new(ManifestTable::new(schema, store_url, files, sort_order)))
 }
 

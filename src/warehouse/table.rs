@@ -27,6 +27,8 @@ use datafusion::error::Result;
 use datafusion::logical_expr::{Expr, SortExpr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
+use object_store::ObjectMeta;
+use object_store::path::Path;
 
 /// A table over a fixed list of Parquet files of one object store.
 #[derive(Debug)]
@@ -36,6 +38,8 @@ pub struct ManifestTable {
     files: Vec<PartitionedFile>,
     /// Each file is sorted by these (ascending); empty when unsorted.
     sort_order: Vec<SortExpr>,
+    /// Estimates for the planner.
+    statistics: Statistics,
     format: Arc<ParquetFormat>,
 }
 
@@ -45,33 +49,51 @@ impl ManifestTable {
     pub fn new(
         schema: SchemaRef,
         store_url: ObjectStoreUrl,
-        files: impl IntoIterator<Item = (String, u64, u64)>,
+        files: impl IntoIterator<Item = (Path, u64, u64)>,
         sort_order: Vec<SortExpr>,
     ) -> Self {
+        let mut total_rows = 0u64;
+        let mut total_bytes = 0u64;
         let files = files
             .into_iter()
-            .map(|(key, bytes, rows)| {
-                // Row counts are known; column statistics come from the footers
-                // when the scan opens each file (row group pruning).
-                let statistics = Statistics {
-                    num_rows: Precision::Inexact(usize::try_from(rows).unwrap_or(usize::MAX)),
-                    total_byte_size: Precision::Inexact(usize::try_from(bytes).unwrap_or(usize::MAX)),
-                    column_statistics: vec![ColumnStatistics::new_unknown(); schema.fields().len()],
-                };
-                PartitionedFile::new(key, bytes).with_statistics(Arc::new(statistics))
+            .map(|(location, bytes, rows)| {
+                total_rows += rows;
+                total_bytes += bytes;
+                // The key as is: a key made from a string would be
+                // percent-encoded again (`zoë` → `zo%C3%AB`).
+                PartitionedFile::new_from_meta(ObjectMeta {
+                    location,
+                    // Files never change once written; the footer cache
+                    // checks entries against size and this time.
+                    last_modified: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+                    size: bytes,
+                    e_tag: None,
+                    version: None,
+                })
             })
             .collect();
+        // Row counts are the manifest's, given as estimates for planning;
+        // column statistics come from the footers when the scan opens each
+        // file (row group pruning).
+        let statistics = Statistics {
+            num_rows: Precision::Inexact(usize::try_from(total_rows).unwrap_or(usize::MAX)),
+            total_byte_size: Precision::Inexact(usize::try_from(total_bytes).unwrap_or(usize::MAX)),
+            column_statistics: vec![ColumnStatistics::new_unknown(); schema.fields().len()],
+        };
         Self {
             schema,
             store_url,
             files,
             sort_order,
+            statistics,
             format: Arc::new(ParquetFormat::default()),
         }
     }
 
     /// The file groups a scan reads, one per partition: each sorted file
-    /// alone (so its order survives), otherwise split evenly by size.
+    /// alone (so its order survives; the one caller, the index merge, wants
+    /// exactly that), otherwise split into `target_partitions` groups of
+    /// about as many files each.
     fn file_groups(&self, target_partitions: usize) -> Vec<FileGroup> {
         if self.sort_order.is_empty() {
             FileGroup::new(self.files.clone()).split_files(target_partitions.max(1))
@@ -115,6 +137,7 @@ impl TableProvider for ManifestTable {
         // stay above it as well: the provider reports them as inexact).
         let config = FileScanConfigBuilder::new(self.store_url.clone(), source)
             .with_file_groups(self.file_groups(state.config().target_partitions()))
+            .with_statistics(self.statistics.clone())
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)
             .with_output_ordering(ordering)
@@ -168,14 +191,17 @@ mod tests {
 
     #[tokio::test]
     async fn scans_the_listed_files_only_with_their_order_and_schema() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let warehouse = Warehouse::open(dir.path().to_str().expect("utf-8")).expect("warehouse");
+        let temp = tempfile::tempdir().expect("tempdir");
+        // Characters a store path would percent-encode if re-parsed from text.
+        let dir = temp.path().join("wh zoë~[1]");
+        let warehouse = Warehouse::open(dir.to_str().expect("utf-8")).expect("warehouse");
+        let dir = dir.as_path();
         let files = vec![
-            write(dir.path(), "tables/t/a.parquet", &[("a", 1), ("c", 3)]),
-            write(dir.path(), "tables/t/b.parquet", &[("b", 2), ("d", 4)]),
+            write(dir, "tables/t/a.parquet", &[("a", 1), ("c", 3)]),
+            write(dir, "tables/t/b.parquet", &[("b", 2), ("d", 4)]),
         ];
         // A file in the same folder that the manifest does not list is not read.
-        write(dir.path(), "tables/t/stray.parquet", &[("x", 9)]);
+        write(dir, "tables/t/stray.parquet", &[("x", 9)]);
         let ctx = new_session().expect("session");
 
         // Schema from the first file's footer; a filter pushed into the scan.
