@@ -165,27 +165,40 @@ fn typed_item<'b>(t: &DataType, value: &'b Value<'_>, column: &str) -> Result<Ty
     typed_value(t, cell_value(value), column)
 }
 
-/// Converts rows to the types of `schema` (one [`Typed`] per column).
-pub fn typed_rows<'b>(schema: &SchemaRef, rows: &'b [RawRow<'_>]) -> Result<Vec<Vec<Typed<'b>>>, ViewError> {
+/// A cell's shape, whatever form its values take.
+enum Shape<'c, V> {
+    Null,
+    One(&'c V),
+    Many(&'c [V]),
+}
+
+/// Converts rows of cells (seen through `shape`) to the types of `schema`,
+/// each value by `item`: one [`Typed`] per column.
+fn convert_rows<'c, 'b, C, V: 'c>(
+    schema: &SchemaRef,
+    rows: &'c [Vec<C>],
+    shape: impl Fn(&'c C) -> Shape<'c, V>,
+    item: impl Fn(&DataType, &'c V, &str) -> Result<Typed<'b>, ViewError>,
+) -> Result<Vec<Vec<Typed<'b>>>, ViewError> {
     rows.iter()
         .map(|row| {
             row.iter()
                 .zip(schema.fields().iter())
                 .map(|(cell, field)| {
                     let name = field.name();
-                    match (field.data_type(), cell) {
-                        (DataType::List(_), RawCell::Null) => Ok(Typed::List(None)),
-                        (DataType::List(item), RawCell::One(v)) => {
-                            Ok(Typed::List(Some(vec![typed_item(item.data_type(), v, name)?])))
+                    match (field.data_type(), shape(cell)) {
+                        (DataType::List(_), Shape::Null) => Ok(Typed::List(None)),
+                        (DataType::List(t), Shape::One(v)) => {
+                            Ok(Typed::List(Some(vec![item(t.data_type(), v, name)?])))
                         }
-                        (DataType::List(item), RawCell::Many(values)) => Ok(Typed::List(Some(
+                        (DataType::List(t), Shape::Many(values)) => Ok(Typed::List(Some(
                             values
                                 .iter()
-                                .map(|v| typed_item(item.data_type(), v, name))
+                                .map(|v| item(t.data_type(), v, name))
                                 .collect::<Result<_, _>>()?,
                         ))),
-                        (_, RawCell::Null | RawCell::Many(_)) => Ok(Typed::Null),
-                        (t, RawCell::One(v)) => typed_item(t, v, name),
+                        (_, Shape::Null | Shape::Many(_)) => Ok(Typed::Null),
+                        (t, Shape::One(v)) => item(t, v, name),
                     }
                 })
                 .collect()
@@ -193,32 +206,32 @@ pub fn typed_rows<'b>(schema: &SchemaRef, rows: &'b [RawRow<'_>]) -> Result<Vec<
         .collect()
 }
 
+/// Converts rows to the types of `schema` (one [`Typed`] per column).
+pub fn typed_rows<'b>(schema: &SchemaRef, rows: &'b [RawRow<'_>]) -> Result<Vec<Vec<Typed<'b>>>, ViewError> {
+    convert_rows(schema, rows, raw_shape, typed_item)
+}
+
 /// Converts owned rows (see [`typed_rows`]).
 fn typed_owned_rows(schema: &SchemaRef, rows: &[Row]) -> Result<Vec<Vec<Typed<'static>>>, ViewError> {
-    rows.iter()
-        .map(|row| {
-            row.iter()
-                .zip(schema.fields().iter())
-                .map(|(cell, field)| {
-                    let name = field.name();
-                    match (field.data_type(), cell) {
-                        (DataType::List(_), Cell::Null) => Ok(Typed::List(None)),
-                        (DataType::List(item), Cell::One(v)) => {
-                            Ok(Typed::List(Some(vec![typed_value(item.data_type(), v.clone(), name)?])))
-                        }
-                        (DataType::List(item), Cell::Many(values)) => Ok(Typed::List(Some(
-                            values
-                                .iter()
-                                .map(|v| typed_value(item.data_type(), v.clone(), name))
-                                .collect::<Result<_, _>>()?,
-                        ))),
-                        (_, Cell::Null | Cell::Many(_)) => Ok(Typed::Null),
-                        (t, Cell::One(v)) => typed_value(t, v.clone(), name),
-                    }
-                })
-                .collect()
-        })
-        .collect()
+    convert_rows(schema, rows, owned_shape, |t, v: &CellValue, name| {
+        typed_value(t, v.clone(), name)
+    })
+}
+
+fn raw_shape<'c, 'a>(cell: &'c RawCell<'a>) -> Shape<'c, Value<'a>> {
+    match cell {
+        RawCell::Null => Shape::Null,
+        RawCell::One(v) => Shape::One(v),
+        RawCell::Many(values) => Shape::Many(values.as_slice()),
+    }
+}
+
+fn owned_shape(cell: &Cell) -> Shape<'_, CellValue> {
+    match cell {
+        Cell::Null => Shape::Null,
+        Cell::One(v) => Shape::One(v),
+        Cell::Many(values) => Shape::Many(values.as_slice()),
+    }
 }
 
 /// Appends one converted value to `builder` (made by [`column_builder`] for `t`).

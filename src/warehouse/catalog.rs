@@ -86,7 +86,7 @@ pub async fn files_provider(
     schema: Option<SchemaRef>,
     files: &[super::DataFile],
 ) -> Result<Arc<dyn TableProvider>, WarehouseError> {
-    listing_provider(warehouse, ctx, schema, files, &[]).await
+    manifest_provider(warehouse, ctx, schema, files, &[]).await
 }
 
 /// Like [`files_provider`] for files that are each sorted by `sort_columns`
@@ -98,10 +98,10 @@ pub async fn files_provider_sorted(
     files: &[super::DataFile],
     sort_columns: &[String],
 ) -> Result<Arc<dyn TableProvider>, WarehouseError> {
-    listing_provider(warehouse, ctx, Some(schema), files, sort_columns).await
+    manifest_provider(warehouse, ctx, Some(schema), files, sort_columns).await
 }
 
-async fn listing_provider(
+async fn manifest_provider(
     warehouse: &Warehouse,
     ctx: &SessionContext,
     schema: Option<SchemaRef>,
