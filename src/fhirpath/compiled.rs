@@ -71,7 +71,21 @@ pub(super) enum CompiledPath {
     Steps(Vec<Step>),
     /// `a | b`.
     Union(Box<CompiledPath>, Box<CompiledPath>),
-    /// A function applied last (`getReferenceKey(Patient)`, `count()`).
+    /// `getResourceKey()` on the nodes of steps.
+    ResourceKey(Vec<Step>),
+    /// `getReferenceKey([T])` on the nodes of steps (`T`: the type name).
+    ReferenceKey {
+        /// The references.
+        input: Vec<Step>,
+        /// The target type asked for, if any.
+        wanted: Option<String>,
+    },
+    /// `count()` of the nodes of steps.
+    Count(Vec<Step>),
+    /// `exists()` (no criteria) of the nodes of steps.
+    Exists(Vec<Step>),
+    /// Any other function applied last (`join(',')`), by the general
+    /// function with the focus as its scope.
     Call {
         /// Its input.
         input: Box<CompiledPath>,
@@ -113,30 +127,83 @@ impl CompiledPath {
 
     /// Evaluates the path on `focus`; `Ok(None)` when the data needs the
     /// general evaluator.
+    #[cfg(test)]
     pub(super) fn evaluate<'a>(
         &self,
         focus: &Node<'a>,
         evaluator: &Evaluator<'a, '_>,
         scope: &Scope<'a>,
     ) -> Result<Option<Collection<'a>>, FhirPathError> {
+        let mut out = Vec::new();
+        Ok(self.evaluate_into(focus, evaluator, scope, &mut out)?.then_some(out))
+    }
+
+    /// Whether evaluation calls general functions, which need the focus as
+    /// their scope (the caller builds it only then).
+    pub(super) fn uses_scope(&self) -> bool {
         match self {
-            CompiledPath::Steps(steps) => Ok(run_steps(steps, focus, evaluator, scope)?),
+            CompiledPath::Steps(steps) => !streams(steps),
+            CompiledPath::Union(a, b) => a.uses_scope() || b.uses_scope(),
+            CompiledPath::ResourceKey(steps)
+            | CompiledPath::ReferenceKey { input: steps, .. }
+            | CompiledPath::Count(steps)
+            | CompiledPath::Exists(steps) => !streams(steps),
+            CompiledPath::Call { .. } => true,
+        }
+    }
+
+    /// Appends what the path yields on `focus` to `out`; `Ok(false)` (and
+    /// `out` as it was) when the data needs the general evaluator. Member
+    /// chains are walked depth first without intermediate collections.
+    pub(super) fn evaluate_into<'a>(
+        &self,
+        focus: &Node<'a>,
+        evaluator: &Evaluator<'a, '_>,
+        scope: &Scope<'a>,
+        out: &mut Collection<'a>,
+    ) -> Result<bool, FhirPathError> {
+        let start = out.len();
+        let complete = match self {
+            CompiledPath::Steps(steps) => {
+                for_each_node(steps, focus, evaluator, scope, |node| out.push(Value::Node(node)))?
+            }
             CompiledPath::Union(a, b) => {
-                let (Some(left), Some(right)) = (
-                    a.evaluate(focus, evaluator, scope)?,
-                    b.evaluate(focus, evaluator, scope)?,
-                ) else {
-                    return Ok(None);
-                };
-                Ok(Some(distinct(left.into_iter().chain(right))))
+                let complete =
+                    a.evaluate_into(focus, evaluator, scope, out)? && b.evaluate_into(focus, evaluator, scope, out)?;
+                if complete {
+                    let both: Vec<Value<'a>> = out.drain(start..).collect();
+                    out.extend(distinct(both));
+                }
+                complete
+            }
+            CompiledPath::ResourceKey(steps) => for_each_node(steps, focus, evaluator, scope, |node| {
+                out.extend(functions::resource_key(&node));
+            })?,
+            CompiledPath::ReferenceKey { input, wanted } => for_each_node(input, focus, evaluator, scope, |node| {
+                out.extend(functions::reference_key(&node, wanted.as_deref()));
+            })?,
+            CompiledPath::Count(steps) | CompiledPath::Exists(steps) => {
+                let mut count = 0i64;
+                let complete = for_each_node(steps, focus, evaluator, scope, |_| count += 1)?;
+                out.push(match self {
+                    CompiledPath::Count(_) => Value::Integer(count),
+                    _ => Value::Boolean(count > 0),
+                });
+                complete
             }
             CompiledPath::Call { input, name, args, pos } => {
-                let Some(input) = input.evaluate(focus, evaluator, scope)? else {
-                    return Ok(None);
-                };
-                functions::call(evaluator, name, *pos, input, args, scope).map(Some)
+                let mut items = Vec::new();
+                let complete = input.evaluate_into(focus, evaluator, scope, &mut items)?;
+                if complete {
+                    out.extend(functions::call(evaluator, name, *pos, items, args, scope)?);
+                }
+                complete
             }
+        };
+        if !complete {
+            out.truncate(start);
         }
+        Ok(complete)
     }
 }
 
@@ -200,6 +267,22 @@ fn compile_expr(expr: &Expr, focus: Shape, model: &'static FhirModel) -> Option<
                     });
                     Some((CompiledPath::Steps(steps), shape))
                 }
+                ("getResourceKey", [], (CompiledPath::Steps(steps), _)) => {
+                    Some((CompiledPath::ResourceKey(steps), None))
+                }
+                ("getReferenceKey", [], (CompiledPath::Steps(input), _)) => {
+                    Some((CompiledPath::ReferenceKey { input, wanted: None }, None))
+                }
+                ("getReferenceKey", [arg], (CompiledPath::Steps(input), _)) => Some((
+                    CompiledPath::ReferenceKey {
+                        input,
+                        // A bad argument is an error the general function reports.
+                        wanted: Some(type_argument(arg).ok()?.name),
+                    },
+                    None,
+                )),
+                ("count", [], (CompiledPath::Steps(steps), _)) => Some((CompiledPath::Count(steps), None)),
+                ("exists", [], (CompiledPath::Steps(steps), _)) => Some((CompiledPath::Exists(steps), None)),
                 (_, _, (input, _)) if functions::is_function(name) => Some((
                     CompiledPath::Call {
                         input: Box::new(input),
@@ -325,6 +408,125 @@ fn type_filter(
             }
             Some((CompiledPath::Steps(steps), Some(shape)))
         }
+    }
+}
+
+/// Whether `steps` can be walked depth first: no general `where`, and few
+/// enough steps for a bit per `first()`.
+fn streams(steps: &[Step]) -> bool {
+    steps.len() <= 64 && !steps.iter().any(|s| matches!(s, Step::Where { .. }))
+}
+
+/// Calls `sink` on every node `steps` yield from `focus`, in order;
+/// `Ok(false)` when the data needs the general evaluator (some nodes may
+/// have been passed already).
+fn for_each_node<'a>(
+    steps: &[Step],
+    focus: &Node<'a>,
+    evaluator: &Evaluator<'a, '_>,
+    scope: &Scope<'a>,
+    mut sink: impl FnMut(Node<'a>),
+) -> Result<bool, FhirPathError> {
+    if streams(steps) {
+        let mut taken = 0u64;
+        return Ok(walk(steps, 0, *focus, &mut taken, evaluator, &mut sink) != Flow::Fallback);
+    }
+    let Some(items) = run_steps(steps, focus, evaluator, scope)? else {
+        return Ok(false);
+    };
+    for item in items {
+        if let Value::Node(node) = item {
+            sink(node);
+        }
+    }
+    Ok(true)
+}
+
+/// How a depth-first walk goes on.
+#[derive(PartialEq)]
+enum Flow {
+    /// On to the next item.
+    Continue,
+    /// A `first()` has its item: every later item would be dropped.
+    Stop,
+    /// The data needs the general evaluator.
+    Fallback,
+}
+
+/// Walks `steps[at..]` from `node` depth first, which visits the nodes in
+/// the order the step-by-step collections hold them. `taken` has bit `i`
+/// set once the `first()` at step `i` has passed its item.
+fn walk<'a>(
+    steps: &[Step],
+    at: usize,
+    node: Node<'a>,
+    taken: &mut u64,
+    evaluator: &Evaluator<'a, '_>,
+    sink: &mut impl FnMut(Node<'a>),
+) -> Flow {
+    let Some(step) = steps.get(at) else {
+        sink(node);
+        return Flow::Continue;
+    };
+    let mut children = |value: &'a JsonValue<'a>, fhir_type: &'static str, owner: Option<&'static str>| {
+        let mut flow = Flow::Continue;
+        value.for_each_item(|item| {
+            if flow == Flow::Continue && !matches!(item, JsonValue::Null) {
+                let child = Node {
+                    json: item,
+                    fhir_type: Some(fhir_type),
+                    children_owner: owner,
+                    primitive_element: None,
+                };
+                flow = walk(steps, at + 1, child, taken, evaluator, sink);
+            }
+        });
+        flow
+    };
+    match step {
+        Step::Member { name, fhir_type, owner } => {
+            let mut value = None;
+            for (key, v) in node.json.as_object().unwrap_or_default() {
+                if **key == **name {
+                    value = Some(v);
+                } else if key.strip_prefix('_') == Some(&**name) {
+                    return Flow::Fallback;
+                }
+            }
+            value.map_or(Flow::Continue, |v| children(v, fhir_type, *owner))
+        }
+        Step::Choice { name, types } => {
+            for (key, v) in node.json.as_object().unwrap_or_default() {
+                if let Some(code) = key.strip_prefix(&**name).and_then(|suffix| choice_type(suffix, types)) {
+                    let flow = children(v, code, Some(code));
+                    if flow != Flow::Continue {
+                        return flow;
+                    }
+                }
+            }
+            Flow::Continue
+        }
+        Step::First => {
+            let bit = 1u64 << at;
+            if *taken & bit != 0 {
+                return Flow::Stop;
+            }
+            *taken |= bit;
+            match walk(steps, at + 1, node, taken, evaluator, sink) {
+                Flow::Fallback => Flow::Fallback,
+                _ => Flow::Stop,
+            }
+        }
+        Step::Empty => Flow::Continue,
+        Step::WhereResolvesTo(spec) => {
+            if resolves_to(&node, spec, evaluator) {
+                walk(steps, at + 1, node, taken, evaluator, sink)
+            } else {
+                Flow::Continue
+            }
+        }
+        // Not walked (see `streams`).
+        Step::Where { .. } => Flow::Fallback,
     }
 }
 
@@ -456,6 +658,57 @@ mod tests {
                 Err(e) => format!("{:?}", Err::<Collection, _>(e)),
             });
         (compiled, general)
+    }
+
+    /// Shapes where walking depth first could differ from collecting step by
+    /// step: `first()` after several branches, primitive companions before
+    /// and after the first item, unions with duplicates, keys and counts.
+    #[test]
+    fn walked_paths_agree_with_the_general_evaluator_on_edge_shapes() {
+        let model = FhirModel::r4().unwrap();
+        let resources = [
+            r#"{"resourceType":"Patient","id":"p","name":[{"family":"A"},{"given":["x","y"]},{"given":["z"],"_given":[{"extension":[{"url":"u","valueString":"e"}]}]}]}"#,
+            r#"{"resourceType":"Patient","id":"p","name":[{"_given":[{"extension":[{"url":"u","valueString":"e"}]}]},{"given":["x"]}]}"#,
+            r#"{"resourceType":"Patient","id":"p","name":[{"given":["x"],"family":"F"},{"given":["x"],"family":"F"}],"generalPractitioner":[{"reference":"urn:uuid:1","type":"Practitioner"},{"reference":"Organization/o"},{"reference":"Practitioner/2"}]}"#,
+            r#"{"resourceType":"Observation","id":"o","status":"final","code":{"coding":[{"system":"s"},{"system":"t","display":"d"}]},"subject":{"reference":"Patient/p"},"valueQuantity":{"value":1.0,"unit":"%"}}"#,
+            r#"{"resourceType":"Observation","id":"o","code":{"coding":[]},"component":[{"valueString":"a"},{"valueInteger":2},{"valueString":"b"}]}"#,
+        ];
+        let paths = [
+            "name.given.first()",
+            "name.first().given.first()",
+            "name.given",
+            "name.family.first()",
+            "name.given | name.family",
+            "name.given.count()",
+            "name.family.exists()",
+            "generalPractitioner.getReferenceKey()",
+            "generalPractitioner.getReferenceKey(Practitioner)",
+            "generalPractitioner.where(resolve() is Practitioner).first()",
+            "getResourceKey()",
+            "code.coding.first().display",
+            "code.coding.display.first()",
+            "code.coding.count()",
+            "subject.getReferenceKey(Patient)",
+            "subject.getReferenceKey(Group)",
+            "value.ofType(Quantity).value",
+            "component.value.ofType(string).first()",
+            "component.value.ofType(integer)",
+            "component.value.exists()",
+        ];
+        let mut walked = 0;
+        for text in resources {
+            let json = crate::json::parse(text).unwrap();
+            let root = vec![Value::resource(&json, model)];
+            for path in paths {
+                let path = FhirPath::parse(path).unwrap();
+                let (fast, general) = both(&path, &root[0], &root);
+                if let Some(fast) = fast {
+                    assert_eq!(fast, general, "{text}: {}", path.text());
+                    walked += 1;
+                }
+            }
+        }
+        assert!(walked >= 40, "{walked} compiled evaluations");
     }
 
     /// `(forEach path, column paths)` of each select of a view.

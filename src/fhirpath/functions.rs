@@ -9,7 +9,7 @@ use super::FhirPathError;
 use super::ast::{Expr, TypeSpecifier};
 use super::eval::{Evaluator, Scope, distinct, eval_error, singleton, singleton_integer, to_boolean};
 use super::temporal::{DateTimeValue, Precision, TimeValue};
-use super::value::{Collection, Quantity, Value, equals, parse_decimal};
+use super::value::{Collection, Node, Quantity, Value, equals, parse_decimal};
 use crate::fhir::parse_reference;
 use crate::json::JsonValue;
 
@@ -693,9 +693,7 @@ static FUNCTIONS: &[Function] = &[
         Ok(input
             .iter()
             .filter_map(|v| match v {
-                Value::Node(n) if n.json.get("resourceType").is_some() => {
-                    n.json.get("id")?.as_str().map(|s| Value::String(s.to_string()))
-                }
+                Value::Node(n) => resource_key(n),
                 _ => None,
             })
             .collect())
@@ -708,21 +706,7 @@ static FUNCTIONS: &[Function] = &[
         Ok(input
             .iter()
             .filter_map(|v| match v {
-                Value::Node(n) => {
-                    let target = parse_reference(n.json.get("reference")?.as_str()?)?;
-                    let t = target.resource_type.or_else(|| {
-                        n.json
-                            .get("type")?
-                            .as_str()
-                            .and_then(|t| crate::fhir::ResourceTypes::r4().ok()?.get(t))
-                    });
-                    if let Some(w) = &wanted
-                        && t != Some(w.as_str())
-                    {
-                        return None;
-                    }
-                    Some(Value::String(target.id.to_string()))
-                }
+                Value::Node(n) => reference_key(n, wanted.as_deref()),
                 _ => None,
             })
             .collect())
@@ -779,6 +763,30 @@ pub fn call<'a>(
         },
         other => other,
     })
+}
+
+/// `getResourceKey()` of one node: the id of a resource node.
+pub(super) fn resource_key<'a>(node: &Node<'a>) -> Option<Value<'a>> {
+    node.json.get("resourceType")?;
+    node.json.get("id")?.as_str().map(|s| Value::String(s.to_string()))
+}
+
+/// `getReferenceKey([wanted])` of one Reference node: the target's id, if
+/// its type (from the reference text, else `Reference.type`) is `wanted`.
+pub(super) fn reference_key<'a>(node: &Node<'a>, wanted: Option<&str>) -> Option<Value<'a>> {
+    let target = parse_reference(node.json.get("reference")?.as_str()?)?;
+    let t = target.resource_type.or_else(|| {
+        node.json
+            .get("type")?
+            .as_str()
+            .and_then(|t| crate::fhir::ResourceTypes::r4().ok()?.get(t))
+    });
+    if let Some(w) = wanted
+        && t != Some(w)
+    {
+        return None;
+    }
+    Some(Value::String(target.id.to_string()))
 }
 
 /// The target type and id of a Reference node, as `resolve()` sees them:

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 pub use eval::{Evaluator, Scope};
+use value::Node;
 pub use value::{Collection, Value};
 
 use crate::fhir::model::FhirModel;
@@ -85,6 +86,8 @@ pub struct FhirPath {
 struct CompiledFor {
     fhir_type: &'static str,
     owner: &'static str,
+    /// Whether evaluation needs the focus as a scope (general functions).
+    uses_scope: bool,
     path: compiled::CompiledPath,
 }
 
@@ -161,8 +164,10 @@ impl FhirPath {
         variables: &HashMap<String, Collection<'a>>,
     ) -> Result<Collection<'a>, FhirPathError> {
         let model = FhirModel::r4().map_err(|e| FhirPathError::Model(e.to_string()))?;
-        let root = vec![Value::resource(resource, model)];
-        self.evaluate_on(root.clone(), &root, variables)
+        let root = [Value::resource(resource, model)];
+        let mut out = Vec::new();
+        self.evaluate_into(&root[0], &root, variables, &mut out)?;
+        Ok(out)
     }
 
     /// Evaluates with `focus` as `$this` and `resource` as `%resource`.
@@ -172,43 +177,89 @@ impl FhirPath {
         resource: &[Value<'a>],
         variables: &HashMap<String, Collection<'a>>,
     ) -> Result<Collection<'a>, FhirPathError> {
+        if let [item] = focus.as_slice() {
+            let mut out = Vec::new();
+            self.evaluate_into(item, resource, variables, &mut out)?;
+            return Ok(out);
+        }
         let model = FhirModel::r4().map_err(|e| FhirPathError::Model(e.to_string()))?;
         let evaluator = Evaluator {
             model,
             resource,
             variables,
         };
-        let fast = match focus.as_slice() {
-            [Value::Node(node)] if node.primitive_element.is_none() => {
-                node.fhir_type.zip(node.children_owner).and_then(|(fhir_type, owner)| {
-                    self.compiled
-                        .get_or_init(|| {
-                            compiled::CompiledPath::compile(&self.ast, fhir_type, owner, model)
-                                .map(|path| CompiledFor { fhir_type, owner, path })
-                        })
-                        .as_ref()
-                        .filter(|c| same_name(c.fhir_type, fhir_type) && same_name(c.owner, owner))
-                        .map(|c| (*node, &c.path))
-                })
+        evaluator
+            .eval(&self.ast, &Scope::new(focus))
+            .map_err(|e| self.in_expression(e))
+    }
+
+    /// Appends what the expression yields with the one item `focus` as
+    /// `$this` (and `resource` as `%resource`) to `out`. For a node of the
+    /// type the expression was compiled for, member chains are walked
+    /// without building a collection per step (see `compiled`).
+    pub fn evaluate_into<'a>(
+        &self,
+        focus: &Value<'a>,
+        resource: &[Value<'a>],
+        variables: &HashMap<String, Collection<'a>>,
+        out: &mut Collection<'a>,
+    ) -> Result<(), FhirPathError> {
+        let model = FhirModel::r4().map_err(|e| FhirPathError::Model(e.to_string()))?;
+        let evaluator = Evaluator {
+            model,
+            resource,
+            variables,
+        };
+        if let Value::Node(node) = focus
+            && let Some(compiled) = self.compiled_for(node, model)
+        {
+            let scope = Scope::new(if compiled.uses_scope {
+                vec![focus.clone()]
+            } else {
+                Vec::new()
+            });
+            match compiled.path.evaluate_into(node, &evaluator, &scope, out) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => return Err(self.in_expression(e)),
             }
-            _ => None,
-        };
-        let scope = Scope::new(focus);
-        let result = match fast {
-            Some((node, path)) => match path.evaluate(&node, &evaluator, &scope) {
-                Ok(Some(result)) => Ok(result),
-                Ok(None) => evaluator.eval(&self.ast, &scope),
-                Err(e) => Err(e),
-            },
-            None => evaluator.eval(&self.ast, &scope),
-        };
-        result.map_err(|e| match e {
+        }
+        let result = evaluator
+            .eval(&self.ast, &Scope::new(vec![focus.clone()]))
+            .map_err(|e| self.in_expression(e))?;
+        out.extend(result);
+        Ok(())
+    }
+
+    /// The path compiled for `node`'s type, if the expression compiles and
+    /// was first compiled for that type.
+    fn compiled_for(&self, node: &Node<'_>, model: &'static FhirModel) -> Option<&CompiledFor> {
+        if node.primitive_element.is_some() {
+            return None;
+        }
+        let (fhir_type, owner) = node.fhir_type.zip(node.children_owner)?;
+        self.compiled
+            .get_or_init(|| {
+                compiled::CompiledPath::compile(&self.ast, fhir_type, owner, model).map(|path| CompiledFor {
+                    fhir_type,
+                    owner,
+                    uses_scope: path.uses_scope(),
+                    path,
+                })
+            })
+            .as_ref()
+            .filter(|c| same_name(c.fhir_type, fhir_type) && same_name(c.owner, owner))
+    }
+
+    /// `e`, saying which expression it comes from.
+    fn in_expression(&self, e: FhirPathError) -> FhirPathError {
+        match e {
             FhirPathError::InExpression { .. } | FhirPathError::Syntax { .. } => e,
             other => FhirPathError::InExpression {
                 expression: self.text.clone(),
                 source: Box::new(other),
             },
-        })
+        }
     }
 }
 

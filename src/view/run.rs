@@ -195,11 +195,12 @@ impl<'v> ViewRunner<'v> {
             return Ok(Vec::new());
         }
         let model = FhirModel::r4().map_err(|e| ViewError::invalid("model", &e.to_string()))?;
-        let root = vec![Value::resource(resource, model)];
+        let root = [Value::resource(resource, model)];
         vars.set_row_index(0);
+        let mut result = Vec::new();
         for path in &self.view.where_paths {
-            let result = path
-                .evaluate_on(root.clone(), &root, &vars.0)
+            result.clear();
+            path.evaluate_into(&root[0], &root, &vars.0, &mut result)
                 .map_err(|source| ViewError::Path {
                     at: "where".into(),
                     source,
@@ -248,15 +249,17 @@ impl<'v> ViewRunner<'v> {
         &self,
         select: &Select,
         node: &Value<'a>,
-        root: &Collection<'a>,
+        root: &[Value<'a>],
         vars: &mut ViewVariables,
     ) -> Result<Vec<Partial<'a>>, ViewError> {
         let eval = |path: &FhirPath, focus: &Value<'a>, vars: &ViewVariables| {
-            path.evaluate_on(vec![focus.clone()], root, &vars.0)
+            let mut out = Vec::new();
+            path.evaluate_into(focus, root, &vars.0, &mut out)
                 .map_err(|source| ViewError::Path {
                     at: path.text().to_string(),
                     source,
-                })
+                })?;
+            Ok(out)
         };
         let foci: Option<Collection<'a>> = match &select.iteration {
             None => None,
@@ -301,19 +304,22 @@ impl<'v> ViewRunner<'v> {
         &self,
         select: &Select,
         focus: &Value<'a>,
-        root: &Collection<'a>,
+        root: &[Value<'a>],
         vars: &mut ViewVariables,
     ) -> Result<Vec<Partial<'a>>, ViewError> {
         let mut own = Partial::with_capacity(select.columns.len());
+        // One buffer for every column's result (a single value is moved out).
+        let mut result = Vec::new();
         for column in &select.columns {
-            let result = column
+            result.clear();
+            column
                 .path
-                .evaluate_on(vec![focus.clone()], root, &vars.0)
+                .evaluate_into(focus, root, &vars.0, &mut result)
                 .map_err(|source| ViewError::Path {
                     at: format!("column {}", column.name),
                     source,
                 })?;
-            own.push((column.index, column_cell(column, result)?));
+            own.push((column.index, column_cell(column, &mut result)?));
         }
         let mut rows = vec![own];
         for nested in &select.selects {
@@ -339,9 +345,9 @@ fn null_cell<'a>(column: &Column) -> RawCell<'a> {
     }
 }
 
-fn column_cell<'a>(column: &Column, mut result: Collection<'a>) -> Result<RawCell<'a>, ViewError> {
+fn column_cell<'a>(column: &Column, result: &mut Collection<'a>) -> Result<RawCell<'a>, ViewError> {
     if column.collection {
-        return Ok(RawCell::Many(result));
+        return Ok(RawCell::Many(std::mem::take(result)));
     }
     if result.len() > 1 {
         return Err(ViewError::MultipleValues {
