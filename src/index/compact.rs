@@ -24,6 +24,10 @@ pub const MAX_FAN_IN: usize = 64;
 /// keeps them as its files: a filter reads a few sorted files instead of
 /// one, and the load skips decoding and re-encoding them.
 const MAX_UNMERGED_RUNS: usize = 4;
+/// Rows per batch read from each run: the merge holds a batch per run, so
+/// with [`MAX_FAN_IN`] runs this sets most of its memory (DataFusion's
+/// default of 8192 rows made two merges of wide token rows hold ~0.5 GB).
+const MERGE_BATCH_ROWS: usize = 2048;
 /// Output files are rolled at this size.
 const FILE_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -49,6 +53,7 @@ pub async fn compact(
     if runs.len() <= MAX_UNMERGED_RUNS && runs.iter().all(|r| r.path.ends_with(FINAL_RUN_SUFFIX)) {
         return Ok(runs.to_vec());
     }
+    tracing::debug!(table = table_key, runs = runs.len(), "merging index runs");
     let mut level = runs.to_vec();
     let mut intermediates: Vec<DataFile> = Vec::new();
     let mut counter = 0usize;
@@ -85,6 +90,7 @@ async fn merge_once(
         return Ok(Vec::new());
     }
     let config = datafusion::prelude::SessionConfig::new()
+        .with_batch_size(MERGE_BATCH_ROWS)
         .with_target_partitions(inputs.len())
         .with_repartition_file_scans(false);
     let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()

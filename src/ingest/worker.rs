@@ -220,7 +220,11 @@ pub fn run_worker(
     } else {
         worker.abort();
     }
-    (worker.into_output(), error)
+    let output = worker.into_output();
+    // The worker's buffers are freed now; hand their pages back before the
+    // merge phase allocates on other threads (see `release_free_memory`).
+    super::release_free_memory();
+    (output, error)
 }
 
 impl<'a> Worker<'a> {

@@ -574,19 +574,24 @@ impl<'r> TypeIndexer<'r> {
         let mut present = Vec::new();
         self.present_roots(resource, &mut present);
         let vars = std::collections::HashMap::new();
+        let model = match crate::fhir::model::FhirModel::r4() {
+            Ok(model) => model,
+            Err(e) => return on_error(crate::fhirpath::FhirPathError::Model(e.to_string())),
+        };
+        let root = [Value::resource(resource, model)];
+        // One buffer for every group's values.
+        let mut results = Vec::new();
         for group in &self.groups {
             if let Some(roots) = &group.roots
                 && !roots.iter().any(|&i| present[i])
             {
                 continue;
             }
-            let results = match group.path.evaluate(resource, &vars) {
-                Ok(results) => results,
-                Err(e) => {
-                    on_error(e);
-                    continue;
-                }
-            };
+            results.clear();
+            if let Err(e) = group.path.evaluate_into(&root[0], &root, &vars, &mut results) {
+                on_error(e);
+                continue;
+            }
             if results.is_empty() {
                 continue;
             }

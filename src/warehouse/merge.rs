@@ -16,7 +16,7 @@ use datafusion::prelude::SessionContext;
 use futures::StreamExt;
 use tokio::runtime::Handle;
 
-use super::catalog::{new_session, table_provider};
+use super::catalog::{files_provider, new_session, table_provider};
 use super::parquet_file::ParquetFileWriter;
 use super::schema::resource_schema;
 use super::{DataFile, TableEntry, TableKind, Warehouse, WarehouseError};
@@ -33,12 +33,34 @@ async fn source_session(warehouse: &Warehouse, files: &[DataFile]) -> Result<Ses
     Ok(ctx)
 }
 
+/// Memory the duplicate-id check of a load may use before its aggregate
+/// spills to disk. The check groups every id of the largest new table (tens
+/// of millions in a large load), so the general query budget would let it
+/// hold a GiB; a load's other phases stay well under this.
+const DUPLICATE_CHECK_MEMORY: usize = 256 * 1024 * 1024;
+
 /// True if some id occurs more than once in `files`.
 pub async fn has_duplicate_ids(warehouse: &Warehouse, files: &[DataFile]) -> Result<bool, WarehouseError> {
+    has_duplicate_ids_within(warehouse, files, DUPLICATE_CHECK_MEMORY).await
+}
+
+/// [`has_duplicate_ids`] within `memory` bytes (beyond them it spills).
+async fn has_duplicate_ids_within(
+    warehouse: &Warehouse,
+    files: &[DataFile],
+    memory: usize,
+) -> Result<bool, WarehouseError> {
     if files.is_empty() {
         return Ok(false);
     }
-    let ctx = source_session(warehouse, files).await?;
+    // A fair pool: each partition's aggregate gets its share and spills
+    // beyond it (under a greedy pool one partition could take everything
+    // and leave the other unable to make progress even after spilling).
+    let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(datafusion::execution::memory_pool::FairSpillPool::new(memory)))
+        .build_arc()?;
+    let ctx = SessionContext::new_with_config_rt(datafusion::prelude::SessionConfig::new(), runtime);
+    ctx.register_table(SOURCE, files_provider(warehouse, &ctx, None, files).await?)?;
     let sql = format!("SELECT id FROM {SOURCE} GROUP BY id HAVING count(*) > 1 LIMIT 1");
     let batches = ctx.sql(&sql).await?.collect().await?;
     Ok(batches.iter().any(|b| b.num_rows() > 0))
@@ -195,4 +217,59 @@ pub async fn merge_latest(
     .await
     .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))??;
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::parquet::arrow::ArrowWriter;
+
+    use super::has_duplicate_ids_within;
+    use crate::warehouse::{DataFile, Warehouse};
+
+    /// A Parquet file of `ids` (one `id` column) at `relative` under `dir`.
+    fn write_ids(dir: &std::path::Path, relative: &str, ids: impl Iterator<Item = String>) -> DataFile {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false)]));
+        let ids: Vec<String> = ids.collect();
+        let batch =
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from_iter_values(&ids))]).expect("batch");
+        let path = dir.join(relative);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+        let mut writer =
+            ArrowWriter::try_new(std::fs::File::create(&path).expect("file"), schema, None).expect("writer");
+        writer.write(&batch).expect("write");
+        writer.close().expect("close");
+        DataFile {
+            path: relative.to_string(),
+            rows: ids.len() as u64,
+            bytes: std::fs::metadata(&path).expect("size").len(),
+        }
+    }
+
+    /// With far less memory than the ids take, the check spills and still
+    /// finds a duplicate split across files, and finds none where there is none.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn duplicate_check_spills_instead_of_growing() {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let warehouse = Warehouse::open(temp.path().to_str().expect("utf-8")).expect("warehouse");
+        let id = |i: u32| format!("{i:08x}-0000-4000-8000-{i:012x}");
+        let a = write_ids(temp.path(), "tables/t/a.parquet", (0..150_000).map(id));
+        let b = write_ids(temp.path(), "tables/t/b.parquet", (150_000..300_000).map(id));
+        let dup = write_ids(temp.path(), "tables/t/dup.parquet", [id(77_777)].into_iter());
+        let memory = 8 * 1024 * 1024;
+        let unique = [a.clone(), b.clone()];
+        assert!(
+            !has_duplicate_ids_within(&warehouse, &unique, memory)
+                .await
+                .expect("check")
+        );
+        assert!(
+            has_duplicate_ids_within(&warehouse, &[a, b, dup], memory)
+                .await
+                .expect("check")
+        );
+    }
 }

@@ -52,6 +52,9 @@ pub fn index_writer_properties() -> WriterProperties {
         .build()
 }
 
+/// Rows per page of a scratch run (see [`scratch_writer_properties`]).
+const SCRATCH_PAGE_ROWS: usize = 1024;
+
 /// Writer settings for temporary files read once by a merge (sorted index
 /// runs): no dictionaries or statistics, which would cost time and be thrown
 /// away; fast zstd, since uncompressed runs of a large load would take many
@@ -61,8 +64,11 @@ pub fn scratch_writer_properties() -> WriterProperties {
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
         .set_dictionary_enabled(false)
         .set_statistics_enabled(EnabledStatistics::None)
-        // A merge holds about one row group of every input in memory.
+        // A merge holds about one row group of every input in memory, and
+        // one decompressed page per column: small pages keep a 64-way merge
+        // of wide token rows within tens of MiB instead of hundreds.
         .set_max_row_group_row_count(Some(16 * 1024))
+        .set_data_page_row_count_limit(SCRATCH_PAGE_ROWS)
         .set_created_by(concat!("fhirlake ", env!("CARGO_PKG_VERSION")).to_string())
         .build()
 }
