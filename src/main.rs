@@ -30,8 +30,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// at once; every thread that allocated a read buffer keeps its own
 /// allocator heap, so with ~90 such threads a 16× load's merge phase held
 /// 1.3–1.8 GB resident for ~0.2 GB of live data (16 threads: ~0.6 GB, same
-/// speed). Long-running blocking tasks (a load's pipeline, two index merges,
-/// a table merge) take at most a handful, so short reads always find one.
+/// speed). Long-running blocking tasks (a load's pipeline, at most four
+/// index merges, a table merge, `block_in_place` of view and index
+/// rebuilds) take at most a handful, so short reads always find one.
 const BLOCKING_THREADS: usize = 16;
 
 /// FHIR R4 bulk data → columnar warehouse, SQL, Bulk Cohort API and $export.

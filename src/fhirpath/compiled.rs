@@ -14,10 +14,12 @@
 //! A compiled path yields exactly what the general evaluator yields: it
 //! compiles only shapes whose meaning it reproduces (member steps, choice
 //! elements, `first()`, `ofType`/`as` with a statically known answer,
-//! `where(…)` and a final function call, both evaluated by the general
-//! functions, and `|`), and it hands back to the general evaluator at run
-//! time when the data holds something it does not model (a primitive's
-//! `_name` companion with extensions).
+//! `where(…)`, a final `getResourceKey()`, `getReferenceKey([T])`,
+//! `count()` or `exists()`, any other final function call (evaluated by the
+//! general functions), and `|`), and it hands back to the general evaluator
+//! at run time when the data holds something it does not model (a
+//! primitive's `_name` companion with extensions). Member chains are walked
+//! depth first, appending the nodes they reach to the caller's buffer.
 
 use super::FhirPathError;
 use super::ast::{BinaryOp, Expr, TypeSpecifier};
@@ -154,7 +156,8 @@ impl CompiledPath {
 
     /// Appends what the path yields on `focus` to `out`; `Ok(false)` (and
     /// `out` as it was) when the data needs the general evaluator. Member
-    /// chains are walked depth first without intermediate collections.
+    /// chains are walked depth first without intermediate collections. On
+    /// an error `out` may hold part of the result.
     pub(super) fn evaluate_into<'a>(
         &self,
         focus: &Node<'a>,
@@ -694,6 +697,8 @@ mod tests {
             "component.value.ofType(string).first()",
             "component.value.ofType(integer)",
             "component.value.exists()",
+            "name.given.join(',')",
+            "name.where(family = 'F').given.first()",
         ];
         let mut walked = 0;
         for text in resources {
@@ -706,6 +711,10 @@ mod tests {
                     assert_eq!(fast, general, "{text}: {}", path.text());
                     walked += 1;
                 }
+                // The public entry point too (it builds a scope only for
+                // paths with general functions).
+                let public = path.evaluate_on(vec![root[0].clone()], &root, &HashMap::new());
+                assert_eq!(format!("{public:?}"), general, "{text}: {}", path.text());
             }
         }
         assert!(walked >= 40, "{walked} compiled evaluations");

@@ -196,7 +196,8 @@ impl FhirPath {
     /// Appends what the expression yields with the one item `focus` as
     /// `$this` (and `resource` as `%resource`) to `out`. For a node of the
     /// type the expression was compiled for, member chains are walked
-    /// without building a collection per step (see `compiled`).
+    /// without building a collection per step (see `compiled`). On an error
+    /// `out` may hold part of the result.
     pub fn evaluate_into<'a>(
         &self,
         focus: &Value<'a>,

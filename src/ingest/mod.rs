@@ -47,8 +47,12 @@ use crate::warehouse::{
 
 /// Index tables merged at once at the end of a load (default; the
 /// environment variable `FHIRLAKE_COMPACT_PARALLELISM` overrides it, to
-/// measure).
+/// measure, up to [`MAX_COMPACT_PARALLELISM`]).
 const COMPACT_PARALLELISM: usize = 2;
+/// Each merge holds a blocking thread while its file reads need others
+/// (local reads run on the same pool, which the binary caps at 16): more
+/// merges at once than the pool can spare would wait on each other forever.
+const MAX_COMPACT_PARALLELISM: usize = 4;
 
 fn compact_parallelism() -> usize {
     std::env::var("FHIRLAKE_COMPACT_PARALLELISM")
@@ -56,6 +60,7 @@ fn compact_parallelism() -> usize {
         .and_then(|v| v.parse().ok())
         .filter(|n| *n >= 1)
         .unwrap_or(COMPACT_PARALLELISM)
+        .min(MAX_COMPACT_PARALLELISM)
 }
 
 /// Errors of a load. Nothing is committed when a load returns one.
@@ -688,8 +693,9 @@ fn unique_token(version: u64) -> String {
 /// pages in per-thread heaps; without this a parse worker's buffers (several
 /// hundred MiB in a large load) stay resident after the worker ends, while
 /// the merge phase allocates afresh on other threads, and peak RSS is the
-/// sum of both phases instead of the larger. Harmless when mimalloc is not
-/// the global allocator (tests, `system-allocator`): its heaps are empty.
+/// sum of both phases instead of the larger. Workers and readers call it
+/// as they end. Harmless when mimalloc is not the global allocator (tests,
+/// `system-allocator`): its heaps are empty.
 fn release_free_memory() {
     // SAFETY: `mi_collect` takes no pointers and may be called from any
     // thread at any time.
@@ -724,6 +730,8 @@ fn run_pipeline(ctx: &WorkerContext<'_>, workers: usize) -> (Vec<WorkerOutput>, 
                         break;
                     }
                 }
+                // Chunks this reader allocated are freed by the workers.
+                release_free_memory();
             });
         }
         drop(tx);

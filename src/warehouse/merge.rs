@@ -39,6 +39,9 @@ async fn source_session(warehouse: &Warehouse, files: &[DataFile]) -> Result<Ses
 /// hold a GiB; a load's other phases stay well under this.
 const DUPLICATE_CHECK_MEMORY: usize = 256 * 1024 * 1024;
 
+/// Partitions of the duplicate-id check (see `has_duplicate_ids_within`).
+const DUPLICATE_CHECK_PARTITIONS: usize = 2;
+
 /// True if some id occurs more than once in `files`.
 pub async fn has_duplicate_ids(warehouse: &Warehouse, files: &[DataFile]) -> Result<bool, WarehouseError> {
     has_duplicate_ids_within(warehouse, files, DUPLICATE_CHECK_MEMORY).await
@@ -56,10 +59,14 @@ async fn has_duplicate_ids_within(
     // A fair pool: each partition's aggregate gets its share and spills
     // beyond it (under a greedy pool one partition could take everything
     // and leave the other unable to make progress even after spilling).
+    // Two partitions whatever the core count, so each share stays large
+    // enough to spill and replay. The files' own schema is enough (only
+    // `id` is read).
     let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(datafusion::execution::memory_pool::FairSpillPool::new(memory)))
         .build_arc()?;
-    let ctx = SessionContext::new_with_config_rt(datafusion::prelude::SessionConfig::new(), runtime);
+    let config = datafusion::prelude::SessionConfig::new().with_target_partitions(DUPLICATE_CHECK_PARTITIONS);
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
     ctx.register_table(SOURCE, files_provider(warehouse, &ctx, None, files).await?)?;
     let sql = format!("SELECT id FROM {SOURCE} GROUP BY id HAVING count(*) > 1 LIMIT 1");
     let batches = ctx.sql(&sql).await?.collect().await?;
