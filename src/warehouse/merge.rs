@@ -34,9 +34,10 @@ async fn source_session(warehouse: &Warehouse, files: &[DataFile]) -> Result<Ses
 }
 
 /// Memory the duplicate-id check of a load may use before its aggregate
-/// spills to disk. The check groups every id of the largest new table (tens
-/// of millions in a large load), so the general query budget would let it
-/// hold a GiB; a load's other phases stay well under this.
+/// spills to disk. The check groups every id of a new table (tens of
+/// millions for Observation in a large load); under the general 1 GiB
+/// query budget it alone would have set the load's peak, while 256 MiB
+/// stays below the read phase's footprint.
 const DUPLICATE_CHECK_MEMORY: usize = 256 * 1024 * 1024;
 
 /// Partitions of the duplicate-id check (see `has_duplicate_ids_within`).
