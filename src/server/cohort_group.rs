@@ -175,7 +175,9 @@ pub fn validate(body: &[u8]) -> Result<CohortRequest, FhirError> {
     })
 }
 
-fn cohort_error(error: CohortError) -> FhirError {
+/// The FHIR error for a cohort failure: the request's fault (400), no data
+/// yet or no memory at the moment (503, transient), or the server's (500).
+pub(super) fn cohort_error(error: CohortError) -> FhirError {
     match error {
         CohortError::Search(_) | CohortError::Unsupported { .. } => FhirError::invalid(error.to_string()),
         CohortError::GroupNotFound(id) => {

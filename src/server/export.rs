@@ -378,7 +378,7 @@ async fn kickoff(
     // or patient is a 4xx at kick-off rather than a failed job.
     let engine = state.cohort_engine.get().await.map_err(|e| match e {
         crate::cohort::CohortError::EmptyWarehouse => export_error(ExportError::EmptyWarehouse),
-        other => FhirError::internal(other.to_string()),
+        other => super::cohort_group::cohort_error(other),
     })?;
     if !parsed.request.type_filters.is_empty() {
         if !engine.has_index() {

@@ -17,7 +17,7 @@ use datafusion::prelude::{col, lit};
 use serde_json::{Value, json};
 
 use super::auth::{Caller, hidden};
-use super::cohort_group::{CohortRequest, GROUPS, StoredGroup, compute, group_resource, validate};
+use super::cohort_group::{CohortRequest, GROUPS, StoredGroup, cohort_error, compute, group_resource, validate};
 use super::jobs::{JOBS, Job, JobKind, JobRuntime, JobState};
 use super::outcome::{FhirError, fhir_json, operation_outcome};
 use super::{AppState, SharedState, now};
@@ -700,11 +700,7 @@ pub async fn members(
     caller.require("Patient", Permission::Read)?;
     check_visible(&state, &caller, &id).await?;
     let (count, offset) = page_params(&params, 100, 1000)?;
-    let engine = state
-        .cohort_engine
-        .get()
-        .await
-        .map_err(|e| FhirError::internal(e.to_string()))?;
+    let engine = state.cohort_engine.get().await.map_err(cohort_error)?;
     let ids = crate::export::population::group_patients(&state.warehouse, &engine, &id)
         .await
         .map_err(super::export::export_error)?;

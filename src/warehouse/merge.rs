@@ -231,30 +231,18 @@ pub async fn merge_latest(
 mod tests {
     use std::sync::Arc;
 
+    use super::has_duplicate_ids_within;
+    use crate::warehouse::parquet_file::write_test_file;
+    use crate::warehouse::{DataFile, Warehouse};
     use datafusion::arrow::array::{RecordBatch, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    use datafusion::parquet::arrow::ArrowWriter;
-
-    use super::has_duplicate_ids_within;
-    use crate::warehouse::{DataFile, Warehouse};
 
     /// A Parquet file of `ids` (one `id` column) at `relative` under `dir`.
     fn write_ids(dir: &std::path::Path, relative: &str, ids: impl Iterator<Item = String>) -> DataFile {
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false)]));
         let ids: Vec<String> = ids.collect();
-        let batch =
-            RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from_iter_values(&ids))]).expect("batch");
-        let path = dir.join(relative);
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
-        let mut writer =
-            ArrowWriter::try_new(std::fs::File::create(&path).expect("file"), schema, None).expect("writer");
-        writer.write(&batch).expect("write");
-        writer.close().expect("close");
-        DataFile {
-            path: relative.to_string(),
-            rows: ids.len() as u64,
-            bytes: std::fs::metadata(&path).expect("size").len(),
-        }
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(StringArray::from_iter_values(&ids))]).expect("batch");
+        write_test_file(dir, relative, &batch)
     }
 
     /// With far less memory than the ids take, the check spills and still

@@ -157,3 +157,20 @@ impl ParquetFileWriter {
         }
     }
 }
+
+/// Writes `batch` as the Parquet file `relative` under the local folder
+/// `dir` (default settings), for tests that need warehouse files.
+#[cfg(test)]
+pub(crate) fn write_test_file(dir: &std::path::Path, relative: &str, batch: &RecordBatch) -> DataFile {
+    let path = dir.join(relative);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+    let file = std::fs::File::create(&path).expect("file");
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
+    writer.write(batch).expect("write");
+    writer.close().expect("close");
+    DataFile {
+        path: relative.to_string(),
+        rows: batch.num_rows() as u64,
+        bytes: std::fs::metadata(&path).expect("size").len(),
+    }
+}

@@ -156,10 +156,10 @@ mod tests {
 
     use datafusion::arrow::array::{Array, Int64Array, RecordBatch, StringArray};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    use datafusion::parquet::arrow::ArrowWriter;
     use datafusion::physical_plan::{ExecutionPlanProperties, collect, displayable};
 
     use crate::warehouse::catalog::{files_provider, files_provider_sorted, new_session};
+    use crate::warehouse::parquet_file::write_test_file;
     use crate::warehouse::{DataFile, Warehouse};
 
     /// Writes `rows` of (id, n) to `relative` under `dir`.
@@ -169,24 +169,14 @@ mod tests {
             Field::new("n", DataType::Int64, false),
         ]));
         let batch = RecordBatch::try_new(
-            schema.clone(),
+            schema,
             vec![
                 Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
                 Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
             ],
         )
         .expect("batch");
-        let path = dir.join(relative);
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
-        let mut writer =
-            ArrowWriter::try_new(std::fs::File::create(&path).expect("file"), schema, None).expect("writer");
-        writer.write(&batch).expect("write");
-        writer.close().expect("close");
-        DataFile {
-            path: relative.to_string(),
-            rows: rows.len() as u64,
-            bytes: std::fs::metadata(&path).expect("size").len(),
-        }
+        write_test_file(dir, relative, &batch)
     }
 
     #[tokio::test]
