@@ -227,8 +227,9 @@ enum Command {
     /// Count the patients meeting every FHIR search expression (member-filter
     /// style: `Condition?code=http://snomed.info/sct|44054006`; several are ANDed).
     Cohort {
-        /// FHIR search expressions (`Type?param=value&…`).
-        #[arg(required = true)]
+        /// FHIR search expressions (`Type?param=value&…`); none with
+        /// `--base-group` counts the group's members.
+        #[arg(required_unless_present = "base_group")]
         expressions: Vec<String>,
         /// Only patients who are members of this Group of the loaded data.
         #[arg(long)]

@@ -302,6 +302,12 @@ impl<'a> Compiler<'a> {
         values: &[SearchValue],
     ) -> Result<LogicalPlanBuilder, CohortError> {
         if param.param_type == ParamType::Composite {
+            if modifier == Some(&Modifier::Missing) {
+                return Err(CohortError::Unsupported {
+                    param: param.code.clone(),
+                    reason: ":missing is not supported on composite parameters; use it on their parts".into(),
+                });
+            }
             return self.composite(resource_type, param, values);
         }
         let kind = IndexKind::of(param.param_type).ok_or_else(|| CohortError::Unsupported {
@@ -318,8 +324,13 @@ impl<'a> Compiler<'a> {
             });
         }
         if modifier == Some(&Modifier::Missing) {
-            // One value (`true`/`false`); the parser allows no other.
-            let missing = matches!(values.first(), Some(SearchValue::Missing(true)));
+            // Values are `true`/`false` (the parser allows no other); a
+            // comma means either, so `true,false` is every resource.
+            let missing = values.contains(&SearchValue::Missing(true));
+            let present = values.contains(&SearchValue::Missing(false));
+            if missing && present {
+                return self.all(resource_type);
+            }
             let present = self.matching(kind, resource_type, code, lit(true))?.build()?;
             return Ok(if missing {
                 LogicalPlanBuilder::from(LogicalPlanBuilder::except(

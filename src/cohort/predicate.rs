@@ -130,7 +130,8 @@ fn half_unit(value: &Decimal) -> f64 {
 }
 
 /// The filter for a number compared with `prefix` (R4: `eq` and `ne` use the
-/// value's precision, `ap` ±10 %).
+/// value's precision, `sa`/`eb` take values wholly above/below it, `ap`
+/// ±10 %).
 fn compare_number(column: &str, prefix: Prefix, value: &Decimal) -> Expr {
     let v = value.to_f64().unwrap_or(f64::NAN);
     let c = col(column);
@@ -139,8 +140,10 @@ fn compare_number(column: &str, prefix: Prefix, value: &Decimal) -> Expr {
     match prefix {
         Prefix::Eq => within(),
         Prefix::Ne => !within(),
-        Prefix::Gt | Prefix::Sa => c.gt(lit(v)),
-        Prefix::Lt | Prefix::Eb => c.lt(lit(v)),
+        Prefix::Gt => c.gt(lit(v)),
+        Prefix::Lt => c.lt(lit(v)),
+        Prefix::Sa => c.gt_eq(lit(hi)),
+        Prefix::Eb => c.lt(lit(lo)),
         Prefix::Ge => c.gt_eq(lit(v)),
         Prefix::Le => c.lt_eq(lit(v)),
         Prefix::Ap => {

@@ -41,11 +41,13 @@ pub async fn rebuild_index(
         };
         (IndexWriter::new(target, registry), Vec::new())
     };
-    let process = |(writer, patients): &mut (IndexWriter<'_>, Vec<String>), resource: &crate::json::JsonValue<'_>| {
+    let process = |(writer, patients): &mut (IndexWriter<'_>, Vec<String>),
+                   resource: &crate::json::JsonValue<'_>,
+                   loaded_at: i64| {
         patients.clear();
         compartment.patients_of(resource_type, resource, patients);
         writer
-            .add(resource_type, resource, patients)
+            .add(resource_type, resource, patients, loaded_at)
             .map_err(|e| MaterializeError::Sink(e.to_string()))
     };
     let states = scan_resources(warehouse, files, make_state, process).await?;

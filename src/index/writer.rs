@@ -11,10 +11,14 @@ use super::{IndexKind, index_table_key};
 use crate::fhir::model::FastMap;
 use crate::json::JsonValue;
 use crate::search::extract::{IndexValue, TypeIndexer};
+use crate::search::range::InstantRange;
 use crate::search::{ParamType, SearchRegistry};
 use crate::store::StoreLocation;
 use crate::warehouse::DataFile;
 use crate::warehouse::parquet_file::{ParquetFileWriter, index_writer_properties, scratch_writer_properties};
+
+/// The search parameter of a resource's last change.
+const LAST_UPDATED: &str = "_lastUpdated";
 
 /// Buffered index rows of one writer are sorted and written once they hold
 /// this much; a larger budget means longer sorted runs (better pruning).
@@ -124,6 +128,7 @@ impl<'a> IndexWriter<'a> {
         resource_type: &'static str,
         resource: &JsonValue<'_>,
         patients: &[String],
+        loaded_at: i64,
     ) -> Result<(), IndexWriteError> {
         let Some(id) = resource.get("id").and_then(JsonValue::as_str) else {
             return Ok(());
@@ -137,6 +142,15 @@ impl<'a> IndexWriter<'a> {
         // A parameter whose expression fails on this resource is skipped: the
         // resource is valid FHIR, and the other parameters still index it.
         self.failures += indexer.index_lenient(resource, &mut self.values);
+        // Without `meta.lastUpdated`, a resource last changed when its load
+        // stored it: `$export`'s `_since` counts it so too.
+        if !self.values.iter().any(|(param, _)| *param == LAST_UPDATED) && indexer.indexes(LAST_UPDATED) {
+            let instant = InstantRange {
+                low: loaded_at,
+                high: loaded_at,
+            };
+            self.values.push((LAST_UPDATED, IndexValue::Date(instant)));
+        }
         let alive = self
             .compartment_references
             .entry(resource_type)

@@ -554,6 +554,11 @@ impl<'r> TypeIndexer<'r> {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Whether this type indexes the parameter `code`.
+    pub fn indexes(&self, code: &str) -> bool {
+        self.groups.iter().any(|g| g.params.iter().any(|(c, _)| *c == code))
+    }
+
     /// Like [`TypeIndexer::index`], but an expression that fails is skipped
     /// (the others still index the resource); returns how many failed.
     pub fn index_lenient(&self, resource: &JsonValue<'_>, out: &mut Vec<(&'r str, IndexValue)>) -> u64 {

@@ -7,7 +7,7 @@ use std::path::Path;
 use fhirlake::cohort::{CohortEngine, CohortError};
 use fhirlake::warehouse::Warehouse;
 
-use crate::common::{fhirlake, load_into, sample_data, shared_dataset};
+use crate::common::{fhirlake, load_into, query_i64, sample_data, shared_dataset};
 
 /// (id, filters, synthea-10, synthea-100, synthea-615), from
 /// ../shared/spec/fhir-r4/README.md ("Example filters with expected patient counts").
@@ -180,9 +180,9 @@ const FIXTURE: &[(&str, &[&str])] = &[
     (
         "Patient",
         &[
-            r#"{"resourceType":"Patient","id":"p1","gender":"female","birthDate":"1960-05-01","name":[{"family":"Müller","given":["Zoë"]}],"address":[{"state":"Massachusetts"}],"deceasedDateTime":"2020-01-01T10:00:00+02:00","identifier":[{"system":"urn:mrn","value":"A1","type":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v2-0203","code":"MR"}]}},{"system":"urn:ssn","value":"B2","type":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v2-0203","code":"SS"}]}}]}"#,
+            r#"{"resourceType":"Patient","id":"p1","meta":{"lastUpdated":"2021-05-05T10:00:00Z"},"gender":"female","birthDate":"1960-05-01","name":[{"family":"Müller","given":["Zoë"]}],"address":[{"state":"Massachusetts"}],"deceasedDateTime":"2020-01-01T10:00:00+02:00","identifier":[{"system":"urn:mrn","value":"A1","type":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v2-0203","code":"MR"}]}},{"system":"urn:ssn","value":"B2","type":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v2-0203","code":"SS"}]}}]}"#,
             r#"{"resourceType":"Patient","id":"p2","gender":"male","birthDate":"1990","name":[{"family":"Bob"}],"address":[{"state":"New York"}],"deceasedBoolean":false,"identifier":[{"value":"A1","type":{"coding":[{"code":"SS"}],"text":"social"}}]}"#,
-            r#"{"resourceType":"Patient","id":"p3","gender":"female"}"#,
+            r#"{"resourceType":"Patient","id":"p3","meta":{"profile":["http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"]},"gender":"female"}"#,
             r#"{"resourceType":"Patient","id":"p4"}"#,
         ],
     ),
@@ -209,6 +209,18 @@ const FIXTURE: &[(&str, &[&str])] = &[
             r#"{"resourceType":"Encounter","id":"e1","status":"finished","class":{"code":"AMB"},"subject":{"reference":"Patient/p1"},"serviceProvider":{"reference":"Organization/org1"},"period":{"start":"2019-01-01T09:00:00Z","end":"2019-01-01T10:00:00Z"}}"#,
             r#"{"resourceType":"Encounter","id":"e2","status":"in-progress","class":{"code":"EMER"},"subject":{"reference":"urn:uuid:p2","type":"Patient"},"period":{"start":"2020-03-01"}}"#,
         ],
+    ),
+    (
+        "RiskAssessment",
+        &[
+            r#"{"resourceType":"RiskAssessment","id":"ra1","status":"final","subject":{"reference":"Patient/p1"},"prediction":[{"probabilityDecimal":0.02}]}"#,
+            r#"{"resourceType":"RiskAssessment","id":"ra2","status":"final","subject":{"reference":"Patient/p2"},"prediction":[{"probabilityDecimal":0.42}]}"#,
+            r#"{"resourceType":"RiskAssessment","id":"ra3","status":"final","subject":{"reference":"Patient/p4"}}"#,
+        ],
+    ),
+    (
+        "Organization",
+        &[r#"{"resourceType":"Organization","id":"org1","name":"Acme Clinic"}"#],
     ),
     (
         "Group",
@@ -374,6 +386,60 @@ async fn quantities_strings_references() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_uris_and_last_updated() {
+    let f = fixture().await;
+    f.check(&[
+        // A number's precision sets its range: 0.4 is [0.35, 0.45).
+        ("RiskAssessment?probability=0.4", &["p2"]),
+        ("RiskAssessment?probability=0.40", &[]),
+        ("RiskAssessment?probability=0.02", &["p1"]),
+        ("RiskAssessment?probability=ne0.02", &["p2"]),
+        ("RiskAssessment?probability=gt0.4", &["p2"]),
+        ("RiskAssessment?probability=ge0.42", &["p2"]),
+        ("RiskAssessment?probability=lt0.42", &["p1"]),
+        ("RiskAssessment?probability=le0.02", &["p1"]),
+        // sa/eb: the value lies wholly above/below the search value's
+        // range, so 0.42 is not after 0.4 (whose range reaches 0.45).
+        ("RiskAssessment?probability=sa0.4", &[]),
+        ("RiskAssessment?probability=sa0.3", &["p2"]),
+        ("RiskAssessment?probability=eb0.42", &["p1"]),
+        ("RiskAssessment?probability=eb0.5", &["p1", "p2"]),
+        ("RiskAssessment?probability=ap0.4", &["p2"]),
+        ("RiskAssessment?probability:missing=true", &["p4"]),
+        ("RiskAssessment?probability:missing=true,false", &["p1", "p2", "p4"]),
+        // Quantities compare the same way: 7 is [6.5, 7.5).
+        ("Observation?value-quantity=ne6.5", &["p2", "p3"]),
+        ("Observation?value-quantity=lt7.2", &["p1"]),
+        ("Observation?value-quantity=gt7", &["p2", "p3"]),
+        ("Observation?value-quantity=sa7", &["p3"]),
+        ("Observation?value-quantity=eb7", &[]),
+        ("Observation?value-quantity=eb7.5", &["p1", "p2"]),
+        // uri: exact, :below (a prefix of the stored uri), :above (the
+        // stored uri is a prefix of the search value).
+        (
+            "Patient?_profile=http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient",
+            &["p3"],
+        ),
+        ("Patient?_profile=http://hl7.org/fhir/us/core", &[]),
+        ("Patient?_profile:below=http://hl7.org/fhir/us/core", &["p3"]),
+        ("Patient?_profile:below=http://example.org", &[]),
+        (
+            "Patient?_profile:above=http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient/v2",
+            &["p3"],
+        ),
+        ("Patient?_profile:above=http://hl7.org/fhir/us/core", &[]),
+        ("Patient?_profile:missing=false", &["p3"]),
+        // _lastUpdated: meta.lastUpdated, else when the load stored the
+        // resource (what `$export`'s `_since` counts as its change).
+        ("Patient?_lastUpdated=2021-05-05", &["p1"]),
+        ("Patient?_lastUpdated=lt2022", &["p1"]),
+        ("Patient?_lastUpdated=ge2022", &["p2", "p3", "p4"]),
+        ("Condition?_lastUpdated=ge2022", &["p1", "p2", "p3"]),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chains_has_and_several_filters() {
     let f = fixture().await;
     f.check(&[
@@ -384,6 +450,12 @@ async fn chains_has_and_several_filters() {
         // Both clauses must hold for the same resource.
         ("Observation?code=4548-4&value-quantity=gt31", &[]),
         ("Observation?code=39156-5&value-quantity=gt30", &["p3"]),
+        // p3 has code 8302-2 (o4) and a value over 30 (o3), but not on one
+        // resource.
+        ("Observation?code=8302-2&value-quantity=gt30", &[]),
+        // A chain through a parameter with a single target type.
+        ("Encounter?service-provider.name=acme", &["p1"]),
+        ("Encounter?service-provider.name=other", &[]),
     ])
     .await;
     // Several filters: each may be met by another resource; all must hold.
@@ -394,6 +466,12 @@ async fn chains_has_and_several_filters() {
     assert_eq!(
         f.patients(&["Observation?code=4548-4", "Encounter?class=EMER"]).await,
         ["p2"]
+    );
+    assert_eq!(
+        f.patients(&["Observation?code=8302-2", "Observation?value-quantity=gt30"])
+            .await,
+        ["p3"],
+        "two filters may be met by two resources"
     );
     assert!(
         f.patients(&["Patient?gender=male", "Condition?code=X1"])
@@ -536,6 +614,47 @@ async fn has_shortcut_is_off_for_index_rows_an_unindexed_load_left() {
 
 /// The server's shared engine: reused while the version is current, rebuilt
 /// after a commit (a cohort then sees the new data).
+/// `_lastUpdated` of a resource without `meta.lastUpdated` is when its
+/// load stored it, also when a reload rebuilt the type's index from the
+/// stored rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_updated_falls_back_to_the_load_time_through_rebuilds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = dataset(
+        dir.path(),
+        "first",
+        &[
+            r#"{"resourceType":"Patient","id":"p1"}"#,
+            r#"{"resourceType":"Patient","id":"p2"}"#,
+        ],
+    );
+    let second = dataset(
+        dir.path(),
+        "second",
+        &[r#"{"resourceType":"Patient","id":"p2","gender":"male"}"#],
+    );
+    let warehouse = Warehouse::open(&dir.path().join("wh").display().to_string()).expect("warehouse");
+    load_into(&warehouse, &[&first], false).await;
+    load_into(&warehouse, &[&second], false).await;
+    let matching = "SELECT count(*) FROM index_date d JOIN fhir.\"Patient\" p ON d.resource_id = p.id \
+                    WHERE d.param = '_lastUpdated' AND d.low = p.loaded_at AND d.high = p.loaded_at";
+    assert_eq!(query_i64(&warehouse, matching).await, 2);
+    assert_eq!(
+        query_i64(
+            &warehouse,
+            "SELECT count(*) FROM index_date WHERE resource_type = 'Patient' AND param = '_lastUpdated'"
+        )
+        .await,
+        2,
+        "one row per patient, the replaced version's row gone"
+    );
+    assert_eq!(
+        query_i64(&warehouse, "SELECT count(DISTINCT loaded_at) FROM fhir.\"Patient\"").await,
+        2,
+        "p2 kept its second load's time"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn current_engine_follows_commits() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -606,6 +725,8 @@ async fn bad_expressions_are_clear_errors() {
             "Observation?component-code-value-quantity=http://loinc.org|8480-6$gt100",
             "repeating",
         ),
+        ("Condition?subject.gender=male", "name one"),
+        ("Observation?code-value-quantity:missing=true", "composite"),
     ];
     for (expression, needle) in cases {
         match f.engine.evaluate(&[expression], None).await {
@@ -647,6 +768,42 @@ fn cli_counts_explains_and_refuses_bad_filters() {
     let out = fhirlake(&["--warehouse", &wh, "cohort", "Condition?_sort=date"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("_sort"));
+}
+
+#[test]
+fn cli_base_group_limits_the_cohort_to_its_members() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    for (resource_type, lines) in FIXTURE {
+        std::fs::write(data.join(format!("{resource_type}.ndjson")), lines.join("\n")).expect("write");
+    }
+    let wh = dir.path().join("wh").display().to_string();
+    let out = fhirlake(&["--warehouse", &wh, "load", "-q", &data.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cohort = |args: &[&str]| {
+        let mut all = vec!["--warehouse", wh.as_str(), "cohort", "--ids"];
+        all.extend_from_slice(args);
+        fhirlake(&all)
+    };
+    let stdout = |out: &std::process::Output| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    // g1 holds p1 and g2 (p2, and g1 again).
+    let out = cohort(&["--base-group", "g1", "Condition?code=44054006"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout(&out), ["2", "p1", "p2"]);
+    let out = cohort(&["--base-group", "g3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout(&out), ["1", "p3"], "no filter: the group's members");
+    let out = cohort(&["--base-group", "g3", "Condition?code=44054006"]);
+    assert_eq!(stdout(&out), ["0"]);
+    let out = cohort(&["--base-group", "nope", "Condition?code=44054006"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
 }
 
 /// Random strings, and random sequences of search syntax, never make the
