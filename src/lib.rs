@@ -10,6 +10,7 @@
 //! - [`query`]: running SQL over the warehouse and writing results
 //! - [`generate`]: scaled-up benchmark data from a real dataset
 
+pub mod allocator;
 pub mod auth;
 pub mod cohort;
 pub mod export;

@@ -17,13 +17,13 @@ use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use std::sync::{Arc, Mutex};
 
-/// mimalloc: the load allocates and frees a JSON tree per resource on every
+/// mimalloc (see `fhirlake::allocator`): the load allocates and frees a JSON tree per resource on every
 /// core, where glibc's allocator cost ~14 % of the CPU. The
 /// `system-allocator` feature leaves it out, for heap profilers that hook
 /// malloc (heaptrack).
 #[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: fhirlake::allocator::MiMalloc = fhirlake::allocator::MiMalloc;
 
 /// Threads of the async runtime's blocking pool (tokio's default is 512).
 /// Local file reads run there, one task per read, and a merge issues dozens

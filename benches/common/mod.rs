@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 /// In-process measurements run on the allocator the `fhirlake` binary ships
 /// with (the library leaves the choice to its binary).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: fhirlake::allocator::MiMalloc = fhirlake::allocator::MiMalloc;
 
 use std::time::Instant;
 
