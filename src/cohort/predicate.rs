@@ -124,18 +124,29 @@ pub fn date(param: &str, value: &SearchValue) -> Result<Expr, CohortError> {
     })
 }
 
-/// The half-width of a decimal's precision (`6.5` → 0.05).
-fn half_unit(value: &Decimal) -> f64 {
-    0.5 * 10f64.powi(-(value.scale() as i32))
+/// The half-width of a decimal's precision (`6.5` → 0.05), exact.
+fn half_unit(value: &Decimal) -> Decimal {
+    Decimal::new(5, value.scale() + 1)
+}
+
+/// A decimal as the index stores it (`index::buffer` converts the same way),
+/// so a stored value on a range's bound compares equal to it.
+fn to_f64(value: Decimal) -> f64 {
+    value.to_f64().unwrap_or(f64::NAN)
 }
 
 /// The filter for a number compared with `prefix` (R4: `eq` and `ne` use the
 /// value's precision, `sa`/`eb` take values wholly above/below it, `ap`
 /// ±10 %).
 fn compare_number(column: &str, prefix: Prefix, value: &Decimal) -> Expr {
-    let v = value.to_f64().unwrap_or(f64::NAN);
+    let v = to_f64(*value);
     let c = col(column);
-    let (lo, hi) = (v - half_unit(value), v + half_unit(value));
+    // Bounds computed in decimal: in f64, 1.1 + 0.05 is 1.1500000000000001,
+    // which would put a stored 1.15 inside `eq1.1`'s range.
+    let (lo, hi) = match (value.checked_sub(half_unit(value)), value.checked_add(half_unit(value))) {
+        (Some(lo), Some(hi)) => (to_f64(lo), to_f64(hi)),
+        _ => (f64::NAN, f64::NAN),
+    };
     let within = || c.clone().gt_eq(lit(lo)).and(c.clone().lt(lit(hi)));
     match prefix {
         Prefix::Eq => within(),

@@ -89,7 +89,8 @@ pub fn combine_compartment_references(into: &mut CompartmentReferences, other: C
 pub struct IndexWriter<'a> {
     target: IndexTarget<'a>,
     registry: &'static SearchRegistry,
-    indexers: FastMap<&'static str, TypeIndexer<'static>>,
+    /// Per type: its indexer, and whether it indexes `_lastUpdated`.
+    indexers: FastMap<&'static str, (TypeIndexer<'static>, bool)>,
     /// Looked up for every index value, so hashed (a B-tree compared type
     /// names several times per value).
     tables: FastMap<(IndexKind, &'static str), IndexTable>,
@@ -134,17 +135,18 @@ impl<'a> IndexWriter<'a> {
             return Ok(());
         };
         let registry = self.registry;
-        let indexer = self
-            .indexers
-            .entry(resource_type)
-            .or_insert_with(|| TypeIndexer::new(registry, resource_type));
+        let (indexer, last_updated) = self.indexers.entry(resource_type).or_insert_with(|| {
+            let indexer = TypeIndexer::new(registry, resource_type);
+            let last_updated = indexer.indexes(LAST_UPDATED);
+            (indexer, last_updated)
+        });
         self.values.clear();
         // A parameter whose expression fails on this resource is skipped: the
         // resource is valid FHIR, and the other parameters still index it.
         self.failures += indexer.index_lenient(resource, &mut self.values);
         // Without `meta.lastUpdated`, a resource last changed when its load
         // stored it: `$export`'s `_since` counts it so too.
-        if !self.values.iter().any(|(param, _)| *param == LAST_UPDATED) && indexer.indexes(LAST_UPDATED) {
+        if *last_updated && !self.values.iter().any(|(param, _)| *param == LAST_UPDATED) {
             let instant = InstantRange {
                 low: loaded_at,
                 high: loaded_at,

@@ -11,8 +11,10 @@ use datafusion::arrow::error::ArrowError;
 use super::record::ResourceHeader;
 use crate::warehouse::schema::{rejects_schema, resource_schema, timestamp_type};
 
-/// A batch of at least this much raw JSON sizes the next batch's buffer.
+/// A batch of at least this much raw JSON sizes the next batch's buffer…
 const PRESIZE_FROM_BYTES: usize = 256 * 1024;
+/// …to at most this (the workers flush a batch at 4 MiB of JSON).
+const PRESIZE_MAX_BYTES: usize = 4 * 1024 * 1024;
 
 /// Accumulates rows of one resource table.
 pub struct ResourceBatchBuilder {
@@ -88,7 +90,9 @@ impl ResourceBatchBuilder {
         // (each doubling copied the whole buffer; ~1 % of a load). The
         // memory is what the batch reached anyway (see `BATCH_BYTES`).
         if bytes >= PRESIZE_FROM_BYTES {
-            self.resource = StringBuilder::with_capacity(rows, bytes + bytes / 8);
+            // Capped: one huge line must not size every later batch.
+            let expected = bytes.min(PRESIZE_MAX_BYTES);
+            self.resource = StringBuilder::with_capacity(rows, expected + expected / 8);
         }
         RecordBatch::try_new(resource_schema(), columns)
     }

@@ -216,6 +216,7 @@ const FIXTURE: &[(&str, &[&str])] = &[
             r#"{"resourceType":"RiskAssessment","id":"ra1","status":"final","subject":{"reference":"Patient/p1"},"prediction":[{"probabilityDecimal":0.02}]}"#,
             r#"{"resourceType":"RiskAssessment","id":"ra2","status":"final","subject":{"reference":"Patient/p2"},"prediction":[{"probabilityDecimal":0.42}]}"#,
             r#"{"resourceType":"RiskAssessment","id":"ra3","status":"final","subject":{"reference":"Patient/p4"}}"#,
+            r#"{"resourceType":"RiskAssessment","id":"ra4","status":"final","subject":{"reference":"Patient/p3"},"prediction":[{"probabilityDecimal":0.15}]}"#,
         ],
     ),
     (
@@ -393,20 +394,27 @@ async fn numbers_uris_and_last_updated() {
         ("RiskAssessment?probability=0.4", &["p2"]),
         ("RiskAssessment?probability=0.40", &[]),
         ("RiskAssessment?probability=0.02", &["p1"]),
-        ("RiskAssessment?probability=ne0.02", &["p2"]),
+        ("RiskAssessment?probability=ne0.02", &["p2", "p3"]),
         ("RiskAssessment?probability=gt0.4", &["p2"]),
         ("RiskAssessment?probability=ge0.42", &["p2"]),
-        ("RiskAssessment?probability=lt0.42", &["p1"]),
+        ("RiskAssessment?probability=lt0.42", &["p1", "p3"]),
         ("RiskAssessment?probability=le0.02", &["p1"]),
         // sa/eb: the value lies wholly above/below the search value's
         // range, so 0.42 is not after 0.4 (whose range reaches 0.45).
         ("RiskAssessment?probability=sa0.4", &[]),
         ("RiskAssessment?probability=sa0.3", &["p2"]),
-        ("RiskAssessment?probability=eb0.42", &["p1"]),
-        ("RiskAssessment?probability=eb0.5", &["p1", "p2"]),
+        ("RiskAssessment?probability=eb0.42", &["p1", "p3"]),
+        ("RiskAssessment?probability=eb0.5", &["p1", "p2", "p3"]),
         ("RiskAssessment?probability=ap0.4", &["p2"]),
         ("RiskAssessment?probability:missing=true", &["p4"]),
-        ("RiskAssessment?probability:missing=true,false", &["p1", "p2", "p4"]),
+        (
+            "RiskAssessment?probability:missing=true,false",
+            &["p1", "p2", "p3", "p4"],
+        ),
+        // A value on a range's upper bound is outside it (in f64, 0.1 + 0.05
+        // is 0.15000000000000002: the bounds are computed in decimal).
+        ("RiskAssessment?probability=0.1", &[]),
+        ("RiskAssessment?probability=sa0.1", &["p2", "p3"]),
         // Quantities compare the same way: 7 is [6.5, 7.5).
         ("Observation?value-quantity=ne6.5", &["p2", "p3"]),
         ("Observation?value-quantity=lt7.2", &["p1"]),
@@ -612,8 +620,6 @@ async fn has_shortcut_is_off_for_index_rows_an_unindexed_load_left() {
     );
 }
 
-/// The server's shared engine: reused while the version is current, rebuilt
-/// after a commit (a cohort then sees the new data).
 /// `_lastUpdated` of a resource without `meta.lastUpdated` is when its
 /// load stored it, also when a reload rebuilt the type's index from the
 /// stored rows.
@@ -655,6 +661,8 @@ async fn last_updated_falls_back_to_the_load_time_through_rebuilds() {
     );
 }
 
+/// The server's shared engine: reused while the version is current, rebuilt
+/// after a commit (a cohort then sees the new data).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn current_engine_follows_commits() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -726,7 +734,10 @@ async fn bad_expressions_are_clear_errors() {
             "repeating",
         ),
         ("Condition?subject.gender=male", "name one"),
-        ("Observation?code-value-quantity:missing=true", "composite"),
+        (
+            "Observation?code-value-quantity:missing=true",
+            ":missing is not supported on composite",
+        ),
     ];
     for (expression, needle) in cases {
         match f.engine.evaluate(&[expression], None).await {
