@@ -318,10 +318,12 @@ impl CohortEngine {
                     .project(vec![col(PATIENT)])?
                     .filter(col(PATIENT).is_not_null())?
             };
-            let patients = patients.distinct()?.build()?;
             plan = Some(match plan {
-                None => patients,
-                Some(previous) => LogicalPlanBuilder::intersect(previous, patients, false)?,
+                None => patients.distinct()?.build()?,
+                // The probe side of INTERSECT's semi join: duplicates only
+                // repeat a look-up, so no DISTINCT (a hash aggregate and a
+                // repartition of every matching row) is needed there.
+                Some(previous) => LogicalPlanBuilder::intersect(previous, patients.build()?, false)?,
             });
         }
         let mut builder = match plan {
