@@ -93,7 +93,8 @@ impl ViewVariables {
 
     fn restore_row_index(&mut self, value: Option<Value<'static>>) {
         if let (Some(value), Some(slot)) = (value, self.0.get_mut("rowIndex")) {
-            *slot = vec![value];
+            slot.clear();
+            slot.push(value);
         }
     }
 }
@@ -145,6 +146,23 @@ fn constant_value(fhir_type: &str, json: &Json) -> Option<Value<'static>> {
 pub struct ViewRunner<'v> {
     view: &'v ViewDefinition,
     constants: Vec<(String, Value<'static>)>,
+    /// Whether a path reads `%rowIndex`: if none does, it is not kept up to
+    /// date (three hash look-ups per resource and focus otherwise).
+    row_index: bool,
+}
+
+/// Whether a path of `select` or of a selection below it mentions
+/// `%rowIndex` (by its text: a false positive only costs the bookkeeping).
+fn reads_row_index(select: &Select) -> bool {
+    let mentions = |p: &FhirPath| p.text().contains("rowIndex");
+    select.columns.iter().any(|c| mentions(&c.path))
+        || match &select.iteration {
+            Some(Iteration::ForEach(p) | Iteration::ForEachOrNull(p)) => mentions(p),
+            Some(Iteration::Repeat(paths)) => paths.iter().any(mentions),
+            None => false,
+        }
+        || select.selects.iter().any(reads_row_index)
+        || select.union_all.iter().any(reads_row_index)
 }
 
 impl<'v> ViewRunner<'v> {
@@ -156,7 +174,13 @@ impl<'v> ViewRunner<'v> {
                 .ok_or_else(|| ViewError::invalid(&format!("constant {name}"), &format!("value is not a valid {t}")))?;
             constants.push((name.clone(), v));
         }
-        Ok(Self { view, constants })
+        let row_index =
+            view.select.iter().any(reads_row_index) || view.where_paths.iter().any(|p| p.text().contains("rowIndex"));
+        Ok(Self {
+            view,
+            constants,
+            row_index,
+        })
     }
 
     /// The view being run.
@@ -196,7 +220,9 @@ impl<'v> ViewRunner<'v> {
         }
         let model = FhirModel::r4().map_err(|e| ViewError::invalid("model", &e.to_string()))?;
         let root = [Value::resource(resource, model)];
-        vars.set_row_index(0);
+        if self.row_index {
+            vars.set_row_index(0);
+        }
         let mut result = Vec::new();
         for path in &self.view.where_paths {
             result.clear();
@@ -270,7 +296,7 @@ impl<'v> ViewRunner<'v> {
                 Some(out)
             }
         };
-        let saved_index = vars.row_index();
+        let saved_index = if self.row_index { vars.row_index() } else { None };
         let mut rows = Vec::new();
         match foci {
             None => rows = self.focus_rows(select, node, root, vars)?,
@@ -291,7 +317,9 @@ impl<'v> ViewRunner<'v> {
             }
             Some(foci) => {
                 for (i, focus) in foci.iter().enumerate() {
-                    vars.set_row_index(i);
+                    if self.row_index {
+                        vars.set_row_index(i);
+                    }
                     rows.extend(self.focus_rows(select, focus, root, vars)?);
                 }
             }
