@@ -17,10 +17,10 @@ use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use std::sync::{Arc, Mutex};
 
-/// mimalloc (see `fhirlake::allocator`): the load allocates and frees a JSON tree per resource on every
-/// core, where glibc's allocator cost ~14 % of the CPU. The
-/// `system-allocator` feature leaves it out, for heap profilers that hook
-/// malloc (heaptrack).
+/// mimalloc (see `fhirlake::allocator`): the load allocates and frees a
+/// JSON tree per resource on every core, where glibc's allocator cost ~14 %
+/// of the CPU. The `system-allocator` feature leaves it out, for heap
+/// profilers that hook malloc (heaptrack).
 #[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: fhirlake::allocator::MiMalloc = fhirlake::allocator::MiMalloc;
