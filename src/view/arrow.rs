@@ -147,6 +147,11 @@ fn typed_value(t: &DataType, value: CellValue, column: &str) -> Result<Typed<'st
 
 /// Converts a FHIRPath value to type `t`; strings of the resource stay borrowed.
 fn typed_item<'b>(t: &DataType, value: &'b Value<'_>, column: &str) -> Result<Typed<'b>, ViewError> {
+    // Computed strings (`getResourceKey()`, `getReferenceKey()`) are
+    // borrowed too, not copied through `cell_value`.
+    if let (DataType::Utf8, Value::String(s)) = (t, value) {
+        return Ok(Typed::Text(Cow::Borrowed(s.as_str())));
+    }
     if let Value::Node(Node {
         json: JsonValue::String(s),
         ..
