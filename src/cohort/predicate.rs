@@ -124,9 +124,11 @@ pub fn date(param: &str, value: &SearchValue) -> Result<Expr, CohortError> {
     })
 }
 
-/// The half-width of a decimal's precision (`6.5` → 0.05), exact.
+/// The half-width of a decimal's precision (`6.5` → 0.05), exact. A value
+/// with the most decimal places `Decimal` holds (28) gets 5e-28: one place
+/// more is not representable (and far below what f64 can tell apart).
 fn half_unit(value: &Decimal) -> Decimal {
-    Decimal::new(5, value.scale() + 1)
+    Decimal::new(5, (value.scale() + 1).min(Decimal::MAX_SCALE))
 }
 
 /// A decimal as the index stores it (`index::buffer` converts the same way),
@@ -145,15 +147,26 @@ fn compare_number(column: &str, prefix: Prefix, value: &Decimal) -> Expr {
     // which would put a stored 1.15 inside `eq1.1`'s range.
     let (lo, hi) = match (value.checked_sub(half_unit(value)), value.checked_add(half_unit(value))) {
         (Some(lo), Some(hi)) => (to_f64(lo), to_f64(hi)),
-        _ => (f64::NAN, f64::NAN),
+        _ => (v, v),
     };
-    let within = || c.clone().gt_eq(lit(lo)).and(c.clone().lt(lit(hi)));
+    // A range narrower than f64 can resolve (28 decimal places, or bounds
+    // beyond `Decimal`) is the stored value itself.
+    let point = lo.partial_cmp(&hi) != Some(std::cmp::Ordering::Less);
+    let within = || {
+        if point {
+            c.clone().eq(lit(v))
+        } else {
+            c.clone().gt_eq(lit(lo)).and(c.clone().lt(lit(hi)))
+        }
+    };
     match prefix {
         Prefix::Eq => within(),
         Prefix::Ne => !within(),
         Prefix::Gt => c.gt(lit(v)),
         Prefix::Lt => c.lt(lit(v)),
+        Prefix::Sa if point => c.gt(lit(v)),
         Prefix::Sa => c.gt_eq(lit(hi)),
+        Prefix::Eb if point => c.lt(lit(v)),
         Prefix::Eb => c.lt(lit(lo)),
         Prefix::Ge => c.gt_eq(lit(v)),
         Prefix::Le => c.lt_eq(lit(v)),

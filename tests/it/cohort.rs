@@ -415,6 +415,12 @@ async fn numbers_uris_and_last_updated() {
         // is 0.15000000000000002: the bounds are computed in decimal).
         ("RiskAssessment?probability=0.1", &[]),
         ("RiskAssessment?probability=sa0.1", &["p2", "p3"]),
+        // As many decimal places as a decimal holds: a range, not a panic.
+        ("RiskAssessment?probability=0.1500000000000000000000000000", &["p3"]),
+        (
+            "RiskAssessment?probability=sa0.1400000000000000000000000000",
+            &["p2", "p3"],
+        ),
         // Quantities compare the same way: 7 is [6.5, 7.5).
         ("Observation?value-quantity=ne6.5", &["p2", "p3"]),
         ("Observation?value-quantity=lt7.2", &["p1"]),
