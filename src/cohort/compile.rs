@@ -27,9 +27,20 @@ use crate::search::{Clause, ClauseKind, Modifier, ParamType, SearchParam, Search
 /// Index table providers by (kind, resource type).
 pub type IndexProviders = HashMap<(IndexKind, String), Arc<dyn TableProvider>>;
 
-/// Builds plans over one set of index tables.
+/// Resource table providers by resource type.
+pub type ResourceProviders = HashMap<String, Arc<dyn TableProvider>>;
+
+/// The parameter every resource has one value of: its id.
+const ID_PARAM: &str = "_id";
+/// The parameter whose value falls back to the load time.
+const LAST_UPDATED_PARAM: &str = "_lastUpdated";
+
+/// Builds plans over one set of index tables (and the resource tables,
+/// which answer `_id`, and `_lastUpdated` of resources without
+/// `meta.lastUpdated`, without index rows).
 pub struct Compiler<'a> {
     providers: &'a IndexProviders,
+    resources: &'a ResourceProviders,
     compartment_references: &'a CompartmentReferences,
     registry: &'static SearchRegistry,
     next_alias: std::cell::Cell<usize>,
@@ -41,11 +52,13 @@ impl<'a> Compiler<'a> {
     /// [`crate::warehouse::TableEntry::compartment_references`]).
     pub fn new(
         providers: &'a IndexProviders,
+        resources: &'a ResourceProviders,
         compartment_references: &'a CompartmentReferences,
         registry: &'static SearchRegistry,
     ) -> Self {
         Self {
             providers,
+            resources,
             compartment_references,
             registry,
             next_alias: std::cell::Cell::new(0),
@@ -78,10 +91,95 @@ impl<'a> Compiler<'a> {
         param: &str,
         filter: Expr,
     ) -> Result<LogicalPlanBuilder, CohortError> {
-        Ok(self
-            .scan(kind, resource_type)?
+        let rows = match (kind, param) {
+            (IndexKind::Token, ID_PARAM) => self.id_rows(resource_type)?,
+            (IndexKind::Date, LAST_UPDATED_PARAM) => self.last_updated_rows(resource_type)?,
+            _ => self.scan(kind, resource_type)?,
+        };
+        Ok(rows
             .filter(col(PARAM).eq(lit(param)).and(filter))?
             .project(vec![col(RESOURCE_ID), col(PATIENT)])?)
+    }
+
+    /// Every resource of `resource_type` from its resource table, one row
+    /// per compartment patient (`patient` null for a resource in no
+    /// compartment): `(resource_id, patient, last_updated, loaded_at)`.
+    pub fn resource_rows(&self, resource_type: &str) -> Result<LogicalPlanBuilder, CohortError> {
+        use crate::warehouse::schema::resource_columns::{ID, LAST_UPDATED, LOADED_AT, PATIENTS};
+        use crate::warehouse::schema::resource_schema;
+        use datafusion::common::{ScalarValue, UnnestOptions};
+        use datafusion::functions_nested::expr_fn::cardinality;
+        use datafusion::logical_expr::when;
+        let schema = resource_schema();
+        let provider = self
+            .resources
+            .get(resource_type)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(EmptyTable::new(schema.clone())));
+        let patients_type = schema
+            .field_with_name(PATIENTS)
+            .map_err(datafusion::error::DataFusionError::from)?
+            .data_type();
+        // Unnesting an empty list yields no row; a resource outside every
+        // compartment still needs one (chains and `_has` match it by id).
+        let no_patient = lit(ScalarValue::try_from(patients_type)?);
+        let patients = when(cardinality(col(PATIENTS)).eq(lit(0u64)), no_patient).otherwise(col(PATIENTS))?;
+        let name = self.alias(&format!("resources_{}", resource_type.to_lowercase()));
+        Ok(LogicalPlanBuilder::scan(name, provider_as_source(provider), None)?
+            .project(vec![
+                col(ID).alias(RESOURCE_ID),
+                patients.alias(PATIENT),
+                col(LAST_UPDATED),
+                col(LOADED_AT),
+            ])?
+            .unnest_column_with_options(PATIENT, UnnestOptions::new().with_preserve_nulls(true))?)
+    }
+
+    /// `_id` as token index rows (`code` = the id), read from the resource
+    /// table: the index keeps no row per resource for it.
+    fn id_rows(&self, resource_type: &str) -> Result<LogicalPlanBuilder, CohortError> {
+        use datafusion::common::ScalarValue;
+        let null = || lit(ScalarValue::Utf8(None));
+        Ok(self.resource_rows(resource_type)?.project(vec![
+            lit(ID_PARAM).alias(PARAM),
+            col(RESOURCE_ID).alias("code"),
+            null().alias("system"),
+            null().alias("text"),
+            null().alias("type_system"),
+            null().alias("type_code"),
+            col(RESOURCE_ID),
+            col(PATIENT),
+        ])?)
+    }
+
+    /// `_lastUpdated` as date index rows: the index holds `meta.lastUpdated`
+    /// (with its precision range); a resource without it last changed when
+    /// its load stored it (`loaded_at`, as `$export`'s `_since` counts it),
+    /// read from the resource table.
+    fn last_updated_rows(&self, resource_type: &str) -> Result<LogicalPlanBuilder, CohortError> {
+        use crate::warehouse::schema::resource_columns::{LAST_UPDATED, LOADED_AT};
+        let indexed = self
+            .scan(IndexKind::Date, resource_type)?
+            .project(vec![
+                col(PARAM),
+                col("low"),
+                col("high"),
+                col(RESOURCE_ID),
+                col(PATIENT),
+            ])?
+            .build()?;
+        let loaded = self
+            .resource_rows(resource_type)?
+            .filter(col(LAST_UPDATED).is_null())?
+            .project(vec![
+                lit(LAST_UPDATED_PARAM).alias(PARAM),
+                col(LOADED_AT).alias("low"),
+                col(LOADED_AT).alias("high"),
+                col(RESOURCE_ID),
+                col(PATIENT),
+            ])?
+            .build()?;
+        Ok(LogicalPlanBuilder::from(indexed).union(loaded)?)
     }
 
     /// The rows of `previous` whose resource is also in `next`: a semi join
@@ -111,10 +209,11 @@ impl<'a> Compiler<'a> {
             .build()?)
     }
 
-    /// Every resource of `resource_type` with its patients (from the `_id`
-    /// rows every indexed resource has).
+    /// Every resource of `resource_type` with its patients.
     fn all(&self, resource_type: &str) -> Result<LogicalPlanBuilder, CohortError> {
-        self.matching(IndexKind::Token, resource_type, "_id", lit(true))
+        Ok(self
+            .resource_rows(resource_type)?
+            .project(vec![col(RESOURCE_ID), col(PATIENT)])?)
     }
 
     /// `(resource_id, patient)` of the resources of the query's type that

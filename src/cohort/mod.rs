@@ -18,13 +18,14 @@ use datafusion::common::Column;
 use datafusion::logical_expr::{JoinType, LogicalPlan, LogicalPlanBuilder, col, lit};
 use datafusion::prelude::{DataFrame, SessionContext};
 
-use self::compile::{Compiler, IndexProviders};
+use self::compile::{Compiler, IndexProviders, ResourceProviders};
 use crate::fhir::parse_reference;
 use crate::index::columns::{PATIENT, RESOURCE_ID};
 use crate::index::parse_index_table_key;
 use crate::index::writer::CompartmentReferences;
 use crate::search::{SearchError, SearchQuery, SearchRegistry, parse_search};
 use crate::warehouse::catalog::{files_provider, new_session, table_provider};
+use crate::warehouse::schema::resource_schema;
 use crate::warehouse::{Snapshot, TableKind, Warehouse, WarehouseError};
 
 /// Errors of building or running a cohort.
@@ -122,6 +123,8 @@ pub struct CohortEngine {
     snapshot: Snapshot,
     ctx: SessionContext,
     providers: IndexProviders,
+    /// The resource tables (`_id`, and `_lastUpdated` without `meta`).
+    resources: ResourceProviders,
     /// From the reference index entries of the snapshot.
     compartment_references: CompartmentReferences,
     registry: &'static SearchRegistry,
@@ -152,8 +155,14 @@ impl CohortEngine {
         ctx.sql("SET datafusion.execution.parquet.pushdown_filters = true")
             .await?;
         let mut providers = IndexProviders::new();
+        let mut resources = ResourceProviders::new();
         let mut compartment_references = CompartmentReferences::new();
         for (name, entry) in &snapshot.tables {
+            if entry.kind == TableKind::Resource {
+                let provider = files_provider(warehouse, &ctx, Some(resource_schema()), &entry.files).await?;
+                resources.insert(name.clone(), provider);
+                continue;
+            }
             if entry.kind != TableKind::Index {
                 continue;
             }
@@ -171,9 +180,19 @@ impl CohortEngine {
             snapshot,
             ctx,
             providers,
+            resources,
             compartment_references,
             registry,
         })
+    }
+
+    fn compiler(&self) -> Compiler<'_> {
+        Compiler::new(
+            &self.providers,
+            &self.resources,
+            &self.compartment_references,
+            self.registry,
+        )
     }
 
     /// The snapshot version the engine reads.
@@ -206,7 +225,7 @@ impl CohortEngine {
     /// resources meeting any of `queries` (all of one type): `_typeFilter`
     /// semantics, where filters of one type are ORed.
     pub fn resource_ids_plan(&self, queries: &[SearchQuery]) -> Result<LogicalPlan, CohortError> {
-        let compiler = Compiler::new(&self.providers, &self.compartment_references, self.registry);
+        let compiler = self.compiler();
         let mut plan: Option<LogicalPlanBuilder> = None;
         for query in queries {
             let ids = LogicalPlanBuilder::from(compiler.query(query)?).project(vec![col(RESOURCE_ID)])?;
@@ -240,16 +259,16 @@ impl CohortEngine {
             return Ok(None);
         };
         let mut targets: Option<LogicalPlanBuilder> = None;
+        let compiler = self.compiler();
         for (n, target_type) in target_types.iter().enumerate() {
-            let Some(ids) = self.providers.get(&(IndexKind::Token, target_type.clone())) else {
+            if !self.resources.contains_key(target_type) {
                 continue;
-            };
+            }
             let alias = format!("targets_{n}");
-            let mut rows = LogicalPlanBuilder::scan(alias.as_str(), provider_as_source(ids.clone()), None)?.filter(
-                col(crate::index::columns::PARAM)
-                    .eq(lit("_id"))
-                    .and(col(PATIENT).is_not_null()),
-            )?;
+            let mut rows = compiler
+                .resource_rows(target_type)?
+                .filter(col(PATIENT).is_not_null())?
+                .alias(alias.as_str())?;
             if let Some(members) = members {
                 let members_alias = format!("target_members_{n}");
                 rows = LogicalPlanBuilder::from(members.clone())
@@ -306,7 +325,7 @@ impl CohortEngine {
     /// The plan yielding the distinct ids (column `patient`) of the patients
     /// meeting every query, limited to `base` when given.
     pub fn plan(&self, queries: &[SearchQuery], base: Option<&[String]>) -> Result<LogicalPlan, CohortError> {
-        let compiler = Compiler::new(&self.providers, &self.compartment_references, self.registry);
+        let compiler = self.compiler();
         let mut plan: Option<LogicalPlan> = None;
         for query in queries {
             let resources = LogicalPlanBuilder::from(compiler.query(query)?);

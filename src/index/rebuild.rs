@@ -43,11 +43,11 @@ pub async fn rebuild_index(
     };
     let process = |(writer, patients): &mut (IndexWriter<'_>, Vec<String>),
                    resource: &crate::json::JsonValue<'_>,
-                   loaded_at: i64| {
+                   _loaded_at: i64| {
         patients.clear();
         compartment.patients_of(resource_type, resource, patients);
         writer
-            .add(resource_type, resource, patients, loaded_at)
+            .add(resource_type, resource, patients)
             .map_err(|e| MaterializeError::Sink(e.to_string()))
     };
     let states = scan_resources(warehouse, files, make_state, process).await?;

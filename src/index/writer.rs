@@ -11,14 +11,12 @@ use super::{IndexKind, index_table_key};
 use crate::fhir::model::FastMap;
 use crate::json::JsonValue;
 use crate::search::extract::{IndexValue, TypeIndexer};
-use crate::search::range::InstantRange;
 use crate::search::{ParamType, SearchRegistry};
 use crate::store::StoreLocation;
 use crate::warehouse::DataFile;
 use crate::warehouse::parquet_file::{ParquetFileWriter, index_writer_properties, scratch_writer_properties};
 
 /// The search parameter of a resource's last change.
-const LAST_UPDATED: &str = "_lastUpdated";
 
 /// Buffered index rows of one writer are sorted and written once they hold
 /// this much; a larger budget means longer sorted runs (better pruning).
@@ -89,8 +87,7 @@ pub fn combine_compartment_references(into: &mut CompartmentReferences, other: C
 pub struct IndexWriter<'a> {
     target: IndexTarget<'a>,
     registry: &'static SearchRegistry,
-    /// Per type: its indexer, and whether it indexes `_lastUpdated`.
-    indexers: FastMap<&'static str, (TypeIndexer<'static>, bool)>,
+    indexers: FastMap<&'static str, TypeIndexer<'static>>,
     /// Looked up for every index value, so hashed (a B-tree compared type
     /// names several times per value).
     tables: FastMap<(IndexKind, &'static str), IndexTable>,
@@ -129,30 +126,19 @@ impl<'a> IndexWriter<'a> {
         resource_type: &'static str,
         resource: &JsonValue<'_>,
         patients: &[String],
-        loaded_at: i64,
     ) -> Result<(), IndexWriteError> {
         let Some(id) = resource.get("id").and_then(JsonValue::as_str) else {
             return Ok(());
         };
         let registry = self.registry;
-        let (indexer, last_updated) = self.indexers.entry(resource_type).or_insert_with(|| {
-            let indexer = TypeIndexer::new(registry, resource_type);
-            let last_updated = indexer.indexes(LAST_UPDATED);
-            (indexer, last_updated)
-        });
+        let indexer = self
+            .indexers
+            .entry(resource_type)
+            .or_insert_with(|| TypeIndexer::new(registry, resource_type));
         self.values.clear();
         // A parameter whose expression fails on this resource is skipped: the
         // resource is valid FHIR, and the other parameters still index it.
         self.failures += indexer.index_lenient(resource, &mut self.values);
-        // Without `meta.lastUpdated`, a resource last changed when its load
-        // stored it: `$export`'s `_since` counts it so too.
-        if *last_updated && !self.values.iter().any(|(param, _)| *param == LAST_UPDATED) {
-            let instant = InstantRange {
-                low: loaded_at,
-                high: loaded_at,
-            };
-            self.values.push((LAST_UPDATED, IndexValue::Date(instant)));
-        }
         let alive = self
             .compartment_references
             .entry(resource_type)

@@ -379,7 +379,7 @@ impl<'a> Worker<'a> {
         self.stages.tables += appended - viewed;
         if let Some(index) = self.search_index.as_mut() {
             index
-                .add(header.resource_type, &value, &self.patients, self.ctx.loaded_at)
+                .add(header.resource_type, &value, &self.patients)
                 .map_err(|e| RowError::Fatal(e.into()))?;
             self.stages.index += appended.elapsed();
         }

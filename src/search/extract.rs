@@ -490,14 +490,20 @@ impl<'r> TypeIndexer<'r> {
         let mut groups: Vec<ExpressionGroup> = Vec::new();
         let mut vocabulary = crate::fhir::model::FastMap::default();
         for param in registry.supported(resource_type) {
+            // `_id` is answered from the resource table's `id` column: an
+            // index row per resource would repeat it (and cost ~8 % of the
+            // index's rows).
+            if param.code == "_id" {
+                continue;
+            }
             let Some(path) = &param.path else { continue };
             let entry = (param.code.as_str(), param.param_type);
             match groups.iter_mut().find(|g| g.path.text() == path.text()) {
                 Some(group) => group.params.push(entry),
                 None => {
                     let mut names = Vec::new();
-                    // `id` and `meta` are always evaluated (cheap, and `_id` must
-                    // index every resource).
+                    // Expressions over `id` and `meta` are always evaluated
+                    // (cheap).
                     let known =
                         root_elements(path.ast(), &mut names) && !names.iter().any(|r| r == "id" || r == "meta");
                     let roots = known.then(|| {
@@ -552,11 +558,6 @@ impl<'r> TypeIndexer<'r> {
             first_error.get_or_insert(e);
         });
         first_error.map_or(Ok(()), Err)
-    }
-
-    /// Whether this type indexes the parameter `code`.
-    pub fn indexes(&self, code: &str) -> bool {
-        self.groups.iter().any(|g| g.params.iter().any(|(c, _)| *c == code))
     }
 
     /// Like [`TypeIndexer::index`], but an expression that fails is skipped
@@ -631,7 +632,12 @@ mod indexer_tests {
             let mut fast = Vec::new();
             indexer.index(&resource, &mut fast).unwrap();
             let mut slow = Vec::new();
-            for param in registry.supported("Observation") {
+            // `_id` is read from the resource table, not indexed.
+            for param in registry
+                .supported("Observation")
+                .into_iter()
+                .filter(|p| p.code != "_id")
+            {
                 for v in index_values(param, &resource).unwrap() {
                     slow.push((param.code.as_str(), v));
                 }
