@@ -16,8 +16,6 @@ use crate::store::StoreLocation;
 use crate::warehouse::DataFile;
 use crate::warehouse::parquet_file::{ParquetFileWriter, index_writer_properties, scratch_writer_properties};
 
-/// The search parameter of a resource's last change.
-
 /// Buffered index rows of one writer are sorted and written once they hold
 /// this much; a larger budget means longer sorted runs (better pruning).
 const BUFFER_BUDGET: usize = 96 * 1024 * 1024;
