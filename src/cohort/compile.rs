@@ -541,22 +541,32 @@ fn may_yield_identifiers(param: &SearchParam, resource_type: &str) -> bool {
 }
 
 /// Whether `param` yields at most one value per resource of `resource_type`:
-/// its expression is `Type.element` for a non-repeating element that cannot
-/// hold a Timing (whose events are several dates).
+/// its expression is a chain of non-repeating elements from the resource
+/// (`Encounter.period`, `Resource.meta.lastUpdated`), the last of which
+/// cannot hold a Timing (whose events are several dates).
 fn single_valued(param: &SearchParam, resource_type: &str) -> bool {
+    use crate::fhir::model::FhirModel;
     use crate::fhirpath::ast::Expr as PathExpr;
-    let (Some(path), Ok(model)) = (&param.path, crate::fhir::model::FhirModel::r4()) else {
+    /// The owner of the children of the single value `expr` yields.
+    fn owner<'m>(expr: &PathExpr, resource_type: &'m str, model: &'m FhirModel) -> Option<&'m str> {
+        match expr {
+            PathExpr::Identifier(t) if t == resource_type || t == "Resource" || t == "DomainResource" => {
+                Some(resource_type)
+            }
+            PathExpr::Member(target, name) => {
+                let element = model.element(owner(target, resource_type, model)?, name)?;
+                if element.repeating || element.types.contains(&"Timing") {
+                    return None;
+                }
+                element.children_owner.or_else(|| element.types.first().copied())
+            }
+            _ => None,
+        }
+    }
+    let (Some(path), Ok(model)) = (&param.path, FhirModel::r4()) else {
         return false;
     };
-    match path.ast() {
-        PathExpr::Member(target, name) => {
-            matches!(target.as_ref(), PathExpr::Identifier(t) if t == resource_type)
-                && model
-                    .element(resource_type, name)
-                    .is_some_and(|e| !e.repeating && !e.types.contains(&"Timing"))
-        }
-        _ => false,
-    }
+    matches!(path.ast(), PathExpr::Member(..)) && owner(path.ast(), resource_type, model).is_some()
 }
 
 fn value_filter(
@@ -573,5 +583,28 @@ fn value_filter(
         IndexKind::Quantity => predicate::quantity(param, value),
         IndexKind::Number => predicate::number(param, value),
         IndexKind::Uri => predicate::uri(param, modifier, value),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::single_valued;
+    use crate::search::SearchRegistry;
+
+    /// Single-valued date parameters become one range scan placed after
+    /// the other clauses (the probe side of the same-resource joins), so a
+    /// broad `_lastUpdated` written first no longer builds a hash table of
+    /// every resource of the type.
+    #[test]
+    fn single_valued_follows_non_repeating_chains() {
+        let registry = SearchRegistry::r4().expect("registry");
+        let single = |resource_type: &str, code: &str| {
+            single_valued(registry.get(resource_type, code).expect(code), resource_type)
+        };
+        assert!(single("Observation", "_lastUpdated"), "Resource.meta.lastUpdated");
+        assert!(single("Encounter", "date"), "Encounter.period");
+        assert!(!single("Observation", "date"), "effective[x] may be a Timing");
+        assert!(!single("Patient", "given"), "HumanName repeats");
+        assert!(!single("Observation", "category"), "category repeats");
     }
 }
