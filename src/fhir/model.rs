@@ -52,7 +52,8 @@ use serde::Deserialize;
 use super::DefinitionError;
 
 const ELEMENTS_FILE: &str = "data/fhir-r4/elements-r4.json";
-const ELEMENTS_JSON: &str = include_str!("../../data/fhir-r4/elements-r4.json");
+/// `ELEMENTS_FILE` trimmed by `build.rs` to the fields read here.
+const ELEMENTS_JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/elements-r4.json"));
 
 /// What kind of type a definition is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,8 @@ use serde::Deserialize;
 use super::DefinitionError;
 
 const FILE: &str = "data/fhir-r4/search-parameters.json";
-const JSON: &str = include_str!("../../data/fhir-r4/search-parameters.json");
+/// `FILE` trimmed by `build.rs` to the fields read here.
+const JSON: &str = include_str!(concat!(env!("OUT_DIR"), "/search-parameters.json"));
 
 /// A search parameter's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
