@@ -41,9 +41,7 @@ pub async fn rebuild_index(
         };
         (IndexWriter::new(target, registry), Vec::new())
     };
-    let process = |(writer, patients): &mut (IndexWriter<'_>, Vec<String>),
-                   resource: &crate::json::JsonValue<'_>,
-                   _loaded_at: i64| {
+    let process = |(writer, patients): &mut (IndexWriter<'_>, Vec<String>), resource: &crate::json::JsonValue<'_>| {
         patients.clear();
         compartment.patients_of(resource_type, resource, patients);
         writer

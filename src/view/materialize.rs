@@ -3,7 +3,7 @@
 //! parallel, each resource parsed once for all views of its type.
 
 use datafusion::arrow::array::{Array, ArrayBuilder, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
+use datafusion::arrow::datatypes::SchemaRef;
 use futures::StreamExt;
 use tokio::runtime::Handle;
 
@@ -13,7 +13,6 @@ use crate::json;
 use crate::store::StoreLocation;
 use crate::warehouse::catalog::{new_session, table_provider};
 use crate::warehouse::parquet_file::ParquetFileWriter;
-use crate::warehouse::schema::resource_columns::LOADED_AT;
 use crate::warehouse::{DataFile, TableEntry, TableKind, Warehouse, WarehouseError};
 
 /// Rows buffered per view before they become a batch.
@@ -117,8 +116,7 @@ fn new_builders(schema: &SchemaRef) -> Vec<Box<dyn ArrayBuilder>> {
 }
 
 /// Scans the `resource` column of `files` (a resource table) in parallel and
-/// calls `process(state, resource, loaded_at)` for each stored resource
-/// (`loaded_at`: when its load started, microseconds since the epoch); `make_state(p)`
+/// calls `process(state, resource)` for each stored resource; `make_state(p)`
 /// builds the state of partition `p`. Returns the states. Needs a
 /// multi-threaded tokio runtime (the scan threads block in place).
 pub async fn scan_resources<S, M, P>(
@@ -130,7 +128,7 @@ pub async fn scan_resources<S, M, P>(
 where
     S: Send,
     M: Fn(usize) -> S + Sync,
-    P: Fn(&mut S, &json::JsonValue<'_>, i64) -> Result<(), MaterializeError> + Sync,
+    P: Fn(&mut S, &json::JsonValue<'_>) -> Result<(), MaterializeError> + Sync,
 {
     if files.is_empty() {
         return Ok(Vec::new());
@@ -145,7 +143,7 @@ where
     )
     .map_err(WarehouseError::from)?;
     let frame = ctx
-        .sql(&format!("SELECT resource, {LOADED_AT} FROM scan_source"))
+        .sql("SELECT resource FROM scan_source")
         .await
         .map_err(WarehouseError::from)?;
     let streams = frame.execute_stream_partitioned().await.map_err(WarehouseError::from)?;
@@ -162,11 +160,10 @@ where
                         while let Some(batch) = handle.block_on(stream.next()) {
                             let batch = batch.map_err(WarehouseError::from)?;
                             let column = batch.column(0).as_string::<i32>();
-                            let loaded_at = batch.column(1).as_primitive::<TimestampMicrosecondType>();
                             for i in 0..column.len() {
                                 let text = column.value(i);
                                 let value = json::parse(text).map_err(|e| MaterializeError::Corrupt(e.to_string()))?;
-                                process(&mut state, &value, loaded_at.value(i))?;
+                                process(&mut state, &value)?;
                             }
                         }
                         Ok(state)
@@ -282,8 +279,7 @@ pub async fn rebuild_views(
         (buffers, writers, variables)
     };
     let process = |state: &mut (ViewBuffers, Vec<ViewTableWriter>, Vec<ViewVariables>),
-                   resource: &json::JsonValue<'_>,
-                   _loaded_at: i64| {
+                   resource: &json::JsonValue<'_>| {
         for (i, runner) in runners.iter().enumerate() {
             let added = state.0.add(i, runner, resource, &mut state.2[i]);
             let added = added.map_err(|source| MaterializeError::View {
@@ -349,7 +345,7 @@ where
     type State = (ViewBuffers, std::sync::mpsc::SyncSender<RecordBatch>, ViewVariables);
     let closed = || MaterializeError::Sink("output closed".into());
     let make_state = |_| (ViewBuffers::new(&[runner]), tx.clone(), runner.variables());
-    let process = |state: &mut State, resource: &json::JsonValue<'_>, _loaded_at: i64| {
+    let process = |state: &mut State, resource: &json::JsonValue<'_>| {
         let added = state.0.add(0, runner, resource, &mut state.2);
         let added = added.map_err(|source| MaterializeError::View {
             resource: resource_label(resource),
