@@ -24,7 +24,11 @@ const ROW_GROUP_ROWS: usize = 128 * 1024;
 const DICTIONARY_PAGE_BYTES: usize = 128 * 1024;
 
 /// Writer settings for warehouse files: zstd, small dictionaries, none for the
-/// unique `id` and the raw JSON (which also gets no statistics).
+/// unique `id` and the raw JSON (which also gets no statistics). `id` gets a
+/// bloom filter per row group: resource tables are in load order, so
+/// min/max statistics of random ids prune nothing, and `_id` searches,
+/// `WHERE id = …` and `_typeFilter=_id` read the table itself (~1 byte per
+/// row at this size).
 pub fn writer_properties() -> WriterProperties {
     let raw = ColumnPath::from(resource_columns::RESOURCE);
     let id = ColumnPath::from(resource_columns::ID);
@@ -32,6 +36,8 @@ pub fn writer_properties() -> WriterProperties {
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
+        .set_column_bloom_filter_enabled(id.clone(), true)
+        .set_column_bloom_filter_max_ndv(id.clone(), ROW_GROUP_ROWS as u64)
         .set_column_dictionary_enabled(id, false)
         .set_column_dictionary_enabled(raw.clone(), false)
         .set_column_statistics_enabled(raw, EnabledStatistics::None)
@@ -172,5 +178,49 @@ pub(crate) fn write_test_file(dir: &std::path::Path, relative: &str, batch: &Rec
         path: relative.to_string(),
         rows: batch.num_rows() as u64,
         bytes: std::fs::metadata(&path).expect("size").len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{ArrayRef, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+
+    use super::*;
+
+    /// Resource tables are in load order, so only a bloom filter lets an
+    /// `id = …` filter skip row groups; one sized to the ids written, not to
+    /// the row-group cap.
+    #[test]
+    fn ids_get_bloom_filters_sized_to_their_values() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(resource_columns::ID, DataType::Utf8, false),
+            Field::new(resource_columns::RESOURCE, DataType::Utf8, false),
+        ]));
+        let ids: ArrayRef = Arc::new(StringArray::from_iter_values((0..100).map(|i| format!("id-{i}"))));
+        let raw: ArrayRef = Arc::new(StringArray::from_iter_values(
+            (0..100).map(|i| format!("{{\"n\":{i}}}")),
+        ));
+        let batch = RecordBatch::try_new(schema.clone(), vec![ids, raw]).expect("batch");
+        let mut bytes = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut bytes, schema, Some(writer_properties())).expect("writer");
+        writer.write(&batch).expect("write");
+        writer.close().expect("close");
+        let reader = SerializedFileReader::new(bytes::Bytes::from(bytes)).expect("reader");
+        let row_group = reader.metadata().row_group(0);
+        let id = row_group.column(0);
+        assert!(id.bloom_filter_offset().is_some(), "id has a bloom filter");
+        assert!(
+            id.bloom_filter_length().is_some_and(|n| n < 1024),
+            "folded to 100 values: {:?}",
+            id.bloom_filter_length()
+        );
+        assert!(
+            row_group.column(1).bloom_filter_offset().is_none(),
+            "the raw JSON has none"
+        );
     }
 }
