@@ -22,6 +22,7 @@ use super::predicate;
 use crate::index::IndexKind;
 use crate::index::columns::{PARAM, PATIENT, RESOURCE_ID};
 use crate::index::writer::CompartmentReferences;
+use crate::search::extract::ID_PARAM;
 use crate::search::{Clause, ClauseKind, Modifier, ParamType, SearchParam, SearchQuery, SearchRegistry, SearchValue};
 
 /// Index table providers by (kind, resource type).
@@ -30,8 +31,6 @@ pub type IndexProviders = HashMap<(IndexKind, String), Arc<dyn TableProvider>>;
 /// Resource table providers by resource type.
 pub type ResourceProviders = HashMap<String, Arc<dyn TableProvider>>;
 
-/// The parameter every resource has one value of: its id.
-const ID_PARAM: &str = "_id";
 /// The parameter whose value falls back to the load time.
 const LAST_UPDATED_PARAM: &str = "_lastUpdated";
 

@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use unicode_normalization::UnicodeNormalization;
 
 use super::range::{InstantRange, period_range, value_range};
-use super::registry::ParamType;
+use super::registry::{ParamType, SearchParam};
 use crate::fhir::parse_reference;
 use crate::fhirpath::Value;
 use crate::fhirpath::temporal::DateTimeValue;
@@ -484,16 +484,23 @@ fn root_elements(expr: &crate::fhirpath::ast::Expr, out: &mut Vec<String>) -> bo
     }
 }
 
+/// The parameter answered from the resource table's `id` column: an index
+/// row per resource would repeat it (it was ~8 % of the index's rows).
+pub const ID_PARAM: &str = "_id";
+
+/// Whether the index holds rows of `param` (all supported ones but
+/// [`ID_PARAM`]).
+pub fn is_indexed(param: &SearchParam) -> bool {
+    param.code != ID_PARAM
+}
+
 impl<'r> TypeIndexer<'r> {
     /// The indexer of `resource_type`'s supported parameters.
     pub fn new(registry: &'r super::SearchRegistry, resource_type: &str) -> Self {
         let mut groups: Vec<ExpressionGroup> = Vec::new();
         let mut vocabulary = crate::fhir::model::FastMap::default();
         for param in registry.supported(resource_type) {
-            // `_id` is answered from the resource table's `id` column: an
-            // index row per resource would repeat it (and cost ~8 % of the
-            // index's rows).
-            if param.code == "_id" {
+            if !is_indexed(param) {
                 continue;
             }
             let Some(path) = &param.path else { continue };
@@ -632,12 +639,7 @@ mod indexer_tests {
             let mut fast = Vec::new();
             indexer.index(&resource, &mut fast).unwrap();
             let mut slow = Vec::new();
-            // `_id` is read from the resource table, not indexed.
-            for param in registry
-                .supported("Observation")
-                .into_iter()
-                .filter(|p| p.code != "_id")
-            {
+            for param in registry.supported("Observation").into_iter().filter(|p| is_indexed(p)) {
                 for v in index_values(param, &resource).unwrap() {
                     slow.push((param.code.as_str(), v));
                 }

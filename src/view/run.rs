@@ -151,14 +151,19 @@ pub struct ViewRunner<'v> {
     row_index: bool,
 }
 
+/// Whether `path` mentions `%rowIndex` (by its text: a false positive only
+/// costs the bookkeeping).
+fn mentions_row_index(path: &FhirPath) -> bool {
+    path.text().contains("rowIndex")
+}
+
 /// Whether a path of `select` or of a selection below it mentions
-/// `%rowIndex` (by its text: a false positive only costs the bookkeeping).
+/// `%rowIndex`.
 fn reads_row_index(select: &Select) -> bool {
-    let mentions = |p: &FhirPath| p.text().contains("rowIndex");
-    select.columns.iter().any(|c| mentions(&c.path))
+    select.columns.iter().any(|c| mentions_row_index(&c.path))
         || match &select.iteration {
-            Some(Iteration::ForEach(p) | Iteration::ForEachOrNull(p)) => mentions(p),
-            Some(Iteration::Repeat(paths)) => paths.iter().any(mentions),
+            Some(Iteration::ForEach(p) | Iteration::ForEachOrNull(p)) => mentions_row_index(p),
+            Some(Iteration::Repeat(paths)) => paths.iter().any(mentions_row_index),
             None => false,
         }
         || select.selects.iter().any(reads_row_index)
@@ -174,8 +179,7 @@ impl<'v> ViewRunner<'v> {
                 .ok_or_else(|| ViewError::invalid(&format!("constant {name}"), &format!("value is not a valid {t}")))?;
             constants.push((name.clone(), v));
         }
-        let row_index =
-            view.select.iter().any(reads_row_index) || view.where_paths.iter().any(|p| p.text().contains("rowIndex"));
+        let row_index = view.select.iter().any(reads_row_index) || view.where_paths.iter().any(mentions_row_index);
         Ok(Self {
             view,
             constants,
