@@ -6,6 +6,12 @@
 //! installs it into `~/.cache/fhirlake/tools`; env `FHIRLAKE_BENCH_COPIES`,
 //! default 4, sets the scale of the generated dataset). Results are printed
 //! as a Markdown table and written to `target/bench-s3.json`.
+//!
+//! After each full S3 → S3 load it also times DuckDB's cohort of the cohort
+//! bench over the S3 warehouse, ten requests in one process (the way `serve`
+//! answers them), with the in-memory read cache and without it
+//! (`FHIRLAKE_READ_CACHE_MB=0`). The cache is process-wide, so each setting
+//! runs in a child process of this bench.
 
 mod common;
 
@@ -15,6 +21,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::run_measured;
+use fhirlake::cohort::CurrentEngine;
+use fhirlake::warehouse::Warehouse;
 
 const ACCESS_KEY: &str = "fhirlake-bench";
 const SECRET_KEY: &str = "fhirlake-bench-secret";
@@ -56,7 +64,66 @@ fn seed(dataset: &Path, dir: &Path) {
     }
 }
 
+/// Set in the child process that times cohorts over this S3 warehouse.
+const COHORT_CHILD: &str = "FHIRLAKE_BENCH_S3_COHORT";
+
+/// DuckDB's cohort (the cohort bench's first row).
+const COHORT: [&str; 2] = [
+    "Condition?code=http://snomed.info/sct|44054006",
+    "Encounter?date=sa2019-12-31&date=lt2021-01-01",
+];
+
+/// In the child: ten requests of [`COHORT`] over the warehouse at `url`,
+/// printed as JSON (patients, first s, median of the other nine s).
+fn time_cohorts(url: &str) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let current = CurrentEngine::new(Warehouse::open(url).expect("warehouse"));
+        let mut times = Vec::new();
+        let mut patients = 0;
+        for _ in 0..10 {
+            let started = Instant::now();
+            let engine = current.get().await.expect("engine");
+            patients = engine.evaluate(&COHORT, None).await.expect("cohort").patients.len();
+            times.push(started.elapsed().as_secs_f64());
+        }
+        let first = times.remove(0);
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        println!(
+            "{}",
+            serde_json::json!({"patients": patients, "first_s": first, "median_s": median})
+        );
+    });
+}
+
+/// Runs [`time_cohorts`] in a child process with the read cache set to
+/// `cache_mb` (`None`: the default).
+fn cohort_child(url: &str, endpoint: &str, cache_mb: Option<&str>) -> serde_json::Value {
+    let mut command = Command::new(std::env::current_exe().expect("bench binary"));
+    command
+        .env(COHORT_CHILD, url)
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env_remove("FHIRLAKE_READ_CACHE_MB");
+    if let Some(mb) = cache_mb {
+        command.env("FHIRLAKE_READ_CACHE_MB", mb);
+    }
+    let output = command.output().expect("cohort child");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("cohort child output")
+}
+
 fn main() {
+    if let Ok(url) = std::env::var(COHORT_CHILD) {
+        time_cohorts(&url);
+        return;
+    }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let Some(shared) = common::synthea_615() else {
         return;
@@ -89,6 +156,7 @@ fn main() {
     let endpoint = format!("http://127.0.0.1:{port}");
 
     let mut runs = Vec::new();
+    let mut cohorts = Vec::new();
     let datasets = [
         ("synthea-615".to_string(), shared.clone()),
         (format!("synthea-615x{copies}"), scaled.clone()),
@@ -131,6 +199,12 @@ fn main() {
                     seconds: m.wall,
                     peak_rss_mib: m.peak_rss_mib,
                 });
+                if mode == "full" && warehouse == "s3" && source == "s3" {
+                    for (label, cache_mb) in [("read cache", None), ("no read cache", Some("0"))] {
+                        let timing = cohort_child(&wh, &endpoint, cache_mb);
+                        cohorts.push((name.clone(), label, timing));
+                    }
+                }
             }
         }
     }
@@ -167,8 +241,21 @@ fn main() {
             "seconds": r.seconds, "throughput_vs_local": ratio, "peak_rss_mib": r.peak_rss_mib}),
         );
     }
+    println!();
+    println!("| dataset | cohort over the S3 warehouse | patients | first request s | median of 9 more s |");
+    println!("|---|---|---:|---:|---:|");
+    let mut cohort_json = Vec::new();
+    for (name, label, timing) in &cohorts {
+        println!(
+            "| {name} | {label} | {} | {:.4} | {:.4} |",
+            timing["patients"],
+            timing["first_s"].as_f64().unwrap_or(f64::NAN),
+            timing["median_s"].as_f64().unwrap_or(f64::NAN)
+        );
+        cohort_json.push(serde_json::json!({"dataset": name, "setting": label, "timing": timing}));
+    }
     let _ = std::fs::write(
         root.join("target/bench-s3.json"),
-        serde_json::to_string_pretty(&json).unwrap_or_default(),
+        serde_json::to_string_pretty(&serde_json::json!({"loads": json, "cohorts": cohort_json})).unwrap_or_default(),
     );
 }

@@ -24,7 +24,7 @@ use crate::index::columns::{PATIENT, RESOURCE_ID};
 use crate::index::parse_index_table_key;
 use crate::index::writer::CompartmentReferences;
 use crate::search::{SearchError, SearchQuery, SearchRegistry, parse_search};
-use crate::warehouse::catalog::{files_provider, new_session, table_provider};
+use crate::warehouse::catalog::{files_provider, new_query_session, table_provider};
 use crate::warehouse::schema::resource_schema;
 use crate::warehouse::{Snapshot, TableKind, Warehouse, WarehouseError};
 
@@ -140,7 +140,7 @@ impl CohortEngine {
     /// An engine over `snapshot` of `warehouse`.
     pub async fn for_snapshot(warehouse: &Warehouse, snapshot: Snapshot) -> Result<Self, CohortError> {
         let registry = SearchRegistry::r4().map_err(|e| CohortError::Definitions(e.to_string()))?;
-        let ctx = new_session()?;
+        let ctx = new_query_session(warehouse)?;
         // The compiler puts the smaller input of each semi join on the build
         // side; statistics of filtered index scans are guesses, and a swap
         // can build a hash table of every reference of a type.

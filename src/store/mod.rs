@@ -3,6 +3,7 @@
 //! folder and an object-store bucket take the same code path.
 
 mod object_writer;
+mod read_cache;
 mod s3;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use object_store::signer::Signer;
 use url::Url;
 
 pub use object_writer::ObjectWriter;
+pub use read_cache::{CachedStore, ReadCache};
 pub use s3::{S3Options, configure_s3};
 
 /// Errors resolving or accessing a storage location.

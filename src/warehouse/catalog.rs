@@ -20,6 +20,7 @@ use super::schema::{rejects_schema, resource_schema, tombstones_schema};
 use super::table::ManifestTable;
 use super::{Snapshot, TableEntry, TableKind, Warehouse, WarehouseError};
 use crate::index::{IndexKind, parse_index_table_key};
+use crate::store::{CachedStore, ReadCache};
 
 /// Memory DataFusion may use for sorts, joins and aggregates before it spills
 /// to disk; keeps queries over large warehouses within a fixed budget.
@@ -53,6 +54,19 @@ pub fn new_session() -> Result<SessionContext, WarehouseError> {
     let config = SessionConfig::new().with_information_schema(true);
     let mut ctx = SessionContext::new_with_config_rt(config, runtime);
     datafusion_functions_json::register_all(&mut ctx)?;
+    Ok(ctx)
+}
+
+/// A session for queries over `warehouse` (cohorts, SQL, exports): like
+/// [`new_session`], with the warehouse's files read through the process-wide
+/// [`ReadCache`], so repeated requests find the pages they read in memory.
+/// Loads and merges use plain sessions: what they read is read once.
+pub fn new_query_session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseError> {
+    let ctx = new_session()?;
+    let root = warehouse.root();
+    let store_url = root.store_url.as_str();
+    let cached = CachedStore::new(root.store.clone(), store_url, ReadCache::shared());
+    ctx.register_object_store(&root.store_url, Arc::new(cached));
     Ok(ctx)
 }
 
@@ -113,12 +127,13 @@ async fn manifest_provider(
         return Ok(Arc::new(EmptyTable::new(schema)));
     }
     let root = warehouse.root();
-    if !root.is_local() {
-        // DataFusion finds stores by URL; the local filesystem is built in.
-        ctx.register_object_store(&root.store_url, root.store.clone());
-    }
     // `scheme://authority` without the path: DataFusion's key for the store.
     let store_url = ObjectStoreUrl::parse(&root.store_url[..url::Position::BeforePath])?;
+    if !root.is_local() && ctx.runtime_env().object_store(&store_url).is_err() {
+        // DataFusion finds stores by URL; the local filesystem is built in,
+        // and a query session registered its cached store already.
+        ctx.register_object_store(&root.store_url, root.store.clone());
+    }
     let keys: Vec<_> = files.iter().map(|f| root.child(&f.path)).collect();
     let schema = match schema {
         Some(schema) => schema,
@@ -215,7 +230,7 @@ pub async fn register_snapshot(
 
 /// A session over the current state of `warehouse` (empty if nothing is committed).
 pub async fn session_for(warehouse: &Warehouse) -> Result<(SessionContext, Option<Snapshot>), WarehouseError> {
-    let ctx = new_session()?;
+    let ctx = new_query_session(warehouse)?;
     let snapshot = warehouse.current().await?;
     if let Some(snapshot) = &snapshot {
         register_snapshot(warehouse, &ctx, snapshot).await?;

@@ -324,6 +324,22 @@ async fn load_from_s3_into_an_s3_warehouse_then_sql_cohorts_and_export() {
         .find(|e| e.0 == "P1")
         .map(|e| if column == 1 { e.3 } else { e.2 });
     assert_eq!(exported.get("Patient").copied(), women);
+    // Every single-filter example through the one server process, twice:
+    // its reads of the warehouse's files go through the in-memory read cache
+    // (the second round is served from memory) and give the same counts.
+    for round in 0..2 {
+        for (id, filters, ten, hundred, _) in EXAMPLES.iter().filter(|e| e.1.len() == 1) {
+            let want = if column == 1 { *hundred } else { *ten };
+            let created = http(
+                "POST",
+                &format!("{}/Group", fhir.base),
+                &[("Content-Type", "application/fhir+json")],
+                Some(&crate::common::cohort_group(id, filters[0]).to_string()),
+            );
+            assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
+            assert_eq!(created.json()["quantity"], want, "{id} {filters:?}, round {round}");
+        }
+    }
     assert!(
         files_under(&server.data.join("warehouse/fhir/_server")).len() >= 2,
         "the Group and the export job are stored in the bucket"
