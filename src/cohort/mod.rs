@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::common::Column;
+use datafusion::functions_aggregate::expr_fn::bit_or;
 use datafusion::logical_expr::{JoinType, LogicalPlan, LogicalPlanBuilder, col, lit};
 use datafusion::prelude::{DataFrame, SessionContext};
 
@@ -326,7 +327,7 @@ impl CohortEngine {
     /// meeting every query, limited to `base` when given.
     pub fn plan(&self, queries: &[SearchQuery], base: Option<&[String]>) -> Result<LogicalPlan, CohortError> {
         let compiler = self.compiler();
-        let mut plan: Option<LogicalPlan> = None;
+        let mut branches = Vec::with_capacity(queries.len());
         for query in queries {
             let resources = LogicalPlanBuilder::from(compiler.query(query)?);
             // A Patient search selects the patients themselves.
@@ -337,23 +338,17 @@ impl CohortEngine {
                     .project(vec![col(PATIENT)])?
                     .filter(col(PATIENT).is_not_null())?
             };
-            plan = Some(match plan {
-                None => patients.distinct()?.build()?,
-                // The probe side of INTERSECT's semi join: duplicates only
-                // repeat a look-up, so no DISTINCT (a hash aggregate and a
-                // repartition of every matching row) is needed there.
-                Some(previous) => LogicalPlanBuilder::intersect(previous, patients.build()?, false)?,
-            });
+            branches.push(patients.build()?);
         }
-        let mut builder = match plan {
-            Some(plan) => LogicalPlanBuilder::from(plan),
+        let mut builder = match branches.len() {
             // No filter: every patient.
-            None => LogicalPlanBuilder::from(compiler.query(&SearchQuery {
+            0 => LogicalPlanBuilder::from(compiler.query(&SearchQuery {
                 resource_type: "Patient",
                 clauses: Vec::new(),
             })?)
             .project(vec![col(RESOURCE_ID).alias(PATIENT)])?
             .distinct()?,
+            _ => LogicalPlanBuilder::from(intersect_patients(branches)?),
         };
         if let Some(base) = base {
             let values = if base.is_empty() {
@@ -493,4 +488,57 @@ impl CohortEngine {
         members.sort_unstable();
         Ok(members)
     }
+}
+
+/// Patients intersected through one bitmask: at most this many branches (an
+/// `Int64` mask, sign bit unused).
+const MASKED_BRANCHES: usize = 62;
+
+/// The column holding a branch's bit in [`intersect_patients`].
+const BRANCH_BIT: &str = "branch_bit";
+
+/// The distinct patients (column `patient`) found in every one of `branches`
+/// (each a plan with a `patient` column, duplicates allowed).
+///
+/// Branches are tagged with a bit each, unioned, and grouped by patient; a
+/// patient is kept when the OR of its bits has every bit set. All branches'
+/// scans then run side by side. A chain of semi joins (INTERSECT) runs them
+/// one after the other instead, a join collecting its build side before its
+/// probe side starts: at 615 patients the two-filter cohort took 4.2–4.8 ms
+/// to execute that way against 2.5–2.6 ms this way, and at 100k patients
+/// this way was as fast or faster (a selective and a broad filter, whose
+/// probe the join's dynamic filter narrows: 1.40–1.49 s either way;
+/// docs/benchmarks.md). More than [`MASKED_BRANCHES`] branches are
+/// intersected in groups, then the groups' results likewise.
+fn intersect_patients(mut branches: Vec<LogicalPlan>) -> Result<LogicalPlan, CohortError> {
+    if branches.len() == 1 {
+        return Ok(LogicalPlanBuilder::from(branches.remove(0)).distinct()?.build()?);
+    }
+    if branches.len() > MASKED_BRANCHES {
+        let mut groups = Vec::new();
+        while !branches.is_empty() {
+            let rest = branches.split_off(branches.len().min(MASKED_BRANCHES));
+            groups.push(intersect_patients(std::mem::replace(&mut branches, rest))?);
+        }
+        return intersect_patients(groups);
+    }
+    let every_bit = (1i64 << branches.len()) - 1;
+    let mut union: Option<LogicalPlanBuilder> = None;
+    for (i, branch) in branches.into_iter().enumerate() {
+        let tagged = LogicalPlanBuilder::from(branch).project(vec![col(PATIENT), lit(1i64 << i).alias(BRANCH_BIT)])?;
+        union = Some(match union {
+            None => tagged,
+            Some(union) => union.union(tagged.build()?)?,
+        });
+    }
+    let Some(union) = union else {
+        return Err(CohortError::DataFusion(datafusion::error::DataFusionError::Internal(
+            "no branches to intersect".into(),
+        )));
+    };
+    Ok(union
+        .aggregate(vec![col(PATIENT)], vec![bit_or(col(BRANCH_BIT)).alias(BRANCH_BIT)])?
+        .filter(col(BRANCH_BIT).eq(lit(every_bit)))?
+        .project(vec![col(PATIENT)])?
+        .build()?)
 }

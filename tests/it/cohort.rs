@@ -492,6 +492,34 @@ async fn chains_has_and_several_filters() {
             .await
             .is_empty()
     );
+    // Three filters, one of them a Patient search, in either order.
+    assert_eq!(
+        f.patients(&["Observation?code=4548-4", "Encounter?class=EMER", "Patient?gender=male"])
+            .await,
+        ["p2"]
+    );
+    assert_eq!(
+        f.patients(&["Patient?gender=male", "Encounter?class=EMER", "Observation?code=4548-4"])
+            .await,
+        ["p2"]
+    );
+    // More filters than one intersection mask holds (62) are intersected
+    // in groups: the same filter 70 times is that filter, one filter that
+    // nobody meets among 69 that p1 and p3 meet empties the cohort, and one
+    // that only p3 meets keeps p3, wherever it stands.
+    let same = vec!["Condition?code=44054006"; 70];
+    assert_eq!(f.patients(&same).await, ["p1", "p2"]);
+    let mut last_fails = vec!["Patient?gender=female"; 69];
+    last_fails.push("Condition?code=nobody-has-this");
+    assert!(f.patients(&last_fails).await.is_empty());
+    let mut first_fails = last_fails.clone();
+    first_fails.rotate_right(1);
+    assert!(f.patients(&first_fails).await.is_empty());
+    for at in [0, 40, 69] {
+        let mut only_p3 = vec!["Patient?gender=female"; 69];
+        only_p3.insert(at, "Condition?code=|X1");
+        assert_eq!(f.patients(&only_p3).await, ["p3"], "at {at}");
+    }
     // No filter: every patient.
     assert_eq!(f.patients(&[]).await, ["p1", "p2", "p3", "p4"]);
 }
