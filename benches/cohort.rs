@@ -135,10 +135,17 @@ fn time_cohort(wh: &Path, filters: &[&str]) -> (u64, f64) {
     (patients, best)
 }
 
+/// Requests per in-process timing run (the first is reported apart).
+const IN_PROCESS_RUNS: usize = 30;
+
+/// Alternating in-process timing runs of fhirlake and DuckDB: this VM's
+/// speed drifts within minutes, so each tool is timed in both halves.
+const ALTERNATIONS: usize = 2;
+
 /// Runs of a cohort in one process, the way the server runs them: each
 /// request asks [`CurrentEngine`] for the engine of the newest version (a
 /// manifest listing; the engine is built on the first request). Returns
-/// (patients, first run s, median of the next 9 s).
+/// (patients, first run s, median of the other [`IN_PROCESS_RUNS`]` - 1` s).
 fn in_process(wh: &Path, filters: &[&str]) -> (usize, f64, f64) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -150,7 +157,7 @@ fn in_process(wh: &Path, filters: &[&str]) -> (usize, f64, f64) {
         let current = CurrentEngine::new(warehouse);
         let mut times = Vec::new();
         let mut patients = 0;
-        for _ in 0..10 {
+        for _ in 0..IN_PROCESS_RUNS {
             let started = Instant::now();
             let engine = current.get().await.expect("engine");
             patients = engine.evaluate(filters, None).await.expect("cohort").patients.len();
@@ -168,6 +175,7 @@ fn duckdb_repeated(root: &Path, out_dir: &Path) -> Option<(f64, f64)> {
     let output = Command::new("python3")
         .arg(root.join("benches/peer/duckdb_cohort_repeat.py"))
         .arg(out_dir)
+        .args(["--runs", &IN_PROCESS_RUNS.to_string()])
         .output()
         .ok()?;
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
@@ -228,11 +236,28 @@ fn main() {
             });
         }
         let duck = duckdb(&data, &work, &name);
-        let (warm_patients, first, warm) = in_process(&wh, QUERIES[0].1);
-        let duck_repeated = duckdb_repeated(&root, &work.join(format!("cohort-duck-{name}")));
+        // Each tool's medians of its alternations, averaged; the first
+        // request of the first run.
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for _ in 0..ALTERNATIONS {
+            ours.push(in_process(&wh, QUERIES[0].1));
+            theirs.extend(duckdb_repeated(&root, &work.join(format!("cohort-duck-{name}"))));
+        }
+        let warm_patients = ours[0].0;
+        let first = ours[0].1;
+        let warm = ours.iter().map(|r| r.2).sum::<f64>() / ours.len() as f64;
+        let duck_repeated = (!theirs.is_empty()).then(|| {
+            (
+                theirs[0].0,
+                theirs.iter().map(|r| r.1).sum::<f64>() / theirs.len() as f64,
+            )
+        });
         println!(
-            "{name}: DuckDB's cohort in one process, 10 runs: fhirlake first {first:.4} s, then median {warm:.4} s ({warm_patients} patients); DuckDB {}",
+            "{name}: DuckDB's cohort in one process, {ALTERNATIONS} alternating runs of {IN_PROCESS_RUNS} requests each: fhirlake first {first:.4} s, then median {warm:.4} s ({warm_patients} patients; run medians {:?}); DuckDB {} (run medians {:?})",
+            ours.iter().map(|r| (r.2 * 1e4).round() / 1e4).collect::<Vec<_>>(),
             duck_repeated.map_or("–".into(), |(f, m)| format!("first {f:.4} s, then median {m:.4} s")),
+            theirs.iter().map(|r| (r.1 * 1e4).round() / 1e4).collect::<Vec<_>>(),
         );
         if let Some((duck_patients, _, _)) = duck {
             assert_eq!(
