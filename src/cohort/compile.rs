@@ -6,7 +6,7 @@
 //! same resource). Chains and `_has` join through the reference index (or,
 //! for a `_has` whose reference the load proved to be the compartment, read
 //! the inner clause's `patient` column). Only ordinary operators (scan,
-//! filter, projection, semi/anti join, intersect, distinct) are used.
+//! filter, projection, union, semi/anti join, except, distinct) are used.
 
 use std::collections::HashMap;
 use std::sync::Arc;

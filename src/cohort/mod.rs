@@ -511,10 +511,18 @@ impl CohortEngine {
 }
 
 /// DataFusion's logical optimizer rules that act on the plans the cohort
-/// compiler builds (scans, filters, projections, unions, aggregates, semi and
-/// anti joins on keys, VALUES): the default list less the rules for
-/// subqueries, outer and cross joins, limits, sorts and distinct aggregates,
-/// which cohort plans never contain. Each request optimizes a fresh plan,
+/// compiler builds (scans, filters, projections, unnest, unions, aggregates,
+/// semi and anti joins on keys, EXCEPT, VALUES). Left out of the default
+/// list: the rules for subqueries (`RewriteSetComparison`,
+/// `DecorrelatePredicateSubquery`, `ScalarSubqueryToJoin`,
+/// `DecorrelateLateralJoin`), cross and outer joins, limits, distinct
+/// aggregates (`SingleDistinctToGroupBy`), unions of filters
+/// (`UnionsToFilter`), repeated or constant expressions
+/// (`EliminateDuplicatedExpr`, `EliminateGroupByConstant`,
+/// `CommonSubexprEliminate`) and struct field access
+/// (`ExtractLeafExpressions`, `PushDownLeafProjections`), none of which
+/// cohort plans contain; a plan that needed one would fail at physical
+/// planning, which every cohort test goes through. Each request optimizes a fresh plan,
 /// and the unused rules still walk it: 0.71–0.76 → 0.50–0.55 ms per
 /// request at 615 patients (docs/benchmarks.md), with the same plans. Order
 /// as in DataFusion's own list.
@@ -534,8 +542,8 @@ fn cohort_optimizer_rules() -> Vec<Arc<dyn OptimizerRule + Send + Sync>> {
     ]
 }
 
-/// Patients intersected through one bitmask: at most this many branches (an
-/// `Int64` mask, sign bit unused).
+/// Patients intersected through one bitmask: at most this many branches
+/// (bits 0–61 of an `Int64` mask, so that all-bits-set stays positive).
 const MASKED_BRANCHES: usize = 62;
 
 /// The column holding a branch's bit in [`intersect_patients`].

@@ -8,10 +8,13 @@
 //! those reads: a blocking-pool hop and a file open per read locally, a GET
 //! per read on S3. With it, a repeated or similar request reads memory.
 //!
-//! Only small ranged reads are cached (at most [`MAX_CACHED_READ`] bytes), so
-//! a scan of whole raw-JSON columns (an export) neither fills the cache nor
-//! evicts the index pages cohorts keep coming back to. Every other operation
-//! goes to the wrapped store unchanged.
+//! Only reads of objects under the store's data prefix (a warehouse's
+//! `tables/`) are cached: a SQL session may also read files a user writes
+//! and rewrites (`COPY … TO`), which must never be served from memory. Only
+//! small ranged reads are cached (at most [`MAX_CACHED_READ`] bytes), so
+//! large column chunks (an export's raw JSON) pass through without
+//! evicting the index pages cohorts keep coming back to. Every other
+//! operation goes to the wrapped store unchanged.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -26,7 +29,8 @@ use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{
     Attributes, CopyOptions, GetOptions, GetRange, GetResult, GetResultPayload, ListResult, MultipartUpload,
-    ObjectMeta, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
+    ObjectMeta, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+    Result,
 };
 
 /// Bytes per cached block: large enough that the pages one scan reads from a
@@ -111,9 +115,17 @@ impl ReadCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, CacheState> {
-        // A panic while holding the lock cannot leave the maps half-updated
-        // in a way that matters: at worst a block's bytes are miscounted.
+        // Nothing in the locked sections panics short of allocation failure;
+        // if one did, the counters are kept with saturating arithmetic and
+        // the next reads carry on.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records that `location` in the store at `store_url` holds `size`
+    /// bytes, so a [`CachedStore`] over that store does not ask the store.
+    /// Only for objects that never change.
+    pub fn note_size(&self, store_url: &str, location: &Path, size: u64) {
+        self.remember_size(&Arc::from(store_url), location, size);
     }
 
     fn size(&self, store: &Arc<str>, location: &Path) -> Option<u64> {
@@ -149,19 +161,20 @@ impl ReadCache {
         let mut state = self.lock();
         let len = bytes.len();
         if let Some(old) = state.blocks.put((store.clone(), location.clone(), block), bytes) {
-            state.bytes -= old.len();
+            state.bytes = state.bytes.saturating_sub(old.len());
         }
         state.bytes += len;
         while state.bytes > self.capacity {
             match state.blocks.pop() {
-                Some((_, evicted)) => state.bytes -= evicted.len(),
+                Some((_, evicted)) => state.bytes = state.bytes.saturating_sub(evicted.len()),
                 None => break,
             }
         }
     }
 }
 
-/// An object store whose small ranged reads go through a [`ReadCache`].
+/// An object store whose small ranged reads of objects under one prefix go
+/// through a [`ReadCache`].
 #[derive(Debug)]
 pub struct CachedStore {
     inner: Arc<dyn ObjectStore>,
@@ -169,16 +182,26 @@ pub struct CachedStore {
     /// The store's URL: keys of different stores never collide in the
     /// shared cache.
     store: Arc<str>,
+    /// Only objects under this prefix are cached: files that are never
+    /// rewritten.
+    immutable: Path,
 }
 
 impl CachedStore {
-    /// `inner` (registered at `store_url`) with reads cached in `cache`.
-    pub fn new(inner: Arc<dyn ObjectStore>, store_url: &str, cache: Arc<ReadCache>) -> Self {
+    /// `inner` (registered at `store_url`) with reads of objects under
+    /// `immutable` cached in `cache`. Objects there must never be rewritten
+    /// under the same key.
+    pub fn new(inner: Arc<dyn ObjectStore>, store_url: &str, immutable: Path, cache: Arc<ReadCache>) -> Self {
         Self {
             inner,
             cache,
             store: Arc::from(store_url),
+            immutable,
         }
+    }
+
+    fn caches(&self, location: &Path) -> bool {
+        self.cache.capacity > 0 && location.prefix_matches(&self.immutable)
     }
 
     async fn object_size(&self, location: &Path) -> Result<u64> {
@@ -190,13 +213,11 @@ impl CachedStore {
         Ok(size)
     }
 
-    /// Whether `ranges` are reads this cache serves: small, non-empty and
+    /// Whether `range` is a read this cache serves: small, non-empty and
     /// within an object of `size` bytes (anything else goes to the wrapped
     /// store, which gives its own answer or error).
-    fn cacheable(ranges: &[Range<u64>], size: u64) -> bool {
-        ranges
-            .iter()
-            .all(|r| r.start < r.end && r.end <= size && r.end - r.start <= MAX_CACHED_READ)
+    fn cacheable(range: &Range<u64>, size: u64) -> bool {
+        range.start < range.end && range.end <= size && range.end - range.start <= MAX_CACHED_READ
     }
 
     /// `ranges` of `location` (all cacheable, see [`Self::cacheable`]):
@@ -228,7 +249,10 @@ impl CachedStore {
                     if offset >= end {
                         break;
                     }
-                    let piece = bytes.slice(offset..end);
+                    // A copy, so a cached block holds its own bytes and
+                    // not the whole fetched span (which the counter would
+                    // not see).
+                    let piece = Bytes::copy_from_slice(&bytes[offset..end]);
                     self.cache.insert(&self.store, location, block, piece.clone());
                     blocks.insert(block, piece);
                 }
@@ -292,12 +316,12 @@ impl ObjectStore for CachedStore {
             && options.if_unmodified_since.is_none()
             && options.version.is_none()
             && !options.head;
-        let range = match (&options.range, plain && self.cache.capacity > 0) {
+        let range = match (&options.range, plain && self.caches(location)) {
             (Some(GetRange::Bounded(range)), true) => range.clone(),
             _ => return self.inner.get_opts(location, options).await,
         };
         let size = self.object_size(location).await?;
-        if !Self::cacheable(std::slice::from_ref(&range), size) {
+        if !Self::cacheable(&range, size) {
             return self.inner.get_opts(location, options).await;
         }
         let bytes = self.read_cached(location, std::slice::from_ref(&range), size).await?;
@@ -319,14 +343,37 @@ impl ObjectStore for CachedStore {
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        if self.cache.capacity == 0 || ranges.is_empty() {
+        if !self.caches(location) || ranges.is_empty() {
             return self.inner.get_ranges(location, ranges).await;
         }
         let size = self.object_size(location).await?;
-        if !Self::cacheable(ranges, size) {
-            return self.inner.get_ranges(location, ranges).await;
+        let (small, large): (Vec<usize>, Vec<usize>) =
+            (0..ranges.len()).partition(|&i| Self::cacheable(&ranges[i], size));
+        if large.is_empty() {
+            return self.read_cached(location, ranges, size).await;
         }
-        self.read_cached(location, ranges, size).await
+        // Large (or invalid) ranges go to the wrapped store, small ones
+        // through the cache; answers in the order asked.
+        let pick = |indices: &[usize]| indices.iter().map(|&i| ranges[i].clone()).collect::<Vec<_>>();
+        let direct = self.inner.get_ranges(location, &pick(&large)).await?;
+        let cached = if small.is_empty() {
+            Vec::new()
+        } else {
+            self.read_cached(location, &pick(&small), size).await?
+        };
+        let mut answers: Vec<Option<Bytes>> = vec![None; ranges.len()];
+        for (i, bytes) in large.into_iter().zip(direct).chain(small.into_iter().zip(cached)) {
+            answers[i] = Some(bytes);
+        }
+        answers
+            .into_iter()
+            .map(|b| {
+                b.ok_or_else(|| object_store::Error::Generic {
+                    store: "CachedStore",
+                    source: format!("{location}: a range was not answered").into(),
+                })
+            })
+            .collect()
     }
 
     fn delete_stream(&self, locations: BoxStream<'static, Result<Path>>) -> BoxStream<'static, Result<Path>> {
@@ -347,6 +394,10 @@ impl ObjectStore for CachedStore {
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
         self.inner.copy_opts(from, to, options).await
+    }
+
+    async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
+        self.inner.rename_opts(from, to, options).await
     }
 }
 
@@ -369,7 +420,7 @@ mod tests {
         let len = 3 * BLOCK_BYTES as usize + 777;
         let (inner, path, data) = store_with_object(len).await;
         let cache = Arc::new(ReadCache::new(64 * 1024 * 1024));
-        let store = CachedStore::new(inner.clone(), "memory:///", cache.clone());
+        let store = CachedStore::new(inner.clone(), "memory:///", Path::from("tables"), cache.clone());
         let len = len as u64;
         let ranges = [
             0..10,
@@ -400,10 +451,10 @@ mod tests {
 
     #[tokio::test]
     async fn reads_past_the_end_and_large_reads_behave_like_the_store() {
-        let len = BLOCK_BYTES as usize + 10;
+        let len = MAX_CACHED_READ as usize + BLOCK_BYTES as usize + 10;
         let (inner, path, data) = store_with_object(len).await;
         let cache = Arc::new(ReadCache::new(64 * 1024 * 1024));
-        let store = CachedStore::new(inner.clone(), "memory:///", cache.clone());
+        let store = CachedStore::new(inner.clone(), "memory:///", Path::from("tables"), cache.clone());
         let len = len as u64;
         // A bounded range past the end is clamped, as by the wrapped store.
         let clamped = store.get_range(&path, len - 4..len + 100).await.expect("clamped");
@@ -411,12 +462,50 @@ mod tests {
         // A start past the end is the store's error.
         assert!(store.get_range(&path, len + 1..len + 5).await.is_err());
         // A missing object is the store's not-found error.
-        let missing = store.get_range(&Path::from("nope"), 0..4).await;
+        let missing = store.get_range(&Path::from("tables/nope"), 0..4).await;
         assert!(
             matches!(missing, Err(object_store::Error::NotFound { .. })),
             "{missing:?}"
         );
+        // A read larger than MAX_CACHED_READ passes through.
+        let large = 0..MAX_CACHED_READ + 1;
+        let got = store.get_range(&path, large.clone()).await.expect("large");
+        assert_eq!(&got[..], &data[..large.end as usize]);
         assert_eq!(cache.usage().0, 0, "nothing was cached");
+        // Mixed: the large range passes through, the small ones are cached,
+        // and the answers come in the order asked.
+        let ranges = [5..9, large.clone(), len - 3..len, 0..1];
+        let got = store.get_ranges(&path, &ranges).await.expect("mixed");
+        for (range, bytes) in ranges.iter().zip(&got) {
+            assert_eq!(&bytes[..], &data[range.start as usize..range.end as usize], "{range:?}");
+        }
+        assert_eq!(
+            cache.usage().2,
+            2,
+            "the blocks of the small ranges: the first and the last"
+        );
+    }
+
+    #[tokio::test]
+    async fn objects_outside_the_immutable_prefix_are_never_cached() {
+        let inner = Arc::new(InMemory::new());
+        let path = Path::from("exports/out.parquet");
+        inner.put(&path, PutPayload::from(vec![1u8; 100])).await.expect("put");
+        let cache = Arc::new(ReadCache::new(64 * 1024 * 1024));
+        let store = CachedStore::new(inner.clone(), "memory:///", Path::from("tables"), cache.clone());
+        assert_eq!(&store.get_range(&path, 0..4).await.expect("read")[..], &[1, 1, 1, 1]);
+        // Rewritten under the same key: the new bytes are read.
+        inner
+            .put(&path, PutPayload::from(vec![2u8; 100]))
+            .await
+            .expect("rewrite");
+        assert_eq!(&store.get_range(&path, 0..4).await.expect("read")[..], &[2, 2, 2, 2]);
+        let got = store.get_ranges(&path, &[0..2, 50..52]).await.expect("ranges");
+        assert_eq!(
+            got.iter().map(|b| b.to_vec()).collect::<Vec<_>>(),
+            [vec![2, 2], vec![2, 2]]
+        );
+        assert_eq!(cache.usage(), (0, 0, 0));
     }
 
     #[tokio::test]
@@ -424,7 +513,7 @@ mod tests {
         let len = 8 * BLOCK_BYTES as usize;
         let (inner, path, data) = store_with_object(len).await;
         let cache = Arc::new(ReadCache::new(3 * BLOCK_BYTES as usize));
-        let store = CachedStore::new(inner, "memory:///", cache.clone());
+        let store = CachedStore::new(inner, "memory:///", Path::from("tables"), cache.clone());
         for block in 0..8u64 {
             let range = block * BLOCK_BYTES..block * BLOCK_BYTES + 16;
             let got = store.get_range(&path, range.clone()).await.expect("read");

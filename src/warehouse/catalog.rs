@@ -65,7 +65,9 @@ pub fn new_query_session(warehouse: &Warehouse) -> Result<SessionContext, Wareho
     let ctx = new_session()?;
     let root = warehouse.root();
     let store_url = root.store_url.as_str();
-    let cached = CachedStore::new(root.store.clone(), store_url, ReadCache::shared());
+    // Data files live under `tables/` and are never rewritten; manifests,
+    // server state and anything a SQL statement writes are not cached.
+    let cached = CachedStore::new(root.store.clone(), store_url, root.child("tables"), ReadCache::shared());
     ctx.register_object_store(&root.store_url, Arc::new(cached));
     Ok(ctx)
 }
@@ -135,6 +137,12 @@ async fn manifest_provider(
         ctx.register_object_store(&root.store_url, root.store.clone());
     }
     let keys: Vec<_> = files.iter().map(|f| root.child(&f.path)).collect();
+    // The read cache needs each object's size to bound its last block; the
+    // manifest knows it, which saves a HEAD request per file.
+    let cache = ReadCache::shared();
+    for (key, file) in keys.iter().zip(files) {
+        cache.note_size(root.store_url.as_str(), key, file.bytes);
+    }
     let schema = match schema {
         Some(schema) => schema,
         // View tables: their first file's footer carries the schema.
