@@ -12,10 +12,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
-
-use fhirlake::cohort::CurrentEngine;
-use fhirlake::warehouse::Warehouse;
 
 use common::run_measured;
 
@@ -24,10 +20,7 @@ use common::run_measured;
 const QUERIES: &[(&str, &[&str])] = &[
     (
         "duckdb cohort: T2 diabetes AND encounter starting in 2020",
-        &[
-            "Condition?code=http://snomed.info/sct|44054006",
-            "Encounter?date=sa2019-12-31&date=lt2021-01-01",
-        ],
+        &common::DUCKDB_COHORT,
     ),
     (
         "C1 prediabetes (1 token)",
@@ -142,33 +135,6 @@ const IN_PROCESS_RUNS: usize = 30;
 /// speed drifts within minutes, so each tool is timed in both halves.
 const ALTERNATIONS: usize = 2;
 
-/// Runs of a cohort in one process, the way the server runs them: each
-/// request asks [`CurrentEngine`] for the engine of the newest version (a
-/// manifest listing; the engine is built on the first request). Returns
-/// (patients, first run s, median of the other [`IN_PROCESS_RUNS`]` - 1` s).
-fn in_process(wh: &Path, filters: &[&str]) -> (usize, f64, f64) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let warehouse = Warehouse::open(wh.to_str().unwrap_or_default()).expect("warehouse");
-        let current = CurrentEngine::new(warehouse);
-        let mut times = Vec::new();
-        let mut patients = 0;
-        for _ in 0..IN_PROCESS_RUNS {
-            let started = Instant::now();
-            let engine = current.get().await.expect("engine");
-            patients = engine.evaluate(filters, None).await.expect("cohort").patients.len();
-            times.push(started.elapsed().as_secs_f64());
-        }
-        let first = times.remove(0);
-        times.sort_by(f64::total_cmp);
-        (patients, first, times[times.len() / 2])
-    })
-}
-
 /// `benches/peer/duckdb_cohort_repeat.py` over the Parquet files DuckDB's
 /// view script wrote to `out_dir`: (first s, median of the rest s).
 fn duckdb_repeated(root: &Path, out_dir: &Path) -> Option<(f64, f64)> {
@@ -241,7 +207,11 @@ fn main() {
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
         for _ in 0..ALTERNATIONS {
-            ours.push(in_process(&wh, QUERIES[0].1));
+            ours.push(common::cohort_in_process(
+                wh.to_str().unwrap_or_default(),
+                QUERIES[0].1,
+                IN_PROCESS_RUNS,
+            ));
             theirs.extend(duckdb_repeated(&root, &work.join(format!("cohort-duck-{name}"))));
         }
         let warm_patients = ours[0].0;

@@ -21,8 +21,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::run_measured;
-use fhirlake::cohort::CurrentEngine;
-use fhirlake::warehouse::Warehouse;
 
 const ACCESS_KEY: &str = "fhirlake-bench";
 const SECRET_KEY: &str = "fhirlake-bench-secret";
@@ -67,38 +65,14 @@ fn seed(dataset: &Path, dir: &Path) {
 /// Set in the child process that times cohorts over this S3 warehouse.
 const COHORT_CHILD: &str = "FHIRLAKE_BENCH_S3_COHORT";
 
-/// DuckDB's cohort (the cohort bench's first row).
-const COHORT: [&str; 2] = [
-    "Condition?code=http://snomed.info/sct|44054006",
-    "Encounter?date=sa2019-12-31&date=lt2021-01-01",
-];
-
-/// In the child: ten requests of [`COHORT`] over the warehouse at `url`,
-/// printed as JSON (patients, first s, median of the other nine s).
+/// In the child: ten requests of DuckDB's cohort over the warehouse at
+/// `url`, printed as JSON (patients, first s, median of the other nine s).
 fn time_cohorts(url: &str) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let current = CurrentEngine::new(Warehouse::open(url).expect("warehouse"));
-        let mut times = Vec::new();
-        let mut patients = 0;
-        for _ in 0..10 {
-            let started = Instant::now();
-            let engine = current.get().await.expect("engine");
-            patients = engine.evaluate(&COHORT, None).await.expect("cohort").patients.len();
-            times.push(started.elapsed().as_secs_f64());
-        }
-        let first = times.remove(0);
-        times.sort_by(f64::total_cmp);
-        let median = times[times.len() / 2];
-        println!(
-            "{}",
-            serde_json::json!({"patients": patients, "first_s": first, "median_s": median})
-        );
-    });
+    let (patients, first, median) = common::cohort_in_process(url, &common::DUCKDB_COHORT, 10);
+    println!(
+        "{}",
+        serde_json::json!({"patients": patients, "first_s": first, "median_s": median})
+    );
 }
 
 /// Runs [`time_cohorts`] in a child process with the read cache set to

@@ -11,6 +11,9 @@ static GLOBAL: fhirlake::allocator::MiMalloc = fhirlake::allocator::MiMalloc;
 
 use std::time::Instant;
 
+use fhirlake::cohort::CurrentEngine;
+use fhirlake::warehouse::Warehouse;
+
 /// What one run of a command cost.
 pub struct Measured {
     /// Its standard output.
@@ -125,4 +128,38 @@ pub fn scaled_dataset(
         assert!(status.success(), "fhirlake gen failed");
     }
     (work, scaled, copies)
+}
+
+/// DuckDB's cohort of `../shared/bench/duckdb_view.py`: a SNOMED Condition
+/// AND an Encounter starting in 2020.
+pub const DUCKDB_COHORT: [&str; 2] = [
+    "Condition?code=http://snomed.info/sct|44054006",
+    "Encounter?date=sa2019-12-31&date=lt2021-01-01",
+];
+
+/// `runs` requests of `filters` in one process over the warehouse at `url`,
+/// the way the server answers them: each asks [`CurrentEngine`] for the
+/// engine of the newest version (a manifest listing; the engine is built on
+/// the first request). Returns (patients, first request s, median of the
+/// others s).
+pub fn cohort_in_process(url: &str, filters: &[&str], runs: usize) -> (usize, f64, f64) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let current = CurrentEngine::new(Warehouse::open(url).expect("warehouse"));
+        let mut times = Vec::new();
+        let mut patients = 0;
+        for _ in 0..runs.max(2) {
+            let started = Instant::now();
+            let engine = current.get().await.expect("engine");
+            patients = engine.evaluate(filters, None).await.expect("cohort").patients.len();
+            times.push(started.elapsed().as_secs_f64());
+        }
+        let first = times.remove(0);
+        times.sort_by(f64::total_cmp);
+        (patients, first, times[times.len() / 2])
+    })
 }

@@ -575,19 +575,20 @@ fn intersect_patients(mut branches: Vec<LogicalPlan>) -> Result<LogicalPlan, Coh
         return intersect_patients(groups);
     }
     let every_bit = (1i64 << branches.len()) - 1;
-    let mut union: Option<LogicalPlanBuilder> = None;
+    let mut tagged = Vec::with_capacity(branches.len());
     for (i, branch) in branches.into_iter().enumerate() {
-        let tagged = LogicalPlanBuilder::from(branch).project(vec![col(PATIENT), lit(1i64 << i).alias(BRANCH_BIT)])?;
-        union = Some(match union {
-            None => tagged,
-            Some(union) => union.union(tagged.build()?)?,
-        });
+        let bit = lit(1i64 << i).alias(BRANCH_BIT);
+        tagged.push(
+            LogicalPlanBuilder::from(branch)
+                .project(vec![col(PATIENT), bit])?
+                .build()?,
+        );
     }
-    let Some(union) = union else {
-        return Err(CohortError::DataFusion(datafusion::error::DataFusionError::Internal(
-            "no branches to intersect".into(),
-        )));
-    };
+    // At least two branches here (one returned above).
+    let mut union = LogicalPlanBuilder::from(tagged.remove(0));
+    for branch in tagged {
+        union = union.union(branch)?;
+    }
     Ok(union
         .aggregate(vec![col(PATIENT)], vec![bit_or(col(BRANCH_BIT)).alias(BRANCH_BIT)])?
         .filter(col(BRANCH_BIT).eq(lit(every_bit)))?
