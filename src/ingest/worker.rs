@@ -22,8 +22,8 @@ use crate::json;
 use crate::search::SearchRegistry;
 use crate::store::StoreLocation;
 use crate::view::catalog::view_table_key;
-use crate::view::materialize::{ViewBuffers, ViewTableWriter};
-use crate::view::{ViewCatalog, ViewRunner, ViewVariables, typed_rows};
+use crate::view::materialize::{ViewBuffers, ViewScratch, ViewTableWriter};
+use crate::view::{ViewCatalog, ViewRunner, ViewVariables, typed_cells};
 use crate::warehouse::parquet_file::ParquetFileWriter;
 use crate::warehouse::schema::{rejects_schema, resource_schema};
 use crate::warehouse::{DataFile, REJECTS_TABLE, TOMBSTONES_TABLE};
@@ -151,6 +151,10 @@ struct Worker<'a> {
     rejects_output: TableOutput,
     patients: Vec<String>,
     view_buffers: ViewBuffers,
+    /// One resource's view rows before they are buffered.
+    view_scratch: ViewScratch,
+    /// Per view of the current resource: (view, first cell, rows).
+    view_spans: Vec<(usize, usize, usize)>,
     /// Per view: its constants and `%rowIndex`, reused across resources.
     view_variables: Vec<ViewVariables>,
     view_writers: Vec<Option<ViewTableWriter>>,
@@ -176,6 +180,8 @@ pub fn run_worker(
         rejects_output: TableOutput::default(),
         patients: Vec::new(),
         view_buffers: ViewBuffers::new(&ctx.runners.iter().collect::<Vec<_>>()),
+        view_scratch: ViewScratch::default(),
+        view_spans: Vec::new(),
         view_variables: ctx.runners.iter().map(ViewRunner::variables).collect(),
         view_writers: ctx.runners.iter().map(|_| None).collect(),
         view_outputs: ctx.runners.iter().map(|_| TableOutput::default()).collect(),
@@ -353,15 +359,19 @@ impl<'a> Worker<'a> {
                 message: e.to_string(),
             })
         };
-        let mut raw_rows = Vec::with_capacity(views.len());
+        // Every view's rows, one row-major run of cells per view, then
+        // their converted values (one per cell, in the same order).
+        let mut cells = self.view_scratch.take_cells();
+        self.view_spans.clear();
         for &i in views {
-            let rows = self.ctx.runners[i].raw_rows(&value, &mut self.view_variables[i]);
-            raw_rows.push((i, rows.map_err(|e| rejected(i, e))?));
+            let start = cells.len();
+            let rows = self.ctx.runners[i].rows_into(&value, &mut self.view_variables[i], &mut cells);
+            self.view_spans.push((i, start, rows.map_err(|e| rejected(i, e))?));
         }
-        let mut view_rows = Vec::with_capacity(views.len());
-        for (i, rows) in &raw_rows {
-            let typed = typed_rows(&self.view_buffers.schema(*i), rows);
-            view_rows.push((*i, typed.map_err(|e| rejected(*i, e))?));
+        let mut typed = self.view_scratch.take_typed();
+        for (k, &(i, start, _)) in self.view_spans.iter().enumerate() {
+            let end = self.view_spans.get(k + 1).map_or(cells.len(), |next| next.1);
+            typed_cells(&self.view_buffers.schema(i), &cells[start..end], &mut typed).map_err(|e| rejected(i, e))?;
         }
         let viewed = Instant::now();
         self.stages.views += viewed - parsed;
@@ -385,9 +395,11 @@ impl<'a> Worker<'a> {
         }
         self.ctx.progress.resources.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        for (i, rows) in view_rows {
-            self.view_outputs[i].resources += rows.len() as u64;
-            let batch = self.view_buffers.push(i, &rows);
+        for k in 0..self.view_spans.len() {
+            let (i, start, rows) = self.view_spans[k];
+            let end = self.view_spans.get(k + 1).map_or(typed.len(), |next| next.1);
+            self.view_outputs[i].resources += rows as u64;
+            let batch = self.view_buffers.push(i, &typed[start..end], rows);
             let batch = batch.map_err(|e| RowError::Fatal(IngestError::View(e.into())))?;
             // A type seen by this worker gets a file for each of its views, even an empty one.
             self.view_writer(i);
@@ -395,6 +407,8 @@ impl<'a> Worker<'a> {
                 self.write_view(i, &batch).map_err(RowError::Fatal)?;
             }
         }
+        self.view_scratch.put_typed(typed);
+        self.view_scratch.put_cells(cells);
         self.stages.views += started.elapsed();
         Ok(header.resource_type)
     }

@@ -11,7 +11,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use super::ViewError;
 use super::model::{Column, ViewDefinition};
-use super::run::{Cell, CellValue, RawCell, RawRow, Row, cell_value};
+use super::run::{Cell, CellValue, RawCell, Row, cell_value};
 use crate::fhirpath::Value;
 use crate::fhirpath::ast::{BinaryOp, Expr};
 use crate::fhirpath::value::Node;
@@ -177,50 +177,58 @@ enum Shape<'c, V> {
     Many(&'c [V]),
 }
 
-/// Converts rows of cells (seen through `shape`) to the types of `schema`,
-/// each value by `item`: one [`Typed`] per column.
-fn convert_rows<'c, 'b, C, V: 'c>(
+/// Converts one cell (seen through its shape) to the type of `field`, each
+/// value by `item`.
+fn convert_cell<'c, 'b, V: 'c>(
+    field: &Field,
+    shape: Shape<'c, V>,
+    item: &impl Fn(&DataType, &'c V, &str) -> Result<Typed<'b>, ViewError>,
+) -> Result<Typed<'b>, ViewError> {
+    let name = field.name();
+    match (field.data_type(), shape) {
+        (DataType::List(_), Shape::Null) => Ok(Typed::List(None)),
+        (DataType::List(t), Shape::One(v)) => Ok(Typed::List(Some(vec![item(t.data_type(), v, name)?]))),
+        (DataType::List(t), Shape::Many(values)) => Ok(Typed::List(Some(
+            values
+                .iter()
+                .map(|v| item(t.data_type(), v, name))
+                .collect::<Result<_, _>>()?,
+        ))),
+        (_, Shape::Null | Shape::Many(_)) => Ok(Typed::Null),
+        (t, Shape::One(v)) => item(t, v, name),
+    }
+}
+
+/// Converts row-major `cells` (one per field of `schema`, row after row) to
+/// the types of `schema`, appending one [`Typed`] per cell to `out`.
+pub fn typed_cells<'b>(
     schema: &SchemaRef,
-    rows: &'c [Vec<C>],
-    shape: impl Fn(&'c C) -> Shape<'c, V>,
-    item: impl Fn(&DataType, &'c V, &str) -> Result<Typed<'b>, ViewError>,
-) -> Result<Vec<Vec<Typed<'b>>>, ViewError> {
-    rows.iter()
-        .map(|row| {
-            row.iter()
-                .zip(schema.fields().iter())
-                .map(|(cell, field)| {
-                    let name = field.name();
-                    match (field.data_type(), shape(cell)) {
-                        (DataType::List(_), Shape::Null) => Ok(Typed::List(None)),
-                        (DataType::List(t), Shape::One(v)) => {
-                            Ok(Typed::List(Some(vec![item(t.data_type(), v, name)?])))
-                        }
-                        (DataType::List(t), Shape::Many(values)) => Ok(Typed::List(Some(
-                            values
-                                .iter()
-                                .map(|v| item(t.data_type(), v, name))
-                                .collect::<Result<_, _>>()?,
-                        ))),
-                        (_, Shape::Null | Shape::Many(_)) => Ok(Typed::Null),
-                        (t, Shape::One(v)) => item(t, v, name),
-                    }
-                })
-                .collect()
-        })
-        .collect()
+    cells: &'b [RawCell<'_>],
+    out: &mut Vec<Typed<'b>>,
+) -> Result<(), ViewError> {
+    let fields = schema.fields();
+    if fields.is_empty() {
+        return Ok(());
+    }
+    out.reserve(cells.len());
+    for row in cells.chunks(fields.len()) {
+        for (cell, field) in row.iter().zip(fields.iter()) {
+            out.push(convert_cell(field, raw_shape(cell), &typed_item)?);
+        }
+    }
+    Ok(())
 }
 
-/// Converts rows to the types of `schema` (one [`Typed`] per column).
-pub fn typed_rows<'b>(schema: &SchemaRef, rows: &'b [RawRow<'_>]) -> Result<Vec<Vec<Typed<'b>>>, ViewError> {
-    convert_rows(schema, rows, raw_shape, typed_item)
-}
-
-/// Converts owned rows (see [`typed_rows`]).
-fn typed_owned_rows(schema: &SchemaRef, rows: &[Row]) -> Result<Vec<Vec<Typed<'static>>>, ViewError> {
-    convert_rows(schema, rows, owned_shape, |t, v: &CellValue, name| {
-        typed_value(t, v.clone(), name)
-    })
+/// Converts owned rows to the types of `schema`, row-major (see [`typed_cells`]).
+fn typed_owned_rows(schema: &SchemaRef, rows: &[Row]) -> Result<Vec<Typed<'static>>, ViewError> {
+    let item = |t: &DataType, v: &CellValue, name: &str| typed_value(t, v.clone(), name);
+    let mut out = Vec::with_capacity(rows.len() * schema.fields().len());
+    for row in rows {
+        for (cell, field) in row.iter().zip(schema.fields().iter()) {
+            out.push(convert_cell(field, owned_shape(cell), &item)?);
+        }
+    }
+    Ok(out)
 }
 
 fn raw_shape<'c, 'a>(cell: &'c RawCell<'a>) -> Shape<'c, Value<'a>> {
@@ -292,14 +300,19 @@ pub fn column_builder(t: &DataType, capacity: usize) -> Box<dyn ArrayBuilder> {
     }
 }
 
-/// Appends converted rows to `builders` (one per field of `schema`).
+/// Appends converted values to `builders` (one per field of `schema`),
+/// row-major as [`typed_cells`] makes them.
 pub fn append_rows(
     schema: &SchemaRef,
     builders: &mut [Box<dyn ArrayBuilder>],
-    rows: &[Vec<Typed<'_>>],
+    values: &[Typed<'_>],
 ) -> Result<(), ViewError> {
-    for row in rows {
-        for ((builder, field), value) in builders.iter_mut().zip(schema.fields().iter()).zip(row) {
+    let fields = schema.fields();
+    if fields.is_empty() {
+        return Ok(());
+    }
+    for row in values.chunks(fields.len()) {
+        for ((builder, field), value) in builders.iter_mut().zip(fields.iter()).zip(row) {
             append(builder.as_mut(), field.data_type(), value)?;
         }
     }

@@ -7,8 +7,8 @@ use datafusion::arrow::datatypes::SchemaRef;
 use futures::StreamExt;
 use tokio::runtime::Handle;
 
-use super::arrow::{Typed, append_rows, column_builder, finish_batch, typed_rows};
-use super::{ViewError, ViewRunner, ViewVariables, view_schema};
+use super::arrow::{Typed, append_rows, column_builder, finish_batch, typed_cells};
+use super::{RawCell, ViewError, ViewRunner, ViewVariables, view_schema};
 use crate::json;
 use crate::store::StoreLocation;
 use crate::warehouse::catalog::{new_session, table_provider};
@@ -56,6 +56,8 @@ pub struct ViewBuffers {
     schemas: Vec<SchemaRef>,
     builders: Vec<Vec<Box<dyn ArrayBuilder>>>,
     rows: Vec<usize>,
+    /// For [`ViewBuffers::add`].
+    scratch: ViewScratch,
 }
 
 impl ViewBuffers {
@@ -65,15 +67,16 @@ impl ViewBuffers {
         Self {
             builders: schemas.iter().map(new_builders).collect(),
             rows: vec![0; schemas.len()],
+            scratch: ViewScratch::default(),
             schemas,
         }
     }
 
-    /// Appends converted rows (see [`typed_rows`]) of view `i`; returns a
-    /// batch when the buffer is full.
-    pub fn push(&mut self, i: usize, rows: &[Vec<Typed<'_>>]) -> Result<Option<RecordBatch>, ViewError> {
-        append_rows(&self.schemas[i], &mut self.builders[i], rows)?;
-        self.rows[i] += rows.len();
+    /// Appends `rows` converted rows of view `i` (row-major values, see
+    /// [`typed_cells`]); returns a batch when the buffer is full.
+    pub fn push(&mut self, i: usize, values: &[Typed<'_>], rows: usize) -> Result<Option<RecordBatch>, ViewError> {
+        append_rows(&self.schemas[i], &mut self.builders[i], values)?;
+        self.rows[i] += rows;
         if self.rows[i] >= VIEW_BATCH_ROWS {
             self.take(i).map(Some)
         } else {
@@ -90,9 +93,16 @@ impl ViewBuffers {
         resource: &json::JsonValue<'_>,
         vars: &mut ViewVariables,
     ) -> Result<Option<RecordBatch>, ViewError> {
-        let rows = runner.raw_rows(resource, vars)?;
-        let typed = typed_rows(&self.schemas[i], &rows)?;
-        self.push(i, &typed)
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut cells = scratch.take_cells();
+        let rows = runner.rows_into(resource, vars, &mut cells)?;
+        let mut typed = scratch.take_typed();
+        typed_cells(&self.schemas[i], &cells, &mut typed)?;
+        let batch = self.push(i, &typed, rows);
+        scratch.put_typed(typed);
+        scratch.put_cells(cells);
+        self.scratch = scratch;
+        batch
     }
 
     /// Takes view `i`'s buffered rows as a batch (possibly empty).
@@ -104,6 +114,42 @@ impl ViewBuffers {
     /// The schema of view `i`.
     pub fn schema(&self, i: usize) -> SchemaRef {
         self.schemas[i].clone()
+    }
+}
+
+/// Buffers for one resource's view rows, reused across resources: the cells
+/// of [`ViewRunner::rows_into`] and their converted values. While in use
+/// they borrow the resource; between resources they are empty and only keep
+/// their capacity, so building rows allocates nothing per resource in the
+/// common case.
+#[derive(Default)]
+pub struct ViewScratch {
+    cells: Vec<RawCell<'static>>,
+    typed: Vec<Typed<'static>>,
+}
+
+impl ViewScratch {
+    /// The cell buffer, empty.
+    pub fn take_cells<'a>(&mut self) -> Vec<RawCell<'a>> {
+        std::mem::take(&mut self.cells)
+    }
+
+    /// The converted-value buffer, empty.
+    pub fn take_typed<'b>(&mut self) -> Vec<Typed<'b>> {
+        std::mem::take(&mut self.typed)
+    }
+
+    /// Gives the cell buffer back (emptied; its allocation is kept).
+    pub fn put_cells(&mut self, mut cells: Vec<RawCell<'_>>) {
+        cells.clear();
+        // An empty vector collected in place: same allocation, no borrow.
+        self.cells = cells.into_iter().map(|_| RawCell::Null).collect();
+    }
+
+    /// Gives the converted-value buffer back (emptied; its allocation is kept).
+    pub fn put_typed(&mut self, mut typed: Vec<Typed<'_>>) {
+        typed.clear();
+        self.typed = typed.into_iter().map(|_| Typed::Null).collect();
     }
 }
 

@@ -8,7 +8,7 @@ pub mod materialize;
 mod model;
 mod run;
 
-pub use arrow::{Typed, rows_to_batch, typed_rows, view_schema};
+pub use arrow::{Typed, rows_to_batch, typed_cells, view_schema};
 pub use catalog::ViewCatalog;
 pub use model::{Column, Iteration, Select, ViewDefinition};
 pub use run::{Cell, CellValue, RawCell, RawRow, Row, ViewRunner, ViewVariables};

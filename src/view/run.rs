@@ -149,6 +149,28 @@ pub struct ViewRunner<'v> {
     /// Whether a path reads `%rowIndex`: if none does, it is not kept up to
     /// date (three hash look-ups per resource and focus otherwise).
     row_index: bool,
+    /// Whether the view is flat (see [`is_flat`]): its rows are then built
+    /// in place by [`ViewRunner::flat_rows`].
+    flat: bool,
+}
+
+/// Most iterating selections a flat view may have (their fragments are
+/// tracked in a fixed array).
+const FLAT_ITERATIONS: usize = 8;
+
+/// Whether `view` is flat: every root selection has only columns (no
+/// nested `select`, no `unionAll`), at most [`FLAT_ITERATIONS`] of them
+/// iterate, and no path reads `%rowIndex`. Every shipped view is. Its rows
+/// are then the product of each selection's rows, which
+/// [`ViewRunner::flat_rows`] writes straight into one buffer instead of
+/// assembling partial rows.
+fn is_flat(view: &ViewDefinition, row_index: bool) -> bool {
+    !row_index
+        && view
+            .select
+            .iter()
+            .all(|s| s.selects.is_empty() && s.union_all.is_empty())
+        && view.select.iter().filter(|s| s.iteration.is_some()).count() <= FLAT_ITERATIONS
 }
 
 /// Whether `path` mentions `%rowIndex` (by its text: a false positive only
@@ -184,6 +206,7 @@ impl<'v> ViewRunner<'v> {
             view,
             constants,
             row_index,
+            flat: is_flat(view, row_index),
         })
     }
 
@@ -219,8 +242,50 @@ impl<'v> ViewRunner<'v> {
         resource: &'a JsonValue<'a>,
         vars: &mut ViewVariables,
     ) -> Result<Vec<RawRow<'a>>, ViewError> {
-        if resource.get("resourceType").and_then(JsonValue::as_str) != Some(self.view.resource.as_str()) {
+        let Some(root) = self.root(resource, vars)? else {
             return Ok(Vec::new());
+        };
+        if self.flat {
+            let mut cells = Vec::new();
+            let rows = self.flat_rows(&root, vars, &mut cells)?;
+            let n = self.view.columns.len();
+            let mut cells = cells.into_iter();
+            return Ok((0..rows).map(|_| cells.by_ref().take(n).collect()).collect());
+        }
+        self.general_rows(&root, vars)
+    }
+
+    /// Appends the rows `resource` yields to `out`, row-major (one cell per
+    /// view column, in column order, row after row); returns how many rows.
+    /// `vars` from [`ViewRunner::variables`] of this runner. On an error,
+    /// `out` may hold part of the rows.
+    pub fn rows_into<'a>(
+        &self,
+        resource: &'a JsonValue<'a>,
+        vars: &mut ViewVariables,
+        out: &mut Vec<RawCell<'a>>,
+    ) -> Result<usize, ViewError> {
+        let Some(root) = self.root(resource, vars)? else {
+            return Ok(0);
+        };
+        if self.flat {
+            return self.flat_rows(&root, vars, out);
+        }
+        let rows = self.general_rows(&root, vars)?;
+        let count = rows.len();
+        out.extend(rows.into_iter().flatten());
+        Ok(count)
+    }
+
+    /// The root value of `resource`, or `None` when the view does not
+    /// apply (another type, or a `where` filter is false).
+    fn root<'a>(
+        &self,
+        resource: &'a JsonValue<'a>,
+        vars: &mut ViewVariables,
+    ) -> Result<Option<[Value<'a>; 1]>, ViewError> {
+        if resource.get("resourceType").and_then(JsonValue::as_str) != Some(self.view.resource.as_str()) {
+            return Ok(None);
         }
         let model = FhirModel::r4().map_err(|e| ViewError::invalid("model", &e.to_string()))?;
         let root = [Value::resource(resource, model)];
@@ -254,12 +319,18 @@ impl<'v> ViewRunner<'v> {
                 }
             };
             if !keep {
-                return Ok(Vec::new());
+                return Ok(None);
             }
         }
+        Ok(Some(root))
+    }
+
+    /// Rows by the general processing model: each selection's partial rows,
+    /// cross-joined.
+    fn general_rows<'a>(&self, root: &[Value<'a>; 1], vars: &mut ViewVariables) -> Result<Vec<RawRow<'a>>, ViewError> {
         let mut rows: Vec<Partial<'a>> = vec![Vec::new()];
         for select in &self.view.select {
-            let part = self.process(select, &root[0], &root, vars)?;
+            let part = self.process(select, &root[0], root, vars)?;
             rows = product(rows, part);
         }
         let n = self.view.columns.len();
@@ -273,6 +344,113 @@ impl<'v> ViewRunner<'v> {
                 row
             })
             .collect())
+    }
+
+    /// The rows of a flat view (see [`is_flat`]), appended to `out` as in
+    /// [`ViewRunner::rows_into`]. A selection without iteration yields one
+    /// fragment, written straight into a row template at `out`'s end; an
+    /// iterating one yields a fragment (its columns) per focus, written
+    /// after the template. Rows are the product of the fragments, the first
+    /// selection outermost (as the general model orders them); the common
+    /// case of one fragment each moves the cells into the template.
+    fn flat_rows<'a>(
+        &self,
+        root: &[Value<'a>; 1],
+        vars: &ViewVariables,
+        out: &mut Vec<RawCell<'a>>,
+    ) -> Result<usize, ViewError> {
+        let n = self.view.columns.len();
+        let base = out.len();
+        out.resize(base + n, RawCell::Null);
+        // (selection, first cell of its fragments, number of fragments)
+        let mut iterating = [(0usize, 0usize, 0usize); FLAT_ITERATIONS];
+        let mut iterations = 0;
+        let mut result = Vec::new();
+        let mut foci = Vec::new();
+        let eval = |path: &FhirPath, focus: &Value<'a>, result: &mut Collection<'a>, at: &dyn Fn() -> String| {
+            result.clear();
+            path.evaluate_into(focus, root, &vars.0, result)
+                .map_err(|source| ViewError::Path { at: at(), source })
+        };
+        for (si, select) in self.view.select.iter().enumerate() {
+            let Some(iteration) = &select.iteration else {
+                for column in &select.columns {
+                    eval(&column.path, &root[0], &mut result, &|| {
+                        format!("column {}", column.name)
+                    })?;
+                    out[base + column.index] = column_cell(column, &mut result)?;
+                }
+                continue;
+            };
+            match iteration {
+                Iteration::ForEach(p) | Iteration::ForEachOrNull(p) => {
+                    eval(p, &root[0], &mut foci, &|| p.text().to_string())?;
+                }
+                Iteration::Repeat(paths) => {
+                    foci.clear();
+                    let eval_path = |path: &FhirPath, focus: &Value<'a>, vars: &ViewVariables| {
+                        let mut out = Vec::new();
+                        path.evaluate_into(focus, root, &vars.0, &mut out)
+                            .map_err(|source| ViewError::Path {
+                                at: path.text().to_string(),
+                                source,
+                            })?;
+                        Ok(out)
+                    };
+                    repeat(paths, &root[0], &eval_path, vars, &mut foci, 0)?;
+                }
+            }
+            let start = out.len();
+            let fragments = if foci.is_empty() {
+                if matches!(iteration, Iteration::ForEachOrNull(_)) {
+                    out.extend(select.columns.iter().map(null_cell));
+                    1
+                } else {
+                    0
+                }
+            } else {
+                for focus in &foci {
+                    for column in &select.columns {
+                        eval(&column.path, focus, &mut result, &|| format!("column {}", column.name))?;
+                        out.push(column_cell(column, &mut result)?);
+                    }
+                }
+                foci.len()
+            };
+            iterating[iterations] = (si, start, fragments);
+            iterations += 1;
+        }
+        let iterating = &iterating[..iterations];
+        let fragments_end = out.len();
+        let mut total = 1usize;
+        for &(_, _, k) in iterating {
+            total = total.saturating_mul(k);
+        }
+        if total == 1 {
+            for &(si, start, _) in iterating {
+                for (j, column) in self.view.select[si].columns.iter().enumerate() {
+                    out[base + column.index] = std::mem::replace(&mut out[start + j], RawCell::Null);
+                }
+            }
+            out.truncate(base + n);
+            return Ok(1);
+        }
+        for row in 0..total {
+            // The last selection varies fastest.
+            let mut rest = row;
+            for &(si, start, k) in iterating.iter().rev() {
+                let fragment = rest % k;
+                rest /= k;
+                let columns = &self.view.select[si].columns;
+                for (j, column) in columns.iter().enumerate() {
+                    let cell = out[start + fragment * columns.len() + j].clone();
+                    out[base + column.index] = cell;
+                }
+            }
+            out.extend_from_within(base..base + n);
+        }
+        out.drain(base..fragments_end);
+        Ok(total)
     }
 
     fn process<'a>(
@@ -434,4 +612,69 @@ fn product<'a>(mut left: Vec<Partial<'a>>, mut right: Vec<Partial<'a>>) -> Vec<P
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Flat views (built in place) yield exactly the rows, in the order, of
+    /// the general processing model: products of several iterations, empty
+    /// `forEach` and `forEachOrNull`, collections, `where`.
+    #[test]
+    fn flat_rows_agree_with_the_general_model() {
+        let views = [
+            r#"{"resource":"Patient","select":[
+                {"column":[{"name":"id","path":"getResourceKey()"}]},
+                {"forEach":"name","column":[{"name":"family","path":"family"},{"name":"given","path":"given","collection":true}]},
+                {"forEachOrNull":"address","column":[{"name":"city","path":"city"}]},
+                {"forEach":"telecom","column":[{"name":"phone","path":"value"}]}]}"#,
+            r#"{"resource":"Patient","select":[
+                {"forEachOrNull":"address","column":[{"name":"city","path":"city"}]},
+                {"column":[{"name":"id","path":"id"},{"name":"gender","path":"gender"}]},
+                {"forEachOrNull":"name.given","column":[{"name":"given","path":"$this"}]}]}"#,
+            r#"{"resource":"Patient","where":[{"path":"gender = 'female'"}],"select":[
+                {"column":[{"name":"id","path":"id"}]}]}"#,
+        ];
+        let resources = [
+            r#"{"resourceType":"Patient","id":"a","gender":"female","name":[{"family":"F","given":["x","y"]},{"given":["z"]}],
+                "address":[{"city":"C1"},{"city":"C2"},{}],"telecom":[{"value":"1"},{"value":"2"}]}"#,
+            r#"{"resourceType":"Patient","id":"b","gender":"male","name":[{"family":"G"}]}"#,
+            r#"{"resourceType":"Patient","id":"c","telecom":[{"value":"3"}]}"#,
+            r#"{"resourceType":"Observation","id":"o"}"#,
+        ];
+        let mut compared = 0;
+        for text in views {
+            let json: Json = serde_json::from_str(text).unwrap();
+            let view = ViewDefinition::from_json(&json).unwrap();
+            let runner = ViewRunner::new(&view).unwrap();
+            assert!(runner.flat, "{text}");
+            for resource in resources {
+                let resource = crate::json::parse(resource).unwrap();
+                let mut vars = runner.variables();
+                let Some(root) = runner.root(&resource, &mut vars).unwrap() else {
+                    continue;
+                };
+                let general = runner.general_rows(&root, &mut vars).unwrap();
+                let mut cells = vec![RawCell::Null];
+                let rows = runner.flat_rows(&root, &vars, &mut cells).unwrap();
+                assert_eq!(rows, general.len());
+                // What was in the buffer before stays.
+                assert!(matches!(cells[0], RawCell::Null));
+                let flat: Vec<Vec<Cell>> = cells[1..]
+                    .chunks(view.columns.len())
+                    .map(|row| row.iter().map(RawCell::to_cell).collect())
+                    .collect();
+                let general: Vec<Vec<Cell>> = general
+                    .iter()
+                    .map(|row| row.iter().map(RawCell::to_cell).collect())
+                    .collect();
+                assert_eq!(flat, general, "{text}");
+                compared += rows;
+            }
+        }
+        // Patients a, b, c: 2×3×2, 0 (no telecom), 0 (no name) rows of the
+        // first view; 3×1×3, 1, 1 of the second; 1 (a) of the third.
+        assert_eq!(compared, 12 + 11 + 1);
+    }
 }
