@@ -23,6 +23,7 @@ use crate::index::IndexKind;
 use crate::index::columns::{PARAM, PATIENT, RESOURCE_ID};
 use crate::index::writer::CompartmentReferences;
 use crate::search::extract::ID_PARAM;
+use crate::search::registry::Derivation;
 use crate::search::{Clause, ClauseKind, Modifier, ParamType, SearchParam, SearchQuery, SearchRegistry, SearchValue};
 
 /// Index table providers by (kind, resource type).
@@ -96,8 +97,25 @@ impl<'a> Compiler<'a> {
             _ => self.scan(kind, resource_type)?,
         };
         Ok(rows
-            .filter(col(PARAM).eq(lit(param)).and(filter))?
+            .filter(self.param_rows(resource_type, param).and(filter))?
             .project(vec![col(RESOURCE_ID), col(PATIENT)])?)
+    }
+
+    /// The predicate selecting the index rows of `param` of `resource_type`:
+    /// its own rows, or for a derived parameter (see [`Derivation`]) the
+    /// rows it derives from. Warehouses written before derived parameters
+    /// lost their rows still hold both; reading the base rows is right for
+    /// them too.
+    pub fn param_rows(&self, resource_type: &str, param: &str) -> Expr {
+        match self.registry.get(resource_type, param).and_then(|p| p.derived.as_ref()) {
+            Some(Derivation::TargetsOf { base, target }) => col(PARAM)
+                .eq(lit(base.as_str()))
+                .and(col("target_type").eq(lit(target.as_str()))),
+            Some(Derivation::UnionOf(parts)) => {
+                col(PARAM).in_list(parts.iter().map(|p| lit(p.as_str())).collect(), false)
+            }
+            None => col(PARAM).eq(lit(param)),
+        }
     }
 
     /// Every resource of `resource_type` from its resource table, one row
@@ -385,8 +403,7 @@ impl<'a> Compiler<'a> {
         Ok(self
             .scan(IndexKind::Reference, resource_type)?
             .filter(
-                col(PARAM)
-                    .eq(lit(param.code.as_str()))
+                self.param_rows(resource_type, &param.code)
                     .and(col("target_type").eq(lit(target_type)).or(col("target_type").is_null())),
             )?
             .project(vec![col(RESOURCE_ID), col(PATIENT), col("target_id")])?)

@@ -318,7 +318,7 @@ impl CohortEngine {
         };
         // The referencing rows (few) are the build side; the targets stream by.
         let plan = LogicalPlanBuilder::scan("referencing", provider_as_source(references.clone()), None)?
-            .filter(col(crate::index::columns::PARAM).eq(lit(param)))?
+            .filter(compiler.param_rows(source_type, param))?
             .project(vec![col(RESOURCE_ID), col("target_type"), col("target_id")])?
             .join(
                 targets.build()?,

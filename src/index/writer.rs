@@ -11,6 +11,7 @@ use super::{IndexKind, index_table_key};
 use crate::fhir::model::FastMap;
 use crate::json::JsonValue;
 use crate::search::extract::{IndexValue, TypeIndexer};
+use crate::search::registry::Derivation;
 use crate::search::{ParamType, SearchRegistry};
 use crate::store::StoreLocation;
 use crate::warehouse::DataFile;
@@ -96,7 +97,7 @@ pub struct IndexWriter<'a> {
     failures: u64,
     /// Per type seen: the reference parameters (that may target a Patient)
     /// whose Patient targets equalled the compartment of every resource so far.
-    compartment_references: FastMap<&'static str, Vec<&'static str>>,
+    compartment_references: FastMap<&'static str, Vec<PatientReference>>,
     /// Scratch: which compartment patients a parameter's targets covered.
     covered: Vec<bool>,
 }
@@ -141,7 +142,7 @@ impl<'a> IndexWriter<'a> {
             .compartment_references
             .entry(resource_type)
             .or_insert_with(|| patient_reference_params(registry, resource_type));
-        alive.retain(|&param| targets_are_compartment(param, &self.values, patients, &mut self.covered));
+        alive.retain(|param| targets_are_compartment(param, &self.values, patients, &mut self.covered));
         let mut full = None;
         for (param, value) in &self.values {
             let kind = kind_of(value);
@@ -178,7 +179,7 @@ impl<'a> IndexWriter<'a> {
     pub fn compartment_references(&self) -> CompartmentReferences {
         self.compartment_references
             .iter()
-            .map(|(t, params)| (t.to_string(), params.iter().map(|p| p.to_string()).collect()))
+            .map(|(t, params)| (t.to_string(), params.iter().map(|p| p.code.to_string()).collect()))
             .collect()
     }
 
@@ -253,21 +254,47 @@ impl<'a> IndexWriter<'a> {
 }
 
 /// The supported reference parameters of `resource_type` that may target a Patient.
-fn patient_reference_params(registry: &'static SearchRegistry, resource_type: &str) -> Vec<&'static str> {
+fn patient_reference_params(registry: &'static SearchRegistry, resource_type: &str) -> Vec<PatientReference> {
     registry
         .supported(resource_type)
         .into_iter()
         .filter(|p| {
             p.param_type == ParamType::Reference && (p.targets.is_empty() || p.targets.iter().any(|t| t == "Patient"))
         })
-        .map(|p| p.code.as_str())
+        .filter_map(|p| match &p.derived {
+            None => Some(PatientReference {
+                code: &p.code,
+                rows_of: &p.code,
+                patient_typed_only: false,
+            }),
+            Some(Derivation::TargetsOf { base, target }) if target == "Patient" => Some(PatientReference {
+                code: &p.code,
+                rows_of: base,
+                patient_typed_only: true,
+            }),
+            Some(_) => None,
+        })
         .collect()
 }
 
-/// Whether the targets of `param` among `values` that are Patients or of
-/// unknown type are exactly `patients` (the resource's compartment).
+/// A reference parameter that may point to Patients, and where its values
+/// are among a resource's index values.
+struct PatientReference {
+    /// The parameter.
+    code: &'static str,
+    /// The parameter whose values it has (itself, or the base it is
+    /// derived from).
+    rows_of: &'static str,
+    /// Only values whose target is known to be a Patient are its own (a
+    /// parameter derived as `base.where(resolve() is Patient)`).
+    patient_typed_only: bool,
+}
+
+/// Whether the targets of `param` among `values` that are Patients (or of
+/// unknown type, unless the parameter only has typed Patient targets) are
+/// exactly `patients` (the resource's compartment).
 fn targets_are_compartment(
-    param: &str,
+    param: &PatientReference,
     values: &[(&'static str, IndexValue)],
     patients: &[String],
     covered: &mut Vec<bool>,
@@ -275,13 +302,17 @@ fn targets_are_compartment(
     covered.clear();
     covered.resize(patients.len(), false);
     for (code, value) in values {
-        if *code != param {
+        if *code != param.rows_of {
             continue;
         }
         let IndexValue::Reference { resource_type, id } = value else {
             continue;
         };
-        if resource_type.as_deref().is_some_and(|t| t != "Patient") {
+        let patient = match resource_type.as_deref() {
+            Some(t) => t == "Patient",
+            None => !param.patient_typed_only,
+        };
+        if !patient {
             continue;
         }
         match patients.iter().position(|p| p == id) {

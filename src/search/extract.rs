@@ -488,10 +488,13 @@ fn root_elements(expr: &crate::fhirpath::ast::Expr, out: &mut Vec<String>) -> bo
 /// row per resource would repeat it (it was ~8 % of the index's rows).
 pub const ID_PARAM: &str = "_id";
 
-/// Whether the index holds rows of `param` (all supported ones but
-/// [`ID_PARAM`]).
+/// Whether the index holds rows of `param`: all supported ones but
+/// [`ID_PARAM`] and those derived from others (see
+/// [`crate::search::registry::Derivation`]; about 15 % of a Synthea
+/// index's rows were `patient` copies of `subject` and `combo-code` copies
+/// of `code` and `component-code`).
 pub fn is_indexed(param: &SearchParam) -> bool {
-    param.code != ID_PARAM
+    param.code != ID_PARAM && param.derived.is_none()
 }
 
 impl<'r> TypeIndexer<'r> {

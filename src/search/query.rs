@@ -603,6 +603,7 @@ impl Parser<'_> {
                         targets: Vec::new(),
                         components: Vec::new(),
                         url: component.definition.clone(),
+                        derived: None,
                     };
                     values.push(self.value(&component_param, None, part)?);
                 }

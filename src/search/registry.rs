@@ -38,6 +38,88 @@ pub struct SearchParam {
     pub components: Vec<Component>,
     /// Canonical URL.
     pub url: String,
+    /// How its values follow from other parameters of the same type, when
+    /// they do: the index then holds no rows of its own for it (see
+    /// [`Derivation`]).
+    pub derived: Option<Derivation>,
+}
+
+/// How a parameter's values are other parameters' values of the same
+/// resource type, read off the definitions' expressions (never a hand-kept
+/// list): the search index keeps one copy, and queries of the derived
+/// parameter read the rows it derives from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Derivation {
+    /// `X.where(resolve() is T)` beside a reference parameter `base` whose
+    /// expression is `X` (`Observation.patient` of `Observation.subject`):
+    /// the rows of `base` whose target type is `target` (both read the type
+    /// from the reference the same way).
+    TargetsOf {
+        /// The parameter with expression `X`.
+        base: String,
+        /// `T`.
+        target: String,
+    },
+    /// `A | B | …` where each branch is the whole expression of another
+    /// parameter of the same type (`Observation.combo-code` of `code` and
+    /// `component-code`): the rows of all of `parts`.
+    UnionOf(Vec<String>),
+}
+
+/// The derivations among `params` (one resource type's): see [`Derivation`].
+/// Only parameters that are themselves underived serve as parts, so the
+/// rows a derived parameter reads are always written.
+fn derive(params: &BTreeMap<String, SearchParam>) -> Vec<(String, Derivation)> {
+    let underived = |code: &String| params.get(code).is_some_and(|p| derivation_of(p, params).is_none());
+    params
+        .values()
+        .filter(|p| p.is_supported())
+        .filter_map(|param| {
+            let derivation = derivation_of(param, params)?;
+            let parts_underived = match &derivation {
+                Derivation::TargetsOf { base, .. } => underived(base),
+                Derivation::UnionOf(parts) => parts.iter().all(underived),
+            };
+            parts_underived.then(|| (param.code.clone(), derivation))
+        })
+        .collect()
+}
+
+/// The derivation `param`'s expression has the shape of, if any (its
+/// parts not yet checked for being underived).
+fn derivation_of(param: &SearchParam, params: &BTreeMap<String, SearchParam>) -> Option<Derivation> {
+    // A composite's expression is where its components are evaluated, not
+    // its values: composites with one expression differ by components.
+    if matches!(param.param_type, ParamType::Composite | ParamType::Special) {
+        return None;
+    }
+    let other = |expression: &str, param_type: ParamType| {
+        params
+            .values()
+            .find(|p| {
+                p.code != param.code && p.is_supported() && p.param_type == param_type && p.expression == expression
+            })
+            .map(|p| p.code.clone())
+    };
+    let expression = param.expression.trim();
+    if param.param_type == ParamType::Reference
+        && let Some(rest) = expression.strip_suffix(')')
+        && let Some((base, target)) = rest.rsplit_once(".where(resolve() is ")
+        && !target.is_empty()
+        && target.chars().all(|c| c.is_ascii_alphanumeric())
+        && crate::fhir::ResourceTypes::r4().is_ok_and(|types| types.get(target).is_some())
+    {
+        return other(base, ParamType::Reference).map(|base| Derivation::TargetsOf {
+            base,
+            target: target.to_string(),
+        });
+    }
+    let branches = split_union(expression);
+    if branches.len() < 2 {
+        return None;
+    }
+    let parts: Option<Vec<String>> = branches.iter().map(|b| other(b, param.param_type)).collect();
+    parts.map(Derivation::UnionOf)
 }
 
 impl SearchParam {
@@ -105,6 +187,7 @@ fn param_for(def: &SearchParameterDefinition, resource_type: &str) -> SearchPara
         targets: def.target.clone(),
         components,
         url: def.url.clone(),
+        derived: None,
     }
 }
 
@@ -155,6 +238,11 @@ impl SearchRegistry {
             for def in &entry.definitions {
                 // A later definition of the same code replaces an earlier one.
                 params.insert(def.code.clone(), param_for(def, name));
+            }
+            for (code, derivation) in derive(&params) {
+                if let Some(param) = params.get_mut(&code) {
+                    param.derived = Some(derivation);
+                }
             }
             params
         }))
@@ -227,6 +315,50 @@ mod tests {
             {
                 assert!(p.path.is_some(), "{t}.{} '{}' does not parse", p.code, p.expression);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod derivation_tests {
+    use super::*;
+
+    /// Derived parameters are read off the expressions: `X.where(resolve()
+    /// is T)` beside a parameter `X`, and unions of other parameters.
+    #[test]
+    fn derives_parameters_from_their_expressions() {
+        let r = SearchRegistry::r4().unwrap();
+        let targets = |t: &str, code: &str| r.get(t, code).unwrap().derived.clone();
+        assert_eq!(
+            targets("Observation", "patient"),
+            Some(Derivation::TargetsOf {
+                base: "subject".into(),
+                target: "Patient".into()
+            })
+        );
+        assert_eq!(
+            targets("Encounter", "practitioner"),
+            Some(Derivation::TargetsOf {
+                base: "participant".into(),
+                target: "Practitioner".into()
+            })
+        );
+        assert_eq!(
+            targets("Observation", "combo-code"),
+            Some(Derivation::UnionOf(vec!["code".into(), "component-code".into()]))
+        );
+        // Composites sharing an expression (`Observation | Observation.component`)
+        // differ by their components.
+        assert_eq!(targets("Observation", "combo-code-value-quantity"), None);
+        // Parameters with expressions of their own, and bases, are not derived.
+        for (t, code) in [
+            ("Observation", "subject"),
+            ("Observation", "code"),
+            ("Claim", "patient"),
+            ("Condition", "code"),
+            ("Patient", "gender"),
+        ] {
+            assert_eq!(targets(t, code), None, "{t}.{code}");
         }
     }
 }

@@ -951,3 +951,68 @@ fn parser_never_panics() {
         let _ = fhirlake::search::parse_search(&text);
     }
 }
+
+/// Parameters derived from others (`patient` = `subject` targeting a
+/// Patient, `combo-code` = `code` ∪ `component-code`) have no index rows of
+/// their own, and search exactly as their definitions say: a Group or an
+/// untyped `urn:uuid:` subject is no `patient`; `:missing` and `:not` see
+/// the derived values; the union finds codes in either place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn derived_parameters_search_like_their_definitions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dataset(
+        dir.path(),
+        "data",
+        &[
+            r#"{"resourceType":"Patient","id":"p1"}"#,
+            r#"{"resourceType":"Patient","id":"p2"}"#,
+            r#"{"resourceType":"Patient","id":"p3"}"#,
+            r#"{"resourceType":"Group","id":"g1","type":"person","actual":true,"member":[{"entity":{"reference":"Patient/p3"}}]}"#,
+            r#"{"resourceType":"Observation","id":"o1","status":"final","subject":{"reference":"Patient/p1"},"code":{"coding":[{"system":"s","code":"a"}]}}"#,
+            r#"{"resourceType":"Observation","id":"o2","status":"final","subject":{"reference":"urn:uuid:p2","type":"Patient"},"code":{"coding":[{"system":"s","code":"b"}]},"component":[{"code":{"coding":[{"system":"s","code":"c"}]}}]}"#,
+            r#"{"resourceType":"Observation","id":"o3","status":"final","subject":{"reference":"Group/g1"},"performer":[{"reference":"Patient/p3"}],"code":{"coding":[{"system":"s","code":"c"}]}}"#,
+            r#"{"resourceType":"Observation","id":"o4","status":"final","subject":{"reference":"urn:uuid:p3"},"performer":[{"reference":"Patient/p3"}],"code":{"coding":[{"system":"s","code":"d"}]}}"#,
+        ],
+    );
+    let warehouse = Warehouse::open(&dir.path().join("wh").display().to_string()).expect("warehouse");
+    load_into(&warehouse, &[&data], false).await;
+    let engine = CohortEngine::open(&warehouse).await.expect("engine");
+    // The index holds `subject` rows only.
+    let (session, _) = fhirlake::warehouse::catalog::session_for(&warehouse)
+        .await
+        .expect("session");
+    let params = session
+        .sql("SELECT DISTINCT param FROM index_reference WHERE resource_type = 'Observation' ORDER BY 1")
+        .await
+        .expect("sql")
+        .collect()
+        .await
+        .expect("rows");
+    let params = datafusion::arrow::util::pretty::pretty_format_batches(&params)
+        .expect("format")
+        .to_string();
+    assert!(params.contains("subject") && !params.contains("| patient"), "{params}");
+    for (filter, expected) in [
+        // o1 (Patient/p1) and o2 (urn:uuid typed Patient); not o3 (a Group)
+        // nor o4 (an untyped urn:uuid).
+        ("Observation?patient:missing=false", &["p1", "p2"][..]),
+        ("Observation?patient=p2", &["p2"]),
+        ("Observation?patient=Patient/p1", &["p1"]),
+        ("Observation?patient=g1", &[]),
+        ("Observation?subject=g1", &["p3"]),
+        // o3 and o4 have no patient (both are in p3's compartment as performer).
+        ("Observation?patient:missing=true", &["p3"]),
+        ("Observation?patient:Patient.gender:missing=true", &["p1", "p2"]),
+        ("Patient?_has:Observation:patient:code=b", &["p2"]),
+        ("Patient?_has:Observation:patient:code=c", &[]),
+        ("Patient?_has:Observation:subject:code=c", &[]),
+        // combo-code: code or component code.
+        ("Observation?combo-code=s|c", &["p2", "p3"]),
+        ("Observation?combo-code=s|b", &["p2"]),
+        ("Observation?code=s|c", &["p3"]),
+        ("Observation?combo-code:not=s|c", &["p1", "p3"]),
+        ("Observation?combo-code:missing=true", &[]),
+    ] {
+        assert_eq!(patients(&engine, filter).await, expected, "{filter}");
+    }
+}
