@@ -90,14 +90,21 @@ fn derive(params: &BTreeMap<String, SearchParam>) -> Vec<(String, Derivation)> {
 fn derivation_of(param: &SearchParam, params: &BTreeMap<String, SearchParam>) -> Option<Derivation> {
     // A composite's expression is where its components are evaluated, not
     // its values: composites with one expression differ by components.
-    if matches!(param.param_type, ParamType::Composite | ParamType::Special) {
+    // Parameters of all resources (`_id`, `_lastUpdated`, …) are answered
+    // partly or wholly from the resource tables, so they are neither
+    // derived nor bases.
+    if matches!(param.param_type, ParamType::Composite | ParamType::Special) || param.code.starts_with('_') {
         return None;
     }
     let other = |expression: &str, param_type: ParamType| {
         params
             .values()
             .find(|p| {
-                p.code != param.code && p.is_supported() && p.param_type == param_type && p.expression == expression
+                p.code != param.code
+                    && !p.code.starts_with('_')
+                    && p.is_supported()
+                    && p.param_type == param_type
+                    && p.expression == expression
             })
             .map(|p| p.code.clone())
     };

@@ -656,11 +656,12 @@ mod tests {
                     continue;
                 };
                 let general = runner.general_rows(&root, &mut vars).unwrap();
-                let mut cells = vec![RawCell::Null];
+                let mut cells = vec![RawCell::One(Value::Integer(42))];
                 let rows = runner.flat_rows(&root, &vars, &mut cells).unwrap();
                 assert_eq!(rows, general.len());
                 // What was in the buffer before stays.
-                assert!(matches!(cells[0], RawCell::Null));
+                assert!(matches!(cells[0], RawCell::One(Value::Integer(42))));
+                assert_eq!(cells.len(), 1 + rows * view.columns.len());
                 let flat: Vec<Vec<Cell>> = cells[1..]
                     .chunks(view.columns.len())
                     .map(|row| row.iter().map(RawCell::to_cell).collect())
