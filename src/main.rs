@@ -282,6 +282,31 @@ enum ViewCommand {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Recompute view tables from the stored resources, in one new warehouse
+    /// version: for views added or changed after the data was loaded.
+    Refresh {
+        /// Folder of extra ViewDefinitions (*.json) besides the shipped ones
+        /// (a view with a shipped view's name replaces it).
+        #[arg(long)]
+        views: Option<PathBuf>,
+        /// Refresh only the views of --views, not the shipped ones.
+        #[arg(long)]
+        no_shipped_views: bool,
+    },
+}
+
+/// The views `load` and `view refresh` materialize: the shipped ones unless
+/// `no_shipped`, and those of `dir`.
+fn view_catalog(dir: Option<&std::path::Path>, no_shipped: bool) -> anyhow::Result<ViewCatalog> {
+    let mut catalog = if no_shipped {
+        ViewCatalog::empty()
+    } else {
+        ViewCatalog::shipped()?
+    };
+    if let Some(dir) = dir {
+        catalog.add_dir(dir)?;
+    }
+    Ok(catalog)
 }
 
 /// Arguments of `fhirlake export` (`_type`, `_since`, … as flags).
@@ -570,15 +595,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ..LoadOptions::default()
             };
             if views.is_some() || no_shipped_views {
-                let mut catalog = if no_shipped_views {
-                    ViewCatalog::empty()
-                } else {
-                    ViewCatalog::shipped()?
-                };
-                if let Some(dir) = views {
-                    catalog.add_dir(&dir)?;
-                }
-                options.views = Some(catalog);
+                options.views = Some(view_catalog(views.as_deref(), no_shipped_views)?);
             }
             if let Some(w) = workers {
                 options.workers = w;
@@ -742,6 +759,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 w.finish(&target)?;
             }
             tracing::info!(rows, "view run finished");
+        }
+        Command::View {
+            command: ViewCommand::Refresh {
+                views,
+                no_shipped_views,
+            },
+        } => {
+            let catalog = view_catalog(views.as_deref(), no_shipped_views)?;
+            let warehouse = Warehouse::open(&cli.warehouse)?;
+            let report = fhirlake::view::materialize::refresh_views(&warehouse, &catalog).await?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "warehouse {} is now at version {}", cli.warehouse, report.version)?;
+            writeln!(out, "{:<34} {:>12}", "table", "rows")?;
+            for (table, rows) in &report.tables {
+                writeln!(out, "{table:<34} {rows:>12}")?;
+            }
         }
         Command::Vacuum {
             keep_versions,

@@ -233,7 +233,7 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
     let total_bytes: u64 = files.iter().map(|f| f.size).sum();
     let base = warehouse.current().await?;
     let version = base.as_ref().map_or(1, |s| s.version + 1);
-    let token = unique_token(version);
+    let token = crate::warehouse::unique_token(version);
     let loaded_at = chrono::Utc::now().timestamp_micros();
     tracing::info!(files = files.len(), bytes = total_bytes, version, "loading");
 
@@ -678,15 +678,6 @@ impl TombstoneRows {
         .await??;
         Ok(file)
     }
-}
-
-/// A file-name prefix no other load (even a racing one) uses.
-fn unique_token(version: u64) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("v{version:06}-{:x}{:x}", nanos as u64, std::process::id())
 }
 
 /// Returns the calling thread's free memory to the OS. mimalloc keeps freed

@@ -8,7 +8,10 @@ use futures::StreamExt;
 use tokio::runtime::Handle;
 
 use super::arrow::{Typed, append_rows, column_builder, finish_batch, typed_cells};
-use super::{RawCell, ViewError, ViewRunner, ViewVariables, view_schema};
+use std::collections::BTreeMap;
+
+use super::catalog::view_table_key;
+use super::{RawCell, ViewCatalog, ViewError, ViewRunner, ViewVariables, view_schema};
 use crate::json;
 use crate::store::StoreLocation;
 use crate::warehouse::catalog::{new_session, table_provider};
@@ -48,6 +51,9 @@ pub enum MaterializeError {
     /// The consumer of the rows failed.
     #[error("{0}")]
     Sink(String),
+    /// There is nothing to compute views from.
+    #[error("the warehouse is empty: load data first")]
+    EmptyWarehouse,
 }
 
 /// Rows of several views, appended to Arrow builders, taken as batches
@@ -353,6 +359,74 @@ pub async fn rebuild_views(
         Ok(())
     })?;
     Ok(out)
+}
+
+/// What [`refresh_views`] committed.
+#[derive(Debug)]
+pub struct RefreshReport {
+    /// The new warehouse version.
+    pub version: u64,
+    /// Rows of each view table recomputed, by table name (`views/<name>`).
+    pub tables: BTreeMap<String, u64>,
+}
+
+/// Recomputes the table of every view of `catalog` from the stored
+/// resources of its type and commits them as a new warehouse version. A
+/// view added (or changed) after the data was loaded is otherwise only
+/// materialized for the types a later load touches. Types without a
+/// resource table are skipped; tables of views outside `catalog` are left
+/// as they are. All in one commit: a failure commits nothing and removes
+/// the files it wrote, and readers see either every table before or every
+/// table after.
+pub async fn refresh_views(warehouse: &Warehouse, catalog: &ViewCatalog) -> Result<RefreshReport, MaterializeError> {
+    let mut snapshot = warehouse.current().await?.ok_or(MaterializeError::EmptyWarehouse)?;
+    let version = snapshot.version + 1;
+    let token = crate::warehouse::unique_token(version);
+    let runners = catalog
+        .views()
+        .iter()
+        .map(ViewRunner::new)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut types: Vec<&str> = catalog.views().iter().map(|v| v.resource.as_str()).collect();
+    types.sort_unstable();
+    types.dedup();
+    let mut written = Vec::new();
+    let mut tables = BTreeMap::new();
+    let result = async {
+        for resource_type in types {
+            let Some(resource_table) = snapshot
+                .tables
+                .get(resource_type)
+                .filter(|t| t.kind == TableKind::Resource)
+            else {
+                continue;
+            };
+            let files = resource_table.files.clone();
+            let indexes = catalog.for_type(resource_type);
+            let type_runners: Vec<&ViewRunner<'_>> = indexes.iter().map(|&i| &runners[i]).collect();
+            let names: Vec<&str> = indexes.iter().map(|&i| catalog.name(i)).collect();
+            let rebuilt = rebuild_views(warehouse, &files, &type_runners, &names, &token).await?;
+            for (&i, files) in indexes.iter().zip(rebuilt) {
+                written.extend(files.iter().cloned());
+                let entry = TableEntry::new(TableKind::View, files);
+                let key = view_table_key(catalog.name(i));
+                tables.insert(key.clone(), entry.rows());
+                snapshot.tables.insert(key, entry);
+            }
+        }
+        snapshot.version = version;
+        snapshot.committed_at = crate::warehouse::now_rfc3339();
+        snapshot.operation = "view refresh".into();
+        snapshot.operation_details = serde_json::json!({ "views": tables.keys().collect::<Vec<_>>() });
+        warehouse.commit(&snapshot).await?;
+        Ok::<(), MaterializeError>(())
+    }
+    .await;
+    if let Err(e) = result {
+        warehouse.delete_files(&written).await;
+        return Err(e);
+    }
+    Ok(RefreshReport { version, tables })
 }
 
 /// `Type/id` of a resource, for messages.

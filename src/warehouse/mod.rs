@@ -175,6 +175,16 @@ impl Warehouse {
     }
 }
 
+/// A file-name prefix for the files of version `version` that no other
+/// writer (even a racing one) uses.
+pub fn unique_token(version: u64) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("v{version:06}-{:x}{:x}", nanos as u64, std::process::id())
+}
+
 /// The current time as RFC 3339 (UTC).
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)

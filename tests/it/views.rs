@@ -221,3 +221,83 @@ async fn user_views_are_materialized_and_view_errors_reject_lines() {
         "{reasons:?}"
     );
 }
+
+/// `fhirlake view refresh` materializes views added after the data was
+/// loaded, for every loaded type, in one new version; earlier versions
+/// keep their view tables as they were, and an empty warehouse is an
+/// error that commits nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_refresh_materializes_views_added_after_the_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wh_path = tmp.path().join("wh");
+    let wh = wh_path.to_str().unwrap();
+    let empty = fhirlake(&["--warehouse", wh, "view", "refresh"]);
+    assert!(!empty.status.success());
+    assert!(
+        String::from_utf8_lossy(&empty.stderr).contains("empty"),
+        "{}",
+        String::from_utf8_lossy(&empty.stderr)
+    );
+    let loaded = fhirlake(&[
+        "--warehouse",
+        wh,
+        "load",
+        "--quiet",
+        "--no-shipped-views",
+        sample_data().to_str().unwrap(),
+    ]);
+    assert!(loaded.status.success(), "{}", String::from_utf8_lossy(&loaded.stderr));
+    let warehouse = Warehouse::open(wh).unwrap();
+    let before = warehouse.current().await.unwrap().unwrap();
+    assert!(!before.tables.contains_key("views/patient"));
+
+    // A user view and the shipped ones, after the fact.
+    let dir = tmp.path().join("views");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(
+        dir.join("encounter_class.json"),
+        r#"{"resourceType":"ViewDefinition","name":"encounter_class","resource":"Encounter","status":"active",
+            "select":[{"column":[{"name":"id","path":"getResourceKey()"},{"name":"class","path":"class.code"}]}]}"#,
+    )
+    .unwrap();
+    let refreshed = fhirlake(&["--warehouse", wh, "view", "refresh", "--views", dir.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&refreshed.stdout);
+    assert!(
+        refreshed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&refreshed.stderr)
+    );
+    assert!(stdout.contains(&format!("version {}", before.version + 1)), "{stdout}");
+    assert!(stdout.contains("views/encounter_class"), "{stdout}");
+
+    let patients = query_i64(&warehouse, "SELECT count(*) FROM fhir.patient").await;
+    assert_eq!(query_i64(&warehouse, "SELECT count(*) FROM patient").await, patients);
+    let encounters = query_i64(&warehouse, "SELECT count(*) FROM fhir.\"Encounter\"").await;
+    assert!(encounters > 0);
+    assert_eq!(
+        query_i64(&warehouse, "SELECT count(*) FROM encounter").await,
+        encounters
+    );
+    assert_eq!(
+        query_i64(
+            &warehouse,
+            "SELECT count(*) FROM encounter_class WHERE class IS NOT NULL"
+        )
+        .await,
+        encounters
+    );
+    // Rows as a load computes them: a second warehouse loaded with the views.
+    let wh2_path = tmp.path().join("wh2");
+    let wh2 = Warehouse::open(wh2_path.to_str().unwrap()).unwrap();
+    load_into(&wh2, &[&sample_data()], false).await;
+    let conditions = "SELECT count(*) FROM (SELECT DISTINCT * FROM condition)";
+    assert_eq!(
+        query_i64(&warehouse, conditions).await,
+        query_i64(&wh2, conditions).await
+    );
+    // The refresh is its own version; the one before still reads as it was.
+    assert_eq!(warehouse.current().await.unwrap().unwrap().operation, "view refresh");
+    let earlier = warehouse.snapshot(before.version).await.unwrap();
+    assert!(!earlier.tables.keys().any(|k| k.starts_with("views/")));
+    assert_eq!(earlier.tables.len(), before.tables.len());
+}
