@@ -4,7 +4,8 @@
 //! the search index's size as a share of the raw NDJSON.
 //!
 //! Run: `cargo bench --bench cohort` (env `FHIRLAKE_BENCH_COPIES`, default
-//! 163: 615 × 163 = 100,245 patients). Data is generated under
+//! 163: 615 × 163 = 100,245 patients; `FHIRLAKE_BENCH_ALTERNATIONS`, default
+//! 2: in-process timing runs per tool). Data is generated under
 //! `target/bench-data/` by `fhirlake gen`, never committed. Results are
 //! printed as Markdown and written to `target/bench-cohort.json`.
 
@@ -133,7 +134,13 @@ const IN_PROCESS_RUNS: usize = 30;
 
 /// Alternating in-process timing runs of fhirlake and DuckDB: this VM's
 /// speed drifts within minutes, so each tool is timed in both halves.
-const ALTERNATIONS: usize = 2;
+/// `FHIRLAKE_BENCH_ALTERNATIONS` asks for more, to narrow a close ratio.
+fn alternations() -> usize {
+    std::env::var("FHIRLAKE_BENCH_ALTERNATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
+}
 
 /// `benches/peer/duckdb_cohort_repeat.py` over the Parquet files DuckDB's
 /// view script wrote to `out_dir`: (first s, median of the rest s).
@@ -206,7 +213,8 @@ fn main() {
         // request of the first run.
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
-        for _ in 0..ALTERNATIONS {
+        let alternations = alternations();
+        for _ in 0..alternations {
             ours.push(common::cohort_in_process(
                 wh.to_str().unwrap_or_default(),
                 QUERIES[0].1,
@@ -224,7 +232,7 @@ fn main() {
             )
         });
         println!(
-            "{name}: DuckDB's cohort in one process, {ALTERNATIONS} alternating runs of {IN_PROCESS_RUNS} requests each: fhirlake first {first:.4} s, then median {warm:.4} s ({warm_patients} patients; run medians {:?}); DuckDB {} (run medians {:?})",
+            "{name}: DuckDB's cohort in one process, {alternations} alternating runs of {IN_PROCESS_RUNS} requests each: fhirlake first {first:.4} s, then median {warm:.4} s ({warm_patients} patients; run medians {:?}); DuckDB {} (run medians {:?})",
             ours.iter().map(|r| (r.2 * 1e4).round() / 1e4).collect::<Vec<_>>(),
             duck_repeated.map_or("–".into(), |(f, m)| format!("first {f:.4} s, then median {m:.4} s")),
             theirs.iter().map(|r| (r.1 * 1e4).round() / 1e4).collect::<Vec<_>>(),
