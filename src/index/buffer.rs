@@ -51,6 +51,11 @@ pub struct IndexBuffer {
     kind: IndexKind,
     resource_type: &'static str,
     param: StringBuilder,
+    /// The distinct parameters appended (few per table), and each row's
+    /// index into them: rows are sorted by parameter with a counting pass,
+    /// so the comparison sort only compares values within a parameter.
+    params: Vec<&'static str>,
+    param_ids: Vec<u16>,
     values: ValueBuilders,
     resource_id: StringBuilder,
     patient: StringBuilder,
@@ -103,6 +108,8 @@ impl IndexBuffer {
             kind,
             resource_type,
             param: StringBuilder::new(),
+            params: Vec::new(),
+            param_ids: Vec::new(),
             values,
             resource_id: StringBuilder::new(),
             patient: StringBuilder::new(),
@@ -123,18 +130,36 @@ impl IndexBuffer {
 
     /// Appends one row per patient (one row with a null patient when there is
     /// none). `value` must be of this buffer's kind; others are ignored.
-    pub fn append(&mut self, param: &str, value: &IndexValue, resource_id: &str, patients: &[String]) {
+    pub fn append(&mut self, param: &'static str, value: &IndexValue, resource_id: &str, patients: &[String]) {
         let copies = patients.len().max(1);
+        let param_id = self.param_id(param);
         for i in 0..copies {
             if !self.append_value(value) {
                 return;
             }
             self.param.append_value(param);
+            self.param_ids.push(param_id);
             self.resource_id.append_value(resource_id);
             self.patient.append_option(patients.get(i));
             self.rows += 1;
             self.bytes += 24 + param.len() + resource_id.len() + patients.get(i).map_or(0, String::len);
         }
+    }
+
+    /// The index of `param` in `self.params` (added if new). Parameter codes
+    /// come from the registry, so most look-ups match by address.
+    fn param_id(&mut self, param: &'static str) -> u16 {
+        let found = self
+            .params
+            .iter()
+            .position(|p| std::ptr::eq(*p, param))
+            .or_else(|| self.params.iter().position(|p| *p == param));
+        let id = found.unwrap_or_else(|| {
+            self.params.push(param);
+            self.params.len() - 1
+        });
+        // A type has a few dozen parameters at most.
+        u16::try_from(id).unwrap_or(u16::MAX)
     }
 
     fn append_value(&mut self, value: &IndexValue) -> bool {
@@ -275,14 +300,38 @@ impl IndexBuffer {
         arrays.push(Arc::new(self.resource_id.finish()));
         arrays.push(Arc::new(self.patient.finish()));
         let batch = RecordBatch::try_new(self.kind.schema(), arrays)?;
-        // Sort key: param, then the first value column. Rows in Arrow's
-        // row format compare as plain bytes, much faster than a column-wise
-        // lexicographic sort over strings.
-        let keys = [batch.column(1).clone(), batch.column(2).clone()];
-        let converter = RowConverter::new(keys.iter().map(|k| SortField::new(k.data_type().clone())).collect())?;
-        let rows = converter.convert_columns(&keys)?;
-        let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
-        order.sort_unstable_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
+        // Sort key: param, then the first value column. Rows are grouped by
+        // parameter in name order with a counting pass (a table has few
+        // parameters), then each group is sorted by its value in Arrow's
+        // row format (plain byte comparisons, much faster than a
+        // column-wise sort over strings). Same order as sorting by both.
+        let param_ids = std::mem::take(&mut self.param_ids);
+        let mut by_name: Vec<usize> = (0..self.params.len()).collect();
+        by_name.sort_unstable_by_key(|&i| self.params[i]);
+        let mut rank = vec![0usize; self.params.len()];
+        for (r, &i) in by_name.iter().enumerate() {
+            rank[i] = r;
+        }
+        let mut starts = vec![0usize; self.params.len() + 1];
+        for &id in &param_ids {
+            starts[rank[usize::from(id)] + 1] += 1;
+        }
+        for r in 1..starts.len() {
+            starts[r] += starts[r - 1];
+        }
+        let mut next = starts.clone();
+        let mut order = vec![0u32; batch.num_rows()];
+        for (row, &id) in param_ids.iter().enumerate() {
+            let slot = &mut next[rank[usize::from(id)]];
+            order[*slot] = row as u32;
+            *slot += 1;
+        }
+        let values = batch.column(2).clone();
+        let converter = RowConverter::new(vec![SortField::new(values.data_type().clone())])?;
+        let keys = converter.convert_columns(&[values])?;
+        for group in starts.windows(2) {
+            order[group[0]..group[1]].sort_unstable_by(|&a, &b| keys.row(a as usize).cmp(&keys.row(b as usize)));
+        }
         take_record_batch(&batch, &UInt32Array::from(order))
     }
 }
