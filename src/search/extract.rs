@@ -547,8 +547,10 @@ impl<'r> TypeIndexer<'r> {
             if let Some(&i) = self.vocabulary.get(key) {
                 present[i] = true;
             }
-            for (pos, c) in key.char_indices().skip(1) {
-                if c.is_ascii_uppercase()
+            // An ASCII capital never sits inside a multi-byte character, so
+            // byte positions are character boundaries.
+            for (pos, b) in key.bytes().enumerate().skip(1) {
+                if b.is_ascii_uppercase()
                     && let Some(&i) = self.vocabulary.get(&key[..pos])
                 {
                     present[i] = true;
@@ -597,6 +599,7 @@ impl<'r> TypeIndexer<'r> {
         let root = [Value::resource(resource, model)];
         // One buffer for every group's values.
         let mut results = Vec::new();
+        let mut values = Vec::new();
         for group in &self.groups {
             if let Some(roots) = &group.roots
                 && !roots.iter().any(|&i| present[i])
@@ -611,7 +614,6 @@ impl<'r> TypeIndexer<'r> {
             if results.is_empty() {
                 continue;
             }
-            let mut values = Vec::new();
             for &(code, param_type) in &group.params {
                 for value in &results {
                     extract(param_type, value, &mut values);
