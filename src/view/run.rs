@@ -367,39 +367,15 @@ impl<'v> ViewRunner<'v> {
         let mut iterations = 0;
         let mut result = Vec::new();
         let mut foci = Vec::new();
-        let eval = |path: &FhirPath, focus: &Value<'a>, result: &mut Collection<'a>, at: &dyn Fn() -> String| {
-            result.clear();
-            path.evaluate_into(focus, root, &vars.0, result)
-                .map_err(|source| ViewError::Path { at: at(), source })
-        };
         for (si, select) in self.view.select.iter().enumerate() {
             let Some(iteration) = &select.iteration else {
                 for column in &select.columns {
-                    eval(&column.path, &root[0], &mut result, &|| {
-                        format!("column {}", column.name)
-                    })?;
-                    out[base + column.index] = column_cell(column, &mut result)?;
+                    out[base + column.index] = column_value(column, &root[0], root, vars, &mut result)?;
                 }
                 continue;
             };
-            match iteration {
-                Iteration::ForEach(p) | Iteration::ForEachOrNull(p) => {
-                    eval(p, &root[0], &mut foci, &|| p.text().to_string())?;
-                }
-                Iteration::Repeat(paths) => {
-                    foci.clear();
-                    let eval_path = |path: &FhirPath, focus: &Value<'a>, vars: &ViewVariables| {
-                        let mut out = Vec::new();
-                        path.evaluate_into(focus, root, &vars.0, &mut out)
-                            .map_err(|source| ViewError::Path {
-                                at: path.text().to_string(),
-                                source,
-                            })?;
-                        Ok(out)
-                    };
-                    repeat(paths, &root[0], &eval_path, vars, &mut foci, 0)?;
-                }
-            }
+            foci.clear();
+            iteration_foci(iteration, &root[0], root, vars, &mut foci)?;
             let start = out.len();
             let fragments = if foci.is_empty() {
                 if matches!(iteration, Iteration::ForEachOrNull(_)) {
@@ -411,8 +387,7 @@ impl<'v> ViewRunner<'v> {
             } else {
                 for focus in &foci {
                     for column in &select.columns {
-                        eval(&column.path, focus, &mut result, &|| format!("column {}", column.name))?;
-                        out.push(column_cell(column, &mut result)?);
+                        out.push(column_value(column, focus, root, vars, &mut result)?);
                     }
                 }
                 foci.len()
@@ -460,21 +435,11 @@ impl<'v> ViewRunner<'v> {
         root: &[Value<'a>],
         vars: &mut ViewVariables,
     ) -> Result<Vec<Partial<'a>>, ViewError> {
-        let eval = |path: &FhirPath, focus: &Value<'a>, vars: &ViewVariables| {
-            let mut out = Vec::new();
-            path.evaluate_into(focus, root, &vars.0, &mut out)
-                .map_err(|source| ViewError::Path {
-                    at: path.text().to_string(),
-                    source,
-                })?;
-            Ok(out)
-        };
         let foci: Option<Collection<'a>> = match &select.iteration {
             None => None,
-            Some(Iteration::ForEach(p) | Iteration::ForEachOrNull(p)) => Some(eval(p, node, vars)?),
-            Some(Iteration::Repeat(paths)) => {
+            Some(iteration) => {
                 let mut out = Vec::new();
-                repeat(paths, node, &eval, vars, &mut out, 0)?;
+                iteration_foci(iteration, node, root, vars, &mut out)?;
                 Some(out)
             }
         };
@@ -521,15 +486,7 @@ impl<'v> ViewRunner<'v> {
         // One buffer for every column's result (a single value is moved out).
         let mut result = Vec::new();
         for column in &select.columns {
-            result.clear();
-            column
-                .path
-                .evaluate_into(focus, root, &vars.0, &mut result)
-                .map_err(|source| ViewError::Path {
-                    at: format!("column {}", column.name),
-                    source,
-                })?;
-            own.push((column.index, column_cell(column, &mut result)?));
+            own.push((column.index, column_value(column, focus, root, vars, &mut result)?));
         }
         let mut rows = vec![own];
         for nested in &select.selects {
@@ -555,6 +512,26 @@ fn null_cell<'a>(column: &Column) -> RawCell<'a> {
     }
 }
 
+/// `column`'s cell on `focus`; `result` is a scratch buffer (a single
+/// value is moved out of it).
+fn column_value<'a>(
+    column: &Column,
+    focus: &Value<'a>,
+    root: &[Value<'a>],
+    vars: &ViewVariables,
+    result: &mut Collection<'a>,
+) -> Result<RawCell<'a>, ViewError> {
+    result.clear();
+    column
+        .path
+        .evaluate_into(focus, root, &vars.0, result)
+        .map_err(|source| ViewError::Path {
+            at: format!("column {}", column.name),
+            source,
+        })?;
+    column_cell(column, result)
+}
+
 fn column_cell<'a>(column: &Column, result: &mut Collection<'a>) -> Result<RawCell<'a>, ViewError> {
     if column.collection {
         return Ok(RawCell::Many(std::mem::take(result)));
@@ -569,12 +546,39 @@ fn column_cell<'a>(column: &Column, result: &mut Collection<'a>) -> Result<RawCe
     Ok(result.pop().map_or(RawCell::Null, RawCell::One))
 }
 
-type EvalFn<'e, 'a> = dyn Fn(&FhirPath, &Value<'a>, &ViewVariables) -> Result<Collection<'a>, ViewError> + 'e;
+/// Appends what `path` yields on `focus` to `out`; an error names the path.
+fn evaluate<'a>(
+    path: &FhirPath,
+    focus: &Value<'a>,
+    root: &[Value<'a>],
+    vars: &ViewVariables,
+    out: &mut Collection<'a>,
+) -> Result<(), ViewError> {
+    path.evaluate_into(focus, root, &vars.0, out)
+        .map_err(|source| ViewError::Path {
+            at: path.text().to_string(),
+            source,
+        })
+}
+
+/// Appends the foci `iteration` yields on `node` to `out`.
+fn iteration_foci<'a>(
+    iteration: &Iteration,
+    node: &Value<'a>,
+    root: &[Value<'a>],
+    vars: &ViewVariables,
+    out: &mut Collection<'a>,
+) -> Result<(), ViewError> {
+    match iteration {
+        Iteration::ForEach(p) | Iteration::ForEachOrNull(p) => evaluate(p, node, root, vars, out),
+        Iteration::Repeat(paths) => repeat(paths, node, root, vars, out, 0),
+    }
+}
 
 fn repeat<'a>(
     paths: &[FhirPath],
     node: &Value<'a>,
-    eval: &EvalFn<'_, 'a>,
+    root: &[Value<'a>],
     vars: &ViewVariables,
     out: &mut Collection<'a>,
     depth: usize,
@@ -583,9 +587,11 @@ fn repeat<'a>(
         return Err(ViewError::invalid("repeat", "nesting deeper than 64 levels"));
     }
     for path in paths {
-        for child in eval(path, node, vars)? {
+        let mut children = Vec::new();
+        evaluate(path, node, root, vars, &mut children)?;
+        for child in children {
             out.push(child.clone());
-            repeat(paths, &child, eval, vars, out, depth + 1)?;
+            repeat(paths, &child, root, vars, out, depth + 1)?;
         }
     }
     Ok(())
