@@ -50,10 +50,10 @@ enum ValueBuilders {
 pub struct IndexBuffer {
     kind: IndexKind,
     resource_type: &'static str,
-    param: StringBuilder,
     /// The distinct parameters appended (few per table), and each row's
-    /// index into them: rows are sorted by parameter with a counting pass,
-    /// so the comparison sort only compares values within a parameter.
+    /// index into them (the `param` column is built from them): rows are
+    /// sorted by parameter with a counting pass, so the comparison sort
+    /// only compares values within a parameter.
     params: Vec<&'static str>,
     param_ids: Vec<u16>,
     values: ValueBuilders,
@@ -107,7 +107,6 @@ impl IndexBuffer {
         Self {
             kind,
             resource_type,
-            param: StringBuilder::new(),
             params: Vec::new(),
             param_ids: Vec::new(),
             values,
@@ -137,12 +136,11 @@ impl IndexBuffer {
             if !self.append_value(value) {
                 return;
             }
-            self.param.append_value(param);
             self.param_ids.push(param_id);
             self.resource_id.append_value(resource_id);
             self.patient.append_option(patients.get(i));
             self.rows += 1;
-            self.bytes += 24 + param.len() + resource_id.len() + patients.get(i).map_or(0, String::len);
+            self.bytes += 24 + size_of::<u16>() + resource_id.len() + patients.get(i).map_or(0, String::len);
         }
     }
 
@@ -255,7 +253,11 @@ impl IndexBuffer {
         for _ in 0..rows {
             type_column.append_value(self.resource_type);
         }
-        let mut arrays: Vec<ArrayRef> = vec![Arc::new(type_column.finish()), Arc::new(self.param.finish())];
+        let mut param_column = StringBuilder::with_capacity(rows, rows * 8);
+        for &id in &self.param_ids {
+            param_column.append_value(self.params[usize::from(id)]);
+        }
+        let mut arrays: Vec<ArrayRef> = vec![Arc::new(type_column.finish()), Arc::new(param_column.finish())];
         match &mut self.values {
             ValueBuilders::Token {
                 code,
