@@ -3,7 +3,9 @@
 //! (`../shared/bench/duckdb_view.py`), on the same data in the same run.
 //!
 //! Run: `cargo bench --bench ingest` (env `FHIRLAKE_BENCH_COPIES`, default 8,
-//! sets the scale of the generated dataset). Data is generated under
+//! sets the scale of the generated dataset; `FHIRLAKE_BENCH_ROUNDS`, default
+//! 1, repeats every run in alternating rounds and reports each tool's median
+//! time, since this VM's speed drifts by ±20 % between runs). Data is generated under
 //! `target/bench-data/` by `fhirlake gen`, never committed. Results are printed
 //! as a Markdown table and written to `target/bench-ingest.json`.
 
@@ -31,23 +33,45 @@ impl Run {
     }
 }
 
-fn fhirlake_load(data: &Path, work: &Path, name: &str, views: bool) -> Run {
+/// What a measured load computes besides the resource tables.
+#[derive(Clone, Copy)]
+enum Load {
+    /// The default load: resource tables, the 11 shipped views, the search
+    /// index.
+    Full,
+    /// Resource tables and the search index.
+    NoViews,
+    /// Resource tables only (with compartments): what the foundation issue
+    /// asks of a load, and the same output as DuckDB's landing (one Parquet
+    /// table per type).
+    TablesOnly,
+}
+
+impl Load {
+    fn tool(self) -> &'static str {
+        match self {
+            Load::Full => "fhirlake load",
+            Load::NoViews => "fhirlake load --no-shipped-views",
+            Load::TablesOnly => "fhirlake load --no-shipped-views --no-index",
+        }
+    }
+}
+
+fn fhirlake_load(data: &Path, work: &Path, name: &str, load: Load) -> Run {
     let wh = work.join(format!("wh-{name}"));
     let _ = std::fs::remove_dir_all(&wh);
     let mut args = vec!["--warehouse", wh.to_str().unwrap(), "load", "--quiet", "--json"];
-    if !views {
-        args.push("--no-shipped-views");
+    match load {
+        Load::Full => {}
+        Load::NoViews => args.push("--no-shipped-views"),
+        Load::TablesOnly => args.extend(["--no-shipped-views", "--no-index"]),
     }
     args.push(data.to_str().unwrap());
     let m = run_measured(Command::new(env!("CARGO_BIN_EXE_fhirlake")).args(&args));
     let (out, seconds, rss) = (m.stdout, m.wall, m.peak_rss_mib);
     let report: serde_json::Value = serde_json::from_str(&out).expect("load --json output");
     Run {
-        tool: if views {
-            "fhirlake load".into()
-        } else {
-            "fhirlake load --no-shipped-views".into()
-        },
+        tool: load.tool().into(),
         dataset: name.into(),
         input_mib: report["ndjson_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
         resources: report["resources"].as_u64().unwrap_or(0),
@@ -89,6 +113,35 @@ fn duckdb(script: &str, data: &Path, work: &Path, name: &str) -> Option<Run> {
     })
 }
 
+/// One run per tool: the one with the median time of its rounds (the
+/// upper median for an even count).
+fn medians(mut all: Vec<Run>) -> Vec<Run> {
+    let mut tools: Vec<String> = Vec::new();
+    for r in &all {
+        if !tools.contains(&r.tool) {
+            tools.push(r.tool.clone());
+        }
+    }
+    if all.len() > tools.len() {
+        for r in &all {
+            println!("round: {} / {}: {:.2} s", r.dataset, r.tool, r.seconds);
+        }
+    }
+    let mut out = Vec::new();
+    for tool in tools {
+        let mut mine: Vec<Run> = Vec::new();
+        let mut rest = Vec::new();
+        for r in all {
+            if r.tool == tool { mine.push(r) } else { rest.push(r) }
+        }
+        all = rest;
+        mine.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+        let mid = mine.len() / 2;
+        out.extend(mine.into_iter().nth(mid));
+    }
+    out
+}
+
 /// Uncompressed NDJSON MiB of the files of `types` in `dir`.
 fn ndjson_mib(dir: &Path, types: &[&str]) -> f64 {
     let mut bytes = 0u64;
@@ -117,15 +170,25 @@ fn main() {
         return;
     };
     let (work, scaled, copies) = common::scaled_dataset(&shared, 8);
+    let rounds: usize = std::env::var("FHIRLAKE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let mut runs = Vec::new();
     for (name, data) in [
         ("synthea-615".to_string(), shared.clone()),
         (format!("synthea-615x{copies}"), scaled.clone()),
     ] {
-        runs.push(fhirlake_load(&data, &work, &name, true));
-        runs.push(fhirlake_load(&data, &work, &name, false));
-        runs.extend(duckdb("duckdb_ingest.py", &data, &work, &name));
-        runs.extend(duckdb("duckdb_view.py", &data, &work, &name));
+        let mut all = Vec::new();
+        for _ in 0..rounds {
+            for load in [Load::Full, Load::NoViews, Load::TablesOnly] {
+                all.push(fhirlake_load(&data, &work, &name, load));
+            }
+            all.extend(duckdb("duckdb_ingest.py", &data, &work, &name));
+            all.extend(duckdb("duckdb_view.py", &data, &work, &name));
+        }
+        runs.extend(medians(all));
     }
     println!("| dataset | tool | NDJSON MiB | resources | seconds | MiB/s | resources/s | peak RSS MiB |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
@@ -164,15 +227,18 @@ fn main() {
         .map(|r| r.dataset.clone())
         .collect::<std::collections::BTreeSet<_>>()
     {
-        let ours = runs.iter().find(|r| r.dataset == dataset && r.tool == "fhirlake load");
         let duck = runs
             .iter()
             .find(|r| r.dataset == dataset && r.tool == "duckdb duckdb_ingest");
-        if let (Some(o), Some(d)) = (ours, duck) {
-            println!(
-                "{dataset}: fhirlake ingest throughput = {:.2}x DuckDB's",
-                o.mib_per_s() / d.mib_per_s()
-            );
+        for load in [Load::Full, Load::NoViews, Load::TablesOnly] {
+            let ours = runs.iter().find(|r| r.dataset == dataset && r.tool == load.tool());
+            if let (Some(o), Some(d)) = (ours, duck) {
+                println!(
+                    "{dataset}: {} throughput = {:.2}x DuckDB's landing",
+                    load.tool(),
+                    o.mib_per_s() / d.mib_per_s()
+                );
+            }
         }
     }
     for r in &runs {
