@@ -15,7 +15,7 @@ use super::{RawCell, ViewCatalog, ViewError, ViewRunner, ViewVariables, view_sch
 use crate::json;
 use crate::store::StoreLocation;
 use crate::warehouse::catalog::{new_session, table_provider};
-use crate::warehouse::parquet_file::ParquetFileWriter;
+use crate::warehouse::parquet_file::{ParquetFileWriter, view_writer_properties};
 use crate::warehouse::{DataFile, TableEntry, TableKind, Warehouse, WarehouseError};
 
 /// Rows buffered per view before they become a batch.
@@ -259,11 +259,12 @@ impl ViewTableWriter {
             Some(w) => w,
             None => {
                 let path = format!("{}-{:05}.parquet", self.prefix, self.done.len());
-                self.writer.insert(ParquetFileWriter::create(
+                self.writer.insert(ParquetFileWriter::create_with(
                     &self.root,
                     path,
                     self.schema.clone(),
                     self.handle.clone(),
+                    view_writer_properties(),
                 )?)
             }
         };

@@ -4,7 +4,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
-use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
 use datafusion::parquet::schema::types::ColumnPath;
 use tokio::runtime::Handle;
 
@@ -30,6 +30,19 @@ const DICTIONARY_PAGE_BYTES: usize = 128 * 1024;
 /// `WHERE id = …` and `_typeFilter=_id` read the table itself (~1 byte per
 /// row at this size).
 pub fn writer_properties() -> WriterProperties {
+    table_properties().build()
+}
+
+/// Writer settings for view tables: those of [`writer_properties`] without
+/// dictionaries. Measured on the 11 shipped views (session 11): encoding
+/// −6 % and files 1.6 % smaller, since zstd finds the repeats a dictionary
+/// would (and view columns such as ids and timestamps are mostly unique,
+/// so their dictionaries were built and then abandoned).
+pub fn view_writer_properties() -> WriterProperties {
+    table_properties().set_dictionary_enabled(false).build()
+}
+
+fn table_properties() -> WriterPropertiesBuilder {
     let raw = ColumnPath::from(resource_columns::RESOURCE);
     let id = ColumnPath::from(resource_columns::ID);
     WriterProperties::builder()
@@ -42,7 +55,6 @@ pub fn writer_properties() -> WriterProperties {
         .set_column_dictionary_enabled(raw.clone(), false)
         .set_column_statistics_enabled(raw, EnabledStatistics::None)
         .set_created_by(concat!("fhirlake ", env!("CARGO_PKG_VERSION")).to_string())
-        .build()
 }
 
 /// Writer settings for search-index files (sorted): row groups of 32 Ki rows
