@@ -522,13 +522,9 @@ fn column_value<'a>(
     result: &mut Collection<'a>,
 ) -> Result<RawCell<'a>, ViewError> {
     result.clear();
-    column
-        .path
-        .evaluate_into(focus, root, &vars.0, result)
-        .map_err(|source| ViewError::Path {
-            at: format!("column {}", column.name),
-            source,
-        })?;
+    evaluate(&column.path, focus, root, vars, result, || {
+        format!("column {}", column.name)
+    })?;
     column_cell(column, result)
 }
 
@@ -546,19 +542,18 @@ fn column_cell<'a>(column: &Column, result: &mut Collection<'a>) -> Result<RawCe
     Ok(result.pop().map_or(RawCell::Null, RawCell::One))
 }
 
-/// Appends what `path` yields on `focus` to `out`; an error names the path.
+/// Appends what `path` yields on `focus` to `out`; an error says where
+/// (`at`: the column, or the path itself).
 fn evaluate<'a>(
     path: &FhirPath,
     focus: &Value<'a>,
     root: &[Value<'a>],
     vars: &ViewVariables,
     out: &mut Collection<'a>,
+    at: impl FnOnce() -> String,
 ) -> Result<(), ViewError> {
     path.evaluate_into(focus, root, &vars.0, out)
-        .map_err(|source| ViewError::Path {
-            at: path.text().to_string(),
-            source,
-        })
+        .map_err(|source| ViewError::Path { at: at(), source })
 }
 
 /// Appends the foci `iteration` yields on `node` to `out`.
@@ -570,7 +565,9 @@ fn iteration_foci<'a>(
     out: &mut Collection<'a>,
 ) -> Result<(), ViewError> {
     match iteration {
-        Iteration::ForEach(p) | Iteration::ForEachOrNull(p) => evaluate(p, node, root, vars, out),
+        Iteration::ForEach(p) | Iteration::ForEachOrNull(p) => {
+            evaluate(p, node, root, vars, out, || p.text().to_string())
+        }
         Iteration::Repeat(paths) => repeat(paths, node, root, vars, out, 0),
     }
 }
@@ -588,7 +585,7 @@ fn repeat<'a>(
     }
     for path in paths {
         let mut children = Vec::new();
-        evaluate(path, node, root, vars, &mut children)?;
+        evaluate(path, node, root, vars, &mut children, || path.text().to_string())?;
         for child in children {
             out.push(child.clone());
             repeat(paths, &child, root, vars, out, depth + 1)?;
