@@ -210,6 +210,137 @@ impl CompiledPath {
     }
 }
 
+/// What a [`DirectPath`] makes of the nodes its steps reach.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DirectEnd {
+    /// The nodes themselves.
+    Nodes,
+    /// `getResourceKey()`.
+    ResourceKey,
+    /// `getReferenceKey([T])` (`T`: the type name asked for, if any).
+    ReferenceKey(Option<String>),
+    /// `exists()` without criteria.
+    Exists,
+    /// `count()`.
+    Count,
+}
+
+/// One item a [`DirectPath`] yields.
+#[derive(Debug, Clone, Copy)]
+pub enum DirectValue<'a> {
+    /// A node of the resource.
+    Node(Node<'a>),
+    /// A key (`getResourceKey()`, `getReferenceKey()`), borrowed from the
+    /// resource.
+    Key(&'a str),
+    /// `exists()`.
+    Boolean(bool),
+    /// `count()`.
+    Integer(i64),
+}
+
+/// A path that reads a focus's JSON with no evaluator around it: member
+/// and choice steps, `first()`, type filters decided when it was compiled,
+/// `where(resolve() is T)`, and at the end the nodes, `getResourceKey()`,
+/// `getReferenceKey([T])`, `exists()` or `count()`. For callers that run
+/// one expression over many foci of one type and want the values, not a
+/// collection (flat views). It yields what the general evaluator yields,
+/// in the same order, or hands back when the data needs the evaluator (a
+/// primitive's `_name` companion).
+#[derive(Debug, Clone)]
+pub struct DirectPath {
+    steps: Vec<Step>,
+    end: DirectEnd,
+    model: &'static FhirModel,
+}
+
+impl DirectPath {
+    /// Compiles `expr` for a focus of type `fhir_type` whose children are
+    /// defined by `owner`; `None` when it is not one of the shapes above.
+    pub(super) fn compile(
+        expr: &Expr,
+        fhir_type: &'static str,
+        owner: &'static str,
+        model: &'static FhirModel,
+    ) -> Option<Self> {
+        let (steps, end) = match CompiledPath::compile(expr, fhir_type, owner, model)? {
+            CompiledPath::Steps(steps) => (steps, DirectEnd::Nodes),
+            CompiledPath::ResourceKey(steps) => (steps, DirectEnd::ResourceKey),
+            CompiledPath::ReferenceKey { input, wanted } => (input, DirectEnd::ReferenceKey(wanted)),
+            CompiledPath::Exists(steps) => (steps, DirectEnd::Exists),
+            CompiledPath::Count(steps) => (steps, DirectEnd::Count),
+            CompiledPath::Union(..) | CompiledPath::Call { .. } => return None,
+        };
+        streams(&steps).then_some(Self { steps, end, model })
+    }
+
+    /// What the path makes of its nodes.
+    pub fn end(&self) -> &DirectEnd {
+        &self.end
+    }
+
+    /// Calls `sink` with each item the path yields on `focus` (a node of
+    /// the type it was compiled for), in order. `false` when the data needs
+    /// the general evaluator: the items passed so far are then incomplete.
+    pub fn for_each<'a>(&self, focus: Node<'a>, mut sink: impl FnMut(DirectValue<'a>)) -> bool {
+        static NO_VARIABLES: std::sync::OnceLock<std::collections::HashMap<String, Collection<'static>>> =
+            std::sync::OnceLock::new();
+        // Only `where(resolve() is T)` consults it, for type tests.
+        let evaluator = Evaluator {
+            model: self.model,
+            resource: &[],
+            variables: NO_VARIABLES.get_or_init(Default::default),
+        };
+        let mut taken = 0u64;
+        let mut count = 0i64;
+        let flow = walk(
+            &self.steps,
+            0,
+            focus,
+            &mut taken,
+            &evaluator,
+            &mut |node: Node<'a>| match &self.end {
+                DirectEnd::Nodes => sink(DirectValue::Node(node)),
+                DirectEnd::ResourceKey => {
+                    if let Some(key) = functions::resource_key_str(&node) {
+                        sink(DirectValue::Key(key));
+                    }
+                }
+                DirectEnd::ReferenceKey(wanted) => {
+                    if let Some(key) = functions::reference_key_str(&node, wanted.as_deref()) {
+                        sink(DirectValue::Key(key));
+                    }
+                }
+                DirectEnd::Exists | DirectEnd::Count => count += 1,
+            },
+        );
+        match self.end {
+            DirectEnd::Exists => sink(DirectValue::Boolean(count > 0)),
+            DirectEnd::Count => sink(DirectValue::Integer(count)),
+            _ => {}
+        }
+        flow != Flow::Fallback
+    }
+}
+
+/// The static type of what `expr` yields on a focus of `fhir_type`
+/// (children defined by `owner`): the type code and children owner every
+/// item has, when the compiled form knows it.
+pub(super) fn result_type(
+    expr: &Expr,
+    fhir_type: &'static str,
+    owner: &'static str,
+    model: &'static FhirModel,
+) -> Option<(&'static str, &'static str)> {
+    let focus = Shape {
+        fhir_type,
+        owner: Some(owner),
+    };
+    let (_, shape) = compile_expr(expr, focus, model)?;
+    let shape = shape?;
+    Some((shape.fhir_type, shape.owner?))
+}
+
 /// Compiles `expr`; returns the path and the shape of its result (`None`
 /// shape: the items' types are not known, so no member step may follow).
 fn compile_expr(expr: &Expr, focus: Shape, model: &'static FhirModel) -> Option<(CompiledPath, Option<Shape>)> {
@@ -449,7 +580,8 @@ fn for_each_node<'a>(
 /// comparing bytes: a member step scans every key of its object, and FHIR
 /// element names are short and often of equal length.
 fn same_name(key: &str, name: &str) -> bool {
-    key.len() == name.len() && key.as_bytes().first() == name.as_bytes().first() && key == name
+    // A byte loop, not `==`: the names are short, and `==` calls `memcmp`.
+    key.len() == name.len() && key.bytes().zip(name.bytes()).all(|(a, b)| a == b)
 }
 
 /// How a depth-first walk goes on.
@@ -461,6 +593,35 @@ enum Flow {
     Stop,
     /// The data needs the general evaluator.
     Fallback,
+}
+
+/// Walks `steps[at..]` from each item of `value` (an array's items, or the
+/// value itself; nulls skipped) as a node of `fhir_type`, in order, until
+/// a `first()` has its item or the data needs the general evaluator.
+#[allow(clippy::too_many_arguments)]
+fn walk_items<'a>(
+    steps: &[Step],
+    at: usize,
+    value: &'a JsonValue<'a>,
+    fhir_type: &'static str,
+    owner: Option<&'static str>,
+    taken: &mut u64,
+    evaluator: &Evaluator<'a, '_>,
+    sink: &mut impl FnMut(Node<'a>),
+) -> Flow {
+    let mut flow = Flow::Continue;
+    value.for_each_item(|item| {
+        if flow == Flow::Continue && !matches!(item, JsonValue::Null) {
+            let child = Node {
+                json: item,
+                fhir_type: Some(fhir_type),
+                children_owner: owner,
+                primitive_element: None,
+            };
+            flow = walk(steps, at, child, taken, evaluator, sink);
+        }
+    });
+    flow
 }
 
 /// Walks `steps[at..]` from `node` depth first, which visits the nodes in
@@ -479,19 +640,7 @@ fn walk<'a>(
         return Flow::Continue;
     };
     let mut children = |value: &'a JsonValue<'a>, fhir_type: &'static str, owner: Option<&'static str>| {
-        let mut flow = Flow::Continue;
-        value.for_each_item(|item| {
-            if flow == Flow::Continue && !matches!(item, JsonValue::Null) {
-                let child = Node {
-                    json: item,
-                    fhir_type: Some(fhir_type),
-                    children_owner: owner,
-                    primitive_element: None,
-                };
-                flow = walk(steps, at + 1, child, taken, evaluator, sink);
-            }
-        });
-        flow
+        walk_items(steps, at + 1, value, fhir_type, owner, taken, evaluator, sink)
     };
     match step {
         Step::Member { name, fhir_type, owner } => {

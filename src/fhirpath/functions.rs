@@ -767,13 +767,24 @@ pub fn call<'a>(
 
 /// `getResourceKey()` of one node: the id of a resource node.
 pub(super) fn resource_key<'a>(node: &Node<'a>) -> Option<Value<'a>> {
+    resource_key_str(node).map(|s| Value::String(s.to_string()))
+}
+
+/// `getResourceKey()` of one node, borrowed from the resource.
+pub(super) fn resource_key_str<'a>(node: &Node<'a>) -> Option<&'a str> {
     node.json.get("resourceType")?;
-    node.json.get("id")?.as_str().map(|s| Value::String(s.to_string()))
+    node.json.get("id")?.as_str()
 }
 
 /// `getReferenceKey([wanted])` of one Reference node: the target's id, if
 /// its type (from the reference text, else `Reference.type`) is `wanted`.
 pub(super) fn reference_key<'a>(node: &Node<'a>, wanted: Option<&str>) -> Option<Value<'a>> {
+    reference_key_str(node, wanted).map(|s| Value::String(s.to_string()))
+}
+
+/// `getReferenceKey([wanted])` of one Reference node, borrowed from the
+/// resource.
+pub(super) fn reference_key_str<'a>(node: &Node<'a>, wanted: Option<&str>) -> Option<&'a str> {
     let target = parse_reference(node.json.get("reference")?.as_str()?)?;
     let t = target.resource_type.or_else(|| {
         node.json
@@ -786,7 +797,7 @@ pub(super) fn reference_key<'a>(node: &Node<'a>, wanted: Option<&str>) -> Option
     {
         return None;
     }
-    Some(Value::String(target.id.to_string()))
+    Some(target.id)
 }
 
 /// The target type and id of a Reference node, as `resolve()` sees them:

@@ -20,6 +20,7 @@ pub mod value;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
+pub use compiled::{DirectEnd, DirectPath, DirectValue};
 pub use eval::{Evaluator, Scope};
 use value::Node;
 pub use value::{Collection, Value};
@@ -145,6 +146,22 @@ impl FhirPath {
             ast,
             compiled: OnceLock::new(),
         })
+    }
+
+    /// This path compiled for foci of type `fhir_type` (children defined by
+    /// `owner`; for a resource, its type) to a [`DirectPath`], if it is one
+    /// of its shapes.
+    pub fn direct(&self, fhir_type: &'static str, owner: &'static str) -> Option<DirectPath> {
+        let model = FhirModel::r4().ok()?;
+        DirectPath::compile(&self.ast, fhir_type, owner, model)
+    }
+
+    /// The FHIR type code and children owner of every item this path yields
+    /// on a focus of `fhir_type` (children defined by `owner`), when they
+    /// are known without evaluating it.
+    pub fn result_type(&self, fhir_type: &'static str, owner: &'static str) -> Option<(&'static str, &'static str)> {
+        let model = FhirModel::r4().ok()?;
+        compiled::result_type(&self.ast, fhir_type, owner, model)
     }
 
     /// The source text.

@@ -23,7 +23,7 @@ use crate::search::SearchRegistry;
 use crate::store::StoreLocation;
 use crate::view::catalog::view_table_key;
 use crate::view::materialize::{ViewBuffers, ViewScratch, ViewTableWriter};
-use crate::view::{ViewCatalog, ViewRunner, ViewVariables, typed_cells};
+use crate::view::{ViewCatalog, ViewRunner, ViewVariables};
 use crate::warehouse::parquet_file::ParquetFileWriter;
 use crate::warehouse::schema::{rejects_schema, resource_schema};
 use crate::warehouse::{DataFile, REJECTS_TABLE, TOMBSTONES_TABLE};
@@ -314,8 +314,9 @@ impl<'a> Worker<'a> {
     }
 
     fn view_writer(&mut self, i: usize) -> &mut ViewTableWriter {
-        let (ctx, schema, part) = (self.ctx, self.view_buffers.schema(i), format!("w{}", self.index));
+        let (ctx, index, buffers) = (self.ctx, self.index, &self.view_buffers);
         self.view_writers[i].get_or_insert_with(|| {
+            let (schema, part) = (buffers.schema(i), format!("w{index}"));
             ViewTableWriter::new(
                 ctx.root,
                 ctx.views.name(i),
@@ -359,19 +360,14 @@ impl<'a> Worker<'a> {
                 message: e.to_string(),
             })
         };
-        // Every view's rows, one row-major run of cells per view, then
-        // their converted values (one per cell, in the same order).
-        let mut cells = self.view_scratch.take_cells();
+        // Every view's rows, converted to their column types: one
+        // row-major run of values per view.
+        let mut typed = self.view_scratch.take_typed();
         self.view_spans.clear();
         for &i in views {
-            let start = cells.len();
-            let rows = self.ctx.runners[i].rows_into(&value, &mut self.view_variables[i], &mut cells);
+            let start = typed.len();
+            let rows = self.ctx.runners[i].typed_rows_into(&value, &mut self.view_variables[i], &mut typed);
             self.view_spans.push((i, start, rows.map_err(|e| rejected(i, e))?));
-        }
-        let mut typed = self.view_scratch.take_typed();
-        for (k, &(i, start, _)) in self.view_spans.iter().enumerate() {
-            let end = self.view_spans.get(k + 1).map_or(cells.len(), |next| next.1);
-            typed_cells(&self.view_buffers.schema(i), &cells[start..end], &mut typed).map_err(|e| rejected(i, e))?;
         }
         let viewed = Instant::now();
         self.stages.views += viewed - parsed;
@@ -408,7 +404,6 @@ impl<'a> Worker<'a> {
             }
         }
         self.view_scratch.put_typed(typed);
-        self.view_scratch.put_cells(cells);
         self.stages.views += started.elapsed();
         Ok(header.resource_type)
     }

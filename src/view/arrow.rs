@@ -105,7 +105,7 @@ fn value_error(column: &str, value: &CellValue, t: &DataType) -> ViewError {
 /// A cell converted to its column's Arrow type, ready to append: converting
 /// can fail (a value that does not fit the type), appending cannot, so a
 /// resource's rows are converted whole before any is appended.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Typed<'b> {
     /// Null.
     Null,
@@ -120,7 +120,7 @@ pub enum Typed<'b> {
 }
 
 /// Converts an owned value to type `t`.
-fn typed_value(t: &DataType, value: CellValue, column: &str) -> Result<Typed<'static>, ViewError> {
+pub(super) fn typed_value(t: &DataType, value: CellValue, column: &str) -> Result<Typed<'static>, ViewError> {
     Ok(match (t, value) {
         (DataType::Boolean, CellValue::Bool(v)) => Typed::Bool(v),
         (DataType::Int32, CellValue::Int(v)) => {
@@ -145,18 +145,20 @@ fn typed_value(t: &DataType, value: CellValue, column: &str) -> Result<Typed<'st
     })
 }
 
-/// Converts a FHIRPath value to type `t`; strings of the resource stay borrowed.
-fn typed_item<'b>(t: &DataType, value: &'b Value<'_>, column: &str) -> Result<Typed<'b>, ViewError> {
-    // Computed strings (`getResourceKey()`, `getReferenceKey()`) are
-    // borrowed too, not copied through `cell_value`.
-    if let (DataType::Utf8, Value::String(s)) = (t, value) {
-        return Ok(Typed::Text(Cow::Borrowed(s.as_str())));
+/// Converts a FHIRPath value to type `t`; strings of the resource stay
+/// borrowed, computed strings (`getResourceKey()` on the general path) are
+/// copied.
+fn typed_item<'a>(t: &DataType, value: &Value<'a>, column: &str) -> Result<Typed<'a>, ViewError> {
+    match value {
+        Value::Node(node) => typed_node(t, *node, column),
+        Value::String(s) if *t == DataType::Utf8 => Ok(Typed::Text(Cow::Owned(s.clone()))),
+        other => typed_value(t, cell_value(other), column),
     }
-    if let Value::Node(Node {
-        json: JsonValue::String(s),
-        ..
-    }) = value
-    {
+}
+
+/// Converts a node of the resource to type `t` (strings stay borrowed).
+pub(super) fn typed_node<'a>(t: &DataType, node: Node<'a>, column: &str) -> Result<Typed<'a>, ViewError> {
+    if let JsonValue::String(s) = node.json {
         match t {
             DataType::Utf8 => return Ok(Typed::Text(Cow::Borrowed(s.as_ref()))),
             DataType::Timestamp(..) => {
@@ -167,7 +169,15 @@ fn typed_item<'b>(t: &DataType, value: &'b Value<'_>, column: &str) -> Result<Ty
             _ => {}
         }
     }
-    typed_value(t, cell_value(value), column)
+    typed_value(t, cell_value(&Value::Node(node)), column)
+}
+
+/// Converts a string of the resource (a key) to type `t`.
+pub(super) fn typed_str<'a>(t: &DataType, s: &'a str, column: &str) -> Result<Typed<'a>, ViewError> {
+    match t {
+        DataType::Utf8 => Ok(Typed::Text(Cow::Borrowed(s))),
+        _ => typed_value(t, CellValue::Str(s.to_string()), column),
+    }
 }
 
 /// A cell's shape, whatever form its values take.
@@ -201,10 +211,10 @@ fn convert_cell<'c, 'b, V: 'c>(
 
 /// Converts row-major `cells` (one per field of `schema`, row after row) to
 /// the types of `schema`, appending one [`Typed`] per cell to `out`.
-pub fn typed_cells<'b>(
+pub(super) fn typed_cells<'a>(
     schema: &SchemaRef,
-    cells: &'b [RawCell<'_>],
-    out: &mut Vec<Typed<'b>>,
+    cells: &[RawCell<'a>],
+    out: &mut Vec<Typed<'a>>,
 ) -> Result<(), ViewError> {
     let fields = schema.fields();
     if fields.is_empty() {
@@ -213,10 +223,15 @@ pub fn typed_cells<'b>(
     out.reserve(cells.len());
     for row in cells.chunks(fields.len()) {
         for (cell, field) in row.iter().zip(fields.iter()) {
-            out.push(convert_cell(field, raw_shape(cell), &typed_item)?);
+            out.push(typed_cell(field, cell)?);
         }
     }
     Ok(())
+}
+
+/// Converts one cell to the type of `field`.
+pub(super) fn typed_cell<'a>(field: &Field, cell: &RawCell<'a>) -> Result<Typed<'a>, ViewError> {
+    convert_cell(field, raw_shape(cell), &typed_item)
 }
 
 /// Converts owned rows to the types of `schema`, row-major (see [`typed_cells`]).

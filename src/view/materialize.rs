@@ -7,11 +7,11 @@ use datafusion::arrow::datatypes::SchemaRef;
 use futures::StreamExt;
 use tokio::runtime::Handle;
 
-use super::arrow::{Typed, append_rows, column_builder, finish_batch, typed_cells};
+use super::arrow::{Typed, append_rows, column_builder, finish_batch};
 use std::collections::BTreeMap;
 
 use super::catalog::view_table_key;
-use super::{RawCell, ViewCatalog, ViewError, ViewRunner, ViewVariables, view_schema};
+use super::{ViewCatalog, ViewError, ViewRunner, ViewVariables};
 use crate::json;
 use crate::store::StoreLocation;
 use crate::warehouse::catalog::{new_session, table_provider};
@@ -69,7 +69,7 @@ pub struct ViewBuffers {
 impl ViewBuffers {
     /// Buffers for `runners`.
     pub fn new(runners: &[&ViewRunner<'_>]) -> Self {
-        let schemas: Vec<SchemaRef> = runners.iter().map(|r| view_schema(r.view())).collect();
+        let schemas: Vec<SchemaRef> = runners.iter().map(|r| r.schema().clone()).collect();
         Self {
             builders: schemas.iter().map(new_builders).collect(),
             rows: vec![0; schemas.len()],
@@ -79,7 +79,8 @@ impl ViewBuffers {
     }
 
     /// Appends `rows` converted rows of view `i` (row-major values, see
-    /// [`typed_cells`]); returns a batch when the buffer is full.
+    /// [`ViewRunner::typed_rows_into`]); returns a batch when the buffer is
+    /// full.
     pub fn push(&mut self, i: usize, values: &[Typed<'_>], rows: usize) -> Result<Option<RecordBatch>, ViewError> {
         append_rows(&self.schemas[i], &mut self.builders[i], values)?;
         self.rows[i] += rows;
@@ -99,22 +100,22 @@ impl ViewBuffers {
         resource: &json::JsonValue<'_>,
         vars: &mut ViewVariables,
     ) -> Result<Option<RecordBatch>, ViewError> {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let mut cells = scratch.take_cells();
-        let rows = runner.rows_into(resource, vars, &mut cells)?;
-        let mut typed = scratch.take_typed();
-        typed_cells(&self.schemas[i], &cells, &mut typed)?;
-        let batch = self.push(i, &typed, rows);
-        scratch.put_typed(typed);
-        scratch.put_cells(cells);
-        self.scratch = scratch;
+        let mut typed = self.scratch.take_typed();
+        let batch = runner
+            .typed_rows_into(resource, vars, &mut typed)
+            .and_then(|rows| self.push(i, &typed, rows));
+        self.scratch.put_typed(typed);
         batch
     }
 
     /// Takes view `i`'s buffered rows as a batch (possibly empty).
     pub fn take(&mut self, i: usize) -> Result<RecordBatch, ViewError> {
         self.rows[i] = 0;
-        finish_batch(&self.schemas[i], &mut self.builders[i])
+        let batch = finish_batch(&self.schemas[i], &mut self.builders[i]);
+        // Finished builders keep no capacity: the next batch would grow
+        // every buffer from nothing, copying as it doubles.
+        self.builders[i] = new_builders(&self.schemas[i]);
+        batch
     }
 
     /// The schema of view `i`.
@@ -123,38 +124,25 @@ impl ViewBuffers {
     }
 }
 
-/// Buffers for one resource's view rows, reused across resources: the cells
-/// of [`ViewRunner::rows_into`] and their converted values. While in use
-/// they borrow the resource; between resources they are empty and only keep
-/// their capacity, so building rows allocates nothing per resource in the
-/// common case.
+/// The buffer for one resource's converted view rows, reused across
+/// resources. While in use it borrows the resource; between resources it is
+/// empty and only keeps its capacity, so building rows allocates nothing
+/// per resource in the common case.
 #[derive(Default)]
 pub struct ViewScratch {
-    cells: Vec<RawCell<'static>>,
     typed: Vec<Typed<'static>>,
 }
 
 impl ViewScratch {
-    /// The cell buffer, empty.
-    pub fn take_cells<'a>(&mut self) -> Vec<RawCell<'a>> {
-        std::mem::take(&mut self.cells)
-    }
-
-    /// The converted-value buffer, empty.
+    /// The buffer, empty.
     pub fn take_typed<'b>(&mut self) -> Vec<Typed<'b>> {
         std::mem::take(&mut self.typed)
     }
 
-    /// Gives the cell buffer back (emptied; its allocation is kept).
-    pub fn put_cells(&mut self, mut cells: Vec<RawCell<'_>>) {
-        cells.clear();
-        // An empty vector collected in place: same allocation, no borrow.
-        self.cells = cells.into_iter().map(|_| RawCell::Null).collect();
-    }
-
-    /// Gives the converted-value buffer back (emptied; its allocation is kept).
+    /// Gives the buffer back (emptied; its allocation is kept).
     pub fn put_typed(&mut self, mut typed: Vec<Typed<'_>>) {
         typed.clear();
+        // An empty vector collected in place: same allocation, no borrow.
         self.typed = typed.into_iter().map(|_| Typed::Null).collect();
     }
 }

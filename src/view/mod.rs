@@ -4,11 +4,12 @@
 
 mod arrow;
 pub mod catalog;
+mod flat;
 pub mod materialize;
 mod model;
 mod run;
 
-pub use arrow::{Typed, rows_to_batch, typed_cells, view_schema};
+pub use arrow::{Typed, rows_to_batch, view_schema};
 pub use catalog::ViewCatalog;
 pub use model::{Column, Iteration, Select, ViewDefinition};
 pub use run::{Cell, CellValue, RawCell, RawRow, Row, ViewRunner, ViewVariables};

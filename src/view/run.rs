@@ -6,7 +6,11 @@ use std::collections::HashMap;
 
 use serde_json::Value as Json;
 
+use datafusion::arrow::datatypes::SchemaRef;
+
 use super::ViewError;
+use super::arrow::{Typed, typed_cells, view_schema};
+use super::flat::FlatPlan;
 use super::model::{Column, Iteration, Select, ViewDefinition, all_columns};
 use crate::fhir::model::FhirModel;
 use crate::fhirpath::temporal::{DateTimeValue, TimeValue};
@@ -152,6 +156,11 @@ pub struct ViewRunner<'v> {
     /// Whether the view is flat (see [`is_flat`]): its rows are then built
     /// in place by [`ViewRunner::flat_rows`].
     flat: bool,
+    /// For a flat view, how [`ViewRunner::typed_rows_into`] reads each
+    /// column.
+    plan: Option<FlatPlan>,
+    /// The Arrow schema of its rows.
+    schema: SchemaRef,
 }
 
 /// Most iterating selections a flat view may have (their fragments are
@@ -202,17 +211,51 @@ impl<'v> ViewRunner<'v> {
             constants.push((name.clone(), v));
         }
         let row_index = view.select.iter().any(reads_row_index) || view.where_paths.iter().any(mentions_row_index);
+        let flat = is_flat(view, row_index);
         Ok(Self {
             view,
             constants,
             row_index,
-            flat: is_flat(view, row_index),
+            flat,
+            plan: flat.then(|| FlatPlan::new(view)),
+            schema: view_schema(view),
         })
     }
 
     /// The view being run.
     pub fn view(&self) -> &ViewDefinition {
         self.view
+    }
+
+    /// The Arrow schema of the view's rows ([`view_schema`]).
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// How many columns of a flat view are read straight from the JSON
+    /// (none for other views).
+    pub fn direct_columns(&self) -> usize {
+        self.plan.as_ref().map_or(0, FlatPlan::direct_columns)
+    }
+
+    /// Appends the rows `resource` yields to `out` converted to the view's
+    /// column types ([`ViewRunner::schema`]), row-major as
+    /// [`ViewRunner::rows_into`] orders them; returns how many rows. Flat
+    /// views read their columns straight from the JSON where they can (see
+    /// `flat`). On an error, `out` may hold part of the rows.
+    pub fn typed_rows_into<'a>(
+        &self,
+        resource: &'a JsonValue<'a>,
+        vars: &mut ViewVariables,
+        out: &mut Vec<Typed<'a>>,
+    ) -> Result<usize, ViewError> {
+        if let Some(plan) = &self.plan {
+            return plan.rows(self, resource, vars, out);
+        }
+        let mut cells = Vec::new();
+        let rows = self.rows_into(resource, vars, &mut cells)?;
+        typed_cells(&self.schema, &cells, out)?;
+        Ok(rows)
     }
 
     /// The variables of this view (constants, `%rowIndex`), for [`ViewRunner::raw_rows`].
@@ -247,7 +290,7 @@ impl<'v> ViewRunner<'v> {
         };
         if self.flat {
             let mut cells = Vec::new();
-            let rows = self.flat_rows(&root, vars, &mut cells)?;
+            let rows = self.raw_flat_rows(&root, vars, &mut cells)?;
             let n = self.view.columns.len();
             let mut cells = cells.into_iter();
             return Ok((0..rows).map(|_| cells.by_ref().take(n).collect()).collect());
@@ -269,7 +312,7 @@ impl<'v> ViewRunner<'v> {
             return Ok(0);
         };
         if self.flat {
-            return self.flat_rows(&root, vars, out);
+            return self.raw_flat_rows(&root, vars, out);
         }
         let rows = self.general_rows(&root, vars)?;
         let count = rows.len();
@@ -279,7 +322,7 @@ impl<'v> ViewRunner<'v> {
 
     /// The root value of `resource`, or `None` when the view does not
     /// apply (another type, or a `where` filter is false).
-    fn root<'a>(
+    pub(super) fn root<'a>(
         &self,
         resource: &'a JsonValue<'a>,
         vars: &mut ViewVariables,
@@ -346,31 +389,49 @@ impl<'v> ViewRunner<'v> {
             .collect())
     }
 
-    /// The rows of a flat view (see [`is_flat`]), appended to `out` as in
-    /// [`ViewRunner::rows_into`]. A selection without iteration yields one
-    /// fragment, written straight into a row template at `out`'s end; an
-    /// iterating one yields a fragment (its columns) per focus, written
-    /// after the template. Rows are the product of the fragments, the first
-    /// selection outermost (as the general model orders them); the common
-    /// case of one fragment each moves the cells into the template.
-    fn flat_rows<'a>(
+    /// [`ViewRunner::flat_rows`] with cells of FHIRPath values.
+    fn raw_flat_rows<'a>(
         &self,
         root: &[Value<'a>; 1],
         vars: &ViewVariables,
         out: &mut Vec<RawCell<'a>>,
     ) -> Result<usize, ViewError> {
+        let mut result = Vec::new();
+        self.flat_rows(root, vars, out, RawCell::Null, null_cell, |column, focus| {
+            column_value(column, focus, root, vars, &mut result)
+        })
+    }
+
+    /// The rows of a flat view (see [`is_flat`]), appended to `out` as in
+    /// [`ViewRunner::rows_into`], with cells of any form: `cell` makes a
+    /// column's cell on a focus, `null` the cell of a `forEachOrNull`
+    /// without foci, `empty` fills slots about to be written. A selection
+    /// without iteration yields one fragment, written straight into a row
+    /// template at `out`'s end; an iterating one yields a fragment (its
+    /// columns) per focus, written after the template. Rows are the product
+    /// of the fragments, the first selection outermost (as the general
+    /// model orders them); the common case of one fragment each moves the
+    /// cells into the template.
+    pub(super) fn flat_rows<'a, T: Clone>(
+        &self,
+        root: &[Value<'a>; 1],
+        vars: &ViewVariables,
+        out: &mut Vec<T>,
+        empty: T,
+        null: impl Fn(&Column) -> T,
+        mut cell: impl FnMut(&Column, &Value<'a>) -> Result<T, ViewError>,
+    ) -> Result<usize, ViewError> {
         let n = self.view.columns.len();
         let base = out.len();
-        out.resize(base + n, RawCell::Null);
+        out.resize(base + n, empty.clone());
         // (selection, first cell of its fragments, number of fragments)
         let mut iterating = [(0usize, 0usize, 0usize); FLAT_ITERATIONS];
         let mut iterations = 0;
-        let mut result = Vec::new();
         let mut foci = Vec::new();
         for (si, select) in self.view.select.iter().enumerate() {
             let Some(iteration) = &select.iteration else {
                 for column in &select.columns {
-                    out[base + column.index] = column_value(column, &root[0], root, vars, &mut result)?;
+                    out[base + column.index] = cell(column, &root[0])?;
                 }
                 continue;
             };
@@ -379,7 +440,7 @@ impl<'v> ViewRunner<'v> {
             let start = out.len();
             let fragments = if foci.is_empty() {
                 if matches!(iteration, Iteration::ForEachOrNull(_)) {
-                    out.extend(select.columns.iter().map(null_cell));
+                    out.extend(select.columns.iter().map(&null));
                     1
                 } else {
                     0
@@ -387,7 +448,7 @@ impl<'v> ViewRunner<'v> {
             } else {
                 for focus in &foci {
                     for column in &select.columns {
-                        out.push(column_value(column, focus, root, vars, &mut result)?);
+                        out.push(cell(column, focus)?);
                     }
                 }
                 foci.len()
@@ -404,7 +465,7 @@ impl<'v> ViewRunner<'v> {
         if total == 1 {
             for &(si, start, _) in iterating {
                 for (j, column) in self.view.select[si].columns.iter().enumerate() {
-                    out[base + column.index] = std::mem::replace(&mut out[start + j], RawCell::Null);
+                    out[base + column.index] = std::mem::replace(&mut out[start + j], empty.clone());
                 }
             }
             out.truncate(base + n);
@@ -514,7 +575,7 @@ fn null_cell<'a>(column: &Column) -> RawCell<'a> {
 
 /// `column`'s cell on `focus`; `result` is a scratch buffer (a single
 /// value is moved out of it).
-fn column_value<'a>(
+pub(super) fn column_value<'a>(
     column: &Column,
     focus: &Value<'a>,
     root: &[Value<'a>],
@@ -660,7 +721,7 @@ mod tests {
                 };
                 let general = runner.general_rows(&root, &mut vars).unwrap();
                 let mut cells = vec![RawCell::One(Value::Integer(42))];
-                let rows = runner.flat_rows(&root, &vars, &mut cells).unwrap();
+                let rows = runner.raw_flat_rows(&root, &vars, &mut cells).unwrap();
                 assert_eq!(rows, general.len());
                 // What was in the buffer before stays.
                 assert!(matches!(cells[0], RawCell::One(Value::Integer(42))));

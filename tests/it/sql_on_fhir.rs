@@ -4,8 +4,11 @@
 
 use std::collections::BTreeMap;
 
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::concat_batches;
 use fhirlake::json::{JsonValue, parse};
-use fhirlake::view::{Cell, CellValue, ViewDefinition, ViewRunner, rows_to_batch, view_schema};
+use fhirlake::view::materialize::ViewBuffers;
+use fhirlake::view::{Cell, CellValue, ViewDefinition, ViewError, ViewRunner, rows_to_batch, view_schema};
 use serde_json::{Value as Json, json};
 
 use crate::common::repo;
@@ -36,12 +39,31 @@ fn run_view(view: &Json, resources: &[JsonValue<'_>]) -> Result<(Vec<String>, Ve
     let view = ViewDefinition::from_json(view).map_err(|e| e.to_string())?;
     let runner = ViewRunner::new(&view).map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
-    for resource in resources {
-        rows.extend(runner.rows(resource).map_err(|e| e.to_string())?);
-    }
+    let general = resources.iter().try_for_each(|resource| {
+        rows.extend(runner.rows(resource)?);
+        Ok::<_, fhirlake::view::ViewError>(())
+    });
+    // The typed rows that loads write (read straight from the JSON for flat
+    // views) are the general model's rows, converted; or both fail.
+    let typed = typed_batch(&runner, resources);
+    general.map_err(|e| {
+        assert!(
+            typed.is_err(),
+            "{}: general model failed ({e}), typed rows did not",
+            runner.view().resource
+        );
+        e.to_string()
+    })?;
     // The Arrow conversion must accept every row the runner produced.
     let schema = view_schema(&view);
-    rows_to_batch(&schema, &rows).map_err(|e| format!("arrow: {e}"))?;
+    let batch = rows_to_batch(&schema, &rows).map_err(|e| {
+        assert!(typed.is_err(), "conversion failed ({e}), typed rows did not");
+        format!("arrow: {e}")
+    })?;
+    match typed {
+        Ok(typed) => assert_eq!(typed, batch, "typed rows differ from the general model's"),
+        Err(e) => panic!("typed rows failed ({e}), the general model did not"),
+    }
     let names: Vec<String> = view.columns.iter().map(|c| c.name.clone()).collect();
     let objects = rows
         .iter()
@@ -59,6 +81,21 @@ fn run_view(view: &Json, resources: &[JsonValue<'_>]) -> Result<(Vec<String>, Ve
         })
         .collect();
     Ok((names, objects))
+}
+
+/// The rows of `runner` over `resources` as `ViewRunner::typed_rows_into`
+/// makes them for loads, in one batch.
+fn typed_batch(runner: &ViewRunner<'_>, resources: &[JsonValue<'_>]) -> Result<RecordBatch, ViewError> {
+    let mut buffers = ViewBuffers::new(&[runner]);
+    let mut vars = runner.variables();
+    let mut batches = Vec::new();
+    for resource in resources {
+        let mut typed = Vec::new();
+        let rows = runner.typed_rows_into(resource, &mut vars, &mut typed)?;
+        batches.extend(buffers.push(0, &typed, rows)?);
+    }
+    batches.push(buffers.take(0)?);
+    Ok(concat_batches(runner.schema(), &batches).expect("batches of one schema"))
 }
 
 fn check(test: &Json, resources: &[JsonValue<'_>]) -> Result<(), String> {
