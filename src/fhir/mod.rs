@@ -9,7 +9,7 @@ pub mod resource_types;
 pub mod search_parameters;
 
 pub use compartment::PatientCompartment;
-pub use reference::{ReferenceTarget, parse_reference};
+pub use reference::{ReferenceTarget, parse_reference, split_reference};
 pub use resource_types::ResourceTypes;
 
 /// Errors in the bundled FHIR definitions (a broken build, not user input).

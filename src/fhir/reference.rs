@@ -17,14 +17,24 @@ pub struct ReferenceTarget<'a> {
 /// Contained (`#x`), conditional (`Patient?identifier=…`) and unparseable
 /// references give `None`: they name no resource by id.
 pub fn parse_reference(reference: &str) -> Option<ReferenceTarget<'_>> {
+    let (type_name, id) = split_reference(reference)?;
+    let resource_type = match type_name {
+        Some(name) => Some(ResourceTypes::r4().ok()?.get(name)?),
+        None => None,
+    };
+    Some(ReferenceTarget { resource_type, id })
+}
+
+/// The type name as written (not checked against the resource types;
+/// `None` for `urn:uuid:` / `urn:oid:`) and the id of a literal reference;
+/// [`parse_reference`] without the type look-up, for callers that compare
+/// the name with one known type.
+pub fn split_reference(reference: &str) -> Option<(Option<&str>, &str)> {
     if let Some(id) = reference
         .strip_prefix("urn:uuid:")
         .or_else(|| reference.strip_prefix("urn:oid:"))
     {
-        return (!id.is_empty()).then_some(ReferenceTarget {
-            resource_type: None,
-            id,
-        });
+        return (!id.is_empty()).then_some((None, id));
     }
     if reference.starts_with('#') || memchr::memchr(b'?', reference.as_bytes()).is_some() {
         return None;
@@ -41,11 +51,7 @@ pub fn parse_reference(reference: &str) -> Option<ReferenceTarget<'_>> {
     let id = &path[slash + 1..];
     let before = &path[..slash];
     let type_name = memchr::memrchr(b'/', before.as_bytes()).map_or(before, |i| &before[i + 1..]);
-    let resource_type = ResourceTypes::r4().ok()?.get(type_name)?;
-    (!id.is_empty()).then_some(ReferenceTarget {
-        resource_type: Some(resource_type),
-        id,
-    })
+    (!id.is_empty()).then_some((Some(type_name), id))
 }
 
 #[cfg(test)]

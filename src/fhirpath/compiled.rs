@@ -217,8 +217,8 @@ pub enum DirectEnd {
     Nodes,
     /// `getResourceKey()`.
     ResourceKey,
-    /// `getReferenceKey([T])` (`T`: the type name asked for, if any).
-    ReferenceKey(Option<String>),
+    /// `getReferenceKey([T])` (`T`: the resource type asked for, if any).
+    ReferenceKey(Option<&'static str>),
     /// `exists()` without criteria.
     Exists,
     /// `count()`.
@@ -266,7 +266,15 @@ impl DirectPath {
         let (steps, end) = match CompiledPath::compile(expr, fhir_type, owner, model)? {
             CompiledPath::Steps(steps) => (steps, DirectEnd::Nodes),
             CompiledPath::ResourceKey(steps) => (steps, DirectEnd::ResourceKey),
-            CompiledPath::ReferenceKey { input, wanted } => (input, DirectEnd::ReferenceKey(wanted)),
+            CompiledPath::ReferenceKey { input, wanted } => {
+                // A type that is not a resource type is left to the general
+                // function (it then matches nothing).
+                let wanted = match wanted {
+                    Some(name) => Some(crate::fhir::ResourceTypes::r4().ok()?.get(&name)?),
+                    None => None,
+                };
+                (input, DirectEnd::ReferenceKey(wanted))
+            }
             CompiledPath::Exists(steps) => (steps, DirectEnd::Exists),
             CompiledPath::Count(steps) => (steps, DirectEnd::Count),
             CompiledPath::Union(..) | CompiledPath::Call { .. } => return None,
@@ -279,10 +287,51 @@ impl DirectPath {
         &self.end
     }
 
+    /// The JSON name of the path's first step when it is a plain member
+    /// (`subject` of `subject.getReferenceKey(Patient)`): a caller that
+    /// finds it in the focus itself hands its value to
+    /// [`DirectPath::for_each_from_member`].
+    pub fn first_member(&self) -> Option<&str> {
+        match self.steps.first() {
+            Some(Step::Member { name, .. }) => Some(name),
+            _ => None,
+        }
+    }
+
     /// Calls `sink` with each item the path yields on `focus` (a node of
     /// the type it was compiled for), in order. `false` when the data needs
     /// the general evaluator: the items passed so far are then incomplete.
-    pub fn for_each<'a>(&self, focus: Node<'a>, mut sink: impl FnMut(DirectValue<'a>)) -> bool {
+    pub fn for_each<'a>(&self, focus: Node<'a>, sink: impl FnMut(DirectValue<'a>)) -> bool {
+        self.run(sink, |evaluator, taken, mut nodes| {
+            walk(&self.steps, 0, focus, taken, evaluator, &mut nodes)
+        })
+    }
+
+    /// Like [`DirectPath::for_each`], on a focus whose member named
+    /// [`DirectPath::first_member`] the caller looked up: `member` is its
+    /// value (`None`: absent). The caller also checked that the focus has
+    /// no `_name` companion of it.
+    pub fn for_each_from_member<'a>(
+        &self,
+        member: Option<&'a JsonValue<'a>>,
+        sink: impl FnMut(DirectValue<'a>),
+    ) -> bool {
+        self.run(sink, |evaluator, taken, mut nodes| match (self.steps.first(), member) {
+            (Some(Step::Member { fhir_type, owner, .. }), Some(value)) => {
+                walk_items(&self.steps, 1, value, fhir_type, *owner, taken, evaluator, &mut nodes)
+            }
+            (Some(Step::Member { .. }), None) => Flow::Continue,
+            // Not a member path: no caller should get here.
+            _ => Flow::Fallback,
+        })
+    }
+
+    /// Walks with `start` and makes the path's items of the nodes reached.
+    fn run<'a>(
+        &self,
+        mut sink: impl FnMut(DirectValue<'a>),
+        start: impl FnOnce(&Evaluator<'a, '_>, &mut u64, &mut dyn FnMut(Node<'a>)) -> Flow,
+    ) -> bool {
         static NO_VARIABLES: std::sync::OnceLock<std::collections::HashMap<String, Collection<'static>>> =
             std::sync::OnceLock::new();
         // Only `where(resolve() is T)` consults it, for type tests.
@@ -293,27 +342,24 @@ impl DirectPath {
         };
         let mut taken = 0u64;
         let mut count = 0i64;
-        let flow = walk(
-            &self.steps,
-            0,
-            focus,
-            &mut taken,
-            &evaluator,
-            &mut |node: Node<'a>| match &self.end {
-                DirectEnd::Nodes => sink(DirectValue::Node(node)),
-                DirectEnd::ResourceKey => {
-                    if let Some(key) = functions::resource_key_str(&node) {
-                        sink(DirectValue::Key(key));
-                    }
+        let flow = start(&evaluator, &mut taken, &mut |node: Node<'a>| match self.end {
+            DirectEnd::Nodes => sink(DirectValue::Node(node)),
+            DirectEnd::ResourceKey => {
+                if let Some(key) = functions::resource_key_str(&node) {
+                    sink(DirectValue::Key(key));
                 }
-                DirectEnd::ReferenceKey(wanted) => {
-                    if let Some(key) = functions::reference_key_str(&node, wanted.as_deref()) {
-                        sink(DirectValue::Key(key));
-                    }
+            }
+            DirectEnd::ReferenceKey(wanted) => {
+                let key = match wanted {
+                    Some(wanted) => functions::reference_key_of_type(&node, wanted),
+                    None => functions::reference_key_str(&node, None),
+                };
+                if let Some(key) = key {
+                    sink(DirectValue::Key(key));
                 }
-                DirectEnd::Exists | DirectEnd::Count => count += 1,
-            },
-        );
+            }
+            DirectEnd::Exists | DirectEnd::Count => count += 1,
+        });
         match self.end {
             DirectEnd::Exists => sink(DirectValue::Boolean(count > 0)),
             DirectEnd::Count => sink(DirectValue::Integer(count)),

@@ -10,7 +10,7 @@ use super::ast::{Expr, TypeSpecifier};
 use super::eval::{Evaluator, Scope, distinct, eval_error, singleton, singleton_integer, to_boolean};
 use super::temporal::{DateTimeValue, Precision, TimeValue};
 use super::value::{Collection, Node, Quantity, Value, equals, parse_decimal};
-use crate::fhir::parse_reference;
+use crate::fhir::{parse_reference, split_reference};
 use crate::json::JsonValue;
 
 type Impl =
@@ -786,18 +786,31 @@ pub(super) fn reference_key<'a>(node: &Node<'a>, wanted: Option<&str>) -> Option
 /// resource.
 pub(super) fn reference_key_str<'a>(node: &Node<'a>, wanted: Option<&str>) -> Option<&'a str> {
     let target = parse_reference(node.json.get("reference")?.as_str()?)?;
-    let t = target.resource_type.or_else(|| {
-        node.json
-            .get("type")?
-            .as_str()
-            .and_then(|t| crate::fhir::ResourceTypes::r4().ok()?.get(t))
-    });
+    let t = target.resource_type.or_else(|| reference_type(node));
     if let Some(w) = wanted
         && t != Some(w)
     {
         return None;
     }
     Some(target.id)
+}
+
+/// [`reference_key_str`] with `wanted` a resource type (so a reference
+/// naming it needs no look-up of the name it writes).
+pub(super) fn reference_key_of_type<'a>(node: &Node<'a>, wanted: &'static str) -> Option<&'a str> {
+    let (written, id) = split_reference(node.json.get("reference")?.as_str()?)?;
+    match written {
+        Some(name) => (name == wanted).then_some(id),
+        None => (reference_type(node) == Some(wanted)).then_some(id),
+    }
+}
+
+/// `Reference.type`, if it names a resource type.
+fn reference_type(node: &Node<'_>) -> Option<&'static str> {
+    node.json
+        .get("type")?
+        .as_str()
+        .and_then(|t| crate::fhir::ResourceTypes::r4().ok()?.get(t))
 }
 
 /// The target type and id of a Reference node, as `resolve()` sees them:
