@@ -3,8 +3,11 @@
 //! `../shared/bench/duckdb_view.py` on the same data in the same run.
 //!
 //! Run: `cargo bench --bench views` (env `FHIRLAKE_BENCH_COPIES`, default 4,
-//! scales the generated dataset under `target/bench-data/`). Reports
-//! resources per CPU-second (user + system time of the process) and wall time.
+//! scales the generated dataset under `target/bench-data/`;
+//! `FHIRLAKE_BENCH_ROUNDS`, default 3, how many times the load of the three
+//! types and DuckDB's script run, alternately: their medians are reported).
+//! Reports resources per CPU-second (user + system time of the process) and
+//! wall time.
 
 use std::path::{Path, PathBuf};
 mod common;
@@ -12,7 +15,7 @@ mod common;
 use std::process::Command;
 use std::time::Instant;
 
-use common::run_measured;
+use common::{median, run_measured};
 
 fn run(cmd: &mut Command) -> (String, f64, f64) {
     let m = run_measured(cmd);
@@ -74,6 +77,11 @@ fn main() {
         return;
     }
     let (work, scaled, copies) = common::scaled_dataset(&source, 4);
+    let rounds: usize = std::env::var("FHIRLAKE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     println!("| dataset | tool | view | resources | rows | wall s | CPU s | resources / CPU-s |");
     println!("|---|---|---|---:|---:|---:|---:|---:|");
     for (name, data) in [
@@ -189,48 +197,71 @@ fn main() {
             .map(|p| p.display().to_string())
             .collect();
         type_files.sort();
-        let e2e_wh = work.join(format!("views-e2e-{name}"));
-        let _ = std::fs::remove_dir_all(&e2e_wh);
-        let mut args = vec![
-            "--warehouse".to_string(),
-            e2e_wh.display().to_string(),
-            "load".into(),
-            "--quiet".into(),
-            "--no-index".into(),
-            "--no-shipped-views".into(),
-            "--views".into(),
-            bench_views.display().to_string(),
-        ];
-        args.push("--json".into());
-        args.extend(type_files);
-        let (e2e_out, e2e_wall, e2e_cpu) = run(Command::new(env!("CARGO_BIN_EXE_fhirlake")).args(&args));
+        // That load and DuckDB's script, alternately, `rounds` times: the
+        // medians go in the report (this VM's speed drifts between runs).
+        let mut e2e_walls = Vec::new();
+        let mut e2e_stages = Vec::new();
+        let mut duck_views = Vec::new();
+        let mut duck_loads = Vec::new();
+        for round in 0..rounds {
+            let e2e_wh = work.join(format!("views-e2e-{name}"));
+            let _ = std::fs::remove_dir_all(&e2e_wh);
+            let mut args = vec![
+                "--warehouse".to_string(),
+                e2e_wh.display().to_string(),
+                "load".into(),
+                "--quiet".into(),
+                "--no-index".into(),
+                "--no-shipped-views".into(),
+                "--views".into(),
+                bench_views.display().to_string(),
+                "--json".into(),
+            ];
+            args.extend(type_files.iter().cloned());
+            let (e2e_out, e2e_wall, _) = run(Command::new(env!("CARGO_BIN_EXE_fhirlake")).args(&args));
+            // The view stage of that load: the same work as DuckDB's script
+            // (the three types, the three views), without the other types'
+            // index and tables sharing the workers' caches.
+            let e2e_report: serde_json::Value = serde_json::from_str(&e2e_out).unwrap_or_default();
+            let stage = e2e_report["stages"]["views_seconds"].as_f64().unwrap_or(f64::NAN);
+            e2e_walls.push(e2e_wall);
+            e2e_stages.push(stage);
+            let script = shared.join("bench/duckdb_view.py");
+            let (mut views_s, mut load_s) = (f64::NAN, f64::NAN);
+            if script.exists() {
+                let out_dir = work.join(format!("duck-views-{name}"));
+                let (out, _, _) = run(Command::new("python3").args([
+                    script.to_str().unwrap(),
+                    data.to_str().unwrap(),
+                    out_dir.to_str().unwrap(),
+                    "--threads",
+                    "2",
+                ]));
+                let report: serde_json::Value =
+                    serde_json::from_str(out.trim().lines().last().unwrap_or("{}")).unwrap_or_default();
+                views_s = report["timings"]["views_s"].as_f64().unwrap_or(f64::NAN);
+                load_s = report["timings"]["load_s"].as_f64().unwrap_or(f64::NAN);
+                duck_views.push(views_s);
+                duck_loads.push(load_s);
+            }
+            if rounds > 1 {
+                println!(
+                    "round {round}: {name}: view stage {stage:.3} worker-s ({:.3} s on 2 workers), load {e2e_wall:.3} s; DuckDB views {views_s:.3} s, load {load_s:.3} s",
+                    stage / 2.0
+                );
+            }
+        }
+        let (e2e_wall, e2e_views_worker) = (median(&mut e2e_walls), median(&mut e2e_stages));
         println!(
-            "| {name} | fhirlake load of Patient, Condition, Encounter with only the 3 views, no index (NDJSON → view tables) | all | {view_resources} | | {e2e_wall:.3} | {e2e_cpu:.3} | |"
+            "| {name} | fhirlake load of Patient, Condition, Encounter with only the 3 views, no index (NDJSON → view tables) | all | {view_resources} | | {e2e_wall:.3} | | |"
         );
-        // The view stage of that load: the same work as DuckDB's script (the
-        // three types, the three views), without the other types' index and
-        // tables sharing the workers' caches.
-        let e2e_report: serde_json::Value = serde_json::from_str(&e2e_out).unwrap_or_default();
-        let e2e_views_worker = e2e_report["stages"]["views_seconds"].as_f64().unwrap_or(f64::NAN);
         println!(
             "| {name} | fhirlake load of the 3 types with the 3 views, no index: view stage (worker time) | all | {view_resources} | | {:.3} | {e2e_views_worker:.3} | {:.0} |",
             e2e_views_worker / 2.0,
             view_resources as f64 / e2e_views_worker
         );
-        let script = shared.join("bench/duckdb_view.py");
-        if script.exists() {
-            let out_dir = work.join(format!("duck-views-{name}"));
-            let (out, _, _) = run(Command::new("python3").args([
-                script.to_str().unwrap(),
-                data.to_str().unwrap(),
-                out_dir.to_str().unwrap(),
-                "--threads",
-                "2",
-            ]));
-            let report: serde_json::Value =
-                serde_json::from_str(out.trim().lines().last().unwrap_or("{}")).unwrap_or_default();
-            let views_s = report["timings"]["views_s"].as_f64().unwrap_or(f64::NAN);
-            let load_s = report["timings"]["load_s"].as_f64().unwrap_or(f64::NAN);
+        if !duck_views.is_empty() {
+            let (views_s, load_s) = (median(&mut duck_views), median(&mut duck_loads));
             println!(
                 "| {name} | duckdb views phase (3 views, after a {load_s:.2} s load) | all | | | {views_s:.3} | | |"
             );
@@ -242,8 +273,9 @@ fn main() {
                 views_worker / 2.0
             );
             println!(
-                "{name}: view stage inside the 3-type load {e2e_views_worker:.3} worker-s ({:.3} s on 2 workers) vs DuckDB views phase {views_s:.3} s wall on 2 threads",
-                e2e_views_worker / 2.0
+                "{name}: view stage inside the 3-type load {e2e_views_worker:.3} worker-s ({:.3} s on 2 workers) vs DuckDB views phase {views_s:.3} s wall on 2 threads: {:.2}x DuckDB's time (medians of {rounds})",
+                e2e_views_worker / 2.0,
+                e2e_views_worker / 2.0 / views_s
             );
             println!(
                 "{name}: NDJSON → 3 view tables: fhirlake {e2e_wall:.3} s vs DuckDB load + views {:.3} s ({:.2}x)",

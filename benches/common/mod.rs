@@ -14,6 +14,20 @@ use std::time::Instant;
 use fhirlake::cohort::CurrentEngine;
 use fhirlake::warehouse::Warehouse;
 
+/// The median of `values` (NaN when empty).
+pub fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
 /// What one run of a command cost.
 pub struct Measured {
     /// Its standard output.
