@@ -252,6 +252,20 @@ pub struct DirectPath {
     steps: Vec<Step>,
     end: DirectEnd,
     model: &'static FhirModel,
+    /// Every step is a plain member (`period.start`): then a loop follows
+    /// the chain while the data holds single objects (see
+    /// [`DirectPath::chain`]), the walk only when it meets an array.
+    members_only: bool,
+}
+
+/// Where following a chain of members ended.
+enum Chain<'a> {
+    /// At this one node.
+    Node(Node<'a>),
+    /// At nothing (a member absent or null).
+    Nothing,
+    /// At an array or a `_name` companion: the walk decides.
+    Walk,
 }
 
 impl DirectPath {
@@ -279,7 +293,13 @@ impl DirectPath {
             CompiledPath::Count(steps) => (steps, DirectEnd::Count),
             CompiledPath::Union(..) | CompiledPath::Call { .. } => return None,
         };
-        streams(&steps).then_some(Self { steps, end, model })
+        let members_only = !steps.is_empty() && steps.iter().all(|s| matches!(s, Step::Member { .. }));
+        streams(&steps).then_some(Self {
+            steps,
+            end,
+            model,
+            members_only,
+        })
     }
 
     /// What the path makes of its nodes.
@@ -301,7 +321,19 @@ impl DirectPath {
     /// Calls `sink` with each item the path yields on `focus` (a node of
     /// the type it was compiled for), in order. `false` when the data needs
     /// the general evaluator: the items passed so far are then incomplete.
-    pub fn for_each<'a>(&self, focus: Node<'a>, sink: impl FnMut(DirectValue<'a>)) -> bool {
+    pub fn for_each<'a>(&self, focus: Node<'a>, mut sink: impl FnMut(DirectValue<'a>)) -> bool {
+        if self.members_only
+            && let Some(Step::Member { name, .. }) = self.steps.first()
+        {
+            let chain = match member_value(focus.json, name) {
+                Some(Some(value)) => self.chain(value),
+                Some(None) => Chain::Nothing,
+                None => Chain::Walk,
+            };
+            if self.end_chain(chain, &mut sink) {
+                return true;
+            }
+        }
         self.run(sink, |evaluator, taken, mut nodes| {
             walk(&self.steps, 0, focus, taken, evaluator, &mut nodes)
         })
@@ -314,8 +346,14 @@ impl DirectPath {
     pub fn for_each_from_member<'a>(
         &self,
         member: Option<&'a JsonValue<'a>>,
-        sink: impl FnMut(DirectValue<'a>),
+        mut sink: impl FnMut(DirectValue<'a>),
     ) -> bool {
+        if self.members_only {
+            let chain = member.map_or(Chain::Nothing, |value| self.chain(value));
+            if self.end_chain(chain, &mut sink) {
+                return true;
+            }
+        }
         self.run(sink, |evaluator, taken, mut nodes| match (self.steps.first(), member) {
             (Some(Step::Member { fhir_type, owner, .. }), Some(value)) => {
                 walk_items(&self.steps, 1, value, fhir_type, *owner, taken, evaluator, &mut nodes)
@@ -324,6 +362,85 @@ impl DirectPath {
             // Not a member path: no caller should get here.
             _ => Flow::Fallback,
         })
+    }
+
+    /// Follows the members from `value`, what the first step found, while
+    /// each is a single value (what the walk would do, without recursion,
+    /// closures or a `first()` bookkeeping).
+    fn chain<'a>(&self, mut value: &'a JsonValue<'a>) -> Chain<'a> {
+        let mut at = 0;
+        loop {
+            let Some(Step::Member { fhir_type, owner, .. }) = self.steps.get(at) else {
+                return Chain::Walk;
+            };
+            match value {
+                JsonValue::Array(_) => return Chain::Walk,
+                JsonValue::Null => return Chain::Nothing,
+                _ => {}
+            }
+            let Some(Step::Member { name, .. }) = self.steps.get(at + 1) else {
+                return Chain::Node(Node {
+                    json: value,
+                    fhir_type: Some(fhir_type),
+                    children_owner: *owner,
+                    primitive_element: None,
+                });
+            };
+            match member_value(value, name) {
+                Some(Some(next)) => value = next,
+                Some(None) => return Chain::Nothing,
+                None => return Chain::Walk,
+            }
+            at += 1;
+        }
+    }
+
+    /// Passes what a chain ended at to `sink`; `false` when the walk must
+    /// decide (nothing passed then).
+    fn end_chain<'a>(&self, chain: Chain<'a>, sink: &mut impl FnMut(DirectValue<'a>)) -> bool {
+        let node = match chain {
+            Chain::Walk => return false,
+            Chain::Nothing => None,
+            Chain::Node(node) => Some(node),
+        };
+        let mut count = 0i64;
+        if let Some(node) = node {
+            self.emit(node, sink, &mut count);
+        }
+        self.emit_end(count, sink);
+        true
+    }
+
+    /// The path's items of one node reached: the node, or its key; for
+    /// `exists()`/`count()` it is counted.
+    fn emit<'a>(&self, node: Node<'a>, sink: &mut impl FnMut(DirectValue<'a>), count: &mut i64) {
+        match self.end {
+            DirectEnd::Nodes => sink(DirectValue::Node(node)),
+            DirectEnd::ResourceKey => {
+                if let Some(key) = functions::resource_key_str(&node) {
+                    sink(DirectValue::Key(key));
+                }
+            }
+            DirectEnd::ReferenceKey(wanted) => {
+                let key = match wanted {
+                    Some(wanted) => functions::reference_key_of_type(&node, wanted),
+                    None => functions::reference_key_str(&node, None),
+                };
+                if let Some(key) = key {
+                    sink(DirectValue::Key(key));
+                }
+            }
+            DirectEnd::Exists | DirectEnd::Count => *count += 1,
+        }
+    }
+
+    /// The item of `exists()`/`count()` once every node is counted.
+    fn emit_end<'a>(&self, count: i64, sink: &mut impl FnMut(DirectValue<'a>)) {
+        match self.end {
+            DirectEnd::Exists => sink(DirectValue::Boolean(count > 0)),
+            DirectEnd::Count => sink(DirectValue::Integer(count)),
+            _ => {}
+        }
     }
 
     /// Walks with `start` and makes the path's items of the nodes reached.
@@ -342,29 +459,10 @@ impl DirectPath {
         };
         let mut taken = 0u64;
         let mut count = 0i64;
-        let flow = start(&evaluator, &mut taken, &mut |node: Node<'a>| match self.end {
-            DirectEnd::Nodes => sink(DirectValue::Node(node)),
-            DirectEnd::ResourceKey => {
-                if let Some(key) = functions::resource_key_str(&node) {
-                    sink(DirectValue::Key(key));
-                }
-            }
-            DirectEnd::ReferenceKey(wanted) => {
-                let key = match wanted {
-                    Some(wanted) => functions::reference_key_of_type(&node, wanted),
-                    None => functions::reference_key_str(&node, None),
-                };
-                if let Some(key) = key {
-                    sink(DirectValue::Key(key));
-                }
-            }
-            DirectEnd::Exists | DirectEnd::Count => count += 1,
+        let flow = start(&evaluator, &mut taken, &mut |node: Node<'a>| {
+            self.emit(node, &mut sink, &mut count)
         });
-        match self.end {
-            DirectEnd::Exists => sink(DirectValue::Boolean(count > 0)),
-            DirectEnd::Count => sink(DirectValue::Integer(count)),
-            _ => {}
-        }
+        self.emit_end(count, &mut sink);
         flow != Flow::Fallback
     }
 }
@@ -628,6 +726,22 @@ fn for_each_node<'a>(
 fn same_name(key: &str, name: &str) -> bool {
     // A byte loop, not `==`: the names are short, and `==` calls `memcmp`.
     key.len() == name.len() && key.bytes().zip(name.bytes()).all(|(a, b)| a == b)
+}
+
+/// The value of member `name` of `json` as a member step finds it (the
+/// last of duplicate keys; `Some(None)`: absent, or `json` is no object);
+/// `None` when `json` has the `_name` companion (the general evaluator
+/// pairs them).
+fn member_value<'a>(json: &'a JsonValue<'a>, name: &str) -> Option<Option<&'a JsonValue<'a>>> {
+    let mut value = None;
+    for (key, v) in json.as_object().unwrap_or_default() {
+        if same_name(key, name) {
+            value = Some(v);
+        } else if key.strip_prefix('_') == Some(name) {
+            return None;
+        }
+    }
+    Some(value)
 }
 
 /// How a depth-first walk goes on.
