@@ -72,5 +72,11 @@ mod tests {
         assert_eq!(p("Practitioner?identifier=x|1"), None);
         assert_eq!(p("Nonsense/1"), None);
         assert_eq!(p("Patient/"), None);
+        assert_eq!(p("https://h/fhir/Patient/7/_history/2"), Some((Some("Patient"), "7")));
+        assert_eq!(p("Patient/a_b"), Some((Some("Patient"), "a_b")));
+        assert_eq!(p("123"), None);
+        // The written type, not yet checked against the resource types.
+        assert_eq!(split_reference("Foo/1"), Some((Some("Foo"), "1")));
+        assert_eq!(split_reference("urn:uuid:9"), Some((None, "9")));
     }
 }

@@ -720,11 +720,10 @@ fn for_each_node<'a>(
     Ok(true)
 }
 
-/// `key == name`, deciding most mismatches on length and first byte before
-/// comparing bytes: a member step scans every key of its object, and FHIR
-/// element names are short and often of equal length.
+/// `key == name`, deciding most mismatches on length and then byte by
+/// byte: a member step scans every key of its object, and FHIR element
+/// names are short (`==` would call `memcmp` for each key of equal length).
 fn same_name(key: &str, name: &str) -> bool {
-    // A byte loop, not `==`: the names are short, and `==` calls `memcmp`.
     key.len() == name.len() && key.bytes().zip(name.bytes()).all(|(a, b)| a == b)
 }
 
@@ -803,17 +802,10 @@ fn walk<'a>(
         walk_items(steps, at + 1, value, fhir_type, owner, taken, evaluator, sink)
     };
     match step {
-        Step::Member { name, fhir_type, owner } => {
-            let mut value = None;
-            for (key, v) in node.json.as_object().unwrap_or_default() {
-                if same_name(key, name) {
-                    value = Some(v);
-                } else if key.strip_prefix('_') == Some(&**name) {
-                    return Flow::Fallback;
-                }
-            }
-            value.map_or(Flow::Continue, |v| children(v, fhir_type, *owner))
-        }
+        Step::Member { name, fhir_type, owner } => match member_value(node.json, name) {
+            Some(value) => value.map_or(Flow::Continue, |v| children(v, fhir_type, *owner)),
+            None => Flow::Fallback,
+        },
         Step::Choice { name, types } => {
             for (key, v) in node.json.as_object().unwrap_or_default() {
                 if let Some(code) = key.strip_prefix(&**name).and_then(|suffix| choice_type(suffix, types)) {
