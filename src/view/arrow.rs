@@ -262,7 +262,89 @@ fn owned_shape(cell: &Cell) -> Shape<'_, CellValue> {
     }
 }
 
-/// Appends one converted value to `builder` (made by [`column_builder`] for `t`).
+/// The builder of one view column, by the column's Arrow type: appending a
+/// value is a match, not a downcast of a `dyn ArrayBuilder` per value (list
+/// items keep the generic builders).
+pub enum ColumnBuilder {
+    /// Boolean.
+    Boolean(BooleanBuilder),
+    /// Int32.
+    Int32(Int32Builder),
+    /// Int64.
+    Int64(Int64Builder),
+    /// Timestamp (µs, UTC).
+    Timestamp(TimestampMicrosecondBuilder),
+    /// Utf8.
+    Utf8(StringBuilder),
+    /// A list (a `collection: true` column).
+    List(ListBuilder<Box<dyn ArrayBuilder>>),
+}
+
+impl ColumnBuilder {
+    /// The builder of a column of type `t`, with room for `capacity` rows.
+    pub fn new(t: &DataType, capacity: usize) -> Self {
+        match t {
+            DataType::Boolean => Self::Boolean(BooleanBuilder::with_capacity(capacity)),
+            DataType::Int32 => Self::Int32(Int32Builder::with_capacity(capacity)),
+            DataType::Int64 => Self::Int64(Int64Builder::with_capacity(capacity)),
+            DataType::Timestamp(..) => {
+                Self::Timestamp(TimestampMicrosecondBuilder::with_capacity(capacity).with_data_type(t.clone()))
+            }
+            DataType::List(item) => {
+                Self::List(ListBuilder::new(scalar_builder(item.data_type(), capacity)).with_field(item.clone()))
+            }
+            _ => Self::Utf8(StringBuilder::with_capacity(capacity, capacity * 16)),
+        }
+    }
+
+    /// Appends one converted value of a column of type `t`.
+    fn append(&mut self, t: &DataType, value: &Typed<'_>) -> Result<(), ViewError> {
+        let wrong = || ViewError::invalid("view batch", &format!("no {t} builder for {value:?}"));
+        match (self, value) {
+            (Self::Boolean(b), Typed::Null) => b.append_null(),
+            (Self::Boolean(b), Typed::Bool(v)) => b.append_value(*v),
+            (Self::Int32(b), Typed::Null) => b.append_null(),
+            (Self::Int32(b), Typed::Int(v)) => b.append_value(i32::try_from(*v).map_err(|_| wrong())?),
+            (Self::Int64(b), Typed::Null) => b.append_null(),
+            (Self::Int64(b), Typed::Int(v)) => b.append_value(*v),
+            (Self::Timestamp(b), Typed::Null) => b.append_null(),
+            (Self::Timestamp(b), Typed::Int(v)) => b.append_value(*v),
+            (Self::Utf8(b), Typed::Null) => b.append_null(),
+            (Self::Utf8(b), Typed::Text(s)) => b.append_value(s),
+            (Self::List(b), Typed::List(values)) => {
+                let DataType::List(item) = t else {
+                    return Err(wrong());
+                };
+                match values {
+                    None => b.append(false),
+                    Some(values) => {
+                        for v in values {
+                            append(b.values().as_mut(), item.data_type(), v)?;
+                        }
+                        b.append(true);
+                    }
+                }
+            }
+            _ => return Err(wrong()),
+        }
+        Ok(())
+    }
+
+    /// The column built so far (the builder is left empty).
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Self::Boolean(b) => Arc::new(b.finish()),
+            Self::Int32(b) => Arc::new(b.finish()),
+            Self::Int64(b) => Arc::new(b.finish()),
+            Self::Timestamp(b) => Arc::new(b.finish()),
+            Self::Utf8(b) => Arc::new(b.finish()),
+            Self::List(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Appends one converted value to `builder` (a list's item builder, made by
+/// `scalar_builder` for `t`).
 fn append(builder: &mut dyn ArrayBuilder, t: &DataType, value: &Typed<'_>) -> Result<(), ViewError> {
     let wrong = || ViewError::invalid("view batch", &format!("no {t} builder for {value:?}"));
     let any = builder.as_any_mut();
@@ -305,37 +387,23 @@ fn append(builder: &mut dyn ArrayBuilder, t: &DataType, value: &Typed<'_>) -> Re
     Ok(())
 }
 
-/// The builder of a column of type `t`.
-pub fn column_builder(t: &DataType, capacity: usize) -> Box<dyn ArrayBuilder> {
-    match t {
-        DataType::List(item) => {
-            Box::new(ListBuilder::new(scalar_builder(item.data_type(), capacity)).with_field(item.clone()))
-        }
-        t => scalar_builder(t, capacity),
-    }
-}
-
 /// Appends converted values to `builders` (one per field of `schema`),
 /// row-major as [`typed_cells`] makes them.
-pub fn append_rows(
-    schema: &SchemaRef,
-    builders: &mut [Box<dyn ArrayBuilder>],
-    values: &[Typed<'_>],
-) -> Result<(), ViewError> {
+pub fn append_rows(schema: &SchemaRef, builders: &mut [ColumnBuilder], values: &[Typed<'_>]) -> Result<(), ViewError> {
     let fields = schema.fields();
     if fields.is_empty() {
         return Ok(());
     }
     for row in values.chunks(fields.len()) {
         for ((builder, field), value) in builders.iter_mut().zip(fields.iter()).zip(row) {
-            append(builder.as_mut(), field.data_type(), value)?;
+            builder.append(field.data_type(), value)?;
         }
     }
     Ok(())
 }
 
 /// A record batch of what `builders` hold (they are left empty).
-pub fn finish_batch(schema: &SchemaRef, builders: &mut [Box<dyn ArrayBuilder>]) -> Result<RecordBatch, ViewError> {
+pub fn finish_batch(schema: &SchemaRef, builders: &mut [ColumnBuilder]) -> Result<RecordBatch, ViewError> {
     let columns: Vec<ArrayRef> = builders.iter_mut().map(|b| b.finish()).collect();
     RecordBatch::try_new(schema.clone(), columns).map_err(|e| ViewError::invalid("record batch", &e.to_string()))
 }
@@ -358,7 +426,7 @@ pub fn rows_to_batch(schema: &SchemaRef, rows: &[Row]) -> Result<RecordBatch, Vi
     let mut builders: Vec<_> = schema
         .fields()
         .iter()
-        .map(|f| column_builder(f.data_type(), rows.len()))
+        .map(|f| ColumnBuilder::new(f.data_type(), rows.len()))
         .collect();
     append_rows(schema, &mut builders, &typed)?;
     finish_batch(schema, &mut builders)

@@ -2,12 +2,12 @@
 //! resources: the `resource` column is scanned with DataFusion, partitions in
 //! parallel, each resource parsed once for all views of its type.
 
-use datafusion::arrow::array::{Array, ArrayBuilder, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
 use futures::StreamExt;
 use tokio::runtime::Handle;
 
-use super::arrow::{Typed, append_rows, column_builder, finish_batch};
+use super::arrow::{ColumnBuilder, Typed, append_rows, finish_batch};
 use std::collections::BTreeMap;
 
 use super::catalog::view_table_key;
@@ -60,7 +60,7 @@ pub enum MaterializeError {
 /// when full.
 pub struct ViewBuffers {
     schemas: Vec<SchemaRef>,
-    builders: Vec<Vec<Box<dyn ArrayBuilder>>>,
+    builders: Vec<Vec<ColumnBuilder>>,
     rows: Vec<usize>,
     /// For [`ViewBuffers::add`].
     scratch: ViewScratch,
@@ -147,11 +147,11 @@ impl ViewScratch {
     }
 }
 
-fn new_builders(schema: &SchemaRef) -> Vec<Box<dyn ArrayBuilder>> {
+fn new_builders(schema: &SchemaRef) -> Vec<ColumnBuilder> {
     schema
         .fields()
         .iter()
-        .map(|f| column_builder(f.data_type(), VIEW_BATCH_ROWS))
+        .map(|f| ColumnBuilder::new(f.data_type(), VIEW_BATCH_ROWS))
         .collect()
 }
 
