@@ -41,7 +41,7 @@ async fn source_session(warehouse: &Warehouse, files: &[DataFile]) -> Result<Ses
 const DUPLICATE_CHECK_MEMORY: usize = 256 * 1024 * 1024;
 
 /// Partitions of the duplicate-id check (see `has_duplicate_ids_within`).
-const DUPLICATE_CHECK_PARTITIONS: usize = 2;
+const DUPLICATE_CHECK_PARTITIONS: usize = 1;
 
 /// True if some id occurs more than once in `files`.
 pub async fn has_duplicate_ids(warehouse: &Warehouse, files: &[DataFile]) -> Result<bool, WarehouseError> {
