@@ -302,11 +302,6 @@ impl DirectPath {
         })
     }
 
-    /// What the path makes of its nodes.
-    pub fn end(&self) -> &DirectEnd {
-        &self.end
-    }
-
     /// The JSON name of the path's first step when it is a plain member
     /// (`subject` of `subject.getReferenceKey(Patient)`): a caller that
     /// finds it in the focus itself hands its value to

@@ -20,7 +20,7 @@ pub mod value;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-pub use compiled::{DirectEnd, DirectPath, DirectValue};
+pub use compiled::{DirectPath, DirectValue};
 pub use eval::{Evaluator, Scope};
 use value::Node;
 pub use value::{Collection, Value};

@@ -290,10 +290,22 @@ impl ColumnBuilder {
             DataType::Timestamp(..) => {
                 Self::Timestamp(TimestampMicrosecondBuilder::with_capacity(capacity).with_data_type(t.clone()))
             }
-            DataType::List(item) => {
-                Self::List(ListBuilder::new(scalar_builder(item.data_type(), capacity)).with_field(item.clone()))
-            }
+            DataType::List(item) => Self::List(
+                ListBuilder::new(Self::new(item.data_type(), capacity).into_boxed()).with_field(item.clone()),
+            ),
             _ => Self::Utf8(StringBuilder::with_capacity(capacity, capacity * 16)),
+        }
+    }
+
+    /// The builder behind the enum (a list's item builder).
+    fn into_boxed(self) -> Box<dyn ArrayBuilder> {
+        match self {
+            Self::Boolean(b) => Box::new(b),
+            Self::Int32(b) => Box::new(b),
+            Self::Int64(b) => Box::new(b),
+            Self::Timestamp(b) => Box::new(b),
+            Self::Utf8(b) => Box::new(b),
+            Self::List(b) => Box::new(b),
         }
     }
 
@@ -319,7 +331,7 @@ impl ColumnBuilder {
                     None => b.append(false),
                     Some(values) => {
                         for v in values {
-                            append(b.values().as_mut(), item.data_type(), v)?;
+                            append_item(b.values().as_mut(), item.data_type(), v)?;
                         }
                         b.append(true);
                     }
@@ -343,26 +355,12 @@ impl ColumnBuilder {
     }
 }
 
-/// Appends one converted value to `builder` (a list's item builder, made by
-/// `scalar_builder` for `t`).
-fn append(builder: &mut dyn ArrayBuilder, t: &DataType, value: &Typed<'_>) -> Result<(), ViewError> {
+/// Appends one converted value to a list's item builder (made by
+/// [`ColumnBuilder::new`] for the scalar type `t`).
+fn append_item(builder: &mut dyn ArrayBuilder, t: &DataType, value: &Typed<'_>) -> Result<(), ViewError> {
     let wrong = || ViewError::invalid("view batch", &format!("no {t} builder for {value:?}"));
     let any = builder.as_any_mut();
     match (t, value) {
-        (DataType::List(item), Typed::List(values)) => {
-            let b = any
-                .downcast_mut::<ListBuilder<Box<dyn ArrayBuilder>>>()
-                .ok_or_else(wrong)?;
-            match values {
-                None => b.append(false),
-                Some(values) => {
-                    for v in values {
-                        append(b.values().as_mut(), item.data_type(), v)?;
-                    }
-                    b.append(true);
-                }
-            }
-        }
         (DataType::Boolean, Typed::Null) => any.downcast_mut::<BooleanBuilder>().ok_or_else(wrong)?.append_null(),
         (DataType::Boolean, Typed::Bool(v)) => any.downcast_mut::<BooleanBuilder>().ok_or_else(wrong)?.append_value(*v),
         (DataType::Int32, Typed::Null) => any.downcast_mut::<Int32Builder>().ok_or_else(wrong)?.append_null(),
@@ -406,18 +404,6 @@ pub fn append_rows(schema: &SchemaRef, builders: &mut [ColumnBuilder], values: &
 pub fn finish_batch(schema: &SchemaRef, builders: &mut [ColumnBuilder]) -> Result<RecordBatch, ViewError> {
     let columns: Vec<ArrayRef> = builders.iter_mut().map(|b| b.finish()).collect();
     RecordBatch::try_new(schema.clone(), columns).map_err(|e| ViewError::invalid("record batch", &e.to_string()))
-}
-
-fn scalar_builder(t: &DataType, capacity: usize) -> Box<dyn ArrayBuilder> {
-    match t {
-        DataType::Boolean => Box::new(BooleanBuilder::with_capacity(capacity)),
-        DataType::Int32 => Box::new(Int32Builder::with_capacity(capacity)),
-        DataType::Int64 => Box::new(Int64Builder::with_capacity(capacity)),
-        DataType::Timestamp(..) => {
-            Box::new(TimestampMicrosecondBuilder::with_capacity(capacity).with_data_type(t.clone()))
-        }
-        _ => Box::new(StringBuilder::with_capacity(capacity, capacity * 16)),
-    }
 }
 
 /// Builds a record batch of `rows` with `schema`.
