@@ -24,4 +24,4 @@ export FHIRLAKE_S3S_FS="$s3s_fs"
 # With the server installed, an S3 test that cannot start it fails instead
 # of skipping.
 export FHIRLAKE_REQUIRE_S3=1
-exec cargo test --locked "$@"
+exec cargo test --workspace --locked "$@"

@@ -1,28 +1,16 @@
 //! fhirlake: FHIR R4 bulk data in a columnar warehouse, queried with SQL and
-//! (in later stages) served through the Bulk Data Access API.
+//! served through the Bulk Data Access API.
 //!
-//! Stages of the data flow, one module each:
-//! - [`ingest`]: NDJSON(.gz) from local folders or object stores → warehouse tables
-//! - [`warehouse`]: Parquet tables with atomic snapshot commits, DataFusion catalog
-//! - [`json`]: the borrowed JSON model every resource is parsed into once
-//! - [`fhir`]: R4 definitions (resource types, Patient compartment, references)
-//! - [`store`]: resolving locations to object stores
-//! - [`query`]: running SQL over the warehouse and writing results
-//! - [`generate`]: scaled-up benchmark data from a real dataset
+//! This package is the `fhirlake` binary; its library is the one name its
+//! tests and benches import, over the workspace's layers (lowest first):
+//! - `fhirlake-fhir`: FHIR knowledge with no query engine ([`json`],
+//!   [`fhir`], [`fhirpath`], [`search`], the view semantics)
+//! - `fhirlake-auth`: SMART Backend Services authorization ([`auth`])
+//! - `fhirlake-engine`: the warehouse and everything run over it
+//!   ([`store`], [`warehouse`], [`ingest`], [`index`], [`view`],
+//!   [`cohort`], [`group`], [`jobs`], [`export`], [`query`], …)
+//! - `fhirlake-http`: the FHIR REST front ([`server`])
 
-pub mod allocator;
-pub mod auth;
-pub mod cohort;
-pub mod export;
-pub mod fhir;
-pub mod fhirpath;
-pub mod generate;
-pub mod index;
-pub mod ingest;
-pub mod json;
-pub mod query;
-pub mod search;
-pub mod server;
-pub mod store;
-pub mod view;
-pub mod warehouse;
+pub use fhirlake_auth as auth;
+pub use fhirlake_engine::*;
+pub use fhirlake_http as server;

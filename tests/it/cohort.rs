@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use fhirlake::cohort::{CohortEngine, CohortError};
+use fhirlake::group::{GroupError, GroupResolver};
 use fhirlake::warehouse::Warehouse;
 
 use crate::common::{fhirlake, load_into, query_i64, sample_data, shared_dataset};
@@ -756,7 +757,8 @@ async fn current_engine_follows_commits() {
 async fn base_groups_expand_recursively() {
     let f = fixture().await;
     // g1 holds p1 and g2, which holds p2 and g1 again (a cycle).
-    let members = f.engine.group_members("g1").await.expect("g1");
+    let mut groups = GroupResolver::new(&f.engine);
+    let members = groups.members("g1").await.expect("g1");
     assert_eq!(members, ["p1", "p2"]);
     let base = Some(members.as_slice());
     let result = f
@@ -765,7 +767,7 @@ async fn base_groups_expand_recursively() {
         .await
         .expect("cohort");
     assert_eq!(result.patients, ["p1", "p2"]);
-    let g3 = f.engine.group_members("g3").await.expect("g3");
+    let g3 = groups.members("g3").await.expect("g3");
     let result = f
         .engine
         .evaluate(&["Condition?code=44054006"], Some(g3.as_slice()))
@@ -778,10 +780,7 @@ async fn base_groups_expand_recursively() {
         .await
         .expect("all");
     assert_eq!(result.patients, ["p3"]);
-    assert!(matches!(
-        f.engine.group_members("nope").await,
-        Err(CohortError::GroupNotFound(_))
-    ));
+    assert!(matches!(groups.members("nope").await, Err(GroupError::NotFound(_))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,195 @@
+//! Bulk `$export`: the resources of a system, of all patients, or of a
+//! Group's members, filtered by the kick-off parameters and written as
+//! NDJSON or Parquet files into an object store.
+//!
+//! One streaming pipeline per resource type and scan partition: the
+//! resource table scan (with `_since`/`_until` pushed into it, and
+//! `_typeFilter` as a semi join with the ids the cohort compiler finds in
+//! the search index) → the membership test on each row's compartment
+//! patients → `_elements` → the file sink. Memory is a few batches per
+//! partition plus the member id set, whatever the size of the data.
+
+pub mod elements;
+pub mod manifest;
+pub mod organized;
+pub mod params;
+pub mod population;
+pub mod run;
+pub mod sink;
+
+use std::sync::{Arc, Mutex};
+
+pub use params::{
+    ExportLevel, ExportRequest, ExportRequestBuilder, OutputFormat, ParsedExport, pairs_from_parameters, parse_export,
+};
+pub use population::Population;
+pub use run::{ExportOutput, ExportSettings, ExportTarget, run_export};
+pub use sink::ExportedFile;
+
+/// Types outside the Patient compartment that compartment resources point
+/// to; a Patient or Group export adds the ones its resources reference, so
+/// a receiver can resolve those references.
+pub const CONTEXT_TYPES: &[&str] = &[
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
+    "Location",
+    "Medication",
+];
+
+/// Errors of an export.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// A parameter value is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// A parameter (or value) this server does not support.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Resolving the Group failed (it does not exist, or its members
+    /// cannot be read).
+    #[error(transparent)]
+    Group(#[from] crate::group::GroupError),
+    /// `patient` names patients outside the export's population.
+    #[error("not members of this export's population: {0}")]
+    NotMembers(String),
+    /// The search index the request needs is missing.
+    #[error("{0} needs the search index, and the warehouse was loaded with --no-index")]
+    NoIndex(&'static str),
+    /// Nothing has been loaded.
+    #[error("the warehouse is empty: load data first (fhirlake load …)")]
+    EmptyWarehouse,
+    /// The bundled definitions are unusable.
+    #[error("FHIR definitions unavailable: {0}")]
+    Definitions(String),
+    /// Compiling a `_typeFilter` or resolving a Group failed.
+    #[error(transparent)]
+    Cohort(#[from] crate::cohort::CohortError),
+    /// Reading the warehouse failed.
+    #[error(transparent)]
+    Warehouse(#[from] crate::warehouse::WarehouseError),
+    /// Reading server state failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// Running the scan failed.
+    #[error("export query failed: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    /// Writing an output file failed.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file's URL.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Encoding Parquet failed.
+    #[error("writing {path}: {source}")]
+    Parquet {
+        /// The file's URL.
+        path: String,
+        /// Why.
+        #[source]
+        source: datafusion::parquet::errors::ParquetError,
+    },
+    /// A worker task panicked or was cancelled.
+    #[error("export task failed: {0}")]
+    Task(String),
+    /// As many exports as allowed run already.
+    #[error("{running} exports are running (the limit is {limit}); retry later")]
+    TooMany {
+        /// Running now.
+        running: usize,
+        /// The limit.
+        limit: usize,
+        /// Seconds to wait before retrying.
+        retry_after: u64,
+    },
+}
+
+impl ExportError {
+    /// An invalid-parameter error.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::Invalid(message.into())
+    }
+
+    /// Whether the client caused it (a `4xx`).
+    pub fn is_client_error(&self) -> bool {
+        use crate::error::{ErrorKind, HasKind};
+        matches!(
+            self.kind(),
+            ErrorKind::Invalid | ErrorKind::NotFound | ErrorKind::NotSupported | ErrorKind::Forbidden
+        )
+    }
+}
+
+impl crate::error::HasKind for ExportError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            Self::Invalid(_) | Self::NotMembers(_) => ErrorKind::Invalid,
+            Self::Unsupported(_) | Self::NoIndex(_) => ErrorKind::NotSupported,
+            Self::EmptyWarehouse => ErrorKind::Transient,
+            Self::Group(e) => e.kind(),
+            Self::Cohort(e) => e.kind(),
+            Self::Warehouse(e) => e.kind(),
+            Self::DataFusion(e) => crate::warehouse::datafusion_kind(e),
+            // Storing the export's files failed: the server's fault, even
+            // when the store says "not found" or "forbidden".
+            Self::Store(_) | Self::Write { .. } | Self::Parquet { .. } => ErrorKind::Internal,
+            Self::Definitions(_) | Self::Task(_) => ErrorKind::Internal,
+            Self::TooMany { .. } => ErrorKind::TooMany,
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::TooMany { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    fn is_private(&self) -> bool {
+        match self {
+            Self::Store(_) | Self::Write { .. } | Self::Parquet { .. } => true,
+            Self::Group(e) => e.is_private(),
+            Self::Cohort(e) => e.is_private(),
+            Self::Warehouse(e) => e.is_private(),
+            _ => false,
+        }
+    }
+}
+
+/// What a running export shares with its pollers: a short progress text
+/// and the output files finished so far (for partial manifests).
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    text: Arc<Mutex<String>>,
+    finished: Arc<Mutex<Vec<ExportedFile>>>,
+}
+
+impl Progress {
+    /// Replaces the text.
+    pub fn set(&self, text: impl Into<String>) {
+        if let Ok(mut guard) = self.text.lock() {
+            *guard = text.into();
+        }
+    }
+
+    /// The current text.
+    pub fn get(&self) -> String {
+        self.text.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    /// Records complete, downloadable output files.
+    pub fn add_finished(&self, files: &[ExportedFile]) {
+        if let Ok(mut guard) = self.finished.lock() {
+            guard.extend_from_slice(files);
+        }
+    }
+
+    /// The output files complete so far, in completion order.
+    pub fn finished(&self) -> Vec<ExportedFile> {
+        self.finished.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+}

@@ -1,0 +1,139 @@
+//! Whose data an export contains: everything (system level), every patient
+//! (Patient level), or a set of patients (a Group's members, narrowed by
+//! `patient`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, ListArray};
+
+use super::ExportError;
+use super::params::{ExportLevel, ExportRequest};
+use crate::cohort::CohortEngine;
+use crate::group::GroupResolver;
+
+/// The patients whose compartments an export contains.
+#[derive(Debug, Clone)]
+pub enum Population {
+    /// System level: no restriction.
+    All,
+    /// Every resource that is in some Patient compartment.
+    AnyPatient,
+    /// Resources in the compartment of one of these patients.
+    Members(Arc<HashSet<String>>),
+}
+
+impl Population {
+    /// A predicate on the `patients` column for the table scan: with
+    /// Parquet filter pushdown the scan decodes the (large) `resource`
+    /// column only for the members' rows. `None` when every row may pass.
+    pub fn scan_predicate(&self) -> Option<datafusion::prelude::Expr> {
+        use datafusion::arrow::array::{ArrayRef, StringArray};
+        use datafusion::arrow::buffer::OffsetBuffer;
+        use datafusion::arrow::datatypes::{DataType, Field};
+        let Self::Members(members) = self else {
+            return None;
+        };
+        let mut ids: Vec<&str> = members.iter().map(String::as_str).collect();
+        ids.sort_unstable();
+        let values: ArrayRef = Arc::new(StringArray::from(ids));
+        let list = ListArray::new(
+            Arc::new(Field::new_list_field(DataType::Utf8, true)),
+            OffsetBuffer::from_lengths([values.len()]),
+            values,
+            None,
+        );
+        let members = datafusion::prelude::lit(datafusion::common::ScalarValue::List(Arc::new(list)));
+        Some(datafusion::functions_nested::expr_fn::array_has_any(
+            datafusion::prelude::col(crate::warehouse::schema::resource_columns::PATIENTS),
+            members,
+        ))
+    }
+
+    /// Which rows of a `patients` list column (a resource's compartment
+    /// patients) belong to the population; `None` keeps every row.
+    pub fn mask(&self, patients: &ListArray) -> Option<BooleanArray> {
+        match self {
+            Self::All => None,
+            Self::AnyPatient => Some(
+                (0..patients.len())
+                    .map(|i| Some(patients.value_length(i) > 0))
+                    .collect(),
+            ),
+            Self::Members(members) => {
+                let values = patients.values().as_string::<i32>();
+                let offsets = patients.value_offsets();
+                Some(
+                    (0..patients.len())
+                        .map(|i| {
+                            let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
+                            Some((start..end).any(|j| values.is_valid(j) && members.contains(values.value(j))))
+                        })
+                        .collect(),
+                )
+            }
+        }
+    }
+}
+
+/// The population of `request`. `patient` narrows a Group to those members
+/// (naming a non-member is an error: it would leak that patient's
+/// existence and export nothing) or a Patient-level export to those
+/// patients (which must exist).
+pub async fn resolve(engine: &CohortEngine, request: &ExportRequest) -> Result<Population, ExportError> {
+    let members: Option<HashSet<String>> = match &request.level {
+        ExportLevel::System => return Ok(Population::All),
+        ExportLevel::Patient => None,
+        ExportLevel::Group(id) => Some(GroupResolver::new(engine).members(id).await?.into_iter().collect()),
+    };
+    let Some(wanted) = &request.patients else {
+        return Ok(match members {
+            Some(members) => Population::Members(Arc::new(members)),
+            None => Population::AnyPatient,
+        });
+    };
+    let known: HashSet<String> = match members {
+        Some(members) => members,
+        None => {
+            let ids: Vec<String> = wanted.iter().cloned().collect();
+            existing_patients(engine, &ids).await?
+        }
+    };
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|p| !known.contains(p.as_str()))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Err(ExportError::NotMembers(
+            missing
+                .iter()
+                .map(|p| format!("Patient/{p}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ));
+    }
+    Ok(Population::Members(Arc::new(wanted.iter().cloned().collect())))
+}
+
+/// Which of `ids` are loaded Patients.
+async fn existing_patients(engine: &CohortEngine, ids: &[String]) -> Result<HashSet<String>, ExportError> {
+    let Some(entry) = engine.snapshot().tables.get("Patient") else {
+        return Ok(HashSet::new());
+    };
+    let ctx = engine.session();
+    let provider = crate::warehouse::catalog::table_provider(engine.warehouse(), ctx, "Patient", entry).await?;
+    use datafusion::prelude::{col, lit};
+    let batches = ctx
+        .read_table(provider)?
+        .filter(col("id").in_list(ids.iter().map(|i| lit(i.as_str())).collect(), false))?
+        .select(vec![col("id")])?
+        .collect()
+        .await?;
+    let mut found = HashSet::new();
+    for batch in batches {
+        let column = batch.column(0).as_string::<i32>();
+        found.extend((0..column.len()).map(|i| column.value(i).to_string()));
+    }
+    Ok(found)
+}

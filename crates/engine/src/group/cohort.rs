@@ -1,0 +1,188 @@
+//! The `bulk-cohort-group` profile: validating a submitted Group and the
+//! Group resource served for it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::GroupError;
+use crate::cohort::CohortEngine;
+use crate::fhir::parse_reference;
+
+/// `member-filter` modifier extension.
+pub const MEMBER_FILTER_URL: &str = "http://hl7.org/fhir/uv/bulkdata/StructureDefinition/member-filter";
+/// `members-refreshed` extension.
+pub const MEMBERS_REFRESHED_URL: &str = "http://hl7.org/fhir/uv/bulkdata/StructureDefinition/members-refreshed";
+/// The Bulk Cohort Group profile.
+pub const COHORT_PROFILE: &str = "http://hl7.org/fhir/uv/bulkdata/StructureDefinition/bulk-cohort-group";
+/// The only `member-filter` language supported.
+pub const FHIR_QUERY: &str = "application/x-fhir-query";
+
+/// A validated cohort Group request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CohortRequest {
+    /// The Group as submitted (id and meta are replaced when stored).
+    pub group: Value,
+    /// The member-filter expressions (ANDed).
+    pub filters: Vec<String>,
+    /// Base population: Patient ids.
+    pub base_patients: Vec<String>,
+    /// Base population: Group ids (expanded when computed).
+    pub base_groups: Vec<String>,
+}
+
+impl CohortRequest {
+    /// Whether `member` limits the population.
+    pub fn has_base(&self) -> bool {
+        !self.base_patients.is_empty() || !self.base_groups.is_empty()
+    }
+}
+
+/// Validates a submitted Group against `bulk-cohort-group` and what fhirlake
+/// supports. Every problem found is reported (in one OperationOutcome text).
+pub fn validate(body: &[u8]) -> Result<CohortRequest, GroupError> {
+    let group: Value =
+        serde_json::from_slice(body).map_err(|e| GroupError::invalid(format!("the body is not valid JSON: {e}")))?;
+    let Some(object) = group.as_object() else {
+        return Err(GroupError::invalid("the body must be a JSON object (a Group resource)"));
+    };
+    if object.get("resourceType").and_then(Value::as_str) != Some("Group") {
+        return Err(GroupError::invalid("resourceType must be 'Group'"));
+    }
+    let mut problems: Vec<String> = Vec::new();
+    let mut not_supported = false;
+    match object.get("name").and_then(Value::as_str) {
+        Some(name) if !name.trim().is_empty() => {}
+        _ => problems.push("Group.name is required (1..1) by bulk-cohort-group".into()),
+    }
+    if object.contains_key("characteristic") {
+        problems.push("Group.characteristic is not allowed (0..0) by bulk-cohort-group; use member-filter".into());
+    }
+    match object.get("type").and_then(Value::as_str) {
+        Some("person") => {}
+        Some(t @ ("practitioner" | "device")) => {
+            not_supported = true;
+            problems.push(format!(
+                "Group.type '{t}' is not supported: fhirlake builds cohorts of Patients (type 'person')"
+            ));
+        }
+        Some(t) => problems.push(format!(
+            "Group.type '{t}' is not in group-type-subset (person | practitioner | device)"
+        )),
+        None => problems.push("Group.type is required (1..1); use 'person'".into()),
+    }
+    if !object.get("actual").is_some_and(Value::is_boolean) {
+        problems.push("Group.actual (boolean) is required (1..1)".into());
+    }
+    let mut filters = Vec::new();
+    for extension in object
+        .get("modifierExtension")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let url = extension.get("url").and_then(Value::as_str).unwrap_or_default();
+        if url != MEMBER_FILTER_URL {
+            problems.push(format!(
+                "unknown modifierExtension '{url}': a Group with a modifier fhirlake does not understand cannot be processed"
+            ));
+            continue;
+        }
+        let Some(expression) = extension.get("valueExpression") else {
+            problems.push("member-filter needs a valueExpression".into());
+            continue;
+        };
+        let language = expression.get("language").and_then(Value::as_str).unwrap_or_default();
+        if language != FHIR_QUERY {
+            not_supported = true;
+            problems.push(format!(
+                "member-filter language '{language}' is not supported (only {FHIR_QUERY})"
+            ));
+            continue;
+        }
+        match expression.get("expression").and_then(Value::as_str) {
+            Some(text) => match CohortEngine::parse(&[text]) {
+                Ok(_) => filters.push(text.to_string()),
+                Err(e) => problems.push(format!("member-filter '{text}': {e}")),
+            },
+            None => problems.push("member-filter valueExpression.expression (a FHIR search) is required".into()),
+        }
+    }
+    if filters.is_empty() && !problems.iter().any(|p| p.starts_with("member-filter")) {
+        problems.push(format!(
+            "a cohort Group needs at least one member-filter modifierExtension ({MEMBER_FILTER_URL})"
+        ));
+    }
+    let mut base_patients = Vec::new();
+    let mut base_groups = Vec::new();
+    for member in object
+        .get("member")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        let reference = member
+            .get("entity")
+            .and_then(|e| e.get("reference"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        match parse_reference(reference) {
+            Some(target) if target.resource_type == Some("Patient") => base_patients.push(target.id.to_string()),
+            Some(target) if target.resource_type == Some("Group") => base_groups.push(target.id.to_string()),
+            _ => problems.push(format!(
+                "member.entity '{reference}' must reference a Patient or a Group (the base population)"
+            )),
+        }
+    }
+    if !problems.is_empty() {
+        // One problem that is only unsupported is `not-supported`; any
+        // other mix is invalid.
+        let not_supported = not_supported && problems.len() == 1;
+        return Err(GroupError::Invalid {
+            problems,
+            not_supported,
+        });
+    }
+    Ok(CohortRequest {
+        group,
+        filters,
+        base_patients,
+        base_groups,
+    })
+}
+
+/// The Group resource served for a cohort: the request's Group with `id`,
+/// `meta` (version, lastUpdated, profile), `quantity` and
+/// `members-refreshed`. Its `member-filter`s stay: it is still a
+/// modifier-extension Group, never a plain member list.
+pub fn group_resource(id: &str, version: u64, request: &CohortRequest, members: usize, computed_at: &str) -> Value {
+    let mut group = request.group.clone();
+    if let Some(object) = group.as_object_mut() {
+        object.insert("id".into(), json!(id));
+        let mut profiles = vec![json!(COHORT_PROFILE)];
+        if let Some(existing) = object
+            .get("meta")
+            .and_then(|m| m.get("profile"))
+            .and_then(Value::as_array)
+        {
+            profiles.extend(existing.iter().filter(|p| p.as_str() != Some(COHORT_PROFILE)).cloned());
+        }
+        object.insert(
+            "meta".into(),
+            json!({"versionId": version.to_string(), "lastUpdated": computed_at, "profile": profiles}),
+        );
+        object.insert("quantity".into(), json!(members));
+        let mut extensions: Vec<Value> = object
+            .get("extension")
+            .and_then(Value::as_array)
+            .map(|e| {
+                e.iter()
+                    .filter(|x| x.get("url").and_then(Value::as_str) != Some(MEMBERS_REFRESHED_URL))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        extensions.push(json!({"url": MEMBERS_REFRESHED_URL, "valueDateTime": computed_at}));
+        object.insert("extension".into(), Value::Array(extensions));
+    }
+    group
+}

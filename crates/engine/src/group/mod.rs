@@ -1,0 +1,137 @@
+//! Groups: the Group domain every front shares. Validating submitted
+//! cohort Groups ([`cohort`]), the stored form ([`store`]), the one
+//! resolver from a Group id to its members ([`resolve`]), and computing a
+//! cohort's membership ([`compute`]), and managing Groups on a
+//! [`Service`](crate::service::Service) ([`manage`]).
+
+pub mod cohort;
+pub mod manage;
+pub mod resolve;
+pub mod store;
+
+use std::collections::HashSet;
+
+pub use cohort::{
+    COHORT_PROFILE, CohortRequest, FHIR_QUERY, MEMBER_FILTER_URL, MEMBERS_REFRESHED_URL, group_resource, validate,
+};
+pub use resolve::GroupResolver;
+pub use store::{GROUPS, StoredGroup};
+
+use crate::cohort::{CohortEngine, CohortError, CurrentEngine};
+use crate::error::{ErrorKind, HasKind};
+use crate::store::StoreError;
+use crate::warehouse::WarehouseError;
+
+/// Errors of the Group domain.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// A submitted Group breaks the profile or what fhirlake supports;
+    /// every problem found is listed.
+    #[error("{}", problems.join("; "))]
+    Invalid {
+        /// What is wrong, one entry per problem.
+        problems: Vec<String>,
+        /// The one problem is something fhirlake does not support (rather
+        /// than something invalid).
+        not_supported: bool,
+    },
+    /// The Group a request addresses (in its path) exists nowhere.
+    #[error("Group/{0} does not exist")]
+    NotFound(String),
+    /// A Group's `member` names a base Group that exists nowhere (the
+    /// request body is wrong, not the path).
+    #[error("member references Group/{0}, which does not exist")]
+    UnknownBase(String),
+    /// Cohorts need the search index, and the warehouse has none.
+    #[error("the warehouse has no search index (it was loaded with --no-index)")]
+    NoIndex,
+    /// A loaded Group resource is not valid JSON.
+    #[error("stored Group/{0} is not valid JSON")]
+    Corrupt(String),
+    /// Computing a cohort failed.
+    #[error(transparent)]
+    Cohort(#[from] CohortError),
+    /// Reading or writing stored Groups failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Reading the loaded Groups failed.
+    #[error(transparent)]
+    Warehouse(#[from] WarehouseError),
+    /// Querying the loaded Groups or Patients failed.
+    #[error(transparent)]
+    Query(#[from] crate::query::QueryError),
+}
+
+impl From<datafusion::error::DataFusionError> for GroupError {
+    fn from(error: datafusion::error::DataFusionError) -> Self {
+        Self::Warehouse(error.into())
+    }
+}
+
+impl GroupError {
+    /// An invalid submission with one problem.
+    pub fn invalid(problem: impl Into<String>) -> Self {
+        Self::Invalid {
+            problems: vec![problem.into()],
+            not_supported: false,
+        }
+    }
+}
+
+impl HasKind for GroupError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Invalid {
+                not_supported: true, ..
+            } => ErrorKind::NotSupported,
+            Self::Invalid { .. } | Self::UnknownBase(_) => ErrorKind::Invalid,
+            Self::NotFound(_) => ErrorKind::NotFound,
+            Self::NoIndex => ErrorKind::Transient,
+            Self::Corrupt(_) => ErrorKind::Internal,
+            Self::Cohort(e) => e.kind(),
+            Self::Store(e) => e.kind(),
+            Self::Warehouse(e) => e.kind(),
+            Self::Query(e) => e.kind(),
+        }
+    }
+
+    fn is_private(&self) -> bool {
+        match self {
+            Self::Store(e) => e.is_private(),
+            Self::Warehouse(e) => e.is_private(),
+            Self::Query(e) => e.is_private(),
+            _ => false,
+        }
+    }
+}
+
+/// Computes the members of `request` on the current warehouse: the
+/// patients meeting every filter, within the base population when `member`
+/// gives one (Patients, and Groups resolved by [`GroupResolver`]). Returns
+/// the sorted members and the warehouse version they were computed on.
+pub async fn compute(current: &CurrentEngine, request: &CohortRequest) -> Result<(Vec<String>, u64), GroupError> {
+    let engine = current.get().await?;
+    if !engine.has_index() {
+        return Err(GroupError::NoIndex);
+    }
+    let queries = CohortEngine::parse(&request.filters)?;
+    let base = if request.has_base() {
+        let mut members: HashSet<String> = request.base_patients.iter().cloned().collect();
+        let mut resolver = GroupResolver::new(&engine);
+        for group in &request.base_groups {
+            match resolver.members(group).await {
+                Ok(found) => members.extend(found),
+                Err(GroupError::NotFound(id)) => return Err(GroupError::UnknownBase(id)),
+                Err(e) => return Err(e),
+            }
+        }
+        let mut members: Vec<String> = members.into_iter().collect();
+        members.sort_unstable();
+        Some(members)
+    } else {
+        None
+    };
+    let plan = engine.plan(&queries, base.as_deref())?;
+    let result = engine.run(plan).await?;
+    Ok((result.patients, engine.version()))
+}

@@ -1,0 +1,110 @@
+//! The one Group resolver: a Group id to its member Patient ids, whether
+//! the Group was created through the server (stored, with computed members)
+//! or loaded with the data (its `member` references), with nested Groups
+//! expanded through the same resolver and cycles ended.
+
+use std::collections::{HashMap, HashSet};
+
+use datafusion::arrow::array::AsArray;
+use datafusion::prelude::col;
+
+use super::GroupError;
+use super::store::{GROUPS, StoredGroup};
+use crate::cohort::CohortEngine;
+use crate::fhir::parse_reference;
+use crate::json::JsonValue;
+use crate::state::StateStore;
+use crate::warehouse::catalog::table_provider;
+
+/// Resolves Group ids to members on one warehouse version.
+pub struct GroupResolver<'a> {
+    engine: &'a CohortEngine,
+    store: StateStore,
+    /// The loaded Group resources by id, read on first need.
+    loaded: Option<HashMap<String, String>>,
+}
+
+impl<'a> GroupResolver<'a> {
+    /// A resolver over `engine`'s warehouse version and the Groups stored
+    /// beside that warehouse.
+    pub fn new(engine: &'a CohortEngine) -> Self {
+        Self {
+            engine,
+            store: StateStore::new(engine.warehouse().root().clone()),
+            loaded: None,
+        }
+    }
+
+    /// The member Patient ids of Group `id`, sorted: a stored Group's
+    /// computed members, a loaded Group's `member` Patients, and the members
+    /// of the Groups either names (each Group once, so cycles end; a nested
+    /// reference to a Group that exists nowhere adds no one).
+    /// [`GroupError::NotFound`] when `id` itself exists nowhere.
+    pub async fn members(&mut self, id: &str) -> Result<Vec<String>, GroupError> {
+        let mut members = HashSet::new();
+        let mut seen = HashSet::new();
+        let mut pending = vec![id.to_string()];
+        while let Some(group) = pending.pop() {
+            if !seen.insert(group.clone()) {
+                continue;
+            }
+            if let Some(stored) = self.store.get::<StoredGroup>(GROUPS, &group).await? {
+                members.extend(stored.members);
+                continue;
+            }
+            let loaded = self.loaded().await?;
+            let Some(text) = loaded.get(&group) else {
+                if group == id {
+                    return Err(GroupError::NotFound(id.to_string()));
+                }
+                continue;
+            };
+            let resource = crate::json::parse(text).map_err(|_| GroupError::Corrupt(group.clone()))?;
+            if let Some(list) = resource.get("member") {
+                list.for_each_item(|member| {
+                    let reference = member
+                        .get("entity")
+                        .and_then(|e| e.get("reference"))
+                        .and_then(JsonValue::as_str);
+                    match reference.and_then(parse_reference) {
+                        Some(target) if target.resource_type == Some("Patient") => {
+                            members.insert(target.id.to_string());
+                        }
+                        Some(target) if target.resource_type == Some("Group") => pending.push(target.id.to_string()),
+                        _ => {}
+                    }
+                });
+            }
+        }
+        let mut members: Vec<String> = members.into_iter().collect();
+        members.sort_unstable();
+        Ok(members)
+    }
+
+    /// The Group resources of the loaded data, by id.
+    async fn loaded(&mut self) -> Result<&HashMap<String, String>, GroupError> {
+        if self.loaded.is_none() {
+            self.loaded = Some(read_loaded_groups(self.engine).await?);
+        }
+        Ok(self.loaded.get_or_insert_default())
+    }
+}
+
+/// Every Group resource of the loaded data (`id` → JSON text).
+async fn read_loaded_groups(engine: &CohortEngine) -> Result<HashMap<String, String>, GroupError> {
+    let mut groups = HashMap::new();
+    let Some(entry) = engine.snapshot().tables.get("Group") else {
+        return Ok(groups);
+    };
+    let ctx = engine.session();
+    let provider = table_provider(engine.warehouse(), ctx, "Group", entry).await?;
+    let frame = ctx.read_table(provider)?.select(vec![col("id"), col("resource")])?;
+    for batch in frame.collect().await? {
+        let ids = batch.column(0).as_string::<i32>();
+        let resources = batch.column(1).as_string::<i32>();
+        for i in 0..batch.num_rows() {
+            groups.insert(ids.value(i).to_string(), resources.value(i).to_string());
+        }
+    }
+    Ok(groups)
+}

@@ -1,0 +1,123 @@
+//! The engine as one long-lived value for fronts that serve many requests:
+//! the warehouse, the cohort engine of its current version, the state
+//! store of Groups and jobs, and the jobs running in this process. Its
+//! operations are in the modules they belong to (`group::manage`,
+//! `jobs::group`, `jobs::export`); a front holds one `Arc<Service>` and
+//! calls them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+mod runtime;
+
+pub use runtime::Runtimes;
+
+use crate::cohort::CurrentEngine;
+use crate::state::StateStore;
+use crate::store::{StoreError, StoreLocation};
+use crate::warehouse::Warehouse;
+
+/// Folder (under the warehouse root) of export files, one sub-folder per
+/// job, unless the service is given an export store.
+pub const EXPORT_FILES: &str = "_server/export-files";
+
+/// How the service runs jobs.
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    /// Recompute every cohort Group this often when the warehouse changed.
+    pub refresh_interval: Option<Duration>,
+    /// Seconds a client is asked to wait between polls of a job; polling
+    /// faster than half of it is refused.
+    pub retry_after: u64,
+    /// Wait this long before computing each async job (to observe progress,
+    /// cancellation and crash recovery in tests).
+    pub job_delay: Duration,
+    /// Exports allowed to run at once.
+    pub max_exports: usize,
+    /// An export file is closed and a new one started at this size.
+    pub export_file_bytes: u64,
+    /// Finished exports (and their files) are deleted this long after completion.
+    pub export_retention: Duration,
+    /// Pause after each exported type (tests).
+    pub export_type_delay: Duration,
+    /// Where export files go (`s3://bucket/prefix`, a folder); default the
+    /// warehouse's `_server/export-files`.
+    pub export_store: Option<String>,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        Self {
+            refresh_interval: None,
+            retry_after: 1,
+            job_delay: Duration::ZERO,
+            max_exports: 2,
+            export_file_bytes: 256 * 1024 * 1024,
+            export_retention: Duration::from_secs(3600),
+            export_type_delay: Duration::ZERO,
+            export_store: None,
+        }
+    }
+}
+
+/// The engine behind a front.
+pub struct Service {
+    /// The warehouse served.
+    pub warehouse: Warehouse,
+    /// The cohort engine of its current version, shared by requests.
+    pub cohorts: CurrentEngine,
+    /// Durable Groups and job records.
+    pub state: StateStore,
+    /// Where export files are written.
+    pub export_files: StoreLocation,
+    /// See [`ServiceOptions`].
+    pub options: ServiceOptions,
+    /// Serialises writes of Groups and job records (version numbers, a
+    /// cancel racing a job's end).
+    pub(crate) writes: tokio::sync::Mutex<()>,
+    /// Group create/update jobs of this process.
+    pub(crate) group_jobs: Runtimes,
+    /// Export jobs of this process.
+    pub(crate) export_jobs: Runtimes,
+}
+
+impl Service {
+    /// A service over `warehouse`. Nothing runs until [`Service::start`].
+    pub fn new(warehouse: Warehouse, mut options: ServiceOptions) -> Result<Arc<Self>, StoreError> {
+        let export_files = match &options.export_store {
+            Some(url) => StoreLocation::parse(url, true)?,
+            None => {
+                let mut location = warehouse.root().clone();
+                location.prefix = location.child(EXPORT_FILES);
+                location
+            }
+        };
+        options.max_exports = options.max_exports.max(1);
+        options.retry_after = options.retry_after.max(1);
+        Ok(Arc::new(Self {
+            cohorts: CurrentEngine::new(warehouse.clone()),
+            state: StateStore::new(warehouse.root().clone()),
+            warehouse,
+            export_files,
+            options,
+            writes: tokio::sync::Mutex::new(()),
+            group_jobs: Runtimes::default(),
+            export_jobs: Runtimes::default(),
+        }))
+    }
+
+    /// Resumes the jobs an earlier process left running, and starts the
+    /// background loops: export expiry, and cohort refresh when set.
+    pub async fn start(self: &Arc<Self>) -> Result<(), StoreError> {
+        self.resume_group_jobs().await?;
+        self.resume_exports().await?;
+        let service = self.clone();
+        let interval = self.options.export_retention.min(Duration::from_secs(60));
+        tokio::spawn(async move { service.expiry_loop(interval).await });
+        if let Some(interval) = self.options.refresh_interval {
+            let service = self.clone();
+            tokio::spawn(async move { service.refresh_loop(interval).await });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,247 @@
+//! Registering a warehouse snapshot as DataFusion tables.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{MemorySchemaProvider, TableProvider};
+use datafusion::common::TableReference;
+use datafusion::datasource::empty::EmptyTable;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::object_store::ObjectStoreUrl;
+use datafusion::execution::cache::cache_manager::{CacheManagerConfig, FileMetadataCache};
+use datafusion::execution::cache::default_cache::DefaultCache;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use object_store::ObjectMeta;
+
+use super::index_tables::{IndexKind, parse_index_table_key};
+use super::schema::{rejects_schema, resource_schema, tombstones_schema};
+use super::table::ManifestTable;
+use super::{Snapshot, TableEntry, TableKind, Warehouse, WarehouseError};
+use crate::store::{CachedStore, ReadCache};
+
+/// Memory DataFusion may use for sorts, joins and aggregates before it spills
+/// to disk; keeps queries over large warehouses within a fixed budget.
+pub const QUERY_MEMORY_LIMIT: usize = 1024 * 1024 * 1024;
+
+/// Parquet footers and page indexes, shared by every session of the process
+/// (each session keeps its own memory pool). Warehouse files are never
+/// changed once written (names carry a unique load token; entries are
+/// checked against the size the manifest records), so a server's later cohorts
+/// and exports skip re-reading the metadata of files an earlier query read.
+fn shared_metadata_cache() -> Arc<FileMetadataCache> {
+    static CACHE: OnceLock<Arc<FileMetadataCache>> = OnceLock::new();
+    CACHE
+        .get_or_init(|| Arc::new(DefaultCache::new(METADATA_CACHE_BYTES).with_name("fhirlake file metadata")))
+        .clone()
+}
+
+/// Memory the shared metadata cache may hold (least recently used entries go first).
+const METADATA_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// A DataFusion session with fhirlake's settings and SQL functions (the JSON
+/// functions `json_get_str`, `->>`, … over the `resource` column).
+pub fn new_session() -> Result<SessionContext, WarehouseError> {
+    let caches = CacheManagerConfig::default()
+        .with_file_metadata_cache(Some(shared_metadata_cache()))
+        .with_metadata_cache_limit(METADATA_CACHE_BYTES);
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(QUERY_MEMORY_LIMIT, 1.0)
+        .with_cache_manager(caches)
+        .build_arc()?;
+    let config = SessionConfig::new().with_information_schema(true);
+    let mut ctx = SessionContext::new_with_config_rt(config, runtime);
+    datafusion_functions_json::register_all(&mut ctx)?;
+    Ok(ctx)
+}
+
+/// A session for queries over `warehouse` (cohorts, SQL, exports): like
+/// [`new_session`], with the warehouse's files read through the process-wide
+/// [`ReadCache`], so repeated requests find the pages they read in memory.
+/// Loads and merges use plain sessions: what they read is read once.
+pub fn new_query_session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseError> {
+    let ctx = new_session()?;
+    let root = warehouse.root();
+    let store_url = root.store_url.as_str();
+    // Data files live under `tables/` and are never rewritten; manifests,
+    // server state and anything a SQL statement writes are not cached.
+    let cached = CachedStore::new(root.store.clone(), store_url, root.child("tables"), ReadCache::shared());
+    ctx.register_object_store(&root.store_url, Arc::new(cached));
+    Ok(ctx)
+}
+
+/// The schema of table `name` of `kind` (`None` for views: their files carry it).
+pub fn schema_of(name: &str, kind: TableKind) -> Option<SchemaRef> {
+    match kind {
+        TableKind::Resource => Some(resource_schema()),
+        TableKind::Rejects => Some(rejects_schema()),
+        TableKind::Tombstones => Some(tombstones_schema()),
+        TableKind::View => None,
+        TableKind::Index => parse_index_table_key(name).map(|(kind, _)| kind.schema()),
+    }
+}
+
+/// A table provider reading exactly the files of `entry` (named `name` in
+/// the snapshot). `ctx` reads a view table's schema from its files.
+pub async fn table_provider(
+    warehouse: &Warehouse,
+    ctx: &SessionContext,
+    name: &str,
+    entry: &TableEntry,
+) -> Result<Arc<dyn TableProvider>, WarehouseError> {
+    files_provider(warehouse, ctx, schema_of(name, entry.kind), &entry.files).await
+}
+
+/// A table provider reading exactly `files`, with `schema` (`None`: read
+/// from the files).
+pub async fn files_provider(
+    warehouse: &Warehouse,
+    ctx: &SessionContext,
+    schema: Option<SchemaRef>,
+    files: &[super::DataFile],
+) -> Result<Arc<dyn TableProvider>, WarehouseError> {
+    manifest_provider(warehouse, ctx, schema, files, &[]).await
+}
+
+/// Like [`files_provider`] for files that are each sorted by `sort_columns`
+/// (ascending), which DataFusion may then merge instead of sorting.
+pub async fn files_provider_sorted(
+    warehouse: &Warehouse,
+    ctx: &SessionContext,
+    schema: SchemaRef,
+    files: &[super::DataFile],
+    sort_columns: &[String],
+) -> Result<Arc<dyn TableProvider>, WarehouseError> {
+    manifest_provider(warehouse, ctx, Some(schema), files, sort_columns).await
+}
+
+async fn manifest_provider(
+    warehouse: &Warehouse,
+    ctx: &SessionContext,
+    schema: Option<SchemaRef>,
+    files: &[super::DataFile],
+    sort_columns: &[String],
+) -> Result<Arc<dyn TableProvider>, WarehouseError> {
+    if files.is_empty() {
+        let schema = schema.unwrap_or_else(|| Arc::new(datafusion::arrow::datatypes::Schema::empty()));
+        return Ok(Arc::new(EmptyTable::new(schema)));
+    }
+    let root = warehouse.root();
+    // `scheme://authority` without the path: DataFusion's key for the store.
+    let store_url = ObjectStoreUrl::parse(&root.store_url[..url::Position::BeforePath])?;
+    if !root.is_local() && ctx.runtime_env().object_store(&store_url).is_err() {
+        // DataFusion finds stores by URL; the local filesystem is built in,
+        // and a query session registered its cached store already.
+        ctx.register_object_store(&root.store_url, root.store.clone());
+    }
+    let keys: Vec<_> = files.iter().map(|f| root.child(&f.path)).collect();
+    // The read cache needs each object's size to bound its last block; the
+    // manifest knows it, which saves a HEAD request per file.
+    let cache = ReadCache::shared();
+    for (key, file) in keys.iter().zip(files) {
+        cache.note_size(root.store_url.as_str(), key, file.bytes);
+    }
+    let schema = match schema {
+        Some(schema) => schema,
+        // View tables: their first file's footer carries the schema.
+        None => {
+            let first = ObjectMeta {
+                location: keys[0].clone(),
+                last_modified: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+                size: files[0].bytes,
+                e_tag: None,
+                version: None,
+            };
+            ParquetFormat::default()
+                .infer_schema(&ctx.state(), &root.store, &[first])
+                .await?
+        }
+    };
+    let sort_order = sort_columns
+        .iter()
+        .map(|c| datafusion::prelude::col(c.as_str()).sort(true, true))
+        .collect();
+    let files = keys
+        .into_iter()
+        .zip(files)
+        .map(|(key, file)| (key, file.bytes, file.rows));
+    Ok(Arc::new(ManifestTable::new(schema, store_url, files, sort_order)))
+}
+
+/// Schema holding the raw resource tables (`fhir.patient`, `fhir."Observation"`)
+/// and the `fhir.compartment` view; the default schema is left to the
+/// analyst views (`patient`, `condition`, …).
+pub const RESOURCE_SCHEMA: &str = "fhir";
+
+/// Registers every table of `snapshot` in `ctx`: resource tables in schema
+/// [`RESOURCE_SCHEMA`] under their type name and (since SQL folds unquoted
+/// identifiers) its lower-case form, the `fhir.compartment` view
+/// (resource_type, resource_id, patient_id), and `_rejects`.
+pub async fn register_snapshot(
+    warehouse: &Warehouse,
+    ctx: &SessionContext,
+    snapshot: &Snapshot,
+) -> Result<(), WarehouseError> {
+    let catalog = ctx
+        .catalog("datafusion")
+        .ok_or_else(|| datafusion::error::DataFusionError::Plan("default catalog missing".into()))?;
+    if catalog.schema(RESOURCE_SCHEMA).is_none() {
+        catalog.register_schema(RESOURCE_SCHEMA, Arc::new(MemorySchemaProvider::new()))?;
+    }
+    let mut compartment_branches = Vec::new();
+    let mut index_files: BTreeMap<IndexKind, Vec<super::DataFile>> = BTreeMap::new();
+    for (name, entry) in &snapshot.tables {
+        if entry.kind == TableKind::Index {
+            if let Some((kind, _)) = parse_index_table_key(name) {
+                index_files.entry(kind).or_default().extend(entry.files.iter().cloned());
+            }
+            continue;
+        }
+        let provider = table_provider(warehouse, ctx, name, entry).await?;
+        if entry.kind == TableKind::View {
+            let view_name = name.strip_prefix("views/").unwrap_or(name);
+            ctx.register_table(TableReference::bare(view_name), provider)?;
+            continue;
+        }
+        if entry.kind != TableKind::Resource {
+            ctx.register_table(TableReference::bare(name.as_str()), provider)?;
+            continue;
+        }
+        ctx.register_table(
+            TableReference::partial(RESOURCE_SCHEMA, name.as_str()),
+            provider.clone(),
+        )?;
+        let lower = name.to_lowercase();
+        if lower != *name {
+            ctx.register_table(TableReference::partial(RESOURCE_SCHEMA, lower), provider)?;
+        }
+        compartment_branches.push(format!(
+            "SELECT '{name}' AS resource_type, id AS resource_id, unnest(patients) AS patient_id FROM {RESOURCE_SCHEMA}.\"{name}\""
+        ));
+    }
+    // One SQL table per index kind over all types (`index_token`, …).
+    for (kind, files) in index_files {
+        let provider = files_provider(warehouse, ctx, Some(kind.schema()), &files).await?;
+        ctx.register_table(TableReference::bare(kind.sql_table()), provider)?;
+    }
+    if !compartment_branches.is_empty() {
+        let view = format!(
+            "CREATE VIEW {RESOURCE_SCHEMA}.compartment AS {}",
+            compartment_branches.join(" UNION ALL ")
+        );
+        ctx.sql(&view).await?;
+    }
+    Ok(())
+}
+
+/// A session over the current state of `warehouse` (empty if nothing is committed).
+pub async fn session_for(warehouse: &Warehouse) -> Result<(SessionContext, Option<Snapshot>), WarehouseError> {
+    let ctx = new_query_session(warehouse)?;
+    let snapshot = warehouse.current().await?;
+    if let Some(snapshot) = &snapshot {
+        register_snapshot(warehouse, &ctx, snapshot).await?;
+    }
+    Ok((ctx, snapshot))
+}

@@ -1,0 +1,47 @@
+//! The kinds of error: every library error of fhirlake says which of these
+//! it is, and each front (HTTP, the CLI) maps a kind to its protocol once
+//! (an HTTP status and OperationOutcome issue code; an exit message).
+
+/// What kind of failure an error is, independent of the front that reports
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request or input is wrong (bad syntax, a rule broken).
+    Invalid,
+    /// Something the request names does not exist.
+    NotFound,
+    /// Valid, but fhirlake does not do it.
+    NotSupported,
+    /// It conflicts with the current state (a concurrent commit, a version
+    /// mismatch).
+    Conflict,
+    /// The caller may not do it.
+    Forbidden,
+    /// Too many at once (rate or concurrency limits).
+    TooMany,
+    /// Temporary: retrying later may succeed (no data yet, memory exhausted
+    /// by other work, a store unreachable).
+    Transient,
+    /// fhirlake's own fault (a bug, corrupt stored data, I/O).
+    Internal,
+}
+
+/// An error that knows its [`ErrorKind`].
+pub trait HasKind: std::error::Error {
+    /// The kind of this error.
+    fn kind(&self) -> ErrorKind;
+
+    /// Whether the message names server-side places (store URLs, file
+    /// paths) a remote caller should not see: a front logs it and answers
+    /// with a general text.
+    fn is_private(&self) -> bool {
+        false
+    }
+
+    /// Seconds after which a retry may succeed, for errors of kind
+    /// [`ErrorKind::TooMany`] (`Retry-After`).
+    fn retry_after(&self) -> Option<u64> {
+        None
+    }
+}

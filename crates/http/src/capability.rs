@@ -1,0 +1,154 @@
+//! `GET /metadata`: a CapabilityStatement that says what this server does.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::SharedState;
+use super::outcome::fhir_json;
+use fhirlake_engine::fhir::PatientCompartment;
+use fhirlake_engine::group::{COHORT_PROFILE, FHIR_QUERY};
+use fhirlake_engine::search::SearchRegistry;
+
+fn param_type_name(t: fhirlake_engine::search::ParamType) -> &'static str {
+    use fhirlake_engine::search::ParamType::*;
+    match t {
+        Token => "token",
+        Date => "date",
+        String => "string",
+        Reference => "reference",
+        Quantity => "quantity",
+        Number => "number",
+        Uri => "uri",
+        Composite => "composite",
+        Special => "special",
+    }
+}
+
+/// The searchParam list of `resource_type`: what `member-filter` accepts.
+fn search_params(registry: &SearchRegistry, resource_type: &str) -> Vec<Value> {
+    registry
+        .supported(resource_type)
+        .into_iter()
+        .map(|p| {
+            json!({
+                "name": p.code,
+                "definition": p.url,
+                "type": param_type_name(p.param_type),
+            })
+        })
+        .collect()
+}
+
+/// What `$export` does, for the CapabilityStatement (the spec asks servers
+/// to document these choices).
+const EXPORT_DOCUMENTATION: &str = "Bulk Cohort API (async Group creation) and Bulk Data $export at system, Patient and Group level (GET, or POST with a Parameters body; Prefer: respond-async assumed). \
+Parameters: _outputFormat (application/fhir+ndjson, application/ndjson, ndjson; Parquet as application/vnd.apache.parquet or parquet: one row per resource with id, version_id, last_updated and the resource JSON), _since, _until, _type, _typeFilter (the member-filter search compiler; several filters of one type are ORed; an invalid filter is always an error, never ignored), _elements (top-level; mandatory elements kept; tagged SUBSETTED), patient (POST; must be members of the Group, or loaded Patients), includeAssociatedData (LatestProvenanceResources, RelevantProvenanceResources: Provenance is exported even when _type omits it; at Patient and Group level the Provenance exported is every Provenance whose target is an exported resource, a superset of the latest one per resource), organizeOutputBy=Patient (NDJSON files of blocks: a Parameters header naming the Patient, the Patient, then its compartment's resources; blocks are never split, so a file may exceed the size limit by one block; context resources are not added), allowPartialManifests=true (while the export runs, a poll returns 202 with a manifest page of the files finished so far; pages never change except by gaining a link to the next page; the last page comes with 200 and carries error[] and deleted[]). Unsupported parameters are 400 unless Prefer: handling=lenient, which lists them in error[]. \
+Content: Patient and Group exports contain the Patient compartments (Patient resources included) plus the Practitioner, PractitionerRole, Organization, Location and Medication resources the exported resources reference (so references resolve). Latest versions only. _since/_until compare meta.lastUpdated, or the load time for resources without it, and _since also returns everything loads committed after it (so nothing committed after a transactionTime is missed); a Group export with _since does not add older data of patients who joined the Group since (request those with patient=). With _since, deleted[] lists the resources of the export's scope that loads deleted since then (a load deletes with the Bulk Data deleted format: transaction Bundles of DELETE entries), as transaction Bundles of DELETE entries; a resource loaded again after its deletion is in output, never in deleted. \
+Files: one type per file, split at the configured size, count per file, downloadable with gzip (Accept-Encoding) and byte ranges; requiresAccessToken is true when authorization is on and files are streamed by the server, false for presigned download URLs or an open server. Completed exports expire after the configured retention (Expires header); DELETE on the status URL cancels and purges.";
+
+/// The `rest.security` element: SMART Backend Services when authorization
+/// is on (token endpoint in the `oauth-uris` extension), else a statement
+/// that the server runs open.
+fn security(state: &super::AppState) -> serde_json::Value {
+    match &state.auth {
+        Some(issuer) => json!({
+            "cors": false,
+            "service": [{
+                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}],
+                "text": "SMART Backend Services: client_credentials with a private_key_jwt assertion (RS384 or ES384)"
+            }],
+            "extension": [{
+                "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                "extension": [{"url": "token", "valueUri": issuer.token_url()}]
+            }],
+            "description": format!("Every request but /metadata and /.well-known/smart-configuration needs a bearer token from the token endpoint (lifetime {} s). Scopes: SMART v2 (system/*.rs, system/Group.cud, system/Patient.rs …) and v1 (system/*.read, system/Group.write). Exports are limited to the types the scopes allow to read; member-filters and _typeFilter need read access to every type they search, and may not search Groups; a client sees and exports only the cohort Groups it created and the Groups granted to it (granted ones read-only); export status URLs and files belong to the client that started the export (requiresAccessToken: true unless downloads are presigned).", issuer.lifetime().as_secs())
+        }),
+        None => json!({
+            "cors": false,
+            "description": "This server runs without authorization (no access token is needed)."
+        }),
+    }
+}
+
+/// `GET /metadata`.
+pub async fn metadata(State(state): State<SharedState>) -> Response {
+    let refresh = match state.service.options.refresh_interval {
+        Some(interval) => format!(
+            "Membership is computed when a cohort Group is created or updated, and recomputed every {} s when the warehouse has changed since (members-refreshed is the time of the last computation).",
+            interval.as_secs()
+        ),
+        None => "Membership is computed when a cohort Group is created or updated (a snapshot; members-refreshed is the time of that computation). It is not refreshed periodically: PUT the Group to recompute it.".into(),
+    };
+    let mut resources = vec![json!({
+        "type": "Group",
+        "profile": "http://hl7.org/fhir/StructureDefinition/Group",
+        "supportedProfile": [COHORT_PROFILE],
+        "documentation": format!("Bulk Cohort API: POST a bulk-cohort-group Group with Prefer: respond-async (or synchronously) and poll the Content-Location URL. member-filter expressions use {FHIR_QUERY} with the search parameters listed for each resource type below; several member-filters are ANDed; member entries (Patients, Groups) set the base population. {refresh} GET /Group/[id]/$members pages through the members (Patient resources). Groups in the loaded data are read-only."),
+        "operation": [{
+            "name": "export",
+            "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+            "documentation": "Group/[id]/$export: the Patient compartments of the members (cohort or loaded Group)."
+        }],
+        "interaction": [
+            {"code": "create"}, {"code": "read"}, {"code": "vread"}, {"code": "update"},
+            {"code": "delete"}, {"code": "search-type"}
+        ],
+        "versioning": "versioned",
+        "updateCreate": false,
+        "searchParam": [
+            {"name": "name", "type": "string", "documentation": "case- and accent-insensitive prefix; :exact, :contains"},
+            {"name": "_id", "type": "token"},
+            {"name": "type", "type": "token"},
+            {"name": "_count", "type": "number"},
+            {"name": "_offset", "type": "number"}
+        ],
+    })];
+    if let (Ok(registry), Ok(compartment)) = (SearchRegistry::r4(), PatientCompartment::r4()) {
+        let mut types: Vec<&str> = compartment.types().collect();
+        types.push("Patient");
+        types.sort_unstable();
+        types.dedup();
+        for resource_type in types.into_iter().filter(|t| *t != "Group") {
+            let mut entry = json!({
+                "type": resource_type,
+                "documentation": "Searchable in member-filter and _typeFilter expressions with these parameters (plus chains and _has).",
+                "searchParam": search_params(registry, resource_type),
+            });
+            if resource_type == "Patient" {
+                entry["operation"] = json!([{
+                    "name": "export",
+                    "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+                    "documentation": "Patient/$export: the Patient compartments of all patients."
+                }]);
+            }
+            resources.push(entry);
+        }
+    }
+    let statement = json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": fhirlake_engine::state::now(),
+        "kind": "instance",
+        "name": "fhirlake",
+        "title": "fhirlake Bulk Cohort server",
+        "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
+        "software": {"name": "fhirlake", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "fhirlake over a columnar FHIR warehouse", "url": state.base_url},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "application/json"],
+        "rest": [{
+            "mode": "server",
+            "security": security(&state),
+            "documentation": EXPORT_DOCUMENTATION,
+            "resource": resources,
+            "operation": [{
+                "name": "export",
+                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+                "documentation": "System-level $export (GET or POST)."
+            }],
+        }],
+    });
+    fhir_json(StatusCode::OK, &statement)
+}

@@ -1,0 +1,512 @@
+//! Group interactions: Bulk Cohort creation (async and sync), polling and
+//! cancelling jobs, read, vread, search, update, delete, and `$members`.
+//! Groups of the loaded data (plain member lists) are readable, searchable
+//! and usable as base populations, but read-only.
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use fhirlake_auth::Permission;
+use fhirlake_engine::group::{CohortRequest, StoredGroup, validate};
+use fhirlake_engine::jobs::{JobKind, JobState, new_id};
+use fhirlake_engine::search::extract::fold;
+use serde_json::{Value, json};
+
+use super::auth::{Caller, hidden};
+use super::outcome::{FhirError, fhir_json, operation_outcome};
+use super::{AppState, SharedState};
+
+fn prefers_async(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), FhirError> {
+    match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        None => Ok(()),
+        Some(t) => {
+            let media = t.split(';').next().unwrap_or("").trim();
+            if matches!(
+                media,
+                "application/fhir+json" | "application/json" | "application/json+fhir"
+            ) {
+                Ok(())
+            } else {
+                Err(FhirError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "not-supported",
+                    format!("Content-Type '{t}' is not supported; send application/fhir+json"),
+                ))
+            }
+        }
+    }
+}
+
+fn accepted(state: &AppState, job_id: &str) -> Response {
+    let mut response = fhir_json(
+        StatusCode::ACCEPTED,
+        &operation_outcome(
+            "information",
+            "informational",
+            "accepted: poll the Content-Location URL",
+        ),
+    );
+    if let Ok(value) = HeaderValue::from_str(&format!("{}/_jobs/{job_id}", state.base_url)) {
+        response.headers_mut().insert(header::CONTENT_LOCATION, value);
+    }
+    response
+}
+
+async fn start_job(
+    state: &SharedState,
+    kind: JobKind,
+    group_id: String,
+    request: CohortRequest,
+    owner: Option<String>,
+) -> Result<Response, FhirError> {
+    let job = state.service.start_group_job(kind, group_id, request, owner).await?;
+    Ok(accepted(state, &job.id))
+}
+
+/// The Group resource `stored` as a response with `status`.
+fn group_response(state: &AppState, status: StatusCode, stored: &StoredGroup) -> Response {
+    let mut response = fhir_json(status, &stored.resource);
+    if status == StatusCode::CREATED
+        && let Ok(value) = HeaderValue::from_str(&format!(
+            "{}/Group/{}/_history/{}",
+            state.base_url, stored.id, stored.version
+        ))
+    {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// `POST /Group`: a Bulk Cohort Group; async with `Prefer: respond-async`.
+pub async fn create(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, FhirError> {
+    caller.require("Group", Permission::Create)?;
+    check_content_type(&headers)?;
+    let request = validate(&body)?;
+    check_request_access(&state, &caller, &request).await?;
+    let id = new_id();
+    let owner = caller.client_id().map(str::to_string);
+    if prefers_async(&headers) {
+        return start_job(&state, JobKind::CreateGroup, id, request, owner).await;
+    }
+    let stored = state.service.compute_group(&id, &request, owner).await?;
+    Ok(group_response(&state, StatusCode::CREATED, &stored))
+}
+
+/// `PUT /Group/{id}`: replaces a cohort Group and recomputes its members.
+pub async fn update(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, FhirError> {
+    caller.require("Group", Permission::Update)?;
+    check_content_type(&headers)?;
+    let request = validate(&body)?;
+    check_request_access(&state, &caller, &request).await?;
+    if let Some(body_id) = request.group.get("id").and_then(Value::as_str)
+        && body_id != id
+    {
+        return Err(FhirError::invalid(format!(
+            "the Group's id '{body_id}' differs from the URL's '{id}'"
+        )));
+    }
+    let existing = state.service.stored_group(&id).await?;
+    if existing.is_none() {
+        return Err(
+            if state.service.loaded_group(&id).await?.is_some() && caller.sees_group(&id, None) {
+                FhirError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "not-supported",
+                    format!("Group/{id} comes from the loaded data and is read-only"),
+                )
+            } else {
+                hidden(&format!("Group/{id}"))
+            },
+        );
+    }
+    if let Some(existing) = &existing {
+        check_owner(&caller, &id, existing.owner.as_deref(), "change")?;
+    }
+    let owner = caller.client_id().map(str::to_string);
+    if prefers_async(&headers) {
+        return start_job(&state, JobKind::UpdateGroup, id, request, owner).await;
+    }
+    let stored = state.service.compute_group(&id, &request, owner).await?;
+    Ok(group_response(&state, StatusCode::OK, &stored))
+}
+
+/// `GET /_jobs/{id}`: the polling URL.
+pub async fn poll(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, FhirError> {
+    let job = state.service.group_job(&id, |owner| caller.owns(owner)).await?;
+    let (status, location, outcome) = match job.state {
+        JobState::Cancelled => return Err(FhirError::not_found(format!("job '{id}' was cancelled"))),
+        JobState::Running { progress } => {
+            state.service.poll_group_job(&id).await?;
+            let mut response = StatusCode::ACCEPTED.into_response();
+            let headers = response.headers_mut();
+            if let Ok(value) = HeaderValue::from_str(&progress) {
+                headers.insert("x-progress", value);
+            }
+            if let Ok(value) = HeaderValue::from_str(&state.retry_after().to_string()) {
+                headers.insert(header::RETRY_AFTER, value);
+            }
+            return Ok(response);
+        }
+        JobState::Succeeded { location } => {
+            let status = if job.kind == JobKind::CreateGroup {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, Some(location), None)
+        }
+        JobState::Failed(failure) => {
+            let error = FhirError::from_failure(&failure);
+            (error.status, None, Some(error.outcome()))
+        }
+        JobState::Completed {
+            status,
+            location,
+            outcome,
+        } => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            location,
+            outcome,
+        ),
+    };
+    let status_text = match status.canonical_reason() {
+        Some(reason) => format!("{} {reason}", status.as_u16()),
+        None => status.as_u16().to_string(),
+    };
+    let mut entry = json!({"response": {"status": status_text}});
+    if let Some(location) = &location {
+        entry["response"]["location"] = json!(location);
+        if let Ok(Some(stored)) = state.service.stored_group(&job.group_id).await {
+            entry["resource"] = stored.resource;
+        }
+    }
+    if let Some(outcome) = outcome {
+        entry["response"]["outcome"] = outcome;
+    }
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "id": id,
+        "type": "batch-response",
+        "entry": [entry],
+    });
+    Ok(fhir_json(StatusCode::OK, &bundle))
+}
+
+/// `DELETE /_jobs/{id}`: cancels a job; later polls answer 404.
+pub async fn cancel(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, FhirError> {
+    state.service.cancel_group_job(&id, |owner| caller.owns(owner)).await?;
+    Ok(fhir_json(
+        StatusCode::ACCEPTED,
+        &operation_outcome("information", "informational", &format!("job '{id}' cancelled")),
+    ))
+}
+
+/// `GET /Group/{id}`.
+pub async fn read(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, FhirError> {
+    caller.require("Group", Permission::Read)?;
+    if let Some(stored) = state.service.stored_group(&id).await? {
+        if !caller.sees_group(&id, stored.owner.as_deref()) {
+            return Err(hidden(&format!("Group/{id}")));
+        }
+        return Ok(fhir_json(StatusCode::OK, &stored.resource));
+    }
+    match state.service.loaded_group(&id).await? {
+        Some(group) if caller.sees_group(&id, None) => Ok(fhir_json(StatusCode::OK, &group)),
+        _ => Err(hidden(&format!("Group/{id}"))),
+    }
+}
+
+/// Whether `caller` may see Group `id` (a cohort Group or one of the loaded
+/// data); 404 when it does not exist or is not the caller's.
+pub async fn check_visible(state: &AppState, caller: &Caller, id: &str) -> Result<(), FhirError> {
+    if matches!(caller, Caller::Open) {
+        return Ok(());
+    }
+    let owner = match state.service.stored_group(id).await? {
+        Some(stored) => stored.owner,
+        None => None,
+    };
+    if caller.sees_group(id, owner.as_deref()) {
+        Ok(())
+    } else {
+        Err(hidden(&format!("Group/{id}")))
+    }
+}
+
+/// Only a cohort Group's creator may `action` (change, delete) it: a client
+/// it was granted to gets 403 (it may read it), any other client 404.
+fn check_owner(caller: &Caller, id: &str, owner: Option<&str>, action: &str) -> Result<(), FhirError> {
+    if caller.owns(owner) {
+        Ok(())
+    } else if caller.sees_group(id, owner) {
+        Err(FhirError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("Group/{id} was granted to this client read-only; only its creator may {action} it"),
+        ))
+    } else {
+        Err(hidden(&format!("Group/{id}")))
+    }
+}
+
+/// What a cohort reads must be readable by its creator: the types its
+/// member-filters search (403) and its base Groups (404 when not visible).
+async fn check_request_access(state: &AppState, caller: &Caller, request: &CohortRequest) -> Result<(), FhirError> {
+    if matches!(caller, Caller::Open) {
+        return Ok(());
+    }
+    let queries = fhirlake_engine::cohort::CohortEngine::parse(&request.filters)?;
+    caller.require_search(&queries)?;
+    if !request.base_patients.is_empty() {
+        caller.require("Patient", Permission::Read)?;
+    }
+    for group in &request.base_groups {
+        check_visible(state, caller, group).await?;
+    }
+    Ok(())
+}
+
+/// `GET /Group/{id}/_history/{version}` (only the current version is kept).
+pub async fn vread(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path((id, version)): Path<(String, String)>,
+) -> Result<Response, FhirError> {
+    caller.require("Group", Permission::Read)?;
+    let stored = state
+        .service
+        .stored_group(&id)
+        .await?
+        .filter(|g| caller.sees_group(&id, g.owner.as_deref()));
+    match stored {
+        Some(stored) if stored.version.to_string() == version => Ok(fhir_json(StatusCode::OK, &stored.resource)),
+        Some(stored) => Err(FhirError::not_found(format!(
+            "Group/{id} version {version} is not kept (the current version is {})",
+            stored.version
+        ))),
+        None => Err(FhirError::not_found(format!("Group/{id} does not exist"))),
+    }
+}
+
+/// `DELETE /Group/{id}`: removes a cohort Group.
+pub async fn delete(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, FhirError> {
+    caller.require("Group", Permission::Delete)?;
+    if let Some(stored) = state.service.stored_group(&id).await? {
+        check_owner(&caller, &id, stored.owner.as_deref(), "delete")?;
+        state.service.delete_group(&id).await?;
+        tracing::info!(target: "fhirlake::audit", event = "cohort_deleted", client_id = caller.client_id().unwrap_or("-"), group = %id);
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    if state.service.loaded_group(&id).await?.is_some() && caller.sees_group(&id, None) {
+        return Err(FhirError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "not-supported",
+            format!("Group/{id} comes from the loaded data and is read-only"),
+        ));
+    }
+    Err(FhirError::not_found(format!("Group/{id} does not exist")))
+}
+
+fn page_params(params: &[(String, String)], default: usize, max: usize) -> Result<(usize, usize), FhirError> {
+    let mut count = default;
+    let mut offset = 0;
+    for (k, v) in params {
+        match k.as_str() {
+            "_count" => {
+                count = v
+                    .parse::<usize>()
+                    .map_err(|_| FhirError::invalid(format!("_count must be a number, got '{v}'")))?
+                    .min(max)
+            }
+            "_offset" => {
+                offset = v
+                    .parse()
+                    .map_err(|_| FhirError::invalid(format!("_offset must be a number, got '{v}'")))?
+            }
+            _ => {}
+        }
+    }
+    Ok((count, offset))
+}
+
+fn page_links(base: &str, params: &[(String, String)], total: usize, count: usize, offset: usize) -> Vec<Value> {
+    let query = |offset: usize| {
+        let mut serializer = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in params.iter().filter(|(k, _)| k != "_offset" && k != "_count") {
+            serializer.append_pair(k, v);
+        }
+        serializer.append_pair("_count", &count.to_string());
+        serializer.append_pair("_offset", &offset.to_string());
+        format!("{base}?{}", serializer.finish())
+    };
+    let mut links = vec![json!({"relation": "self", "url": query(offset)})];
+    if offset + count < total {
+        links.push(json!({"relation": "next", "url": query(offset + count)}));
+    }
+    if offset > 0 {
+        links.push(json!({"relation": "previous", "url": query(offset.saturating_sub(count))}));
+    }
+    links
+}
+
+/// A `200` searchset Bundle of one page.
+fn searchset(total: usize, links: Vec<Value>, entries: Vec<Value>) -> Response {
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": total,
+        "link": links,
+        "entry": entries,
+    });
+    fhir_json(StatusCode::OK, &bundle)
+}
+
+/// `GET /Group?name=…&_id=…&type=…&_count=…&_offset=…`.
+pub async fn search(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Response, FhirError> {
+    caller.require("Group", Permission::Search)?;
+    let (count, offset) = page_params(&params, 50, 500)?;
+    let mut ignored = Vec::new();
+    for (k, _) in &params {
+        if !matches!(
+            k.as_str(),
+            "name" | "name:exact" | "name:contains" | "_id" | "type" | "_count" | "_offset" | "_format"
+        ) {
+            ignored.push(k.clone());
+        }
+    }
+    let mut groups: Vec<Value> = state
+        .service
+        .stored_groups()
+        .await?
+        .into_iter()
+        .filter(|stored| caller.sees_group(&stored.id, stored.owner.as_deref()))
+        .map(|stored| stored.resource)
+        .collect();
+    groups.extend(
+        state
+            .service
+            .loaded_groups(None)
+            .await?
+            .into_iter()
+            .filter(|g| caller.sees_group(g["id"].as_str().unwrap_or_default(), None)),
+    );
+    let matches = |group: &Value| {
+        let field = |name: &str| group.get(name).and_then(Value::as_str).unwrap_or_default();
+        params.iter().all(|(k, v)| match k.as_str() {
+            "name" => v.split(',').any(|v| fold(field("name")).starts_with(&fold(v))),
+            "name:exact" => v.split(',').any(|v| field("name") == v),
+            "name:contains" => v.split(',').any(|v| fold(field("name")).contains(&fold(v))),
+            "_id" => v.split(',').any(|v| field("id") == v),
+            "type" => v.split(',').any(|v| field("type") == v),
+            _ => true,
+        })
+    };
+    let mut found: Vec<Value> = groups.into_iter().filter(matches).collect();
+    found.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    let total = found.len();
+    let mut entries: Vec<Value> = found
+        .into_iter()
+        .skip(offset)
+        .take(count)
+        .map(|g| {
+            json!({
+                "fullUrl": format!("{}/Group/{}", state.base_url, g["id"].as_str().unwrap_or_default()),
+                "resource": g,
+                "search": {"mode": "match"},
+            })
+        })
+        .collect();
+    if !ignored.is_empty() {
+        entries.push(json!({
+            "resource": operation_outcome("warning", "not-supported", &format!(
+                "search parameters ignored (Group supports name, _id, type, _count, _offset): {}", ignored.join(", "))),
+            "search": {"mode": "outcome"},
+        }));
+    }
+    let links = page_links(&format!("{}/Group", state.base_url), &params, total, count, offset);
+    Ok(searchset(total, links, entries))
+}
+
+/// `GET /Group/{id}/$members?_count=…&_offset=…`: the member Patients of a
+/// Group (cohort or loaded), as a paged searchset Bundle of Patient resources.
+pub async fn members(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Response, FhirError> {
+    caller.require("Group", Permission::Read)?;
+    caller.require("Patient", Permission::Read)?;
+    check_visible(&state, &caller, &id).await?;
+    let (count, offset) = page_params(&params, 100, 1000)?;
+    let ids = state.service.group_members(&id).await?;
+    let total = ids.len();
+    let page: Vec<String> = ids.into_iter().skip(offset).take(count).collect();
+    let resources = state.service.patients_by_id(&page).await?;
+    let entries: Vec<Value> = page
+        .iter()
+        .map(|pid| {
+            let resource = resources
+                .iter()
+                .find(|r| r["id"].as_str() == Some(pid.as_str()))
+                .cloned()
+                // A member whose Patient resource is not loaded (referenced only).
+                .unwrap_or_else(|| json!({"resourceType": "Patient", "id": pid}));
+            json!({
+                "fullUrl": format!("{}/Patient/{pid}", state.base_url),
+                "resource": resource,
+                "search": {"mode": "match"},
+            })
+        })
+        .collect();
+    let links = page_links(
+        &format!("{}/Group/{id}/$members", state.base_url),
+        &params,
+        total,
+        count,
+        offset,
+    );
+    Ok(searchset(total, links, entries))
+}

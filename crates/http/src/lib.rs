@@ -1,0 +1,406 @@
+//! The FHIR REST front (`fhirlake serve`): axum over the warehouse, with the
+//! Bulk Cohort API (async Group creation) and the Group interactions.
+//!
+//! Conventions: every response is FHIR JSON (`application/fhir+json`, or
+//! `application/json` when asked for), every error an OperationOutcome with
+//! a fitting status; each request gets an id (`X-Request-Id`, and in logs).
+
+pub mod auth;
+pub mod capability;
+pub mod export;
+pub mod groups;
+pub mod outcome;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tracing::Instrument;
+
+pub use self::export::DownloadMode;
+use self::outcome::FhirError;
+use fhirlake_engine::service::{Service, ServiceOptions};
+use fhirlake_engine::warehouse::Warehouse;
+
+/// Errors of starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("server failed: {0}")]
+    Serve(#[source] std::io::Error),
+    /// Reading the server state failed.
+    #[error(transparent)]
+    Store(#[from] fhirlake_engine::store::StoreError),
+    /// The options contradict each other.
+    #[error("{0}")]
+    Options(String),
+}
+
+/// How to serve.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Address to listen on.
+    pub addr: SocketAddr,
+    /// Absolute base URL clients reach the server at (default
+    /// `http://<addr>`); polling URLs and `Location`s are built from it.
+    pub base_url: Option<String>,
+    /// Recompute every cohort Group this often when the warehouse changed.
+    pub refresh_interval: Option<Duration>,
+    /// Seconds a client is asked to wait between polls (`Retry-After`).
+    pub retry_after: u64,
+    /// Wait this long before computing each async job (to observe progress,
+    /// cancellation and crash recovery in tests).
+    pub job_delay: Duration,
+    /// Exports allowed to run at once; more are answered `429`.
+    pub max_exports: usize,
+    /// An export file is closed and a new one started at this size.
+    pub export_file_bytes: u64,
+    /// Finished exports (and their files) are deleted this long after completion.
+    pub export_retention: Duration,
+    /// Pause after each exported type (tests).
+    pub export_type_delay: Duration,
+    /// Where export files go (`s3://bucket/prefix`, a folder); default the
+    /// warehouse's `_server/export-files`.
+    pub export_store: Option<String>,
+    /// How clients download export files.
+    pub export_downloads: export::DownloadMode,
+    /// The clients file: authorization (SMART Backend Services) is on.
+    pub clients: Option<std::path::PathBuf>,
+    /// Serve without authorization on a non-loopback address.
+    pub no_auth: bool,
+    /// Lifetime of access tokens (at most five minutes).
+    pub access_token_lifetime: Duration,
+}
+
+/// What every handler shares: the engine's service, and how this front
+/// addresses and authorizes clients.
+pub struct AppState {
+    /// The engine (warehouse, Groups, jobs).
+    pub service: Arc<Service>,
+    /// Absolute base URL, no trailing slash.
+    pub base_url: String,
+    /// How clients download export files.
+    pub downloads: DownloadMode,
+    /// Token issuing and checking; `None` when authorization is off.
+    pub auth: Option<Arc<fhirlake_auth::TokenIssuer>>,
+}
+
+impl AppState {
+    /// Advised seconds between polls (`Retry-After`).
+    pub fn retry_after(&self) -> u64 {
+        self.service.options.retry_after
+    }
+}
+
+/// Shared state handle.
+pub type SharedState = Arc<AppState>;
+
+/// Builds the router over `state`.
+pub fn router(state: SharedState) -> Router {
+    // Export files are not FHIR JSON: they skip content negotiation.
+    let files = Router::new().route("/_export/{id}/files/{name}", get(export::download));
+    let fhir = Router::new()
+        .route("/$export", get(export::kickoff_system).post(export::kickoff_system))
+        .route(
+            "/Patient/$export",
+            get(export::kickoff_system).post(export::kickoff_system),
+        )
+        .route(
+            "/Group/{id}/$export",
+            get(export::kickoff_group).post(export::kickoff_group),
+        )
+        .route("/_export/{id}", get(export::status).delete(export::cancel))
+        .route("/Group", get(groups::search).post(groups::create))
+        .route(
+            "/Group/{id}",
+            get(groups::read).put(groups::update).delete(groups::delete),
+        )
+        .route("/Group/{id}/_history/{version}", get(groups::vread))
+        .route("/Group/{id}/$members", get(groups::members))
+        .route("/_jobs/{id}", get(groups::poll).delete(groups::cancel))
+        .layer(axum::middleware::from_fn(negotiate));
+    // Every FHIR route and download needs a token when authorization is on;
+    // discovery, the token endpoint and the CapabilityStatement do not.
+    let protected = fhir
+        .merge(files)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authorize));
+    let public = Router::new()
+        .route("/metadata", get(capability::metadata))
+        .layer(axum::middleware::from_fn(negotiate))
+        .route("/.well-known/smart-configuration", get(auth::smart_configuration))
+        .route("/auth/token", axum::routing::post(auth::token));
+    public
+        .merge(protected)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+async fn not_found(request: Request) -> FhirError {
+    FhirError::new(
+        StatusCode::NOT_FOUND,
+        "not-supported",
+        format!("no such endpoint: {} {}", request.method(), request.uri().path()),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> FhirError {
+    FhirError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "not-supported",
+        format!("{} is not supported on {}", request.method(), request.uri().path()),
+    )
+}
+
+static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
+
+/// Gives each request an id, logs it with its outcome and time.
+async fn request_id(request: Request, next: Next) -> Response {
+    let id = format!("req-{}", NEXT_REQUEST.fetch_add(1, Ordering::Relaxed));
+    let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
+    let started = Instant::now();
+    async move {
+        let mut response = next.run(request).await;
+        tracing::info!(
+            status = response.status().as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            "handled"
+        );
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert("x-request-id", value);
+        }
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+/// Honours `_format` and `Accept`: JSON forms are served (as
+/// `application/json` when that is what was asked for); XML and other
+/// formats get 406.
+async fn negotiate(request: Request, next: Next) -> Response {
+    let format = request.uri().query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "_format")
+            .map(|(_, v)| v.to_string())
+    });
+    let accept = request
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let wanted = format.or(accept);
+    let plain_json = match wanted.as_deref() {
+        None => false,
+        Some(w) => {
+            let kinds: Vec<&str> = w.split(',').map(|k| k.split(';').next().unwrap_or("").trim()).collect();
+            let fhir = kinds.iter().any(|k| {
+                matches!(
+                    *k,
+                    "application/fhir+json" | "json" | "*/*" | "application/*" | "" | "application/json+fhir"
+                )
+            });
+            let json = kinds.contains(&"application/json");
+            if !fhir && !json {
+                return FhirError::new(
+                    StatusCode::NOT_ACCEPTABLE,
+                    "not-supported",
+                    format!("fhirlake serves JSON only (application/fhir+json, application/json); asked for '{w}'"),
+                )
+                .into_response();
+            }
+            json && !fhir
+        }
+    };
+    let mut response = next.run(request).await;
+    // Errors raised by axum itself (body too large, bad path) come as plain
+    // text: answer them as OperationOutcomes too.
+    let status = response.status();
+    if (status.is_client_error() || status.is_server_error())
+        && !response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/fhir+json"))
+    {
+        let text = match axum::body::to_bytes(std::mem::take(response.body_mut()), 64 * 1024).await {
+            Ok(bytes) if !bytes.is_empty() => String::from_utf8_lossy(&bytes).to_string(),
+            _ => status.canonical_reason().unwrap_or("error").to_string(),
+        };
+        let code = if status.is_server_error() {
+            "exception"
+        } else {
+            "invalid"
+        };
+        response = FhirError::new(status, code, text).into_response();
+    }
+    if plain_json
+        && response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/fhir+json"))
+    {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    response
+}
+
+/// Serves until SIGINT/SIGTERM. Jobs that were running when an earlier
+/// process stopped are resumed first.
+pub async fn serve(warehouse: Warehouse, options: ServeOptions) -> Result<(), ServerError> {
+    let listener = tokio::net::TcpListener::bind(options.addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: options.addr,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(ServerError::Serve)?;
+    let base_url = options
+        .base_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{local}"))
+        .trim_end_matches('/')
+        .to_string();
+    let auth = match &options.clients {
+        Some(path) => {
+            let registry =
+                fhirlake_auth::ClientRegistry::load(path).map_err(|e| ServerError::Options(e.to_string()))?;
+            tracing::info!(clients = %path.display(), "authorization on: SMART Backend Services (private_key_jwt)");
+            if options.base_url.is_none() && !local.ip().is_loopback() {
+                return Err(ServerError::Options(format!(
+                    "give --base-url (the URL clients reach this server at): it is the token endpoint's audience, \
+                     and http://{local} is not an address clients can use"
+                )));
+            }
+            Some(Arc::new(
+                fhirlake_auth::TokenIssuer::new(
+                    registry,
+                    format!("{base_url}/auth/token"),
+                    options.access_token_lifetime,
+                )
+                .map_err(|e| ServerError::Options(e.to_string()))?,
+            ))
+        }
+        None if local.ip().is_loopback() => {
+            tracing::warn!(
+                "authorization is off: serving loopback clients only, without tokens (use --clients FILE to require them)"
+            );
+            None
+        }
+        None if options.no_auth => {
+            tracing::warn!(addr = %local, "AUTHORIZATION IS OFF (--no-auth) ON A NON-LOOPBACK ADDRESS: anyone who can reach it reads every patient's data");
+            eprintln!(
+                "WARNING: --no-auth: {local} serves every patient's data to anyone who can reach it, without authorization"
+            );
+            None
+        }
+        None => {
+            return Err(ServerError::Options(format!(
+                "refusing to serve on {local} without authorization: give --clients FILE (SMART Backend Services), \
+                 or --no-auth to serve this non-loopback address openly"
+            )));
+        }
+    };
+    let service = Service::new(
+        warehouse,
+        ServiceOptions {
+            refresh_interval: options.refresh_interval,
+            retry_after: options.retry_after,
+            job_delay: options.job_delay,
+            max_exports: options.max_exports,
+            export_file_bytes: options.export_file_bytes,
+            export_retention: options.export_retention,
+            export_type_delay: options.export_type_delay,
+            export_store: options.export_store.clone(),
+        },
+    )?;
+    if matches!(options.export_downloads, DownloadMode::Presigned { .. }) && service.export_files.signer.is_none() {
+        return Err(ServerError::Options(format!(
+            "presigned downloads need an S3 export store (--export-store s3://…); {} cannot sign URLs",
+            service.export_files.url()
+        )));
+    }
+    service.start().await?;
+    let state = Arc::new(AppState {
+        service,
+        base_url: base_url.clone(),
+        downloads: options.export_downloads,
+        auth,
+    });
+    tracing::info!(%base_url, "fhirlake serving");
+    // A line on stdout for whoever started us (scripts wait for it).
+    println!("fhirlake listening on {base_url}");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(ServerError::Serve)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// Parses `30s`, `15m`, `1h`, `2d` (or a number of seconds); `off` is `None`.
+pub fn parse_interval(text: &str) -> Result<Option<Duration>, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid interval '{text}' (e.g. 30s, 15m, 1h, off)"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("invalid interval unit in '{text}' (s, m, h, d)")),
+    };
+    let seconds = n
+        .checked_mul(scale)
+        .ok_or_else(|| format!("interval '{text}' is too long"))?;
+    if seconds == 0 {
+        return Err("the interval must be positive (or 'off')".into());
+    }
+    Ok(Some(Duration::from_secs(seconds)))
+}
+
+/// `State` extractor alias for handlers.
+pub type AppStateExtractor = State<SharedState>;

@@ -1,0 +1,137 @@
+//! `fhirlake serve`: the FHIR REST front over the warehouse.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fhirlake::ingest::{LoadOptions, load};
+use fhirlake::server::{DownloadMode, ServeOptions, parse_interval};
+use fhirlake::warehouse::Warehouse;
+
+/// How clients download export files.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportDownloads {
+    /// Streamed by the server.
+    Server,
+    /// Presigned S3 URLs.
+    Presigned,
+}
+
+/// Arguments of `fhirlake serve`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: std::net::SocketAddr,
+    /// Absolute base URL clients use (default: http://ADDR).
+    #[arg(long)]
+    base_url: Option<String>,
+    /// Recompute cohort Groups this often after new loads (30s, 15m, 1h; default off).
+    #[arg(long, default_value = "off")]
+    refresh_interval: String,
+    /// Seconds clients are asked to wait between polls (Retry-After).
+    #[arg(long, default_value_t = 1)]
+    retry_after: u64,
+    /// Delay each async job by this many milliseconds before it runs (for
+    /// testing progress, cancellation and crash recovery).
+    #[arg(long, default_value_t = 0, hide = true)]
+    job_delay_ms: u64,
+    /// Exports that may run at once; further kick-offs get 429.
+    #[arg(long, default_value_t = 2)]
+    max_exports: usize,
+    /// Export files are split at this size (MiB).
+    #[arg(long, default_value_t = 256)]
+    export_file_mib: u64,
+    /// Finished exports and their files are deleted after this long (30m, 1h, 2d).
+    #[arg(long, default_value = "1h")]
+    export_retention: String,
+    /// Pause after each exported resource type (to observe partial
+    /// manifests in tests).
+    #[arg(long, default_value_t = 0, hide = true)]
+    export_type_delay_ms: u64,
+    /// Where export files are written: a folder or s3://bucket/prefix
+    /// (default: the warehouse's _server/export-files).
+    #[arg(long)]
+    export_store: Option<String>,
+    /// How clients download export files: `server` (streamed by this
+    /// server) or `presigned` (short-lived presigned S3 URLs in the
+    /// manifest; needs an s3:// --export-store).
+    #[arg(long, value_enum, default_value = "server")]
+    export_downloads: ExportDownloads,
+    /// How long a presigned download URL stays valid (30s, 10m, 1h).
+    #[arg(long, default_value = "10m")]
+    download_url_expiry: String,
+    /// Turn on SMART Backend Services authorization with the clients in
+    /// FILE ({"clients": [{"client_id", "jwks"|"jwks_url", "scopes",
+    /// "groups"}]}; reloaded when it changes; see `fhirlake clients add`).
+    #[arg(long)]
+    clients: Option<PathBuf>,
+    /// Serve a non-loopback address without authorization (anyone who
+    /// reaches it reads all data).
+    #[arg(long, conflicts_with = "clients")]
+    no_auth: bool,
+    /// Lifetime of access tokens in seconds (1 to 300).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=300))]
+    access_token_seconds: u64,
+}
+
+/// A duration flag that cannot be `off`.
+fn required_interval(flag: &str, text: &str) -> anyhow::Result<Duration> {
+    parse_interval(text)
+        .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?
+        .ok_or_else(|| anyhow::anyhow!("{flag} cannot be off"))
+}
+
+impl Args {
+    /// The server's options (every flag checked before anything starts).
+    fn options(self) -> anyhow::Result<ServeOptions> {
+        let export_downloads = match self.export_downloads {
+            ExportDownloads::Server => DownloadMode::Server,
+            ExportDownloads::Presigned => {
+                let expiry = required_interval("--download-url-expiry", &self.download_url_expiry)?;
+                // S3 refuses presigned URLs valid for more than 7 days.
+                anyhow::ensure!(
+                    expiry <= Duration::from_secs(7 * 24 * 3600),
+                    "--download-url-expiry must be at most 7 days"
+                );
+                DownloadMode::Presigned { expiry }
+            }
+        };
+        let export_retention = required_interval("--export-retention", &self.export_retention)?;
+        let refresh_interval =
+            parse_interval(&self.refresh_interval).map_err(|e| anyhow::anyhow!("--refresh-interval: {e}"))?;
+        Ok(ServeOptions {
+            addr: self.addr,
+            base_url: self.base_url,
+            refresh_interval,
+            retry_after: self.retry_after.max(1),
+            job_delay: Duration::from_millis(self.job_delay_ms),
+            max_exports: self.max_exports,
+            export_file_bytes: self.export_file_mib.max(1) * 1024 * 1024,
+            export_retention,
+            export_type_delay: Duration::from_millis(self.export_type_delay_ms),
+            export_store: self.export_store,
+            export_downloads,
+            clients: self.clients,
+            no_auth: self.no_auth,
+            access_token_lifetime: Duration::from_secs(self.access_token_seconds),
+        })
+    }
+
+    /// Serves until SIGINT/SIGTERM; an empty warehouse gets the bundled
+    /// sample first.
+    pub async fn run(self, warehouse: &str) -> anyhow::Result<()> {
+        let options = self.options()?;
+        let warehouse = Warehouse::open(warehouse)?;
+        if warehouse.current().await?.is_none() {
+            let sample = super::sample_data();
+            tracing::info!(sample = %sample, "the warehouse is empty: loading the bundled sample data");
+            let options = LoadOptions {
+                quiet: true,
+                ..LoadOptions::default()
+            };
+            load(&warehouse, &[sample], &options).await?;
+        }
+        fhirlake::server::serve(warehouse, options).await?;
+        Ok(())
+    }
+}
