@@ -4,6 +4,7 @@
 mod auth;
 mod cohort;
 mod common;
+mod compat;
 mod crash;
 mod export;
 mod fhirpath_suite;
