@@ -8,10 +8,12 @@
 //! commit makes the whole load visible at once.
 
 pub mod batch;
+mod commit;
 pub mod progress;
 pub mod reader;
 pub mod record;
 pub mod source;
+mod tombstones;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -20,30 +22,22 @@ use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use futures::StreamExt;
 use serde::Serialize;
 use tokio::runtime::Handle;
 
 pub use record::RejectReason;
 pub use source::{SourceFile, discover};
 
+use self::commit::LoadCommit;
 use self::progress::{Progress, ProgressDisplay};
-use self::worker::{StageTimes, WorkerContext, WorkerOutput, run_worker};
+use self::worker::{WorkerContext, WorkerOutput, run_worker};
 use crate::fhir::{DefinitionError, PatientCompartment, ResourceTypes};
-use crate::index::compact::compact;
-use crate::index::rebuild::rebuild_index;
-use crate::index::writer::{CompartmentReferences, IndexWriteError, combine_compartment_references};
-use crate::index::{INDEX_TABLE_PREFIX, IndexKind, parse_index_table_key};
+use crate::index::writer::IndexWriteError;
 use crate::search::SearchRegistry;
 use crate::store::StoreError;
-use crate::view::catalog::view_table_key;
-use crate::view::materialize::{MaterializeError, rebuild_views};
+use crate::view::materialize::MaterializeError;
 use crate::view::{ViewCatalog, ViewRunner};
-use crate::warehouse::merge::{Deletions, has_duplicate_ids, merge_latest, patients_of_deleted};
-use crate::warehouse::{
-    DataFile, REJECTS_TABLE, Snapshot, TOMBSTONES_TABLE, TableEntry, TableKind, Warehouse, WarehouseError, manifest,
-    now_rfc3339,
-};
+use crate::warehouse::{DataFile, Snapshot, Warehouse, WarehouseError};
 
 /// Index tables merged at once at the end of a load (default; the
 /// environment variable `FHIRLAKE_COMPACT_PARALLELISM` overrides it, to
@@ -214,10 +208,45 @@ impl LoadReport {
     }
 }
 
+/// What a load runs with, prepared before anything is read: the bundled
+/// definitions, the views, the files, and the version it will commit.
+pub(crate) struct Prepared {
+    pub(crate) types: &'static ResourceTypes,
+    pub(crate) compartment: &'static PatientCompartment,
+    /// Search parameters to index (`None`: `--no-index`).
+    pub(crate) search: Option<&'static SearchRegistry>,
+    pub(crate) views: ViewCatalog,
+    pub(crate) files: Vec<SourceFile>,
+    /// The snapshot the load builds on.
+    pub(crate) base: Option<Snapshot>,
+    /// The version it commits.
+    pub(crate) version: u64,
+    /// Unique prefix of its file names.
+    pub(crate) token: String,
+    /// The load's timestamp (µs since the epoch, UTC).
+    pub(crate) loaded_at: i64,
+}
+
 /// Loads `sources` into `warehouse` and commits one new version. Runs on a
 /// multi-threaded tokio runtime (view rebuilds block in place).
+///
+/// Phases: [`prepare`] (definitions, files, version) → [`read`] (readers
+/// and parse workers write every table's files from one parse) →
+/// [`LoadCommit::gather`] (the workers' files per table) →
+/// [`LoadCommit::run`] (deletions and merges, views, index, the commit) →
+/// [`LoadCommit::finish`] (files nothing refers to are deleted).
 pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptions) -> Result<LoadReport, IngestError> {
     let started = Instant::now();
+    let prepared = prepare(warehouse, sources, options).await?;
+    let progress = Arc::new(Progress::default());
+    let outputs = read(warehouse, &prepared, options, &progress).await?;
+    let mut commit = LoadCommit::gather(warehouse, &prepared, outputs, &progress, started);
+    let result = commit.run(sources).await;
+    commit.finish(result, started).await
+}
+
+/// Reads the definitions, lists the sources and picks the version to commit.
+async fn prepare(warehouse: &Warehouse, sources: &[String], options: &LoadOptions) -> Result<Prepared, IngestError> {
     let types = ResourceTypes::r4().map_err(IngestError::Definitions)?;
     let compartment = PatientCompartment::r4().map_err(IngestError::Definitions)?;
     let search = if options.index {
@@ -230,52 +259,78 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
         None => ViewCatalog::shipped().map_err(|e| IngestError::View(e.into()))?,
     };
     let files = discover(sources).await?;
-    let total_bytes: u64 = files.iter().map(|f| f.size).sum();
     let base = warehouse.current().await?;
     let version = base.as_ref().map_or(1, |s| s.version + 1);
-    let token = crate::warehouse::unique_token(version);
-    let loaded_at = chrono::Utc::now().timestamp_micros();
-    tracing::info!(files = files.len(), bytes = total_bytes, version, "loading");
+    Ok(Prepared {
+        types,
+        compartment,
+        search,
+        views,
+        files,
+        base,
+        version,
+        token: crate::warehouse::unique_token(version),
+        loaded_at: chrono::Utc::now().timestamp_micros(),
+    })
+}
 
-    let progress = Arc::new(Progress::default());
+/// Runs the readers and parse workers over every file (blocking threads).
+/// On failure the files the workers wrote are deleted and nothing else
+/// happens.
+async fn read(
+    warehouse: &Warehouse,
+    prepared: &Prepared,
+    options: &LoadOptions,
+    progress: &Arc<Progress>,
+) -> Result<Vec<WorkerOutput>, IngestError> {
+    let total_bytes: u64 = prepared.files.iter().map(|f| f.size).sum();
+    tracing::info!(
+        files = prepared.files.len(),
+        bytes = total_bytes,
+        version = prepared.version,
+        "loading"
+    );
     let display = ProgressDisplay::start(progress.clone(), total_bytes, options.quiet);
-    let outputs = {
-        let (root, files, progress, token, options) = (
-            warehouse.root().clone(),
-            files.clone(),
-            progress.clone(),
-            token.clone(),
-            options.clone(),
-        );
-        let views = views.clone();
-        let handle = Handle::current();
-        tokio::task::spawn_blocking(move || {
-            let runners = match views.views().iter().map(ViewRunner::new).collect::<Result<Vec<_>, _>>() {
-                Ok(r) => r,
-                Err(e) => return (Vec::new(), Some(IngestError::View(e.into()))),
-            };
-            let cancel = AtomicBool::new(false);
-            let ctx = WorkerContext {
-                files: &files,
-                root: &root,
-                token: &token,
-                loaded_at,
-                handle,
-                skip_invalid: options.skip_invalid,
-                types,
-                compartment,
-                cancel: &cancel,
-                progress: &progress,
-                views: &views,
-                runners: &runners,
-                search,
-            };
-            run_pipeline(&ctx, options.workers.max(1))
-        })
-        .await?
-    };
+    let (root, files, progress, token, options) = (
+        warehouse.root().clone(),
+        prepared.files.clone(),
+        progress.clone(),
+        prepared.token.clone(),
+        options.clone(),
+    );
+    let (views, loaded_at, types, compartment, search) = (
+        prepared.views.clone(),
+        prepared.loaded_at,
+        prepared.types,
+        prepared.compartment,
+        prepared.search,
+    );
+    let handle = Handle::current();
+    let (outputs, error) = tokio::task::spawn_blocking(move || {
+        let runners = match views.views().iter().map(ViewRunner::new).collect::<Result<Vec<_>, _>>() {
+            Ok(r) => r,
+            Err(e) => return (Vec::new(), Some(IngestError::View(e.into()))),
+        };
+        let cancel = AtomicBool::new(false);
+        let ctx = WorkerContext {
+            files: &files,
+            root: &root,
+            token: &token,
+            loaded_at,
+            handle,
+            skip_invalid: options.skip_invalid,
+            types,
+            compartment,
+            cancel: &cancel,
+            progress: &progress,
+            views: &views,
+            runners: &runners,
+            search,
+        };
+        run_pipeline(&ctx, options.workers.max(1))
+    })
+    .await?;
     display.finish();
-    let (outputs, error) = outputs;
     if let Some(error) = error {
         let written: Vec<DataFile> = outputs
             .into_iter()
@@ -285,399 +340,7 @@ pub async fn load(warehouse: &Warehouse, sources: &[String], options: &LoadOptio
         warehouse.delete_files(&written).await;
         return Err(error);
     }
-
-    // Gather each table's new files over all workers.
-    let mut new_files: BTreeMap<String, (Vec<DataFile>, u64)> = BTreeMap::new();
-    // Deleted ids per type: (id, load_seq of the deleting line).
-    let mut deletions: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
-    let mut compartment_references = CompartmentReferences::new();
-    let mut stages = StageTimes::default();
-    for output in outputs {
-        combine_compartment_references(&mut compartment_references, output.compartment_references);
-        stages.add(&output.stages);
-        for deletion in output.deletions {
-            deletions
-                .entry(deletion.resource_type.to_string())
-                .or_default()
-                .push((deletion.id, deletion.load_seq));
-        }
-        for (name, table) in output.tables {
-            let entry = new_files.entry(name).or_default();
-            entry.0.extend(table.files);
-            entry.1 += table.resources;
-        }
-    }
-    tracing::info!(
-        resources = progress.resources.load(Ordering::Relaxed),
-        seconds = started.elapsed().as_secs_f64(),
-        "input read; merging and committing"
-    );
-    let mut snapshot = base.clone().unwrap_or_else(|| Snapshot {
-        format: manifest::FORMAT.into(),
-        ..Default::default()
-    });
-    let mut report = LoadReport {
-        files: files.len(),
-        stored_bytes: progress.stored_bytes.load(Ordering::Relaxed),
-        ndjson_bytes: progress.ndjson_bytes.load(Ordering::Relaxed),
-        resources: progress.resources.load(Ordering::Relaxed),
-        rejected: progress.rejected.load(Ordering::Relaxed),
-        stages: LoadStages {
-            read_seconds: started.elapsed().as_secs_f64(),
-            parse_seconds: stages.parse.as_secs_f64(),
-            views_seconds: stages.views.as_secs_f64(),
-            index_seconds: stages.index.as_secs_f64(),
-            tables_seconds: stages.tables.as_secs_f64(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let all_new: Vec<DataFile> = new_files.values().flat_map(|(f, _)| f.clone()).collect();
-    let mut merged_files: Vec<DataFile> = Vec::new();
-    // Index runs replaced by their compacted form: deleted once committed.
-    let mut superseded_runs: Vec<DataFile> = Vec::new();
-    let result = async {
-        let mut merged_types: Vec<String> = Vec::new();
-        // Types that only lose resources are rewritten too.
-        let no_files = (Vec::new(), 0);
-        let mut tables: Vec<(&String, &(Vec<DataFile>, u64))> = new_files.iter().collect();
-        for resource_type in deletions.keys() {
-            if !new_files.contains_key(resource_type) && snapshot.tables.contains_key(resource_type) {
-                tables.push((resource_type, &no_files));
-            }
-        }
-        let mut tombstones = TombstoneRows::default();
-        for (name, (files, loaded)) in tables {
-            if name.starts_with("views/") || name.starts_with(INDEX_TABLE_PREFIX) {
-                continue;
-            }
-            let deleted = deletions.get(name.as_str()).map(|ids| Deletions {
-                ids,
-                deleted_at: loaded_at,
-            });
-            let kind = if name == REJECTS_TABLE {
-                TableKind::Rejects
-            } else {
-                TableKind::Resource
-            };
-            let old = snapshot.tables.get(name).map(|t| t.files.clone()).unwrap_or_default();
-            tracing::debug!(table = name.as_str(), files = files.len(), "checking for duplicate ids");
-            let mut merged = false;
-            let table_files = if kind == TableKind::Rejects {
-                old.into_iter().chain(files.iter().cloned()).collect()
-            } else if deleted.is_none() && old.is_empty() && !has_duplicate_ids(warehouse, files).await? {
-                files.clone()
-            } else {
-                merged = true;
-                merged_types.push(name.clone());
-                let inputs: Vec<DataFile> = old.into_iter().chain(files.iter().cloned()).collect();
-                if let Some(deleted) = &deleted {
-                    let patients = patients_of_deleted(warehouse, &inputs, deleted).await?;
-                    tombstones.add(name, deleted, &patients);
-                }
-                let out = merge_latest(warehouse, name, &inputs, &token, deleted.as_ref()).await?;
-                merged_files.extend(out.iter().cloned());
-                out
-            };
-            let entry = TableEntry::new(kind, table_files);
-            report.tables.insert(
-                name.clone(),
-                TableReport {
-                    loaded: *loaded,
-                    rows: entry.rows(),
-                    merged,
-                },
-            );
-            snapshot.tables.insert(name.clone(), entry);
-        }
-        // Deletions of resources this warehouse never held are kept too: a
-        // downstream copy may hold them.
-        for (resource_type, ids) in &deletions {
-            if !tombstones.has_type(resource_type) {
-                let deleted = Deletions {
-                    ids,
-                    deleted_at: loaded_at,
-                };
-                tombstones.add(resource_type, &deleted, &Default::default());
-            }
-        }
-        if !tombstones.is_empty() {
-            let count = tombstones.len() as u64;
-            let file = tombstones.write(warehouse, &token, loaded_at).await?;
-            merged_files.push(file.clone());
-            let entry = snapshot
-                .tables
-                .entry(TOMBSTONES_TABLE.to_string())
-                .or_insert_with(|| TableEntry::new(TableKind::Tombstones, Vec::new()));
-            entry.files.push(file);
-            report.tables.insert(
-                TOMBSTONES_TABLE.to_string(),
-                TableReport {
-                    loaded: count,
-                    rows: entry.rows(),
-                    merged: false,
-                },
-            );
-        }
-        // Views: from the workers' single parse, unless their resource table was
-        // merged, in which case they are recomputed from the merged table.
-        let runners = views
-            .views()
-            .iter()
-            .map(ViewRunner::new)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| IngestError::View(e.into()))?;
-        for resource_type in &merged_types {
-            let indexes = views.for_type(resource_type);
-            if indexes.is_empty() {
-                continue;
-            }
-            let type_runners: Vec<&ViewRunner<'_>> = indexes.iter().map(|&i| &runners[i]).collect();
-            let names: Vec<&str> = indexes.iter().map(|&i| views.name(i)).collect();
-            let resource_files = snapshot
-                .tables
-                .get(resource_type)
-                .map(|t| t.files.clone())
-                .unwrap_or_default();
-            let rebuilt = rebuild_views(warehouse, &resource_files, &type_runners, &names, &token).await?;
-            for (&i, files) in indexes.iter().zip(rebuilt) {
-                merged_files.extend(files.iter().cloned());
-                let key = view_table_key(views.name(i));
-                let entry = TableEntry::new(TableKind::View, files);
-                let loaded = new_files.get(&key).map_or(0, |(_, n)| *n);
-                report.tables.insert(
-                    key.clone(),
-                    TableReport {
-                        loaded,
-                        rows: entry.rows(),
-                        merged: true,
-                    },
-                );
-                snapshot.tables.insert(key, entry);
-            }
-        }
-        for (name, (files, loaded)) in new_files.iter().filter(|(n, _)| n.starts_with("views/")) {
-            if report.tables.contains_key(name) {
-                continue;
-            }
-            let entry = TableEntry::new(TableKind::View, files.clone());
-            report.tables.insert(
-                name.clone(),
-                TableReport {
-                    loaded: *loaded,
-                    rows: entry.rows(),
-                    merged: false,
-                },
-            );
-            snapshot.tables.insert(name.clone(), entry);
-        }
-        // Index: from the workers' single parse, unless the resource table was
-        // merged, in which case all its index tables are rebuilt. Either way
-        // the sorted runs are merged into one sorted sequence per table.
-        if let Some(registry) = search {
-            let mut index_runs: BTreeMap<String, (Vec<DataFile>, bool)> = BTreeMap::new();
-            for resource_type in &merged_types {
-                let Some(resource_type) = types.get(resource_type) else {
-                    continue;
-                };
-                let resource_files = snapshot
-                    .tables
-                    .get(resource_type)
-                    .map(|t| t.files.clone())
-                    .unwrap_or_default();
-                let rebuilt =
-                    rebuild_index(warehouse, resource_type, &resource_files, &token, registry, compartment).await?;
-                snapshot
-                    .tables
-                    .retain(|key, _| parse_index_table_key(key).is_none_or(|(_, t)| t != resource_type));
-                // The rebuild saw every resource of the type, old and new.
-                let found = rebuilt.compartment_references.get(resource_type).cloned();
-                compartment_references.insert(resource_type.to_string(), found.unwrap_or_default());
-                for (key, output) in rebuilt.tables {
-                    index_runs.insert(key, (output.files, true));
-                }
-            }
-            for (name, (files, _)) in &new_files {
-                let Some((_, resource_type)) = parse_index_table_key(name) else {
-                    continue;
-                };
-                if merged_types.iter().any(|t| t == resource_type) {
-                    continue;
-                }
-                index_runs.insert(name.clone(), (files.clone(), false));
-            }
-            // Tables are merged two at a time: one merge is a single
-            // streaming sort-preserving merge plus a Parquet encoder, about
-            // one core's work, and there are dozens of tables.
-            let work: Vec<_> = index_runs
-                .into_iter()
-                .filter_map(|(key, (runs, merged))| {
-                    let kind = parse_index_table_key(&key)?.0;
-                    Some((key, kind, runs, merged))
-                })
-                .collect();
-            let token = &token;
-            let mut compacted: Vec<_> = futures::stream::iter(work)
-                .map(|(key, kind, runs, merged)| async move {
-                    let files = compact(warehouse, kind, &key, &runs, token).await;
-                    (key, runs, merged, files)
-                })
-                .buffer_unordered(compact_parallelism())
-                .collect()
-                .await;
-            compacted.sort_by(|a, b| a.0.cmp(&b.0));
-            let mut first_error = None;
-            for (key, runs, merged, files) in compacted {
-                if merged {
-                    // Rebuilt runs are this load's output too: removed if it fails.
-                    merged_files.extend(runs.iter().cloned());
-                }
-                let files = match files {
-                    Ok(files) => files,
-                    Err(e) => {
-                        first_error.get_or_insert(e);
-                        continue;
-                    }
-                };
-                // Runs are scratch files: the compacted files replace them
-                // (runs kept as the table's files are not superseded).
-                superseded_runs.extend(runs.iter().filter(|r| !files.contains(r)).cloned());
-                merged_files.extend(files.iter().cloned());
-                let loaded = new_files.get(&key).map_or(0, |(_, n)| *n);
-                let entry = snapshot
-                    .tables
-                    .entry(key.clone())
-                    .or_insert_with(|| TableEntry::new(TableKind::Index, Vec::new()));
-                // Index tables in this loop are new or rebuilt whole, so
-                // what the writers found holds for the whole table. An entry
-                // that already has files (index rows left by a `--no-index`
-                // load that emptied the type) gets no list: the check never
-                // saw those rows.
-                let had_files = !entry.files.is_empty();
-                entry.files.extend(files);
-                if let Some((IndexKind::Reference, resource_type)) = parse_index_table_key(&key) {
-                    entry.compartment_references = match compartment_references.get(resource_type) {
-                        Some(params) if !had_files => params.iter().cloned().collect(),
-                        _ => Vec::new(),
-                    };
-                }
-                report.tables.insert(
-                    key,
-                    TableReport {
-                        loaded,
-                        rows: entry.rows(),
-                        merged,
-                    },
-                );
-            }
-            if let Some(e) = first_error {
-                return Err(e.into());
-            }
-        }
-        snapshot.version = version;
-        snapshot.committed_at = now_rfc3339();
-        snapshot.operation = "load".into();
-        snapshot.operation_details = serde_json::json!({
-            "sources": sources,
-            "files": files.len(),
-            "resources": report.resources,
-            "rejected": report.rejected,
-            "loaded_at": loaded_at,
-        });
-        warehouse.commit(&snapshot).await?;
-        Ok::<(), IngestError>(())
-    }
-    .await;
-    if let Err(e) = result {
-        warehouse.delete_files(&all_new).await;
-        warehouse.delete_files(&merged_files).await;
-        warehouse.delete_files(&superseded_runs).await;
-        return Err(e);
-    }
-    warehouse.delete_files(&superseded_runs).await;
-    // New files that a merge superseded were never visible: remove them.
-    let superseded: Vec<DataFile> = new_files
-        .iter()
-        .filter(|(name, _)| !name.starts_with(INDEX_TABLE_PREFIX))
-        .filter(|(name, _)| report.tables.get(name.as_str()).is_none_or(|t| t.merged))
-        .flat_map(|(_, (files, _))| files.clone())
-        .collect();
-    warehouse.delete_files(&superseded).await;
-    report.version = version;
-    report.seconds = started.elapsed().as_secs_f64();
-    report.stages.finish_seconds = report.seconds - report.stages.read_seconds;
-    Ok(report)
-}
-
-/// Tombstone rows gathered by a load, written as one file of `_tombstones`.
-#[derive(Default)]
-struct TombstoneRows {
-    types: Vec<String>,
-    ids: Vec<String>,
-    seqs: Vec<i64>,
-    patients: Vec<Vec<String>>,
-}
-
-impl TombstoneRows {
-    fn add(
-        &mut self,
-        resource_type: &str,
-        deleted: &Deletions<'_>,
-        patients: &std::collections::HashMap<String, Vec<String>>,
-    ) {
-        for (id, seq) in deleted.ids {
-            self.types.push(resource_type.to_string());
-            self.ids.push(id.clone());
-            self.seqs.push(*seq);
-            self.patients.push(patients.get(id).cloned().unwrap_or_default());
-        }
-    }
-
-    fn has_type(&self, resource_type: &str) -> bool {
-        self.types.iter().any(|t| t == resource_type)
-    }
-
-    fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
-    async fn write(self, warehouse: &Warehouse, token: &str, loaded_at: i64) -> Result<DataFile, IngestError> {
-        use datafusion::arrow::array::{
-            ArrayRef, Int64Array, ListBuilder, StringArray, StringBuilder, TimestampMicrosecondArray,
-        };
-        let rows = self.ids.len();
-        let mut patients = ListBuilder::new(StringBuilder::new());
-        for list in &self.patients {
-            for p in list {
-                patients.values().append_value(p);
-            }
-            patients.append(true);
-        }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from(self.types)),
-            Arc::new(StringArray::from(self.ids)),
-            Arc::new(TimestampMicrosecondArray::from(vec![loaded_at; rows]).with_timezone("UTC")),
-            Arc::new(Int64Array::from(self.seqs)),
-            Arc::new(patients.finish()),
-        ];
-        let schema = crate::warehouse::schema::tombstones_schema();
-        let batch = datafusion::arrow::record_batch::RecordBatch::try_new(schema.clone(), columns)
-            .map_err(|e| IngestError::Warehouse(WarehouseError::DataFusion(e.into())))?;
-        let root = warehouse.root().clone();
-        let path = format!("tables/{TOMBSTONES_TABLE}/{token}-0.parquet");
-        let handle = Handle::current();
-        let file = tokio::task::spawn_blocking(move || -> Result<DataFile, WarehouseError> {
-            let mut writer = crate::warehouse::parquet_file::ParquetFileWriter::create(&root, path, schema, handle)?;
-            writer.write(&batch)?;
-            Ok(writer.finish()?)
-        })
-        .await??;
-        Ok(file)
-    }
+    Ok(outputs)
 }
 
 /// Returns the calling thread's free memory to the OS. mimalloc keeps freed
