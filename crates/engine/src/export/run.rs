@@ -9,7 +9,7 @@ use datafusion::arrow::compute::filter_record_batch;
 use datafusion::common::{Column, ScalarValue};
 use datafusion::logical_expr::{JoinType, LogicalPlan, LogicalPlanBuilder};
 use datafusion::physical_plan::ExecutionPlanProperties;
-use datafusion::prelude::{DataFrame, col, lit};
+use datafusion::prelude::{DataFrame, Expr, col, lit};
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use serde_json::json;
@@ -160,6 +160,143 @@ fn export_types(snapshot: &Snapshot, request: &ExportRequest) -> Vec<String> {
         .collect()
 }
 
+/// What every type of one export shares: whose data it is, the filters
+/// and change window, the types in order, and the references to context
+/// types collected on the way.
+struct ExportPlan {
+    population: Population,
+    /// `_typeFilter` searches per type.
+    filters: BTreeMap<&'static str, Vec<SearchQuery>>,
+    window: ChangeWindow,
+    /// The population as a predicate inside each scan (`None`: all rows).
+    membership: Option<Expr>,
+    /// Types to export; context types last.
+    types: Vec<String>,
+    /// Whether references to context types are collected (Patient and
+    /// Group exports).
+    collect_context: bool,
+    referenced: SharedReferences,
+    /// Members as a table (column `member`), for the Provenance and
+    /// Patient-block joins.
+    members_plan: Option<LogicalPlan>,
+    /// Warnings for the error file.
+    notes: Vec<String>,
+}
+
+impl ExportPlan {
+    async fn new(engine: &CohortEngine, request: &ExportRequest, notes: &[String]) -> Result<Self, ExportError> {
+        let population = population::resolve(engine, request).await?;
+        let mut filters: BTreeMap<&'static str, Vec<SearchQuery>> = BTreeMap::new();
+        for text in &request.type_filters {
+            let query = parse_search(text).map_err(|e| ExportError::invalid(format!("_typeFilter '{text}': {e}")))?;
+            filters.entry(query.resource_type).or_default().push(query);
+        }
+        if !filters.is_empty() && !engine.has_index() {
+            return Err(ExportError::NoIndex("_typeFilter"));
+        }
+        let window = ChangeWindow::new(engine, request).await?;
+        let membership = population.scan_predicate();
+        let mut types = export_types(engine.snapshot(), request);
+        let collect_context = !matches!(population, Population::All);
+        // Context types go last: their ids are the references collected while
+        // the compartment types are written.
+        types.sort_by_key(|t| collect_context && CONTEXT_TYPES.contains(&t.as_str()));
+        let members_plan = match &population {
+            Population::Members(members) => Some(id_table(engine, "member", members.iter().map(String::as_str))?),
+            _ => None,
+        };
+        Ok(Self {
+            population,
+            filters,
+            window,
+            membership,
+            types,
+            collect_context,
+            referenced: Arc::default(),
+            members_plan,
+            notes: notes.to_vec(),
+        })
+    }
+
+    /// The scan of `resource_type` with its filters, and what its rows
+    /// need; `None` when there is nothing to export (a context type no
+    /// exported resource references).
+    async fn type_scan<'t>(
+        &mut self,
+        engine: &CohortEngine,
+        resource_type: &'t str,
+    ) -> Result<Option<(DataFrame, TypeJob<'t>)>, ExportError> {
+        let mut frame = resource_frame(engine, resource_type, &self.window).await?;
+        if let Some(queries) = self.filters.get(resource_type) {
+            frame = semi_join(engine, engine.resource_ids_plan(queries)?, frame)?;
+        }
+        let is_context = self.collect_context && CONTEXT_TYPES.contains(&resource_type);
+        let mut by_target = false;
+        if self.collect_context && resource_type == "Provenance" {
+            match self.provenance_ids(engine)? {
+                Some(ids) => {
+                    frame = semi_join(engine, ids, frame)?;
+                    by_target = true;
+                }
+                None => self.notes.push(
+                    "Provenance is exported only when its target is a member's Patient: the warehouse has no search index of Provenance targets".into(),
+                ),
+            }
+        }
+        if is_context {
+            let ids = self.referenced_ids(resource_type);
+            if ids.is_empty() {
+                return Ok(None);
+            }
+            let wanted = id_table(engine, RESOURCE_ID, ids.iter().map(String::as_str))?;
+            frame = semi_join(engine, wanted, frame)?;
+        }
+        // Types selected by id above need no membership test; the others get
+        // the membership predicate inside their scan, and then no row test.
+        let by_id = is_context || by_target;
+        if !by_id && let Some(predicate) = &self.membership {
+            frame = frame.filter(predicate.clone())?;
+        }
+        let job = TypeJob {
+            resource_type,
+            population: if by_id || self.membership.is_some() {
+                Population::All
+            } else {
+                self.population.clone()
+            },
+            references: (self.collect_context && !is_context).then(|| self.referenced.clone()),
+        };
+        Ok(Some((frame, job)))
+    }
+
+    /// Provenance of Patient/Group exports: the ids of the Provenance whose
+    /// target is an exported resource (not only one naming a Patient
+    /// directly); `None` without an index of Provenance targets.
+    fn provenance_ids(&self, engine: &CohortEngine) -> Result<Option<LogicalPlan>, ExportError> {
+        let targets: Vec<String> = self
+            .types
+            .iter()
+            .filter(|t| *t != "Provenance" && !CONTEXT_TYPES.contains(&t.as_str()))
+            .cloned()
+            .collect();
+        Ok(engine.referencing_ids_plan("Provenance", "target", &targets, self.members_plan.as_ref())?)
+    }
+
+    /// The ids of `resource_type` the exported resources referenced.
+    fn referenced_ids(&self, resource_type: &str) -> Vec<String> {
+        self.referenced
+            .lock()
+            .map(|set| {
+                set.iter()
+                    .filter_map(|key| key.split_once('/'))
+                    .filter(|(t, _)| *t == resource_type)
+                    .map(|(_, id)| id.to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 async fn export_all(
     engine: &CohortEngine,
     request: &ExportRequest,
@@ -169,51 +306,29 @@ async fn export_all(
     progress: &Progress,
     written: &mut Vec<String>,
 ) -> Result<ExportOutput, ExportError> {
-    let population = population::resolve(engine, request).await?;
-    let mut filters: BTreeMap<&str, Vec<SearchQuery>> = BTreeMap::new();
-    for text in &request.type_filters {
-        let query = parse_search(text).map_err(|e| ExportError::invalid(format!("_typeFilter '{text}': {e}")))?;
-        filters.entry(query.resource_type).or_default().push(query);
-    }
-    if !filters.is_empty() && !engine.has_index() {
-        return Err(ExportError::NoIndex("_typeFilter"));
-    }
-    let window = ChangeWindow::new(engine, request).await?;
-    let membership = population.scan_predicate();
-    let mut types = export_types(engine.snapshot(), request);
-    let collect_context = !matches!(population, Population::All);
-    // Context types go last: their ids are the references collected while
-    // the compartment types are written.
-    types.sort_by_key(|t| collect_context && CONTEXT_TYPES.contains(&t.as_str()));
-    let referenced: SharedReferences = Arc::default();
+    let mut plan = ExportPlan::new(engine, request, notes).await?;
     let mut output = ExportOutput::default();
-    let mut notes: Vec<String> = notes.to_vec();
-    // Members as a table (column `member`), for the Provenance and
-    // Patient-block joins.
-    let members_plan = match &population {
-        Population::Members(members) => Some(id_table(engine, "member", members.iter().map(String::as_str))?),
-        _ => None,
-    };
     if request.organize_by_patient {
         // Blocks of one patient's resources; context types are not added
         // (the spec lets unreferencing resources be dropped).
-        types.retain(|t| !CONTEXT_TYPES.contains(&t.as_str()));
+        plan.types.retain(|t| !CONTEXT_TYPES.contains(&t.as_str()));
         let files = organized::export_by_patient(
             engine,
             request,
-            &window,
-            membership.as_ref(),
-            members_plan.as_ref(),
-            &filters,
-            &types,
+            &plan.window,
+            plan.membership.as_ref(),
+            plan.members_plan.as_ref(),
+            &plan.filters,
+            &plan.types,
             target,
             settings,
             progress,
         )
         .await;
         output.add(files, written, progress)?;
-        types.clear();
+        plan.types.clear();
     }
+    let types = plan.types.clone();
     for (n, resource_type) in types.iter().enumerate() {
         progress.set(format!(
             "exporting {resource_type} ({} of {} types); {} resources written",
@@ -221,61 +336,8 @@ async fn export_all(
             types.len(),
             output.resources
         ));
-        let mut frame = resource_frame(engine, resource_type, &window).await?;
-        if let Some(queries) = filters.get(resource_type.as_str()) {
-            frame = semi_join(engine, engine.resource_ids_plan(queries)?, frame)?;
-        }
-        let is_context = collect_context && CONTEXT_TYPES.contains(&resource_type.as_str());
-        // Provenance of Patient/Group exports: the Provenance whose target is
-        // an exported resource (not only one naming a Patient directly).
-        let mut by_target = false;
-        if collect_context && resource_type == "Provenance" {
-            let targets: Vec<String> = types
-                .iter()
-                .filter(|t| *t != "Provenance" && !CONTEXT_TYPES.contains(&t.as_str()))
-                .cloned()
-                .collect();
-            match engine.referencing_ids_plan("Provenance", "target", &targets, members_plan.as_ref())? {
-                Some(ids) => {
-                    frame = semi_join(engine, ids, frame)?;
-                    by_target = true;
-                }
-                None => notes.push(
-                    "Provenance is exported only when its target is a member's Patient: the warehouse has no search index of Provenance targets".into(),
-                ),
-            }
-        }
-        if is_context {
-            let ids: Vec<String> = referenced
-                .lock()
-                .map(|set| {
-                    set.iter()
-                        .filter_map(|key| key.split_once('/'))
-                        .filter(|(t, _)| t == resource_type)
-                        .map(|(_, id)| id.to_string())
-                        .collect()
-                })
-                .unwrap_or_default();
-            if ids.is_empty() {
-                continue;
-            }
-            let wanted = id_table(engine, RESOURCE_ID, ids.iter().map(String::as_str))?;
-            frame = semi_join(engine, wanted, frame)?;
-        }
-        // Types selected by id above need no membership test; the others get
-        // the membership predicate inside their scan, and then no row test.
-        let by_id = is_context || by_target;
-        if !by_id && let Some(predicate) = &membership {
-            frame = frame.filter(predicate.clone())?;
-        }
-        let job = TypeJob {
-            resource_type,
-            population: if by_id || membership.is_some() {
-                Population::All
-            } else {
-                population.clone()
-            },
-            references: (collect_context && !is_context).then(|| referenced.clone()),
+        let Some((frame, job)) = plan.type_scan(engine, resource_type).await? else {
+            continue;
         };
         let files = export_type(engine, frame, &job, request, target, settings).await;
         output.add(files, written, progress)?;
@@ -284,32 +346,41 @@ async fn export_all(
         }
     }
     if request.since.is_some() {
-        let files = export_deleted(engine, request, &window, &population, target, settings).await?;
+        let files = export_deleted(engine, request, &plan.window, &plan.population, target, settings).await?;
         written.extend(files.iter().map(|f| f.name.clone()));
         output.deleted = files;
     }
-    if !notes.is_empty() {
-        // Not `OperationOutcome.*`: that name belongs to exported resources.
-        let namer = FileNamer::new(
-            target.location.clone(),
-            &target.dir,
-            "OperationOutcome.errors",
-            "ndjson",
-        );
-        let mut sink = NdjsonSink::new(namer, Some("OperationOutcome".into()), settings.max_file_bytes);
-        for note in &notes {
-            let outcome = json!({
-                "resourceType": "OperationOutcome",
-                "issue": [{"severity": "warning", "code": "not-supported", "diagnostics": note}],
-            });
-            sink.write_line(&outcome.to_string()).await?;
-        }
-        let files = sink.finish().await?;
+    if !plan.notes.is_empty() {
+        let files = write_notes(&plan.notes, target, settings).await?;
         written.extend(files.iter().map(|f| f.name.clone()));
         output.error = files;
     }
     progress.set(format!("{} resources written", output.resources));
     Ok(output)
+}
+
+/// The export's warnings as an OperationOutcome NDJSON error file.
+async fn write_notes(
+    notes: &[String],
+    target: &ExportTarget,
+    settings: &ExportSettings,
+) -> Result<Vec<ExportedFile>, ExportError> {
+    // Not `OperationOutcome.*`: that name belongs to exported resources.
+    let namer = FileNamer::new(
+        target.location.clone(),
+        &target.dir,
+        "OperationOutcome.errors",
+        "ndjson",
+    );
+    let mut sink = NdjsonSink::new(namer, Some("OperationOutcome".into()), settings.max_file_bytes);
+    for note in notes {
+        let outcome = json!({
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "warning", "code": "not-supported", "diagnostics": note}],
+        });
+        sink.write_line(&outcome.to_string()).await?;
+    }
+    sink.finish().await
 }
 
 /// DELETE entries per deletion Bundle line.

@@ -12,7 +12,7 @@ use super::registry::{ParamType, SearchParam};
 use crate::fhir::parse_reference;
 use crate::fhirpath::Value;
 use crate::fhirpath::temporal::DateTimeValue;
-use crate::fhirpath::value::parse_decimal;
+use crate::fhirpath::value::{Node, parse_decimal};
 use crate::json::JsonValue;
 
 /// One indexed value.
@@ -98,209 +98,247 @@ pub fn extract(param_type: ParamType, value: &Value<'_>, out: &mut Vec<IndexValu
     };
     let fhir_type = node.and_then(|n| n.fhir_type).unwrap_or("");
     match param_type {
-        ParamType::Token => match (node, value.to_system()) {
-            (Some(n), _) if fhir_type == "CodeableConcept" || n.json.get("coding").is_some() => {
-                let text = str_field(n.json, "text");
-                if let Some(codings) = n.json.get("coding") {
-                    codings.for_each_item(|c| {
-                        if let Some(code) = str_field(c, "code") {
-                            let display = str_field(c, "display").or_else(|| text.clone());
-                            out.push(IndexValue::Token {
-                                system: str_field(c, "system"),
-                                code,
-                                text: display,
-                                of_type: None,
-                            });
-                        }
-                    });
-                }
-            }
-            (Some(n), _) if n.json.get("code").is_some() && fhir_type != "Identifier" => {
-                if let Some(code) = str_field(n.json, "code") {
-                    out.push(IndexValue::Token {
-                        system: str_field(n.json, "system"),
-                        code,
-                        text: str_field(n.json, "display"),
-                        of_type: None,
-                    });
-                }
-            }
-            (Some(n), _) if n.json.get("value").is_some() && n.json.as_object().is_some() => {
-                // Identifier (system|value) and ContactPoint (value).
-                if let Some(code) = str_field(n.json, "value") {
-                    let identifier_type = n.json.get("type");
-                    let text = identifier_type.and_then(|t| str_field(t, "text"));
-                    let system = str_field(n.json, "system");
-                    let mut type_codings = Vec::new();
-                    if let Some(codings) = identifier_type.and_then(|t| t.get("coding")) {
-                        codings.for_each_item(|c| {
-                            if let Some(type_code) = str_field(c, "code") {
-                                type_codings.push((str_field(c, "system"), type_code));
-                            }
-                        });
-                    }
-                    if type_codings.is_empty() {
+        ParamType::Token => tokens(node, fhir_type, value, out),
+        ParamType::Date => dates(node, fhir_type, value, out),
+        ParamType::String => strings(node, value, out),
+        ParamType::Reference => references(node, value, out),
+        ParamType::Quantity => quantities(node, value, out),
+        ParamType::Number => numbers(value, out),
+        ParamType::Uri => uris(value, out),
+        ParamType::Composite | ParamType::Special => {}
+    }
+}
+
+/// Token values: the codings of a CodeableConcept, a Coding or code,
+/// an Identifier (with its type codings), a ContactPoint, or a primitive.
+fn tokens(node: Option<&Node<'_>>, fhir_type: &str, value: &Value<'_>, out: &mut Vec<IndexValue>) {
+    match (node, value.to_system()) {
+        (Some(n), _) if fhir_type == "CodeableConcept" || n.json.get("coding").is_some() => {
+            let text = str_field(n.json, "text");
+            if let Some(codings) = n.json.get("coding") {
+                codings.for_each_item(|c| {
+                    if let Some(code) = str_field(c, "code") {
+                        let display = str_field(c, "display").or_else(|| text.clone());
                         out.push(IndexValue::Token {
-                            system,
+                            system: str_field(c, "system"),
                             code,
-                            text,
+                            text: display,
                             of_type: None,
                         });
-                    } else {
-                        // One row per type coding, so `:of-type` is a plain
-                        // row filter; plain token searches see duplicates,
-                        // which a cohort (distinct patients) ignores.
-                        for of_type in type_codings {
-                            out.push(IndexValue::Token {
-                                system: system.clone(),
-                                code: code.clone(),
-                                text: text.clone(),
-                                of_type: Some(of_type),
-                            });
-                        }
                     }
+                });
+            }
+        }
+        (Some(n), _) if n.json.get("code").is_some() && fhir_type != "Identifier" => {
+            if let Some(code) = str_field(n.json, "code") {
+                out.push(IndexValue::Token {
+                    system: str_field(n.json, "system"),
+                    code,
+                    text: str_field(n.json, "display"),
+                    of_type: None,
+                });
+            }
+        }
+        (Some(n), _) if n.json.get("value").is_some() && n.json.as_object().is_some() => {
+            // Identifier (system|value) and ContactPoint (value).
+            if let Some(code) = str_field(n.json, "value") {
+                let identifier_type = n.json.get("type");
+                let text = identifier_type.and_then(|t| str_field(t, "text"));
+                let system = str_field(n.json, "system");
+                let mut type_codings = Vec::new();
+                if let Some(codings) = identifier_type.and_then(|t| t.get("coding")) {
+                    codings.for_each_item(|c| {
+                        if let Some(type_code) = str_field(c, "code") {
+                            type_codings.push((str_field(c, "system"), type_code));
+                        }
+                    });
                 }
-            }
-            (_, Value::Boolean(b)) => out.push(IndexValue::Token {
-                system: None,
-                code: b.to_string(),
-                text: None,
-                of_type: None,
-            }),
-            (_, Value::String(s)) => out.push(IndexValue::Token {
-                system: None,
-                code: s,
-                text: None,
-                of_type: None,
-            }),
-            (_, Value::Integer(i)) => out.push(IndexValue::Token {
-                system: None,
-                code: i.to_string(),
-                text: None,
-                of_type: None,
-            }),
-            _ => {}
-        },
-        ParamType::Date => match (node, value.to_system()) {
-            (Some(n), _) if fhir_type == "Period" || n.json.get("start").is_some() || n.json.get("end").is_some() => {
-                let start = n.json.get("start").and_then(date_of);
-                let end = n.json.get("end").and_then(date_of);
-                out.extend(period_range(start.as_ref(), end.as_ref()).map(IndexValue::Date));
-            }
-            (Some(n), _) if fhir_type == "Timing" => {
-                if let Some(events) = n.json.get("event") {
-                    events
-                        .for_each_item(|e| out.extend(date_of(e).as_ref().and_then(value_range).map(IndexValue::Date)));
-                }
-            }
-            (_, Value::Date(d) | Value::DateTime(d)) => out.extend(value_range(&d).map(IndexValue::Date)),
-            (_, Value::String(s)) => {
-                out.extend(
-                    DateTimeValue::parse(&s)
-                        .as_ref()
-                        .and_then(value_range)
-                        .map(IndexValue::Date),
-                );
-            }
-            _ => {}
-        },
-        ParamType::String => match (node, value.to_system()) {
-            (Some(n), _) if n.json.as_object().is_some() => {
-                // HumanName, Address and other complex values: every string part.
-                for key in [
-                    "text",
-                    "family",
-                    "given",
-                    "prefix",
-                    "suffix",
-                    "line",
-                    "city",
-                    "district",
-                    "state",
-                    "postalCode",
-                    "country",
-                ] {
-                    if let Some(v) = n.json.get(key) {
-                        v.for_each_item(|part| {
-                            if let Some(s) = part.as_str() {
-                                push_string(out, s);
-                            }
+                if type_codings.is_empty() {
+                    out.push(IndexValue::Token {
+                        system,
+                        code,
+                        text,
+                        of_type: None,
+                    });
+                } else {
+                    // One row per type coding, so `:of-type` is a plain
+                    // row filter; plain token searches see duplicates,
+                    // which a cohort (distinct patients) ignores.
+                    for of_type in type_codings {
+                        out.push(IndexValue::Token {
+                            system: system.clone(),
+                            code: code.clone(),
+                            text: text.clone(),
+                            of_type: Some(of_type),
                         });
                     }
                 }
             }
-            (_, Value::String(s)) => push_string(out, &s),
-            _ => {}
-        },
-        ParamType::Reference => match node {
-            Some(n) => {
-                if let Some(text) = n.json.get("reference").and_then(JsonValue::as_str) {
-                    match parse_reference(text) {
-                        Some(target) => out.push(IndexValue::Reference {
-                            resource_type: target
-                                .resource_type
-                                .map(str::to_string)
-                                .or_else(|| str_field(n.json, "type")),
-                            id: target.id.to_string(),
-                        }),
-                        None => out.push(IndexValue::Reference {
-                            resource_type: None,
-                            id: text.to_string(),
-                        }),
-                    }
-                } else if let Some(text) = n.json.as_str() {
-                    // canonical / uri elements used as references
-                    out.push(IndexValue::Reference {
-                        resource_type: None,
-                        id: text.to_string(),
-                    });
-                }
-            }
-            None => {
-                if let Value::ReferenceTarget { resource_type, id } = value {
-                    out.push(IndexValue::Reference {
-                        resource_type: Some(resource_type.to_string()),
-                        id: id.clone(),
-                    });
-                }
-            }
-        },
-        ParamType::Quantity => match node {
-            Some(n) if n.json.as_object().is_some() => {
-                if let Some(v) = n.json.get("value").and_then(|v| match v {
-                    JsonValue::Number(t) => parse_decimal(t),
-                    _ => None,
-                }) {
-                    out.push(IndexValue::Quantity {
-                        value: v,
-                        system: str_field(n.json, "system"),
-                        code: str_field(n.json, "code"),
-                        unit: str_field(n.json, "unit"),
-                    });
-                }
-            }
-            _ => {
-                if let Value::Quantity(q) = value.to_system() {
-                    out.push(IndexValue::Quantity {
-                        value: q.value,
-                        system: None,
-                        code: Some(q.unit),
-                        unit: None,
-                    });
-                }
-            }
-        },
-        ParamType::Number => match value.to_system() {
-            Value::Integer(i) => out.push(IndexValue::Number(Decimal::from(i))),
-            Value::Decimal(d) => out.push(IndexValue::Number(d)),
-            _ => {}
-        },
-        ParamType::Uri => {
-            if let Value::String(s) = value.to_system() {
-                out.push(IndexValue::Uri(s));
+        }
+        (_, Value::Boolean(b)) => out.push(IndexValue::Token {
+            system: None,
+            code: b.to_string(),
+            text: None,
+            of_type: None,
+        }),
+        (_, Value::String(s)) => out.push(IndexValue::Token {
+            system: None,
+            code: s,
+            text: None,
+            of_type: None,
+        }),
+        (_, Value::Integer(i)) => out.push(IndexValue::Token {
+            system: None,
+            code: i.to_string(),
+            text: None,
+            of_type: None,
+        }),
+        _ => {}
+    }
+}
+
+/// Date values: the range of a Period, of each event of a Timing, or of
+/// a date, dateTime or instant.
+fn dates(node: Option<&Node<'_>>, fhir_type: &str, value: &Value<'_>, out: &mut Vec<IndexValue>) {
+    match (node, value.to_system()) {
+        (Some(n), _) if fhir_type == "Period" || n.json.get("start").is_some() || n.json.get("end").is_some() => {
+            let start = n.json.get("start").and_then(date_of);
+            let end = n.json.get("end").and_then(date_of);
+            out.extend(period_range(start.as_ref(), end.as_ref()).map(IndexValue::Date));
+        }
+        (Some(n), _) if fhir_type == "Timing" => {
+            if let Some(events) = n.json.get("event") {
+                events.for_each_item(|e| out.extend(date_of(e).as_ref().and_then(value_range).map(IndexValue::Date)));
             }
         }
-        ParamType::Composite | ParamType::Special => {}
+        (_, Value::Date(d) | Value::DateTime(d)) => out.extend(value_range(&d).map(IndexValue::Date)),
+        (_, Value::String(s)) => {
+            out.extend(
+                DateTimeValue::parse(&s)
+                    .as_ref()
+                    .and_then(value_range)
+                    .map(IndexValue::Date),
+            );
+        }
+        _ => {}
+    }
+}
+
+/// String values: every string part of a HumanName, Address or other
+/// complex value, or the string itself.
+fn strings(node: Option<&Node<'_>>, value: &Value<'_>, out: &mut Vec<IndexValue>) {
+    match (node, value.to_system()) {
+        (Some(n), _) if n.json.as_object().is_some() => {
+            // HumanName, Address and other complex values: every string part.
+            for key in [
+                "text",
+                "family",
+                "given",
+                "prefix",
+                "suffix",
+                "line",
+                "city",
+                "district",
+                "state",
+                "postalCode",
+                "country",
+            ] {
+                if let Some(v) = n.json.get(key) {
+                    v.for_each_item(|part| {
+                        if let Some(s) = part.as_str() {
+                            push_string(out, s);
+                        }
+                    });
+                }
+            }
+        }
+        (_, Value::String(s)) => push_string(out, &s),
+        _ => {}
+    }
+}
+
+/// Reference values: the target of a Reference, a canonical or uri, or a
+/// resolved target.
+fn references(node: Option<&Node<'_>>, value: &Value<'_>, out: &mut Vec<IndexValue>) {
+    match node {
+        Some(n) => {
+            if let Some(text) = n.json.get("reference").and_then(JsonValue::as_str) {
+                match parse_reference(text) {
+                    Some(target) => out.push(IndexValue::Reference {
+                        resource_type: target
+                            .resource_type
+                            .map(str::to_string)
+                            .or_else(|| str_field(n.json, "type")),
+                        id: target.id.to_string(),
+                    }),
+                    None => out.push(IndexValue::Reference {
+                        resource_type: None,
+                        id: text.to_string(),
+                    }),
+                }
+            } else if let Some(text) = n.json.as_str() {
+                // canonical / uri elements used as references
+                out.push(IndexValue::Reference {
+                    resource_type: None,
+                    id: text.to_string(),
+                });
+            }
+        }
+        None => {
+            if let Value::ReferenceTarget { resource_type, id } = value {
+                out.push(IndexValue::Reference {
+                    resource_type: Some(resource_type.to_string()),
+                    id: id.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// Quantity values: a Quantity element, or a FHIRPath quantity.
+fn quantities(node: Option<&Node<'_>>, value: &Value<'_>, out: &mut Vec<IndexValue>) {
+    match node {
+        Some(n) if n.json.as_object().is_some() => {
+            if let Some(v) = n.json.get("value").and_then(|v| match v {
+                JsonValue::Number(t) => parse_decimal(t),
+                _ => None,
+            }) {
+                out.push(IndexValue::Quantity {
+                    value: v,
+                    system: str_field(n.json, "system"),
+                    code: str_field(n.json, "code"),
+                    unit: str_field(n.json, "unit"),
+                });
+            }
+        }
+        _ => {
+            if let Value::Quantity(q) = value.to_system() {
+                out.push(IndexValue::Quantity {
+                    value: q.value,
+                    system: None,
+                    code: Some(q.unit),
+                    unit: None,
+                });
+            }
+        }
+    }
+}
+
+/// Number values: integers and decimals.
+fn numbers(value: &Value<'_>, out: &mut Vec<IndexValue>) {
+    match value.to_system() {
+        Value::Integer(i) => out.push(IndexValue::Number(Decimal::from(i))),
+        Value::Decimal(d) => out.push(IndexValue::Number(d)),
+        _ => {}
+    }
+}
+
+/// URI values: the string.
+fn uris(value: &Value<'_>, out: &mut Vec<IndexValue>) {
+    {
+        if let Value::String(s) = value.to_system() {
+            out.push(IndexValue::Uri(s));
+        }
     }
 }
 
