@@ -333,73 +333,15 @@ pub async fn status(
             .ok_or_else(|| FhirError::invalid(format!("page must be a positive number, got '{v}'")))?,
     };
     let job = load_job(&state, &caller, &id).await?;
-    let separate = |mut response: Response, status: &str| {
-        if let Ok(value) = HeaderValue::from_str(status) {
-            response.headers_mut().insert("x-export-status", value);
-        }
-        *response.status_mut() = StatusCode::OK;
-        response
-    };
-    let no_page = || {
-        FhirError::from(JobError::NoSuchPart {
-            what: format!("export '{id}'"),
-            item: format!("manifest page {page}"),
-        })
-    };
-    match &job.state {
-        ExportState::Running => {
-            let polled = state.service.poll_export(job.clone(), page).await?;
-            let partial = match polled.page {
-                Some(page) => {
-                    let pages = &polled.job.pages;
-                    let next = (page < pages.len()).then_some(page + 1);
-                    Some(job_manifest(&state, &polled.job, &pages[page - 1], next, false).await?)
-                }
-                None => None,
-            };
-            if partial.is_none() && page > 1 && page > polled.job.pages.len() + 1 {
-                return Err(no_page());
-            }
-            let mut response = match &partial {
-                Some(body) => json_response(StatusCode::ACCEPTED, body),
-                None => StatusCode::ACCEPTED.into_response(),
-            };
-            let headers = response.headers_mut();
-            if let Ok(value) = HeaderValue::from_str(&polled.progress) {
-                headers.insert("x-progress", value);
-            }
-            if let Ok(value) = HeaderValue::from_str(&state.retry_after().to_string()) {
-                headers.insert(header::RETRY_AFTER, value);
-            }
-            Ok(if polled.job.separate_status {
-                separate(response, "202 Accepted")
-            } else {
-                response
-            })
-        }
-        ExportState::Completed { output, expires_at, .. } => {
-            let body = if job.pages.is_empty() {
-                if page != 1 {
-                    return Err(no_page());
-                }
-                job_manifest(&state, &job, output, None, true).await?
-            } else {
-                let files = job.pages.get(page - 1).ok_or_else(no_page)?;
-                let last = page == job.pages.len();
-                job_manifest(&state, &job, files, (!last).then_some(page + 1), last).await?
-            };
-            let mut response = json_response(StatusCode::OK, &body);
-            if let Ok(expires) = chrono::DateTime::parse_from_rfc3339(expires_at)
-                && let Ok(value) = HeaderValue::from_str(&expires.to_rfc2822().replace("+0000", "GMT"))
-            {
-                response.headers_mut().insert(header::EXPIRES, value);
-            }
-            Ok(if job.separate_status {
-                separate(response, "200 OK")
-            } else {
-                response
-            })
-        }
+    let (response, status) = match &job.state {
+        ExportState::Running => (
+            running_status(&state, job.clone(), page).await?,
+            "202 Accepted".to_string(),
+        ),
+        ExportState::Completed { output, expires_at, .. } => (
+            completed_status(&state, &job, output, expires_at, page).await?,
+            "200 OK".to_string(),
+        ),
         ExportState::Failed(failure) => {
             let mut error = FhirError::from_failure(failure);
             // A 404 on the status URL means "no such job": a Group that
@@ -408,16 +350,92 @@ pub async fn status(
                 error.status = StatusCode::GONE;
             }
             let code = error.status;
-            let response = fhir_json(code, &error.outcome());
-            Ok(if job.separate_status {
-                let text = format!("{} {}", code.as_u16(), code.canonical_reason().unwrap_or(""));
-                separate(response, text.trim())
-            } else {
-                response
-            })
+            let text = format!("{} {}", code.as_u16(), code.canonical_reason().unwrap_or(""));
+            (fhir_json(code, &error.outcome()), text.trim().to_string())
         }
-        ExportState::Cancelled => Err(FhirError::not_found(format!("export '{id}' was cancelled"))),
+        ExportState::Cancelled => return Err(FhirError::not_found(format!("export '{id}' was cancelled"))),
+    };
+    Ok(if job.separate_status {
+        separate(response, &status)
+    } else {
+        response
+    })
+}
+
+/// Under `Prefer: separate-export-status`, the status goes into
+/// `X-Export-Status` and the response itself is a `200`.
+fn separate(mut response: Response, status: &str) -> Response {
+    if let Ok(value) = HeaderValue::from_str(status) {
+        response.headers_mut().insert("x-export-status", value);
     }
+    *response.status_mut() = StatusCode::OK;
+    response
+}
+
+/// The error for a manifest page `page` that export `id` does not have.
+fn no_page(id: &str, page: usize) -> FhirError {
+    FhirError::from(JobError::NoSuchPart {
+        what: format!("export '{id}'"),
+        item: format!("manifest page {page}"),
+    })
+}
+
+/// A running export's status: `202` with its progress, and under
+/// `allowPartialManifests` the manifest page asked for once published.
+async fn running_status(state: &AppState, job: ExportJob, page: usize) -> Result<Response, FhirError> {
+    let id = job.id.clone();
+    let polled = state.service.poll_export(job, page).await?;
+    let partial = match polled.page {
+        Some(page) => {
+            let pages = &polled.job.pages;
+            let next = (page < pages.len()).then_some(page + 1);
+            Some(job_manifest(state, &polled.job, &pages[page - 1], next, false).await?)
+        }
+        None => None,
+    };
+    if partial.is_none() && page > 1 && page > polled.job.pages.len() + 1 {
+        return Err(no_page(&id, page));
+    }
+    let mut response = match &partial {
+        Some(body) => json_response(StatusCode::ACCEPTED, body),
+        None => StatusCode::ACCEPTED.into_response(),
+    };
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&polled.progress) {
+        headers.insert("x-progress", value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&state.retry_after().to_string()) {
+        headers.insert(header::RETRY_AFTER, value);
+    }
+    Ok(response)
+}
+
+/// A completed export's manifest (page `page` when it was paged), with
+/// `Expires` when its files are deleted.
+async fn completed_status(
+    state: &AppState,
+    job: &ExportJob,
+    output: &[ExportedFile],
+    expires_at: &str,
+    page: usize,
+) -> Result<Response, FhirError> {
+    let body = if job.pages.is_empty() {
+        if page != 1 {
+            return Err(no_page(&job.id, page));
+        }
+        job_manifest(state, job, output, None, true).await?
+    } else {
+        let files = job.pages.get(page - 1).ok_or_else(|| no_page(&job.id, page))?;
+        let last = page == job.pages.len();
+        job_manifest(state, job, files, (!last).then_some(page + 1), last).await?
+    };
+    let mut response = json_response(StatusCode::OK, &body);
+    if let Ok(expires) = chrono::DateTime::parse_from_rfc3339(expires_at)
+        && let Ok(value) = HeaderValue::from_str(&expires.to_rfc2822().replace("+0000", "GMT"))
+    {
+        response.headers_mut().insert(header::EXPIRES, value);
+    }
+    Ok(response)
 }
 
 /// `DELETE /_export/{id}`: cancels a running export or deletes a finished

@@ -48,38 +48,75 @@ pub fn validate(body: &[u8]) -> Result<CohortRequest, GroupError> {
     if object.get("resourceType").and_then(Value::as_str) != Some("Group") {
         return Err(GroupError::invalid("resourceType must be 'Group'"));
     }
-    let mut problems: Vec<String> = Vec::new();
-    let mut not_supported = false;
+    let mut problems = Problems::default();
+    check_elements(object, &mut problems);
+    let filters = member_filters(object, &mut problems);
+    let (base_patients, base_groups) = base_population(object, &mut problems);
+    if !problems.list.is_empty() {
+        // One problem that is only unsupported is `not-supported`; any
+        // other mix is invalid.
+        let not_supported = problems.not_supported && problems.list.len() == 1;
+        return Err(GroupError::Invalid {
+            problems: problems.list,
+            not_supported,
+        });
+    }
+    Ok(CohortRequest {
+        group,
+        filters,
+        base_patients,
+        base_groups,
+    })
+}
+
+/// What is wrong with a submitted Group.
+#[derive(Default)]
+struct Problems {
+    list: Vec<String>,
+    /// Some problem is something fhirlake does not support.
+    not_supported: bool,
+}
+
+impl Problems {
+    fn push(&mut self, problem: impl Into<String>) {
+        self.list.push(problem.into());
+    }
+
+    fn unsupported(&mut self, problem: impl Into<String>) {
+        self.not_supported = true;
+        self.list.push(problem.into());
+    }
+}
+
+/// `name`, `characteristic`, `type` and `actual` as the profile wants them.
+fn check_elements(object: &serde_json::Map<String, Value>, problems: &mut Problems) {
     match object.get("name").and_then(Value::as_str) {
         Some(name) if !name.trim().is_empty() => {}
-        _ => problems.push("Group.name is required (1..1) by bulk-cohort-group".into()),
+        _ => problems.push("Group.name is required (1..1) by bulk-cohort-group"),
     }
     if object.contains_key("characteristic") {
-        problems.push("Group.characteristic is not allowed (0..0) by bulk-cohort-group; use member-filter".into());
+        problems.push("Group.characteristic is not allowed (0..0) by bulk-cohort-group; use member-filter");
     }
     match object.get("type").and_then(Value::as_str) {
         Some("person") => {}
-        Some(t @ ("practitioner" | "device")) => {
-            not_supported = true;
-            problems.push(format!(
-                "Group.type '{t}' is not supported: fhirlake builds cohorts of Patients (type 'person')"
-            ));
-        }
+        Some(t @ ("practitioner" | "device")) => problems.unsupported(format!(
+            "Group.type '{t}' is not supported: fhirlake builds cohorts of Patients (type 'person')"
+        )),
         Some(t) => problems.push(format!(
             "Group.type '{t}' is not in group-type-subset (person | practitioner | device)"
         )),
-        None => problems.push("Group.type is required (1..1); use 'person'".into()),
+        None => problems.push("Group.type is required (1..1); use 'person'"),
     }
     if !object.get("actual").is_some_and(Value::is_boolean) {
-        problems.push("Group.actual (boolean) is required (1..1)".into());
+        problems.push("Group.actual (boolean) is required (1..1)");
     }
+}
+
+/// The `member-filter` expressions (at least one; each must parse).
+fn member_filters(object: &serde_json::Map<String, Value>, problems: &mut Problems) -> Vec<String> {
     let mut filters = Vec::new();
-    for extension in object
-        .get("modifierExtension")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-    {
+    let extensions = object.get("modifierExtension").and_then(Value::as_array);
+    for extension in extensions.map(Vec::as_slice).unwrap_or_default() {
         let url = extension.get("url").and_then(Value::as_str).unwrap_or_default();
         if url != MEMBER_FILTER_URL {
             problems.push(format!(
@@ -88,13 +125,12 @@ pub fn validate(body: &[u8]) -> Result<CohortRequest, GroupError> {
             continue;
         }
         let Some(expression) = extension.get("valueExpression") else {
-            problems.push("member-filter needs a valueExpression".into());
+            problems.push("member-filter needs a valueExpression");
             continue;
         };
         let language = expression.get("language").and_then(Value::as_str).unwrap_or_default();
         if language != FHIR_QUERY {
-            not_supported = true;
-            problems.push(format!(
+            problems.unsupported(format!(
                 "member-filter language '{language}' is not supported (only {FHIR_QUERY})"
             ));
             continue;
@@ -104,22 +140,23 @@ pub fn validate(body: &[u8]) -> Result<CohortRequest, GroupError> {
                 Ok(_) => filters.push(text.to_string()),
                 Err(e) => problems.push(format!("member-filter '{text}': {e}")),
             },
-            None => problems.push("member-filter valueExpression.expression (a FHIR search) is required".into()),
+            None => problems.push("member-filter valueExpression.expression (a FHIR search) is required"),
         }
     }
-    if filters.is_empty() && !problems.iter().any(|p| p.starts_with("member-filter")) {
+    if filters.is_empty() && !problems.list.iter().any(|p| p.starts_with("member-filter")) {
         problems.push(format!(
             "a cohort Group needs at least one member-filter modifierExtension ({MEMBER_FILTER_URL})"
         ));
     }
+    filters
+}
+
+/// The base population `member` names: Patient ids and Group ids.
+fn base_population(object: &serde_json::Map<String, Value>, problems: &mut Problems) -> (Vec<String>, Vec<String>) {
     let mut base_patients = Vec::new();
     let mut base_groups = Vec::new();
-    for member in object
-        .get("member")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-    {
+    let members = object.get("member").and_then(Value::as_array);
+    for member in members.map(Vec::as_slice).unwrap_or_default() {
         let reference = member
             .get("entity")
             .and_then(|e| e.get("reference"))
@@ -133,21 +170,7 @@ pub fn validate(body: &[u8]) -> Result<CohortRequest, GroupError> {
             )),
         }
     }
-    if !problems.is_empty() {
-        // One problem that is only unsupported is `not-supported`; any
-        // other mix is invalid.
-        let not_supported = not_supported && problems.len() == 1;
-        return Err(GroupError::Invalid {
-            problems,
-            not_supported,
-        });
-    }
-    Ok(CohortRequest {
-        group,
-        filters,
-        base_patients,
-        base_groups,
-    })
+    (base_patients, base_groups)
 }
 
 /// The Group resource served for a cohort: the request's Group with `id`,
