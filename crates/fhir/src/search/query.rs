@@ -373,36 +373,7 @@ impl Parser<'_> {
     /// Parses `name` (with chain / modifier) and `raw_value` on `resource_type`.
     fn clause(&self, resource_type: &'static str, name: &str, raw_value: &str) -> Result<Clause, SearchError> {
         if let Some(rest) = name.strip_prefix("_has:") {
-            let mut parts = rest.splitn(3, ':');
-            let (Some(source), Some(reference), Some(inner)) = (parts.next(), parts.next(), parts.next()) else {
-                return Err(SearchError::syntax(
-                    &self.whole,
-                    format!("'{name}': _has needs _has:Type:reference:parameter"),
-                ));
-            };
-            let source_type =
-                ResourceTypes::r4()
-                    .ok()
-                    .and_then(|t| t.get(source))
-                    .ok_or_else(|| SearchError::UnknownType {
-                        resource_type: source.to_string(),
-                    })?;
-            let reference_param = self.param(source_type, reference)?;
-            if reference_param.param_type != ParamType::Reference {
-                return Err(SearchError::syntax(
-                    &self.whole,
-                    format!("'{reference}' of {source_type} is not a reference parameter"),
-                ));
-            }
-            let inner = self.clause(source_type, inner, raw_value)?;
-            return Ok(Clause {
-                name: name.to_string(),
-                kind: ClauseKind::Has {
-                    source_type,
-                    reference: reference_param,
-                    inner: Box::new(inner),
-                },
-            });
+            return self.has_clause(name, rest, raw_value);
         }
         // Chains: `subject:Patient.gender` or `subject.gender`.
         let (head, chained) = match name.split_once('.') {
@@ -414,48 +385,114 @@ impl Parser<'_> {
             None => (head, None),
         };
         let param = self.param(resource_type, code)?;
-        if let Some(rest) = chained {
-            if param.param_type != ParamType::Reference {
+        match chained {
+            Some(rest) => self.chain_clause(param, name, code, modifier_text, rest, raw_value),
+            None => self.param_clause(param, name, code, modifier_text, raw_value),
+        }
+    }
+
+    /// `_has:Type:reference:parameter=value` (`rest` follows `_has:`).
+    fn has_clause(&self, name: &str, rest: &str, raw_value: &str) -> Result<Clause, SearchError> {
+        let mut parts = rest.splitn(3, ':');
+        let (Some(source), Some(reference), Some(inner)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(SearchError::syntax(
+                &self.whole,
+                format!("'{name}': _has needs _has:Type:reference:parameter"),
+            ));
+        };
+        let source_type =
+            ResourceTypes::r4()
+                .ok()
+                .and_then(|t| t.get(source))
+                .ok_or_else(|| SearchError::UnknownType {
+                    resource_type: source.to_string(),
+                })?;
+        let reference_param = self.param(source_type, reference)?;
+        if reference_param.param_type != ParamType::Reference {
+            return Err(SearchError::syntax(
+                &self.whole,
+                format!("'{reference}' of {source_type} is not a reference parameter"),
+            ));
+        }
+        let inner = self.clause(source_type, inner, raw_value)?;
+        Ok(Clause {
+            name: name.to_string(),
+            kind: ClauseKind::Has {
+                source_type,
+                reference: reference_param,
+                inner: Box::new(inner),
+            },
+        })
+    }
+
+    /// `reference[:Type].parameter=value` (`rest` follows the dot).
+    fn chain_clause(
+        &self,
+        param: SearchParam,
+        name: &str,
+        code: &str,
+        modifier_text: Option<&str>,
+        rest: &str,
+        raw_value: &str,
+    ) -> Result<Clause, SearchError> {
+        if param.param_type != ParamType::Reference {
+            return Err(SearchError::syntax(
+                &self.whole,
+                format!("'{code}' is not a reference, so '{name}' cannot chain"),
+            ));
+        }
+        let target_type = self.chain_target(&param, name, code, modifier_text, rest)?;
+        let inner = self.clause(target_type, rest, raw_value)?;
+        Ok(Clause {
+            name: name.to_string(),
+            kind: ClauseKind::Chain {
+                reference: param,
+                target_type,
+                inner: Box::new(inner),
+            },
+        })
+    }
+
+    /// The type a chain continues on: the `:Type` given, or the
+    /// parameter's only target.
+    fn chain_target(
+        &self,
+        param: &SearchParam,
+        name: &str,
+        code: &str,
+        modifier_text: Option<&str>,
+        rest: &str,
+    ) -> Result<&'static str, SearchError> {
+        let wanted = match (modifier_text, param.targets.as_slice()) {
+            (Some(t), _) => t,
+            (None, [single]) => single.as_str(),
+            (None, _) => {
                 return Err(SearchError::syntax(
                     &self.whole,
-                    format!("'{code}' is not a reference, so '{name}' cannot chain"),
+                    format!(
+                        "'{name}': '{code}' may point to {}, name one: '{code}:Type.{rest}'",
+                        param.targets.join(", ")
+                    ),
                 ));
             }
-            let target_type =
-                match modifier_text {
-                    Some(t) => ResourceTypes::r4().ok().and_then(|types| types.get(t)).ok_or_else(|| {
-                        SearchError::UnknownType {
-                            resource_type: t.to_string(),
-                        }
-                    })?,
-                    None => match param.targets.as_slice() {
-                        [single] => ResourceTypes::r4()
-                            .ok()
-                            .and_then(|types| types.get(single))
-                            .ok_or_else(|| SearchError::UnknownType {
-                                resource_type: single.clone(),
-                            })?,
-                        _ => {
-                            return Err(SearchError::syntax(
-                                &self.whole,
-                                format!(
-                                    "'{name}': '{code}' may point to {}, name one: '{code}:Type.{rest}'",
-                                    param.targets.join(", ")
-                                ),
-                            ));
-                        }
-                    },
-                };
-            let inner = self.clause(target_type, rest, raw_value)?;
-            return Ok(Clause {
-                name: name.to_string(),
-                kind: ClauseKind::Chain {
-                    reference: param,
-                    target_type,
-                    inner: Box::new(inner),
-                },
-            });
-        }
+        };
+        ResourceTypes::r4()
+            .ok()
+            .and_then(|types| types.get(wanted))
+            .ok_or_else(|| SearchError::UnknownType {
+                resource_type: wanted.to_string(),
+            })
+    }
+
+    /// `parameter[:modifier]=value[,value…]`.
+    fn param_clause(
+        &self,
+        param: SearchParam,
+        name: &str,
+        code: &str,
+        modifier_text: Option<&str>,
+        raw_value: &str,
+    ) -> Result<Clause, SearchError> {
         let modifier = match modifier_text {
             None => None,
             Some(m) => {
@@ -514,20 +551,7 @@ impl Parser<'_> {
                     value: unescape(value),
                 }
             }
-            ParamType::Token => {
-                let parts = split_escaped(raw, '|', &self.whole)?;
-                match parts.as_slice() {
-                    [code] => SearchValue::Token {
-                        system: None,
-                        code: Some(unescape(code)),
-                    },
-                    [system, code] => SearchValue::Token {
-                        system: Some(unescape(system)),
-                        code: (!code.is_empty()).then(|| unescape(code)),
-                    },
-                    _ => return Err(self.bad_value(param, raw, "a token is code, system|code, |code or system|")),
-                }
-            }
+            ParamType::Token => self.token_value(param, raw)?,
             ParamType::Date => {
                 let (prefix, rest) = parse_prefix(raw);
                 let value = DateTimeValue::parse(rest).ok_or_else(|| {
@@ -544,73 +568,98 @@ impl Parser<'_> {
                 let value = parse_decimal(rest).ok_or_else(|| self.bad_value(param, raw, "expected a number"))?;
                 SearchValue::Number { prefix, value }
             }
-            ParamType::Quantity => {
-                let (prefix, rest) = parse_prefix(raw);
-                let parts = split_escaped(rest, '|', &self.whole)?;
-                let number = parts.first().map(String::as_str).unwrap_or_default();
-                let value = parse_decimal(number)
-                    .ok_or_else(|| self.bad_value(param, raw, "expected [prefix]number[|system|code]"))?;
-                let (system, code) = match parts.as_slice() {
-                    [_] => (None, None),
-                    [_, system, code] => (
-                        (!system.is_empty()).then(|| unescape(system)),
-                        (!code.is_empty()).then(|| unescape(code)),
-                    ),
-                    _ => return Err(self.bad_value(param, raw, "expected [prefix]number[|system|code]")),
-                };
-                SearchValue::Quantity {
-                    prefix,
-                    value,
-                    system,
-                    code,
-                }
-            }
+            ParamType::Quantity => self.quantity_value(param, raw)?,
             ParamType::String => SearchValue::String(unescape(raw)),
             ParamType::Uri => SearchValue::Uri(unescape(raw)),
-            ParamType::Reference => {
-                let text = unescape(raw);
-                match crate::fhir::parse_reference(&text) {
-                    Some(target) if target.resource_type.is_some() => SearchValue::Reference {
-                        resource_type: target.resource_type.map(str::to_string),
-                        id: target.id.to_string(),
-                    },
-                    _ if !text.contains('/') => SearchValue::Reference {
-                        resource_type: None,
-                        id: text,
-                    },
-                    _ => return Err(self.bad_value(param, raw, "expected Type/id or an id")),
-                }
-            }
-            ParamType::Composite => {
-                let parts = split_escaped(raw, '$', &self.whole)?;
-                if parts.len() != param.components.len() {
-                    return Err(self.bad_value(
-                        param,
-                        raw,
-                        &format!("expected {} parts separated by '$'", param.components.len()),
-                    ));
-                }
-                let mut values = Vec::new();
-                for (component, part) in param.components.iter().zip(&parts) {
-                    let Some((code, param_type)) = self.registry.by_url(&component.definition) else {
-                        return Err(self.bad_value(param, raw, "unknown composite component"));
-                    };
-                    let component_param = SearchParam {
-                        code: code.to_string(),
-                        param_type,
-                        expression: component.expression.clone(),
-                        path: None,
-                        targets: Vec::new(),
-                        components: Vec::new(),
-                        url: component.definition.clone(),
-                        derived: None,
-                    };
-                    values.push(self.value(&component_param, None, part)?);
-                }
-                SearchValue::Composite(values)
-            }
+            ParamType::Reference => self.reference_value(param, raw)?,
+            ParamType::Composite => self.composite_value(param, raw)?,
             ParamType::Special => return Err(self.bad_value(param, raw, "special parameters are not supported")),
         })
+    }
+
+    /// A token value: `code`, `system|code`, `|code` or `system|`.
+    fn token_value(&self, param: &SearchParam, raw: &str) -> Result<SearchValue, SearchError> {
+        let parts = split_escaped(raw, '|', &self.whole)?;
+        Ok(match parts.as_slice() {
+            [code] => SearchValue::Token {
+                system: None,
+                code: Some(unescape(code)),
+            },
+            [system, code] => SearchValue::Token {
+                system: Some(unescape(system)),
+                code: (!code.is_empty()).then(|| unescape(code)),
+            },
+            _ => return Err(self.bad_value(param, raw, "a token is code, system|code, |code or system|")),
+        })
+    }
+
+    /// A quantity value: `[prefix]number[|system|code]`.
+    fn quantity_value(&self, param: &SearchParam, raw: &str) -> Result<SearchValue, SearchError> {
+        let (prefix, rest) = parse_prefix(raw);
+        let parts = split_escaped(rest, '|', &self.whole)?;
+        let number = parts.first().map(String::as_str).unwrap_or_default();
+        let value =
+            parse_decimal(number).ok_or_else(|| self.bad_value(param, raw, "expected [prefix]number[|system|code]"))?;
+        let (system, code) = match parts.as_slice() {
+            [_] => (None, None),
+            [_, system, code] => (
+                (!system.is_empty()).then(|| unescape(system)),
+                (!code.is_empty()).then(|| unescape(code)),
+            ),
+            _ => return Err(self.bad_value(param, raw, "expected [prefix]number[|system|code]")),
+        };
+        Ok(SearchValue::Quantity {
+            prefix,
+            value,
+            system,
+            code,
+        })
+    }
+
+    /// A reference value: `Type/id` or an id.
+    fn reference_value(&self, param: &SearchParam, raw: &str) -> Result<SearchValue, SearchError> {
+        let text = unescape(raw);
+        Ok(match crate::fhir::parse_reference(&text) {
+            Some(target) if target.resource_type.is_some() => SearchValue::Reference {
+                resource_type: target.resource_type.map(str::to_string),
+                id: target.id.to_string(),
+            },
+            _ if !text.contains('/') => SearchValue::Reference {
+                resource_type: None,
+                id: text,
+            },
+            _ => return Err(self.bad_value(param, raw, "expected Type/id or an id")),
+        })
+    }
+
+    /// A composite value: one part per component, separated by `$`.
+    fn composite_value(&self, param: &SearchParam, raw: &str) -> Result<SearchValue, SearchError> {
+        let parts = split_escaped(raw, '$', &self.whole)?;
+        if parts.len() != param.components.len() {
+            return Err(self.bad_value(
+                param,
+                raw,
+                &format!("expected {} parts separated by '$'", param.components.len()),
+            ));
+        }
+        let mut values = Vec::new();
+        for (component, part) in param.components.iter().zip(&parts) {
+            let Some((code, param_type)) = self.registry.by_url(&component.definition) else {
+                return Err(self.bad_value(param, raw, "unknown composite component"));
+            };
+            let component_param = SearchParam {
+                code: code.to_string(),
+                param_type,
+                expression: component.expression.clone(),
+                path: None,
+                targets: Vec::new(),
+                components: Vec::new(),
+                url: component.definition.clone(),
+                derived: None,
+            };
+            values.push(self.value(&component_param, None, part)?);
+        }
+        Ok(SearchValue::Composite(values))
     }
 }
 
