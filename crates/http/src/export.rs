@@ -529,8 +529,7 @@ pub async fn download(
             }
         },
     };
-    let result = state.service.read_export_file(&id, &file, range).await?;
-    let stream = result.into_stream();
+    let stream = state.service.read_export_file(&id, &file, range).await?;
     let gzip = range.is_none()
         && headers
             .get_all(header::ACCEPT_ENCODING)
@@ -574,7 +573,7 @@ pub async fn download(
 /// Gzips a byte stream chunk by chunk (fast level: the network, not the
 /// ratio, is what a download waits for).
 fn gzip_stream(
-    input: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+    input: futures::stream::BoxStream<'static, std::io::Result<Bytes>>,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     use flate2::Compression;
     use flate2::write::GzEncoder;
@@ -593,7 +592,7 @@ fn gzip_stream(
                         return Some((Ok(Bytes::from(out)), Some((input, encoder))));
                     }
                 }
-                Some(Err(e)) => return Some((Err(std::io::Error::other(e)), None)),
+                Some(Err(e)) => return Some((Err(e), None)),
                 None => {
                     return match encoder.finish() {
                         Ok(rest) => Some((Ok(Bytes::from(rest)), None)),

@@ -6,8 +6,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
-use object_store::{GetOptions, GetRange, GetResult, ObjectStoreExt};
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use object_store::{GetOptions, GetRange, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
 use super::{AbortOnDrop, JobError, JobFailure, new_id, now};
@@ -390,23 +392,26 @@ impl Service {
         Ok(())
     }
 
-    /// Reads `file` of export `id` (the byte range `start..=end` when given).
+    /// Streams `file` of export `id` (the byte range `start..=end` when
+    /// given).
     pub async fn read_export_file(
         &self,
         id: &str,
         file: &ExportedFile,
         range: Option<(u64, u64)>,
-    ) -> Result<GetResult, StoreError> {
+    ) -> Result<BoxStream<'static, std::io::Result<Bytes>>, StoreError> {
         let path = self.export_files.child(&format!("{id}/{}", file.name));
         let options = GetOptions {
             range: range.map(|(s, e)| GetRange::Bounded(s..e + 1)),
             ..GetOptions::default()
         };
-        self.export_files
+        let result = self
+            .export_files
             .store
             .get_opts(&path, options)
             .await
-            .map_err(|e| self.export_files.error("reading", &path, e))
+            .map_err(|e| self.export_files.error("reading", &path, e))?;
+        Ok(result.into_stream().map_err(std::io::Error::other).boxed())
     }
 
     /// The object path of `name` of export `id` in the export store.
