@@ -1,9 +1,10 @@
-//! `fhirlake cohort`: counting the patients meeting FHIR searches.
+//! `fhirlake cohort`: counting the patients meeting FHIR searches, planned
+//! as the server plans cohort Groups (`group::cohort_plan`).
 
 use std::io::Write;
 
 use fhirlake::cohort::CohortEngine;
-use fhirlake::group::GroupResolver;
+use fhirlake::group::cohort_plan;
 use fhirlake::warehouse::Warehouse;
 
 /// Arguments of `fhirlake cohort`.
@@ -36,11 +37,8 @@ impl Args {
         if !engine.has_index() {
             anyhow::bail!("the warehouse has no search index: reload without --no-index");
         }
-        let base = match &self.base_group {
-            Some(id) => Some(GroupResolver::new(&engine).members(id).await?),
-            None => None,
-        };
-        let plan = engine.plan(&queries, base.as_deref())?;
+        let base_groups: Vec<String> = self.base_group.iter().cloned().collect();
+        let plan = cohort_plan(&engine, &queries, &[], &base_groups).await?;
         let mut out = std::io::stdout().lock();
         if self.explain {
             writeln!(out, "{}", engine.explain(plan.clone()).await?)?;

@@ -1,9 +1,11 @@
 //! `fhirlake export`: Bulk Data export without the server, through the same
-//! request type and pipeline as `$export`.
+//! request type and the same run as `$export` jobs (`jobs::execute`), in
+//! the foreground and without a job record.
 
 use fhirlake::export::{
-    ExportLevel, ExportRequest, ExportRequestBuilder, ExportSettings, ExportTarget, OutputFormat, Progress, run_export,
+    ExportLevel, ExportRequest, ExportRequestBuilder, ExportSettings, ExportTarget, OutputFormat, Progress,
 };
+use fhirlake::jobs::{ExportRun, execute};
 use fhirlake::store::StoreLocation;
 use fhirlake::warehouse::Warehouse;
 use futures::StreamExt;
@@ -123,16 +125,14 @@ impl Args {
             max_file_bytes: self.max_file_mib.max(1) * 1024 * 1024,
             ..ExportSettings::default()
         };
-        let output = run_export(
-            &warehouse,
-            snapshot,
-            &request,
-            &target,
-            &settings,
-            &[],
-            &Progress::default(),
-        )
-        .await?;
+        let run = ExportRun {
+            snapshot_version: snapshot.version,
+            request: request.clone(),
+            target: target.clone(),
+            settings,
+            notes: Vec::new(),
+        };
+        let output = execute(&warehouse, run, &Progress::default()).await?;
         let manifest = fhirlake::export::manifest::manifest(
             &transaction_time,
             &format!("fhirlake export --warehouse {}", warehouse.root().url()),

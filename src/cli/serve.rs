@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use fhirlake::ingest::{LoadOptions, load};
 use fhirlake::server::{DownloadMode, ServeOptions, parse_interval};
+use fhirlake::service::ServiceOptions;
 use fhirlake::warehouse::Warehouse;
 
 /// How clients download export files.
@@ -102,14 +103,16 @@ impl Args {
         Ok(ServeOptions {
             addr: self.addr,
             base_url: self.base_url,
-            refresh_interval,
-            retry_after: self.retry_after.max(1),
-            job_delay: Duration::from_millis(self.job_delay_ms),
-            max_exports: self.max_exports,
-            export_file_bytes: self.export_file_mib.max(1) * 1024 * 1024,
-            export_retention,
-            export_type_delay: Duration::from_millis(self.export_type_delay_ms),
-            export_store: self.export_store,
+            service: ServiceOptions {
+                refresh_interval,
+                retry_after: self.retry_after.max(1),
+                job_delay: Duration::from_millis(self.job_delay_ms),
+                max_exports: self.max_exports,
+                export_file_bytes: self.export_file_mib.max(1) * 1024 * 1024,
+                export_retention,
+                export_type_delay: Duration::from_millis(self.export_type_delay_ms),
+                export_store: self.export_store,
+            },
             export_downloads,
             clients: self.clients,
             no_auth: self.no_auth,

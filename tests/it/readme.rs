@@ -66,7 +66,11 @@ fn command(blocks: &[String], prefix: &str) -> String {
 /// Runs `command` in `sh` and returns its stdout (it must succeed).
 fn sh(command: &str) -> String {
     let out = Command::new("sh").args(["-c", command]).output().expect("sh");
-    assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
@@ -96,7 +100,8 @@ fn content_location(headers: &str) -> String {
         .lines()
         .find_map(|l| {
             let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-location").then(|| value.trim().to_string())
+            name.eq_ignore_ascii_case("content-location")
+                .then(|| value.trim().to_string())
         })
         .unwrap_or_else(|| panic!("no Content-Location in {headers}"))
 }
@@ -119,7 +124,10 @@ fn readme_curl_flow_against_serve() {
     let location = response["location"].as_str().expect("location");
     let group_id = location.split('/').nth(1).expect("Group/<id>/…");
     let members = bundle["entry"][0]["resource"]["quantity"].as_u64().expect("quantity");
-    assert!(members > 0, "the README's cohort finds prediabetic women in the sample: {bundle}");
+    assert!(
+        members > 0,
+        "the README's cohort finds prediabetic women in the sample: {bundle}"
+    );
 
     let export = at(&command(&blocks, "curl -si 'http://127.0.0.1:8080/Group/<id>/$export")).replace("<id>", group_id);
     let accepted = sh(&export);

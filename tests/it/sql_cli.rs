@@ -101,3 +101,64 @@ fn sql_reads_statements_from_stdin_and_reports_errors() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("nope"), "{err}");
 }
+
+/// The first column of a one-row, one-column result as an integer.
+async fn scalar(ctx: &datafusion::prelude::SessionContext, sql: &str) -> i64 {
+    use datafusion::arrow::array::AsArray;
+    let results = fhirlake::query::run_statements(ctx, sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let batch = &results.last().expect("a result").batches[0];
+    let column = datafusion::arrow::compute::cast(batch.column(0), &datafusion::arrow::datatypes::DataType::Int64)
+        .expect("an integer");
+    column
+        .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+        .value(0)
+}
+
+/// A session's tables come from one snapshot, resolved as queries name
+/// them: a load committed after the session opened is not seen by it (a
+/// query never sees half a load, nor a mix of two), the `compartment`
+/// view and resource tables in any case resolve, `SHOW TABLES` lists the
+/// snapshot's tables, and a view a session creates stays in that session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_read_one_snapshot_through_the_catalog() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let warehouse = fhirlake::warehouse::Warehouse::open(tmp.path().join("wh").to_str().expect("path")).expect("open");
+    load_into(&warehouse, &[&sample_data()], false).await;
+    let (before, _) = fhirlake::warehouse::catalog::session_for(&warehouse)
+        .await
+        .expect("session");
+    assert_eq!(scalar(&before, "SELECT count(*) FROM fhir.\"Patient\"").await, 10);
+    assert_eq!(scalar(&before, "SELECT count(*) FROM fhir.patient").await, 10);
+    let in_compartments = scalar(&before, "SELECT count(DISTINCT patient_id) FROM fhir.compartment").await;
+    assert_eq!(in_compartments, 10);
+    let listed = scalar(
+        &before,
+        "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('patient', 'condition', 'index_token', 'Patient', 'compartment')",
+    )
+    .await;
+    assert_eq!(
+        listed, 5,
+        "views, index tables, resource tables and compartment are listed"
+    );
+    fhirlake::query::run_statements(
+        &before,
+        "CREATE VIEW women AS SELECT * FROM patient WHERE gender = 'female'",
+    )
+    .await
+    .expect("CREATE VIEW");
+    assert_eq!(scalar(&before, "SELECT count(*) FROM women").await, 4);
+
+    // A later load: a new session sees it, the open one keeps its snapshot.
+    let extra = tmp.path().join("extra.ndjson");
+    std::fs::write(&extra, r#"{"resourceType":"Patient","id":"late-1","gender":"female"}"#).expect("write");
+    load_into(&warehouse, &[&extra], false).await;
+    let (after, _) = fhirlake::warehouse::catalog::session_for(&warehouse)
+        .await
+        .expect("session");
+    assert_eq!(scalar(&after, "SELECT count(*) FROM patient").await, 11);
+    assert_eq!(scalar(&before, "SELECT count(*) FROM patient").await, 10);
+    let unknown = fhirlake::query::run_statements(&after, "SELECT * FROM women").await;
+    assert!(unknown.is_err(), "a session's views are its own");
+}

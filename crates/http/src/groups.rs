@@ -104,7 +104,7 @@ pub async fn create(
     if prefers_async(&headers) {
         return start_job(&state, JobKind::CreateGroup, id, request, owner).await;
     }
-    let stored = state.service.compute_group(&id, &request, owner).await?;
+    let stored = state.service.groups.compute_group(&id, &request, owner).await?;
     Ok(group_response(&state, StatusCode::CREATED, &stored))
 }
 
@@ -127,10 +127,10 @@ pub async fn update(
             "the Group's id '{body_id}' differs from the URL's '{id}'"
         )));
     }
-    let existing = state.service.stored_group(&id).await?;
+    let existing = state.service.groups.stored_group(&id).await?;
     if existing.is_none() {
         return Err(
-            if state.service.loaded_group(&id).await?.is_some() && caller.sees_group(&id, None) {
+            if state.service.groups.loaded_group(&id).await?.is_some() && caller.sees_group(&id, None) {
                 FhirError::new(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "not-supported",
@@ -148,7 +148,7 @@ pub async fn update(
     if prefers_async(&headers) {
         return start_job(&state, JobKind::UpdateGroup, id, request, owner).await;
     }
-    let stored = state.service.compute_group(&id, &request, owner).await?;
+    let stored = state.service.groups.compute_group(&id, &request, owner).await?;
     Ok(group_response(&state, StatusCode::OK, &stored))
 }
 
@@ -202,7 +202,7 @@ pub async fn poll(
     let mut entry = json!({"response": {"status": status_text}});
     if let Some(location) = &location {
         entry["response"]["location"] = json!(location);
-        if let Ok(Some(stored)) = state.service.stored_group(&job.group_id).await {
+        if let Ok(Some(stored)) = state.service.groups.stored_group(&job.group_id).await {
             entry["resource"] = stored.resource;
         }
     }
@@ -238,13 +238,13 @@ pub async fn read(
     Path(id): Path<String>,
 ) -> Result<Response, FhirError> {
     caller.require("Group", Permission::Read)?;
-    if let Some(stored) = state.service.stored_group(&id).await? {
+    if let Some(stored) = state.service.groups.stored_group(&id).await? {
         if !caller.sees_group(&id, stored.owner.as_deref()) {
             return Err(hidden(&format!("Group/{id}")));
         }
         return Ok(fhir_json(StatusCode::OK, &stored.resource));
     }
-    match state.service.loaded_group(&id).await? {
+    match state.service.groups.loaded_group(&id).await? {
         Some(group) if caller.sees_group(&id, None) => Ok(fhir_json(StatusCode::OK, &group)),
         _ => Err(hidden(&format!("Group/{id}"))),
     }
@@ -256,7 +256,7 @@ pub async fn check_visible(state: &AppState, caller: &Caller, id: &str) -> Resul
     if matches!(caller, Caller::Open) {
         return Ok(());
     }
-    let owner = match state.service.stored_group(id).await? {
+    let owner = match state.service.groups.stored_group(id).await? {
         Some(stored) => stored.owner,
         None => None,
     };
@@ -309,6 +309,7 @@ pub async fn vread(
     caller.require("Group", Permission::Read)?;
     let stored = state
         .service
+        .groups
         .stored_group(&id)
         .await?
         .filter(|g| caller.sees_group(&id, g.owner.as_deref()));
@@ -329,13 +330,13 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<Response, FhirError> {
     caller.require("Group", Permission::Delete)?;
-    if let Some(stored) = state.service.stored_group(&id).await? {
+    if let Some(stored) = state.service.groups.stored_group(&id).await? {
         check_owner(&caller, &id, stored.owner.as_deref(), "delete")?;
-        state.service.delete_group(&id).await?;
+        state.service.groups.delete_group(&id).await?;
         tracing::info!(target: "fhirlake::audit", event = "cohort_deleted", client_id = caller.client_id().unwrap_or("-"), group = %id);
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    if state.service.loaded_group(&id).await?.is_some() && caller.sees_group(&id, None) {
+    if state.service.groups.loaded_group(&id).await?.is_some() && caller.sees_group(&id, None) {
         return Err(FhirError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "not-supported",
@@ -418,6 +419,7 @@ pub async fn search(
     }
     let mut groups: Vec<Value> = state
         .service
+        .groups
         .stored_groups()
         .await?
         .into_iter()
@@ -427,6 +429,7 @@ pub async fn search(
     groups.extend(
         state
             .service
+            .groups
             .loaded_groups(None)
             .await?
             .into_iter()
@@ -481,10 +484,10 @@ pub async fn members(
     caller.require("Patient", Permission::Read)?;
     check_visible(&state, &caller, &id).await?;
     let (count, offset) = page_params(&params, 100, 1000)?;
-    let ids = state.service.group_members(&id).await?;
+    let ids = state.service.groups.group_members(&id).await?;
     let total = ids.len();
     let page: Vec<String> = ids.into_iter().skip(offset).take(count).collect();
-    let resources = state.service.patients_by_id(&page).await?;
+    let resources = state.service.groups.patients_by_id(&page).await?;
     let entries: Vec<Value> = page
         .iter()
         .map(|pid| {

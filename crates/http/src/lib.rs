@@ -60,24 +60,9 @@ pub struct ServeOptions {
     /// Absolute base URL clients reach the server at (default
     /// `http://<addr>`); polling URLs and `Location`s are built from it.
     pub base_url: Option<String>,
-    /// Recompute every cohort Group this often when the warehouse changed.
-    pub refresh_interval: Option<Duration>,
-    /// Seconds a client is asked to wait between polls (`Retry-After`).
-    pub retry_after: u64,
-    /// Wait this long before computing each async job (to observe progress,
-    /// cancellation and crash recovery in tests).
-    pub job_delay: Duration,
-    /// Exports allowed to run at once; more are answered `429`.
-    pub max_exports: usize,
-    /// An export file is closed and a new one started at this size.
-    pub export_file_bytes: u64,
-    /// Finished exports (and their files) are deleted this long after completion.
-    pub export_retention: Duration,
-    /// Pause after each exported type (tests).
-    pub export_type_delay: Duration,
-    /// Where export files go (`s3://bucket/prefix`, a folder); default the
-    /// warehouse's `_server/export-files`.
-    pub export_store: Option<String>,
+    /// How the engine runs jobs (refresh, polling interval, export limits
+    /// and store).
+    pub service: ServiceOptions,
     /// How clients download export files.
     pub export_downloads: export::DownloadMode,
     /// The clients file: authorization (SMART Backend Services) is on.
@@ -319,19 +304,7 @@ pub async fn serve(warehouse: Warehouse, options: ServeOptions) -> Result<(), Se
             )));
         }
     };
-    let service = Service::new(
-        warehouse,
-        ServiceOptions {
-            refresh_interval: options.refresh_interval,
-            retry_after: options.retry_after,
-            job_delay: options.job_delay,
-            max_exports: options.max_exports,
-            export_file_bytes: options.export_file_bytes,
-            export_retention: options.export_retention,
-            export_type_delay: options.export_type_delay,
-            export_store: options.export_store.clone(),
-        },
-    )?;
+    let service = Service::new(warehouse, options.service.clone())?;
     if matches!(options.export_downloads, DownloadMode::Presigned { .. }) && service.export_files.signer.is_none() {
         return Err(ServerError::Options(format!(
             "presigned downloads need an S3 export store (--export-store s3://…); {} cannot sign URLs",

@@ -72,14 +72,15 @@ pub enum CohortError {
     DataFusion(#[from] datafusion::error::DataFusionError),
     /// The bundled definitions are unusable.
     #[error("search definitions unavailable: {0}")]
-    Definitions(String),
+    Definitions(#[source] &'static crate::fhir::DefinitionError),
 }
 
 impl crate::error::HasKind for CohortError {
     fn kind(&self) -> crate::error::ErrorKind {
         use crate::error::ErrorKind;
         match self {
-            Self::Search(_) | Self::Unsupported { .. } => ErrorKind::Invalid,
+            Self::Search(e) => e.kind(),
+            Self::Unsupported { .. } => ErrorKind::Invalid,
             Self::EmptyWarehouse => ErrorKind::Transient,
             Self::Warehouse(e) => e.kind(),
             Self::DataFusion(e) => crate::warehouse::datafusion_kind(e),
@@ -168,7 +169,7 @@ impl CohortEngine {
 
     /// An engine over `snapshot` of `warehouse`.
     pub async fn for_snapshot(warehouse: &Warehouse, snapshot: Snapshot) -> Result<Self, CohortError> {
-        let registry = SearchRegistry::r4().map_err(|e| CohortError::Definitions(e.to_string()))?;
+        let registry = SearchRegistry::r4().map_err(CohortError::Definitions)?;
         let ctx = new_query_session(warehouse)?;
         // The compiler puts the smaller input of each semi join on the build
         // side; statistics of filtered index scans are guesses, and a swap

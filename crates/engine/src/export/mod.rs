@@ -61,7 +61,7 @@ pub enum ExportError {
     EmptyWarehouse,
     /// The bundled definitions are unusable.
     #[error("FHIR definitions unavailable: {0}")]
-    Definitions(String),
+    Definitions(#[source] &'static crate::fhir::DefinitionError),
     /// Compiling a `_typeFilter` or resolving a Group failed.
     #[error(transparent)]
     Cohort(#[from] crate::cohort::CohortError),
@@ -94,7 +94,14 @@ pub enum ExportError {
     },
     /// A worker task panicked or was cancelled.
     #[error("export task failed: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
+    /// A table of the snapshot being exported is not in it (a damaged
+    /// manifest).
+    #[error("table {resource_type} vanished from the snapshot")]
+    TableVanished {
+        /// The table's resource type.
+        resource_type: String,
+    },
     /// As many exports as allowed run already.
     #[error("{running} exports are running (the limit is {limit}); retry later")]
     TooMany {
@@ -137,7 +144,7 @@ impl crate::error::HasKind for ExportError {
             // Storing the export's files failed: the server's fault, even
             // when the store says "not found" or "forbidden".
             Self::Store(_) | Self::Write { .. } | Self::Parquet { .. } => ErrorKind::Internal,
-            Self::Definitions(_) | Self::Task(_) => ErrorKind::Internal,
+            Self::Definitions(_) | Self::Task(_) | Self::TableVanished { .. } => ErrorKind::Internal,
             Self::TooMany { .. } => ErrorKind::TooMany,
         }
     }

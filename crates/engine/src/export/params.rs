@@ -300,7 +300,7 @@ impl ExportRequestBuilder {
     /// from a POST body (or a caller as trusted, the CLI); `lenient`:
     /// unsupported parameters are set aside, not errors.
     pub fn new(level: ExportLevel, post: bool, lenient: bool) -> Result<Self, ExportError> {
-        let model = FhirModel::r4().map_err(|e| ExportError::Definitions(e.to_string()))?;
+        let model = FhirModel::r4().map_err(ExportError::Definitions)?;
         Ok(Self {
             model,
             request: ExportRequest {

@@ -561,7 +561,9 @@ pub(super) async fn resource_frame(
         .snapshot()
         .tables
         .get(resource_type)
-        .ok_or_else(|| ExportError::Task(format!("table {resource_type} vanished from the snapshot")))?;
+        .ok_or_else(|| ExportError::TableVanished {
+            resource_type: resource_type.to_string(),
+        })?;
     let provider = table_provider(engine.warehouse(), engine.session(), resource_type, entry).await?;
     let mut frame = engine.session().read_table(provider)?;
     // A resource without meta.lastUpdated changed when it was loaded.
@@ -674,7 +676,7 @@ async fn export_type(
             }
             Err(e) => {
                 if failure.is_none() {
-                    failure = Some(ExportError::Task(e.to_string()));
+                    failure = Some(ExportError::Task(e));
                     tasks.abort_all();
                 }
             }

@@ -1,9 +1,10 @@
-//! Managing Groups on a [`Service`]: creating and updating cohort Groups
-//! (computing their members), reading, listing and deleting them, the
-//! Groups of the loaded data, members with their Patient resources, and
-//! refreshing cohorts after loads.
+//! Managing Groups: creating and updating cohort Groups (computing their
+//! members), reading, listing and deleting them, the Groups of the loaded
+//! data, members with their Patient resources, and refreshing cohorts after
+//! loads.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::array::{Array, AsArray};
@@ -11,12 +12,27 @@ use datafusion::common::TableReference;
 use datafusion::prelude::{col, lit};
 use serde_json::Value;
 
-use super::{CohortRequest, GROUPS, GroupError, GroupResolver, StoredGroup, compute, group_resource};
-use crate::service::Service;
-use crate::state::now;
+use super::{CohortRequest, GROUPS, GroupError, GroupResolver, StoredGroup, compute, group_resource, next_membership};
+use crate::cohort::CurrentEngine;
+use crate::state::{StateStore, now};
+use crate::warehouse::Warehouse;
 use crate::warehouse::catalog::RESOURCE_SCHEMA;
 
-impl Service {
+/// The Groups of a warehouse: those stored beside it and those loaded with
+/// its data.
+pub struct Groups {
+    /// The warehouse.
+    pub warehouse: Warehouse,
+    /// The cohort engine of its current version.
+    pub cohorts: Arc<CurrentEngine>,
+    /// Where Groups are stored.
+    pub state: StateStore,
+    /// Serialises writes of Groups and job records (version numbers, a
+    /// cancel racing a job's end); shared with the jobs.
+    pub writes: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Groups {
     /// Computes `request`'s members and stores them as Group `id` (a new
     /// version when it exists; an update keeps the creator as owner).
     pub async fn compute_group(
@@ -31,8 +47,8 @@ impl Service {
     }
 
     /// Writes Group `id` with `members` (a new version when it exists).
-    /// The caller holds `writes`.
-    pub(crate) async fn write_group(
+    /// The caller holds [`Groups::writes`].
+    pub async fn write_group(
         &self,
         id: &str,
         request: &CohortRequest,
@@ -45,7 +61,9 @@ impl Service {
             tracing::info!(target: "fhirlake::audit", event = "cohort_created", client_id = owner.as_deref().unwrap_or("-"), group = %id, members = members.len());
         }
         let owner = previous.as_ref().map_or(owner, |p| p.owner.clone());
-        let version = previous.map_or(1, |p| p.version + 1);
+        let version = previous.as_ref().map_or(1, |p| p.version + 1);
+        let history = previous.map(|p| p.membership_rows()).unwrap_or_default();
+        let membership = next_membership(&history, &members, version);
         let computed_at = now();
         let resource = group_resource(id, version, request, members.len(), &computed_at);
         let stored = StoredGroup {
@@ -54,6 +72,7 @@ impl Service {
             request: request.clone(),
             resource,
             members,
+            membership,
             warehouse_version,
             owner,
         };
@@ -176,8 +195,8 @@ impl Service {
         }
     }
 
-    /// [`Service::refresh_stale_groups`] every `interval`, forever.
-    pub(crate) async fn refresh_loop(&self, interval: Duration) {
+    /// [`Groups::refresh_stale_groups`] every `interval`, forever.
+    pub async fn refresh_loop(&self, interval: Duration) {
         loop {
             tokio::time::sleep(interval).await;
             self.refresh_stale_groups().await;

@@ -1,11 +1,13 @@
 //! Groups: the Group domain every front shares. Validating submitted
-//! cohort Groups ([`cohort`]), the stored form ([`store`]), the one
+//! cohort Groups ([`cohort`]), the stored form ([`store`]) with the one
+//! membership schema ([`membership`]), the one
 //! resolver from a Group id to its members ([`resolve`]), and computing a
-//! cohort's membership ([`compute`]), and managing Groups on a
-//! [`Service`](crate::service::Service) ([`manage`]).
+//! cohort's membership ([`compute`]), and managing the stored and loaded
+//! Groups of a warehouse ([`manage::Groups`]).
 
 pub mod cohort;
 pub mod manage;
+pub mod membership;
 pub mod resolve;
 pub mod store;
 
@@ -14,6 +16,7 @@ use std::collections::HashSet;
 pub use cohort::{
     COHORT_PROFILE, CohortRequest, FHIR_QUERY, MEMBER_FILTER_URL, MEMBERS_REFRESHED_URL, group_resource, validate,
 };
+pub use membership::{Member, membership_batch, membership_schema, next_membership};
 pub use resolve::GroupResolver;
 pub use store::{GROUPS, StoredGroup};
 
@@ -105,33 +108,46 @@ impl HasKind for GroupError {
     }
 }
 
+/// The plan of a cohort: the patients meeting every query, within the
+/// base population when one is given (`base_patients`, and the members of
+/// `base_groups` through [`GroupResolver`]). The server's cohort Groups and
+/// `fhirlake cohort` both plan through here.
+pub async fn cohort_plan(
+    engine: &CohortEngine,
+    queries: &[crate::search::SearchQuery],
+    base_patients: &[String],
+    base_groups: &[String],
+) -> Result<datafusion::logical_expr::LogicalPlan, GroupError> {
+    let base = if base_patients.is_empty() && base_groups.is_empty() {
+        None
+    } else {
+        let mut members: HashSet<String> = base_patients.iter().cloned().collect();
+        let mut resolver = GroupResolver::new(engine);
+        for group in base_groups {
+            members.extend(resolver.members(group).await?);
+        }
+        let mut members: Vec<String> = members.into_iter().collect();
+        members.sort_unstable();
+        Some(members)
+    };
+    Ok(engine.plan(queries, base.as_deref())?)
+}
+
 /// Computes the members of `request` on the current warehouse: the
 /// patients meeting every filter, within the base population when `member`
-/// gives one (Patients, and Groups resolved by [`GroupResolver`]). Returns
-/// the sorted members and the warehouse version they were computed on.
+/// gives one. Returns the sorted members and the warehouse version they
+/// were computed on.
 pub async fn compute(current: &CurrentEngine, request: &CohortRequest) -> Result<(Vec<String>, u64), GroupError> {
     let engine = current.get().await?;
     if !engine.has_index() {
         return Err(GroupError::NoIndex);
     }
     let queries = CohortEngine::parse(&request.filters)?;
-    let base = if request.has_base() {
-        let mut members: HashSet<String> = request.base_patients.iter().cloned().collect();
-        let mut resolver = GroupResolver::new(&engine);
-        for group in &request.base_groups {
-            match resolver.members(group).await {
-                Ok(found) => members.extend(found),
-                Err(GroupError::NotFound(id)) => return Err(GroupError::UnknownBase(id)),
-                Err(e) => return Err(e),
-            }
-        }
-        let mut members: Vec<String> = members.into_iter().collect();
-        members.sort_unstable();
-        Some(members)
-    } else {
-        None
+    let plan = match cohort_plan(&engine, &queries, &request.base_patients, &request.base_groups).await {
+        // The submitted Group's `member` names it: the body is wrong.
+        Err(GroupError::NotFound(id)) => return Err(GroupError::UnknownBase(id)),
+        other => other?,
     };
-    let plan = engine.plan(&queries, base.as_deref())?;
     let result = engine.run(plan).await?;
     Ok((result.patients, engine.version()))
 }

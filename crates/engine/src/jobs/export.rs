@@ -20,6 +20,7 @@ use crate::export::{
 };
 use crate::service::Service;
 use crate::store::StoreError;
+use crate::warehouse::Warehouse;
 
 /// State kind of stored export jobs (`_server/exports/<id>.json`).
 pub const EXPORTS: &str = "exports";
@@ -191,41 +192,24 @@ impl Service {
             .await;
     }
 
-    /// Runs the export pipeline for `job` in its own task (a panic becomes
-    /// a failed job instead of one that stays running forever).
-    async fn export_outcome(
-        self: &Arc<Self>,
-        job: &ExportJob,
-        progress: &Progress,
-    ) -> Result<ExportOutput, ExportError> {
-        let (service, job, progress) = (self.clone(), job.clone(), progress.clone());
-        let inner = tokio::spawn(async move {
-            let snapshot = service.warehouse.snapshot(job.snapshot_version).await?;
-            let target = ExportTarget {
-                location: service.export_files.clone(),
-                dir: job.id.clone(),
-            };
-            let settings = ExportSettings {
-                max_file_bytes: service.options.export_file_bytes,
-                type_delay: service.options.export_type_delay,
-            };
-            run_export(
-                &service.warehouse,
-                snapshot,
-                &job.request,
-                &target,
-                &settings,
-                &job.ignored,
-                &progress,
-            )
-            .await
-        });
-        // Cancelling aborts the job's task; the export task goes with it.
-        let _abort_inner = AbortOnDrop(inner.abort_handle());
-        match inner.await {
-            Ok(result) => result,
-            Err(e) => Err(ExportError::Task(e.to_string())),
-        }
+    /// Runs the export pipeline for `job` into the export store.
+    async fn export_outcome(&self, job: &ExportJob, progress: &Progress) -> Result<ExportOutput, ExportError> {
+        let target = ExportTarget {
+            location: self.export_files.clone(),
+            dir: job.id.clone(),
+        };
+        let settings = ExportSettings {
+            max_file_bytes: self.options.export_file_bytes,
+            type_delay: self.options.export_type_delay,
+        };
+        let run = ExportRun {
+            snapshot_version: job.snapshot_version,
+            request: job.request.clone(),
+            target,
+            settings,
+            notes: job.ignored.clone(),
+        };
+        execute(&self.warehouse, run, progress).await
     }
 
     async fn run_export_job(self: Arc<Self>, mut job: ExportJob, delay: Duration, progress: Progress) {
@@ -234,7 +218,7 @@ impl Service {
         }
         let started = Instant::now();
         let result = self.export_outcome(&job, &progress).await;
-        let _writes = self.writes.lock().await;
+        let _writes = self.groups.writes.lock().await;
         match self.state.get::<ExportJob>(EXPORTS, &job.id).await {
             Ok(Some(current)) if current.state == ExportState::Cancelled => {
                 self.purge_export_files(&job.id).await;
@@ -343,7 +327,7 @@ impl Service {
                 page: None,
             });
         }
-        let _writes = self.writes.lock().await;
+        let _writes = self.groups.writes.lock().await;
         let mut job = match self.state.get::<ExportJob>(EXPORTS, &job.id).await? {
             Some(current) if current.state == ExportState::Running => current,
             _ => {
@@ -375,7 +359,7 @@ impl Service {
         id: &str,
         visible: impl Fn(Option<&str>) -> bool,
     ) -> Result<(), JobError> {
-        let _writes = self.writes.lock().await;
+        let _writes = self.groups.writes.lock().await;
         let mut job = self.export_job(id, visible).await?;
         tracing::info!(target: "fhirlake::audit", event = "export_deleted", client_id = job.owner.as_deref().unwrap_or("-"), export = %id);
         self.export_jobs.abort(id).await;
@@ -501,6 +485,46 @@ impl Service {
                 }
             }
         }
+    }
+}
+
+/// One export to run: what, over which warehouse version, into where.
+pub struct ExportRun {
+    /// The warehouse version exported.
+    pub snapshot_version: u64,
+    /// The validated request.
+    pub request: ExportRequest,
+    /// Where the files go.
+    pub target: ExportTarget,
+    /// File size limit and test pauses.
+    pub settings: ExportSettings,
+    /// Warnings for the error file (parameters set aside).
+    pub notes: Vec<String>,
+}
+
+/// Runs `run` in a task of its own, so a panic in the pipeline is an
+/// error rather than a job that never ends, and dropping the returned
+/// future (a cancelled job) stops it. Export jobs and `fhirlake export`
+/// both export through here.
+pub async fn execute(warehouse: &Warehouse, run: ExportRun, progress: &Progress) -> Result<ExportOutput, ExportError> {
+    let (warehouse, progress) = (warehouse.clone(), progress.clone());
+    let inner = tokio::spawn(async move {
+        let snapshot = warehouse.snapshot(run.snapshot_version).await?;
+        run_export(
+            &warehouse,
+            snapshot,
+            &run.request,
+            &run.target,
+            &run.settings,
+            &run.notes,
+            &progress,
+        )
+        .await
+    });
+    let _abort_inner = AbortOnDrop(inner.abort_handle());
+    match inner.await {
+        Ok(result) => result,
+        Err(e) => Err(ExportError::Task(e)),
     }
 }
 

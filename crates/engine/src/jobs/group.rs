@@ -121,7 +121,7 @@ impl Service {
             tokio::time::sleep(delay).await;
         }
         let outcome = crate::group::compute(&self.cohorts, &job.request).await;
-        let _writes = self.writes.lock().await;
+        let _writes = self.groups.writes.lock().await;
         // A cancel that won the lock leaves the job cancelled and the Group unwritten.
         if let Ok(Some(current)) = self.state.get::<Job>(JOBS, &job.id).await
             && current.state == JobState::Cancelled
@@ -130,7 +130,8 @@ impl Service {
         }
         let written = match outcome {
             Ok((members, version)) => {
-                self.write_group(&job.group_id, &job.request, members, version, job.owner.clone())
+                self.groups
+                    .write_group(&job.group_id, &job.request, members, version, job.owner.clone())
                     .await
             }
             Err(e) => Err(e),
@@ -170,7 +171,7 @@ impl Service {
     /// Cancels job `id` (visible to its owner only): its task stops and
     /// the Group is not written; later polls find it cancelled.
     pub async fn cancel_group_job(&self, id: &str, visible: impl Fn(Option<&str>) -> bool) -> Result<(), JobError> {
-        let _writes = self.writes.lock().await;
+        let _writes = self.groups.writes.lock().await;
         let mut job = self.group_job(id, visible).await?;
         if job.state == JobState::Cancelled {
             return Err(JobError::AlreadyCancelled(format!("job '{id}'")));

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 pub use crate::service::EXPORT_FILES;
 pub use crate::state::{new_id, now};
-pub use export::{EXPORTS, ExportJob, ExportKickoff, ExportPage, ExportState};
+pub use export::{EXPORTS, ExportJob, ExportKickoff, ExportPage, ExportRun, ExportState, execute};
 pub use group::{JOBS, Job, JobKind, JobState};
 
 use crate::error::{ErrorKind, HasKind};

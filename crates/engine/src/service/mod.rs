@@ -1,9 +1,8 @@
 //! The engine as one long-lived value for fronts that serve many requests:
 //! the warehouse, the cohort engine of its current version, the state
-//! store of Groups and jobs, and the jobs running in this process. Its
-//! operations are in the modules they belong to (`group::manage`,
-//! `jobs::group`, `jobs::export`); a front holds one `Arc<Service>` and
-//! calls them.
+//! store of Groups and jobs, the Groups ([`Groups`]) and the jobs running
+//! in this process. Job lifecycles are methods of the service defined in
+//! `jobs::group` and `jobs::export`; a front holds one `Arc<Service>`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +12,7 @@ mod runtime;
 pub use runtime::Runtimes;
 
 use crate::cohort::CurrentEngine;
+use crate::group::manage::Groups;
 use crate::state::StateStore;
 use crate::store::{StoreError, StoreLocation};
 use crate::warehouse::Warehouse;
@@ -65,16 +65,16 @@ pub struct Service {
     /// The warehouse served.
     pub warehouse: Warehouse,
     /// The cohort engine of its current version, shared by requests.
-    pub cohorts: CurrentEngine,
+    pub cohorts: Arc<CurrentEngine>,
     /// Durable Groups and job records.
     pub state: StateStore,
     /// Where export files are written.
     pub export_files: StoreLocation,
     /// See [`ServiceOptions`].
     pub options: ServiceOptions,
-    /// Serialises writes of Groups and job records (version numbers, a
-    /// cancel racing a job's end).
-    pub(crate) writes: tokio::sync::Mutex<()>,
+    /// The Groups (stored and loaded); their write lock serialises job
+    /// records too.
+    pub groups: Groups,
     /// Group create/update jobs of this process.
     pub(crate) group_jobs: Runtimes,
     /// Export jobs of this process.
@@ -94,13 +94,21 @@ impl Service {
         };
         options.max_exports = options.max_exports.max(1);
         options.retry_after = options.retry_after.max(1);
+        let cohorts = Arc::new(CurrentEngine::new(warehouse.clone()));
+        let state = StateStore::new(warehouse.root().clone());
+        let groups = Groups {
+            warehouse: warehouse.clone(),
+            cohorts: cohorts.clone(),
+            state: state.clone(),
+            writes: Arc::default(),
+        };
         Ok(Arc::new(Self {
-            cohorts: CurrentEngine::new(warehouse.clone()),
-            state: StateStore::new(warehouse.root().clone()),
+            cohorts,
+            state,
             warehouse,
             export_files,
             options,
-            writes: tokio::sync::Mutex::new(()),
+            groups,
             group_jobs: Runtimes::default(),
             export_jobs: Runtimes::default(),
         }))
@@ -116,7 +124,7 @@ impl Service {
         tokio::spawn(async move { service.expiry_loop(interval).await });
         if let Some(interval) = self.options.refresh_interval {
             let service = self.clone();
-            tokio::spawn(async move { service.refresh_loop(interval).await });
+            tokio::spawn(async move { service.groups.refresh_loop(interval).await });
         }
         Ok(())
     }

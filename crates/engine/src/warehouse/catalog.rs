@@ -1,11 +1,9 @@
 //! Registering a warehouse snapshot as DataFusion tables.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::catalog::{MemorySchemaProvider, TableProvider};
-use datafusion::common::TableReference;
+use datafusion::catalog::TableProvider;
 use datafusion::datasource::empty::EmptyTable;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -16,8 +14,9 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::ObjectMeta;
 
-use super::index_tables::{IndexKind, parse_index_table_key};
+use super::index_tables::parse_index_table_key;
 use super::schema::{rejects_schema, resource_schema, tombstones_schema};
+use super::snapshot_catalog::SnapshotCatalog;
 use super::table::ManifestTable;
 use super::{Snapshot, TableEntry, TableKind, Warehouse, WarehouseError};
 use crate::store::{CachedStore, ReadCache};
@@ -175,73 +174,14 @@ async fn manifest_provider(
 /// analyst views (`patient`, `condition`, …).
 pub const RESOURCE_SCHEMA: &str = "fhir";
 
-/// Registers every table of `snapshot` in `ctx`: resource tables in schema
-/// [`RESOURCE_SCHEMA`] under their type name and (since SQL folds unquoted
-/// identifiers) its lower-case form, the `fhir.compartment` view
-/// (resource_type, resource_id, patient_id), and `_rejects`.
-pub async fn register_snapshot(
-    warehouse: &Warehouse,
-    ctx: &SessionContext,
-    snapshot: &Snapshot,
-) -> Result<(), WarehouseError> {
-    let catalog = ctx
-        .catalog("datafusion")
-        .ok_or_else(|| datafusion::error::DataFusionError::Plan("default catalog missing".into()))?;
-    if catalog.schema(RESOURCE_SCHEMA).is_none() {
-        catalog.register_schema(RESOURCE_SCHEMA, Arc::new(MemorySchemaProvider::new()))?;
-    }
-    let mut compartment_branches = Vec::new();
-    let mut index_files: BTreeMap<IndexKind, Vec<super::DataFile>> = BTreeMap::new();
-    for (name, entry) in &snapshot.tables {
-        if entry.kind == TableKind::Index {
-            if let Some((kind, _)) = parse_index_table_key(name) {
-                index_files.entry(kind).or_default().extend(entry.files.iter().cloned());
-            }
-            continue;
-        }
-        let provider = table_provider(warehouse, ctx, name, entry).await?;
-        if entry.kind == TableKind::View {
-            let view_name = name.strip_prefix("views/").unwrap_or(name);
-            ctx.register_table(TableReference::bare(view_name), provider)?;
-            continue;
-        }
-        if entry.kind != TableKind::Resource {
-            ctx.register_table(TableReference::bare(name.as_str()), provider)?;
-            continue;
-        }
-        ctx.register_table(
-            TableReference::partial(RESOURCE_SCHEMA, name.as_str()),
-            provider.clone(),
-        )?;
-        let lower = name.to_lowercase();
-        if lower != *name {
-            ctx.register_table(TableReference::partial(RESOURCE_SCHEMA, lower), provider)?;
-        }
-        compartment_branches.push(format!(
-            "SELECT '{name}' AS resource_type, id AS resource_id, unnest(patients) AS patient_id FROM {RESOURCE_SCHEMA}.\"{name}\""
-        ));
-    }
-    // One SQL table per index kind over all types (`index_token`, …).
-    for (kind, files) in index_files {
-        let provider = files_provider(warehouse, ctx, Some(kind.schema()), &files).await?;
-        ctx.register_table(TableReference::bare(kind.sql_table()), provider)?;
-    }
-    if !compartment_branches.is_empty() {
-        let view = format!(
-            "CREATE VIEW {RESOURCE_SCHEMA}.compartment AS {}",
-            compartment_branches.join(" UNION ALL ")
-        );
-        ctx.sql(&view).await?;
-    }
-    Ok(())
-}
-
-/// A session over the current state of `warehouse` (empty if nothing is committed).
+/// A session over the current state of `warehouse` (empty if nothing is
+/// committed), its tables resolved by a [`SnapshotCatalog`] as queries name
+/// them.
 pub async fn session_for(warehouse: &Warehouse) -> Result<(SessionContext, Option<Snapshot>), WarehouseError> {
     let ctx = new_query_session(warehouse)?;
     let snapshot = warehouse.current().await?;
-    if let Some(snapshot) = &snapshot {
-        register_snapshot(warehouse, &ctx, snapshot).await?;
-    }
+    let catalog = SnapshotCatalog::new(warehouse, snapshot.clone().map(Arc::new))?;
+    let default_catalog = ctx.state().config().options().catalog.default_catalog.clone();
+    ctx.register_catalog(default_catalog, Arc::new(catalog));
     Ok((ctx, snapshot))
 }

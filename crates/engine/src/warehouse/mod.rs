@@ -13,6 +13,7 @@ pub mod merge;
 pub mod parquet_file;
 pub mod scan;
 pub mod schema;
+pub mod snapshot_catalog;
 pub mod table;
 pub mod vacuum;
 

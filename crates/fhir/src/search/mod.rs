@@ -79,6 +79,15 @@ pub enum SearchError {
     Definitions(String),
 }
 
+impl crate::error::HasKind for SearchError {
+    fn kind(&self) -> crate::error::ErrorKind {
+        match self {
+            Self::Definitions(_) => crate::error::ErrorKind::Internal,
+            _ => crate::error::ErrorKind::Invalid,
+        }
+    }
+}
+
 impl SearchError {
     pub(crate) fn syntax(expression: &str, message: impl Into<String>) -> Self {
         SearchError::Syntax {
