@@ -51,8 +51,11 @@ pub enum ExportError {
     #[error(transparent)]
     Group(#[from] crate::group::GroupError),
     /// `patient` names patients outside the export's population.
-    #[error("not members of this export's population: {0}")]
-    NotMembers(String),
+    #[error("not members of this export's population: {}", patients.iter().map(|p| format!("Patient/{p}")).collect::<Vec<_>>().join(", "))]
+    NotMembers {
+        /// The Patient ids asked for that are not members.
+        patients: Vec<String>,
+    },
     /// The search index the request needs is missing.
     #[error("{0} needs the search index, and the warehouse was loaded with --no-index")]
     NoIndex(&'static str),
@@ -134,7 +137,7 @@ impl crate::error::HasKind for ExportError {
     fn kind(&self) -> crate::error::ErrorKind {
         use crate::error::ErrorKind;
         match self {
-            Self::Invalid(_) | Self::NotMembers(_) => ErrorKind::Invalid,
+            Self::Invalid(_) | Self::NotMembers { .. } => ErrorKind::Invalid,
             Self::Unsupported(_) | Self::NoIndex(_) => ErrorKind::NotSupported,
             Self::EmptyWarehouse => ErrorKind::Transient,
             Self::Group(e) => e.kind(),

@@ -105,13 +105,9 @@ pub async fn resolve(engine: &CohortEngine, request: &ExportRequest) -> Result<P
         .map(String::as_str)
         .collect();
     if !missing.is_empty() {
-        return Err(ExportError::NotMembers(
-            missing
-                .iter()
-                .map(|p| format!("Patient/{p}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-        ));
+        return Err(ExportError::NotMembers {
+            patients: missing.iter().map(|p| p.to_string()).collect(),
+        });
     }
     Ok(Population::Members(Arc::new(wanted.iter().cloned().collect())))
 }

@@ -38,9 +38,6 @@ pub enum MaterializeError {
     /// A view's own problem (schema, batch).
     #[error(transparent)]
     Invalid(#[from] ViewError),
-    /// A stored resource is not JSON (a damaged warehouse).
-    #[error("stored resource is not JSON: {0}")]
-    Corrupt(String),
     /// Writing Parquet failed.
     #[error("writing Parquet: {0}")]
     Parquet(#[from] datafusion::parquet::errors::ParquetError),

@@ -75,7 +75,7 @@ pub enum WarehouseError {
     Parquet(#[from] datafusion::parquet::errors::ParquetError),
     /// A stored resource is not JSON (a damaged warehouse).
     #[error("stored resource is not JSON: {0}")]
-    CorruptResource(String),
+    CorruptResource(#[source] crate::json::JsonError),
     /// A thread scanning stored resources panicked.
     #[error("resource scan thread failed")]
     ScanThread,

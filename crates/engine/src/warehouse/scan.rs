@@ -53,8 +53,7 @@ where
                             let column = batch.column(0).as_string::<i32>();
                             for i in 0..column.len() {
                                 let text = column.value(i);
-                                let value =
-                                    json::parse(text).map_err(|e| WarehouseError::CorruptResource(e.to_string()))?;
+                                let value = json::parse(text).map_err(WarehouseError::CorruptResource)?;
                                 process(&mut state, &value)?;
                             }
                         }
