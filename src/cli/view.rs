@@ -68,9 +68,9 @@ async fn run(warehouse: &str, view: &Path, format: OutputFormat, output: Option<
     )?)));
     let for_sink = writer.clone();
     let rows = run_view(&warehouse, &runner, move |batch| {
-        let mut guard = for_sink.lock().map_err(|_| "output writer poisoned".to_string())?;
+        let mut guard = for_sink.lock().map_err(|_| "output writer poisoned")?;
         match guard.as_mut() {
-            Some(w) => w.write(batch).map_err(|e| e.to_string()),
+            Some(w) => Ok(w.write(batch)?),
             None => Ok(()),
         }
     })

@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 
 use tokio::runtime::Handle;
 
-use super::writer::{CompartmentReferences, IndexOutput, IndexTarget, IndexWriter, combine_compartment_references};
+use super::writer::{
+    CompartmentReferences, IndexOutput, IndexTarget, IndexWriteError, IndexWriter, combine_compartment_references,
+};
 use crate::fhir::PatientCompartment;
 use crate::search::SearchRegistry;
-use crate::view::materialize::MaterializeError;
 use crate::warehouse::scan::scan_resources;
 use crate::warehouse::{DataFile, Warehouse};
 
@@ -30,7 +31,7 @@ pub async fn rebuild_index(
     token: &str,
     registry: &'static SearchRegistry,
     compartment: &'static PatientCompartment,
-) -> Result<RebuiltIndex, MaterializeError> {
+) -> Result<RebuiltIndex, IndexWriteError> {
     let handle = Handle::current();
     let root = warehouse.root().clone();
     let make_state = |p: usize| {
@@ -45,9 +46,7 @@ pub async fn rebuild_index(
     let process = |(writer, patients): &mut (IndexWriter<'_>, Vec<String>), resource: &crate::json::JsonValue<'_>| {
         patients.clear();
         compartment.patients_of(resource_type, resource, patients);
-        writer
-            .add(resource_type, resource, patients)
-            .map_err(|e| MaterializeError::Sink(e.to_string()))
+        writer.add(resource_type, resource, patients)
     };
     let states = scan_resources(warehouse, files, make_state, process).await?;
     // Finishing writes the last runs, which blocks on uploads: do it on
@@ -66,7 +65,7 @@ pub async fn rebuild_index(
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().map_err(|_| MaterializeError::Thread))
+                .map(|h| h.join().map_err(|_| IndexWriteError::Thread))
                 .collect::<Result<Vec<_>, _>>()
         })
     })?;
@@ -87,7 +86,7 @@ pub async fn rebuild_index(
     if let Some(e) = failure {
         let written: Vec<_> = merged.into_values().flat_map(|o| o.files).collect();
         warehouse.delete_files(&written).await;
-        return Err(MaterializeError::Sink(e.to_string()));
+        return Err(e);
     }
     Ok(RebuiltIndex {
         tables: merged,

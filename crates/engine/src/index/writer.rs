@@ -35,6 +35,12 @@ pub enum IndexWriteError {
     /// Writing Parquet failed.
     #[error("writing index Parquet: {0}")]
     Parquet(#[from] datafusion::parquet::errors::ParquetError),
+    /// Reading the stored resources of a rebuild failed.
+    #[error(transparent)]
+    Warehouse(#[from] crate::warehouse::WarehouseError),
+    /// A thread writing a rebuilt index panicked.
+    #[error("index rebuild thread failed")]
+    Thread,
 }
 
 struct IndexTable {

@@ -17,6 +17,9 @@ use crate::warehouse::parquet_file::{ParquetFileWriter, view_writer_properties};
 use crate::warehouse::scan::scan_resources;
 use crate::warehouse::{DataFile, TableEntry, TableKind, Warehouse, WarehouseError};
 
+/// What a consumer of view rows fails with.
+pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Rows buffered per view before they become a batch.
 pub const VIEW_BATCH_ROWS: usize = 8192;
 
@@ -46,7 +49,7 @@ pub enum MaterializeError {
     Thread,
     /// The consumer of the rows failed.
     #[error("{0}")]
-    Sink(String),
+    Sink(#[source] SinkError),
     /// There is nothing to compute views from.
     #[error("the warehouse is empty: load data first")]
     EmptyWarehouse,
@@ -367,7 +370,7 @@ pub fn resource_label(resource: &json::JsonValue<'_>) -> String {
 /// the number of rows.
 pub async fn run_view<F>(warehouse: &Warehouse, runner: &ViewRunner<'_>, mut sink: F) -> Result<u64, MaterializeError>
 where
-    F: FnMut(&RecordBatch) -> Result<(), String> + Send + 'static,
+    F: FnMut(&RecordBatch) -> Result<(), SinkError> + Send + 'static,
 {
     let snapshot = warehouse.current().await?;
     let files = snapshot
