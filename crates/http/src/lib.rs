@@ -47,9 +47,33 @@ pub enum ServerError {
     /// Reading the server state failed.
     #[error(transparent)]
     Store(#[from] fhirlake_engine::store::StoreError),
-    /// The options contradict each other.
-    #[error("{0}")]
-    Options(String),
+    /// Authorization cannot be set up (the clients file, the HTTP client
+    /// for `jwks_url` keys).
+    #[error(transparent)]
+    Auth(#[from] fhirlake_auth::AuthError),
+    /// Authorization is on, off loopback, and no base URL says where
+    /// clients reach the server.
+    #[error(
+        "give --base-url (the URL clients reach this server at): it is the token endpoint's audience, and http://{addr} is not an address clients can use"
+    )]
+    NeedsBaseUrl {
+        /// The address listened on.
+        addr: SocketAddr,
+    },
+    /// A non-loopback address without authorization and without `--no-auth`.
+    #[error(
+        "refusing to serve on {addr} without authorization: give --clients FILE (SMART Backend Services), or --no-auth to serve this non-loopback address openly"
+    )]
+    OpenOffLoopback {
+        /// The address listened on.
+        addr: SocketAddr,
+    },
+    /// Presigned downloads need an export store that can sign URLs.
+    #[error("presigned downloads need an S3 export store (--export-store s3://…); {store} cannot sign URLs")]
+    PresignedNeedsS3 {
+        /// The export store's URL.
+        store: String,
+    },
 }
 
 /// How to serve.
@@ -266,23 +290,16 @@ pub async fn serve(warehouse: Warehouse, options: ServeOptions) -> Result<(), Se
         .to_string();
     let auth = match &options.clients {
         Some(path) => {
-            let registry =
-                fhirlake_auth::ClientRegistry::load(path).map_err(|e| ServerError::Options(e.to_string()))?;
+            let registry = fhirlake_auth::ClientRegistry::load(path)?;
             tracing::info!(clients = %path.display(), "authorization on: SMART Backend Services (private_key_jwt)");
             if options.base_url.is_none() && !local.ip().is_loopback() {
-                return Err(ServerError::Options(format!(
-                    "give --base-url (the URL clients reach this server at): it is the token endpoint's audience, \
-                     and http://{local} is not an address clients can use"
-                )));
+                return Err(ServerError::NeedsBaseUrl { addr: local });
             }
-            Some(Arc::new(
-                fhirlake_auth::TokenIssuer::new(
-                    registry,
-                    format!("{base_url}/auth/token"),
-                    options.access_token_lifetime,
-                )
-                .map_err(|e| ServerError::Options(e.to_string()))?,
-            ))
+            Some(Arc::new(fhirlake_auth::TokenIssuer::new(
+                registry,
+                format!("{base_url}/auth/token"),
+                options.access_token_lifetime,
+            )?))
         }
         None if local.ip().is_loopback() => {
             tracing::warn!(
@@ -298,18 +315,14 @@ pub async fn serve(warehouse: Warehouse, options: ServeOptions) -> Result<(), Se
             None
         }
         None => {
-            return Err(ServerError::Options(format!(
-                "refusing to serve on {local} without authorization: give --clients FILE (SMART Backend Services), \
-                 or --no-auth to serve this non-loopback address openly"
-            )));
+            return Err(ServerError::OpenOffLoopback { addr: local });
         }
     };
     let service = Service::new(warehouse, options.service.clone())?;
     if matches!(options.export_downloads, DownloadMode::Presigned { .. }) && service.export_files.signer.is_none() {
-        return Err(ServerError::Options(format!(
-            "presigned downloads need an S3 export store (--export-store s3://…); {} cannot sign URLs",
-            service.export_files.url()
-        )));
+        return Err(ServerError::PresignedNeedsS3 {
+            store: service.export_files.url(),
+        });
     }
     service.start().await?;
     let state = Arc::new(AppState {
