@@ -69,23 +69,30 @@ impl ClientsFile {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => return Err(AuthError::ClientsFile(format!("{}: {e}", path.display()))),
+            Err(source) => {
+                return Err(AuthError::ClientsFileIo {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
         };
-        serde_json::from_str(&text).map_err(|e| AuthError::ClientsFile(format!("{}: {e}", path.display())))
+        serde_json::from_str(&text).map_err(|source| AuthError::ClientsFileJson {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     /// Validates every client: unique ids, parseable scopes, keys or a key URL.
     pub fn validate(&self, path: &Path) -> Result<HashMap<String, Arc<Client>>, AuthError> {
         let mut clients = HashMap::new();
         for config in &self.clients {
-            let problem = |what: String| {
-                AuthError::ClientsFile(format!("{}: client '{}': {what}", path.display(), config.client_id))
+            let problem = |what: String| AuthError::InvalidClient {
+                path: path.to_path_buf(),
+                client_id: config.client_id.clone(),
+                problem: what,
             };
             if config.client_id.trim().is_empty() {
-                return Err(AuthError::ClientsFile(format!(
-                    "{}: a client has an empty client_id",
-                    path.display()
-                )));
+                return Err(problem("a client has an empty client_id".into()));
             }
             let allowed = ScopeSet::parse(&config.scopes).map_err(|e| problem(e.to_string()))?;
             match (&config.jwks, &config.jwks_url) {
@@ -115,11 +122,17 @@ impl ClientsFile {
 
     /// Writes the file atomically (a temporary file renamed over it).
     pub fn write(&self, path: &Path) -> Result<(), AuthError> {
-        let text = serde_json::to_string_pretty(self).map_err(|e| AuthError::ClientsFile(e.to_string()))?;
+        let text = serde_json::to_string_pretty(self).map_err(|source| AuthError::ClientsFileJson {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let temporary = path.with_extension("json.tmp");
         std::fs::write(&temporary, text + "\n")
             .and_then(|()| std::fs::rename(&temporary, path))
-            .map_err(|e| AuthError::ClientsFile(format!("{}: {e}", path.display())))
+            .map_err(|source| AuthError::ClientsFileIo {
+                path: path.to_path_buf(),
+                source,
+            })
     }
 }
 

@@ -15,10 +15,35 @@ pub use token::{AccessGrant, OAuthError, TokenIssuer, TokenRejection};
 /// Errors of setting authorization up.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    /// The clients file cannot be read or is invalid.
-    #[error("clients file {0}")]
-    ClientsFile(String),
+    /// The clients file cannot be read or written.
+    #[error("clients file {}: {source}", path.display())]
+    ClientsFileIo {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The clients file is not JSON of the expected shape.
+    #[error("clients file {}: {source}", path.display())]
+    ClientsFileJson {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A client entry of the clients file is invalid.
+    #[error("clients file {}: client '{client_id}': {problem}", path.display())]
+    InvalidClient {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The client's id (empty when that is the problem).
+        client_id: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The HTTP client for `jwks_url`s cannot be set up.
     #[error("cannot set up the HTTP client for jwks_url keys: {0}")]
-    HttpClient(String),
+    HttpClient(#[source] reqwest::Error),
 }

@@ -121,7 +121,7 @@ impl TokenIssuer {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
-            .map_err(|e| super::AuthError::HttpClient(e.to_string()))?;
+            .map_err(super::AuthError::HttpClient)?;
         Ok(Self {
             registry,
             token_url,

@@ -40,12 +40,23 @@ pub const CONTEXT_TYPES: &[&str] = &[
 /// Errors of an export.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    /// A parameter value is invalid.
-    #[error("{0}")]
-    Invalid(String),
+    /// A kick-off parameter's value (or the request body) is invalid.
+    #[error("{reason}")]
+    Invalid {
+        /// The parameter it is about (`_since`, `_typeFilter`, …;
+        /// `Parameters` for the POST body as a whole).
+        parameter: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A parameter (or value) this server does not support.
-    #[error("{0}")]
-    Unsupported(String),
+    #[error("{reason}")]
+    Unsupported {
+        /// The parameter it is about.
+        parameter: String,
+        /// What is not supported.
+        reason: String,
+    },
     /// Resolving the Group failed (it does not exist, or its members
     /// cannot be read).
     #[error(transparent)]
@@ -118,9 +129,20 @@ pub enum ExportError {
 }
 
 impl ExportError {
-    /// An invalid-parameter error.
-    pub fn invalid(message: impl Into<String>) -> Self {
-        Self::Invalid(message.into())
+    /// `parameter` is invalid: `reason`.
+    pub fn invalid(parameter: &str, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            parameter: parameter.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// `parameter` (or its value) is not supported: `reason`.
+    pub fn unsupported(parameter: &str, reason: impl Into<String>) -> Self {
+        Self::Unsupported {
+            parameter: parameter.to_string(),
+            reason: reason.into(),
+        }
     }
 
     /// Whether the client caused it (a `4xx`).
@@ -137,8 +159,8 @@ impl crate::error::HasKind for ExportError {
     fn kind(&self) -> crate::error::ErrorKind {
         use crate::error::ErrorKind;
         match self {
-            Self::Invalid(_) | Self::NotMembers { .. } => ErrorKind::Invalid,
-            Self::Unsupported(_) | Self::NoIndex(_) => ErrorKind::NotSupported,
+            Self::Invalid { .. } | Self::NotMembers { .. } => ErrorKind::Invalid,
+            Self::Unsupported { .. } | Self::NoIndex(_) => ErrorKind::NotSupported,
             Self::EmptyWarehouse => ErrorKind::Transient,
             Self::Group(e) => e.kind(),
             Self::Cohort(e) => e.kind(),

@@ -136,20 +136,26 @@ pub const KNOWN_PARAMETERS: &[&str] = &[
 /// `valueCoding`, …).
 pub fn pairs_from_parameters(body: &Value) -> Result<Vec<(String, String)>, ExportError> {
     if body.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
-        return Err(ExportError::invalid("the POST body must be a FHIR Parameters resource"));
+        return Err(ExportError::invalid(
+            "Parameters",
+            "the POST body must be a FHIR Parameters resource",
+        ));
     }
     let mut pairs = Vec::new();
     let Some(list) = body.get("parameter") else {
         return Ok(pairs);
     };
     let Some(list) = list.as_array() else {
-        return Err(ExportError::invalid("Parameters.parameter must be an array"));
+        return Err(ExportError::invalid(
+            "Parameters",
+            "Parameters.parameter must be an array",
+        ));
     };
     for (i, parameter) in list.iter().enumerate() {
         let name = parameter
             .get("name")
             .and_then(Value::as_str)
-            .ok_or_else(|| ExportError::invalid(format!("Parameters.parameter[{i}] has no name")))?;
+            .ok_or_else(|| ExportError::invalid("Parameters", format!("Parameters.parameter[{i}] has no name")))?;
         let value = parameter
             .as_object()
             .and_then(|o| o.iter().find(|(k, _)| k.starts_with("value")))
@@ -163,16 +169,18 @@ pub fn pairs_from_parameters(body: &Value) -> Result<Vec<(String, String)>, Expo
                 match o.get("reference").or_else(|| o.get("code")).and_then(Value::as_str) {
                     Some(s) => s.to_string(),
                     None => {
-                        return Err(ExportError::invalid(format!(
-                            "parameter '{name}': a complex value needs a reference or a code"
-                        )));
+                        return Err(ExportError::invalid(
+                            name,
+                            format!("parameter '{name}': a complex value needs a reference or a code"),
+                        ));
                     }
                 }
             }
             _ => {
-                return Err(ExportError::invalid(format!(
-                    "parameter '{name}' has no supported value[x]"
-                )));
+                return Err(ExportError::invalid(
+                    name,
+                    format!("parameter '{name}' has no supported value[x]"),
+                ));
             }
         };
         pairs.push((name.to_string(), text));
@@ -218,9 +226,10 @@ fn parse_instant(name: &str, value: &str) -> Result<i64, ExportError> {
     chrono::DateTime::parse_from_rfc3339(value.trim())
         .map(|t| t.timestamp_micros())
         .map_err(|_| {
-            ExportError::invalid(format!(
-                "{name} must be a FHIR instant with a time zone (e.g. 2024-01-31T00:00:00Z), got '{value}'"
-            ))
+            ExportError::invalid(
+                name,
+                format!("{name} must be a FHIR instant with a time zone (e.g. 2024-01-31T00:00:00Z), got '{value}'"),
+            )
         })
 }
 
@@ -228,9 +237,10 @@ fn parse_bool(name: &str, value: &str) -> Result<bool, ExportError> {
     match value.trim() {
         "true" => Ok(true),
         "false" => Ok(false),
-        _ => Err(ExportError::invalid(format!(
-            "{name} must be true or false, got '{value}'"
-        ))),
+        _ => Err(ExportError::invalid(
+            name,
+            format!("{name} must be true or false, got '{value}'"),
+        )),
     }
 }
 
@@ -328,26 +338,29 @@ impl ExportRequestBuilder {
     /// Applies the kick-off parameter `name` (unknown ones are unsupported).
     pub fn parameter(&mut self, name: &str, value: &str) -> Result<&mut Self, ExportError> {
         let Some((known, handler)) = PARAMETERS.iter().find(|(n, _)| *n == name) else {
-            self.unsupported(format!(
-                "parameter '{name}' is not supported by $export (supported: {})",
-                KNOWN_PARAMETERS.join(", ")
-            ))?;
+            self.unsupported(
+                name,
+                format!(
+                    "parameter '{name}' is not supported by $export (supported: {})",
+                    KNOWN_PARAMETERS.join(", ")
+                ),
+            )?;
             return Ok(self);
         };
         if SINGLE.contains(known) && !self.seen_single.insert(known) {
-            return Err(ExportError::invalid(format!("{name} may be given only once")));
+            return Err(ExportError::invalid(name, format!("{name} may be given only once")));
         }
         handler(self, value)?;
         Ok(self)
     }
 
-    /// Records (lenient) or refuses something unsupported.
-    fn unsupported(&mut self, message: String) -> Result<(), ExportError> {
+    /// Records (lenient) or refuses something unsupported about `parameter`.
+    fn unsupported(&mut self, parameter: &str, message: String) -> Result<(), ExportError> {
         if self.lenient {
             self.ignored.push(message);
             Ok(())
         } else {
-            Err(ExportError::Unsupported(message))
+            Err(ExportError::unsupported(parameter, message))
         }
     }
 
@@ -360,7 +373,7 @@ impl ExportRequestBuilder {
     /// `_outputFormat` as its media type or short name.
     pub fn output_format_text(&mut self, value: &str) -> Result<(), ExportError> {
         self.request.format = OutputFormat::parse(value).ok_or_else(|| {
-            ExportError::invalid(format!(
+            ExportError::invalid("_outputFormat", format!(
                 "_outputFormat '{value}' is not supported (application/fhir+ndjson, application/ndjson, ndjson, application/vnd.apache.parquet, parquet)"
             ))
         })?;
@@ -385,12 +398,13 @@ impl ExportRequestBuilder {
         for t in comma_list(value) {
             let level = &self.request.level;
             if !self.model.is_resource(t) || self.model.type_def(t).is_some_and(|d| d.is_abstract) {
-                self.unsupported(format!("_type '{t}' is not a FHIR R4 resource type"))?;
+                self.unsupported("_type", format!("_type '{t}' is not a FHIR R4 resource type"))?;
             } else if !in_scope(level, t) {
                 let level = level_name(level);
-                self.unsupported(format!(
-                    "_type '{t}' is not in the Patient compartment, so a {level} export cannot contain it"
-                ))?;
+                self.unsupported(
+                    "_type",
+                    format!("_type '{t}' is not in the Patient compartment, so a {level} export cannot contain it"),
+                )?;
             } else {
                 self.request
                     .types
@@ -404,13 +418,16 @@ impl ExportRequestBuilder {
     /// `_typeFilter`: one or more (comma-joined) FHIR searches.
     pub fn type_filters(&mut self, value: &str) -> Result<(), ExportError> {
         for filter in split_type_filters(value) {
-            let query =
-                parse_search(&filter).map_err(|e| ExportError::invalid(format!("_typeFilter '{filter}': {e}")))?;
+            let query = parse_search(&filter)
+                .map_err(|e| ExportError::invalid("_typeFilter", format!("_typeFilter '{filter}': {e}")))?;
             if !in_scope(&self.request.level, query.resource_type) {
-                return Err(ExportError::invalid(format!(
-                    "_typeFilter '{filter}' is for {}, which this export level cannot contain",
-                    query.resource_type
-                )));
+                return Err(ExportError::invalid(
+                    "_typeFilter",
+                    format!(
+                        "_typeFilter '{filter}' is for {}, which this export level cannot contain",
+                        query.resource_type
+                    ),
+                ));
             }
             self.request.type_filters.push(filter);
         }
@@ -432,9 +449,10 @@ impl ExportRequestBuilder {
                     .any(|(t, d)| !d.is_abstract && model.is_resource(t) && model.element(t, element).is_some()),
             };
             if element.contains('.') || !known {
-                self.unsupported(format!(
-                    "_elements '{item}' is not a top-level element (Type.element or element)"
-                ))?;
+                self.unsupported(
+                    "_elements",
+                    format!("_elements '{item}' is not a top-level element (Type.element or element)"),
+                )?;
             } else {
                 self.request.elements.push(ElementSelector {
                     resource_type: resource_type.map(str::to_string),
@@ -450,11 +468,13 @@ impl ExportRequestBuilder {
     pub fn patients(&mut self, value: &str) -> Result<(), ExportError> {
         if !self.post {
             return Err(ExportError::invalid(
+                "patient",
                 "the patient parameter is accepted only in a POST Parameters body",
             ));
         }
         if self.request.level == ExportLevel::System {
             return Err(ExportError::invalid(
+                "patient",
                 "the patient parameter is not allowed in a system-level export",
             ));
         }
@@ -467,9 +487,10 @@ impl ExportRequestBuilder {
                         .insert(target.id.to_string());
                 }
                 _ => {
-                    return Err(ExportError::invalid(format!(
-                        "patient '{reference}' is not a Patient reference (Patient/<id>)"
-                    )));
+                    return Err(ExportError::invalid(
+                        "patient",
+                        format!("patient '{reference}' is not a Patient reference (Patient/<id>)"),
+                    ));
                 }
             }
         }
@@ -481,7 +502,7 @@ impl ExportRequestBuilder {
         for item in comma_list(value) {
             match item {
                 "LatestProvenanceResources" | "RelevantProvenanceResources" => self.request.include_provenance = true,
-                other => self.unsupported(format!(
+                other => self.unsupported("includeAssociatedData", format!(
                     "includeAssociatedData '{other}' is not supported (LatestProvenanceResources, RelevantProvenanceResources)"
                 ))?,
             }
@@ -495,7 +516,10 @@ impl ExportRequestBuilder {
             self.request.organize_by_patient = true;
             Ok(())
         } else {
-            self.unsupported(format!("organizeOutputBy '{value}' is not supported (only Patient)"))
+            self.unsupported(
+                "organizeOutputBy",
+                format!("organizeOutputBy '{value}' is not supported (only Patient)"),
+            )
         }
     }
 
@@ -511,23 +535,26 @@ impl ExportRequestBuilder {
         if let (Some(since), Some(until)) = (request.since, request.until)
             && until < since
         {
-            return Err(ExportError::invalid("_until is before _since"));
+            return Err(ExportError::invalid("_until", "_until is before _since"));
         }
         // `_type` SHALL restrict the output: when none of its values is usable
         // (even under lenient handling), nothing would be restricted.
         if self.type_given && request.types.is_none() {
             return Err(ExportError::invalid(
+                "_type",
                 "none of the _type values can be exported at this level",
             ));
         }
         check_types(&request)?;
         if request.organize_by_patient && request.level == ExportLevel::System {
             return Err(ExportError::invalid(
+                "organizeOutputBy",
                 "organizeOutputBy=Patient needs a Patient or Group export",
             ));
         }
         if request.organize_by_patient && request.format == OutputFormat::Parquet {
             return Err(ExportError::invalid(
+                "organizeOutputBy",
                 "organizeOutputBy=Patient writes NDJSON blocks; it cannot be combined with Parquet output",
             ));
         }
@@ -554,18 +581,22 @@ fn check_types(request: &ExportRequest) -> Result<(), ExportError> {
         return Ok(());
     };
     if request.level != ExportLevel::System && types.iter().all(|t| super::CONTEXT_TYPES.contains(&t.as_str())) {
-        return Err(ExportError::invalid(format!(
-            "_type names only types outside the Patient compartment ({}); a {} export adds them only as resources its compartment resources reference, so list a compartment type too",
-            types.iter().cloned().collect::<Vec<_>>().join(", "),
-            level_name(&request.level)
-        )));
+        return Err(ExportError::invalid(
+            "_type",
+            format!(
+                "_type names only types outside the Patient compartment ({}); a {} export adds them only as resources its compartment resources reference, so list a compartment type too",
+                types.iter().cloned().collect::<Vec<_>>().join(", "),
+                level_name(&request.level)
+            ),
+        ));
     }
     for filter in &request.type_filters {
         let resource_type = filter.split('?').next().unwrap_or_default();
         if !types.contains(resource_type) {
-            return Err(ExportError::invalid(format!(
-                "_typeFilter '{filter}' names {resource_type}, which _type excludes"
-            )));
+            return Err(ExportError::invalid(
+                "_typeFilter",
+                format!("_typeFilter '{filter}' names {resource_type}, which _type excludes"),
+            ));
         }
     }
     Ok(())

@@ -188,7 +188,8 @@ impl ExportPlan {
         let population = population::resolve(engine, request).await?;
         let mut filters: BTreeMap<&'static str, Vec<SearchQuery>> = BTreeMap::new();
         for text in &request.type_filters {
-            let query = parse_search(text).map_err(|e| ExportError::invalid(format!("_typeFilter '{text}': {e}")))?;
+            let query = parse_search(text)
+                .map_err(|e| ExportError::invalid("_typeFilter", format!("_typeFilter '{text}': {e}")))?;
             filters.entry(query.resource_type).or_default().push(query);
         }
         if !filters.is_empty() && !engine.has_index() {

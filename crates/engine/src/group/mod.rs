@@ -49,8 +49,14 @@ pub enum GroupError {
     #[error("the warehouse has no search index (it was loaded with --no-index)")]
     NoIndex,
     /// A loaded Group resource is not valid JSON.
-    #[error("stored Group/{0} is not valid JSON")]
-    Corrupt(String),
+    #[error("stored Group/{id} is not valid JSON: {source}")]
+    Corrupt {
+        /// The Group's id.
+        id: String,
+        /// The parse error.
+        #[source]
+        source: crate::json::JsonError,
+    },
     /// Computing a cohort failed.
     #[error(transparent)]
     Cohort(#[from] CohortError),
@@ -90,7 +96,7 @@ impl HasKind for GroupError {
             Self::Invalid { .. } | Self::UnknownBase(_) => ErrorKind::Invalid,
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::NoIndex => ErrorKind::Transient,
-            Self::Corrupt(_) => ErrorKind::Internal,
+            Self::Corrupt { .. } => ErrorKind::Internal,
             Self::Cohort(e) => e.kind(),
             Self::Store(e) => e.kind(),
             Self::Warehouse(e) => e.kind(),

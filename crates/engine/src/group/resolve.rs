@@ -59,7 +59,10 @@ impl<'a> GroupResolver<'a> {
                 }
                 continue;
             };
-            let resource = crate::json::parse(text).map_err(|_| GroupError::Corrupt(group.clone()))?;
+            let resource = crate::json::parse(text).map_err(|source| GroupError::Corrupt {
+                id: group.clone(),
+                source,
+            })?;
             if let Some(list) = resource.get("member") {
                 list.for_each_item(|member| {
                     let reference = member

@@ -540,7 +540,7 @@ async fn check_against_data(engine: &CohortEngine, request: &ExportRequest) -> R
             let queries = CohortEngine::parse(&[filter])?;
             engine
                 .resource_ids_plan(&queries)
-                .map_err(|e| ExportError::invalid(format!("_typeFilter '{filter}': {e}")))?;
+                .map_err(|e| ExportError::invalid("_typeFilter", format!("_typeFilter '{filter}': {e}")))?;
         }
     }
     crate::export::population::resolve(engine, request).await?;

@@ -40,9 +40,6 @@ pub enum QueryError {
     /// The text holds no statement.
     #[error("no SQL statement given")]
     Empty,
-    /// An option combination that cannot work.
-    #[error("{0}")]
-    Usage(&'static str),
 }
 
 impl crate::error::HasKind for QueryError {
@@ -61,7 +58,7 @@ impl crate::error::HasKind for QueryError {
                 ErrorKind::Invalid
             }
             Self::DataFusion(e) => crate::warehouse::datafusion_kind(e),
-            Self::Empty | Self::Usage(_) => ErrorKind::Invalid,
+            Self::Empty => ErrorKind::Invalid,
             Self::Arrow(_) | Self::Parquet(_) | Self::Io { .. } => ErrorKind::Internal,
         }
     }

@@ -10,7 +10,7 @@ pub use query::{Clause, ClauseKind, Modifier, Prefix, SearchQuery, SearchValue, 
 pub use registry::{ParamType, SearchParam, SearchRegistry};
 
 /// Errors of parsing a search expression.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum SearchError {
     /// The expression's syntax is wrong.
     #[error("invalid search '{expression}': {message}")]
@@ -76,7 +76,7 @@ pub enum SearchError {
     },
     /// The bundled definitions are unusable.
     #[error("search definitions unavailable: {0}")]
-    Definitions(String),
+    Definitions(#[source] &'static crate::fhir::DefinitionError),
 }
 
 impl crate::error::HasKind for SearchError {

@@ -665,7 +665,7 @@ impl Parser<'_> {
 
 /// Parses `Type?name=value&…`.
 pub fn parse_search(expression: &str) -> Result<SearchQuery, SearchError> {
-    let registry = SearchRegistry::r4().map_err(|e| SearchError::Definitions(e.to_string()))?;
+    let registry = SearchRegistry::r4().map_err(SearchError::Definitions)?;
     let parser = Parser {
         registry,
         whole: expression.to_string(),
