@@ -132,6 +132,34 @@ impl Parser<'_> {
         let obj = value
             .as_object()
             .ok_or_else(|| ViewError::invalid(at, "must be an object"))?;
+        let mut select = Select {
+            iteration: self.iteration(obj, at)?,
+            ..Default::default()
+        };
+        if let Some(columns) = obj.get("column") {
+            let columns = columns
+                .as_array()
+                .ok_or_else(|| ViewError::invalid(&format!("{at}.column"), "must be a list"))?;
+            for (i, c) in columns.iter().enumerate() {
+                select.columns.push(self.column(c, &format!("{at}.column[{i}]"))?);
+            }
+        }
+        if let Some(selects) = obj.get("select") {
+            let selects = selects
+                .as_array()
+                .ok_or_else(|| ViewError::invalid(&format!("{at}.select"), "must be a list"))?;
+            for (i, s) in selects.iter().enumerate() {
+                select.selects.push(self.select(s, &format!("{at}.select[{i}]"))?);
+            }
+        }
+        if let Some(branches) = obj.get("unionAll") {
+            select.union_all = self.union_all(branches, at)?;
+        }
+        Ok(select)
+    }
+
+    /// The select's `forEach`, `forEachOrNull` or `repeat` (at most one).
+    fn iteration(&mut self, obj: &serde_json::Map<String, Json>, at: &str) -> Result<Option<Iteration>, ViewError> {
         let iterations = ["forEach", "forEachOrNull", "repeat"]
             .iter()
             .filter(|k| obj.contains_key(**k))
@@ -142,7 +170,7 @@ impl Parser<'_> {
                 "may have only one of forEach, forEachOrNull and repeat",
             ));
         }
-        let iteration = if let Some(p) = obj.get("forEach") {
+        Ok(if let Some(p) = obj.get("forEach") {
             Some(Iteration::ForEach(self.path(p, &format!("{at}.forEach"))?))
         } else if let Some(p) = obj.get("forEachOrNull") {
             Some(Iteration::ForEachOrNull(self.path(p, &format!("{at}.forEachOrNull"))?))
@@ -158,87 +186,75 @@ impl Parser<'_> {
             Some(Iteration::Repeat(paths))
         } else {
             None
+        })
+    }
+
+    /// One column (`at` is its place, `select[0].column[1]`): a SQL name
+    /// unique in the view, a path, `collection` and `type`.
+    fn column(&mut self, c: &Json, at: &str) -> Result<Column, ViewError> {
+        let name = c
+            .get("name")
+            .and_then(Json::as_str)
+            .ok_or_else(|| ViewError::invalid(at, "needs a name"))?;
+        if !is_sql_name(name) {
+            return Err(ViewError::invalid(
+                at,
+                &format!("name '{name}' must match ^[A-Za-z][A-Za-z0-9_]*$"),
+            ));
+        }
+        if !self.names.insert(name.to_string()) {
+            return Err(ViewError::invalid(at, &format!("column '{name}' is already defined")));
+        }
+        let path = self.path(c.get("path").unwrap_or(&Json::Null), &format!("{at}.path"))?;
+        let collection = match c.get("collection") {
+            None | Some(Json::Null) => false,
+            Some(Json::Bool(b)) => *b,
+            Some(_) => return Err(ViewError::invalid(at, "collection must be a boolean")),
         };
-        let mut select = Select {
-            iteration,
-            ..Default::default()
-        };
-        if let Some(columns) = obj.get("column") {
-            let columns = columns
-                .as_array()
-                .ok_or_else(|| ViewError::invalid(&format!("{at}.column"), "must be a list"))?;
-            for (i, c) in columns.iter().enumerate() {
-                let cat = format!("{at}.column[{i}]");
-                let name = c
-                    .get("name")
-                    .and_then(Json::as_str)
-                    .ok_or_else(|| ViewError::invalid(&cat, "needs a name"))?;
-                if !is_sql_name(name) {
+        Ok(Column {
+            name: name.to_string(),
+            path,
+            collection,
+            fhir_type: c.get("type").and_then(Json::as_str).map(str::to_string),
+            index: 0,
+        })
+    }
+
+    /// The `unionAll` branches of the select at `at`: each a select, all
+    /// with the same column names in the same order.
+    fn union_all(&mut self, branches: &Json, at: &str) -> Result<Vec<Select>, ViewError> {
+        let branches = branches
+            .as_array()
+            .ok_or_else(|| ViewError::invalid(&format!("{at}.unionAll"), "must be a list"))?;
+        let mut first_names: Option<Vec<String>> = None;
+        let mut out = Vec::with_capacity(branches.len());
+        for (i, b) in branches.iter().enumerate() {
+            // Branches share their column names: check them apart from the uniqueness rule.
+            let outer = std::mem::take(&mut self.names);
+            let branch = self.select(b, &format!("{at}.unionAll[{i}]"));
+            self.names = outer;
+            let branch = branch?;
+            let names: Vec<String> = all_columns(&branch).iter().map(|c| c.name.clone()).collect();
+            match &first_names {
+                None => first_names = Some(names),
+                Some(expected) if *expected != names => {
                     return Err(ViewError::invalid(
-                        &cat,
-                        &format!("name '{name}' must match ^[A-Za-z][A-Za-z0-9_]*$"),
+                        &format!("{at}.unionAll[{i}]"),
+                        &format!(
+                            "columns {names:?} differ from the first branch's {expected:?} (same names in the same order required)"
+                        ),
                     ));
                 }
-                if !self.names.insert(name.to_string()) {
-                    return Err(ViewError::invalid(&cat, &format!("column '{name}' is already defined")));
-                }
-                let path = self.path(c.get("path").unwrap_or(&Json::Null), &format!("{cat}.path"))?;
-                let collection = match c.get("collection") {
-                    None | Some(Json::Null) => false,
-                    Some(Json::Bool(b)) => *b,
-                    Some(_) => return Err(ViewError::invalid(&cat, "collection must be a boolean")),
-                };
-                let fhir_type = c.get("type").and_then(Json::as_str).map(str::to_string);
-                select.columns.push(Column {
-                    name: name.to_string(),
-                    path,
-                    collection,
-                    fhir_type,
-                    index: 0,
-                });
+                Some(_) => {}
+            }
+            out.push(branch);
+        }
+        for name in first_names.unwrap_or_default() {
+            if !self.names.insert(name.clone()) {
+                return Err(ViewError::invalid(at, &format!("column '{name}' is already defined")));
             }
         }
-        if let Some(selects) = obj.get("select") {
-            let selects = selects
-                .as_array()
-                .ok_or_else(|| ViewError::invalid(&format!("{at}.select"), "must be a list"))?;
-            for (i, s) in selects.iter().enumerate() {
-                select.selects.push(self.select(s, &format!("{at}.select[{i}]"))?);
-            }
-        }
-        if let Some(branches) = obj.get("unionAll") {
-            let branches = branches
-                .as_array()
-                .ok_or_else(|| ViewError::invalid(&format!("{at}.unionAll"), "must be a list"))?;
-            let mut first_names: Option<Vec<String>> = None;
-            for (i, b) in branches.iter().enumerate() {
-                // Branches share their column names: check them apart from the uniqueness rule.
-                let outer = std::mem::take(&mut self.names);
-                let branch = self.select(b, &format!("{at}.unionAll[{i}]"));
-                self.names = outer;
-                let branch = branch?;
-                let names: Vec<String> = all_columns(&branch).iter().map(|c| c.name.clone()).collect();
-                match &first_names {
-                    None => first_names = Some(names),
-                    Some(expected) if *expected != names => {
-                        return Err(ViewError::invalid(
-                            &format!("{at}.unionAll[{i}]"),
-                            &format!(
-                                "columns {names:?} differ from the first branch's {expected:?} (same names in the same order required)"
-                            ),
-                        ));
-                    }
-                    Some(_) => {}
-                }
-                select.union_all.push(branch);
-            }
-            for name in first_names.unwrap_or_default() {
-                if !self.names.insert(name.clone()) {
-                    return Err(ViewError::invalid(at, &format!("column '{name}' is already defined")));
-                }
-            }
-        }
-        Ok(select)
+        Ok(out)
     }
 }
 
