@@ -44,4 +44,15 @@ pub trait HasKind: std::error::Error {
     fn retry_after(&self) -> Option<u64> {
         None
     }
+
+    /// The text a remote caller is shown: the message, or for a private
+    /// one a general text (the full message is logged here).
+    fn public_message(&self) -> String {
+        if self.is_private() {
+            tracing::error!(error = %self, "storage failure");
+            "the server's storage failed (see the server log)".to_string()
+        } else {
+            self.to_string()
+        }
+    }
 }

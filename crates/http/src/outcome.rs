@@ -108,13 +108,7 @@ pub fn status_of(kind: ErrorKind) -> (StatusCode, &'static str) {
 impl<E: HasKind> From<E> for FhirError {
     fn from(error: E) -> Self {
         let (status, code) = status_of(error.kind());
-        let text = if error.is_private() {
-            tracing::error!(error = %error, "storage failure");
-            "the server's storage failed (see the server log)".to_string()
-        } else {
-            error.to_string()
-        };
-        let mut answer = Self::new(status, code, text);
+        let mut answer = Self::new(status, code, error.public_message());
         answer.retry_after = error.retry_after();
         answer
     }

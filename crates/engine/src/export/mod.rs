@@ -144,15 +144,6 @@ impl ExportError {
             reason: reason.into(),
         }
     }
-
-    /// Whether the client caused it (a `4xx`).
-    pub fn is_client_error(&self) -> bool {
-        use crate::error::{ErrorKind, HasKind};
-        matches!(
-            self.kind(),
-            ErrorKind::Invalid | ErrorKind::NotFound | ErrorKind::NotSupported | ErrorKind::Forbidden
-        )
-    }
 }
 
 impl crate::error::HasKind for ExportError {

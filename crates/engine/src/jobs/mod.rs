@@ -53,13 +53,7 @@ impl JobFailure {
     /// The failure `error` describes (its message is kept only when it
     /// names no server-side places).
     pub fn of<E: HasKind>(error: &E) -> Self {
-        let message = if error.is_private() {
-            tracing::error!(error = %error, "job storage failure");
-            "the server's storage failed (see the server log)".to_string()
-        } else {
-            error.to_string()
-        };
-        Self::new(error.kind(), message)
+        Self::new(error.kind(), error.public_message())
     }
 
     /// A failure of `kind` with `message`.

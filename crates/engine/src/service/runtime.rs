@@ -42,8 +42,12 @@ impl Runtimes {
     where
         F: Future<Output = ()> + Send + 'static,
     {
+        // Held across the spawn: a task that ends at once must find its
+        // entry when it marks itself finished, or it would count as
+        // running forever (and hold an export slot).
+        let mut tasks = self.tasks.lock().await;
         let handle = tokio::spawn(task);
-        self.tasks.lock().await.insert(
+        tasks.insert(
             id.to_string(),
             Runtime {
                 abort: Some(handle.abort_handle()),

@@ -142,7 +142,10 @@ impl SnapshotSchema {
                     }
                 }
                 for kind in IndexKind::ALL {
-                    if !self.index_files(kind).is_empty() {
+                    let present = self.snapshot.tables.iter().any(|(key, entry)| {
+                        !entry.files.is_empty() && parse_index_table_key(key).is_some_and(|(k, _)| k == kind)
+                    });
+                    if present {
                         names.push(kind.sql_table());
                     }
                 }
