@@ -438,6 +438,28 @@ impl CohortEngine {
         self.run(plan).await
     }
 
+    /// `EXPLAIN` of `plan` without running it: the rows DataFusion's
+    /// `EXPLAIN` gives (`plan_type`, `plan`: the optimized logical plan and
+    /// the physical plan), as the cohort session plans it. The SQL
+    /// logic tests pin these, so an upgrade that changes pushdown or join
+    /// order shows up as a diff.
+    pub async fn explain_plans(&self, plan: LogicalPlan) -> Result<Vec<(String, String)>, CohortError> {
+        let frame = DataFrame::new(self.cohort_state.clone(), plan).explain(false, false)?;
+        let mut rows = Vec::new();
+        for batch in frame.collect().await? {
+            let (Some(kinds), Some(plans)) = (
+                batch.column(0).as_string_opt::<i32>(),
+                batch.column(1).as_string_opt::<i32>(),
+            ) else {
+                return Err(CohortError::DataFusion(datafusion::error::DataFusionError::Internal(
+                    "EXPLAIN yields no text columns".into(),
+                )));
+            };
+            rows.extend((0..batch.num_rows()).map(|i| (kinds.value(i).to_string(), plans.value(i).to_string())));
+        }
+        Ok(rows)
+    }
+
     /// The optimized logical plan, and the physical plan with the metrics of
     /// running it (rows, row groups pruned by statistics), and the time taken.
     pub async fn explain(&self, plan: LogicalPlan) -> Result<String, CohortError> {

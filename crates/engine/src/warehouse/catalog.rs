@@ -50,7 +50,11 @@ pub fn new_session() -> Result<SessionContext, WarehouseError> {
         .with_memory_limit(QUERY_MEMORY_LIMIT, 1.0)
         .with_cache_manager(caches)
         .build_arc()?;
-    let config = SessionConfig::new().with_information_schema(true);
+    // DataFusion's own settings from `DATAFUSION_*` variables, as
+    // datafusion-cli reads them (`DATAFUSION_EXECUTION_TARGET_PARTITIONS=8`):
+    // operators tune a query front without a rebuild, and the SQL logic
+    // tests fix the partition count their pinned plans show.
+    let config = SessionConfig::from_env()?.with_information_schema(true);
     let mut ctx = SessionContext::new_with_config_rt(config, runtime);
     datafusion_functions_json::register_all(&mut ctx)?;
     Ok(ctx)
