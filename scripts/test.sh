@@ -24,4 +24,9 @@ export FHIRLAKE_S3S_FS="$s3s_fs"
 # With the server installed, an S3 test that cannot start it fails instead
 # of skipping.
 export FHIRLAKE_REQUIRE_S3=1
+# Where the larger datasets are laid out (CI puts them in ../shared/data),
+# a test that cannot find its dataset fails instead of skipping.
+if [ -d ../shared/data ]; then
+    export FHIRLAKE_REQUIRE_SHARED_DATA=1
+fi
 exec cargo test --workspace --locked "$@"

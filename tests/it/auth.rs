@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::common::fhirlake;
 use crate::export::get_file;
-use crate::http_client::{HttpResponse, Server, http};
+use crate::http_client::{HttpResponse, Server, http, poll_status};
 
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
@@ -135,15 +135,59 @@ fn token(base: &str, assertion: &str, scope: &str) -> String {
         .to_string()
 }
 
-/// Asserts an OAuth error response.
-fn refused(response: &HttpResponse, status: u16, error: &str, case: &str) {
-    assert_eq!(
-        response.status,
-        status,
-        "{case}: {}",
-        String::from_utf8_lossy(&response.body)
-    );
-    assert_eq!(response.json()["error"], error, "{case}");
+/// The refusals a test expects, each checked and reported by its case's
+/// name: one wrong answer does not hide the others.
+#[derive(Default)]
+struct Refusals(Vec<String>);
+
+impl Refusals {
+    /// Records `problem` (from [`refused`] or [`unauthorized`]), if any.
+    fn check(&mut self, problem: Option<String>) {
+        self.0.extend(problem);
+    }
+
+    /// Expects `response` to have `status`.
+    fn status(&mut self, case: &str, response: &HttpResponse, status: u16) {
+        if response.status != status {
+            self.0.push(format!(
+                "{case}: expected {status}, got {}: {}",
+                response.status,
+                String::from_utf8_lossy(&response.body)
+            ));
+        }
+    }
+
+    /// Fails with every case that was not refused as expected.
+    fn assert_none(&mut self) {
+        let problems = std::mem::take(&mut self.0);
+        assert!(
+            problems.is_empty(),
+            "{} case(s) failed:\n{}",
+            problems.len(),
+            problems.join("\n")
+        );
+    }
+}
+
+impl Drop for Refusals {
+    fn drop(&mut self) {
+        // A later assertion failed first: still say which cases went wrong.
+        if !self.0.is_empty() {
+            eprintln!("cases that failed before the panic:\n{}", self.0.join("\n"));
+        }
+    }
+}
+
+/// Whether `response` is the OAuth error `error` with `status`.
+fn refused(response: &HttpResponse, status: u16, error: &str, case: &str) -> Option<String> {
+    let got = response.json()["error"].as_str().unwrap_or("").to_string();
+    (response.status != status || got != error).then(|| {
+        format!(
+            "{case}: expected {status} {error}, got {} {got}: {}",
+            response.status,
+            String::from_utf8_lossy(&response.body)
+        )
+    })
 }
 
 fn get(url: &str, token: Option<&str>) -> HttpResponse {
@@ -155,20 +199,19 @@ fn get(url: &str, token: Option<&str>) -> HttpResponse {
     http("GET", url, &headers, None)
 }
 
-fn unauthorized(response: &HttpResponse, case: &str) {
-    assert_eq!(
-        response.status,
-        401,
-        "{case}: {}",
-        String::from_utf8_lossy(&response.body)
-    );
-    assert!(
-        response
-            .header("www-authenticate")
-            .is_some_and(|h| h.starts_with("Bearer")),
-        "{case}: WWW-Authenticate"
-    );
-    assert_eq!(response.json()["resourceType"], "OperationOutcome", "{case}");
+/// Whether `response` is a 401 with a Bearer challenge and an OperationOutcome.
+fn unauthorized(response: &HttpResponse, case: &str) -> Option<String> {
+    let challenged = response
+        .header("www-authenticate")
+        .is_some_and(|h| h.starts_with("Bearer"));
+    let outcome = response.json()["resourceType"] == "OperationOutcome";
+    (response.status != 401 || !challenged || !outcome).then(|| {
+        format!(
+            "{case}: expected 401 with a Bearer challenge and an OperationOutcome, got {} (challenge: {challenged}): {}",
+            response.status,
+            String::from_utf8_lossy(&response.body)
+        )
+    })
 }
 
 fn base64url(value: &Value) -> String {
@@ -178,6 +221,7 @@ fn base64url(value: &Value) -> String {
 
 #[tokio::test]
 async fn smart_backend_services_flow_and_attacks() {
+    let mut refusals = Refusals::default();
     let dir = tempfile::tempdir().expect("tempdir");
     let rsa = make_key(dir.path(), "a", true);
     let ec = make_key(dir.path(), "b", false);
@@ -228,17 +272,20 @@ async fn smart_backend_services_flow_and_attacks() {
     assert_eq!(security["extension"][0]["extension"][0]["valueUri"], aud.as_str());
 
     // No token, a garbled header, an unknown token: 401 everywhere.
-    unauthorized(&get(&format!("{base}/Group"), None), "no token");
+    refusals.check(unauthorized(&get(&format!("{base}/Group"), None), "no token"));
     let garbled = http(
         "GET",
         &format!("{base}/Group"),
         &[("Authorization", "Basic YTpi")],
         None,
     );
-    unauthorized(&garbled, "Basic auth");
+    refusals.check(unauthorized(&garbled, "Basic auth"));
     let empty = http("GET", &format!("{base}/Group"), &[("Authorization", "Bearer ")], None);
-    unauthorized(&empty, "empty bearer");
-    unauthorized(&get(&format!("{base}/Group"), Some("not-a-token")), "unknown token");
+    refusals.check(unauthorized(&empty, "empty bearer"));
+    refusals.check(unauthorized(
+        &get(&format!("{base}/Group"), Some("not-a-token")),
+        "unknown token",
+    ));
 
     // Client A (RS384): a token, then create a cohort, export it, download.
     // (v1 scopes asked for, v2 granted.)
@@ -281,14 +328,7 @@ async fn smart_backend_services_flow_and_attacks() {
     );
     assert_eq!(kickoff.status, 202, "{}", String::from_utf8_lossy(&kickoff.body));
     let status_url = kickoff.header("content-location").expect("status URL").to_string();
-    let manifest = loop {
-        let polled = get(&status_url, Some(&token_a));
-        if polled.status == 200 {
-            break polled.json();
-        }
-        assert_eq!(polled.status, 202, "{}", String::from_utf8_lossy(&polled.body));
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    let manifest = done(&status_url, &token_a).await;
     assert_eq!(manifest["requiresAccessToken"], true);
     let file_url = manifest["output"][0]["url"].as_str().expect("file url").to_string();
     let download = get_file(&file_url, &[("Authorization", &bearer_a)]);
@@ -298,7 +338,7 @@ async fn smart_backend_services_flow_and_attacks() {
         4,
         "the 4 women of synthea-10"
     );
-    unauthorized(&get_file(&file_url, &[]), "download without a token");
+    refusals.check(unauthorized(&get_file(&file_url, &[]), "download without a token"));
 
     // Client B (ES384): scopes are intersected, A's things are invisible.
     let response = token_request(
@@ -355,13 +395,7 @@ async fn smart_backend_services_flow_and_attacks() {
     assert_eq!(forbidden.json()["resourceType"], "OperationOutcome");
     let partial = export_b("Patient,Observation");
     assert_eq!(partial.status, 202, "only the allowed types are exported");
-    let manifest = loop {
-        let polled = get(partial.header("content-location").expect("status"), Some(&token_b_read));
-        if polled.status == 200 {
-            break polled.json();
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    let manifest = done(partial.header("content-location").expect("status"), &token_b_read).await;
     let types: Vec<&str> = manifest["output"]
         .as_array()
         .expect("output")
@@ -450,7 +484,7 @@ async fn smart_backend_services_flow_and_attacks() {
         ),
     ];
     for (case, assertion, scope, status, error) in &attacks {
-        refused(&token_request(&base, assertion, scope), *status, error, case);
+        refusals.check(refused(&token_request(&base, assertion, scope), *status, error, case));
     }
     let grant = http(
         "POST",
@@ -458,7 +492,7 @@ async fn smart_backend_services_flow_and_attacks() {
         &[("Content-Type", "application/x-www-form-urlencoded")],
         Some("grant_type=password&username=a&password=b"),
     );
-    refused(&grant, 400, "unsupported_grant_type", "password grant");
+    refusals.check(refused(&grant, 400, "unsupported_grant_type", "password grant"));
 
     // A's async Group job is A's alone.
     let job = http(
@@ -474,9 +508,9 @@ async fn smart_backend_services_flow_and_attacks() {
     );
     assert_eq!(job.status, 202);
     let job_url = job.header("content-location").expect("job URL").to_string();
-    assert_eq!(get(&job_url, Some(&token_b_read)).status, 404, "A's job, polled by B");
+    refusals.status("A's job, polled by B", &get(&job_url, Some(&token_b_read)), 404);
     let deleted = http("DELETE", &job_url, &[("Authorization", &bearer_b)], None);
-    assert_eq!(deleted.status, 404, "A's job, cancelled by B");
+    refusals.status("A's job, cancelled by B", &deleted, 404);
 
     // A client publishing its keys at a jwks_url.
     let ec_c = make_key(dir.path(), "c", false);
@@ -496,17 +530,18 @@ async fn smart_backend_services_flow_and_attacks() {
         "system/Patient.rs",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let token_c = token(
-        &base,
-        &assertion(&ec_c, Algorithm::ES384, "c1", &claims("app-c", &aud)),
-        "system/Patient.rs",
-    );
-    assert_eq!(
-        get(&format!("{base}/Group"), Some(&token_c)).status,
-        403,
-        "no Group scope"
-    );
+    // The server reloads the clients file within a second or so of a
+    // change; a busy machine may take longer.
+    let token_c = eventually("app-c is registered", || {
+        let response = token_request(
+            &base,
+            &assertion(&ec_c, Algorithm::ES384, "c1", &claims("app-c", &aud)),
+            "system/Patient.rs",
+        );
+        (response.status == 200).then(|| response.json()["access_token"].as_str().expect("token").to_string())
+    })
+    .await;
+    refusals.status("no Group scope", &get(&format!("{base}/Group"), Some(&token_c)), 403);
 
     // The clients file reloads without a restart: B is granted A's Group.
     add_client(
@@ -517,12 +552,10 @@ async fn smart_backend_services_flow_and_attacks() {
         "system/Patient.read system/Group.write system/Group.read",
         &[&group_a],
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(
-        get(&format!("{base}/Group/{group_a}"), Some(&token_b_read)).status,
-        200,
-        "granted Group"
-    );
+    eventually("B is granted A's Group", || {
+        (get(&format!("{base}/Group/{group_a}"), Some(&token_b_read)).status == 200).then_some(())
+    })
+    .await;
     let (_, manifest) = export_ok_with(&base, &group_a, &token_b_read).await;
     assert!(manifest["output"].as_array().is_some_and(|o| !o.is_empty()));
     // Granted is read-only: B may not change or delete A's Group.
@@ -540,14 +573,14 @@ async fn smart_backend_services_flow_and_attacks() {
         &[("Content-Type", "application/fhir+json"), ("Authorization", &bearer_bw)],
         Some(&changed.to_string()),
     );
-    assert_eq!(put.status, 403, "{}", String::from_utf8_lossy(&put.body));
+    refusals.status("B changes A's granted Group", &put, 403);
     let delete = http(
         "DELETE",
         &format!("{base}/Group/{group_a}"),
         &[("Authorization", &bearer_bw)],
         None,
     );
-    assert_eq!(delete.status, 403);
+    refusals.status("B deletes A's granted Group", &delete, 403);
     assert_eq!(
         get(&format!("{base}/Group/{group_a}"), Some(&token_a)).status,
         200,
@@ -571,22 +604,11 @@ async fn smart_backend_services_flow_and_attacks() {
         "Condition?code=http://snomed.info/sct|15777000",
         "Patient?_has:Condition:patient:code=15777000",
     ] {
-        let response = cohort(expression, &bearer_bw);
-        assert_eq!(
-            response.status,
-            403,
-            "{expression}: {}",
-            String::from_utf8_lossy(&response.body)
-        );
+        refusals.status(expression, &cohort(expression, &bearer_bw), 403);
     }
     assert_eq!(cohort("Patient?gender=male", &bearer_bw).status, 201);
     let response = cohort(&format!("Patient?_has:Group:member:_id={group_a}"), &bearer_a);
-    assert_eq!(
-        response.status,
-        403,
-        "Group searches: {}",
-        String::from_utf8_lossy(&response.body)
-    );
+    refusals.status("a search of Groups", &response, 403);
     let filtered = http(
         "GET",
         &format!("{base}/$export?_type=Patient&_typeFilter=Patient%3F_has%3ACondition%3Apatient%3Acode%3D15777000"),
@@ -597,34 +619,51 @@ async fn smart_backend_services_flow_and_attacks() {
         ],
         None,
     );
-    assert_eq!(filtered.status, 403, "{}", String::from_utf8_lossy(&filtered.body));
+    refusals.status("a _typeFilter reading Conditions", &filtered, 403);
     server.stop();
 
-    // Expired access tokens.
+    // Expired access tokens: good for 5 s (room for a busy machine between
+    // issue and first use), refused after 6.
     let server = Server::start(
         &warehouse,
         &[
             "--clients",
             clients.to_str().expect("path"),
             "--access-token-seconds",
-            "1",
+            "5",
         ],
     );
     let aud = format!("{}/auth/token", server.base);
+    let issued = std::time::Instant::now();
     let short = token(
         &server.base,
         &assertion(&rsa, Algorithm::RS384, "a1", &claims("app-a", &aud)),
         "system/*.rs",
     );
     assert_eq!(get(&format!("{}/Group", server.base), Some(&short)).status, 200);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(issued.elapsed())).await;
     let late = get(&format!("{}/Group", server.base), Some(&short));
-    unauthorized(&late, "expired access token");
+    refusals.check(unauthorized(&late, "expired access token"));
     assert!(
         late.header("www-authenticate")
             .is_some_and(|h| h.contains("invalid_token"))
     );
     server.stop();
+    refusals.assert_none();
+}
+
+/// Retries `attempt` every 200 ms until it gives a value, for at most 20 s
+/// (changes the server picks up in the background, such as a rewritten
+/// clients file).
+async fn eventually<T>(what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(value) = attempt() {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: not within 20 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Serves `body` as JSON to every request on a loopback port (a client's
@@ -664,14 +703,22 @@ async fn export_ok_with(base: &str, group: &str, token: &str) -> (String, Value)
     );
     assert_eq!(kickoff.status, 202, "{}", String::from_utf8_lossy(&kickoff.body));
     let status = kickoff.header("content-location").expect("status").to_string();
-    loop {
-        let polled = get(&status, Some(token));
-        if polled.status == 200 {
-            return (status, polled.json());
-        }
-        assert_eq!(polled.status, 202, "{}", String::from_utf8_lossy(&polled.body));
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    let manifest = done(&status, token).await;
+    (status, manifest)
+}
+
+/// Polls an export's status URL with `token` until it completes (200)
+/// within two minutes; anything else fails with the response.
+async fn done(status_url: &str, token: &str) -> Value {
+    let bearer = format!("Bearer {token}");
+    let polled = poll_status(status_url, &[("Authorization", &bearer)], Duration::from_secs(120)).await;
+    assert_eq!(
+        polled.status,
+        200,
+        "{status_url}: {}",
+        String::from_utf8_lossy(&polled.body)
+    );
+    polled.json()
 }
 
 #[test]

@@ -19,15 +19,41 @@ pub fn sample_data() -> PathBuf {
     repo().join("data/synthea-10")
 }
 
-/// A dataset from `../shared/data`, or `None` (with a note) when it is absent.
+/// Set by `scripts/test.sh` when `../shared/data` exists: a missing
+/// dataset is then a failure, not a skip.
+pub const REQUIRE_SHARED_DATA: &str = "FHIRLAKE_REQUIRE_SHARED_DATA";
+
+/// A dataset from `../shared/data`, or `None` (with a note) when it is
+/// absent and [`REQUIRE_SHARED_DATA`] is not set.
 pub fn shared_dataset(name: &str) -> Option<PathBuf> {
     let dir = repo().join("../shared/data").join(name);
     if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("SKIPPED: {} is absent", dir.display());
-        None
+        return Some(dir);
     }
+    assert!(
+        std::env::var_os(REQUIRE_SHARED_DATA).is_none(),
+        "{} is absent but {REQUIRE_SHARED_DATA} is set (the test command saw ../shared/data)",
+        dir.display()
+    );
+    eprintln!("SKIPPED: {} is absent", dir.display());
+    None
+}
+
+/// Clears every inherited `AWS_*` variable and points the AWS profile files
+/// at nothing, so the machine's AWS settings cannot reach a test; the test
+/// sets what it uses afterwards.
+pub fn isolate_aws(command: &mut Command) -> &mut Command {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("AWS_") {
+            command.env_remove(&key);
+        }
+    }
+    command
+        .env("AWS_CONFIG_FILE", "/nonexistent/fhirlake-tests/aws-config")
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/fhirlake-tests/aws-credentials",
+        )
 }
 
 /// Loads `sources` quietly into `warehouse`.
@@ -67,7 +93,7 @@ pub async fn query_strings(warehouse: &Warehouse, sql: &str) -> Vec<String> {
 
 /// Runs the `fhirlake` binary.
 pub fn fhirlake(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fhirlake"))
+    isolate_aws(&mut Command::new(env!("CARGO_BIN_EXE_fhirlake")))
         .args(args)
         .output()
         .expect("run fhirlake")

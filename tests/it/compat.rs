@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::common::{fhirlake, repo};
-use crate::http_client::{Server, http};
+use crate::http_client::{Server, http, poll_status};
 
 /// Copies the fixture into a fresh folder (the server writes beside it).
 fn copy_dir(from: &Path, to: &Path) {
@@ -22,8 +22,8 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-#[test]
-fn a_warehouse_of_release_0_1_stays_readable() {
+#[tokio::test]
+async fn a_warehouse_of_release_0_1_stays_readable() {
     let temp = tempfile::tempdir().expect("tempdir");
     let warehouse = temp.path().join("wh");
     copy_dir(&repo().join("tests/fixtures/warehouse-v0.1"), &warehouse);
@@ -105,16 +105,9 @@ fn a_warehouse_of_release_0_1_stays_readable() {
     );
     assert_eq!(kickoff.status, 202);
     let status_url = kickoff.header("content-location").expect("status URL").to_string();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let manifest = loop {
-        let poll = http("GET", &status_url, &[], None);
-        if poll.status == 200 {
-            break poll.json();
-        }
-        assert_eq!(poll.status, 202, "{}", String::from_utf8_lossy(&poll.body));
-        assert!(std::time::Instant::now() < deadline, "export did not finish in 60 s");
-        std::thread::sleep(std::time::Duration::from_millis(600));
-    };
+    let polled = poll_status(&status_url, &[], std::time::Duration::from_secs(60)).await;
+    assert_eq!(polled.status, 200, "{}", String::from_utf8_lossy(&polled.body));
+    let manifest = polled.json();
     assert_eq!(manifest["output"][0]["type"], "Patient");
     assert_eq!(manifest["output"][0]["count"].as_u64(), Some(females));
     server.stop();

@@ -39,9 +39,19 @@ async fn killed_load_leaves_previous_state() {
             s.contains("/tables/") && s.contains("v000002-")
         })
     };
-    while !wrote_data() && started.elapsed() < Duration::from_secs(60) {
+    while !wrote_data() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the load wrote no data file in 60 s"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the load ended before it wrote a data file"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Still running: the kill lands during the load's work.
+    assert!(child.try_wait().unwrap().is_none(), "the load finished before the kill");
     child.kill().unwrap();
     let status = child.wait().unwrap();
     assert!(!status.success(), "the load was killed before it finished");

@@ -844,12 +844,29 @@ async fn http_export_rejections_lenient_handling_and_limits() {
 
 #[tokio::test]
 async fn http_export_survives_a_crash() {
+    // Enough data that the export is still writing when its first file
+    // appears: 20 copies of synthea-10 (~31k Observations), 1 MiB parts.
     let dir = tempfile::tempdir().expect("tempdir");
+    let big = dir.path().join("big");
+    let generated = fhirlake(&[
+        "gen",
+        "--from",
+        sample_data().to_str().expect("path"),
+        "--copies",
+        "20",
+        "--out",
+        big.to_str().expect("path"),
+    ]);
+    assert!(
+        generated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generated.stderr)
+    );
     let wh = dir.path().join("wh");
     let warehouse = Warehouse::open(wh.to_str().expect("path")).expect("open");
-    load_into(&warehouse, &[&sample_data()], false).await;
-    let source = Source::read(&[&sample_data()]);
-    let server = Server::start(&wh, &["--job-delay-ms", "3000"]);
+    load_into(&warehouse, &[&big], false).await;
+    let source = Source::read(&[&big]);
+    let server = Server::start(&wh, &["--export-file-mib", "1"]);
     let response = kickoff(
         "GET",
         &format!("{}/$export?_type=Observation,Claim", server.base),
@@ -862,7 +879,25 @@ async fn http_export_survives_a_crash() {
         .and_then(|l| l.rsplit('/').next())
         .expect("id")
         .to_string();
+    // Kill as soon as the job has written into its folder: mid-run.
+    let files_dir = wh.join("_server/export-files").join(&id);
+    let started = std::time::Instant::now();
+    while std::fs::read_dir(&files_dir).map_or(true, |mut entries| entries.next().is_none()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the export wrote nothing in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     server.kill();
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(wh.join("_server/exports").join(format!("{id}.json"))).expect("job record"),
+    )
+    .expect("job record JSON");
+    assert_eq!(
+        record["state"]["state"], "running",
+        "the export finished before the kill, so the test checked nothing: give it more data"
+    );
     let server = Server::start(&wh, &[]);
     let (_, manifest) = {
         let location = format!("{}/_export/{id}", server.base);
@@ -880,7 +915,6 @@ async fn http_export_survives_a_crash() {
         ])
     );
     // Exactly the listed files exist (no half file from the killed run).
-    let files_dir = wh.join("_server/export-files").join(&id);
     let on_disk: BTreeSet<String> = std::fs::read_dir(&files_dir)
         .expect("files")
         .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())

@@ -1,5 +1,5 @@
 //! Test helpers for the server: the real `fhirlake serve` binary on an
-//! ephemeral loopback port, and a plain HTTP/1.1 client over TCP.
+//! ephemeral loopback port, and an HTTP client (reqwest) for it.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -25,6 +25,7 @@ impl Server {
     /// with `extra` arguments and environment variables `envs`.
     pub fn start_with(warehouse: &str, extra: &[&str], envs: &[(String, String)]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_fhirlake"));
+        crate::common::isolate_aws(&mut command);
         command.args(["--warehouse", warehouse, "serve"]);
         if !extra.contains(&"--addr") {
             command.args(["--addr", "127.0.0.1:0"]);
@@ -98,53 +99,79 @@ impl HttpResponse {
     }
 }
 
-/// A plain HTTP/1.1 client over a TCP socket (one request per connection).
+/// One request through reqwest, on a thread and runtime of its own (most
+/// server tests are plain functions, and the async ones must not block
+/// their runtime on a nested one). It follows no redirects, uses no proxy
+/// and decompresses nothing: tests check all three. A transport error (the
+/// server closed early, the 60 s deadline) panics with the request named.
 pub fn http(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> HttpResponse {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").expect("http URL");
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let path = if path.is_empty() { "/" } else { path };
-    let mut stream = std::net::TcpStream::connect(authority).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("HTTP method");
+    let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let body = body.map(str::to_string);
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                runtime.block_on(send(method.clone(), url, &headers, body))
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+async fn send(method: reqwest::Method, url: &str, headers: &[(String, String)], body: Option<String>) -> HttpResponse {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("HTTP client");
+    let mut request = client.request(method.clone(), url);
+    for (name, value) in headers {
+        request = request.header(name, value);
     }
-    let body = body.unwrap_or("");
-    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    // A server may answer (413) and close before reading a whole large body:
-    // a failed write or a reset after the response is not the test's concern.
-    let _ = stream.write_all(request.as_bytes());
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("end of headers");
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    if headers
+    if let Some(body) = body {
+        request = request.body(body);
+    }
+    let response = request.send().await.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
         .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
-    {
-        let mut decoded = Vec::new();
-        let mut rest = body.as_slice();
-        while let Some(end) = rest.windows(2).position(|w| w == b"\r\n") {
-            let size = usize::from_str_radix(String::from_utf8_lossy(&rest[..end]).trim(), 16).unwrap_or(0);
-            if size == 0 {
-                break;
-            }
-            decoded.extend_from_slice(&rest[end + 2..end + 2 + size]);
-            rest = &rest[end + 2 + size + 2..];
-        }
-        body = decoded;
-    }
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = response
+        .bytes()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {url}: reading the body: {e}"))
+        .to_vec();
     HttpResponse { status, headers, body }
+}
+
+/// Polls a status URL while it answers 202, until `limit` has passed; the
+/// first other answer is returned. Past the deadline the test fails with
+/// the last response it saw.
+pub async fn poll_status(url: &str, headers: &[(&str, &str)], limit: Duration) -> HttpResponse {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let response = http("GET", url, headers, None);
+        if response.status != 202 {
+            return response;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{url} still answers 202 after {limit:?}; last response: {:?} {}",
+            response.headers,
+            String::from_utf8_lossy(&response.body)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

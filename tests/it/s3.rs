@@ -159,10 +159,8 @@ impl Drop for S3Server {
 }
 
 fn run_fhirlake(args: &[&str], env: &[(String, String)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fhirlake"))
+    crate::common::isolate_aws(&mut Command::new(env!("CARGO_BIN_EXE_fhirlake")))
         .args(args)
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ENDPOINT")
         .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("run fhirlake")
@@ -465,9 +463,8 @@ fn interrupted_load_into_an_s3_warehouse_keeps_the_previous_state() {
     assert!(gen_out.status.success(), "{}", String::from_utf8_lossy(&gen_out.stderr));
     let existing: std::collections::HashSet<PathBuf> =
         files_under(&server.data.join("warehouse")).into_iter().collect();
-    let mut load = Command::new(env!("CARGO_BIN_EXE_fhirlake"))
+    let mut load = crate::common::isolate_aws(&mut Command::new(env!("CARGO_BIN_EXE_fhirlake")))
         .args(["--warehouse", warehouse, "load", big.to_str().expect("path"), "--quiet"])
-        .env_remove("AWS_PROFILE")
         .envs(server.env())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -551,11 +548,14 @@ async fn export_store_on_s3_with_streamed_and_presigned_downloads() {
             "--export-downloads",
             "presigned",
             "--download-url-expiry",
-            "3s",
+            "10s",
         ],
         &s3.env(),
     );
+    // URLs are signed when the manifest is served: good for 10 s (room for
+    // a busy machine to download), refused after 11.
     let (_, manifest) = export_ok("GET", &format!("{}/$export?_type=Patient", server.base), None).await;
+    let signed = Instant::now();
     assert_eq!(manifest["requiresAccessToken"], Value::Bool(false));
     let url = manifest["output"][0]["url"].as_str().expect("url").to_string();
     assert!(url.starts_with(&s3.endpoint()), "{url}");
@@ -569,7 +569,7 @@ async fn export_store_on_s3_with_streamed_and_presigned_downloads() {
     // Without the signature, or after expiry, S3 refuses.
     let unsigned = url.split('?').next().expect("path");
     assert_eq!(http("GET", unsigned, &[], None).status, 403);
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(11).saturating_sub(signed.elapsed())).await;
     assert_eq!(http("GET", &url, &[], None).status, 403, "expired");
     server.stop();
 

@@ -3,17 +3,26 @@
 //! its `kid` unless one is given.
 
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use p384::elliptic_curve::sec1::{Coordinates, ToEncodedPoint};
+use pkcs1::RsaPublicKey;
 use serde_json::{Value, json};
+use spki::der::{Decode, pem};
+use spki::{ObjectIdentifier, SubjectPublicKeyInfoRef};
 
 /// Why a key file was not usable.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct KeyError(pub String);
 
-const OID_RSA: &[u8] = &[0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x01];
-const OID_EC: &[u8] = &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
-const OID_P384: &[u8] = &[0x2B, 0x81, 0x04, 0x00, 0x22];
+// The crates export these OIDs only behind features that pull in more crates
+// (pkcs8, ECDSA).
+/// `rsaEncryption` (RFC 8017).
+const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+/// `id-ecPublicKey` (RFC 5480).
+const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+/// `secp384r1`, the curve ES384 signs on.
+const SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
 
 /// The public JWK (`alg` RS384 or ES384, `use` sig, `kid`) for the key in
 /// `text`: a PEM `PUBLIC KEY` / `RSA PUBLIC KEY`, or a JWK as JSON (private
@@ -71,76 +80,68 @@ fn from_jwk_json(text: &str) -> Result<Value, KeyError> {
 }
 
 fn from_pem(text: &str) -> Result<Value, KeyError> {
-    let begin = text
-        .lines()
-        .find(|l| l.starts_with("-----BEGIN "))
-        .ok_or_else(|| KeyError("neither a PEM public key nor a JWK".into()))?;
-    let label = begin.trim_start_matches("-----BEGIN ").trim_end_matches("-----");
-    let body: String = text
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN "))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END "))
-        .collect();
-    let der = STANDARD
-        .decode(body.trim())
+    // pem-rfc7468 reads a single block: keep the first, as a file may go on
+    // with another (a certificate).
+    let block = match text.find("-----END ") {
+        Some(end) => text[end..].find('\n').map_or(text, |eol| &text[..end + eol]),
+        None => text,
+    };
+    let block = block.trim_end();
+    // The label alone decides a refusal, so a private key is named as one
+    // whatever its body holds.
+    let label = pem::decode_label(block.as_bytes()).map_err(|e| {
+        KeyError(if text.contains("-----BEGIN ") {
+            format!("malformed PEM: {e}")
+        } else {
+            "neither a PEM public key nor a JWK".into()
+        })
+    })?;
+    if label.ends_with("PRIVATE KEY") {
+        return Err(KeyError(
+            "this is a private key: register the public key (openssl pkey -pubout)".into(),
+        ));
+    }
+    // Other tools than openssl wrap the base64 at other widths than 64: take
+    // the first line's (the decoder wants one width throughout).
+    let width = block
+        .find("-----BEGIN ")
+        .and_then(|begin| block[begin..].lines().nth(1));
+    let width = width.map_or(0, |line| line.trim_end().len());
+    let mut der = Vec::new();
+    pem::Decoder::new_wrapped(block.as_bytes(), width)
+        .and_then(|mut decoder| decoder.decode_to_end(&mut der).map(|_| ()))
         .map_err(|e| KeyError(format!("bad PEM base64: {e}")))?;
     match label {
         "PUBLIC KEY" => from_spki(&der),
         "RSA PUBLIC KEY" => rsa_jwk(&der),
-        "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" => Err(KeyError(
-            "this is a private key: register the public key (openssl pkey -pubout)".into(),
-        )),
         other => Err(KeyError(format!("unsupported PEM block '{other}'"))),
     }
 }
 
-/// One DER element: (tag, content, rest).
-fn der(input: &[u8]) -> Result<(u8, &[u8], &[u8]), KeyError> {
-    let bad = || KeyError("malformed DER in the public key".into());
-    let (&tag, rest) = input.split_first().ok_or_else(bad)?;
-    let (&first, mut rest) = rest.split_first().ok_or_else(bad)?;
-    let length = if first < 0x80 {
-        first as usize
-    } else {
-        let count = (first & 0x7F) as usize;
-        if count == 0 || count > 4 || rest.len() < count {
-            return Err(bad());
-        }
-        let length = rest[..count].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize);
-        rest = &rest[count..];
-        length
-    };
-    if rest.len() < length {
-        return Err(bad());
-    }
-    Ok((tag, &rest[..length], &rest[length..]))
-}
-
-fn from_spki(der_bytes: &[u8]) -> Result<Value, KeyError> {
-    let (_, spki, _) = der(der_bytes)?;
-    let (_, algorithm, rest) = der(spki)?;
-    let (_, bits, _) = der(rest)?;
-    let key = bits
-        .split_first()
-        .filter(|(unused, _)| **unused == 0)
-        .map(|(_, key)| key)
+fn from_spki(der: &[u8]) -> Result<Value, KeyError> {
+    let spki = SubjectPublicKeyInfoRef::from_der(der).map_err(|e| KeyError(format!("malformed public key: {e}")))?;
+    let key = spki
+        .subject_public_key
+        .as_bytes()
         .ok_or_else(|| KeyError("malformed public key bits".into()))?;
-    let (_, oid, params) = der(algorithm)?;
-    if oid == OID_RSA {
+    let algorithm = spki.algorithm.oid;
+    if algorithm == RSA_ENCRYPTION {
         rsa_jwk(key)
-    } else if oid == OID_EC {
-        let (_, curve, _) = der(params)?;
-        if curve != OID_P384 {
+    } else if algorithm == EC_PUBLIC_KEY {
+        if spki.algorithm.parameters_oid().ok() != Some(SECP384R1) {
             return Err(KeyError("EC keys must use curve P-384 (ES384)".into()));
         }
-        if key.len() != 97 || key[0] != 4 {
-            return Err(KeyError("expected an uncompressed P-384 point".into()));
-        }
+        // Checks the point is on the curve and decompresses a compressed one.
+        let point = p384::PublicKey::from_sec1_bytes(key)
+            .map_err(|_| KeyError("not a valid P-384 public key point".into()))?
+            .to_encoded_point(false);
+        let Coordinates::Uncompressed { x, y } = point.coordinates() else {
+            return Err(KeyError("not a valid P-384 public key point".into()));
+        };
         Ok(json!({
             "kty": "EC", "crv": "P-384",
-            "x": URL_SAFE_NO_PAD.encode(&key[1..49]),
-            "y": URL_SAFE_NO_PAD.encode(&key[49..]),
+            "x": URL_SAFE_NO_PAD.encode(x),
+            "y": URL_SAFE_NO_PAD.encode(y),
             "alg": "ES384",
         }))
     } else {
@@ -150,20 +151,18 @@ fn from_spki(der_bytes: &[u8]) -> Result<Value, KeyError> {
     }
 }
 
-/// `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`.
-fn rsa_jwk(der_bytes: &[u8]) -> Result<Value, KeyError> {
-    let (_, sequence, _) = der(der_bytes)?;
-    let (_, n, rest) = der(sequence)?;
-    let (_, e, _) = der(rest)?;
-    let strip = |i: &[u8]| -> Vec<u8> { i.iter().skip_while(|b| **b == 0).copied().collect() };
-    let n = strip(n);
+/// The JWK for a PKCS#1 `RSAPublicKey` (also the key inside an RSA SPKI).
+fn rsa_jwk(der: &[u8]) -> Result<Value, KeyError> {
+    let key = RsaPublicKey::from_der(der).map_err(|e| KeyError(format!("malformed RSA public key: {e}")))?;
+    // `as_bytes` has the leading zeros stripped, as JWK wants them.
+    let n = key.modulus.as_bytes();
     if n.len() < 256 {
         return Err(KeyError("RSA keys must have at least 2048 bits".into()));
     }
     Ok(json!({
         "kty": "RSA",
-        "n": URL_SAFE_NO_PAD.encode(&n),
-        "e": URL_SAFE_NO_PAD.encode(strip(e)),
+        "n": URL_SAFE_NO_PAD.encode(n),
+        "e": URL_SAFE_NO_PAD.encode(key.public_exponent.as_bytes()),
         "alg": "RS384",
     }))
 }
@@ -196,12 +195,53 @@ qH+iTHMZyjSgP/IKEot+lQzLQbmLMvREup8d1uMCg7sTWTtVZQLXWHcUJaOnY72K
 9JSqHgxiMXeyMxJfPlzHvfTQ0Ckwi7F9
 -----END PUBLIC KEY-----";
 
+    /// The same point compressed (`openssl ec -pubin -pubout -conv_form compressed`).
+    const EC_COMPRESSED_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MEYwEAYHKoZIzj0CAQYFK4EEACIDMgADF/7JBwg4Q+RnQ1mC0U4cQsK/UkeRyOMa
+qH+iTHMZyjSgP/IKEot+lQzLQbmLMvRE
+-----END PUBLIC KEY-----";
+
+    /// `openssl ec -pubin -text` of `EC_PEM`, the bytes after `04`, as base64url.
+    const EC_X: &str = "F_7JBwg4Q-RnQ1mC0U4cQsK_UkeRyOMaqH-iTHMZyjSgP_IKEot-lQzLQbmLMvRE";
+    const EC_Y: &str = "up8d1uMCg7sTWTtVZQLXWHcUJaOnY72K9JSqHgxiMXeyMxJfPlzHvfTQ0Ckwi7F9";
+
+    /// A 2048-bit RSA key: `openssl genpkey -algorithm RSA | openssl pkey -pubout`.
+    const RSA_SPKI_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAn51RGyG2S9eBYuDwEfOf
+/kgyGHlRsqNtnUKrVS57X6G0KK04DfYqA8kdf/gbAzNpTKirsaEflHOkBgm7bis3
+ZmHMfbOngN1z+1Xdyd62Sz5uZZSpDUIW0VXsu8dN0yMQnQaJNWVi0fOU+CDAVGnG
+Z9ti5xikGEcBSgk2scR1zgMbUqXeAP5RyKx3P4rA+/1uqqV167Km3rODH+kEgZvy
+en4ceO88hV/rQFvKQmVkmUHjOgcegylhbUYOVBGIhBE+OAzT3RWz6ZV3uHx0I0Va
+SDt9K3jTa3rShSsSvPhwMdVh06QaZkwp7c/IlubXIx/oNgjWeiCn65VKtOd6swxc
+iwIDAQAB
+-----END PUBLIC KEY-----";
+
+    /// The same key as PKCS#1 (`openssl rsa -RSAPublicKey_out`).
+    const RSA_PKCS1_PEM: &str = "-----BEGIN RSA PUBLIC KEY-----
+MIIBCgKCAQEAn51RGyG2S9eBYuDwEfOf/kgyGHlRsqNtnUKrVS57X6G0KK04DfYq
+A8kdf/gbAzNpTKirsaEflHOkBgm7bis3ZmHMfbOngN1z+1Xdyd62Sz5uZZSpDUIW
+0VXsu8dN0yMQnQaJNWVi0fOU+CDAVGnGZ9ti5xikGEcBSgk2scR1zgMbUqXeAP5R
+yKx3P4rA+/1uqqV167Km3rODH+kEgZvyen4ceO88hV/rQFvKQmVkmUHjOgcegylh
+bUYOVBGIhBE+OAzT3RWz6ZV3uHx0I0VaSDt9K3jTa3rShSsSvPhwMdVh06QaZkwp
+7c/IlubXIx/oNgjWeiCn65VKtOd6swxciwIDAQAB
+-----END RSA PUBLIC KEY-----";
+
+    /// The modulus `openssl pkey -pubin -text` prints for `RSA_SPKI_PEM`, as base64url.
+    const RSA_N: &str = concat!(
+        "n51RGyG2S9eBYuDwEfOf_kgyGHlRsqNtnUKrVS57X6G0KK04DfYqA8kdf_gbAzNpTKirsaEf",
+        "lHOkBgm7bis3ZmHMfbOngN1z-1Xdyd62Sz5uZZSpDUIW0VXsu8dN0yMQnQaJNWVi0fOU-CDA",
+        "VGnGZ9ti5xikGEcBSgk2scR1zgMbUqXeAP5RyKx3P4rA-_1uqqV167Km3rODH-kEgZvyen4c",
+        "eO88hV_rQFvKQmVkmUHjOgcegylhbUYOVBGIhBE-OAzT3RWz6ZV3uHx0I0VaSDt9K3jTa3rS",
+        "hSsSvPhwMdVh06QaZkwp7c_IlubXIx_oNgjWeiCn65VKtOd6swxciw",
+    );
+
     #[test]
     fn reads_an_ec_p384_pem_with_a_thumbprint_kid() {
         let jwk = public_jwk(EC_PEM, None).unwrap();
         assert_eq!(jwk["kty"], "EC");
         assert_eq!(jwk["crv"], "P-384");
         assert_eq!(jwk["alg"], "ES384");
+        assert_eq!((jwk["x"].as_str(), jwk["y"].as_str()), (Some(EC_X), Some(EC_Y)));
         assert_eq!(URL_SAFE_NO_PAD.decode(jwk["x"].as_str().unwrap()).unwrap().len(), 48);
         assert_eq!(jwk["kid"].as_str().unwrap().len(), 43);
         // The same key as a JWK gets the same thumbprint.
@@ -217,5 +257,71 @@ qH+iTHMZyjSgP/IKEot+lQzLQbmLMvREup8d1uMCg7sTWTtVZQLXWHcUJaOnY72K
         assert!(public_jwk(r#"{"kty":"oct","k":"c2VjcmV0"}"#, None).is_err());
         assert!(public_jwk(r#"{"kty":"RSA","n":"a","e":"AQAB","alg":"HS256"}"#, None).is_err());
         assert!(public_jwk("hello", None).is_err());
+    }
+
+    #[test]
+    fn reads_a_compressed_ec_point() {
+        let jwk = public_jwk(EC_COMPRESSED_PEM, None).unwrap();
+        assert_eq!((jwk["x"].as_str(), jwk["y"].as_str()), (Some(EC_X), Some(EC_Y)));
+        assert_eq!(jwk["kid"], public_jwk(EC_PEM, None).unwrap()["kid"]);
+    }
+
+    #[test]
+    fn reads_rsa_spki_and_pkcs1_pems() {
+        let spki = public_jwk(RSA_SPKI_PEM, None).unwrap();
+        assert_eq!(spki["kty"], "RSA");
+        assert_eq!(spki["alg"], "RS384");
+        assert_eq!(spki["use"], "sig");
+        assert_eq!(spki["n"], RSA_N);
+        assert_eq!(spki["e"], "AQAB");
+        // The same key in PKCS#1, with CRLF line ends, is the same JWK.
+        let pkcs1 = public_jwk(&RSA_PKCS1_PEM.replace('\n', "\r\n"), None).unwrap();
+        assert_eq!(pkcs1, spki);
+        // Base64 wrapped at another width than openssl's 64 still reads.
+        let body: String = RSA_SPKI_PEM.lines().filter(|l| !l.starts_with("-----")).collect();
+        let wrapped: Vec<&str> = body
+            .as_bytes()
+            .chunks(76)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        let rewrapped = format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n\n",
+            wrapped.join("\n")
+        );
+        assert_eq!(public_jwk(&rewrapped, None).unwrap(), spki);
+        // Text before the block and further blocks after it are ignored.
+        let bundle = format!("Subject: CN=client\n{RSA_SPKI_PEM}\n{EC_PEM}\n");
+        assert_eq!(public_jwk(&bundle, None).unwrap(), spki);
+    }
+
+    #[test]
+    fn names_the_reason_for_a_refusal() {
+        let message = |text: &str| public_jwk(text, None).unwrap_err().to_string();
+        for label in [
+            "PRIVATE KEY",
+            "RSA PRIVATE KEY",
+            "EC PRIVATE KEY",
+            "ENCRYPTED PRIVATE KEY",
+        ] {
+            let pem = format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n");
+            assert_eq!(
+                message(&pem),
+                "this is a private key: register the public key (openssl pkey -pubout)"
+            );
+        }
+        // `openssl ecparam -name prime256v1 -genkey | openssl ec -pubout`.
+        let p256 = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEnTdHu0WMN/1SVBpzUNvMyT94LxT5\nBRlffweqHRPoBnepzhy9assS4KZm2O2Y7ZxCg+zafaTr4geRm4uavd4ZjA==\n-----END PUBLIC KEY-----";
+        assert_eq!(message(p256), "EC keys must use curve P-384 (ES384)");
+        // A 512-bit key: `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:512`.
+        let small = "-----BEGIN PUBLIC KEY-----\nMFwwDQYJKoZIhvcNAQEBBQADSwAwSAJBALWL+d/4xzs3A1adMdzrd3ahVdmrk4L3\nSv+3vfvURWZtZoFKJ+IsAuLzMxqjmJpzQRO8gnRHmdOObr4Qu/W7Je0CAwEAAQ==\n-----END PUBLIC KEY-----";
+        assert_eq!(message(small), "RSA keys must have at least 2048 bits");
+        assert!(
+            message("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----").starts_with("malformed public key")
+        );
+        assert!(
+            message("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----")
+                .starts_with("unsupported PEM block")
+        );
+        assert_eq!(message("hello"), "neither a PEM public key nor a JWK");
     }
 }

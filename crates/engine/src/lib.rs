@@ -18,6 +18,7 @@
 //! - [`state`]: durable server state beside the warehouse
 //! - [`service`]: the engine as one long-lived value behind a front
 //! - [`generate`]: scaled-up benchmark data from a real dataset
+//! - [`allocator`]: the binary's global allocator (mimalloc)
 //!
 //! The FHIR knowledge below it is re-exported under the same names
 //! ([`json`], [`fhir`], [`fhirpath`], [`search`], [`error`]).

@@ -24,7 +24,6 @@ use fhirlake_engine::export::{
     ExportLevel, ExportOutput, ExportRequest, ExportedFile, OutputFormat, pairs_from_parameters, parse_export,
 };
 use fhirlake_engine::jobs::{ExportJob, ExportKickoff, ExportState, JobError};
-use futures::StreamExt;
 use serde_json::Value;
 
 use super::auth::Caller;
@@ -456,34 +455,20 @@ pub async fn cancel(
     ))
 }
 
-/// One `bytes=` range of a file of `size` bytes; `Err` when unsatisfiable.
+/// The one byte range `header` asks for in a file of `size` bytes
+/// (inclusive bounds); `None` for the whole file: no `bytes=` unit, or
+/// several ranges (serving the whole file is allowed by RFC 9110); `Err`
+/// when unsatisfiable.
 fn parse_range(header: &str, size: u64) -> Result<Option<(u64, u64)>, ()> {
-    let Some(spec) = header.trim().strip_prefix("bytes=") else {
-        return Ok(None);
-    };
-    if spec.contains(',') {
-        // Several ranges: serve the whole file (allowed by RFC 9110).
-        return Ok(None);
+    match http_range_header::parse_range_header(header) {
+        Ok(ranges) => match ranges.validate(size).map_err(|_| ())?.as_slice() {
+            [one] => Ok(Some((*one.start(), *one.end()))),
+            _ => Ok(None),
+        },
+        // Another unit than bytes: ignored, as RFC 9110 asks.
+        Err(_) if !header.trim_start().starts_with("bytes=") => Ok(None),
+        Err(_) => Err(()),
     }
-    let (start, end) = spec.split_once('-').ok_or(())?;
-    let (start, end) = match (start.trim(), end.trim()) {
-        ("", suffix) => {
-            let n: u64 = suffix.parse().map_err(|_| ())?;
-            if n == 0 {
-                return Err(());
-            }
-            (size.saturating_sub(n), size.saturating_sub(1))
-        }
-        (start, "") => (start.parse().map_err(|_| ())?, size.saturating_sub(1)),
-        (start, end) => {
-            let (s, e): (u64, u64) = (start.parse().map_err(|_| ())?, end.parse().map_err(|_| ())?);
-            (s, e.min(size.saturating_sub(1)))
-        }
-    };
-    if size == 0 || start > end || start >= size {
-        return Err(());
-    }
-    Ok(Some((start, end)))
 }
 
 /// `GET /_export/{id}/files/{name}`: one file of a finished export. Only
@@ -530,78 +515,22 @@ pub async fn download(
         },
     };
     let stream = state.service.read_export_file(&id, &file, range).await?;
-    let gzip = range.is_none()
-        && headers
-            .get_all(header::ACCEPT_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|e| {
-                let mut parts = e.split(';');
-                let coding = parts.next().unwrap_or("").trim();
-                let refused = parts.any(|p| {
-                    p.trim()
-                        .strip_prefix("q=")
-                        .and_then(|q| q.trim().parse::<f32>().ok())
-                        .is_some_and(|q| q <= 0.0)
-                });
-                (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
-            });
-    let mut builder = Response::builder()
+    // Gzip for clients that accept it is the router's compression layer.
+    let builder = Response::builder()
         .header(header::CONTENT_TYPE, content_type)
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::VARY, "accept-encoding");
-    let body = if gzip {
-        builder = builder.header(header::CONTENT_ENCODING, "gzip");
-        Body::from_stream(gzip_stream(stream))
-    } else {
-        Body::from_stream(stream)
-    };
-    builder = match range {
+    let body = Body::from_stream(stream);
+    let builder = match range {
         Some((start, end)) => builder
             .status(StatusCode::PARTIAL_CONTENT)
             .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}"))
             .header(header::CONTENT_LENGTH, end - start + 1),
-        None if !gzip => builder.status(StatusCode::OK).header(header::CONTENT_LENGTH, size),
-        None => builder.status(StatusCode::OK),
+        None => builder.status(StatusCode::OK).header(header::CONTENT_LENGTH, size),
     };
     builder
         .body(body)
         .map_err(|e| FhirError::internal(format!("building the response: {e}")))
-}
-
-/// Gzips a byte stream chunk by chunk (fast level: the network, not the
-/// ratio, is what a download waits for).
-fn gzip_stream(
-    input: futures::stream::BoxStream<'static, std::io::Result<Bytes>>,
-) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    use flate2::Compression;
-    use flate2::write::GzEncoder;
-    use std::io::Write;
-    let encoder = GzEncoder::new(Vec::new(), Compression::fast());
-    futures::stream::unfold(Some((input, encoder)), |state| async move {
-        let (mut input, mut encoder) = state?;
-        loop {
-            match input.next().await {
-                Some(Ok(chunk)) => {
-                    if let Err(e) = encoder.write_all(&chunk) {
-                        return Some((Err(e), None));
-                    }
-                    let out = std::mem::take(encoder.get_mut());
-                    if !out.is_empty() {
-                        return Some((Ok(Bytes::from(out)), Some((input, encoder))));
-                    }
-                }
-                Some(Err(e)) => return Some((Err(e), None)),
-                None => {
-                    return match encoder.finish() {
-                        Ok(rest) => Some((Ok(Bytes::from(rest)), None)),
-                        Err(e) => Some((Err(e), None)),
-                    };
-                }
-            }
-        }
-    })
 }
 
 #[cfg(test)]

@@ -13,8 +13,7 @@ pub mod outcome;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -22,7 +21,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tracing::Instrument;
+use tower_http::compression::{CompressionLayer, CompressionLevel};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 pub use self::export::DownloadMode;
 use self::outcome::FhirError;
@@ -122,8 +123,13 @@ pub type SharedState = Arc<AppState>;
 
 /// Builds the router over `state`.
 pub fn router(state: SharedState) -> Router {
-    // Export files are not FHIR JSON: they skip content negotiation.
-    let files = Router::new().route("/_export/{id}/files/{name}", get(export::download));
+    // Export files are not FHIR JSON: they skip content negotiation. They
+    // are gzipped for clients that accept it (fast level: the network, not
+    // the ratio, is what a download waits for); byte ranges never are.
+    let compression = CompressionLayer::new().gzip(true).quality(CompressionLevel::Fastest);
+    let files = Router::new()
+        .route("/_export/{id}/files/{name}", get(export::download))
+        .layer(compression);
     let fhir = Router::new()
         .route("/$export", get(export::kickoff_system).post(export::kickoff_system))
         .route(
@@ -158,7 +164,18 @@ pub fn router(state: SharedState) -> Router {
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(request_id))
+        // Outermost last: every request gets an id (a client's own
+        // `x-request-id` is kept), its log span carries it, and the
+        // response returns it.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
+                .on_failure(()),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }
 
@@ -178,27 +195,14 @@ async fn method_not_allowed(request: Request) -> FhirError {
     )
 }
 
-static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
-
-/// Gives each request an id, logs it with its outcome and time.
-async fn request_id(request: Request, next: Next) -> Response {
-    let id = format!("req-{}", NEXT_REQUEST.fetch_add(1, Ordering::Relaxed));
-    let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
-    let started = Instant::now();
-    async move {
-        let mut response = next.run(request).await;
-        tracing::info!(
-            status = response.status().as_u16(),
-            ms = started.elapsed().as_millis() as u64,
-            "handled"
-        );
-        if let Ok(value) = HeaderValue::from_str(&id) {
-            response.headers_mut().insert("x-request-id", value);
-        }
-        response
-    }
-    .instrument(span)
-    .await
+/// The log span of a request: its id, method and path.
+fn request_span(request: &Request) -> tracing::Span {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path())
 }
 
 /// Honours `_format` and `Accept`: JSON forms are served (as
@@ -362,30 +366,25 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// Parses `30s`, `15m`, `1h`, `2d` (or a number of seconds); `off` is `None`.
+/// Parses a duration as humantime reads it (`30s`, `15m`, `1h 30m`, `2d`),
+/// or a bare number of seconds; `off` is `None`.
 pub fn parse_interval(text: &str) -> Result<Option<Duration>, String> {
     let text = text.trim();
     if text.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid interval '{text}' (e.g. 30s, 15m, 1h, off)"))?;
-    let scale = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("invalid interval unit in '{text}' (s, m, h, d)")),
+    let duration = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        text.parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("interval '{text}' is too long"))?
+    } else {
+        humantime::parse_duration(text)
+            .map_err(|e| format!("invalid interval '{text}' (e.g. 30s, 15m, 1h, off): {e}"))?
     };
-    let seconds = n
-        .checked_mul(scale)
-        .ok_or_else(|| format!("interval '{text}' is too long"))?;
-    if seconds == 0 {
+    if duration.is_zero() {
         return Err("the interval must be positive (or 'off')".into());
     }
-    Ok(Some(Duration::from_secs(seconds)))
+    Ok(Some(duration))
 }
 
 /// `State` extractor alias for handlers.

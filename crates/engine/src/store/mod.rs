@@ -51,6 +51,31 @@ pub enum StoreError {
         #[source]
         source: Box<object_store::Error>,
     },
+    /// The AWS profile in use gets its credentials in a way fhirlake does
+    /// not implement (assume-role, SSO, `credential_process`, web identity
+    /// from a file): refused when the store opens, instead of going on
+    /// without credentials.
+    #[error(
+        "AWS profile '{profile}' uses {setting}, which fhirlake does not support (it reads static keys: \
+         aws_access_key_id, aws_secret_access_key, aws_session_token); export the profile's keys first, e.g. \
+         eval \"$(aws configure export-credentials --profile {profile} --format env)\""
+    )]
+    UnsupportedProfile {
+        /// The profile (`AWS_PROFILE`, or `default`).
+        profile: String,
+        /// The setting that needs an unsupported provider (`role_arn`, …).
+        setting: String,
+    },
+    /// `AWS_PROFILE` names a profile that neither profile file has.
+    #[error("AWS profile '{profile}' (AWS_PROFILE) is in neither {credentials_file} nor {config_file}")]
+    MissingProfile {
+        /// The profile asked for.
+        profile: String,
+        /// The credentials file read.
+        credentials_file: String,
+        /// The config file read.
+        config_file: String,
+    },
     /// Local filesystem error (creating a warehouse folder).
     #[error("{path}: {source}")]
     Io {
@@ -67,7 +92,8 @@ impl crate::error::HasKind for StoreError {
         use crate::error::ErrorKind;
         match self {
             Self::InvalidLocation { .. } => ErrorKind::Invalid,
-            Self::UnsupportedScheme { .. } => ErrorKind::NotSupported,
+            Self::UnsupportedScheme { .. } | Self::UnsupportedProfile { .. } => ErrorKind::NotSupported,
+            Self::MissingProfile { .. } => ErrorKind::Invalid,
             Self::ObjectStore { source, .. } => match **source {
                 object_store::Error::NotFound { .. } => ErrorKind::NotFound,
                 object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {

@@ -3,8 +3,12 @@
 //! Configuration follows what AWS users expect, in the AWS SDKs' order:
 //! command-line options (set once through [`configure_s3`]), then the
 //! standard `AWS_*` environment variables, then the shared profile files
-//! (`~/.aws/credentials`, `~/.aws/config`, `AWS_PROFILE`), then the
-//! container and instance credential providers `object_store` falls back to.
+//! (`~/.aws/credentials`, `~/.aws/config`, `AWS_PROFILE`: static keys,
+//! region, endpoint; a profile that needs assume-role, SSO,
+//! `credential_process` or a web-identity file is refused by name), then
+//! the container and instance credential providers `object_store` falls
+//! back to (which also cover `AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN`
+//! in the environment).
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -65,7 +69,7 @@ pub(super) fn open(url: &Url, location: &str, options: &S3Options) -> Result<Arc
         .ok_or_else(|| invalid("missing bucket name (expected s3://BUCKET/PREFIX)".into()))?;
     let env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("AWS_")).collect();
     let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-    for (key, value) in profile_settings(&env) {
+    for (key, value) in profile_settings(&env)? {
         // A command-line endpoint replaces the profile's (and its allow-http).
         if options.endpoint.is_some()
             && matches!(
@@ -142,10 +146,26 @@ fn with_bucket_host(endpoint: &str, bucket: &str) -> Result<String, String> {
     Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
+/// Profile settings that need a credential provider fhirlake does not
+/// have (the AWS SDKs' assume-role, SSO, process and web-identity
+/// providers). Without keys in the environment such a profile is refused
+/// by name rather than ignored (which would end in "no credentials" or,
+/// worse, another identity's keys from the instance role).
+const UNSUPPORTED_PROFILE_SETTINGS: [&str; 8] = [
+    "role_arn",
+    "source_profile",
+    "credential_source",
+    "credential_process",
+    "sso_session",
+    "sso_start_url",
+    "sso_account_id",
+    "web_identity_token_file",
+];
+
 /// Settings from the shared AWS profile files for the profile named by
 /// `AWS_PROFILE` (default `default`), each only where the environment does
 /// not already set it (environment variables win, as in the AWS SDKs).
-fn profile_settings(env: &HashMap<String, String>) -> Vec<(AmazonS3ConfigKey, String)> {
+fn profile_settings(env: &HashMap<String, String>) -> Result<Vec<(AmazonS3ConfigKey, String)>, StoreError> {
     let home = std::env::var("HOME").unwrap_or_default();
     let profile = env.get("AWS_PROFILE").cloned().unwrap_or_else(|| "default".into());
     let credentials_file = env
@@ -157,6 +177,7 @@ fn profile_settings(env: &HashMap<String, String>) -> Vec<(AmazonS3ConfigKey, St
         .cloned()
         .unwrap_or_else(|| format!("{home}/.aws/config"));
     let mut values = HashMap::new();
+    let mut found = false;
     // `~/.aws/config` names sections `[profile NAME]` (`[default]` for the
     // default); `~/.aws/credentials` uses the bare name. Credentials win.
     if let Ok(text) = std::fs::read_to_string(&config_file) {
@@ -165,13 +186,32 @@ fn profile_settings(env: &HashMap<String, String>) -> Vec<(AmazonS3ConfigKey, St
         } else {
             format!("profile {profile}")
         };
-        values.extend(ini_section(&text, &section));
+        found |= ini_section(&text, &section, &mut values);
     }
     if let Ok(text) = std::fs::read_to_string(&credentials_file) {
-        values.extend(ini_section(&text, &profile));
+        found |= ini_section(&text, &profile, &mut values);
+    }
+    let env_has_keys = env.contains_key("AWS_ACCESS_KEY_ID");
+    if !env_has_keys {
+        if !found && env.contains_key("AWS_PROFILE") {
+            return Err(StoreError::MissingProfile {
+                profile,
+                credentials_file,
+                config_file,
+            });
+        }
+        let static_keys = values.contains_key("aws_access_key_id");
+        if let Some(setting) = UNSUPPORTED_PROFILE_SETTINGS
+            .iter()
+            .find(|setting| !static_keys && values.contains_key(**setting))
+        {
+            return Err(StoreError::UnsupportedProfile {
+                profile,
+                setting: setting.to_string(),
+            });
+        }
     }
     let mut settings = Vec::new();
-    let env_has_keys = env.contains_key("AWS_ACCESS_KEY_ID");
     let pairs = [
         ("aws_access_key_id", "AWS_ACCESS_KEY_ID", AmazonS3ConfigKey::AccessKeyId),
         (
@@ -206,13 +246,13 @@ fn profile_settings(env: &HashMap<String, String>) -> Vec<(AmazonS3ConfigKey, St
             settings.push((AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp), "true".into()));
         }
     }
-    settings
+    Ok(settings)
 }
 
-/// The `key = value` pairs of section `[name]` of an INI-style AWS file.
-fn ini_section(text: &str, name: &str) -> HashMap<String, String> {
-    let mut values = HashMap::new();
-    let mut inside = false;
+/// Adds the `key = value` pairs of section `[name]` of an INI-style AWS
+/// file to `values`; whether the section exists.
+fn ini_section(text: &str, name: &str, values: &mut HashMap<String, String>) -> bool {
+    let (mut inside, mut found) = (false, false);
     for line in text.lines() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
@@ -220,13 +260,14 @@ fn ini_section(text: &str, name: &str) -> HashMap<String, String> {
         }
         if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             inside = header.trim() == name;
+            found |= inside;
             continue;
         }
         if inside && let Some((key, value)) = line.split_once('=') {
             values.insert(key.trim().to_ascii_lowercase(), value.trim().to_string());
         }
     }
-    values
+    found
 }
 
 /// What went wrong with an S3 request, in words a user can act on: not
@@ -301,21 +342,17 @@ mod tests {
     fn reads_profile_sections() {
         let text =
             "[default]\naws_access_key_id = A\n\n[profile dev]\nregion=eu-west-1\n# c\n[dev]\naws_access_key_id = B\n";
-        assert_eq!(
-            ini_section(text, "default")
-                .get("aws_access_key_id")
-                .map(String::as_str),
-            Some("A")
-        );
-        assert_eq!(
-            ini_section(text, "profile dev").get("region").map(String::as_str),
-            Some("eu-west-1")
-        );
-        assert_eq!(
-            ini_section(text, "dev").get("aws_access_key_id").map(String::as_str),
-            Some("B")
-        );
-        assert!(ini_section(text, "other").is_empty());
+        let section = |name: &str| {
+            let mut values = HashMap::new();
+            let found = ini_section(text, name, &mut values);
+            (found, values)
+        };
+        let value = |name: &str, key: &str| section(name).1.get(key).cloned();
+        assert_eq!(value("default", "aws_access_key_id").as_deref(), Some("A"));
+        assert_eq!(value("profile dev", "region").as_deref(), Some("eu-west-1"));
+        assert_eq!(value("dev", "aws_access_key_id").as_deref(), Some("B"));
+        assert_eq!(section("other"), (false, HashMap::new()));
+        assert!(section("dev").0);
     }
 
     #[test]
@@ -337,7 +374,7 @@ mod tests {
             ),
             ("AWS_CONFIG_FILE".to_string(), config.display().to_string()),
         ]);
-        let settings = profile_settings(&env);
+        let settings = profile_settings(&env).unwrap();
         let get = |settings: &[(AmazonS3ConfigKey, String)], key: AmazonS3ConfigKey| {
             settings.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
         };
@@ -350,9 +387,60 @@ mod tests {
         );
         env.insert("AWS_ACCESS_KEY_ID".into(), "E".into());
         env.insert("AWS_REGION".into(), "us-west-2".into());
-        let settings = profile_settings(&env);
+        let settings = profile_settings(&env).unwrap();
         assert_eq!(get(&settings, AmazonS3ConfigKey::AccessKeyId), None);
         assert_eq!(get(&settings, AmazonS3ConfigKey::SecretAccessKey), None);
         assert_eq!(get(&settings, AmazonS3ConfigKey::Region), None);
+    }
+
+    #[test]
+    fn profiles_needing_other_providers_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config");
+        std::fs::write(
+            &config,
+            "[profile assume]\nrole_arn = arn:aws:iam::1:role/r\nsource_profile = base\n\
+             [profile sso]\nsso_session = corp\nsso_account_id = 1\n\
+             [profile process]\ncredential_process = /bin/creds\n\
+             [profile keys]\nregion = eu-north-1\n",
+        )
+        .unwrap();
+        let credentials = dir.path().join("credentials");
+        std::fs::write(
+            &credentials,
+            "[keys]\naws_access_key_id = K\naws_secret_access_key = S\n",
+        )
+        .unwrap();
+        let env_for = |profile: &str| {
+            HashMap::from([
+                ("AWS_PROFILE".to_string(), profile.to_string()),
+                ("AWS_CONFIG_FILE".to_string(), config.display().to_string()),
+                (
+                    "AWS_SHARED_CREDENTIALS_FILE".to_string(),
+                    credentials.display().to_string(),
+                ),
+            ])
+        };
+        for (profile, setting) in [
+            ("assume", "role_arn"),
+            ("sso", "sso_session"),
+            ("process", "credential_process"),
+        ] {
+            let error = profile_settings(&env_for(profile)).unwrap_err();
+            assert!(
+                matches!(&error, StoreError::UnsupportedProfile { profile: p, setting: s } if p == profile && s == setting),
+                "{profile}: {error}"
+            );
+            assert!(error.to_string().contains("export-credentials --profile"), "{error}");
+        }
+        assert!(profile_settings(&env_for("keys")).is_ok());
+        assert!(matches!(
+            profile_settings(&env_for("nobody")),
+            Err(StoreError::MissingProfile { .. })
+        ));
+        // Keys in the environment win: the profile is not consulted for them.
+        let mut env = env_for("assume");
+        env.insert("AWS_ACCESS_KEY_ID".into(), "E".into());
+        assert!(profile_settings(&env).is_ok());
     }
 }

@@ -3,48 +3,12 @@
 //! reference targets, from `elements-r4.json`.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
-/// FxHash (as in rustc): model lookups hash short element names on every
-/// FHIRPath navigation step, where SipHash's DoS resistance buys nothing (the
-/// keys come from the bundled definitions).
-#[derive(Default, Clone, Copy)]
-pub struct FxHasher {
-    hash: u64,
-}
-
-impl FxHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        // Eight bytes per step, then the tail byte by byte.
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-        for &b in chunks.remainder() {
-            self.add(u64::from(b));
-        }
-    }
-
-    fn write_u8(&mut self, b: u8) {
-        self.write(&[b]);
-    }
-
-    fn finish(&self) -> u64 {
-        self.hash
-    }
-}
-
-/// A hash map with [`FxHasher`] (short string keys).
-pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+/// A hash map with rustc's FxHash: model lookups hash short element names
+/// on every FHIRPath navigation step (and the index writer its type names),
+/// where SipHash's DoS resistance buys nothing (the keys come from the
+/// bundled definitions, not from input).
+pub type FastMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 use std::sync::OnceLock;
 
 use serde::Deserialize;
