@@ -220,6 +220,65 @@ fn write_group(dir: &Path, id: &str, members: &[&str]) {
     std::fs::write(dir.join(format!("Group.{id}.ndjson")), format!("{group}\n")).expect("write group");
 }
 
+/// A roster's members count only while active and within their period:
+/// the CLI (now) and the server (at the export's transactionTime) export
+/// the same two of five.
+#[tokio::test]
+async fn roster_members_count_only_while_active_and_within_their_period() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let groups = dir.path().join("groups");
+    std::fs::create_dir_all(&groups).expect("mkdir");
+    let ids = Source::read(&[&sample_data()]).sorted_ids("Patient");
+    let entry = |i: usize, extra: Value| {
+        let mut member = json!({"entity": {"reference": format!("Patient/{}", ids[i])}});
+        if let (Some(member), Some(extra)) = (member.as_object_mut(), extra.as_object()) {
+            member.extend(extra.clone());
+        }
+        member
+    };
+    let roster = json!({
+        "resourceType": "Group", "id": "roster", "type": "person", "actual": true,
+        "member": [
+            entry(0, json!({})),
+            entry(1, json!({"inactive": true})),
+            entry(2, json!({"period": {"start": "1990-01-01", "end": "2001"}})),
+            entry(3, json!({"period": {"start": "2999-01-01"}})),
+            entry(4, json!({"period": {"start": "2001-05"}})),
+            entry(5, json!({"period": {"start": "not a date"}})),
+        ],
+    });
+    std::fs::write(groups.join("Group.ndjson"), format!("{roster}\n")).expect("write");
+    let wh = dir.path().join("wh");
+    let warehouse = Warehouse::open(wh.to_str().expect("path")).expect("open");
+    load_into(&warehouse, &[&sample_data(), &groups], false).await;
+    let expected = BTreeSet::from([ids[0].clone(), ids[4].clone()]);
+    let patients_of_manifest = |manifest: &Value, read: &dyn Fn(&str) -> Vec<u8>| -> BTreeSet<String> {
+        let (_, lines) = manifest_counts(manifest, read);
+        lines
+            .iter()
+            .filter(|r| r["resourceType"] == "Patient")
+            .filter_map(|r| r["id"].as_str().map(str::to_string))
+            .collect()
+    };
+    let out = dir.path().join("out");
+    let manifest = cli_export(&wh, &out, &["--group", "roster", "--type", "Patient"]);
+    assert_eq!(
+        patients_of_manifest(&manifest, &read_local(&out)),
+        expected,
+        "CLI export"
+    );
+    let server = Server::start(&wh, &[]);
+    let (_, manifest) = export_ok(
+        "GET",
+        &format!("{}/Group/roster/$export?_type=Patient", server.base),
+        None,
+    )
+    .await;
+    let read = |url: &str| get_file(url, &[]).body;
+    assert_eq!(patients_of_manifest(&manifest, &read), expected, "HTTP export");
+    server.stop();
+}
+
 #[tokio::test]
 async fn cli_export_system_patient_and_group_levels_with_parameters() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -106,6 +106,11 @@ pub struct ExportRequest {
     /// Groups of the loaded data are only for clients they are granted to).
     #[serde(default)]
     pub excluded_types: BTreeSet<String>,
+    /// The instant (µs) a Group's roster membership (`member.period`,
+    /// `member.inactive`) is judged at: the export's transactionTime, set
+    /// when the job starts, kept when it resumes. `None`: now.
+    #[serde(default)]
+    pub members_at: Option<i64>,
 }
 
 /// A request and the parameters set aside under `Prefer: handling=lenient`.
@@ -326,6 +331,7 @@ impl ExportRequestBuilder {
                 organize_by_patient: false,
                 allow_partial_manifests: false,
                 excluded_types: BTreeSet::new(),
+                members_at: None,
             },
             lenient,
             post,

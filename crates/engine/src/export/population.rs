@@ -84,7 +84,12 @@ pub async fn resolve(engine: &CohortEngine, request: &ExportRequest) -> Result<P
     let members: Option<HashSet<String>> = match &request.level {
         ExportLevel::System => return Ok(Population::All),
         ExportLevel::Patient => None,
-        ExportLevel::Group(id) => Some(GroupResolver::new(engine).members(id).await?.into_iter().collect()),
+        ExportLevel::Group(id) => {
+            let at = request
+                .members_at
+                .unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
+            Some(GroupResolver::at(engine, at).members(id).await?.into_iter().collect())
+        }
     };
     let Some(wanted) = &request.patients else {
         return Ok(match members {

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use super::GroupError;
 use crate::cohort::CohortEngine;
+use crate::fhir::compartment::PatientCompartment;
 use crate::fhir::parse_reference;
 
 /// `member-filter` modifier extension.
@@ -137,7 +138,14 @@ fn member_filters(object: &serde_json::Map<String, Value>, problems: &mut Proble
         }
         match expression.get("expression").and_then(Value::as_str) {
             Some(text) => match CohortEngine::parse(&[text]) {
-                Ok(_) => filters.push(text.to_string()),
+                Ok(queries) => match queries.first().map(|q| q.resource_type) {
+                    Some(resource_type) if !selects_patients(resource_type) => problems.unsupported(format!(
+                        "member-filter '{text}': {resource_type} resources are in no Patient compartment, so the \
+                         filter would select no one; reach them through a reference of a compartment type \
+                         (e.g. Encounter?practitioner=…, Encounter?service-provider=…)"
+                    )),
+                    _ => filters.push(text.to_string()),
+                },
                 Err(e) => problems.push(format!("member-filter '{text}': {e}")),
             },
             None => problems.push("member-filter valueExpression.expression (a FHIR search) is required"),
@@ -149,6 +157,13 @@ fn member_filters(object: &serde_json::Map<String, Value>, problems: &mut Proble
         ));
     }
     filters
+}
+
+/// Whether a search of `resource_type` can select patients: Patients
+/// themselves, or a type some Patient compartment holds.
+fn selects_patients(resource_type: &str) -> bool {
+    resource_type == "Patient"
+        || PatientCompartment::r4().is_ok_and(|compartment| !compartment.paths(resource_type).is_empty())
 }
 
 /// The base population `member` names: Patient ids and Group ids.

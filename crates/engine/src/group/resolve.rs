@@ -13,6 +13,7 @@ use super::store::{GROUPS, StoredGroup};
 use crate::cohort::CohortEngine;
 use crate::fhir::parse_reference;
 use crate::json::JsonValue;
+use crate::search::range::period_text_range;
 use crate::state::StateStore;
 use crate::warehouse::catalog::table_provider;
 
@@ -22,28 +23,40 @@ pub struct GroupResolver<'a> {
     store: StateStore,
     /// The loaded Group resources by id, read on first need.
     loaded: Option<HashMap<String, String>>,
+    /// The instant (µs) a roster's `member.period` and `member.inactive`
+    /// are judged at.
+    at: i64,
 }
 
 impl<'a> GroupResolver<'a> {
     /// A resolver over `engine`'s warehouse version and the Groups stored
-    /// beside that warehouse.
+    /// beside that warehouse, judging membership now.
     pub fn new(engine: &'a CohortEngine) -> Self {
+        Self::at(engine, chrono::Utc::now().timestamp_micros())
+    }
+
+    /// A resolver judging membership at `at` (µs since the epoch; an
+    /// export's transactionTime).
+    pub fn at(engine: &'a CohortEngine, at: i64) -> Self {
         Self {
             engine,
             store: StateStore::new(engine.warehouse().root().clone()),
             loaded: None,
+            at,
         }
     }
 
     /// The member Patient ids of Group `id`, sorted: a stored Group's
-    /// computed members, a loaded Group's `member` Patients, and the members
-    /// of the Groups either names (each Group once, so cycles end; a nested
+    /// computed members, a loaded Group's `member` Patients that count at
+    /// the resolver's instant ([`counts_at`]), and the members of the
+    /// Groups either names (each Group once, so cycles end; a nested
     /// reference to a Group that exists nowhere adds no one).
     /// [`GroupError::NotFound`] when `id` itself exists nowhere.
     pub async fn members(&mut self, id: &str) -> Result<Vec<String>, GroupError> {
         let mut members = HashSet::new();
         let mut seen = HashSet::new();
         let mut pending = vec![id.to_string()];
+        let at = self.at;
         while let Some(group) = pending.pop() {
             if !seen.insert(group.clone()) {
                 continue;
@@ -65,6 +78,9 @@ impl<'a> GroupResolver<'a> {
             })?;
             if let Some(list) = resource.get("member") {
                 list.for_each_item(|member| {
+                    if !counts_at(member, at, &group) {
+                        return;
+                    }
                     let reference = member
                         .get("entity")
                         .and_then(|e| e.get("reference"))
@@ -90,6 +106,31 @@ impl<'a> GroupResolver<'a> {
             self.loaded = Some(read_loaded_groups(self.engine).await?);
         }
         Ok(self.loaded.get_or_insert_default())
+    }
+}
+
+/// Whether a roster's `member` entry counts at `at` (µs): it is not
+/// `inactive`, and `at` lies within its `period` (either bound may be
+/// absent, and a bound of day or month precision covers all of it). A
+/// period that cannot be read does not count the member (with a warning):
+/// exporting someone who may have left is the worse mistake.
+fn counts_at(member: &JsonValue<'_>, at: i64, group: &str) -> bool {
+    if matches!(member.get("inactive"), Some(JsonValue::Bool(true))) {
+        return false;
+    }
+    let Some(period) = member.get("period") else {
+        return true;
+    };
+    let bound = |name: &str| period.get(name).and_then(JsonValue::as_str);
+    match period_text_range(bound("start"), bound("end")) {
+        Some(range) => range.low <= at && at <= range.high,
+        None => {
+            tracing::warn!(
+                group,
+                "a member's period is not a valid FHIR Period; the member is not counted"
+            );
+            false
+        }
     }
 }
 

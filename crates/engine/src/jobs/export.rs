@@ -156,13 +156,17 @@ impl Service {
         }
         // Taken before the snapshot is read, so everything committed up to it
         // is in the export (transactionTime SHALL cover it).
-        let transaction_time = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let started = chrono::Utc::now();
+        let transaction_time = started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut request = kickoff.request;
+        // Roster membership is judged at transactionTime, on resume too.
+        request.members_at = Some(started.timestamp_micros());
         let engine = self.cohorts.get().await?;
-        check_against_data(&engine, &kickoff.request).await?;
+        check_against_data(&engine, &request).await?;
         let created = now();
         let job = ExportJob {
             id: new_id(),
-            request: kickoff.request,
+            request,
             request_url: kickoff.request_url,
             ignored: kickoff.ignored,
             snapshot_version: engine.version(),

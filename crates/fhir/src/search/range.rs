@@ -63,6 +63,17 @@ pub fn period_range(start: Option<&DateTimeValue>, end: Option<&DateTimeValue>) 
     Some(InstantRange { low, high })
 }
 
+/// The instants a FHIR `Period` given as text covers (`start`/`end`
+/// dateTimes of any precision; a missing bound is open). `None` when a
+/// bound given is not a valid dateTime.
+pub fn period_text_range(start: Option<&str>, end: Option<&str>) -> Option<InstantRange> {
+    let parse = |text: Option<&str>| match text {
+        Some(text) => DateTimeValue::parse(text).map(Some),
+        None => Some(None),
+    };
+    period_range(parse(start)?.as_ref(), parse(end)?.as_ref())
+}
+
 /// Does a resource value with range `resource` match `prefix` `search`?
 pub fn date_matches(prefix: Prefix, resource: InstantRange, search: InstantRange) -> bool {
     let contained = search.low <= resource.low && resource.high <= search.high;
@@ -123,6 +134,19 @@ mod tests {
         assert!(date_matches(Prefix::Sa, range("2021-01-01"), range("2020")));
         assert!(date_matches(Prefix::Eb, range("2019-12-31"), range("2020")));
         assert!(date_matches(Prefix::Ap, range("2020-06"), range("2020")));
+    }
+
+    #[test]
+    fn periods_from_text_cover_their_bounds_at_their_precision() {
+        let year = period_text_range(Some("2001"), Some("2001")).unwrap();
+        assert_eq!(year, range("2001"));
+        let open = period_text_range(None, Some("2001-05")).unwrap();
+        assert_eq!((open.low, open.high), (i64::MIN, range("2001-05").high));
+        assert_eq!(
+            period_text_range(None, None).map(|r| (r.low, r.high)),
+            Some((i64::MIN, i64::MAX))
+        );
+        assert!(period_text_range(Some("not a date"), None).is_none());
     }
 
     #[test]
