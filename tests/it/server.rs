@@ -426,3 +426,117 @@ async fn loaded_groups_are_bases_and_cohorts_refresh_after_loads() {
     );
     server.stop();
 }
+
+/// Member-based Groups (no member-filter): created synchronously and
+/// asynchronously, served with their member entries, exported with the
+/// members that count (not inactive, within their period), usable as a
+/// criteria Group's base population, and left alone by the refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_based_groups_are_created_exported_and_used_as_bases() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = Warehouse::open(&dir.path().display().to_string()).expect("warehouse");
+    load_into(&warehouse, &[&sample_data()], false).await;
+    let patients = crate::common::query_strings(&warehouse, "SELECT id FROM patient ORDER BY gender, id").await;
+    let women =
+        crate::common::query_strings(&warehouse, "SELECT id FROM patient WHERE gender = 'female' ORDER BY id").await;
+    let server = Server::start(dir.path(), &["--refresh-interval", "1s"]);
+    // Two women and two men, one of the men inactive, one woman's period over.
+    let (w1, w2) = (&women[0], &women[1]);
+    let men: Vec<&String> = patients.iter().filter(|p| !women.contains(p)).take(2).collect();
+    let roster = json!({
+        "resourceType": "Group", "type": "person", "actual": true, "name": "clinic roster",
+        "member": [
+            {"entity": {"reference": format!("Patient/{w1}")}},
+            {"entity": {"reference": format!("Patient/{w2}")}, "period": {"start": "2001", "end": "2002"}},
+            {"entity": {"reference": format!("Patient/{}", men[0])}},
+            {"entity": {"reference": format!("Patient/{}", men[1])}, "inactive": true},
+        ],
+    });
+    let created = http(
+        "POST",
+        &format!("{}/Group", server.base),
+        &[("Content-Type", "application/fhir+json")],
+        Some(&roster.to_string()),
+    );
+    assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
+    let group = created.json();
+    let id = group["id"].as_str().expect("id").to_string();
+    assert_eq!(group["quantity"], 2, "{group}");
+    assert_eq!(
+        group["member"].as_array().map(Vec::len),
+        Some(4),
+        "entries kept: {group}"
+    );
+    assert_eq!(group["member"][1]["period"]["end"], "2002");
+    assert!(group.get("modifierExtension").is_none());
+
+    // $members and $export: the two members that count.
+    let (status, members) = get_json(&format!("{}/Group/{id}/$members", server.base)).await;
+    assert_eq!(status, 200, "{members}");
+    let mut listed: Vec<String> = members["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| {
+            e["resource"]["id"]
+                .as_str()
+                .or(e["fullUrl"].as_str())
+                .map(|s| s.rsplit('/').next().unwrap_or(s).to_string())
+        })
+        .collect();
+    listed.sort();
+    let mut expected = vec![w1.clone(), men[0].clone()];
+    expected.sort();
+    assert_eq!(listed, expected, "{members}");
+    let (_, manifest) = crate::export::export_ok(
+        "GET",
+        &format!("{}/Group/{id}/$export?_type=Patient", server.base),
+        None,
+    )
+    .await;
+    let (_, lines) = crate::export::manifest_counts(&manifest, |url| http("GET", url, &[], None).body);
+    let mut exported: Vec<String> = lines
+        .iter()
+        .filter_map(|r| r["id"].as_str().map(str::to_string))
+        .collect();
+    exported.sort();
+    assert_eq!(exported, expected);
+
+    // PUT replaces the entries: the inactive man becomes active (version 2).
+    let mut changed = roster.clone();
+    changed["id"] = json!(id);
+    changed["member"][3] = json!({"entity": {"reference": format!("Patient/{}", men[1])}});
+    let put = http(
+        "PUT",
+        &format!("{}/Group/{id}", server.base),
+        &[("Content-Type", "application/fhir+json")],
+        Some(&changed.to_string()),
+    );
+    assert_eq!(put.status, 200, "{}", String::from_utf8_lossy(&put.body));
+    assert_eq!(put.json()["quantity"], 3);
+    assert_eq!(put.json()["meta"]["versionId"], "2");
+
+    // Async creation, and a criteria Group over the roster: its women.
+    let (async_id, bundle) = create(&server, &roster).await;
+    assert_eq!(bundle["entry"][0]["resource"]["quantity"], 2, "{bundle}");
+    let mut subset = cohort_group("roster women", &["Patient?gender=female"]);
+    subset["member"] = json!([{"entity": {"reference": format!("Group/{async_id}")}}]);
+    let (subset_id, bundle) = create(&server, &subset).await;
+    assert_eq!(bundle["entry"][0]["resource"]["quantity"], 1, "{bundle}");
+
+    // After a load the refresh recomputes the criteria Group (version 2)
+    // and leaves the roster at version 1.
+    load_into(&warehouse, &[&sample_data()], false).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, read) = get_json(&format!("{}/Group/{subset_id}", server.base)).await;
+        if read["meta"]["versionId"] == "2" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no refresh in 60 s: {read}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (_, read) = get_json(&format!("{}/Group/{id}", server.base)).await;
+    assert_eq!(read["meta"]["versionId"], "2", "not recomputed by the refresh: {read}");
+    server.stop();
+}

@@ -88,7 +88,8 @@ fn group_response(state: &AppState, status: StatusCode, stored: &StoredGroup) ->
     response
 }
 
-/// `POST /Group`: a Bulk Cohort Group; async with `Prefer: respond-async`.
+/// `POST /Group`: a criteria-based (Bulk Cohort) or member-based Group;
+/// async with `Prefer: respond-async`.
 pub async fn create(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
@@ -99,6 +100,7 @@ pub async fn create(
     check_content_type(&headers)?;
     let request = validate(&body)?;
     check_request_access(&state, &caller, &request).await?;
+    state.service.groups.precheck(&request).await?;
     let id = new_id();
     let owner = caller.client_id().map(str::to_string);
     if prefers_async(&headers) {
@@ -108,7 +110,8 @@ pub async fn create(
     Ok(group_response(&state, StatusCode::CREATED, &stored))
 }
 
-/// `PUT /Group/{id}`: replaces a cohort Group and recomputes its members.
+/// `PUT /Group/{id}`: replaces a stored Group (criteria-based: its members
+/// are recomputed; member-based: its members are the new entries).
 pub async fn update(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
@@ -144,6 +147,7 @@ pub async fn update(
     if let Some(existing) = &existing {
         check_owner(&caller, &id, existing.owner.as_deref(), "change")?;
     }
+    state.service.groups.precheck(&request).await?;
     let owner = caller.client_id().map(str::to_string);
     if prefers_async(&headers) {
         return start_job(&state, JobKind::UpdateGroup, id, request, owner).await;

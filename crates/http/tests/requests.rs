@@ -98,7 +98,32 @@ fn group_cases() -> Vec<Case> {
             "not-supported",
             "text/cql",
         ),
-        refused_group("no member-filter", group(&[]), "invalid", "member-filter"),
+        refused_group(
+            "cohort profile without a member-filter",
+            with(&|g| {
+                g["modifierExtension"] = json!([]);
+                g["meta"] =
+                    json!({"profile": ["http://hl7.org/fhir/uv/bulkdata/StructureDefinition/bulk-cohort-group"]});
+            }),
+            "invalid",
+            "needs at least one member-filter",
+        ),
+        refused_group(
+            "member-based Group naming a Group",
+            json!({"resourceType": "Group", "type": "person", "actual": true,
+                   "member": [{"entity": {"reference": "Group/other"}}]})
+            .to_string(),
+            "invalid",
+            "a member-based Group lists Patients",
+        ),
+        refused_group(
+            "member-based Group naming unknown Patients",
+            json!({"resourceType": "Group", "type": "person", "actual": true,
+                   "member": [{"entity": {"reference": "Patient/nobody"}}, {"entity": {"reference": "Patient/ghost"}}]})
+            .to_string(),
+            "invalid",
+            "Patients that do not exist: Patient/ghost, Patient/nobody",
+        ),
         refused_group(
             "unknown parameter",
             group(&["Condition?bogus=1"]),

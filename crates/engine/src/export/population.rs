@@ -101,7 +101,7 @@ pub async fn resolve(engine: &CohortEngine, request: &ExportRequest) -> Result<P
         Some(members) => members,
         None => {
             let ids: Vec<String> = wanted.iter().cloned().collect();
-            existing_patients(engine, &ids).await?
+            crate::group::resolve::existing_patients(engine, &ids).await?
         }
     };
     let missing: Vec<&str> = wanted
@@ -115,26 +115,4 @@ pub async fn resolve(engine: &CohortEngine, request: &ExportRequest) -> Result<P
         });
     }
     Ok(Population::Members(Arc::new(wanted.iter().cloned().collect())))
-}
-
-/// Which of `ids` are loaded Patients.
-async fn existing_patients(engine: &CohortEngine, ids: &[String]) -> Result<HashSet<String>, ExportError> {
-    let Some(entry) = engine.snapshot().tables.get("Patient") else {
-        return Ok(HashSet::new());
-    };
-    let ctx = engine.session();
-    let provider = crate::warehouse::catalog::table_provider(engine.warehouse(), ctx, "Patient", entry).await?;
-    use datafusion::prelude::{col, lit};
-    let batches = ctx
-        .read_table(provider)?
-        .filter(col("id").in_list(ids.iter().map(|i| lit(i.as_str())).collect(), false))?
-        .select(vec![col("id")])?
-        .collect()
-        .await?;
-    let mut found = HashSet::new();
-    for batch in batches {
-        let column = batch.column(0).as_string::<i32>();
-        found.extend((0..column.len()).map(|i| column.value(i).to_string()));
-    }
-    Ok(found)
 }

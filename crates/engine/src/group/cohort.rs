@@ -36,10 +36,19 @@ impl CohortRequest {
     pub fn has_base(&self) -> bool {
         !self.base_patients.is_empty() || !self.base_groups.is_empty()
     }
+
+    /// A member-based Group: no `member-filter`; its `member` entries (in
+    /// `base_patients`, with their `period` and `inactive` in `group`) are
+    /// its members, managed by the client.
+    pub fn is_member_based(&self) -> bool {
+        self.filters.is_empty()
+    }
 }
 
-/// Validates a submitted Group against `bulk-cohort-group` and what fhirlake
-/// supports. Every problem found is reported (in one OperationOutcome text).
+/// Validates a submitted Group: a criteria-based Group (`member-filter`s,
+/// `bulk-cohort-group`) or a member-based one (no `member-filter`, its
+/// `member` entries listing Patients), against what fhirlake supports.
+/// Every problem found is reported (in one OperationOutcome text).
 pub fn validate(body: &[u8]) -> Result<CohortRequest, GroupError> {
     let group: Value =
         serde_json::from_slice(body).map_err(|e| GroupError::invalid(format!("the body is not valid JSON: {e}")))?;
@@ -50,9 +59,16 @@ pub fn validate(body: &[u8]) -> Result<CohortRequest, GroupError> {
         return Err(GroupError::invalid("resourceType must be 'Group'"));
     }
     let mut problems = Problems::default();
-    check_elements(object, &mut problems);
     let filters = member_filters(object, &mut problems);
-    let (base_patients, base_groups) = base_population(object, &mut problems);
+    let member_based = filters.is_empty() && !problems.list.iter().any(|p| p.starts_with("member-filter"));
+    if member_based && claims_cohort_profile(object) {
+        problems.push(format!(
+            "a Group claiming {COHORT_PROFILE} needs at least one member-filter modifierExtension \
+             ({MEMBER_FILTER_URL}); without one it is a member-based Group and must not claim the profile"
+        ));
+    }
+    check_elements(object, member_based, &mut problems);
+    let (base_patients, base_groups) = base_population(object, member_based, &mut problems);
     if !problems.list.is_empty() {
         // One problem that is only unsupported is `not-supported`; any
         // other mix is invalid.
@@ -89,10 +105,21 @@ impl Problems {
     }
 }
 
-/// `name`, `characteristic`, `type` and `actual` as the profile wants them.
-fn check_elements(object: &serde_json::Map<String, Value>, problems: &mut Problems) {
+/// Whether the Group's `meta.profile` names `bulk-cohort-group`.
+fn claims_cohort_profile(object: &serde_json::Map<String, Value>) -> bool {
+    object
+        .get("meta")
+        .and_then(|m| m.get("profile"))
+        .and_then(Value::as_array)
+        .is_some_and(|profiles| profiles.iter().any(|p| p.as_str() == Some(COHORT_PROFILE)))
+}
+
+/// `name`, `characteristic`, `type` and `actual` as the profile wants them
+/// (`name` is the cohort profile's; a member-based Group may go without).
+fn check_elements(object: &serde_json::Map<String, Value>, member_based: bool, problems: &mut Problems) {
     match object.get("name").and_then(Value::as_str) {
         Some(name) if !name.trim().is_empty() => {}
+        None if member_based => {}
         _ => problems.push("Group.name is required (1..1) by bulk-cohort-group"),
     }
     if object.contains_key("characteristic") {
@@ -151,11 +178,6 @@ fn member_filters(object: &serde_json::Map<String, Value>, problems: &mut Proble
             None => problems.push("member-filter valueExpression.expression (a FHIR search) is required"),
         }
     }
-    if filters.is_empty() && !problems.list.iter().any(|p| p.starts_with("member-filter")) {
-        problems.push(format!(
-            "a cohort Group needs at least one member-filter modifierExtension ({MEMBER_FILTER_URL})"
-        ));
-    }
     filters
 }
 
@@ -166,8 +188,13 @@ fn selects_patients(resource_type: &str) -> bool {
         || PatientCompartment::r4().is_ok_and(|compartment| !compartment.paths(resource_type).is_empty())
 }
 
-/// The base population `member` names: Patient ids and Group ids.
-fn base_population(object: &serde_json::Map<String, Value>, problems: &mut Problems) -> (Vec<String>, Vec<String>) {
+/// The Patient ids and Group ids `member` names: a criteria Group's base
+/// population, or a member-based Group's members (Patients only).
+fn base_population(
+    object: &serde_json::Map<String, Value>,
+    member_based: bool,
+    problems: &mut Problems,
+) -> (Vec<String>, Vec<String>) {
     let mut base_patients = Vec::new();
     let mut base_groups = Vec::new();
     let members = object.get("member").and_then(Value::as_array);
@@ -179,7 +206,12 @@ fn base_population(object: &serde_json::Map<String, Value>, problems: &mut Probl
             .unwrap_or_default();
         match parse_reference(reference) {
             Some(target) if target.resource_type == Some("Patient") => base_patients.push(target.id.to_string()),
-            Some(target) if target.resource_type == Some("Group") => base_groups.push(target.id.to_string()),
+            Some(target) if target.resource_type == Some("Group") && !member_based => {
+                base_groups.push(target.id.to_string())
+            }
+            _ if member_based => problems.push(format!(
+                "member.entity '{reference}' must reference a Patient (a member-based Group lists Patients)"
+            )),
             _ => problems.push(format!(
                 "member.entity '{reference}' must reference a Patient or a Group (the base population)"
             )),
@@ -191,9 +223,22 @@ fn base_population(object: &serde_json::Map<String, Value>, problems: &mut Probl
 /// The Group resource served for a cohort: the request's Group with `id`,
 /// `meta` (version, lastUpdated, profile), `quantity` and
 /// `members-refreshed`. Its `member-filter`s stay: it is still a
-/// modifier-extension Group, never a plain member list.
+/// modifier-extension Group, never a plain member list. A member-based
+/// Group is served as submitted, with `id`, `meta` (version, lastUpdated)
+/// and `quantity` (its members that count now).
 pub fn group_resource(id: &str, version: u64, request: &CohortRequest, members: usize, computed_at: &str) -> Value {
     let mut group = request.group.clone();
+    if request.is_member_based() {
+        if let Some(object) = group.as_object_mut() {
+            object.insert("id".into(), json!(id));
+            let mut meta = object.get("meta").cloned().unwrap_or_else(|| json!({}));
+            meta["versionId"] = json!(version.to_string());
+            meta["lastUpdated"] = json!(computed_at);
+            object.insert("meta".into(), meta);
+            object.insert("quantity".into(), json!(members));
+        }
+        return group;
+    }
     if let Some(object) = group.as_object_mut() {
         object.insert("id".into(), json!(id));
         let mut profiles = vec![json!(COHORT_PROFILE)];

@@ -46,6 +46,17 @@ impl Groups {
         self.write_group(id, request, members, version, owner).await
     }
 
+    /// What can be checked before a Group job is accepted: a member-based
+    /// Group's members must be Patients of the warehouse (an async create
+    /// or update is refused before its 202, not failed after it).
+    pub async fn precheck(&self, request: &CohortRequest) -> Result<(), GroupError> {
+        if request.is_member_based() {
+            let engine = self.cohorts.get().await?;
+            super::roster_members(&engine, request).await?;
+        }
+        Ok(())
+    }
+
     /// Writes Group `id` with `members` (a new version when it exists).
     /// The caller holds [`Groups::writes`].
     pub async fn write_group(
@@ -183,7 +194,8 @@ impl Groups {
             let Ok(Some(stored)) = self.state.get::<StoredGroup>(GROUPS, &id).await else {
                 continue;
             };
-            if stored.warehouse_version >= current {
+            // A member-based Group's members are the client's, not a query's.
+            if stored.warehouse_version >= current || stored.request.is_member_based() {
                 continue;
             }
             match self.compute_group(&id, &stored.request, stored.owner.clone()).await {

@@ -45,6 +45,9 @@ pub enum GroupError {
     /// request body is wrong, not the path).
     #[error("member references Group/{0}, which does not exist")]
     UnknownBase(String),
+    /// A member-based Group lists Patients the warehouse does not have.
+    #[error("member.entity references Patients that do not exist: {}", .0.iter().map(|p| format!("Patient/{p}")).collect::<Vec<_>>().join(", "))]
+    UnknownMembers(Vec<String>),
     /// Cohorts need the search index, and the warehouse has none.
     #[error("the warehouse has no search index (it was loaded with --no-index)")]
     NoIndex,
@@ -93,7 +96,7 @@ impl HasKind for GroupError {
             Self::Invalid {
                 not_supported: true, ..
             } => ErrorKind::NotSupported,
-            Self::Invalid { .. } | Self::UnknownBase(_) => ErrorKind::Invalid,
+            Self::Invalid { .. } | Self::UnknownBase(_) | Self::UnknownMembers(_) => ErrorKind::Invalid,
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::NoIndex => ErrorKind::Transient,
             Self::Corrupt { .. } => ErrorKind::Internal,
@@ -145,6 +148,9 @@ pub async fn cohort_plan(
 /// were computed on.
 pub async fn compute(current: &CurrentEngine, request: &CohortRequest) -> Result<(Vec<String>, u64), GroupError> {
     let engine = current.get().await?;
+    if request.is_member_based() {
+        return Ok((roster_members(&engine, request).await?, engine.version()));
+    }
     if !engine.has_index() {
         return Err(GroupError::NoIndex);
     }
@@ -156,4 +162,33 @@ pub async fn compute(current: &CurrentEngine, request: &CohortRequest) -> Result
     };
     let result = engine.run(plan).await?;
     Ok((result.patients, engine.version()))
+}
+
+/// The members of a member-based Group that count now (its `member`
+/// entries, judged by `period` and `inactive`), sorted. Every entry must
+/// name a Patient of the warehouse: unknown ones are listed in
+/// [`GroupError::UnknownMembers`].
+pub(crate) async fn roster_members(engine: &CohortEngine, request: &CohortRequest) -> Result<Vec<String>, GroupError> {
+    let found = resolve::existing_patients(engine, &request.base_patients).await?;
+    let mut unknown: Vec<String> = request
+        .base_patients
+        .iter()
+        .filter(|p| !found.contains(*p))
+        .cloned()
+        .collect();
+    if !unknown.is_empty() {
+        unknown.sort_unstable();
+        unknown.dedup();
+        return Err(GroupError::UnknownMembers(unknown));
+    }
+    let text = request.group.to_string();
+    let resource = crate::json::parse(&text).map_err(|source| GroupError::Corrupt {
+        id: "(submitted)".into(),
+        source,
+    })?;
+    let mut roster = resolve::Roster::default();
+    roster.read(&resource, chrono::Utc::now().timestamp_micros(), "(submitted)");
+    let mut members: Vec<String> = roster.patients.into_iter().collect();
+    members.sort_unstable();
+    Ok(members)
 }

@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 use datafusion::arrow::array::AsArray;
-use datafusion::prelude::col;
+use datafusion::prelude::{col, lit};
 
 use super::GroupError;
 use super::store::{GROUPS, StoredGroup};
@@ -46,56 +46,41 @@ impl<'a> GroupResolver<'a> {
         }
     }
 
-    /// The member Patient ids of Group `id`, sorted: a stored Group's
-    /// computed members, a loaded Group's `member` Patients that count at
-    /// the resolver's instant ([`counts_at`]), and the members of the
-    /// Groups either names (each Group once, so cycles end; a nested
-    /// reference to a Group that exists nowhere adds no one).
-    /// [`GroupError::NotFound`] when `id` itself exists nowhere.
+    /// The member Patient ids of Group `id`, sorted: a cohort Group's
+    /// computed members; the `member` Patients of a member-based Group
+    /// (stored) or a loaded roster that count at the resolver's instant
+    /// ([`counts_at`]); and the members of the Groups a roster names (each
+    /// Group once, so cycles end; a nested reference to a Group that exists
+    /// nowhere adds no one). [`GroupError::NotFound`] when `id` itself
+    /// exists nowhere.
     pub async fn members(&mut self, id: &str) -> Result<Vec<String>, GroupError> {
-        let mut members = HashSet::new();
+        let mut members = Roster::default();
         let mut seen = HashSet::new();
         let mut pending = vec![id.to_string()];
-        let at = self.at;
         while let Some(group) = pending.pop() {
             if !seen.insert(group.clone()) {
                 continue;
             }
-            if let Some(stored) = self.store.get::<StoredGroup>(GROUPS, &group).await? {
-                members.extend(stored.members);
-                continue;
-            }
-            let loaded = self.loaded().await?;
-            let Some(text) = loaded.get(&group) else {
-                if group == id {
-                    return Err(GroupError::NotFound(id.to_string()));
+            let text = match self.store.get::<StoredGroup>(GROUPS, &group).await? {
+                Some(stored) if !stored.request.is_member_based() => {
+                    members.patients.extend(stored.members);
+                    continue;
                 }
-                continue;
+                Some(stored) => stored.resource.to_string(),
+                None => match self.loaded().await?.get(&group) {
+                    Some(text) => text.clone(),
+                    None if group == id => return Err(GroupError::NotFound(id.to_string())),
+                    None => continue,
+                },
             };
-            let resource = crate::json::parse(text).map_err(|source| GroupError::Corrupt {
+            let resource = crate::json::parse(&text).map_err(|source| GroupError::Corrupt {
                 id: group.clone(),
                 source,
             })?;
-            if let Some(list) = resource.get("member") {
-                list.for_each_item(|member| {
-                    if !counts_at(member, at, &group) {
-                        return;
-                    }
-                    let reference = member
-                        .get("entity")
-                        .and_then(|e| e.get("reference"))
-                        .and_then(JsonValue::as_str);
-                    match reference.and_then(parse_reference) {
-                        Some(target) if target.resource_type == Some("Patient") => {
-                            members.insert(target.id.to_string());
-                        }
-                        Some(target) if target.resource_type == Some("Group") => pending.push(target.id.to_string()),
-                        _ => {}
-                    }
-                });
-            }
+            members.read(&resource, self.at, &group);
+            pending.append(&mut members.groups);
         }
-        let mut members: Vec<String> = members.into_iter().collect();
+        let mut members: Vec<String> = members.patients.into_iter().collect();
         members.sort_unstable();
         Ok(members)
     }
@@ -106,6 +91,42 @@ impl<'a> GroupResolver<'a> {
             self.loaded = Some(read_loaded_groups(self.engine).await?);
         }
         Ok(self.loaded.get_or_insert_default())
+    }
+}
+
+/// The entries of rosters read so far: member Patients, and the Groups
+/// they name (to expand).
+#[derive(Default)]
+pub struct Roster {
+    /// Patient ids.
+    pub patients: HashSet<String>,
+    /// Group ids not yet expanded.
+    pub groups: Vec<String>,
+}
+
+impl Roster {
+    /// Adds the `member` entries of Group resource `resource` (id `group`,
+    /// for warnings) that count at `at` (µs).
+    pub fn read(&mut self, resource: &JsonValue<'_>, at: i64, group: &str) {
+        let Some(list) = resource.get("member") else {
+            return;
+        };
+        list.for_each_item(|member| {
+            if !counts_at(member, at, group) {
+                return;
+            }
+            let reference = member
+                .get("entity")
+                .and_then(|e| e.get("reference"))
+                .and_then(JsonValue::as_str);
+            match reference.and_then(parse_reference) {
+                Some(target) if target.resource_type == Some("Patient") => {
+                    self.patients.insert(target.id.to_string());
+                }
+                Some(target) if target.resource_type == Some("Group") => self.groups.push(target.id.to_string()),
+                _ => {}
+            }
+        });
     }
 }
 
@@ -151,4 +172,28 @@ async fn read_loaded_groups(engine: &CohortEngine) -> Result<HashMap<String, Str
         }
     }
     Ok(groups)
+}
+
+/// Which of `ids` are Patients of `engine`'s warehouse version.
+pub async fn existing_patients(engine: &CohortEngine, ids: &[String]) -> Result<HashSet<String>, GroupError> {
+    let mut found = HashSet::new();
+    let Some(entry) = engine.snapshot().tables.get("Patient") else {
+        return Ok(found);
+    };
+    if ids.is_empty() {
+        return Ok(found);
+    }
+    let ctx = engine.session();
+    let provider = table_provider(engine.warehouse(), ctx, "Patient", entry).await?;
+    let batches = ctx
+        .read_table(provider)?
+        .filter(col("id").in_list(ids.iter().map(|i| lit(i.as_str())).collect(), false))?
+        .select(vec![col("id")])?
+        .collect()
+        .await?;
+    for batch in batches {
+        let column = batch.column(0).as_string::<i32>();
+        found.extend((0..batch.num_rows()).map(|i| column.value(i).to_string()));
+    }
+    Ok(found)
 }
