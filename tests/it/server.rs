@@ -538,5 +538,40 @@ async fn member_based_groups_are_created_exported_and_used_as_bases() {
     }
     let (_, read) = get_json(&format!("{}/Group/{id}", server.base)).await;
     assert_eq!(read["meta"]["versionId"], "2", "not recomputed by the refresh: {read}");
+
+    // If-Match: a stale version is a 412 and changes nothing; the current
+    // one is accepted; every answer carries the ETag.
+    let url = format!("{}/Group/{id}", server.base);
+    assert_eq!(http("GET", &url, &[], None).header("etag"), Some("W/\"2\""));
+    let put_with = |tag: &str| {
+        http(
+            "PUT",
+            &url,
+            &[("Content-Type", "application/fhir+json"), ("If-Match", tag)],
+            Some(&changed.to_string()),
+        )
+    };
+    let stale = put_with("W/\"1\"");
+    assert_eq!(stale.status, 412, "{}", String::from_utf8_lossy(&stale.body));
+    assert_eq!(stale.json()["resourceType"], "OperationOutcome");
+    assert_eq!(
+        get_json(&url).await.1["meta"]["versionId"],
+        "2",
+        "a stale If-Match changed nothing"
+    );
+    let current = put_with("W/\"2\"");
+    assert_eq!(current.status, 200, "{}", String::from_utf8_lossy(&current.body));
+    assert_eq!(current.header("etag"), Some("W/\"3\""));
+
+    // A Group another Group uses as its base cannot be deleted (409, naming
+    // it); a stale If-Match on DELETE is a 412.
+    let async_url = format!("{}/Group/{async_id}", server.base);
+    let in_use = http("DELETE", &async_url, &[], None);
+    assert_eq!(in_use.status, 409, "{}", String::from_utf8_lossy(&in_use.body));
+    assert!(String::from_utf8_lossy(&in_use.body).contains(&format!("Group/{subset_id}")));
+    let stale = http("DELETE", &url, &[("If-Match", "W/\"1\"")], None);
+    assert_eq!(stale.status, 412);
+    assert_eq!(http("DELETE", &url, &[("If-Match", "W/\"3\"")], None).status, 204);
+    assert_eq!(get_json(&url).await.0, 404);
     server.stop();
 }

@@ -13,9 +13,12 @@ pub enum ErrorKind {
     NotFound,
     /// Valid, but fhirlake does not do it.
     NotSupported,
-    /// It conflicts with the current state (a concurrent commit, a version
-    /// mismatch).
+    /// It conflicts with the current state (a concurrent commit, a
+    /// resource others depend on).
     Conflict,
+    /// The request's precondition does not hold (`If-Match` names a
+    /// version that is no longer current).
+    PreconditionFailed,
     /// The caller may not do it.
     Forbidden,
     /// Too many at once (rate or concurrency limits).

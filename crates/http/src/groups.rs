@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fhirlake_auth::Permission;
-use fhirlake_engine::group::{CohortRequest, StoredGroup, validate};
+use fhirlake_engine::group::{CohortRequest, GroupError, StoredGroup, validate};
 use fhirlake_engine::jobs::{JobKind, JobState, new_id};
 use fhirlake_engine::search::extract::fold;
 use serde_json::{Value, json};
@@ -74,9 +74,45 @@ async fn start_job(
     Ok(accepted(state, &job.id))
 }
 
+/// `If-Match: W/"<version>"` (or `"<version>"`): the version a write
+/// expects the Group to be at.
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, FhirError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    text.trim_start_matches("W/")
+        .trim_matches('"')
+        .parse()
+        .map(Some)
+        .map_err(|_| FhirError::invalid(format!("If-Match must be a version ETag such as W/\"3\", got '{text}'")))
+}
+
+/// `W/"<version>"`, the Group's ETag.
+fn etag(version: u64) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("W/\"{version}\"")).ok()
+}
+
+/// Refuses an `If-Match` that names another version than `stored`'s (so an
+/// async write is refused before its 202; the write checks again).
+fn check_if_match(id: &str, stored: Option<&StoredGroup>, expected: Option<u64>) -> Result<(), FhirError> {
+    match (expected, stored) {
+        (Some(expected), Some(stored)) if stored.version != expected => Err(GroupError::VersionMismatch {
+            id: id.to_string(),
+            expected,
+            current: stored.version,
+        }
+        .into()),
+        _ => Ok(()),
+    }
+}
+
 /// The Group resource `stored` as a response with `status`.
 fn group_response(state: &AppState, status: StatusCode, stored: &StoredGroup) -> Response {
     let mut response = fhir_json(status, &stored.resource);
+    if let Some(value) = etag(stored.version) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
     if status == StatusCode::CREATED
         && let Ok(value) = HeaderValue::from_str(&format!(
             "{}/Group/{}/_history/{}",
@@ -121,7 +157,8 @@ pub async fn update(
 ) -> Result<Response, FhirError> {
     caller.require("Group", Permission::Update)?;
     check_content_type(&headers)?;
-    let request = validate(&body)?;
+    let mut request = validate(&body)?;
+    request.expected_version = if_match(&headers)?;
     check_request_access(&state, &caller, &request).await?;
     if let Some(body_id) = request.group.get("id").and_then(Value::as_str)
         && body_id != id
@@ -147,6 +184,7 @@ pub async fn update(
     if let Some(existing) = &existing {
         check_owner(&caller, &id, existing.owner.as_deref(), "change")?;
     }
+    check_if_match(&id, existing.as_ref(), request.expected_version)?;
     state.service.groups.precheck(&request).await?;
     let owner = caller.client_id().map(str::to_string);
     if prefers_async(&headers) {
@@ -246,7 +284,7 @@ pub async fn read(
         if !caller.sees_group(&id, stored.owner.as_deref()) {
             return Err(hidden(&format!("Group/{id}")));
         }
-        return Ok(fhir_json(StatusCode::OK, &stored.resource));
+        return Ok(group_response(&state, StatusCode::OK, &stored));
     }
     match state.service.groups.loaded_group(&id).await? {
         Some(group) if caller.sees_group(&id, None) => Ok(fhir_json(StatusCode::OK, &group)),
@@ -332,11 +370,12 @@ pub async fn delete(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, FhirError> {
     caller.require("Group", Permission::Delete)?;
     if let Some(stored) = state.service.groups.stored_group(&id).await? {
         check_owner(&caller, &id, stored.owner.as_deref(), "delete")?;
-        state.service.groups.delete_group(&id).await?;
+        state.service.groups.delete_group(&id, if_match(&headers)?).await?;
         tracing::info!(target: "fhirlake::audit", event = "cohort_deleted", client_id = caller.client_id().unwrap_or("-"), group = %id);
         return Ok(StatusCode::NO_CONTENT.into_response());
     }

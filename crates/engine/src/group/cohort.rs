@@ -29,6 +29,10 @@ pub struct CohortRequest {
     pub base_patients: Vec<String>,
     /// Base population: Group ids (expanded when computed).
     pub base_groups: Vec<String>,
+    /// `If-Match`: the version the client last saw; the write is refused
+    /// when the Group has moved on. Never stored with the Group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_version: Option<u64>,
 }
 
 impl CohortRequest {
@@ -83,6 +87,7 @@ pub fn validate(body: &[u8]) -> Result<CohortRequest, GroupError> {
         filters,
         base_patients,
         base_groups,
+        expected_version: None,
     })
 }
 

@@ -68,6 +68,7 @@ impl Groups {
         owner: Option<String>,
     ) -> Result<StoredGroup, GroupError> {
         let previous: Option<StoredGroup> = self.state.get(GROUPS, id).await?;
+        check_version(id, previous.as_ref(), request.expected_version)?;
         if previous.is_none() {
             tracing::info!(target: "fhirlake::audit", event = "cohort_created", client_id = owner.as_deref().unwrap_or("-"), group = %id, members = members.len());
         }
@@ -80,7 +81,10 @@ impl Groups {
         let stored = StoredGroup {
             id: id.to_string(),
             version,
-            request: request.clone(),
+            request: CohortRequest {
+                expected_version: None,
+                ..request.clone()
+            },
             resource,
             members,
             membership,
@@ -108,10 +112,27 @@ impl Groups {
     }
 
     /// Deletes stored Group `id`; whether it existed.
-    pub async fn delete_group(&self, id: &str) -> Result<bool, GroupError> {
+    pub async fn delete_group(&self, id: &str, expected_version: Option<u64>) -> Result<bool, GroupError> {
         let _writes = self.writes.lock().await;
-        if self.state.get::<StoredGroup>(GROUPS, id).await?.is_none() {
+        let Some(stored) = self.state.get::<StoredGroup>(GROUPS, id).await? else {
             return Ok(false);
+        };
+        check_version(id, Some(&stored), expected_version)?;
+        // A criteria Group computed within this one would lose its base.
+        let mut dependants = Vec::new();
+        for other in self.state.list(GROUPS).await? {
+            if let Some(group) = self.state.get::<StoredGroup>(GROUPS, &other).await?
+                && group.request.base_groups.iter().any(|base| base == id)
+            {
+                dependants.push(other);
+            }
+        }
+        if !dependants.is_empty() {
+            dependants.sort_unstable();
+            return Err(GroupError::InUse {
+                id: id.to_string(),
+                dependants,
+            });
         }
         self.state.delete(GROUPS, id).await?;
         Ok(true)
@@ -213,5 +234,22 @@ impl Groups {
             tokio::time::sleep(interval).await;
             self.refresh_stale_groups().await;
         }
+    }
+}
+
+/// `If-Match`: refused unless `expected` (when given) is `current`'s version.
+fn check_version(id: &str, current: Option<&StoredGroup>, expected: Option<u64>) -> Result<(), GroupError> {
+    match (expected, current) {
+        (Some(expected), Some(current)) if current.version != expected => Err(GroupError::VersionMismatch {
+            id: id.to_string(),
+            expected,
+            current: current.version,
+        }),
+        (Some(expected), None) => Err(GroupError::VersionMismatch {
+            id: id.to_string(),
+            expected,
+            current: 0,
+        }),
+        _ => Ok(()),
     }
 }

@@ -45,6 +45,24 @@ pub enum GroupError {
     /// request body is wrong, not the path).
     #[error("member references Group/{0}, which does not exist")]
     UnknownBase(String),
+    /// `If-Match` named a version of Group `id` that is not its current one.
+    #[error("Group/{id} is at version {current}, not {expected} (If-Match): read it again and retry")]
+    VersionMismatch {
+        /// The Group.
+        id: String,
+        /// The version `If-Match` named.
+        expected: u64,
+        /// The current version.
+        current: u64,
+    },
+    /// Other Groups use Group `id` as their base population.
+    #[error("Group/{id} is the base population of {}: change or delete those first", dependants.iter().map(|d| format!("Group/{d}")).collect::<Vec<_>>().join(", "))]
+    InUse {
+        /// The Group asked to be deleted.
+        id: String,
+        /// The Groups whose `member` names it.
+        dependants: Vec<String>,
+    },
     /// A member-based Group lists Patients the warehouse does not have.
     #[error("member.entity references Patients that do not exist: {}", .0.iter().map(|p| format!("Patient/{p}")).collect::<Vec<_>>().join(", "))]
     UnknownMembers(Vec<String>),
@@ -98,6 +116,8 @@ impl HasKind for GroupError {
             } => ErrorKind::NotSupported,
             Self::Invalid { .. } | Self::UnknownBase(_) | Self::UnknownMembers(_) => ErrorKind::Invalid,
             Self::NotFound(_) => ErrorKind::NotFound,
+            Self::VersionMismatch { .. } => ErrorKind::PreconditionFailed,
+            Self::InUse { .. } => ErrorKind::Conflict,
             Self::NoIndex => ErrorKind::Transient,
             Self::Corrupt { .. } => ErrorKind::Internal,
             Self::Cohort(e) => e.kind(),
