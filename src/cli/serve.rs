@@ -70,6 +70,10 @@ pub struct Args {
     /// reaches it reads all data).
     #[arg(long, conflicts_with = "clients")]
     no_auth: bool,
+    /// Publish Groups read-only: clients may not create, change or delete
+    /// Groups (a server of rosters loaded with the data).
+    #[arg(long)]
+    read_only_groups: bool,
     /// Lifetime of access tokens in seconds (1 to 300).
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=300))]
     access_token_seconds: u64,
@@ -117,6 +121,7 @@ impl Args {
             clients: self.clients,
             no_auth: self.no_auth,
             access_token_lifetime: Duration::from_secs(self.access_token_seconds),
+            read_only_groups: self.read_only_groups,
         })
     }
 

@@ -91,10 +91,14 @@ pub async fn metadata(State(state): State<SharedState>) -> Response {
             "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
             "documentation": "Group/[id]/$export: the Patient compartments of the members (cohort or loaded Group)."
         }],
-        "interaction": [
-            {"code": "create"}, {"code": "read"}, {"code": "vread"}, {"code": "update"},
-            {"code": "delete"}, {"code": "search-type"}
-        ],
+        "interaction": if state.read_only_groups {
+            json!([{"code": "read"}, {"code": "vread"}, {"code": "search-type"}])
+        } else {
+            json!([
+                {"code": "create"}, {"code": "read"}, {"code": "vread"}, {"code": "update"},
+                {"code": "delete"}, {"code": "search-type"}
+            ])
+        },
         "versioning": "versioned",
         "updateCreate": false,
         "searchParam": [

@@ -107,6 +107,19 @@ fn check_if_match(id: &str, stored: Option<&StoredGroup>, expected: Option<u64>)
     }
 }
 
+/// Refuses Group writes on a server that publishes its Groups read-only.
+fn check_writable(state: &AppState) -> Result<(), FhirError> {
+    if state.read_only_groups {
+        return Err(FhirError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "not-supported",
+            "this server publishes its Groups read-only (serve --read-only-groups): \
+             Groups cannot be created, changed or deleted",
+        ));
+    }
+    Ok(())
+}
+
 /// The Group resource `stored` as a response with `status`.
 fn group_response(state: &AppState, status: StatusCode, stored: &StoredGroup) -> Response {
     let mut response = fhir_json(status, &stored.resource);
@@ -133,6 +146,7 @@ pub async fn create(
     body: Bytes,
 ) -> Result<Response, FhirError> {
     caller.require("Group", Permission::Create)?;
+    check_writable(&state)?;
     check_content_type(&headers)?;
     let request = validate(&body)?;
     check_request_access(&state, &caller, &request).await?;
@@ -156,6 +170,7 @@ pub async fn update(
     body: Bytes,
 ) -> Result<Response, FhirError> {
     caller.require("Group", Permission::Update)?;
+    check_writable(&state)?;
     check_content_type(&headers)?;
     let mut request = validate(&body)?;
     request.expected_version = if_match(&headers)?;
@@ -373,6 +388,7 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Result<Response, FhirError> {
     caller.require("Group", Permission::Delete)?;
+    check_writable(&state)?;
     if let Some(stored) = state.service.groups.stored_group(&id).await? {
         check_owner(&caller, &id, stored.owner.as_deref(), "delete")?;
         state.service.groups.delete_group(&id, if_match(&headers)?).await?;

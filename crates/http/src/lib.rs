@@ -96,6 +96,9 @@ pub struct ServeOptions {
     pub no_auth: bool,
     /// Lifetime of access tokens (at most five minutes).
     pub access_token_lifetime: Duration,
+    /// Groups are published, not managed: clients may not create, change
+    /// or delete them (deployments that serve rosters only).
+    pub read_only_groups: bool,
 }
 
 /// What every handler shares: the engine's service, and how this front
@@ -109,6 +112,8 @@ pub struct AppState {
     pub downloads: DownloadMode,
     /// Token issuing and checking; `None` when authorization is off.
     pub auth: Option<Arc<fhirlake_auth::TokenIssuer>>,
+    /// Clients may not create, change or delete Groups.
+    pub read_only_groups: bool,
 }
 
 impl AppState {
@@ -334,6 +339,7 @@ pub async fn serve(warehouse: Warehouse, options: ServeOptions) -> Result<(), Se
         base_url: base_url.clone(),
         downloads: options.export_downloads,
         auth,
+        read_only_groups: options.read_only_groups,
     });
     tracing::info!(%base_url, "fhirlake serving");
     // A line on stdout for whoever started us (scripts wait for it).

@@ -255,6 +255,11 @@ async fn check(app: &Router, case: &Case) -> Option<String> {
 
 /// The router over a warehouse holding the bundled sample, no authorization.
 async fn app(dir: &Path) -> Router {
+    app_with(dir, false).await
+}
+
+/// [`app`], with Groups read-only when `read_only_groups`.
+async fn app_with(dir: &Path, read_only_groups: bool) -> Router {
     let warehouse = Warehouse::open(&dir.display().to_string()).expect("warehouse");
     let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/synthea-10").to_string();
     let options = LoadOptions {
@@ -269,6 +274,7 @@ async fn app(dir: &Path) -> Router {
         base_url: "http://fhirlake.test".into(),
         downloads: DownloadMode::Server,
         auth: None,
+        read_only_groups,
     }))
 }
 
@@ -288,4 +294,48 @@ async fn bad_requests_get_operation_outcomes() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_groups_refuse_every_write_and_say_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = app_with(dir.path(), true).await;
+    let roster = json!({"resourceType": "Group", "type": "person", "actual": true, "member": []}).to_string();
+    let refused = |name, method, path: &'static str| Case {
+        name,
+        method,
+        path,
+        headers: &[("Content-Type", "application/fhir+json")],
+        body: roster.clone(),
+        status: 405,
+        outcome: Some(("not-supported", "--read-only-groups")),
+    };
+    let cases = [
+        refused("create", "POST", "/Group"),
+        refused("update", "PUT", "/Group/roster"),
+        refused("delete", "DELETE", "/Group/roster"),
+    ];
+    let mut failures = Vec::new();
+    for case in &cases {
+        failures.extend(check(&app, case).await);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let metadata = Request::builder()
+        .uri("/metadata")
+        .body(Body::empty())
+        .expect("request");
+    let response = app.clone().oneshot(metadata).await.expect("infallible");
+    let statement: Value = serde_json::from_slice(&to_bytes(response.into_body(), 1 << 22).await.expect("body"))
+        .expect("CapabilityStatement");
+    let group = statement["rest"][0]["resource"]
+        .as_array()
+        .and_then(|resources| resources.iter().find(|r| r["type"] == "Group"))
+        .expect("Group in the CapabilityStatement");
+    let interactions: Vec<&str> = group["interaction"]
+        .as_array()
+        .expect("interactions")
+        .iter()
+        .filter_map(|i| i["code"].as_str())
+        .collect();
+    assert_eq!(interactions, ["read", "vread", "search-type"]);
 }
