@@ -9,7 +9,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fhirlake_auth::Permission;
-use fhirlake_engine::group::{CohortRequest, GroupError, StoredGroup, validate};
+use fhirlake_engine::group::manage::check_version;
+use fhirlake_engine::group::{CohortRequest, StoredGroup, validate};
 use fhirlake_engine::jobs::{JobKind, JobState, new_id};
 use fhirlake_engine::search::extract::fold;
 use serde_json::{Value, json};
@@ -91,20 +92,6 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, FhirError> {
 /// `W/"<version>"`, the Group's ETag.
 fn etag(version: u64) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!("W/\"{version}\"")).ok()
-}
-
-/// Refuses an `If-Match` that names another version than `stored`'s (so an
-/// async write is refused before its 202; the write checks again).
-fn check_if_match(id: &str, stored: Option<&StoredGroup>, expected: Option<u64>) -> Result<(), FhirError> {
-    match (expected, stored) {
-        (Some(expected), Some(stored)) if stored.version != expected => Err(GroupError::VersionMismatch {
-            id: id.to_string(),
-            expected,
-            current: stored.version,
-        }
-        .into()),
-        _ => Ok(()),
-    }
 }
 
 /// Refuses Group writes on a server that publishes its Groups read-only.
@@ -199,7 +186,8 @@ pub async fn update(
     if let Some(existing) = &existing {
         check_owner(&caller, &id, existing.owner.as_deref(), "change")?;
     }
-    check_if_match(&id, existing.as_ref(), request.expected_version)?;
+    // Refused before an async write's 202; the write checks again.
+    check_version(&id, existing.as_ref(), request.expected_version)?;
     state.service.groups.precheck(&request).await?;
     let owner = caller.client_id().map(str::to_string);
     if prefers_async(&headers) {

@@ -237,8 +237,9 @@ impl Groups {
     }
 }
 
-/// `If-Match`: refused unless `expected` (when given) is `current`'s version.
-fn check_version(id: &str, current: Option<&StoredGroup>, expected: Option<u64>) -> Result<(), GroupError> {
+/// `If-Match`: refused unless `expected` (when given) is `current`'s
+/// version (a Group that does not exist is at no version).
+pub fn check_version(id: &str, current: Option<&StoredGroup>, expected: Option<u64>) -> Result<(), GroupError> {
     match (expected, current) {
         (Some(expected), Some(current)) if current.version != expected => Err(GroupError::VersionMismatch {
             id: id.to_string(),
