@@ -137,10 +137,11 @@ pub async fn create(
     check_content_type(&headers)?;
     let request = validate(&body)?;
     check_request_access(&state, &caller, &request).await?;
-    state.service.groups.precheck(&request).await?;
     let id = new_id();
     let owner = caller.client_id().map(str::to_string);
     if prefers_async(&headers) {
+        // Refused before the 202; a synchronous write checks as it computes.
+        state.service.groups.precheck(&request).await?;
         return start_job(&state, JobKind::CreateGroup, id, request, owner).await;
     }
     let stored = state.service.groups.compute_group(&id, &request, owner).await?;
@@ -188,9 +189,9 @@ pub async fn update(
     }
     // Refused before an async write's 202; the write checks again.
     check_version(&id, existing.as_ref(), request.expected_version)?;
-    state.service.groups.precheck(&request).await?;
     let owner = caller.client_id().map(str::to_string);
     if prefers_async(&headers) {
+        state.service.groups.precheck(&request).await?;
         return start_job(&state, JobKind::UpdateGroup, id, request, owner).await;
     }
     let stored = state.service.groups.compute_group(&id, &request, owner).await?;
