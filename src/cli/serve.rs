@@ -49,6 +49,13 @@ pub struct Args {
     /// manifests in tests).
     #[arg(long, default_value_t = 0, hide = true)]
     export_type_delay_ms: u64,
+    /// Membership rows per segment file of a Group (tests use few, to
+    /// watch a large member change written in parts).
+    #[arg(long, default_value_t = fhirlake::group::segments::SEGMENT_ROWS, hide = true)]
+    membership_part_rows: usize,
+    /// Pause after each membership part written (tests).
+    #[arg(long, default_value_t = 0, hide = true)]
+    membership_part_delay_ms: u64,
     /// Where export files are written: a folder or s3://bucket/prefix
     /// (default: the warehouse's _server/export-files).
     #[arg(long)]
@@ -116,6 +123,8 @@ impl Args {
                 export_retention,
                 export_type_delay: Duration::from_millis(self.export_type_delay_ms),
                 export_store: self.export_store,
+                membership_part_rows: self.membership_part_rows.max(1),
+                membership_part_delay: Duration::from_millis(self.membership_part_delay_ms),
             },
             export_downloads,
             clients: self.clients,

@@ -12,6 +12,7 @@ mod generate;
 mod http_client;
 mod json_differential;
 mod load;
+mod members;
 mod readme;
 mod s3;
 mod server;

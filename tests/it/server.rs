@@ -41,7 +41,7 @@ async fn post_async(server: &Server, group: &Value) -> HttpResponse {
 }
 
 /// Polls `url` (honouring Retry-After) until it stops answering 202.
-async fn poll(url: &str) -> (u16, Value) {
+pub(crate) async fn poll(url: &str) -> (u16, Value) {
     for _ in 0..120 {
         let response = http("GET", url, &[], None);
         if response.status == 202 {

@@ -87,6 +87,44 @@ impl StateStore {
     }
 }
 
+impl StateStore {
+    fn file_path(&self, relative: &str) -> object_store::path::Path {
+        self.root.child(&format!("{STATE_DIR}/{relative}"))
+    }
+
+    /// Writes the state file at `relative` (under `_server/`), replacing it.
+    pub async fn put_file(&self, relative: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let path = self.file_path(relative);
+        self.root
+            .store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| self.root.error("writing", &path, e))?;
+        Ok(())
+    }
+
+    /// Reads the state file at `relative` (under `_server/`).
+    pub async fn get_file(&self, relative: &str) -> Result<bytes::Bytes, StoreError> {
+        let path = self.file_path(relative);
+        let result = self
+            .root
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| self.root.error("reading", &path, e))?;
+        result.bytes().await.map_err(|e| self.root.error("reading", &path, e))
+    }
+
+    /// Deletes the state file at `relative` (absent is fine).
+    pub async fn delete_file(&self, relative: &str) -> Result<(), StoreError> {
+        let path = self.file_path(relative);
+        match self.root.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.root.error("deleting", &path, e)),
+        }
+    }
+}
+
 /// Now, as an RFC 3339 UTC time (seconds): job and Group timestamps.
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)

@@ -72,6 +72,33 @@ fn security(state: &super::AppState) -> serde_json::Value {
     }
 }
 
+/// The Group operations: `$export`, and the member operations unless
+/// Groups are read-only.
+fn group_operations(read_only: bool) -> Value {
+    let mut operations = vec![json!({
+        "name": "export",
+        "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+        "documentation": "Group/[id]/$export: the Patient compartments of the members (cohort or loaded Group)."
+    })];
+    if !read_only {
+        let members = "Parameters naming one member (patientReference, or memberId: a Patient.identifier, \
+            Coverage.subscriberId or Coverage.identifier, resolved to Coverage.beneficiary; optional attributionPeriod) \
+            or several (repeated member parameters with those parts); all applied or none (unknown and ambiguous \
+            members are listed in a 400). Member-based Groups only; honours If-Match and Prefer: respond-async.";
+        operations.push(json!({
+            "name": "member-add",
+            "definition": "http://hl7.org/fhir/us/davinci-atr/OperationDefinition/member-add",
+            "documentation": format!("Group/[id]/$member-add: {members} Idempotent; a different attributionPeriod replaces the member's entry."),
+        }));
+        operations.push(json!({
+            "name": "member-remove",
+            "definition": "http://hl7.org/fhir/us/davinci-atr/OperationDefinition/member-remove",
+            "documentation": format!("Group/[id]/$member-remove: {members} Without attributionPeriod the entry is removed (kept in the membership history); with one, the member stays listed and its period ends then. Removing a non-member is a 400."),
+        }));
+    }
+    Value::Array(operations)
+}
+
 /// `GET /metadata`.
 pub async fn metadata(State(state): State<SharedState>) -> Response {
     let refresh = match state.service.options.refresh_interval {
@@ -85,12 +112,8 @@ pub async fn metadata(State(state): State<SharedState>) -> Response {
         "type": "Group",
         "profile": "http://hl7.org/fhir/StructureDefinition/Group",
         "supportedProfile": [COHORT_PROFILE],
-        "documentation": format!("Bulk Cohort API: POST a bulk-cohort-group Group with Prefer: respond-async (or synchronously) and poll the Content-Location URL. member-filter expressions use {FHIR_QUERY} with the search parameters listed for each resource type below; several member-filters are ANDed; member entries (Patients, Groups) set the base population; member-filters on types in no Patient compartment are refused. A Group without member-filter (and without the bulk-cohort-group profile) is member-based: its member entries are its members (existing Patients only, checked before the 202), kept with their period and inactive, replaced by PUT, never recomputed. PUT and DELETE honour If-Match (W/\"version\"; stale: 412); deleting a Group another Group uses as its base population is a 409. {refresh} GET /Group/[id]/$members pages through the members (Patient resources). Groups in the loaded data are read-only; a roster member counts only while not inactive and within its period (at an export's transactionTime)."),
-        "operation": [{
-            "name": "export",
-            "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
-            "documentation": "Group/[id]/$export: the Patient compartments of the members (cohort or loaded Group)."
-        }],
+        "documentation": format!("Bulk Cohort API: POST a bulk-cohort-group Group with Prefer: respond-async (or synchronously) and poll the Content-Location URL. member-filter expressions use {FHIR_QUERY} with the search parameters listed for each resource type below; several member-filters are ANDed; member entries (Patients, Groups) set the base population; member-filters on types in no Patient compartment are refused. A Group without member-filter (and without the bulk-cohort-group profile) is member-based: its member entries are its members (existing Patients only, checked before the 202), kept with their period and inactive, replaced by PUT or changed by $member-add and $member-remove, never recomputed; a read lists the first 1000 member entries (meta.tag SUBSETTED when there are more; quantity counts the members that count now). PUT and DELETE honour If-Match (W/\"version\"; stale: 412); deleting a Group another Group uses as its base population is a 409. {refresh} GET /Group/[id]/$members pages through the members (Patient resources). Groups in the loaded data are read-only; a roster member counts only while not inactive and within its period (at an export's transactionTime)."),
+        "operation": group_operations(state.read_only_groups),
         "interaction": if state.read_only_groups {
             json!([{"code": "read"}, {"code": "vread"}, {"code": "search-type"}])
         } else {

@@ -9,6 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fhirlake_auth::Permission;
+use fhirlake_engine::export::Progress;
 use fhirlake_engine::group::manage::check_version;
 use fhirlake_engine::group::{CohortRequest, StoredGroup, validate};
 use fhirlake_engine::jobs::{JobKind, JobState, new_id};
@@ -19,7 +20,7 @@ use super::auth::{Caller, hidden};
 use super::outcome::{FhirError, fhir_json, operation_outcome};
 use super::{AppState, SharedState};
 
-fn prefers_async(headers: &HeaderMap) -> bool {
+pub(crate) fn prefers_async(headers: &HeaderMap) -> bool {
     headers
         .get_all("prefer")
         .iter()
@@ -28,7 +29,7 @@ fn prefers_async(headers: &HeaderMap) -> bool {
         .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
 }
 
-fn check_content_type(headers: &HeaderMap) -> Result<(), FhirError> {
+pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), FhirError> {
     match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
         None => Ok(()),
         Some(t) => {
@@ -49,7 +50,7 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), FhirError> {
     }
 }
 
-fn accepted(state: &AppState, job_id: &str) -> Response {
+pub(crate) fn accepted(state: &AppState, job_id: &str) -> Response {
     let mut response = fhir_json(
         StatusCode::ACCEPTED,
         &operation_outcome(
@@ -71,13 +72,16 @@ async fn start_job(
     request: CohortRequest,
     owner: Option<String>,
 ) -> Result<Response, FhirError> {
-    let job = state.service.start_group_job(kind, group_id, request, owner).await?;
+    let job = state
+        .service
+        .start_group_job(kind, group_id, request, None, owner)
+        .await?;
     Ok(accepted(state, &job.id))
 }
 
 /// `If-Match: W/"<version>"` (or `"<version>"`): the version a write
 /// expects the Group to be at.
-fn if_match(headers: &HeaderMap) -> Result<Option<u64>, FhirError> {
+pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<u64>, FhirError> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
@@ -95,7 +99,7 @@ fn etag(version: u64) -> Option<HeaderValue> {
 }
 
 /// Refuses Group writes on a server that publishes its Groups read-only.
-fn check_writable(state: &AppState) -> Result<(), FhirError> {
+pub(crate) fn check_writable(state: &AppState) -> Result<(), FhirError> {
     if state.read_only_groups {
         return Err(FhirError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -108,8 +112,13 @@ fn check_writable(state: &AppState) -> Result<(), FhirError> {
 }
 
 /// The Group resource `stored` as a response with `status`.
-fn group_response(state: &AppState, status: StatusCode, stored: &StoredGroup) -> Response {
-    let mut response = fhir_json(status, &stored.resource);
+pub(crate) async fn group_response(
+    state: &AppState,
+    status: StatusCode,
+    stored: &StoredGroup,
+) -> Result<Response, FhirError> {
+    let resource = state.service.groups.served_resource(stored).await?;
+    let mut response = fhir_json(status, &resource);
     if let Some(value) = etag(stored.version) {
         response.headers_mut().insert(header::ETAG, value);
     }
@@ -121,7 +130,7 @@ fn group_response(state: &AppState, status: StatusCode, stored: &StoredGroup) ->
     {
         response.headers_mut().insert(header::LOCATION, value);
     }
-    response
+    Ok(response)
 }
 
 /// `POST /Group`: a criteria-based (Bulk Cohort) or member-based Group;
@@ -144,8 +153,13 @@ pub async fn create(
         state.service.groups.precheck(&request).await?;
         return start_job(&state, JobKind::CreateGroup, id, request, owner).await;
     }
-    let stored = state.service.groups.compute_group(&id, &request, owner).await?;
-    Ok(group_response(&state, StatusCode::CREATED, &stored))
+    let progress = Progress::default();
+    let stored = state
+        .service
+        .groups
+        .compute_group(&id, &request, owner, &progress)
+        .await?;
+    group_response(&state, StatusCode::CREATED, &stored).await
 }
 
 /// `PUT /Group/{id}`: replaces a stored Group (criteria-based: its members
@@ -194,8 +208,13 @@ pub async fn update(
         state.service.groups.precheck(&request).await?;
         return start_job(&state, JobKind::UpdateGroup, id, request, owner).await;
     }
-    let stored = state.service.groups.compute_group(&id, &request, owner).await?;
-    Ok(group_response(&state, StatusCode::OK, &stored))
+    let progress = Progress::default();
+    let stored = state
+        .service
+        .groups
+        .compute_group(&id, &request, owner, &progress)
+        .await?;
+    group_response(&state, StatusCode::OK, &stored).await
 }
 
 /// `GET /_jobs/{id}`: the polling URL.
@@ -208,7 +227,8 @@ pub async fn poll(
     let (status, location, outcome) = match job.state {
         JobState::Cancelled => return Err(FhirError::not_found(format!("job '{id}' was cancelled"))),
         JobState::Running { progress } => {
-            state.service.poll_group_job(&id).await?;
+            let live = state.service.poll_group_job(&id).await?;
+            let progress = if live.is_empty() { progress } else { live };
             let mut response = StatusCode::ACCEPTED.into_response();
             let headers = response.headers_mut();
             if let Ok(value) = HeaderValue::from_str(&progress) {
@@ -249,7 +269,7 @@ pub async fn poll(
     if let Some(location) = &location {
         entry["response"]["location"] = json!(location);
         if let Ok(Some(stored)) = state.service.groups.stored_group(&job.group_id).await {
-            entry["resource"] = stored.resource;
+            entry["resource"] = state.service.groups.served_resource(&stored).await?;
         }
     }
     if let Some(outcome) = outcome {
@@ -288,7 +308,7 @@ pub async fn read(
         if !caller.sees_group(&id, stored.owner.as_deref()) {
             return Err(hidden(&format!("Group/{id}")));
         }
-        return Ok(group_response(&state, StatusCode::OK, &stored));
+        return group_response(&state, StatusCode::OK, &stored).await;
     }
     match state.service.groups.loaded_group(&id).await? {
         Some(group) if caller.sees_group(&id, None) => Ok(fhir_json(StatusCode::OK, &group)),
@@ -315,7 +335,7 @@ pub async fn check_visible(state: &AppState, caller: &Caller, id: &str) -> Resul
 
 /// Only a cohort Group's creator may `action` (change, delete) it: a client
 /// it was granted to gets 403 (it may read it), any other client 404.
-fn check_owner(caller: &Caller, id: &str, owner: Option<&str>, action: &str) -> Result<(), FhirError> {
+pub(crate) fn check_owner(caller: &Caller, id: &str, owner: Option<&str>, action: &str) -> Result<(), FhirError> {
     if caller.owns(owner) {
         Ok(())
     } else if caller.sees_group(id, owner) {
@@ -360,7 +380,7 @@ pub async fn vread(
         .await?
         .filter(|g| caller.sees_group(&id, g.owner.as_deref()));
     match stored {
-        Some(stored) if stored.version.to_string() == version => Ok(fhir_json(StatusCode::OK, &stored.resource)),
+        Some(stored) if stored.version.to_string() == version => group_response(&state, StatusCode::OK, &stored).await,
         Some(stored) => Err(FhirError::not_found(format!(
             "Group/{id} version {version} is not kept (the current version is {})",
             stored.version
@@ -465,15 +485,12 @@ pub async fn search(
             ignored.push(k.clone());
         }
     }
-    let mut groups: Vec<Value> = state
-        .service
-        .groups
-        .stored_groups()
-        .await?
-        .into_iter()
-        .filter(|stored| caller.sees_group(&stored.id, stored.owner.as_deref()))
-        .map(|stored| stored.resource)
-        .collect();
+    let mut groups: Vec<Value> = Vec::new();
+    for stored in state.service.groups.stored_groups().await? {
+        if caller.sees_group(&stored.id, stored.owner.as_deref()) {
+            groups.push(state.service.groups.served_resource(&stored).await?);
+        }
+    }
     groups.extend(
         state
             .service

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod capability;
 pub mod export;
 pub mod groups;
+pub mod members;
 pub mod outcome;
 
 use std::net::SocketAddr;
@@ -153,6 +154,11 @@ pub fn router(state: SharedState) -> Router {
         )
         .route("/Group/{id}/_history/{version}", get(groups::vread))
         .route("/Group/{id}/$members", get(groups::members))
+        .route("/Group/{id}/$member-add", axum::routing::post(members::member_add))
+        .route(
+            "/Group/{id}/$member-remove",
+            axum::routing::post(members::member_remove),
+        )
         .route("/_jobs/{id}", get(groups::poll).delete(groups::cancel))
         .layer(axum::middleware::from_fn(negotiate));
     // Every FHIR route and download needs a token when authorization is on;

@@ -72,7 +72,7 @@ impl<'a> Compiler<'a> {
     }
 
     /// A scan of the `kind` index of `resource_type` (empty when none was written).
-    fn scan(&self, kind: IndexKind, resource_type: &str) -> Result<LogicalPlanBuilder, CohortError> {
+    pub(crate) fn scan(&self, kind: IndexKind, resource_type: &str) -> Result<LogicalPlanBuilder, CohortError> {
         let provider = self
             .providers
             .get(&(kind, resource_type.to_string()))

@@ -255,6 +255,22 @@ impl CohortEngine {
         &self.snapshot
     }
 
+    /// Every row of search parameter `param` of `resource_type` in the
+    /// `kind` index (all its columns): what member lookups by identifier
+    /// join with.
+    pub fn index_rows(
+        &self,
+        kind: crate::index::IndexKind,
+        resource_type: &str,
+        param: &str,
+    ) -> Result<LogicalPlan, CohortError> {
+        let compiler = self.compiler();
+        Ok(compiler
+            .scan(kind, resource_type)?
+            .filter(compiler.param_rows(resource_type, param))?
+            .build()?)
+    }
+
     /// The plan yielding the distinct ids (column `resource_id`) of the
     /// resources meeting any of `queries` (all of one type): `_typeFilter`
     /// semantics, where filters of one type are ORed.

@@ -101,7 +101,7 @@ pub async fn resolve(engine: &CohortEngine, request: &ExportRequest) -> Result<P
         Some(members) => members,
         None => {
             let ids: Vec<String> = wanted.iter().cloned().collect();
-            crate::group::resolve::existing_patients(engine, &ids).await?
+            crate::group::identify::existing_patients(engine, &ids).await?
         }
     };
     let missing: Vec<&str> = wanted

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::GroupError;
+use super::membership::MemberEntry;
 use crate::cohort::CohortEngine;
 use crate::fhir::compartment::PatientCompartment;
 use crate::fhir::parse_reference;
@@ -46,6 +47,51 @@ impl CohortRequest {
     /// its members, managed by the client.
     pub fn is_member_based(&self) -> bool {
         self.filters.is_empty()
+    }
+
+    /// A member-based Group's `member` entries naming Patients, with their
+    /// `period` and `inactive`, in document order.
+    pub fn member_entries(&self) -> Vec<MemberEntry> {
+        let members = self.group.get("member").and_then(Value::as_array);
+        members
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|member| {
+                let reference = member.get("entity")?.get("reference")?.as_str()?;
+                let target = parse_reference(reference).filter(|t| t.resource_type == Some("Patient"))?;
+                let period = member.get("period");
+                let bound = |name: &str| {
+                    period
+                        .and_then(|p| p.get(name))
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                };
+                Some(MemberEntry {
+                    patient: target.id.to_string(),
+                    period_start: bound("start"),
+                    period_end: bound("end"),
+                    inactive: member.get("inactive").and_then(Value::as_bool).unwrap_or(false),
+                })
+            })
+            .collect()
+    }
+
+    /// The request as a stored Group keeps it: without `If-Match`, and a
+    /// member-based Group's without its `member` entries (they are its
+    /// membership rows).
+    pub fn stored_form(&self) -> Self {
+        let mut stored = Self {
+            expected_version: None,
+            ..self.clone()
+        };
+        if self.is_member_based() {
+            if let Some(object) = stored.group.as_object_mut() {
+                object.remove("member");
+            }
+            stored.base_patients.clear();
+        }
+        stored
     }
 }
 
@@ -230,7 +276,8 @@ fn base_population(
 /// `members-refreshed`. Its `member-filter`s stay: it is still a
 /// modifier-extension Group, never a plain member list. A member-based
 /// Group is served as submitted, with `id`, `meta` (version, lastUpdated)
-/// and `quantity` (its members that count now).
+/// and `quantity` (its members that count now); its `member` entries are
+/// added from the membership rows when it is served.
 pub fn group_resource(id: &str, version: u64, request: &CohortRequest, members: usize, computed_at: &str) -> Value {
     let mut group = request.group.clone();
     if request.is_member_based() {

@@ -10,10 +10,17 @@ use std::time::Duration;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::common::TableReference;
 use datafusion::prelude::{col, lit};
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::{CohortRequest, GROUPS, GroupError, GroupResolver, StoredGroup, compute, group_resource, next_membership};
+use super::identify::resolve_members;
+use super::membership::changed_by;
+use super::segments::{MAX_SEGMENTS, MembershipOptions, Segment, delete_segments, write_segments};
+use super::{
+    ChangedMember, CohortRequest, GROUPS, GroupError, GroupResolver, Member, MemberAction, MemberChange, MemberEntry,
+    MemberRef, StoredGroup, compute, group_resource, next_membership,
+};
 use crate::cohort::CurrentEngine;
+use crate::export::Progress;
 use crate::state::{StateStore, now};
 use crate::warehouse::Warehouse;
 use crate::warehouse::catalog::RESOURCE_SCHEMA;
@@ -30,7 +37,13 @@ pub struct Groups {
     /// Serialises writes of Groups and job records (version numbers, a
     /// cancel racing a job's end); shared with the jobs.
     pub writes: Arc<tokio::sync::Mutex<()>>,
+    /// How membership segments are written.
+    pub membership: MembershipOptions,
 }
+
+/// `member` entries a member-based Group's resource lists when read; the
+/// rest are paged by `$members` (`quantity` counts all that count now).
+pub const MEMBER_ENTRY_LIMIT: usize = 1000;
 
 impl Groups {
     /// Computes `request`'s members and stores them as Group `id` (a new
@@ -40,10 +53,11 @@ impl Groups {
         id: &str,
         request: &CohortRequest,
         owner: Option<String>,
+        progress: &Progress,
     ) -> Result<StoredGroup, GroupError> {
-        let (members, version) = compute(&self.cohorts, request).await?;
+        let (entries, version) = compute(&self.cohorts, request).await?;
         let _writes = self.writes.lock().await;
-        self.write_group(id, request, members, version, owner).await
+        self.write_group(id, request, entries, version, owner, progress).await
     }
 
     /// What can be checked before a Group job is accepted: a member-based
@@ -52,47 +66,209 @@ impl Groups {
     pub async fn precheck(&self, request: &CohortRequest) -> Result<(), GroupError> {
         if request.is_member_based() {
             let engine = self.cohorts.get().await?;
-            super::roster_members(&engine, request).await?;
+            super::roster_entries(&engine, request).await?;
         }
         Ok(())
     }
 
-    /// Writes Group `id` with `members` (a new version when it exists).
-    /// The caller holds [`Groups::writes`].
+    /// Writes Group `id` with member `entries` (a new version when it
+    /// exists): the membership rows it changes as a new segment (or all
+    /// rows, compacted), then the record, in one put. The caller holds
+    /// [`Groups::writes`].
     pub async fn write_group(
         &self,
         id: &str,
         request: &CohortRequest,
-        members: Vec<String>,
+        entries: Vec<MemberEntry>,
         warehouse_version: u64,
         owner: Option<String>,
+        progress: &Progress,
     ) -> Result<StoredGroup, GroupError> {
         let previous: Option<StoredGroup> = self.state.get(GROUPS, id).await?;
         check_version(id, previous.as_ref(), request.expected_version)?;
         if previous.is_none() {
-            tracing::info!(target: "fhirlake::audit", event = "cohort_created", client_id = owner.as_deref().unwrap_or("-"), group = %id, members = members.len());
+            tracing::info!(target: "fhirlake::audit", event = "cohort_created", client_id = owner.as_deref().unwrap_or("-"), group = %id, members = entries.len());
         }
         let owner = previous.as_ref().map_or(owner, |p| p.owner.clone());
         let version = previous.as_ref().map_or(1, |p| p.version + 1);
-        let history = previous.map(|p| p.membership_rows()).unwrap_or_default();
-        let membership = next_membership(&history, &members, version);
-        let computed_at = now();
-        let resource = group_resource(id, version, request, members.len(), &computed_at);
+        let history = match &previous {
+            Some(previous) => previous.rows(&self.state).await?,
+            None => Vec::new(),
+        };
+        let next = next_membership(&history, &entries, version);
+        let (segments, superseded) = self.write_rows(id, previous.as_ref(), &next, version, progress).await?;
+        let at = chrono::Utc::now().timestamp_micros();
+        let quantity = next.iter().filter(|m| m.is_current() && m.entry.counts_at(at)).count();
+        let request = request.stored_form();
+        let resource = group_resource(id, version, &request, quantity, &now());
         let stored = StoredGroup {
             id: id.to_string(),
             version,
-            request: CohortRequest {
-                expected_version: None,
-                ..request.clone()
-            },
+            request,
             resource,
-            members,
-            membership,
+            members: Vec::new(),
+            membership: Vec::new(),
+            segments,
             warehouse_version,
             owner,
         };
         self.state.put(GROUPS, id, &stored).await?;
+        delete_segments(&self.state, id, &superseded).await;
         Ok(stored)
+    }
+
+    /// Writes the segments of Group version `version` whose rows are
+    /// `next`: a delta of the rows it changed after the previous segments,
+    /// or every row in new segments (a new Group, one written before
+    /// segments, or one with [`MAX_SEGMENTS`] already). Returns the
+    /// segments of the new version and those it supersedes.
+    async fn write_rows(
+        &self,
+        id: &str,
+        previous: Option<&StoredGroup>,
+        next: &[Member],
+        version: u64,
+        progress: &Progress,
+    ) -> Result<(Vec<Segment>, Vec<Segment>), GroupError> {
+        let kept = previous.map(|p| p.segments.clone()).unwrap_or_default();
+        if kept.is_empty() || kept.len() >= MAX_SEGMENTS {
+            let written = write_segments(&self.state, id, version, next, &self.membership, progress).await?;
+            return Ok((written, kept));
+        }
+        let delta = changed_by(next, version);
+        let mut segments = kept;
+        segments.extend(write_segments(&self.state, id, version, &delta, &self.membership, progress).await?);
+        Ok((segments, Vec::new()))
+    }
+
+    /// The resource `GET /Group/{id}` serves for `stored`: a member-based
+    /// Group's with its current `member` entries, the first
+    /// [`MEMBER_ENTRY_LIMIT`] of them (`meta.tag` SUBSETTED when cut;
+    /// `quantity` and `$members` give all).
+    pub async fn served_resource(&self, stored: &StoredGroup) -> Result<Value, GroupError> {
+        let mut resource = stored.resource.clone();
+        if !stored.request.is_member_based() || !stored.has_segments() {
+            return Ok(resource);
+        }
+        let rows = stored.current_rows(&self.state).await?;
+        let shown: Vec<Value> = rows
+            .iter()
+            .take(MEMBER_ENTRY_LIMIT)
+            .map(|m| m.entry.to_fhir())
+            .collect();
+        if let Some(object) = resource.as_object_mut() {
+            if !shown.is_empty() {
+                object.insert("member".into(), Value::Array(shown));
+            }
+            if rows.len() > MEMBER_ENTRY_LIMIT {
+                let meta = object.entry("meta").or_insert_with(|| json!({}));
+                meta["tag"] = json!([{
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+                    "code": "SUBSETTED",
+                    "display": format!("member lists the first {MEMBER_ENTRY_LIMIT} of {} entries; page them with $members", rows.len()),
+                }]);
+            }
+        }
+        Ok(resource)
+    }
+
+    /// The current `member` entries of a member-based Group.
+    async fn current_entries(&self, stored: &StoredGroup) -> Result<Vec<MemberEntry>, GroupError> {
+        if !stored.has_segments() && stored.membership.is_empty() {
+            // Written before segments: its entries are in its request.
+            return Ok(stored.request.member_entries());
+        }
+        Ok(stored
+            .current_rows(&self.state)
+            .await?
+            .into_iter()
+            .map(|m| m.entry)
+            .collect())
+    }
+
+    /// Resolves a member operation on member-based Group `id`: the Patients
+    /// `members` name (ids to add must exist; identifiers must name exactly
+    /// one Patient), checked against the current entries, so that what
+    /// will fail is refused before an async operation's 202.
+    pub async fn prepare_change(
+        &self,
+        id: &str,
+        action: MemberAction,
+        members: &[(MemberRef, Option<String>, Option<String>)],
+    ) -> Result<(MemberChange, StoredGroup), GroupError> {
+        let stored = self
+            .stored_group(id)
+            .await?
+            .ok_or_else(|| GroupError::NotFound(id.to_string()))?;
+        if !stored.request.is_member_based() {
+            return Err(GroupError::NotMemberBased(id.to_string()));
+        }
+        let engine = self.cohorts.get().await?;
+        // A member is removed by id even when its Patient has left the warehouse.
+        let lookups: Vec<MemberRef> = members
+            .iter()
+            .map(|(reference, _, _)| reference.clone())
+            .filter(|r| action == MemberAction::Add || !matches!(r, MemberRef::Patient(_)))
+            .collect();
+        let mut found = resolve_members(&engine, &lookups).await?.into_iter();
+        let mut changed = Vec::with_capacity(members.len());
+        for (reference, period_start, period_end) in members {
+            let patient = match reference {
+                MemberRef::Patient(id) if action == MemberAction::Remove => id.clone(),
+                _ => found.next().unwrap_or_default(),
+            };
+            changed.push(ChangedMember {
+                patient,
+                period_start: period_start.clone(),
+                period_end: period_end.clone(),
+            });
+        }
+        let change = MemberChange {
+            action,
+            members: changed,
+        };
+        change.apply(&self.current_entries(&stored).await?)?;
+        Ok((change, stored))
+    }
+
+    /// [`Groups::commit_change`] under [`Groups::writes`] (a synchronous
+    /// member operation).
+    pub async fn change_members(
+        &self,
+        id: &str,
+        change: &MemberChange,
+        expected_version: Option<u64>,
+    ) -> Result<StoredGroup, GroupError> {
+        let _writes = self.writes.lock().await;
+        self.commit_change(id, change, expected_version, &Progress::default())
+            .await
+    }
+
+    /// Applies a prepared member operation to Group `id` as a new version
+    /// (refused when `expected_version` is given and stale, or when it no
+    /// longer applies). The caller holds [`Groups::writes`].
+    pub async fn commit_change(
+        &self,
+        id: &str,
+        change: &MemberChange,
+        expected_version: Option<u64>,
+        progress: &Progress,
+    ) -> Result<StoredGroup, GroupError> {
+        let stored = self
+            .stored_group(id)
+            .await?
+            .ok_or_else(|| GroupError::NotFound(id.to_string()))?;
+        check_version(id, Some(&stored), expected_version)?;
+        let current = self.current_entries(&stored).await?;
+        let entries = change.apply(&current)?;
+        if entries == current {
+            // Adding members who are in already: no new version.
+            return Ok(stored);
+        }
+        let warehouse_version = self.cohorts.get().await?.version();
+        let request = stored.request.clone();
+        self.write_group(id, &request, entries, warehouse_version, stored.owner.clone(), progress)
+            .await
     }
 
     /// Stored Group `id`, if any.
@@ -135,6 +311,7 @@ impl Groups {
             });
         }
         self.state.delete(GROUPS, id).await?;
+        delete_segments(&self.state, id, &stored.segments).await;
         Ok(true)
     }
 
@@ -219,9 +396,12 @@ impl Groups {
             if stored.warehouse_version >= current || stored.request.is_member_based() {
                 continue;
             }
-            match self.compute_group(&id, &stored.request, stored.owner.clone()).await {
+            match self
+                .compute_group(&id, &stored.request, stored.owner.clone(), &Progress::default())
+                .await
+            {
                 Ok(g) => {
-                    tracing::info!(group = %id, version = g.version, members = g.members.len(), "cohort refreshed")
+                    tracing::info!(group = %id, version = g.version, members = %g.resource["quantity"], "cohort refreshed")
                 }
                 Err(e) => tracing::error!(group = %id, error = %e, "cohort refresh failed"),
             }

@@ -1,22 +1,29 @@
 //! Groups: the Group domain every front shares. Validating submitted
 //! cohort Groups ([`cohort`]), the stored form ([`store`]) with the one
-//! membership schema ([`membership`]), the one
+//! membership schema ([`membership`]) kept in segments ([`segments`]),
+//! member operations ([`change`]) and finding the Patients they name
+//! ([`identify`]), the one
 //! resolver from a Group id to its members ([`resolve`]), and computing a
 //! cohort's membership ([`compute`]), and managing the stored and loaded
 //! Groups of a warehouse ([`manage::Groups`]).
 
+pub mod change;
 pub mod cohort;
+pub mod identify;
 pub mod manage;
 pub mod membership;
 pub mod resolve;
+pub mod segments;
 pub mod store;
 
 use std::collections::HashSet;
 
+pub use change::{ChangedMember, MemberAction, MemberChange};
 pub use cohort::{
     COHORT_PROFILE, CohortRequest, FHIR_QUERY, MEMBER_FILTER_URL, MEMBERS_REFRESHED_URL, group_resource, validate,
 };
-pub use membership::{Member, membership_batch, membership_schema, next_membership};
+pub use identify::MemberRef;
+pub use membership::{Member, MemberEntry, membership_batch, membership_schema, next_membership};
 pub use resolve::GroupResolver;
 pub use store::{GROUPS, StoredGroup};
 
@@ -66,6 +73,22 @@ pub enum GroupError {
     /// A member-based Group lists Patients the warehouse does not have.
     #[error("member.entity references Patients that do not exist: {}", .0.iter().map(|p| format!("Patient/{p}")).collect::<Vec<_>>().join(", "))]
     UnknownMembers(Vec<String>),
+    /// Member references that name no Patient, or several.
+    #[error("{}", unresolved_text(unknown, ambiguous))]
+    UnresolvedMembers {
+        /// References naming no Patient.
+        unknown: Vec<String>,
+        /// References naming several, with the Patients they match.
+        ambiguous: Vec<String>,
+    },
+    /// `$member-remove` named Patients that are not members.
+    #[error("not members of the Group: {}", .0.iter().map(|p| format!("Patient/{p}")).collect::<Vec<_>>().join(", "))]
+    NotMembers(Vec<String>),
+    /// A member operation on a Group whose members follow its member-filters.
+    #[error(
+        "Group/{0} is criteria-based: its members are the patients meeting its member-filters; change them with PUT"
+    )]
+    NotMemberBased(String),
     /// Cohorts need the search index, and the warehouse has none.
     #[error("the warehouse has no search index (it was loaded with --no-index)")]
     NoIndex,
@@ -98,6 +121,17 @@ impl From<datafusion::error::DataFusionError> for GroupError {
     }
 }
 
+fn unresolved_text(unknown: &[String], ambiguous: &[String]) -> String {
+    let mut parts = Vec::new();
+    if !unknown.is_empty() {
+        parts.push(format!("no Patient found for: {}", unknown.join(", ")));
+    }
+    if !ambiguous.is_empty() {
+        parts.push(format!("more than one Patient found for: {}", ambiguous.join("; ")));
+    }
+    parts.join("; ")
+}
+
 impl GroupError {
     /// An invalid submission with one problem.
     pub fn invalid(problem: impl Into<String>) -> Self {
@@ -114,7 +148,12 @@ impl HasKind for GroupError {
             Self::Invalid {
                 not_supported: true, ..
             } => ErrorKind::NotSupported,
-            Self::Invalid { .. } | Self::UnknownBase(_) | Self::UnknownMembers(_) => ErrorKind::Invalid,
+            Self::Invalid { .. }
+            | Self::UnknownBase(_)
+            | Self::UnknownMembers(_)
+            | Self::UnresolvedMembers { .. }
+            | Self::NotMembers(_)
+            | Self::NotMemberBased(_) => ErrorKind::Invalid,
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::VersionMismatch { .. } => ErrorKind::PreconditionFailed,
             Self::InUse { .. } => ErrorKind::Conflict,
@@ -162,14 +201,14 @@ pub async fn cohort_plan(
     Ok(engine.plan(queries, base.as_deref())?)
 }
 
-/// Computes the members of `request` on the current warehouse: the
+/// Computes the member entries of `request` on the current warehouse: the
 /// patients meeting every filter, within the base population when `member`
-/// gives one. Returns the sorted members and the warehouse version they
-/// were computed on.
-pub async fn compute(current: &CurrentEngine, request: &CohortRequest) -> Result<(Vec<String>, u64), GroupError> {
+/// gives one (sorted); or a member-based Group's own entries. Returns them
+/// and the warehouse version they were computed on.
+pub async fn compute(current: &CurrentEngine, request: &CohortRequest) -> Result<(Vec<MemberEntry>, u64), GroupError> {
     let engine = current.get().await?;
     if request.is_member_based() {
-        return Ok((roster_members(&engine, request).await?, engine.version()));
+        return Ok((roster_entries(&engine, request).await?, engine.version()));
     }
     if !engine.has_index() {
         return Err(GroupError::NoIndex);
@@ -181,15 +220,18 @@ pub async fn compute(current: &CurrentEngine, request: &CohortRequest) -> Result
         other => other?,
     };
     let result = engine.run(plan).await?;
-    Ok((result.patients, engine.version()))
+    let entries = result.patients.iter().map(|p| MemberEntry::patient(p)).collect();
+    Ok((entries, engine.version()))
 }
 
-/// The members of a member-based Group that count now (its `member`
-/// entries, judged by `period` and `inactive`), sorted. Every entry must
-/// name a Patient of the warehouse: unknown ones are listed in
-/// [`GroupError::UnknownMembers`].
-pub(crate) async fn roster_members(engine: &CohortEngine, request: &CohortRequest) -> Result<Vec<String>, GroupError> {
-    let found = resolve::existing_patients(engine, &request.base_patients).await?;
+/// The `member` entries of a member-based Group, once every entry is known
+/// to name a Patient of the warehouse (unknown ones are listed in
+/// [`GroupError::UnknownMembers`]).
+pub(crate) async fn roster_entries(
+    engine: &CohortEngine,
+    request: &CohortRequest,
+) -> Result<Vec<MemberEntry>, GroupError> {
+    let found = identify::existing_patients(engine, &request.base_patients).await?;
     let mut unknown: Vec<String> = request
         .base_patients
         .iter()
@@ -201,14 +243,5 @@ pub(crate) async fn roster_members(engine: &CohortEngine, request: &CohortReques
         unknown.dedup();
         return Err(GroupError::UnknownMembers(unknown));
     }
-    let text = request.group.to_string();
-    let resource = crate::json::parse(&text).map_err(|source| GroupError::Corrupt {
-        id: "(submitted)".into(),
-        source,
-    })?;
-    let mut roster = resolve::Roster::default();
-    roster.read(&resource, chrono::Utc::now().timestamp_micros(), "(submitted)");
-    let mut members: Vec<String> = roster.patients.into_iter().collect();
-    members.sort_unstable();
-    Ok(members)
+    Ok(request.member_entries())
 }

@@ -6,9 +6,10 @@
 use std::collections::{HashMap, HashSet};
 
 use datafusion::arrow::array::AsArray;
-use datafusion::prelude::{col, lit};
+use datafusion::prelude::col;
 
 use super::GroupError;
+use super::membership::period_contains;
 use super::store::{GROUPS, StoredGroup};
 use crate::cohort::CohortEngine;
 use crate::fhir::parse_reference;
@@ -62,10 +63,14 @@ impl<'a> GroupResolver<'a> {
                 continue;
             }
             let text = match self.store.get::<StoredGroup>(GROUPS, &group).await? {
-                Some(stored) if !stored.request.is_member_based() => {
-                    members.patients.extend(stored.members);
+                // Rows: a cohort's members, or a member-based Group's entries.
+                Some(stored) if stored.has_segments() || !stored.request.is_member_based() => {
+                    let rows = stored.current_rows(&self.store).await?;
+                    let counting = rows.into_iter().filter(|row| row.entry.counts_at(self.at));
+                    members.patients.extend(counting.map(|row| row.entry.patient));
                     continue;
                 }
+                // A member-based Group written before membership segments.
                 Some(stored) => stored.resource.to_string(),
                 None => match self.loaded().await?.get(&group) {
                     Some(text) => text.clone(),
@@ -143,16 +148,15 @@ fn counts_at(member: &JsonValue<'_>, at: i64, group: &str) -> bool {
         return true;
     };
     let bound = |name: &str| period.get(name).and_then(JsonValue::as_str);
-    match period_text_range(bound("start"), bound("end")) {
-        Some(range) => range.low <= at && at <= range.high,
-        None => {
-            tracing::warn!(
-                group,
-                "a member's period is not a valid FHIR Period; the member is not counted"
-            );
-            false
-        }
+    let (start, end) = (bound("start"), bound("end"));
+    if (start.is_some() || end.is_some()) && period_text_range(start, end).is_none() {
+        tracing::warn!(
+            group,
+            "a member's period is not a valid FHIR Period; the member is not counted"
+        );
+        return false;
     }
+    period_contains(start, end, at)
 }
 
 /// Every Group resource of the loaded data (`id` → JSON text).
@@ -172,28 +176,4 @@ async fn read_loaded_groups(engine: &CohortEngine) -> Result<HashMap<String, Str
         }
     }
     Ok(groups)
-}
-
-/// Which of `ids` are Patients of `engine`'s warehouse version.
-pub async fn existing_patients(engine: &CohortEngine, ids: &[String]) -> Result<HashSet<String>, GroupError> {
-    let mut found = HashSet::new();
-    let Some(entry) = engine.snapshot().tables.get("Patient") else {
-        return Ok(found);
-    };
-    if ids.is_empty() {
-        return Ok(found);
-    }
-    let ctx = engine.session();
-    let provider = table_provider(engine.warehouse(), ctx, "Patient", entry).await?;
-    let batches = ctx
-        .read_table(provider)?
-        .filter(col("id").in_list(ids.iter().map(|i| lit(i.as_str())).collect(), false))?
-        .select(vec![col("id")])?
-        .collect()
-        .await?;
-    for batch in batches {
-        let column = batch.column(0).as_string::<i32>();
-        found.extend((0..batch.num_rows()).map(|i| column.value(i).to_string()));
-    }
-    Ok(found)
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::{JobError, JobFailure, new_id, now};
 use crate::export::Progress;
-use crate::group::CohortRequest;
+use crate::group::{CohortRequest, GroupError, MemberChange, MemberEntry, StoredGroup};
 use crate::service::Service;
 use crate::store::StoreError;
 
@@ -24,6 +24,8 @@ pub enum JobKind {
     CreateGroup,
     /// `PUT /Group/{id}` with `Prefer: respond-async`.
     UpdateGroup,
+    /// `$member-add` or `$member-remove` with `Prefer: respond-async`.
+    ChangeMembers,
 }
 
 /// Where a job is.
@@ -65,8 +67,12 @@ pub struct Job {
     pub kind: JobKind,
     /// The Group it creates or updates.
     pub group_id: String,
-    /// The validated request.
+    /// The validated request (a member operation's: the Group's request
+    /// when it was accepted, with its `If-Match`).
     pub request: CohortRequest,
+    /// A member operation's resolved change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<MemberChange>,
     /// Where it is.
     pub state: JobState,
     /// RFC 3339 times.
@@ -86,6 +92,7 @@ impl Service {
         kind: JobKind,
         group_id: String,
         request: CohortRequest,
+        change: Option<MemberChange>,
         owner: Option<String>,
     ) -> Result<Job, StoreError> {
         let created = now();
@@ -94,6 +101,7 @@ impl Service {
             kind,
             group_id,
             request,
+            change,
             state: JobState::Running {
                 progress: "computing membership".into(),
             },
@@ -109,18 +117,24 @@ impl Service {
     async fn spawn_group_job(self: &Arc<Self>, job: Job, delay: Duration) {
         let id = job.id.clone();
         let service = self.clone();
+        let progress = Progress::default();
+        let reported = progress.clone();
         self.group_jobs
-            .spawn(&id, Progress::default(), async move {
-                service.run_group_job(job, delay).await
+            .spawn(&id, progress, async move {
+                service.run_group_job(job, delay, reported).await
             })
             .await;
     }
 
-    async fn run_group_job(self: Arc<Self>, mut job: Job, delay: Duration) {
+    async fn run_group_job(self: Arc<Self>, mut job: Job, delay: Duration, progress: Progress) {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let outcome = crate::group::compute(&self.cohorts, &job.request).await;
+        // A member change applies to the membership found under the lock.
+        let computed = match job.change {
+            Some(_) => None,
+            None => Some(crate::group::compute(&self.cohorts, &job.request).await),
+        };
         let _writes = self.groups.writes.lock().await;
         // A cancel that won the lock leaves the job cancelled and the Group unwritten.
         if let Ok(Some(current)) = self.state.get::<Job>(JOBS, &job.id).await
@@ -128,14 +142,7 @@ impl Service {
         {
             return;
         }
-        let written = match outcome {
-            Ok((members, version)) => {
-                self.groups
-                    .write_group(&job.group_id, &job.request, members, version, job.owner.clone())
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        let written = self.write_job_group(&job, computed, &progress).await;
         job.state = match written {
             Ok(stored) => JobState::Succeeded {
                 location: format!("Group/{}/_history/{}", stored.id, stored.version),
@@ -150,6 +157,34 @@ impl Service {
         tracing::info!(job = %job.id, group = %job.group_id, "job finished");
     }
 
+    /// Writes the Group of `job` (the caller holds the Group-write lock):
+    /// its member change, or the membership `computed` for its request.
+    async fn write_job_group(
+        &self,
+        job: &Job,
+        computed: Option<Result<(Vec<MemberEntry>, u64), GroupError>>,
+        progress: &Progress,
+    ) -> Result<StoredGroup, GroupError> {
+        let groups = &self.groups;
+        if let Some(change) = &job.change {
+            return groups
+                .commit_change(&job.group_id, change, job.request.expected_version, progress)
+                .await;
+        }
+        let computed = computed.unwrap_or_else(|| Err(GroupError::invalid("the job computed no membership")));
+        let (entries, version) = computed?;
+        groups
+            .write_group(
+                &job.group_id,
+                &job.request,
+                entries,
+                version,
+                job.owner.clone(),
+                progress,
+            )
+            .await
+    }
+
     /// Group job `id`, when `visible` says its owner may see it.
     pub async fn group_job(&self, id: &str, visible: impl Fn(Option<&str>) -> bool) -> Result<Job, JobError> {
         self.state
@@ -160,10 +195,11 @@ impl Service {
     }
 
     /// Records a poll of running job `id`; refused when sooner than half of
-    /// the advised interval after the previous one.
-    pub async fn poll_group_job(&self, id: &str) -> Result<(), JobError> {
+    /// the advised interval after the previous one. Returns the running
+    /// task's progress text (empty before it reports any).
+    pub async fn poll_group_job(&self, id: &str) -> Result<String, JobError> {
         match self.group_jobs.poll(id, self.options.retry_after, true).await {
-            Some(_) => Ok(()),
+            Some((progress, _)) => Ok(progress),
             None => Err(JobError::PolledTooOften(self.options.retry_after)),
         }
     }

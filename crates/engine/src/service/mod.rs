@@ -13,6 +13,7 @@ pub use runtime::Runtimes;
 
 use crate::cohort::CurrentEngine;
 use crate::group::manage::Groups;
+use crate::group::segments::MembershipOptions;
 use crate::state::StateStore;
 use crate::store::{StoreError, StoreLocation};
 use crate::warehouse::Warehouse;
@@ -43,6 +44,10 @@ pub struct ServiceOptions {
     /// Where export files go (`s3://bucket/prefix`, a folder); default the
     /// warehouse's `_server/export-files`.
     pub export_store: Option<String>,
+    /// Membership rows per segment file (tests use few to see parts).
+    pub membership_part_rows: usize,
+    /// Pause after each membership part written (tests).
+    pub membership_part_delay: Duration,
 }
 
 impl Default for ServiceOptions {
@@ -56,6 +61,8 @@ impl Default for ServiceOptions {
             export_retention: Duration::from_secs(3600),
             export_type_delay: Duration::ZERO,
             export_store: None,
+            membership_part_rows: crate::group::segments::SEGMENT_ROWS,
+            membership_part_delay: Duration::ZERO,
         }
     }
 }
@@ -101,6 +108,10 @@ impl Service {
             cohorts: cohorts.clone(),
             state: state.clone(),
             writes: Arc::default(),
+            membership: MembershipOptions {
+                part_rows: options.membership_part_rows,
+                part_delay: options.membership_part_delay,
+            },
         };
         Ok(Arc::new(Self {
             cohorts,

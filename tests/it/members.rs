@@ -1,0 +1,395 @@
+//! Member operations on member-based Groups over real HTTP with the real
+//! binary: `$member-add` / `$member-remove` by Patient id, by
+//! `Patient.identifier` and by a Coverage subscriber id or identifier
+//! (Coverage generated here for synthea-100 patients: Synthea writes
+//! none), idempotence, refusals that change nothing, async operations,
+//! small deltas, and a kill -9 in the middle of a large change.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fhirlake::warehouse::Warehouse;
+use serde_json::{Value, json};
+
+use crate::common::{load_into, sample_data, shared_dataset};
+use crate::http_client::{HttpResponse, Server, http};
+use crate::server::poll;
+
+const PAYER: &str = "http://payer.example.org/member-id";
+const SSN: &str = "http://hl7.org/fhir/sid/us-ssn";
+
+/// The Patients of `data` (sorted by id) with their SSN identifier.
+fn patients_with_ssn(data: &Path) -> Vec<(String, Option<String>)> {
+    let mut patients = Vec::new();
+    for entry in std::fs::read_dir(data).expect("data folder") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if !name.starts_with("Patient") {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).expect("read").lines() {
+            let patient: Value = serde_json::from_str(line).expect("Patient JSON");
+            let ssn = patient["identifier"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|i| i["system"] == SSN)
+                .and_then(|i| i["value"].as_str())
+                .map(str::to_string);
+            patients.push((patient["id"].as_str().expect("id").to_string(), ssn));
+        }
+    }
+    patients.sort();
+    patients
+}
+
+/// Coverage NDJSON for the first 10 `patients`: Coverage `i` has
+/// subscriberId `SUB-i` and identifier `PAYER|MBR-i`; patients 8 and 9
+/// share subscriberId `FAMILY-1` (an ambiguous member id).
+fn write_coverage(dir: &Path, patients: &[String]) -> PathBuf {
+    let folder = dir.join("coverage");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    let lines: Vec<String> = patients
+        .iter()
+        .take(10)
+        .enumerate()
+        .map(|(i, patient)| {
+            let subscriber = if i >= 8 {
+                "FAMILY-1".to_string()
+            } else {
+                format!("SUB-{i}")
+            };
+            json!({
+                "resourceType": "Coverage", "id": format!("coverage-{i}"), "status": "active",
+                "subscriberId": subscriber,
+                "identifier": [{"system": PAYER, "value": format!("MBR-{i}")}],
+                "beneficiary": {"reference": format!("Patient/{patient}")},
+                "payor": [{"reference": "Organization/payer"}],
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(folder.join("Coverage.ndjson"), lines.join("\n") + "\n").expect("write");
+    folder
+}
+
+fn parameters(parts: Vec<Value>) -> String {
+    json!({"resourceType": "Parameters", "parameter": parts}).to_string()
+}
+
+fn by_id(patient: &str) -> Value {
+    json!({"name": "patientReference", "valueReference": {"reference": format!("Patient/{patient}")}})
+}
+
+fn by_identifier(system: Option<&str>, value: &str) -> Value {
+    let mut identifier = json!({"value": value});
+    if let Some(system) = system {
+        identifier["system"] = json!(system);
+    }
+    json!({"name": "memberId", "valueIdentifier": identifier})
+}
+
+fn period_end(end: &str) -> Value {
+    json!({"name": "attributionPeriod", "valuePeriod": {"end": end}})
+}
+
+fn operation(server: &Server, id: &str, name: &str, body: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    let mut all = vec![("Content-Type", "application/fhir+json")];
+    all.extend_from_slice(headers);
+    http("POST", &format!("{}/Group/{id}/${name}", server.base), &all, Some(body))
+}
+
+/// The member ids `$members` lists (those that count now), sorted.
+fn counted(server: &Server, id: &str) -> Vec<String> {
+    let response = http(
+        "GET",
+        &format!("{}/Group/{id}/$members?_count=1000", server.base),
+        &[],
+        None,
+    );
+    assert_eq!(response.status, 200);
+    let mut ids: Vec<String> = response.json()["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["resource"]["id"].as_str().map(str::to_string))
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn read(server: &Server, id: &str) -> Value {
+    let response = http("GET", &format!("{}/Group/{id}", server.base), &[], None);
+    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+    response.json()
+}
+
+fn create_empty(server: &Server) -> String {
+    let group = json!({"resourceType": "Group", "type": "person", "actual": true, "name": "attributed"});
+    let created = http(
+        "POST",
+        &format!("{}/Group", server.base),
+        &[("Content-Type", "application/fhir+json")],
+        Some(&group.to_string()),
+    );
+    assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
+    created.json()["id"].as_str().expect("id").to_string()
+}
+
+fn sorted(items: &[&String]) -> Vec<String> {
+    let mut items: Vec<String> = items.iter().map(|s| s.to_string()).collect();
+    items.sort();
+    items
+}
+
+/// Every way to name a member, every refusal, and what each leaves.
+#[tokio::test]
+async fn members_are_added_and_removed_by_id_identifier_and_coverage() {
+    let Some(data) = shared_dataset("synthea-100") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let patients = patients_with_ssn(&data);
+    let ids: Vec<String> = patients.iter().map(|(id, _)| id.clone()).collect();
+    let coverage = write_coverage(dir.path(), &ids);
+    let root = dir.path().join("warehouse");
+    let warehouse = Warehouse::open(&root.display().to_string()).expect("warehouse");
+    load_into(&warehouse, &[&data, &coverage], false).await;
+    let server = Server::start(&root, &[]);
+    let id = create_empty(&server);
+    assert_eq!(read(&server, &id)["quantity"], 0);
+
+    // By id; again (no new version); by SSN; by Coverage subscriberId and
+    // by Coverage identifier (system|value); two at once.
+    let added = operation(&server, &id, "member-add", &parameters(vec![by_id(&ids[0])]), &[]);
+    assert_eq!(added.status, 200, "{}", String::from_utf8_lossy(&added.body));
+    assert_eq!(
+        (added.json()["quantity"].clone(), added.header("etag")),
+        (json!(1), Some("W/\"2\""))
+    );
+    let again = operation(&server, &id, "member-add", &parameters(vec![by_id(&ids[0])]), &[]);
+    assert_eq!(
+        again.json()["meta"]["versionId"],
+        "2",
+        "adding a member twice changes nothing"
+    );
+    let (ssn_patient, ssn) = patients
+        .iter()
+        .skip(1)
+        .find_map(|(id, ssn)| ssn.as_ref().map(|s| (id.clone(), s.clone())))
+        .expect("a Patient with an SSN");
+    let body = parameters(vec![by_identifier(Some(SSN), &ssn)]);
+    assert_eq!(operation(&server, &id, "member-add", &body, &[]).status, 200);
+    let body = parameters(vec![
+        json!({"name": "member", "part": [by_identifier(None, "SUB-2")]}),
+        json!({"name": "member", "part": [by_identifier(Some(PAYER), "MBR-3")]}),
+    ]);
+    let added = operation(&server, &id, "member-add", &body, &[]);
+    assert_eq!(added.status, 200, "{}", String::from_utf8_lossy(&added.body));
+    let members = sorted(&[&ids[0], &ssn_patient, &ids[2], &ids[3]]);
+    assert_eq!(counted(&server, &id), members);
+    assert_eq!(read(&server, &id)["member"].as_array().map(Vec::len), Some(4));
+
+    // Refusals name what is wrong and change nothing.
+    let version = read(&server, &id)["meta"]["versionId"].clone();
+    let refused = |body: String, status: u16, text: &str| {
+        let response = operation(&server, &id, "member-add", &body, &[]);
+        let outcome = String::from_utf8_lossy(&response.body).to_string();
+        assert_eq!(response.status, status, "{outcome}");
+        assert!(
+            outcome.contains("OperationOutcome") && outcome.contains(text),
+            "{outcome}"
+        );
+    };
+    let unknown = parameters(vec![
+        json!({"name": "member", "part": [by_id(&ids[5])]}),
+        json!({"name": "member", "part": [by_identifier(Some(PAYER), "MBR-404")]}),
+        json!({"name": "member", "part": [by_id("no-such-patient")]}),
+    ]);
+    refused(unknown, 400, "MBR-404");
+    refused(
+        parameters(vec![by_identifier(None, "FAMILY-1")]),
+        400,
+        "more than one Patient",
+    );
+    refused(
+        parameters(vec![json!({"name": "colour", "valueString": "red"})]),
+        400,
+        "colour",
+    );
+    refused(
+        parameters(vec![by_id(&ids[5]), period_end("yesterday")]),
+        400,
+        "attributionPeriod",
+    );
+    let stale = operation(
+        &server,
+        &id,
+        "member-add",
+        &parameters(vec![by_id(&ids[5])]),
+        &[("If-Match", "W/\"1\"")],
+    );
+    assert_eq!(stale.status, 412, "{}", String::from_utf8_lossy(&stale.body));
+    let not_member = operation(&server, &id, "member-remove", &parameters(vec![by_id(&ids[6])]), &[]);
+    assert_eq!(not_member.status, 400);
+    assert_eq!(read(&server, &id)["meta"]["versionId"], version, "nothing applied");
+    assert_eq!(counted(&server, &id), members);
+
+    // Removing: one entry deleted; one member's period ended in the past
+    // (listed, no longer counted).
+    let removed = operation(&server, &id, "member-remove", &parameters(vec![by_id(&ids[0])]), &[]);
+    assert_eq!(removed.status, 200, "{}", String::from_utf8_lossy(&removed.body));
+    let ended = parameters(vec![by_id(&ids[2]), period_end("2020-01-01")]);
+    assert_eq!(operation(&server, &id, "member-remove", &ended, &[]).status, 200);
+    let group = read(&server, &id);
+    assert_eq!(group["quantity"], 2, "{group}");
+    let listed: Vec<&str> = group["member"]
+        .as_array()
+        .expect("member")
+        .iter()
+        .filter_map(|m| m["entity"]["reference"].as_str())
+        .collect();
+    assert_eq!(listed.len(), 3, "{group}");
+    assert!(!listed.contains(&format!("Patient/{}", ids[0]).as_str()));
+    assert_eq!(counted(&server, &id), sorted(&[&ssn_patient, &ids[3]]));
+
+    // Async: 202, then the batch-response with the changed Group.
+    let accepted = operation(
+        &server,
+        &id,
+        "member-add",
+        &parameters(vec![by_id(&ids[7])]),
+        &[("Prefer", "respond-async")],
+    );
+    assert_eq!(accepted.status, 202, "{}", String::from_utf8_lossy(&accepted.body));
+    let (status, bundle) = poll(accepted.header("content-location").expect("polling URL")).await;
+    assert_eq!(status, 200);
+    assert_eq!(bundle["entry"][0]["response"]["status"], "200 OK", "{bundle}");
+    assert_eq!(bundle["entry"][0]["resource"]["quantity"], 3, "{bundle}");
+    // An unknown member is refused before the 202.
+    let refused = operation(
+        &server,
+        &id,
+        "member-add",
+        &parameters(vec![by_id("no-such-patient")]),
+        &[("Prefer", "respond-async")],
+    );
+    assert_eq!(refused.status, 400);
+
+    // Each change wrote a small delta: the newest segment holds its rows only.
+    let segments = dir.path().join(format!("warehouse/_server/membership/{id}"));
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(&segments)
+        .expect("segments")
+        .map(|e| e.expect("entry"))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().to_string(),
+                e.metadata().expect("meta").len(),
+            )
+        })
+        .collect();
+    files.sort();
+    assert!(files.len() >= 6, "one segment per change: {files:?}");
+    assert!(files.iter().all(|(_, size)| *size < 8 * 1024), "{files:?}");
+
+    // Member operations are for member-based Groups only.
+    let cohort = crate::common::cohort_group("women", "Patient?gender=female");
+    let created = http(
+        "POST",
+        &format!("{}/Group", server.base),
+        &[("Content-Type", "application/fhir+json")],
+        Some(&cohort.to_string()),
+    );
+    let cohort_id = created.json()["id"].as_str().expect("id").to_string();
+    let refused = operation(
+        &server,
+        &cohort_id,
+        "member-add",
+        &parameters(vec![by_id(&ids[0])]),
+        &[],
+    );
+    assert_eq!(refused.status, 400, "{}", String::from_utf8_lossy(&refused.body));
+    let missing = operation(&server, "nope", "member-add", &parameters(vec![by_id(&ids[0])]), &[]);
+    assert_eq!(missing.status, 404);
+
+    // The CapabilityStatement names both operations on Group.
+    let metadata = http("GET", &format!("{}/metadata", server.base), &[], None).json();
+    let group = metadata["rest"][0]["resource"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["type"] == "Group")
+        .expect("Group")
+        .clone();
+    let operations: Vec<&str> = group["operation"]
+        .as_array()
+        .expect("operations")
+        .iter()
+        .filter_map(|o| o["name"].as_str())
+        .collect();
+    assert_eq!(operations, ["export", "member-add", "member-remove"]);
+}
+
+/// A kill -9 while a large `$member-add` is written in parts leaves the old
+/// membership; the restarted server resumes the job and the new one is
+/// there whole.
+#[tokio::test]
+async fn a_crash_during_a_large_member_add_leaves_old_or_new_membership() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = Warehouse::open(&dir.path().display().to_string()).expect("warehouse");
+    load_into(&warehouse, &[&sample_data()], false).await;
+    let ids = crate::common::query_strings(&warehouse, "SELECT id FROM patient ORDER BY id").await;
+    let slow = ["--membership-part-rows", "1", "--membership-part-delay-ms", "400"];
+    let server = Server::start(dir.path(), &slow);
+    let id = create_empty(&server);
+    let first = operation(&server, &id, "member-add", &parameters(vec![by_id(&ids[0])]), &[]);
+    assert_eq!(first.status, 200);
+    let rest: Vec<Value> = ids[1..]
+        .iter()
+        .map(|p| json!({"name": "member", "part": [by_id(p)]}))
+        .collect();
+    assert!(rest.len() >= 5, "enough parts to crash between");
+    let accepted = operation(
+        &server,
+        &id,
+        "member-add",
+        &parameters(rest),
+        &[("Prefer", "respond-async")],
+    );
+    assert_eq!(accepted.status, 202, "{}", String::from_utf8_lossy(&accepted.body));
+    let url = accepted.header("content-location").expect("polling URL").to_string();
+    let job_path = url.strip_prefix(&server.base).expect("a URL of the server").to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = http("GET", &url, &[], None);
+        let progress = response.header("x-progress").unwrap_or_default().to_string();
+        if progress.contains("wrote part 2 of") {
+            break;
+        }
+        assert!(
+            response.status == 202 || response.status == 429,
+            "finished before the crash: {progress}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no part written in 30 s: {progress}"
+        );
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    server.kill();
+
+    // Restarted: the old membership or the new, never a mix; then the new.
+    let server = Server::start(dir.path(), &[]);
+    let quantity = read(&server, &id)["quantity"].as_u64().expect("quantity");
+    assert!(quantity == 1 || quantity == ids.len() as u64, "a mix: {quantity}");
+    let (status, bundle) = poll(&format!("{}{job_path}", server.base)).await;
+    assert_eq!(status, 200, "{bundle}");
+    assert_eq!(
+        read(&server, &id)["quantity"],
+        ids.len(),
+        "the resumed job added everyone"
+    );
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(counted(&server, &id), expected);
+}
