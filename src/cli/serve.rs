@@ -49,6 +49,10 @@ pub struct Args {
     /// manifests in tests).
     #[arg(long, default_value_t = 0, hide = true)]
     export_type_delay_ms: u64,
+    /// Superseded Group versions stay readable (`_history`) this long, and
+    /// always while an unexpired export names them (30m, 1h, 30d).
+    #[arg(long, default_value = "30d")]
+    group_history_retention: String,
     /// Membership rows per segment file of a Group (tests use few, to
     /// watch a large member change written in parts).
     #[arg(long, default_value_t = fhirlake::group::segments::SEGMENT_ROWS, hide = true)]
@@ -109,6 +113,7 @@ impl Args {
             }
         };
         let export_retention = required_interval("--export-retention", &self.export_retention)?;
+        let group_history_retention = required_interval("--group-history-retention", &self.group_history_retention)?;
         let refresh_interval =
             parse_interval(&self.refresh_interval).map_err(|e| anyhow::anyhow!("--refresh-interval: {e}"))?;
         Ok(ServeOptions {
@@ -125,6 +130,7 @@ impl Args {
                 export_store: self.export_store,
                 membership_part_rows: self.membership_part_rows.max(1),
                 membership_part_delay: Duration::from_millis(self.membership_part_delay_ms),
+                group_history_retention,
             },
             export_downloads,
             clients: self.clients,

@@ -292,6 +292,33 @@ async fn members_are_added_and_removed_by_id_identifier_and_coverage() {
     assert!(files.len() >= 6, "one segment per change: {files:?}");
     assert!(files.iter().all(|(_, size)| *size < 8 * 1024), "{files:?}");
 
+    // Every version stays readable; _history lists them newest first, and
+    // version 2 has the one member it had then.
+    let current = read(&server, &id)["meta"]["versionId"]
+        .as_str()
+        .expect("version")
+        .parse::<usize>()
+        .expect("n");
+    let history = http("GET", &format!("{}/Group/{id}/_history", server.base), &[], None).json();
+    assert_eq!(history["type"], "history");
+    let versions: Vec<String> = history["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["resource"]["meta"]["versionId"].as_str().map(str::to_string))
+        .collect();
+    let expected: Vec<String> = (1..=current).rev().map(|v| v.to_string()).collect();
+    assert_eq!(versions, expected);
+    let second = http("GET", &format!("{}/Group/{id}/_history/2", server.base), &[], None);
+    assert_eq!((second.status, second.header("etag")), (200, Some("W/\"2\"")));
+    let members_then: Vec<Value> = second.json()["member"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        members_then,
+        [json!({"entity": {"reference": format!("Patient/{}", ids[0])}})]
+    );
+    let unknown = http("GET", &format!("{}/Group/{id}/_history/99", server.base), &[], None);
+    assert_eq!(unknown.status, 404);
+
     // Member operations are for member-based Groups only.
     let cohort = crate::common::cohort_group("women", "Patient?gender=female");
     let created = http(
@@ -392,4 +419,74 @@ async fn a_crash_during_a_large_member_add_leaves_old_or_new_membership() {
     let mut expected = ids.clone();
     expected.sort();
     assert_eq!(counted(&server, &id), expected);
+}
+
+/// An export runs against the Group version current at its kick-off (a
+/// member added meanwhile is not exported) and names it; that version stays
+/// readable while the export is kept, and goes after the retention.
+#[tokio::test]
+async fn an_export_runs_against_the_group_version_of_its_kickoff() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = Warehouse::open(&dir.path().display().to_string()).expect("warehouse");
+    load_into(&warehouse, &[&sample_data()], false).await;
+    let ids = crate::common::query_strings(&warehouse, "SELECT id FROM patient ORDER BY id").await;
+    // The job starts after the member is added: only the pinned version
+    // keeps it out.
+    let args = [
+        "--job-delay-ms",
+        "1500",
+        "--export-type-delay-ms",
+        "500",
+        "--export-retention",
+        "3s",
+        "--group-history-retention",
+        "1s",
+    ];
+    let server = Server::start(dir.path(), &args);
+    let id = create_empty(&server);
+    let body = parameters(vec![
+        json!({"name": "member", "part": [by_id(&ids[0])]}),
+        json!({"name": "member", "part": [by_id(&ids[1])]}),
+    ]);
+    assert_eq!(operation(&server, &id, "member-add", &body, &[]).status, 200);
+    let kickoff = http(
+        "GET",
+        &format!("{}/Group/{id}/$export?_type=Patient,Observation", server.base),
+        &[("Accept", "application/fhir+json"), ("Prefer", "respond-async")],
+        None,
+    );
+    assert_eq!(kickoff.status, 202, "{}", String::from_utf8_lossy(&kickoff.body));
+    let added = operation(&server, &id, "member-add", &parameters(vec![by_id(&ids[2])]), &[]);
+    assert_eq!(added.json()["meta"]["versionId"], "3");
+    let done = crate::export::poll_export(kickoff.header("content-location").expect("status URL")).await;
+    assert_eq!(done.status, 200, "{}", String::from_utf8_lossy(&done.body));
+    let manifest = done.json();
+    let named = format!("{}/Group/{id}/_history/2", server.base);
+    assert_eq!(
+        manifest["extension"][fhirlake::server::export::GROUP_VERSION_EXTENSION],
+        json!(named)
+    );
+    let (_, lines) = crate::export::manifest_counts(&manifest, |url| http("GET", url, &[], None).body);
+    let mut exported: Vec<&str> = lines
+        .iter()
+        .filter(|r| r["resourceType"] == "Patient")
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    exported.sort();
+    assert_eq!(
+        exported,
+        [ids[0].as_str(), ids[1].as_str()],
+        "the member added later is not exported"
+    );
+    assert_eq!(http("GET", &named, &[], None).status, 200, "kept while the export is");
+
+    // The export expires (3 s), then version 2 goes (superseded > 1 s ago).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while http("GET", &named, &[], None).status == 200 {
+        assert!(std::time::Instant::now() < deadline, "version 2 still kept after 30 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(http("GET", &named, &[], None).status, 404);
+    let current = http("GET", &format!("{}/Group/{id}/_history/3", server.base), &[], None);
+    assert_eq!(current.status, 200, "the current version is always kept");
 }

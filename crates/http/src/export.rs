@@ -243,6 +243,10 @@ fn page_url(state: &AppState, id: &str, page: usize) -> String {
     }
 }
 
+/// The manifest `extension` naming the version of the stored Group an
+/// export ran against.
+pub const GROUP_VERSION_EXTENSION: &str = "https://fhirlake.dev/fhir/group-version";
+
 /// The manifest of `output` files for `job`; `last` pages carry error[] and
 /// deleted[], earlier partial pages a `link` to the next one. File URLs
 /// point at this server or, for presigned downloads, are signed now.
@@ -292,6 +296,12 @@ async fn job_manifest(
     );
     if let Some(next) = next {
         body["link"] = serde_json::json!([{"relation": "next", "url": page_url(state, &job.id, next)}]);
+    }
+    // Which version of a stored Group the export ran against.
+    if let (ExportLevel::Group(id), Some(version)) = (&job.request.level, job.request.group_version) {
+        body["extension"] = serde_json::json!({
+            GROUP_VERSION_EXTENSION: format!("{}/Group/{id}/_history/{version}", state.base_url)
+        });
     }
     Ok(body)
 }

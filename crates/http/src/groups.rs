@@ -366,27 +366,88 @@ async fn check_request_access(state: &AppState, caller: &Caller, request: &Cohor
     Ok(())
 }
 
-/// `GET /Group/{id}/_history/{version}` (only the current version is kept).
+/// `GET /Group/{id}/_history/{version}`: any kept version (see
+/// `--group-history-retention`).
 pub async fn vread(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     Path((id, version)): Path<(String, String)>,
 ) -> Result<Response, FhirError> {
     caller.require("Group", Permission::Read)?;
-    let stored = state
+    let current = state
         .service
         .groups
         .stored_group(&id)
         .await?
         .filter(|g| caller.sees_group(&id, g.owner.as_deref()));
-    match stored {
-        Some(stored) if stored.version.to_string() == version => group_response(&state, StatusCode::OK, &stored).await,
-        Some(stored) => Err(FhirError::not_found(format!(
-            "Group/{id} version {version} is not kept (the current version is {})",
-            stored.version
+    let Some(current) = current else {
+        return Err(FhirError::not_found(format!("Group/{id} does not exist")));
+    };
+    let kept = match version.parse::<u64>() {
+        Ok(number) => state.service.groups.group_version(&id, number).await?,
+        Err(_) => None,
+    };
+    match kept {
+        Some((stored, resource)) => {
+            let mut response = fhir_json(StatusCode::OK, &resource);
+            if let Some(value) = etag(stored.version) {
+                response.headers_mut().insert(header::ETAG, value);
+            }
+            Ok(response)
+        }
+        None => Err(FhirError::not_found(format!(
+            "Group/{id} version {version} is not kept (the current version is {}; superseded versions \
+             are kept for the server's --group-history-retention)",
+            current.version
         ))),
-        None => Err(FhirError::not_found(format!("Group/{id} does not exist"))),
     }
+}
+
+/// `GET /Group/{id}/_history`: the kept versions, newest first, as a
+/// history Bundle.
+pub async fn history(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Response, FhirError> {
+    caller.require("Group", Permission::Read)?;
+    let visible = state
+        .service
+        .groups
+        .stored_group(&id)
+        .await?
+        .is_some_and(|g| caller.sees_group(&id, g.owner.as_deref()));
+    if !visible {
+        return Err(hidden(&format!("Group/{id}")));
+    }
+    let versions = state.service.groups.history(&id).await?;
+    let entries: Vec<Value> = versions
+        .iter()
+        .map(|(stored, resource)| {
+            let (method, status) = if stored.version == 1 {
+                ("POST", "201 Created")
+            } else {
+                ("PUT", "200 OK")
+            };
+            json!({
+                "fullUrl": format!("{}/Group/{id}/_history/{}", state.base_url, stored.version),
+                "resource": resource,
+                "request": {"method": method, "url": if stored.version == 1 { "Group".to_string() } else { format!("Group/{id}") }},
+                "response": {
+                    "status": status,
+                    "etag": format!("W/\"{}\"", stored.version),
+                    "lastModified": resource["meta"]["lastUpdated"],
+                },
+            })
+        })
+        .collect();
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "history",
+        "total": entries.len(),
+        "entry": entries,
+    });
+    Ok(fhir_json(StatusCode::OK, &bundle))
 }
 
 /// `DELETE /Group/{id}`: removes a cohort Group.

@@ -152,6 +152,7 @@ pub fn router(state: SharedState) -> Router {
             "/Group/{id}",
             get(groups::read).put(groups::update).delete(groups::delete),
         )
+        .route("/Group/{id}/_history", get(groups::history))
         .route("/Group/{id}/_history/{version}", get(groups::vread))
         .route("/Group/{id}/$members", get(groups::members))
         .route("/Group/{id}/$member-add", axum::routing::post(members::member_add))

@@ -314,6 +314,8 @@ async fn read_only_groups_refuse_every_write_and_say_so() {
         refused("create", "POST", "/Group"),
         refused("update", "PUT", "/Group/roster"),
         refused("delete", "DELETE", "/Group/roster"),
+        refused("member-add", "POST", "/Group/roster/$member-add"),
+        refused("member-remove", "POST", "/Group/roster/$member-remove"),
     ];
     let mut failures = Vec::new();
     for case in &cases {
@@ -337,5 +339,12 @@ async fn read_only_groups_refuse_every_write_and_say_so() {
         .iter()
         .filter_map(|i| i["code"].as_str())
         .collect();
-    assert_eq!(interactions, ["read", "vread", "search-type"]);
+    assert_eq!(interactions, ["read", "vread", "history-instance", "search-type"]);
+    let operations: Vec<&str> = group["operation"]
+        .as_array()
+        .expect("operations")
+        .iter()
+        .filter_map(|o| o["name"].as_str())
+        .collect();
+    assert_eq!(operations, ["export"], "no member operations on read-only Groups");
 }

@@ -111,6 +111,11 @@ pub struct ExportRequest {
     /// when the job starts, kept when it resumes. `None`: now.
     #[serde(default)]
     pub members_at: Option<i64>,
+    /// The version of the stored Group exported (set when the job starts,
+    /// kept when it resumes: a later change of the Group does not reach a
+    /// running export). `None`: a Group of the loaded data, or no Group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_version: Option<u64>,
 }
 
 /// A request and the parameters set aside under `Prefer: handling=lenient`.
@@ -332,6 +337,7 @@ impl ExportRequestBuilder {
                 allow_partial_manifests: false,
                 excluded_types: BTreeSet::new(),
                 members_at: None,
+                group_version: None,
             },
             lenient,
             post,

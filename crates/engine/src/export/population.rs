@@ -88,7 +88,11 @@ pub async fn resolve(engine: &CohortEngine, request: &ExportRequest) -> Result<P
             let at = request
                 .members_at
                 .unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
-            Some(GroupResolver::at(engine, at).members(id).await?.into_iter().collect())
+            let mut resolver = GroupResolver::at(engine, at);
+            if let Some(version) = request.group_version {
+                resolver = resolver.pinned(id, version);
+            }
+            Some(resolver.members(id).await?.into_iter().collect())
         }
     };
     let Some(wanted) = &request.patients else {

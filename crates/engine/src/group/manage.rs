@@ -112,6 +112,7 @@ impl Groups {
             warehouse_version,
             owner,
         };
+        self.keep_version(&stored).await?;
         self.state.put(GROUPS, id, &stored).await?;
         delete_segments(&self.state, id, &superseded).await;
         Ok(stored)
@@ -312,6 +313,7 @@ impl Groups {
         }
         self.state.delete(GROUPS, id).await?;
         delete_segments(&self.state, id, &stored.segments).await;
+        self.forget_versions(id).await;
         Ok(true)
     }
 

@@ -2,7 +2,7 @@
 //! cohort Groups ([`cohort`]), the stored form ([`store`]) with the one
 //! membership schema ([`membership`]) kept in segments ([`segments`]),
 //! member operations ([`change`]) and finding the Patients they name
-//! ([`identify`]), the one
+//! ([`identify`]), kept versions ([`versions`]), the one
 //! resolver from a Group id to its members ([`resolve`]), and computing a
 //! cohort's membership ([`compute`]), and managing the stored and loaded
 //! Groups of a warehouse ([`manage::Groups`]).
@@ -15,6 +15,7 @@ pub mod membership;
 pub mod resolve;
 pub mod segments;
 pub mod store;
+pub mod versions;
 
 use std::collections::HashSet;
 

@@ -27,6 +27,8 @@ pub struct GroupResolver<'a> {
     /// The instant (µs) a roster's `member.period` and `member.inactive`
     /// are judged at.
     at: i64,
+    /// A stored Group read at an earlier version (an export's).
+    pinned: Option<(String, u64)>,
 }
 
 impl<'a> GroupResolver<'a> {
@@ -44,7 +46,15 @@ impl<'a> GroupResolver<'a> {
             store: StateStore::new(engine.warehouse().root().clone()),
             loaded: None,
             at,
+            pinned: None,
         }
+    }
+
+    /// Reads stored Group `id` as its version `version` (the one an export
+    /// started with), not its current one.
+    pub fn pinned(mut self, id: &str, version: u64) -> Self {
+        self.pinned = Some((id.to_string(), version));
+        self
     }
 
     /// The member Patient ids of Group `id`, sorted: a cohort Group's
@@ -65,7 +75,12 @@ impl<'a> GroupResolver<'a> {
             let text = match self.store.get::<StoredGroup>(GROUPS, &group).await? {
                 // Rows: a cohort's members, or a member-based Group's entries.
                 Some(stored) if stored.has_segments() || !stored.request.is_member_based() => {
-                    let rows = stored.current_rows(&self.store).await?;
+                    let version = match &self.pinned {
+                        Some((pinned, version)) if *pinned == group => *version,
+                        _ => stored.version,
+                    };
+                    let mut rows = stored.rows(&self.store).await?;
+                    rows.retain(|row| row.is_in(version));
                     let counting = rows.into_iter().filter(|row| row.entry.counts_at(self.at));
                     members.patients.extend(counting.map(|row| row.entry.patient));
                     continue;

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::{AbortOnDrop, JobError, JobFailure, new_id, now};
 use crate::cohort::CohortEngine;
 use crate::error::ErrorKind;
+use crate::export::ExportLevel;
 use crate::export::{
     ExportError, ExportOutput, ExportRequest, ExportSettings, ExportTarget, ExportedFile, Progress, run_export,
 };
@@ -161,6 +162,10 @@ impl Service {
         let mut request = kickoff.request;
         // Roster membership is judged at transactionTime, on resume too.
         request.members_at = Some(started.timestamp_micros());
+        // A stored Group is exported as its current version, on resume too.
+        if let ExportLevel::Group(id) = &request.level {
+            request.group_version = self.groups.stored_group(id).await?.map(|g| g.version);
+        }
         let engine = self.cohorts.get().await?;
         check_against_data(&engine, &request).await?;
         let created = now();
@@ -465,28 +470,45 @@ impl Service {
         Ok(())
     }
 
-    /// Deletes expired, cancelled and long-failed exports, every `interval`.
+    /// Deletes expired, cancelled and long-failed exports, then Group
+    /// versions past their retention that no remaining export names,
+    /// every `interval`.
     pub(crate) async fn expiry_loop(&self, interval: Duration) {
         loop {
             tokio::time::sleep(interval).await;
             let Ok(ids) = self.state.list(EXPORTS).await else {
                 continue;
             };
-            for id in ids {
-                let Ok(Some(job)) = self.state.get::<ExportJob>(EXPORTS, &id).await else {
-                    continue;
-                };
-                if job.expired()
-                    || job.state == ExportState::Cancelled
-                    || job.failed_long_ago(self.options.export_retention)
+            self.expire_exports(ids).await;
+            let mut pinned = HashSet::new();
+            for id in self.state.list(EXPORTS).await.unwrap_or_default() {
+                if let Ok(Some(job)) = self.state.get::<ExportJob>(EXPORTS, &id).await
+                    && let (ExportLevel::Group(group), Some(version)) = (&job.request.level, job.request.group_version)
                 {
-                    if !self.purge_export_files(&id).await {
-                        continue;
-                    }
-                    let _ = self.state.delete(EXPORTS, &id).await;
-                    self.export_jobs.remove(&id).await;
-                    tracing::info!(job = %id, "expired export deleted");
+                    pinned.insert((group.clone(), version));
                 }
+            }
+            let retention = self.options.group_history_retention;
+            self.groups.purge_versions(retention, &pinned).await;
+        }
+    }
+
+    /// Deletes the expired, cancelled and long-failed exports among `ids`.
+    async fn expire_exports(&self, ids: Vec<String>) {
+        for id in ids {
+            let Ok(Some(job)) = self.state.get::<ExportJob>(EXPORTS, &id).await else {
+                continue;
+            };
+            if job.expired()
+                || job.state == ExportState::Cancelled
+                || job.failed_long_ago(self.options.export_retention)
+            {
+                if !self.purge_export_files(&id).await {
+                    continue;
+                }
+                let _ = self.state.delete(EXPORTS, &id).await;
+                self.export_jobs.remove(&id).await;
+                tracing::info!(job = %id, "expired export deleted");
             }
         }
     }

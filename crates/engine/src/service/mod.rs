@@ -48,6 +48,9 @@ pub struct ServiceOptions {
     pub membership_part_rows: usize,
     /// Pause after each membership part written (tests).
     pub membership_part_delay: Duration,
+    /// A superseded Group version stays readable this long (and while an
+    /// unexpired export names it).
+    pub group_history_retention: Duration,
 }
 
 impl Default for ServiceOptions {
@@ -63,6 +66,7 @@ impl Default for ServiceOptions {
             export_store: None,
             membership_part_rows: crate::group::segments::SEGMENT_ROWS,
             membership_part_delay: Duration::ZERO,
+            group_history_retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
