@@ -490,3 +490,124 @@ async fn an_export_runs_against_the_group_version_of_its_kickoff() {
     let current = http("GET", &format!("{}/Group/{id}/_history/3", server.base), &[], None);
     assert_eq!(current.status, 200, "the current version is always kept");
 }
+
+fn patch_request(server: &Server, id: &str, media: &str, body: &Value, headers: &[(&str, &str)]) -> HttpResponse {
+    let mut all = vec![("Content-Type", media)];
+    all.extend_from_slice(headers);
+    http(
+        "PATCH",
+        &format!("{}/Group/{id}", server.base),
+        &all,
+        Some(&body.to_string()),
+    )
+}
+
+/// JSON Patch and FHIRPath Patch change a member-based Group's entries and
+/// a cohort Group's filters; what does not apply changes nothing.
+#[tokio::test]
+async fn groups_are_patched_with_json_patch_and_fhirpath_patch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = Warehouse::open(&dir.path().display().to_string()).expect("warehouse");
+    load_into(&warehouse, &[&sample_data()], false).await;
+    let ids = crate::common::query_strings(&warehouse, "SELECT id FROM patient ORDER BY id").await;
+    let women = crate::common::query_i64(&warehouse, "SELECT count(*) FROM patient WHERE gender = 'female'").await;
+    let server = Server::start(dir.path(), &[]);
+    let id = create_empty(&server);
+    let reference = |i: usize| json!({"entity": {"reference": format!("Patient/{}", ids[i])}});
+    assert_eq!(
+        operation(&server, &id, "member-add", &parameters(vec![by_id(&ids[0])]), &[]).status,
+        200
+    );
+
+    // JSON Patch: a member and a new name.
+    let json_patch = json!([
+        {"op": "add", "path": "/member/-", "value": reference(1)},
+        {"op": "replace", "path": "/name", "value": "renamed"},
+    ]);
+    let patched = patch_request(&server, &id, "application/json-patch+json", &json_patch, &[]);
+    assert_eq!(patched.status, 200, "{}", String::from_utf8_lossy(&patched.body));
+    assert_eq!(patched.header("etag"), Some("W/\"3\""));
+    let group = patched.json();
+    assert_eq!(
+        (group["quantity"].clone(), group["name"].clone()),
+        (json!(2), json!("renamed"))
+    );
+
+    // FHIRPath Patch: remove the first, add a third with a period.
+    let fhirpath_patch = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "operation", "part": [
+            {"name": "type", "valueCode": "delete"},
+            {"name": "path", "valueString": format!("Group.member.where(entity.reference = 'Patient/{}')", ids[0])},
+        ]},
+        {"name": "operation", "part": [
+            {"name": "type", "valueCode": "add"},
+            {"name": "path", "valueString": "Group"},
+            {"name": "name", "valueString": "member"},
+            {"name": "value", "part": [
+                {"name": "entity", "valueReference": {"reference": format!("Patient/{}", ids[2])}},
+                {"name": "period", "valuePeriod": {"start": "2020-01-01"}},
+            ]},
+        ]},
+    ]});
+    let patched = patch_request(&server, &id, "application/fhir+json", &fhirpath_patch, &[]);
+    assert_eq!(patched.status, 200, "{}", String::from_utf8_lossy(&patched.body));
+    assert_eq!(counted(&server, &id), sorted(&[&ids[1], &ids[2]]));
+    assert_eq!(read(&server, &id)["member"][1]["period"]["start"], "2020-01-01");
+
+    // What does not apply changes nothing.
+    let refusals = [
+        (
+            json!([{"op": "test", "path": "/name", "value": "other"}]),
+            "application/json-patch+json",
+            422,
+        ),
+        (
+            json!([{"op": "replace", "path": "/id", "value": "x"}]),
+            "application/json-patch+json",
+            422,
+        ),
+        (
+            json!([{"op": "add", "path": "/member/-", "value": {"entity": {"reference": "Patient/nobody"}}}]),
+            "application/json-patch+json",
+            400,
+        ),
+        (json!({"op": "add"}), "application/json-patch+json", 400),
+        (
+            json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+            {"name": "type", "valueCode": "delete"}, {"name": "path", "valueString": "Group.member.exists()"}]}]}),
+            "application/fhir+json",
+            400,
+        ),
+        (json!([]), "text/plain", 415),
+    ];
+    for (body, media, status) in refusals {
+        let response = patch_request(&server, &id, media, &body, &[]);
+        let text = String::from_utf8_lossy(&response.body).to_string();
+        assert_eq!(response.status, status, "{body}: {text}");
+        assert!(text.contains("OperationOutcome"), "{text}");
+    }
+    let stale = patch_request(
+        &server,
+        &id,
+        "application/json-patch+json",
+        &json_patch,
+        &[("If-Match", "W/\"1\"")],
+    );
+    assert_eq!(stale.status, 412);
+    assert_eq!(read(&server, &id)["meta"]["versionId"], "4", "nothing applied");
+
+    // A cohort Group's filter patched: its members are recomputed.
+    let cohort = crate::common::cohort_group("women", "Patient?gender=female");
+    let created = http(
+        "POST",
+        &format!("{}/Group", server.base),
+        &[("Content-Type", "application/fhir+json")],
+        Some(&cohort.to_string()),
+    );
+    assert_eq!(created.json()["quantity"], women);
+    let cohort_id = created.json()["id"].as_str().expect("id").to_string();
+    let to_men = json!([{"op": "replace", "path": "/modifierExtension/0/valueExpression/expression", "value": "Patient?gender=male"}]);
+    let patched = patch_request(&server, &cohort_id, "application/json-patch+json", &to_men, &[]);
+    assert_eq!(patched.status, 200, "{}", String::from_utf8_lossy(&patched.body));
+    assert_eq!(patched.json()["quantity"], ids.len() as i64 - women);
+}

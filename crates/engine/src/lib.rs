@@ -38,4 +38,4 @@ pub mod store;
 pub mod view;
 pub mod warehouse;
 
-pub use fhirlake_fhir::{error, fhir, fhirpath, json, search};
+pub use fhirlake_fhir::{error, fhir, fhirpath, json, patch, search};

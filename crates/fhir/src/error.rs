@@ -19,6 +19,9 @@ pub enum ErrorKind {
     /// The request's precondition does not hold (`If-Match` names a
     /// version that is no longer current).
     PreconditionFailed,
+    /// Well formed, but it cannot be applied to the resource as it is (a
+    /// patch whose test fails or whose path selects nothing).
+    Unprocessable,
     /// The caller may not do it.
     Forbidden,
     /// Too many at once (rate or concurrency limits).

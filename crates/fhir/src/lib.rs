@@ -15,5 +15,6 @@ pub mod error;
 pub mod fhir;
 pub mod fhirpath;
 pub mod json;
+pub mod patch;
 pub mod search;
 pub mod view;

@@ -13,6 +13,7 @@ use fhirlake_engine::export::Progress;
 use fhirlake_engine::group::manage::check_version;
 use fhirlake_engine::group::{CohortRequest, StoredGroup, validate};
 use fhirlake_engine::jobs::{JobKind, JobState, new_id};
+use fhirlake_engine::patch::{apply_fhirpath_patch, apply_json_patch};
 use fhirlake_engine::search::extract::fold;
 use serde_json::{Value, json};
 
@@ -215,6 +216,88 @@ pub async fn update(
         .compute_group(&id, &request, owner, &progress)
         .await?;
     group_response(&state, StatusCode::OK, &stored).await
+}
+
+/// `PATCH /Group/{id}`: a JSON Patch (`application/json-patch+json`) or
+/// a FHIRPath Patch (a `Parameters`, `application/fhir+json`) applied to
+/// the stored Group with every member entry, then written as `PUT` writes
+/// (validated again; sync, or async with `Prefer: respond-async`). A patch
+/// that does not apply is a 422 and changes nothing.
+pub async fn patch(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, FhirError> {
+    caller.require("Group", Permission::Update)?;
+    check_writable(&state)?;
+    let existing = writable_group(&state, &caller, &id).await?;
+    let expected = if_match(&headers)?;
+    check_version(&id, Some(&existing), expected)?;
+    let current = state.service.groups.full_resource(&existing).await?;
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.split(';').next())
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let patched = match media.as_str() {
+        "application/json-patch+json" => apply_json_patch(&current, &body)?,
+        "application/fhir+json" | "application/json" => {
+            let parameters: Value = serde_json::from_slice(&body)
+                .map_err(|e| FhirError::invalid(format!("the FHIRPath Patch is not valid JSON: {e}")))?;
+            apply_fhirpath_patch(&current, &parameters)?
+        }
+        other => {
+            return Err(FhirError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "not-supported",
+                format!(
+                    "PATCH Content-Type '{other}' is not supported: send application/json-patch+json (JSON Patch) \
+                     or application/fhir+json (a FHIRPath Patch Parameters)"
+                ),
+            ));
+        }
+    };
+    let mut request = validate(patched.to_string().as_bytes())?;
+    request.expected_version = expected;
+    check_request_access(&state, &caller, &request).await?;
+    let owner = caller.client_id().map(str::to_string);
+    if prefers_async(&headers) {
+        state.service.groups.precheck(&request).await?;
+        return start_job(&state, JobKind::UpdateGroup, id, request, owner).await;
+    }
+    let progress = Progress::default();
+    let stored = state
+        .service
+        .groups
+        .compute_group(&id, &request, owner, &progress)
+        .await?;
+    group_response(&state, StatusCode::OK, &stored).await
+}
+
+/// Stored Group `id` when `caller` may change it: a Group of the loaded
+/// data is read-only (405); one the caller may not see is a 404, one only
+/// granted to it a 403.
+pub(crate) async fn writable_group(state: &AppState, caller: &Caller, id: &str) -> Result<StoredGroup, FhirError> {
+    let groups = &state.service.groups;
+    let Some(existing) = groups.stored_group(id).await? else {
+        return Err(
+            if groups.loaded_group(id).await?.is_some() && caller.sees_group(id, None) {
+                FhirError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "not-supported",
+                    format!("Group/{id} comes from the loaded data and is read-only"),
+                )
+            } else {
+                hidden(&format!("Group/{id}"))
+            },
+        );
+    };
+    check_owner(caller, id, existing.owner.as_deref(), "change")?;
+    Ok(existing)
 }
 
 /// `GET /_jobs/{id}`: the polling URL.

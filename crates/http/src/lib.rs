@@ -150,7 +150,10 @@ pub fn router(state: SharedState) -> Router {
         .route("/Group", get(groups::search).post(groups::create))
         .route(
             "/Group/{id}",
-            get(groups::read).put(groups::update).delete(groups::delete),
+            get(groups::read)
+                .put(groups::update)
+                .patch(groups::patch)
+                .delete(groups::delete),
         )
         .route("/Group/{id}/_history", get(groups::history))
         .route("/Group/{id}/_history/{version}", get(groups::vread))

@@ -21,9 +21,9 @@ use fhirlake_engine::search::range::period_text_range;
 use serde_json::Value;
 
 use super::SharedState;
-use super::auth::{Caller, hidden};
+use super::auth::Caller;
 use super::groups::{
-    accepted, check_content_type, check_owner, check_writable, group_response, if_match, prefers_async,
+    accepted, check_content_type, check_writable, group_response, if_match, prefers_async, writable_group,
 };
 use super::outcome::FhirError;
 
@@ -67,20 +67,7 @@ async fn change(
     check_content_type(&headers)?;
     let members = parse_members(&body, action)?;
     let groups = &state.service.groups;
-    let Some(existing) = groups.stored_group(&id).await? else {
-        return Err(
-            if groups.loaded_group(&id).await?.is_some() && caller.sees_group(&id, None) {
-                FhirError::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "not-supported",
-                    format!("Group/{id} comes from the loaded data and is read-only"),
-                )
-            } else {
-                hidden(&format!("Group/{id}"))
-            },
-        );
-    };
-    check_owner(&caller, &id, existing.owner.as_deref(), "change")?;
+    let existing = writable_group(&state, &caller, &id).await?;
     let expected = if_match(&headers)?;
     check_version(&id, Some(&existing), expected)?;
     let (change, stored) = groups.prepare_change(&id, action, &members).await?;

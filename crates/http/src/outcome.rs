@@ -96,6 +96,7 @@ pub fn status_of(kind: ErrorKind) -> (StatusCode, &'static str) {
         ErrorKind::NotSupported => (StatusCode::BAD_REQUEST, "not-supported"),
         ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
         ErrorKind::PreconditionFailed => (StatusCode::PRECONDITION_FAILED, "conflict"),
+        ErrorKind::Unprocessable => (StatusCode::UNPROCESSABLE_ENTITY, "processing"),
         ErrorKind::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
         ErrorKind::TooMany => (StatusCode::TOO_MANY_REQUESTS, "throttled"),
         ErrorKind::Transient => (StatusCode::SERVICE_UNAVAILABLE, "transient"),

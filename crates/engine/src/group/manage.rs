@@ -147,26 +147,32 @@ impl Groups {
     /// [`MEMBER_ENTRY_LIMIT`] of them (`meta.tag` SUBSETTED when cut;
     /// `quantity` and `$members` give all).
     pub async fn served_resource(&self, stored: &StoredGroup) -> Result<Value, GroupError> {
+        self.resource_with_entries(stored, MEMBER_ENTRY_LIMIT).await
+    }
+
+    /// The Group resource with every current `member` entry: what a PATCH
+    /// applies to.
+    pub async fn full_resource(&self, stored: &StoredGroup) -> Result<Value, GroupError> {
+        self.resource_with_entries(stored, usize::MAX).await
+    }
+
+    async fn resource_with_entries(&self, stored: &StoredGroup, limit: usize) -> Result<Value, GroupError> {
         let mut resource = stored.resource.clone();
         if !stored.request.is_member_based() || !stored.has_segments() {
             return Ok(resource);
         }
         let rows = stored.current_rows(&self.state).await?;
-        let shown: Vec<Value> = rows
-            .iter()
-            .take(MEMBER_ENTRY_LIMIT)
-            .map(|m| m.entry.to_fhir())
-            .collect();
+        let shown: Vec<Value> = rows.iter().take(limit).map(|m| m.entry.to_fhir()).collect();
         if let Some(object) = resource.as_object_mut() {
             if !shown.is_empty() {
                 object.insert("member".into(), Value::Array(shown));
             }
-            if rows.len() > MEMBER_ENTRY_LIMIT {
+            if rows.len() > limit {
                 let meta = object.entry("meta").or_insert_with(|| json!({}));
                 meta["tag"] = json!([{
                     "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
                     "code": "SUBSETTED",
-                    "display": format!("member lists the first {MEMBER_ENTRY_LIMIT} of {} entries; page them with $members", rows.len()),
+                    "display": format!("member lists the first {limit} of {} entries; page them with $members", rows.len()),
                 }]);
             }
         }
