@@ -73,6 +73,10 @@ fn write_coverage(dir: &Path, patients: &[String]) -> PathBuf {
     folder
 }
 
+fn url_encode(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
 fn parameters(parts: Vec<Value>) -> String {
     json!({"resourceType": "Parameters", "parameter": parts}).to_string()
 }
@@ -318,6 +322,46 @@ async fn members_are_added_and_removed_by_id_identifier_and_coverage() {
     );
     let unknown = http("GET", &format!("{}/Group/{id}/_history/99", server.base), &[], None);
     assert_eq!(unknown.status, 404);
+
+    // Finding members: Patient and Coverage read and search, compiled as
+    // member-filters are, paged.
+    let women = crate::common::query_i64(&warehouse, "SELECT count(*) FROM patient WHERE gender = 'female'").await;
+    let search = |query: &str| http("GET", &format!("{}/{query}", server.base), &[], None);
+    let found = search("Patient?gender=female&_count=5");
+    assert_eq!(found.status, 200, "{}", String::from_utf8_lossy(&found.body));
+    let bundle = found.json();
+    assert_eq!(
+        (bundle["type"].clone(), bundle["total"].clone()),
+        (json!("searchset"), json!(women))
+    );
+    assert_eq!(bundle["entry"].as_array().map(Vec::len), Some(5));
+    assert!(
+        bundle["link"]
+            .as_array()
+            .expect("links")
+            .iter()
+            .any(|l| l["relation"] == "next")
+    );
+    assert!(
+        bundle["entry"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .all(|e| e["resource"]["gender"] == "female")
+    );
+    let by_ssn = search(&format!("Patient?identifier={}", url_encode(&format!("{SSN}|{ssn}")))).json();
+    assert_eq!(by_ssn["total"], 1, "{by_ssn}");
+    assert_eq!(by_ssn["entry"][0]["resource"]["id"], json!(ssn_patient));
+    let coverage = search(&format!("Coverage?beneficiary=Patient/{}", ids[2])).json();
+    assert_eq!(coverage["total"], 1, "{coverage}");
+    assert_eq!(coverage["entry"][0]["resource"]["subscriberId"], "SUB-2");
+    assert_eq!(search("Coverage").json()["total"], 10);
+    let patient = search(&format!("Patient/{}", ids[3]));
+    assert_eq!((patient.status, patient.json()["id"].clone()), (200, json!(ids[3])));
+    assert_eq!(search("Patient/nobody").status, 404);
+    assert_eq!(search("Coverage/coverage-4").json()["subscriberId"], "SUB-4");
+    let unknown = search("Patient?colour=red");
+    assert_eq!(unknown.status, 400, "{}", String::from_utf8_lossy(&unknown.body));
 
     // Member operations are for member-based Groups only.
     let cohort = crate::common::cohort_group("women", "Patient?gender=female");

@@ -144,6 +144,13 @@ pub async fn metadata(State(state): State<SharedState>) -> Response {
                 "documentation": "Searchable in member-filter and _typeFilter expressions with these parameters (plus chains and _has).",
                 "searchParam": search_params(registry, resource_type),
             });
+            if matches!(resource_type, "Patient" | "Coverage") {
+                entry["interaction"] = json!([{"code": "read"}, {"code": "search-type"}]);
+                entry["documentation"] = json!(
+                    "Readable, and searchable with these parameters (ANDed; _count, _offset paging) to find Group members; \
+                     also usable in member-filter and _typeFilter expressions (plus chains and _has)."
+                );
+            }
             if resource_type == "Patient" {
                 entry["operation"] = json!([{
                     "name": "export",

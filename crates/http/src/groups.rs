@@ -558,7 +558,11 @@ pub async fn delete(
     Err(FhirError::not_found(format!("Group/{id} does not exist")))
 }
 
-fn page_params(params: &[(String, String)], default: usize, max: usize) -> Result<(usize, usize), FhirError> {
+pub(crate) fn page_params(
+    params: &[(String, String)],
+    default: usize,
+    max: usize,
+) -> Result<(usize, usize), FhirError> {
     let mut count = default;
     let mut offset = 0;
     for (k, v) in params {
@@ -580,7 +584,13 @@ fn page_params(params: &[(String, String)], default: usize, max: usize) -> Resul
     Ok((count, offset))
 }
 
-fn page_links(base: &str, params: &[(String, String)], total: usize, count: usize, offset: usize) -> Vec<Value> {
+pub(crate) fn page_links(
+    base: &str,
+    params: &[(String, String)],
+    total: usize,
+    count: usize,
+    offset: usize,
+) -> Vec<Value> {
     let query = |offset: usize| {
         let mut serializer = url::form_urlencoded::Serializer::new(String::new());
         for (k, v) in params.iter().filter(|(k, _)| k != "_offset" && k != "_count") {
@@ -601,7 +611,7 @@ fn page_links(base: &str, params: &[(String, String)], total: usize, count: usiz
 }
 
 /// A `200` searchset Bundle of one page.
-fn searchset(total: usize, links: Vec<Value>, entries: Vec<Value>) -> Response {
+pub(crate) fn searchset(total: usize, links: Vec<Value>, entries: Vec<Value>) -> Response {
     let bundle = json!({
         "resourceType": "Bundle",
         "type": "searchset",

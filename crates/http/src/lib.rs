@@ -11,6 +11,7 @@ pub mod export;
 pub mod groups;
 pub mod members;
 pub mod outcome;
+pub mod resources;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -164,6 +165,10 @@ pub fn router(state: SharedState) -> Router {
             axum::routing::post(members::member_remove),
         )
         .route("/_jobs/{id}", get(groups::poll).delete(groups::cancel))
+        .route("/Patient", get(resources::search_patients))
+        .route("/Patient/{id}", get(resources::read_patient))
+        .route("/Coverage", get(resources::search_coverage))
+        .route("/Coverage/{id}", get(resources::read_coverage))
         .layer(axum::middleware::from_fn(negotiate));
     // Every FHIR route and download needs a token when authorization is on;
     // discovery, the token endpoint and the CapabilityStatement do not.

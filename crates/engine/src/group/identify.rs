@@ -105,13 +105,12 @@ pub async fn resolve_members(engine: &CohortEngine, refs: &[MemberRef]) -> Resul
 type Candidates = BTreeMap<(Option<String>, String), BTreeSet<String>>;
 
 /// A one-column table of `values`, to join with.
-fn values_frame(engine: &CohortEngine, name: &str, values: &[&str]) -> Result<DataFrame, GroupError> {
+pub(crate) fn values_frame(engine: &CohortEngine, name: &str, values: &[&str]) -> datafusion::error::Result<DataFrame> {
     let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, false)]));
     let unique: BTreeSet<&str> = values.iter().copied().collect();
     let column = StringArray::from_iter_values(unique);
-    let batch =
-        RecordBatch::try_new(schema, vec![Arc::new(column)]).map_err(datafusion::error::DataFusionError::from)?;
-    Ok(engine.session().read_batch(batch)?)
+    let batch = RecordBatch::try_new(schema, vec![Arc::new(column)])?;
+    engine.session().read_batch(batch)
 }
 
 /// Patients whose `identifier` (the token index) matches a requested one:

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod runtime;
+pub mod search;
 
 pub use runtime::Runtimes;
 

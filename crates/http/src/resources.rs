@@ -1,0 +1,107 @@
+//! Finding members: `GET /Patient/{id}`, `GET /Patient?…` and the same for
+//! `Coverage`. Searches take every parameter the cohort compiler accepts
+//! for the type (they are compiled as a `member-filter` would be), ANDed,
+//! with `_count` (default 50, at most 1000) and `_offset` paging; the
+//! answer is a searchset Bundle in id order. Scopes apply.
+
+use axum::Extension;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use fhirlake_auth::Permission;
+use serde_json::{Value, json};
+
+use super::SharedState;
+use super::auth::{Caller, hidden};
+use super::groups::{page_links, page_params, searchset};
+use super::outcome::{FhirError, fhir_json};
+
+/// Parameters that page or format the answer rather than filter it.
+const RESULT_PARAMETERS: [&str; 3] = ["_count", "_offset", "_format"];
+
+/// `GET /Patient?…`.
+pub async fn search_patients(
+    state: State<SharedState>,
+    caller: Extension<Caller>,
+    params: Query<Vec<(String, String)>>,
+) -> Result<Response, FhirError> {
+    search(state, caller, "Patient", params).await
+}
+
+/// `GET /Coverage?…`.
+pub async fn search_coverage(
+    state: State<SharedState>,
+    caller: Extension<Caller>,
+    params: Query<Vec<(String, String)>>,
+) -> Result<Response, FhirError> {
+    search(state, caller, "Coverage", params).await
+}
+
+/// `GET /Patient/{id}`.
+pub async fn read_patient(
+    state: State<SharedState>,
+    caller: Extension<Caller>,
+    id: Path<String>,
+) -> Result<Response, FhirError> {
+    read(state, caller, "Patient", id).await
+}
+
+/// `GET /Coverage/{id}`.
+pub async fn read_coverage(
+    state: State<SharedState>,
+    caller: Extension<Caller>,
+    id: Path<String>,
+) -> Result<Response, FhirError> {
+    read(state, caller, "Coverage", id).await
+}
+
+async fn search(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    resource_type: &str,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Response, FhirError> {
+    caller.require(resource_type, Permission::Search)?;
+    let (count, offset) = page_params(&params, 50, 1000)?;
+    let filters: Vec<(String, String)> = params
+        .iter()
+        .filter(|(name, _)| !RESULT_PARAMETERS.contains(&name.as_str()))
+        .cloned()
+        .collect();
+    let page = state
+        .service
+        .search_resources(resource_type, &filters, count, offset)
+        .await?;
+    let entries: Vec<Value> = page
+        .resources
+        .into_iter()
+        .map(|resource| {
+            json!({
+                "fullUrl": format!("{}/{resource_type}/{}", state.base_url, resource["id"].as_str().unwrap_or_default()),
+                "resource": resource,
+                "search": {"mode": "match"},
+            })
+        })
+        .collect();
+    let links = page_links(
+        &format!("{}/{resource_type}", state.base_url),
+        &params,
+        page.total,
+        count,
+        offset,
+    );
+    Ok(searchset(page.total, links, entries))
+}
+
+async fn read(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    resource_type: &str,
+    Path(id): Path<String>,
+) -> Result<Response, FhirError> {
+    caller.require(resource_type, Permission::Read)?;
+    match state.service.read_resource(resource_type, &id).await? {
+        Some(resource) => Ok(fhir_json(StatusCode::OK, &resource)),
+        None => Err(hidden(&format!("{resource_type}/{id}"))),
+    }
+}
