@@ -6,6 +6,7 @@ mod clients;
 mod cohort;
 mod export;
 mod generate;
+mod groups;
 mod load;
 mod output;
 mod serve;
@@ -78,6 +79,11 @@ enum Command {
     Vacuum(vacuum::Args),
     /// Generate scaled-up data: COPIES copies of a dataset with fresh, consistent ids.
     Gen(generate::Args),
+    /// Approve or reject Group changes waiting for an operator (serve --group-approval manual).
+    Groups {
+        #[command(subcommand)]
+        command: groups::Command,
+    },
 }
 
 impl Cli {
@@ -104,6 +110,7 @@ impl Cli {
             Command::Cohort(args) => args.run(&warehouse).await,
             Command::Vacuum(args) => args.run(&warehouse).await,
             Command::Gen(args) => args.run(),
+            Command::Groups { command } => command.run(&warehouse).await,
         }
     }
 }

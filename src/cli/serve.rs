@@ -49,6 +49,11 @@ pub struct Args {
     /// manifests in tests).
     #[arg(long, default_value_t = 0, hide = true)]
     export_type_delay_ms: u64,
+    /// `manual`: every Group change (create, update, PATCH, member
+    /// operations) waits for an operator's `fhirlake groups approve`;
+    /// clients must use Prefer: respond-async.
+    #[arg(long, value_enum, default_value = "auto")]
+    group_approval: GroupApproval,
     /// Superseded Group versions stay readable (`_history`) this long, and
     /// always while an unexpired export names them (30m, 1h, 30d).
     #[arg(long, default_value = "30d")]
@@ -131,6 +136,10 @@ impl Args {
                 membership_part_rows: self.membership_part_rows.max(1),
                 membership_part_delay: Duration::from_millis(self.membership_part_delay_ms),
                 group_history_retention,
+                group_approval: match self.group_approval {
+                    GroupApproval::Auto => fhirlake::jobs::approval::ApprovalMode::Auto,
+                    GroupApproval::Manual => fhirlake::jobs::approval::ApprovalMode::Manual,
+                },
             },
             export_downloads,
             clients: self.clients,
@@ -157,4 +166,13 @@ impl Args {
         fhirlake::server::serve(warehouse, options).await?;
         Ok(())
     }
+}
+
+/// `--group-approval`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum GroupApproval {
+    /// Changes apply as soon as computed.
+    Auto,
+    /// Changes wait for `fhirlake groups approve`.
+    Manual,
 }

@@ -655,3 +655,184 @@ async fn groups_are_patched_with_json_patch_and_fhirpath_patch() {
     assert_eq!(patched.status, 200, "{}", String::from_utf8_lossy(&patched.body));
     assert_eq!(patched.json()["quantity"], ids.len() as i64 - women);
 }
+
+/// `GET /Group?…` over stored and loaded Groups by every R4 Group
+/// parameter; unknown parameters reported, or refused when strict.
+#[tokio::test]
+async fn groups_are_searched_by_every_parameter() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ids = {
+        let scratch = Warehouse::open(&dir.path().join("scratch").display().to_string()).expect("scratch");
+        load_into(&scratch, &[&sample_data()], false).await;
+        crate::common::query_strings(&scratch, "SELECT id FROM patient ORDER BY id").await
+    };
+    let rosters = dir.path().join("rosters");
+    std::fs::create_dir_all(&rosters).expect("mkdir");
+    let registry = json!({
+        "resourceType": "Group", "id": "registry", "name": "Diabetes Registry", "type": "person", "actual": true,
+        "code": {"coding": [{"system": "http://example.org/c", "code": "registry"}]},
+        "identifier": [{"system": "http://example.org/id", "value": "R-1"}],
+        "managingEntity": {"reference": "Organization/payer"},
+        "characteristic": [{"code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006"}]},
+            "valueBoolean": true, "exclude": false}],
+        "member": [{"entity": {"reference": format!("Patient/{}", ids[0])}}],
+    });
+    std::fs::write(rosters.join("Group.ndjson"), format!("{registry}\n")).expect("write");
+    let root = dir.path().join("warehouse");
+    let warehouse = Warehouse::open(&root.display().to_string()).expect("warehouse");
+    load_into(&warehouse, &[&sample_data(), &rosters], false).await;
+    let server = Server::start(&root, &[]);
+    let stored = create_empty(&server);
+    assert_eq!(
+        operation(&server, &stored, "member-add", &parameters(vec![by_id(&ids[1])]), &[]).status,
+        200
+    );
+
+    let found = |query: &str| -> Vec<String> {
+        let response = http("GET", &format!("{}/Group?{query}", server.base), &[], None);
+        assert_eq!(
+            response.status,
+            200,
+            "{query}: {}",
+            String::from_utf8_lossy(&response.body)
+        );
+        let mut ids: Vec<String> = response.json()["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["search"]["mode"] == "match")
+            .filter_map(|e| e["resource"]["id"].as_str().map(str::to_string))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let registry_only = vec!["registry".to_string()];
+    for query in [
+        "code=http://example.org/c|registry",
+        "identifier=R-1",
+        "managing-entity=Organization/payer",
+        "characteristic=http://snomed.info/sct|44054006",
+        "characteristic-value=http://snomed.info/sct|44054006$true",
+        "value=true",
+        "exclude=false",
+        "name:contains=REGISTRY",
+    ] {
+        assert_eq!(found(query), registry_only, "{query}");
+    }
+    assert_eq!(found(&format!("member=Patient/{}", ids[1])), vec![stored.clone()]);
+    assert_eq!(found(&format!("member={}", ids[0])), registry_only);
+    let mut both = vec![stored.clone(), "registry".to_string()];
+    both.sort();
+    assert_eq!(found("actual=true&type=person"), both);
+    // The loaded Group has no meta.lastUpdated; the stored one has.
+    assert_eq!(found("_lastUpdated=ge2000-01-01"), vec![stored.clone()]);
+    assert!(found("actual=false").is_empty());
+
+    // Unknown parameters: reported and ignored, or refused when strict.
+    let lenient = http("GET", &format!("{}/Group?colour=red", server.base), &[], None).json();
+    let outcome = lenient["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .find(|e| e["search"]["mode"] == "outcome")
+        .expect("an OperationOutcome entry")
+        .to_string();
+    assert!(outcome.contains("colour"), "{outcome}");
+    let strict = http(
+        "GET",
+        &format!("{}/Group?colour=red", server.base),
+        &[("Prefer", "handling=strict")],
+        None,
+    );
+    assert_eq!(strict.status, 400);
+    let bad = http(
+        "GET",
+        &format!("{}/Group?_lastUpdated=notadate", server.base),
+        &[],
+        None,
+    );
+    assert_eq!(bad.status, 400);
+}
+
+/// `serve --group-approval manual`: changes wait (202, "awaiting
+/// approval") until an operator approves or rejects them with the CLI
+/// while the server runs; synchronous changes are refused.
+#[tokio::test]
+async fn changes_wait_for_an_operator_with_manual_approval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = Warehouse::open(&dir.path().display().to_string()).expect("warehouse");
+    load_into(&warehouse, &[&sample_data()], false).await;
+    let ids = crate::common::query_strings(&warehouse, "SELECT id FROM patient ORDER BY id").await;
+    let server = Server::start(dir.path(), &["--group-approval", "manual"]);
+    let roster = json!({"resourceType": "Group", "type": "person", "actual": true,
+        "member": [{"entity": {"reference": format!("Patient/{}", ids[0])}}]});
+    let post = |headers: &[(&str, &str)]| {
+        let mut all = vec![("Content-Type", "application/fhir+json")];
+        all.extend_from_slice(headers);
+        http(
+            "POST",
+            &format!("{}/Group", server.base),
+            &all,
+            Some(&roster.to_string()),
+        )
+    };
+    let sync = post(&[]);
+    assert_eq!(sync.status, 400);
+    assert!(String::from_utf8_lossy(&sync.body).contains("respond-async"));
+
+    let accepted = post(&[("Prefer", "respond-async")]);
+    assert_eq!(accepted.status, 202);
+    let url = accepted.header("content-location").expect("polling URL").to_string();
+    let waiting = http("GET", &url, &[], None);
+    assert_eq!(
+        (waiting.status, waiting.header("x-progress")),
+        (202, Some("awaiting approval"))
+    );
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--warehouse", dir.path().to_str().expect("path"), "groups"];
+        all.extend_from_slice(args);
+        let out = crate::common::fhirlake(&all);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let job = url.rsplit('/').next().expect("job id").to_string();
+    let pending = cli(&["pending"]);
+    assert!(
+        pending.contains(&job) && pending.contains("1 member entries"),
+        "{pending}"
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(http("GET", &url, &[], None).status, 202, "still waiting");
+    cli(&["approve", &job]);
+    // Polled just now: wait Retry-After before the next poll.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, bundle) = poll(&url).await;
+    assert_eq!(status, 200);
+    assert_eq!(bundle["entry"][0]["response"]["status"], "201 Created", "{bundle}");
+    let id = bundle["entry"][0]["resource"]["id"].as_str().expect("id").to_string();
+
+    // A member operation rejected by Group id: the poll says why; nothing changed.
+    let add = operation(
+        &server,
+        &id,
+        "member-add",
+        &parameters(vec![by_id(&ids[1])]),
+        &[("Prefer", "respond-async")],
+    );
+    assert_eq!(add.status, 202, "{}", String::from_utf8_lossy(&add.body));
+    cli(&["reject", &id, "--reason", "not attributed to this practice"]);
+    let (status, bundle) = poll(add.header("content-location").expect("polling URL")).await;
+    assert_eq!(status, 200);
+    let entry = &bundle["entry"][0]["response"];
+    assert_eq!(entry["status"], "403 Forbidden", "{bundle}");
+    assert!(
+        entry["outcome"].to_string().contains("not attributed to this practice"),
+        "{bundle}"
+    );
+    assert_eq!(read(&server, &id)["quantity"], 1);
+    assert!(cli(&["pending"]).contains("no Group change is waiting"));
+}

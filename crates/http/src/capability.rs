@@ -101,6 +101,14 @@ fn group_operations(read_only: bool) -> Value {
 
 /// `GET /metadata`.
 pub async fn metadata(State(state): State<SharedState>) -> Response {
+    let approval = match state.service.options.group_approval {
+        fhirlake_engine::jobs::approval::ApprovalMode::Manual => {
+            "Every Group change (create, update, PATCH, $member-add, $member-remove) waits for an operator's approval: \
+             send it with Prefer: respond-async; its poll answers 202 (X-Progress: awaiting approval) until approved, \
+             and a rejection is answered with the operator's reason (403). Synchronous changes are refused (400)."
+        }
+        fhirlake_engine::jobs::approval::ApprovalMode::Auto => "Group changes apply without an operator's approval.",
+    };
     let refresh = match state.service.options.refresh_interval {
         Some(interval) => format!(
             "Membership is computed when a cohort Group is created or updated, and recomputed every {} s when the warehouse has changed since (members-refreshed is the time of the last computation).",
@@ -112,7 +120,7 @@ pub async fn metadata(State(state): State<SharedState>) -> Response {
         "type": "Group",
         "profile": "http://hl7.org/fhir/StructureDefinition/Group",
         "supportedProfile": [COHORT_PROFILE],
-        "documentation": format!("Bulk Cohort API: POST a bulk-cohort-group Group with Prefer: respond-async (or synchronously) and poll the Content-Location URL. member-filter expressions use {FHIR_QUERY} with the search parameters listed for each resource type below; several member-filters are ANDed; member entries (Patients, Groups) set the base population; member-filters on types in no Patient compartment are refused. A Group without member-filter (and without the bulk-cohort-group profile) is member-based: its member entries are its members (existing Patients only, checked before the 202), kept with their period and inactive, replaced by PUT, changed by PATCH (JSON Patch as application/json-patch+json; FHIRPath Patch as a Parameters, with paths of the form Type.element, [n], .where(a.b = 'value'), .first(), .last()) or by $member-add and $member-remove, never recomputed; a read lists the first 1000 member entries (meta.tag SUBSETTED when there are more; quantity counts the members that count now). PUT and DELETE honour If-Match (W/\"version\"; stale: 412); deleting a Group another Group uses as its base population is a 409. Every version stays readable (_history/[v], listed by _history) for --group-history-retention after it is superseded, and while an unexpired export names it; a Group export runs against the version current at kick-off (named in the manifest's extension). {refresh} GET /Group/[id]/$members pages through the members (Patient resources). Groups in the loaded data are read-only; a roster member counts only while not inactive and within its period (at an export's transactionTime)."),
+        "documentation": format!("Bulk Cohort API: POST a bulk-cohort-group Group with Prefer: respond-async (or synchronously) and poll the Content-Location URL. member-filter expressions use {FHIR_QUERY} with the search parameters listed for each resource type below; several member-filters are ANDed; member entries (Patients, Groups) set the base population; member-filters on types in no Patient compartment are refused. A Group without member-filter (and without the bulk-cohort-group profile) is member-based: its member entries are its members (existing Patients only, checked before the 202), kept with their period and inactive, replaced by PUT, changed by PATCH (JSON Patch as application/json-patch+json; FHIRPath Patch as a Parameters, with paths of the form Type.element, [n], .where(a.b = 'value'), .first(), .last()) or by $member-add and $member-remove, never recomputed; a read lists the first 1000 member entries (meta.tag SUBSETTED when there are more; quantity counts the members that count now). PUT and DELETE honour If-Match (W/\"version\"; stale: 412); deleting a Group another Group uses as its base population is a 409. Every version stays readable (_history/[v], listed by _history) for --group-history-retention after it is superseded, and while an unexpired export names it; a Group export runs against the version current at kick-off (named in the manifest's extension). {refresh} {approval} GET /Group/[id]/$members pages through the members (Patient resources). Groups in the loaded data are read-only; a roster member counts only while not inactive and within its period (at an export's transactionTime)."),
         "operation": group_operations(state.read_only_groups),
         "interaction": if state.read_only_groups {
             json!([{"code": "read"}, {"code": "vread"}, {"code": "history-instance"}, {"code": "search-type"}])
@@ -128,9 +136,19 @@ pub async fn metadata(State(state): State<SharedState>) -> Response {
         "searchParam": [
             {"name": "name", "type": "string", "documentation": "case- and accent-insensitive prefix; :exact, :contains"},
             {"name": "_id", "type": "token"},
+            {"name": "_lastUpdated", "type": "date"},
+            {"name": "actual", "type": "token"},
+            {"name": "characteristic", "type": "token"},
+            {"name": "characteristic-value", "type": "composite"},
+            {"name": "code", "type": "token"},
+            {"name": "exclude", "type": "token"},
+            {"name": "identifier", "type": "token"},
+            {"name": "managing-entity", "type": "reference"},
+            {"name": "member", "type": "reference", "documentation": "a member entry, or (stored Groups) a Patient who is a member now"},
             {"name": "type", "type": "token"},
+            {"name": "value", "type": "token"},
             {"name": "_count", "type": "number"},
-            {"name": "_offset", "type": "number"}
+            {"name": "_offset", "type": "number", "documentation": "unknown parameters are ignored and reported in an OperationOutcome entry; Prefer: handling=strict makes them a 400"}
         ],
     })];
     if let (Ok(registry), Ok(compartment)) = (SearchRegistry::r4(), PatientCompartment::r4()) {

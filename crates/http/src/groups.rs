@@ -3,6 +3,8 @@
 //! Groups of the loaded data (plain member lists) are readable, searchable
 //! and usable as base populations, but read-only.
 
+use std::collections::HashSet;
+
 use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -11,10 +13,11 @@ use axum::response::{IntoResponse, Response};
 use fhirlake_auth::Permission;
 use fhirlake_engine::export::Progress;
 use fhirlake_engine::group::manage::check_version;
+use fhirlake_engine::group::search::{GROUP_SEARCH_PARAMETERS, GroupSearch};
 use fhirlake_engine::group::{CohortRequest, StoredGroup, validate};
+use fhirlake_engine::jobs::approval::ApprovalMode;
 use fhirlake_engine::jobs::{JobKind, JobState, new_id};
 use fhirlake_engine::patch::{apply_fhirpath_patch, apply_json_patch};
-use fhirlake_engine::search::extract::fold;
 use serde_json::{Value, json};
 
 use super::auth::{Caller, hidden};
@@ -99,6 +102,20 @@ fn etag(version: u64) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!("W/\"{version}\"")).ok()
 }
 
+/// On a server whose Group changes wait for an operator, a change must be
+/// asynchronous (its answer comes after the approval).
+pub(crate) fn check_sync_allowed(state: &AppState, headers: &HeaderMap) -> Result<(), FhirError> {
+    if state.service.options.group_approval == ApprovalMode::Manual && !prefers_async(headers) {
+        return Err(FhirError::new(
+            StatusCode::BAD_REQUEST,
+            "not-supported",
+            "Group changes on this server wait for an operator's approval (serve --group-approval manual): \
+             send the request with Prefer: respond-async and poll the Content-Location URL",
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses Group writes on a server that publishes its Groups read-only.
 pub(crate) fn check_writable(state: &AppState) -> Result<(), FhirError> {
     if state.read_only_groups {
@@ -144,6 +161,7 @@ pub async fn create(
 ) -> Result<Response, FhirError> {
     caller.require("Group", Permission::Create)?;
     check_writable(&state)?;
+    check_sync_allowed(&state, &headers)?;
     check_content_type(&headers)?;
     let request = validate(&body)?;
     check_request_access(&state, &caller, &request).await?;
@@ -174,6 +192,7 @@ pub async fn update(
 ) -> Result<Response, FhirError> {
     caller.require("Group", Permission::Update)?;
     check_writable(&state)?;
+    check_sync_allowed(&state, &headers)?;
     check_content_type(&headers)?;
     let mut request = validate(&body)?;
     request.expected_version = if_match(&headers)?;
@@ -232,6 +251,7 @@ pub async fn patch(
 ) -> Result<Response, FhirError> {
     caller.require("Group", Permission::Update)?;
     check_writable(&state)?;
+    check_sync_allowed(&state, &headers)?;
     let existing = writable_group(&state, &caller, &id).await?;
     let expected = if_match(&headers)?;
     check_version(&id, Some(&existing), expected)?;
@@ -622,50 +642,62 @@ pub(crate) fn searchset(total: usize, links: Vec<Value>, entries: Vec<Value>) ->
     fhir_json(StatusCode::OK, &bundle)
 }
 
-/// `GET /Group?name=…&_id=…&type=…&_count=…&_offset=…`.
+/// `GET /Group?…`: every R4 Group search parameter, `name` (`:exact`,
+/// `:contains`), `_id`, `_lastUpdated`, `_count`/`_offset`. An unknown
+/// parameter is ignored and reported in an OperationOutcome entry, or a
+/// 400 with `Prefer: handling=strict`.
 pub async fn search(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, FhirError> {
     caller.require("Group", Permission::Search)?;
     let (count, offset) = page_params(&params, 50, 500)?;
-    let mut ignored = Vec::new();
-    for (k, _) in &params {
-        if !matches!(
-            k.as_str(),
-            "name" | "name:exact" | "name:contains" | "_id" | "type" | "_count" | "_offset" | "_format"
-        ) {
-            ignored.push(k.clone());
+    let filters: Vec<(String, String)> = params
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "_count" | "_offset" | "_format"))
+        .cloned()
+        .collect();
+    let search = GroupSearch::parse(&filters)?;
+    let strict = headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("handling=strict"));
+    if strict && !search.unknown.is_empty() {
+        return Err(FhirError::invalid(format!(
+            "unknown Group search parameters (Prefer: handling=strict): {}; supported: {}, _count, _offset",
+            search.unknown.join(", "),
+            GROUP_SEARCH_PARAMETERS.join(", ")
+        )));
+    }
+    let by_member = filters.iter().any(|(name, _)| name.split(':').next() == Some("member"));
+    let groups = &state.service.groups;
+    let mut found: Vec<Value> = Vec::new();
+    for stored in groups.stored_groups().await? {
+        if !caller.sees_group(&stored.id, stored.owner.as_deref()) {
+            continue;
+        }
+        let resource = groups.served_resource(&stored).await?;
+        let members: Option<HashSet<String>> = match by_member {
+            true => Some(groups.group_members(&stored.id).await?.into_iter().collect()),
+            false => None,
+        };
+        if search.matches(&resource, members.as_ref()) {
+            found.push(resource);
         }
     }
-    let mut groups: Vec<Value> = Vec::new();
-    for stored in state.service.groups.stored_groups().await? {
-        if caller.sees_group(&stored.id, stored.owner.as_deref()) {
-            groups.push(state.service.groups.served_resource(&stored).await?);
-        }
-    }
-    groups.extend(
-        state
-            .service
-            .groups
+    found.extend(
+        groups
             .loaded_groups(None)
             .await?
             .into_iter()
-            .filter(|g| caller.sees_group(g["id"].as_str().unwrap_or_default(), None)),
+            .filter(|g| caller.sees_group(g["id"].as_str().unwrap_or_default(), None))
+            .filter(|g| search.matches(g, None)),
     );
-    let matches = |group: &Value| {
-        let field = |name: &str| group.get(name).and_then(Value::as_str).unwrap_or_default();
-        params.iter().all(|(k, v)| match k.as_str() {
-            "name" => v.split(',').any(|v| fold(field("name")).starts_with(&fold(v))),
-            "name:exact" => v.split(',').any(|v| field("name") == v),
-            "name:contains" => v.split(',').any(|v| fold(field("name")).contains(&fold(v))),
-            "_id" => v.split(',').any(|v| field("id") == v),
-            "type" => v.split(',').any(|v| field("type") == v),
-            _ => true,
-        })
-    };
-    let mut found: Vec<Value> = groups.into_iter().filter(matches).collect();
+    let ignored = search.unknown;
     found.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     let total = found.len();
     let mut entries: Vec<Value> = found
@@ -683,7 +715,7 @@ pub async fn search(
     if !ignored.is_empty() {
         entries.push(json!({
             "resource": operation_outcome("warning", "not-supported", &format!(
-                "search parameters ignored (Group supports name, _id, type, _count, _offset): {}", ignored.join(", "))),
+                "search parameters ignored (Group supports {}, _count, _offset): {}", GROUP_SEARCH_PARAMETERS.join(", "), ignored.join(", "))),
             "search": {"mode": "outcome"},
         }));
     }

@@ -23,7 +23,8 @@ use serde_json::Value;
 use super::SharedState;
 use super::auth::Caller;
 use super::groups::{
-    accepted, check_content_type, check_writable, group_response, if_match, prefers_async, writable_group,
+    accepted, check_content_type, check_sync_allowed, check_writable, group_response, if_match, prefers_async,
+    writable_group,
 };
 use super::outcome::FhirError;
 
@@ -64,6 +65,7 @@ async fn change(
     // Members are found among the Patients.
     caller.require("Patient", Permission::Read)?;
     check_writable(&state)?;
+    check_sync_allowed(&state, &headers)?;
     check_content_type(&headers)?;
     let members = parse_members(&body, action)?;
     let groups = &state.service.groups;

@@ -13,6 +13,7 @@ pub mod identify;
 pub mod manage;
 pub mod membership;
 pub mod resolve;
+pub mod search;
 pub mod segments;
 pub mod store;
 pub mod versions;

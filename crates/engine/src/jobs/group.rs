@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::approval::{AWAITING_APPROVAL, Approval, ApprovalMode};
 use super::{JobError, JobFailure, new_id, now};
 use crate::export::Progress;
 use crate::group::{CohortRequest, GroupError, MemberChange, MemberEntry, StoredGroup};
@@ -82,6 +83,9 @@ pub struct Job {
     /// The client that started it (`None` without authorization).
     #[serde(default)]
     pub owner: Option<String>,
+    /// Where it stands with the operator (`None`: no approval needed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
 }
 
 impl Service {
@@ -96,6 +100,7 @@ impl Service {
         owner: Option<String>,
     ) -> Result<Job, StoreError> {
         let created = now();
+        let manual = self.options.group_approval == ApprovalMode::Manual;
         let job = Job {
             id: new_id(),
             kind,
@@ -103,18 +108,28 @@ impl Service {
             request,
             change,
             state: JobState::Running {
-                progress: "computing membership".into(),
+                progress: if manual {
+                    AWAITING_APPROVAL
+                } else {
+                    "computing membership"
+                }
+                .into(),
             },
             created_at: created.clone(),
             updated_at: created,
             owner,
+            approval: manual.then_some(Approval::Pending),
         };
         self.state.put(JOBS, &job.id, &job).await?;
-        self.spawn_group_job(job.clone(), self.options.job_delay).await;
+        if manual {
+            tracing::info!(target: "fhirlake::audit", event = "group_change_awaiting_approval", job = %job.id, group = %job.group_id);
+        } else {
+            self.spawn_group_job(job.clone(), self.options.job_delay).await;
+        }
         Ok(job)
     }
 
-    async fn spawn_group_job(self: &Arc<Self>, job: Job, delay: Duration) {
+    pub(crate) async fn spawn_group_job(self: &Arc<Self>, job: Job, delay: Duration) {
         let id = job.id.clone();
         let service = self.clone();
         let progress = Progress::default();
@@ -226,7 +241,8 @@ impl Service {
             let Some(job) = self.state.get::<Job>(JOBS, &id).await? else {
                 continue;
             };
-            if matches!(job.state, JobState::Running { .. }) {
+            // A job waiting for an operator runs when approved.
+            if matches!(job.state, JobState::Running { .. }) && job.approval != Some(Approval::Pending) {
                 tracing::info!(job = %id, "resuming a job interrupted by a restart");
                 self.spawn_group_job(job, Duration::ZERO).await;
             }

@@ -7,6 +7,7 @@
 //! Outcomes are recorded as an [`ErrorKind`] and a message, never as a
 //! front's status code: each front decides how a kind is answered.
 
+pub mod approval;
 pub mod export;
 pub mod group;
 

@@ -52,6 +52,8 @@ pub struct ServiceOptions {
     /// A superseded Group version stays readable this long (and while an
     /// unexpired export names it).
     pub group_history_retention: Duration,
+    /// Whether Group changes wait for an operator's approval.
+    pub group_approval: crate::jobs::approval::ApprovalMode,
 }
 
 impl Default for ServiceOptions {
@@ -68,6 +70,7 @@ impl Default for ServiceOptions {
             membership_part_rows: crate::group::segments::SEGMENT_ROWS,
             membership_part_delay: Duration::ZERO,
             group_history_retention: Duration::from_secs(30 * 24 * 3600),
+            group_approval: crate::jobs::approval::ApprovalMode::Auto,
         }
     }
 }
@@ -138,6 +141,9 @@ impl Service {
         let service = self.clone();
         let interval = self.options.export_retention.min(Duration::from_secs(60));
         tokio::spawn(async move { service.expiry_loop(interval).await });
+        if self.options.group_approval == crate::jobs::approval::ApprovalMode::Manual {
+            tokio::spawn(self.clone().approval_loop());
+        }
         if let Some(interval) = self.options.refresh_interval {
             let service = self.clone();
             tokio::spawn(async move { service.groups.refresh_loop(interval).await });
