@@ -836,3 +836,214 @@ async fn changes_wait_for_an_operator_with_manual_approval() {
     assert_eq!(read(&server, &id)["quantity"], 1);
     assert!(cli(&["pending"]).contains("no Group change is waiting"));
 }
+
+fn match_request(server: &Server, patient: &Value, extra: Vec<Value>) -> Value {
+    let mut parts = vec![json!({"name": "resource", "resource": patient})];
+    parts.extend(extra);
+    let response = http(
+        "POST",
+        &format!("{}/Patient/$match", server.base),
+        &[("Content-Type", "application/fhir+json")],
+        Some(&json!({"resourceType": "Parameters", "parameter": parts}).to_string()),
+    );
+    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+    response.json()
+}
+
+/// (id, score, grade) of a `$match` answer.
+fn graded(bundle: &Value) -> Vec<(String, f64, String)> {
+    bundle["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["resource"]["id"].as_str().unwrap_or_default().to_string(),
+                e["search"]["score"].as_f64().unwrap_or_default(),
+                e["search"]["extension"][0]["valueCode"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+/// `Patient/$match`: an identifier is a certain match; demographics are
+/// scored and graded; two similar Patients are both returned (ambiguous),
+/// and neither with `onlyCertainMatches`.
+#[tokio::test]
+async fn patients_are_matched_by_identifier_and_demographics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let patients = patients_with_ssn(&sample_data());
+    let line = std::fs::read_dir(sample_data())
+        .expect("sample")
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().starts_with("Patient"))
+        .map(|e| std::fs::read_to_string(e.path()).expect("read"))
+        .expect("Patient file");
+    let first: Value = serde_json::from_str(line.lines().next().expect("a Patient")).expect("JSON");
+    // A twin: same family, birth date, gender and postal code; another given name.
+    let mut twin = first.clone();
+    twin["id"] = json!("twin-of-first");
+    twin["identifier"] = json!([]);
+    twin["name"][0]["given"] = json!(["Zebedee"]);
+    let extra = dir.path().join("twin");
+    std::fs::create_dir_all(&extra).expect("mkdir");
+    std::fs::write(extra.join("Patient.ndjson"), format!("{twin}\n")).expect("write");
+    let root = dir.path().join("warehouse");
+    let warehouse = Warehouse::open(&root.display().to_string()).expect("warehouse");
+    load_into(&warehouse, &[&sample_data(), &extra], false).await;
+    let server = Server::start(&root, &[]);
+    let id = first["id"].as_str().expect("id").to_string();
+    let ssn = patients
+        .iter()
+        .find(|(p, _)| *p == id)
+        .and_then(|(_, s)| s.clone())
+        .expect("an SSN");
+
+    let by_identifier = json!({"resourceType": "Patient", "identifier": [{"system": SSN, "value": ssn}]});
+    assert_eq!(
+        graded(&match_request(&server, &by_identifier, vec![])),
+        [(id.clone(), 1.0, "certain".to_string())]
+    );
+
+    let mut full = json!({"resourceType": "Patient", "name": first["name"].clone(), "birthDate": first["birthDate"],
+        "gender": first["gender"], "address": first["address"].clone()});
+    let certain = graded(&match_request(&server, &full, vec![]));
+    assert_eq!(certain[0].0, id);
+    assert_eq!(certain[0].2, "certain", "{certain:?}");
+
+    // A misspelled given name: probable, and the twin as probable too.
+    full["name"][0]["given"] = json!(["Misspelt"]);
+    let fuzzy = graded(&match_request(&server, &full, vec![]));
+    let mut ids: Vec<&str> = fuzzy.iter().map(|(i, _, _)| i.as_str()).collect();
+    ids.sort();
+    let mut expected = vec![id.as_str(), "twin-of-first"];
+    expected.sort();
+    assert_eq!(ids, expected, "{fuzzy:?}");
+    assert!(
+        fuzzy
+            .iter()
+            .all(|(_, score, grade)| *score < 0.9 && grade == "probable"),
+        "{fuzzy:?}"
+    );
+    let only = match_request(
+        &server,
+        &full,
+        vec![json!({"name": "onlyCertainMatches", "valueBoolean": true})],
+    );
+    assert!(graded(&only).is_empty(), "ambiguous: no certain match");
+    let one = match_request(&server, &full, vec![json!({"name": "count", "valueInteger": 1})]);
+    assert_eq!(graded(&one).len(), 1);
+
+    let refused = http(
+        "POST",
+        &format!("{}/Patient/$match", server.base),
+        &[("Content-Type", "application/fhir+json")],
+        Some(r#"{"resourceType":"Parameters","parameter":[]}"#),
+    );
+    assert_eq!(refused.status, 400);
+}
+
+fn async_create(server: &Server, group: &Value) -> HttpResponse {
+    http(
+        "POST",
+        &format!("{}/Group", server.base),
+        &[("Content-Type", "application/fhir+json"), ("Prefer", "respond-async")],
+        Some(&group.to_string()),
+    )
+}
+
+/// A criteria Group whose filter the compiler refuses, or whose base Group
+/// exists nowhere, is refused before the 202 (on an open server too).
+#[tokio::test]
+async fn criteria_groups_that_cannot_run_are_refused_before_the_202() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = Warehouse::open(&dir.path().display().to_string()).expect("warehouse");
+    load_into(&warehouse, &[&sample_data()], false).await;
+    let server = Server::start(dir.path(), &[]);
+    let repeating = crate::common::cohort_group(
+        "blood pressure",
+        "Observation?component-code-value-quantity=http://loinc.org|8480-6$gt140",
+    );
+    let refused = async_create(&server, &repeating);
+    let text = String::from_utf8_lossy(&refused.body).to_string();
+    assert_eq!(refused.status, 400, "{text}");
+    assert!(text.contains("component-code-value-quantity"), "{text}");
+    let mut based = crate::common::cohort_group("women of a Group", "Patient?gender=female");
+    based["member"] = json!([{"entity": {"reference": "Group/nowhere"}}]);
+    let refused = async_create(&server, &based);
+    let text = String::from_utf8_lossy(&refused.body).to_string();
+    assert_eq!(refused.status, 400, "{text}");
+    assert!(text.contains("Group/nowhere"), "{text}");
+}
+
+/// A sample value of a search parameter of type `param_type`.
+fn sample_of(param_type: fhirlake::search::ParamType) -> &'static str {
+    use fhirlake::search::ParamType;
+    match param_type {
+        ParamType::Date => "ge2020-01-01",
+        ParamType::Quantity | ParamType::Number => "gt5",
+        ParamType::Uri => "http://example.org/x",
+        _ => "x",
+    }
+}
+
+/// A sample value of search parameter `param` (composites: one sample per
+/// component, joined with `$`).
+fn sample_value(registry: &fhirlake::search::SearchRegistry, param: &fhirlake::search::SearchParam) -> String {
+    if param.param_type != fhirlake::search::ParamType::Composite {
+        return sample_of(param.param_type).to_string();
+    }
+    param
+        .components
+        .iter()
+        .filter_map(|c| registry.by_url(&c.definition))
+        .map(|(_, param_type)| sample_of(param_type))
+        .collect::<Vec<_>>()
+        .join("$")
+}
+
+/// Every member-filter parameter the CapabilityStatement advertises
+/// compiles: the statement lists what the compiler accepts, no more.
+#[tokio::test]
+async fn every_advertised_search_parameter_compiles() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = Warehouse::open(&dir.path().display().to_string()).expect("warehouse");
+    load_into(&warehouse, &[&sample_data()], false).await;
+    let server = Server::start(dir.path(), &[]);
+    let metadata = http("GET", &format!("{}/metadata", server.base), &[], None).json();
+    let registry = fhirlake::search::SearchRegistry::r4().expect("registry");
+    let engine = fhirlake::cohort::CohortEngine::open(&warehouse).await.expect("engine");
+    let mut advertised = 0;
+    let mut refused = Vec::new();
+    for resource in metadata["rest"][0]["resource"].as_array().expect("resources") {
+        let resource_type = resource["type"].as_str().expect("type");
+        if resource_type == "Group" {
+            continue; // Group's are its own search, not member-filters.
+        }
+        for param in resource["searchParam"].as_array().into_iter().flatten() {
+            let name = param["name"].as_str().expect("name");
+            let Some(definition) = registry.get(resource_type, name) else {
+                refused.push(format!("{resource_type}.{name}: not in the registry"));
+                continue;
+            };
+            advertised += 1;
+            let expression = format!("{resource_type}?{name}={}", sample_value(registry, definition));
+            let compiled = fhirlake::cohort::CohortEngine::parse(&[expression.as_str()])
+                .and_then(|queries| engine.plan(&queries, None).map(|_| ()));
+            if let Err(e) = compiled {
+                refused.push(format!("{expression}: {e}"));
+            }
+        }
+    }
+    println!("{advertised} advertised member-filter parameters compile");
+    assert!(advertised > 500, "only {advertised} parameters advertised");
+    assert!(
+        refused.is_empty(),
+        "{} advertised but refused:\n{}",
+        refused.len(),
+        refused.join("\n")
+    );
+}

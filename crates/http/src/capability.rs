@@ -31,6 +31,7 @@ fn search_params(registry: &SearchRegistry, resource_type: &str) -> Vec<Value> {
     registry
         .supported(resource_type)
         .into_iter()
+        .filter(|p| fhirlake_engine::cohort::compile::is_compilable(p, resource_type))
         .map(|p| {
             json!({
                 "name": p.code,
@@ -174,6 +175,10 @@ pub async fn metadata(State(state): State<SharedState>) -> Response {
                     "name": "export",
                     "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
                     "documentation": "Patient/$export: the Patient compartments of all patients."
+                }, {
+                    "name": "match",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match",
+                    "documentation": "Patient/$match (POST): an identifier match is certain (score 1); otherwise candidates found through the search index by family name or birth date are scored (family 0.3, given 0.2, birth date 0.3, gender 0.1, postal code 0.1): certain at 0.9 with family, given and birth date agreeing, probable at 0.7, possible at 0.5. onlyCertainMatches, count (default 10, at most 100)."
                 }]);
             }
             resources.push(entry);

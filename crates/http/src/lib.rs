@@ -128,6 +128,10 @@ impl AppState {
 /// Shared state handle.
 pub type SharedState = Arc<AppState>;
 
+/// Largest request body accepted (a Group with its members, a member
+/// operation, an export kick-off): 64 MiB, some 600,000 members.
+pub const GROUP_BODY_LIMIT: usize = 64 * 1024 * 1024;
+
 /// Builds the router over `state`.
 pub fn router(state: SharedState) -> Router {
     // Export files are not FHIR JSON: they skip content negotiation. They
@@ -167,8 +171,12 @@ pub fn router(state: SharedState) -> Router {
         .route("/_jobs/{id}", get(groups::poll).delete(groups::cancel))
         .route("/Patient", get(resources::search_patients))
         .route("/Patient/{id}", get(resources::read_patient))
+        .route("/Patient/$match", axum::routing::post(resources::match_patients))
         .route("/Coverage", get(resources::search_coverage))
         .route("/Coverage/{id}", get(resources::read_coverage))
+        // A Group of 100,000 members, or a member operation naming them,
+        // is ~10 MB of JSON; axum's default limit is 2 MB.
+        .layer(axum::extract::DefaultBodyLimit::max(GROUP_BODY_LIMIT))
         .layer(axum::middleware::from_fn(negotiate));
     // Every FHIR route and download needs a token when authorization is on;
     // discovery, the token endpoint and the CapabilityStatement do not.

@@ -105,3 +105,66 @@ async fn read(
         None => Err(hidden(&format!("{resource_type}/{id}"))),
     }
 }
+
+/// The `match-grade` extension of a `$match` result.
+const MATCH_GRADE: &str = "http://hl7.org/fhir/StructureDefinition/match-grade";
+
+/// `POST /Patient/$match` (R4): a `Parameters` with `resource` (a
+/// Patient), optional `onlyCertainMatches` and `count` (default 10, at
+/// most 100); a searchset Bundle of the matches, best first, each with
+/// `search.score` and the `match-grade` extension.
+pub async fn match_patients(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    body: axum::body::Bytes,
+) -> Result<Response, FhirError> {
+    caller.require("Patient", Permission::Search)?;
+    let parameters: Value = serde_json::from_slice(&body)
+        .map_err(|e| FhirError::invalid(format!("$match: the body is not valid JSON: {e}")))?;
+    if parameters["resourceType"] != "Parameters" {
+        return Err(FhirError::invalid("$match takes a Parameters resource"));
+    }
+    let find = |name: &str| {
+        parameters["parameter"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == name)
+            .cloned()
+    };
+    let Some(patient) = find("resource")
+        .map(|p| p["resource"].clone())
+        .filter(|r| r["resourceType"] == "Patient")
+    else {
+        return Err(FhirError::invalid(
+            "$match needs a 'resource' parameter holding a Patient",
+        ));
+    };
+    let only_certain = find("onlyCertainMatches")
+        .and_then(|p| p["valueBoolean"].as_bool())
+        .unwrap_or(false);
+    let count = match find("count") {
+        Some(p) => p["valueInteger"]
+            .as_u64()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| FhirError::invalid("$match: count must be a positive valueInteger"))?
+            .min(100) as usize,
+        None => 10,
+    };
+    let matches = state.service.match_patients(&patient, only_certain, count).await?;
+    let entries: Vec<Value> = matches
+        .into_iter()
+        .map(|m| {
+            json!({
+                "fullUrl": format!("{}/Patient/{}", state.base_url, m.patient["id"].as_str().unwrap_or_default()),
+                "resource": m.patient,
+                "search": {
+                    "mode": "match",
+                    "score": m.score,
+                    "extension": [{"url": MATCH_GRADE, "valueCode": m.grade}],
+                },
+            })
+        })
+        .collect();
+    Ok(searchset(entries.len(), Vec::new(), entries))
+}

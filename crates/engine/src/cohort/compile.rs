@@ -493,7 +493,7 @@ impl<'a> Compiler<'a> {
             param: param.code.clone(),
             reason: reason.to_string(),
         };
-        if param.expression.trim() != resource_type {
+        if !is_compilable(param, resource_type) {
             return Err(unsupported(
                 "composite parameters over repeating elements are not supported yet; search the parts separately",
             ));
@@ -530,6 +530,15 @@ impl<'a> Compiler<'a> {
         let plan = alternatives.ok_or_else(|| unsupported("no value"))?;
         Ok(LogicalPlanBuilder::from(plan))
     }
+}
+
+/// Whether the compiler accepts `param` of `resource_type` in a filter
+/// (with some value and no modifier): every indexed parameter but a
+/// composite over repeating elements (`component-code-value-quantity`),
+/// whose parts must hold in the same repetition, which the per-parameter
+/// index cannot tell. The CapabilityStatement lists exactly these.
+pub fn is_compilable(param: &SearchParam, resource_type: &str) -> bool {
+    param.param_type != ParamType::Composite || param.expression.trim() == resource_type
 }
 
 /// Whether `param` may yield Identifiers (so `:of-type` applies): false only

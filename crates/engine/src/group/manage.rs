@@ -60,13 +60,27 @@ impl Groups {
         self.write_group(id, request, entries, version, owner, progress).await
     }
 
-    /// What can be checked before a Group job is accepted: a member-based
-    /// Group's members must be Patients of the warehouse (an async create
-    /// or update is refused before its 202, not failed after it).
+    /// What can be checked before a Group job is accepted (an async create
+    /// or update is refused before its 202, not failed after it): a
+    /// member-based Group's members must be Patients of the warehouse; a
+    /// criteria Group's filters must compile and its base Groups exist.
     pub async fn precheck(&self, request: &CohortRequest) -> Result<(), GroupError> {
+        let engine = self.cohorts.get().await?;
         if request.is_member_based() {
-            let engine = self.cohorts.get().await?;
             super::roster_entries(&engine, request).await?;
+            return Ok(());
+        }
+        // Every filter compiled, so a modifier or parameter the compiler
+        // refuses is a 400 now, not a failed job.
+        if !engine.has_index() {
+            return Err(GroupError::NoIndex);
+        }
+        let queries = crate::cohort::CohortEngine::parse(&request.filters)?;
+        engine.plan(&queries, None)?;
+        for base in &request.base_groups {
+            if self.stored_group(base).await?.is_none() && self.loaded_group(base).await?.is_none() {
+                return Err(GroupError::UnknownBase(base.clone()));
+            }
         }
         Ok(())
     }

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod matching;
 mod runtime;
 pub mod search;
 

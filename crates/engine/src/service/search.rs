@@ -92,7 +92,7 @@ async fn all_ids(engine: &CohortEngine, resource_type: &str) -> Result<Vec<Strin
 }
 
 /// The `resource_type` resources with the given ids, in the order of `ids`.
-async fn resources_by_id(
+pub(crate) async fn resources_by_id(
     engine: &CohortEngine,
     resource_type: &str,
     ids: &[String],
