@@ -1047,3 +1047,50 @@ async fn every_advertised_search_parameter_compiles() {
         refused.join("\n")
     );
 }
+
+/// Twenty changes compact the membership segments (after 16), and every
+/// earlier version still reads its members from the compacted rows.
+#[tokio::test]
+async fn compacted_membership_keeps_every_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = Warehouse::open(&dir.path().display().to_string()).expect("warehouse");
+    load_into(&warehouse, &[&sample_data()], false).await;
+    let ids = crate::common::query_strings(&warehouse, "SELECT id FROM patient ORDER BY id").await;
+    let server = Server::start(dir.path(), &[]);
+    let id = create_empty(&server);
+    let added: Vec<&String> = ids.iter().take(10).collect();
+    for patient in &added {
+        assert_eq!(
+            operation(&server, &id, "member-add", &parameters(vec![by_id(patient)]), &[]).status,
+            200
+        );
+    }
+    for patient in &added {
+        assert_eq!(
+            operation(&server, &id, "member-remove", &parameters(vec![by_id(patient)]), &[]).status,
+            200
+        );
+    }
+    let group = read(&server, &id);
+    assert_eq!(
+        (group["meta"]["versionId"].clone(), group["quantity"].clone()),
+        (json!("21"), json!(0))
+    );
+    let at_11 = http("GET", &format!("{}/Group/{id}/_history/11", server.base), &[], None).json();
+    assert_eq!(at_11["member"].as_array().map(Vec::len), Some(10), "{at_11}");
+    let at_15 = http("GET", &format!("{}/Group/{id}/_history/15", server.base), &[], None).json();
+    assert_eq!(at_15["member"].as_array().map(Vec::len), Some(6), "{at_15}");
+    let files = std::fs::read_dir(dir.path().join(format!("_server/membership/{id}")))
+        .expect("segments")
+        .count();
+    assert!(files <= 2 * 16, "compaction bounds the segment files: {files}");
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(format!("_server/groups/{id}.json"))).expect("record"))
+            .expect("JSON");
+    let segments = record["segments"].as_array().map_or(0, Vec::len);
+    assert!(segments < 16, "compacted: {segments} segments");
+    assert!(
+        !record["retired"].as_array().map(Vec::is_empty).unwrap_or(true),
+        "the replaced ones retired"
+    );
+}

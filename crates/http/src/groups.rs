@@ -70,7 +70,7 @@ pub(crate) fn accepted(state: &AppState, job_id: &str) -> Response {
 }
 
 async fn start_job(
-    state: &SharedState,
+    state: &AppState,
     kind: JobKind,
     group_id: String,
     request: CohortRequest,
@@ -167,18 +167,36 @@ pub async fn create(
     check_request_access(&state, &caller, &request).await?;
     let id = new_id();
     let owner = caller.client_id().map(str::to_string);
-    if prefers_async(&headers) {
-        // Refused before the 202; a synchronous write checks as it computes.
+    write(&state, &headers, JobKind::CreateGroup, id, request, owner).await
+}
+
+/// Writes Group `id` from `request` as a create or update: a job (after
+/// what can be checked is, before the 202) with `Prefer: respond-async`,
+/// else at once (checked as it computes).
+async fn write(
+    state: &AppState,
+    headers: &HeaderMap,
+    kind: JobKind,
+    id: String,
+    request: CohortRequest,
+    owner: Option<String>,
+) -> Result<Response, FhirError> {
+    if prefers_async(headers) {
         state.service.groups.precheck(&request).await?;
-        return start_job(&state, JobKind::CreateGroup, id, request, owner).await;
+        return start_job(state, kind, id, request, owner).await;
     }
+    let status = if kind == JobKind::CreateGroup {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     let progress = Progress::default();
     let stored = state
         .service
         .groups
         .compute_group(&id, &request, owner, &progress)
         .await?;
-    group_response(&state, StatusCode::CREATED, &stored).await
+    group_response(state, status, &stored).await
 }
 
 /// `PUT /Group/{id}`: replaces a stored Group (criteria-based: its members
@@ -224,17 +242,7 @@ pub async fn update(
     // Refused before an async write's 202; the write checks again.
     check_version(&id, existing.as_ref(), request.expected_version)?;
     let owner = caller.client_id().map(str::to_string);
-    if prefers_async(&headers) {
-        state.service.groups.precheck(&request).await?;
-        return start_job(&state, JobKind::UpdateGroup, id, request, owner).await;
-    }
-    let progress = Progress::default();
-    let stored = state
-        .service
-        .groups
-        .compute_group(&id, &request, owner, &progress)
-        .await?;
-    group_response(&state, StatusCode::OK, &stored).await
+    write(&state, &headers, JobKind::UpdateGroup, id, request, owner).await
 }
 
 /// `PATCH /Group/{id}`: a JSON Patch (`application/json-patch+json`) or
@@ -285,17 +293,7 @@ pub async fn patch(
     request.expected_version = expected;
     check_request_access(&state, &caller, &request).await?;
     let owner = caller.client_id().map(str::to_string);
-    if prefers_async(&headers) {
-        state.service.groups.precheck(&request).await?;
-        return start_job(&state, JobKind::UpdateGroup, id, request, owner).await;
-    }
-    let progress = Progress::default();
-    let stored = state
-        .service
-        .groups
-        .compute_group(&id, &request, owner, &progress)
-        .await?;
-    group_response(&state, StatusCode::OK, &stored).await
+    write(&state, &headers, JobKind::UpdateGroup, id, request, owner).await
 }
 
 /// Stored Group `id` when `caller` may change it: a Group of the loaded

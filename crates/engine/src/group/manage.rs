@@ -110,7 +110,14 @@ impl Groups {
             None => Vec::new(),
         };
         let next = next_membership(&history, &entries, version);
-        let (segments, superseded) = self.write_rows(id, previous.as_ref(), &next, version, progress).await?;
+        let (segments, compacted_away) = self.write_rows(id, previous.as_ref(), &next, version, progress).await?;
+        let previously_retired = previous.as_ref().map(|p| p.retired.clone()).unwrap_or_default();
+        // A compaction retires the segments it replaced and deletes those
+        // the previous one retired (no reader can hold a record naming them).
+        let (retired, superseded) = match compacted_away {
+            Some(replaced) => (replaced, previously_retired),
+            None => (previously_retired, Vec::new()),
+        };
         let at = chrono::Utc::now().timestamp_micros();
         let quantity = next.iter().filter(|m| m.is_current() && m.entry.counts_at(at)).count();
         let request = request.stored_form();
@@ -123,6 +130,7 @@ impl Groups {
             members: Vec::new(),
             membership: Vec::new(),
             segments,
+            retired,
             warehouse_version,
             owner,
         };
@@ -136,7 +144,8 @@ impl Groups {
     /// `next`: a delta of the rows it changed after the previous segments,
     /// or every row in new segments (a new Group, one written before
     /// segments, or one with [`MAX_SEGMENTS`] already). Returns the
-    /// segments of the new version and those it supersedes.
+    /// segments of the new version and, after a compaction, those it
+    /// replaced.
     async fn write_rows(
         &self,
         id: &str,
@@ -144,16 +153,16 @@ impl Groups {
         next: &[Member],
         version: u64,
         progress: &Progress,
-    ) -> Result<(Vec<Segment>, Vec<Segment>), GroupError> {
+    ) -> Result<(Vec<Segment>, Option<Vec<Segment>>), GroupError> {
         let kept = previous.map(|p| p.segments.clone()).unwrap_or_default();
         if kept.is_empty() || kept.len() >= MAX_SEGMENTS {
             let written = write_segments(&self.state, id, version, next, &self.membership, progress).await?;
-            return Ok((written, kept));
+            return Ok((written, Some(kept)));
         }
         let delta = changed_by(next, version);
         let mut segments = kept;
         segments.extend(write_segments(&self.state, id, version, &delta, &self.membership, progress).await?);
-        Ok((segments, Vec::new()))
+        Ok((segments, None))
     }
 
     /// The resource `GET /Group/{id}` serves for `stored`: a member-based
@@ -333,6 +342,7 @@ impl Groups {
         }
         self.state.delete(GROUPS, id).await?;
         delete_segments(&self.state, id, &stored.segments).await;
+        delete_segments(&self.state, id, &stored.retired).await;
         self.forget_versions(id).await;
         Ok(true)
     }

@@ -39,6 +39,10 @@ pub struct StoredGroup {
     /// The membership segments, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub segments: Vec<Segment>,
+    /// Segments the latest compaction replaced: kept until the next one,
+    /// so a reader holding the previous record can still read them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<Segment>,
     /// Warehouse version the membership was computed on.
     pub warehouse_version: u64,
     /// The client that created it (`None` without authorization).

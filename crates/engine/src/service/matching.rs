@@ -11,11 +11,10 @@
 
 use std::collections::BTreeSet;
 
-use datafusion::arrow::array::AsArray;
 use serde_json::Value;
 
 use super::Service;
-use super::search::resources_by_id;
+use super::search::{plan_ids, resources_by_id};
 use crate::cohort::{CohortEngine, CohortError};
 use crate::search::extract::fold;
 
@@ -169,14 +168,9 @@ async fn ids_matching(engine: &CohortEngine, expressions: &[String]) -> Result<V
         return Ok(Vec::new());
     }
     let queries = CohortEngine::parse(expressions)?;
-    let plan = engine.resource_ids_plan(&queries)?;
-    let batches = datafusion::dataframe::DataFrame::new(engine.session().state(), plan)
-        .collect()
-        .await?;
-    let mut ids = BTreeSet::new();
-    for batch in batches {
-        let column = batch.column(0).as_string::<i32>();
-        ids.extend((0..batch.num_rows()).map(|i| column.value(i).to_string()));
-    }
+    let ids: BTreeSet<String> = plan_ids(engine, engine.resource_ids_plan(&queries)?)
+        .await?
+        .into_iter()
+        .collect();
     Ok(ids.into_iter().collect())
 }

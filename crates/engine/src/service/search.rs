@@ -47,16 +47,7 @@ impl Service {
                     .join("&")
             );
             let queries = CohortEngine::parse(&[expression])?;
-            let plan = engine.resource_ids_plan(&queries)?;
-            let batches = datafusion::dataframe::DataFrame::new(engine.session().state(), plan)
-                .collect()
-                .await?;
-            let mut ids = Vec::new();
-            for batch in batches {
-                let column = batch.column(0).as_string::<i32>();
-                ids.extend((0..batch.num_rows()).map(|i| column.value(i).to_string()));
-            }
-            ids
+            plan_ids(&engine, engine.resource_ids_plan(&queries)?).await?
         };
         ids.sort_unstable();
         ids.dedup();
@@ -74,6 +65,22 @@ impl Service {
             .into_iter()
             .next())
     }
+}
+
+/// The ids (first column) `plan` yields.
+pub(crate) async fn plan_ids(
+    engine: &CohortEngine,
+    plan: datafusion::logical_expr::LogicalPlan,
+) -> Result<Vec<String>, CohortError> {
+    let batches = datafusion::dataframe::DataFrame::new(engine.session().state(), plan)
+        .collect()
+        .await?;
+    let mut ids = Vec::new();
+    for batch in batches {
+        let column = batch.column(0).as_string::<i32>();
+        ids.extend((0..batch.num_rows()).map(|i| column.value(i).to_string()));
+    }
+    Ok(ids)
 }
 
 /// Every id of the `resource_type` table.
