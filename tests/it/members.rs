@@ -398,7 +398,18 @@ async fn members_are_added_and_removed_by_id_identifier_and_coverage() {
         .iter()
         .filter_map(|o| o["name"].as_str())
         .collect();
-    assert_eq!(operations, ["export", "member-add", "member-remove"]);
+    assert_eq!(operations, ["export", "members", "member-add", "member-remove"]);
+    let definition = http(
+        "GET",
+        group["operation"][1]["definition"].as_str().expect("URL"),
+        &[],
+        None,
+    )
+    .json();
+    assert_eq!(
+        (definition["resourceType"].clone(), definition["code"].clone()),
+        (json!("OperationDefinition"), json!("members"))
+    );
 }
 
 /// A kill -9 while a large `$member-add` is written in parts leaves the old

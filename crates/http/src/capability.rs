@@ -75,12 +75,19 @@ fn security(state: &super::AppState) -> serde_json::Value {
 
 /// The Group operations: `$export`, and the member operations unless
 /// Groups are read-only.
-fn group_operations(read_only: bool) -> Value {
-    let mut operations = vec![json!({
-        "name": "export",
-        "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
-        "documentation": "Group/[id]/$export: the Patient compartments of the members (cohort or loaded Group)."
-    })];
+fn group_operations(base_url: &str, read_only: bool) -> Value {
+    let mut operations = vec![
+        json!({
+            "name": "export",
+            "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+            "documentation": "Group/[id]/$export: the Patient compartments of the members (cohort or loaded Group)."
+        }),
+        json!({
+            "name": "members",
+            "definition": format!("{base_url}/OperationDefinition/group-members"),
+            "documentation": "Group/[id]/$members (GET): the member Patients that count now, as a searchset Bundle paged by _count (at most 1000) and _offset. fhirlake's own operation (not the IG's); its definition is served at the URL given."
+        }),
+    ];
     if !read_only {
         let members = "Parameters naming one member (patientReference, or memberId: a Patient.identifier, \
             Coverage.subscriberId or Coverage.identifier, resolved to Coverage.beneficiary; optional attributionPeriod) \
@@ -98,6 +105,32 @@ fn group_operations(read_only: bool) -> Value {
         }));
     }
     Value::Array(operations)
+}
+
+/// `GET /OperationDefinition/group-members`: the definition of `$members`.
+pub async fn members_definition(State(state): State<SharedState>) -> Response {
+    let definition = json!({
+        "resourceType": "OperationDefinition",
+        "id": "group-members",
+        "url": format!("{}/OperationDefinition/group-members", state.base_url),
+        "name": "GroupMembers",
+        "title": "The member Patients of a Group",
+        "status": "active",
+        "kind": "operation",
+        "code": "members",
+        "description": "The Patients that are members of the Group now (a cohort's computed members; a member-based Group's or roster's entries that are not inactive and within their period), as a searchset Bundle of Patient resources in id order. A member whose Patient resource is not loaded is listed as a Patient with only its id.",
+        "resource": ["Group"],
+        "system": false,
+        "type": false,
+        "instance": true,
+        "affectsState": false,
+        "parameter": [
+            {"name": "_count", "use": "in", "min": 0, "max": "1", "type": "integer", "documentation": "Page size (default 100, at most 1000)."},
+            {"name": "_offset", "use": "in", "min": 0, "max": "1", "type": "integer", "documentation": "Members to skip."},
+            {"name": "return", "use": "out", "min": 1, "max": "1", "type": "Bundle", "documentation": "A searchset Bundle with total and next/previous links."}
+        ]
+    });
+    fhir_json(StatusCode::OK, &definition)
 }
 
 /// `GET /metadata`.
@@ -122,7 +155,7 @@ pub async fn metadata(State(state): State<SharedState>) -> Response {
         "profile": "http://hl7.org/fhir/StructureDefinition/Group",
         "supportedProfile": [COHORT_PROFILE],
         "documentation": format!("Bulk Cohort API: POST a bulk-cohort-group Group with Prefer: respond-async (or synchronously) and poll the Content-Location URL. member-filter expressions use {FHIR_QUERY} with the search parameters listed for each resource type below; several member-filters are ANDed; member entries (Patients, Groups) set the base population; member-filters on types in no Patient compartment are refused. A Group without member-filter (and without the bulk-cohort-group profile) is member-based: its member entries are its members (existing Patients only, checked before the 202), kept with their period and inactive, replaced by PUT, changed by PATCH (JSON Patch as application/json-patch+json; FHIRPath Patch as a Parameters, with paths of the form Type.element, [n], .where(a.b = 'value'), .first(), .last()) or by $member-add and $member-remove, never recomputed; a read lists the first 1000 member entries (meta.tag SUBSETTED when there are more; quantity counts the members that count now). PUT and DELETE honour If-Match (W/\"version\"; stale: 412); deleting a Group another Group uses as its base population is a 409. Every version stays readable (_history/[v], listed by _history) for --group-history-retention after it is superseded, and while an unexpired export names it; a Group export runs against the version current at kick-off (named in the manifest's extension). {refresh} {approval} GET /Group/[id]/$members pages through the members (Patient resources). Groups in the loaded data are read-only; a roster member counts only while not inactive and within its period (at an export's transactionTime)."),
-        "operation": group_operations(state.read_only_groups),
+        "operation": group_operations(&state.base_url, state.read_only_groups),
         "interaction": if state.read_only_groups {
             json!([{"code": "read"}, {"code": "vread"}, {"code": "history-instance"}, {"code": "search-type"}])
         } else {

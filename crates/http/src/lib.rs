@@ -185,6 +185,10 @@ pub fn router(state: SharedState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::authorize));
     let public = Router::new()
         .route("/metadata", get(capability::metadata))
+        .route(
+            "/OperationDefinition/group-members",
+            get(capability::members_definition),
+        )
         .layer(axum::middleware::from_fn(negotiate))
         .route("/.well-known/smart-configuration", get(auth::smart_configuration))
         .route("/auth/token", axum::routing::post(auth::token));

