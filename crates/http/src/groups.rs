@@ -222,25 +222,9 @@ pub async fn update(
             "the Group's id '{body_id}' differs from the URL's '{id}'"
         )));
     }
-    let existing = state.service.groups.stored_group(&id).await?;
-    if existing.is_none() {
-        return Err(
-            if state.service.groups.loaded_group(&id).await?.is_some() && caller.sees_group(&id, None) {
-                FhirError::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "not-supported",
-                    format!("Group/{id} comes from the loaded data and is read-only"),
-                )
-            } else {
-                hidden(&format!("Group/{id}"))
-            },
-        );
-    }
-    if let Some(existing) = &existing {
-        check_owner(&caller, &id, existing.owner.as_deref(), "change")?;
-    }
+    let existing = writable_group(&state, &caller, &id).await?;
     // Refused before an async write's 202; the write checks again.
-    check_version(&id, existing.as_ref(), request.expected_version)?;
+    check_version(&id, Some(&existing), request.expected_version)?;
     let owner = caller.client_id().map(str::to_string);
     write(&state, &headers, JobKind::UpdateGroup, id, request, owner).await
 }
