@@ -568,5 +568,75 @@ async fn member_based_groups_are_created_exported_and_used_as_bases() {
     assert_eq!(stale.status, 412);
     assert_eq!(http("DELETE", &url, &[("If-Match", "W/\"3\"")], None).status, 204);
     assert_eq!(get_json(&url).await.0, 404);
+    unknown_members_are_refused_or_skipped(&server, w1).await;
     server.stop();
+}
+
+/// A member-based Group naming a Patient the server lacks: refused with a
+/// 400 that names it; with `Prefer: handling=lenient` written without it
+/// and the skipped entry listed (sync: the `return=OperationOutcome` body;
+/// async: the batch-response entry's outcome).
+async fn unknown_members_are_refused_or_skipped(server: &Server, known: &str) {
+    let roster = json!({
+        "resourceType": "Group", "type": "person", "actual": true,
+        "member": [
+            {"entity": {"reference": format!("Patient/{known}")}},
+            {"entity": {"reference": "Patient/no-such-patient"}},
+        ],
+    });
+    let post = |prefer: &str| {
+        http(
+            "POST",
+            &format!("{}/Group", server.base),
+            &[("Content-Type", "application/fhir+json"), ("Prefer", prefer)],
+            Some(&roster.to_string()),
+        )
+    };
+    let refused = post("return=representation");
+    assert_eq!(refused.status, 400, "{}", String::from_utf8_lossy(&refused.body));
+    assert!(String::from_utf8_lossy(&refused.body).contains("no-such-patient"));
+    let skipped = post("handling=lenient, return=OperationOutcome");
+    assert_eq!(skipped.status, 201, "{}", String::from_utf8_lossy(&skipped.body));
+    let outcome = skipped.json();
+    assert_eq!(outcome["resourceType"], "OperationOutcome", "{outcome}");
+    let warnings: Vec<&Value> = outcome["issue"]
+        .as_array()
+        .expect("issues")
+        .iter()
+        .filter(|i| i["severity"] == "warning")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{outcome}");
+    assert!(
+        warnings[0]["diagnostics"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Patient/no-such-patient")
+    );
+    let location = skipped.header("location").expect("Location").to_string();
+    let (_, group) = get_json(location.split("/_history").next().unwrap_or(&location)).await;
+    assert_eq!(group["quantity"], 1, "{group}");
+    assert_eq!(group["member"].as_array().map(Vec::len), Some(1), "{group}");
+
+    let accepted = post("respond-async, handling=lenient");
+    assert_eq!(accepted.status, 202, "{}", String::from_utf8_lossy(&accepted.body));
+    let status_url = accepted
+        .header("content-location")
+        .expect("Content-Location")
+        .to_string();
+    let (status, bundle) = poll(&status_url).await;
+    assert_eq!(status, 200, "{bundle}");
+    let entry = &bundle["entry"][0];
+    assert_eq!(entry["response"]["status"], "201 Created", "{bundle}");
+    assert_eq!(entry["resource"]["quantity"], 1, "{bundle}");
+    let issues = entry["response"]["outcome"]["issue"]
+        .as_array()
+        .expect("outcome issues");
+    assert!(
+        issues.iter().any(|i| i["severity"] == "warning"
+            && i["diagnostics"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("no-such-patient")),
+        "{bundle}"
+    );
 }

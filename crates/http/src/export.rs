@@ -28,17 +28,8 @@ use serde_json::Value;
 
 use super::auth::Caller;
 use super::outcome::{FhirError, fhir_json, operation_outcome};
+use super::prefer::Prefer;
 use super::{AppState, SharedState};
-
-fn prefer_tokens(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|p| p.trim().to_ascii_lowercase().replace(' ', ""))
-        .collect()
-}
 
 /// How clients download export files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,9 +151,9 @@ async fn kickoff(
     query: Option<String>,
     body: &[u8],
 ) -> Result<Response, FhirError> {
-    let prefer = prefer_tokens(headers);
-    let lenient = prefer.iter().any(|p| p == "handling=lenient");
-    let separate_status = prefer.iter().any(|p| p == "separate-export-status");
+    let prefer = Prefer::of(headers);
+    let lenient = prefer.lenient();
+    let separate_status = prefer.separate_export_status;
     let mut pairs: Vec<(String, String)> = query
         .as_deref()
         .map(|q| {

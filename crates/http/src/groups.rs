@@ -22,15 +22,12 @@ use serde_json::{Value, json};
 
 use super::auth::{Caller, hidden};
 use super::outcome::{FhirError, fhir_json, operation_outcome};
+use super::prefer::{Prefer, Return};
 use super::{AppState, SharedState};
 
+/// Whether the client asked for an asynchronous response.
 pub(crate) fn prefers_async(headers: &HeaderMap) -> bool {
-    headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+    Prefer::of(headers).respond_async
 }
 
 pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), FhirError> {
@@ -172,16 +169,20 @@ pub async fn create(
 
 /// Writes Group `id` from `request` as a create or update: a job (after
 /// what can be checked is, before the 202) with `Prefer: respond-async`,
-/// else at once (checked as it computes).
+/// else at once (checked as it computes). With `Prefer: handling=lenient`
+/// a member-based Group's unknown Patients are left out and listed (in the
+/// batch-response's outcome, or the `return=OperationOutcome` body).
 async fn write(
     state: &AppState,
     headers: &HeaderMap,
     kind: JobKind,
     id: String,
-    request: CohortRequest,
+    mut request: CohortRequest,
     owner: Option<String>,
 ) -> Result<Response, FhirError> {
-    if prefers_async(headers) {
+    let prefer = Prefer::of(headers);
+    request.skip_unknown_members = prefer.lenient() && request.is_member_based();
+    if prefer.respond_async {
         state.service.groups.precheck(&request).await?;
         return start_job(state, kind, id, request, owner).await;
     }
@@ -191,12 +192,47 @@ async fn write(
         StatusCode::OK
     };
     let progress = Progress::default();
-    let stored = state
+    let (stored, skipped) = state
         .service
         .groups
         .compute_group(&id, &request, owner, &progress)
         .await?;
-    group_response(state, status, &stored).await
+    match prefer.body {
+        Return::Representation => group_response(state, status, &stored).await,
+        Return::Minimal => {
+            let mut response = group_response(state, status, &stored).await?;
+            *response.body_mut() = axum::body::Body::empty();
+            response.headers_mut().remove(header::CONTENT_TYPE);
+            Ok(response)
+        }
+        Return::OperationOutcome => {
+            let mut response = group_response(state, status, &stored).await?;
+            let location = format!("Group/{}/_history/{}", stored.id, stored.version);
+            let outcome = write_outcome(&location, &skipped);
+            let body = serde_json::to_vec(&outcome).map_err(|e| FhirError::internal(e.to_string()))?;
+            *response.body_mut() = axum::body::Body::from(body);
+            Ok(response)
+        }
+    }
+}
+
+/// The OperationOutcome of a Group write: what was written, and a warning
+/// for each member entry left out because it names no Patient.
+fn write_outcome(location: &str, skipped: &[String]) -> Value {
+    let mut issues = vec![json!({
+        "severity": "information",
+        "code": "informational",
+        "diagnostics": format!("written as {location}"),
+    })];
+    issues.extend(skipped.iter().map(|patient| {
+        json!({
+            "severity": "warning",
+            "code": "not-found",
+            "diagnostics": format!("member Patient/{patient} is not a Patient of this server: left out (Prefer: handling=lenient)"),
+            "expression": ["Group.member.entity"],
+        })
+    }));
+    json!({"resourceType": "OperationOutcome", "issue": issues})
 }
 
 /// `PUT /Group/{id}`: replaces a stored Group (criteria-based: its members
@@ -324,13 +360,17 @@ pub async fn poll(
             }
             return Ok(response);
         }
-        JobState::Succeeded { location } => {
+        JobState::Succeeded {
+            location,
+            skipped_members,
+        } => {
             let status = if job.kind == JobKind::CreateGroup {
                 StatusCode::CREATED
             } else {
                 StatusCode::OK
             };
-            (status, Some(location), None)
+            let outcome = (!skipped_members.is_empty()).then(|| write_outcome(&location, &skipped_members));
+            (status, Some(location), outcome)
         }
         JobState::Failed(failure) => {
             let error = FhirError::from_failure(&failure);
@@ -642,12 +682,7 @@ pub async fn search(
         .cloned()
         .collect();
     let search = GroupSearch::parse(&filters)?;
-    let strict = headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim().eq_ignore_ascii_case("handling=strict"));
+    let strict = Prefer::of(&headers).strict();
     if strict && !search.unknown.is_empty() {
         return Err(FhirError::invalid(format!(
             "unknown Group search parameters (Prefer: handling=strict): {}; supported: {}, _count, _offset",

@@ -11,6 +11,7 @@ pub mod export;
 pub mod groups;
 pub mod members;
 pub mod outcome;
+pub mod prefer;
 pub mod resources;
 
 use std::net::SocketAddr;

@@ -34,6 +34,11 @@ pub struct CohortRequest {
     /// when the Group has moved on. Never stored with the Group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_version: Option<u64>,
+    /// `Prefer: handling=lenient` on a member-based write: entries naming
+    /// no Patient of the warehouse are left out (and reported) instead of
+    /// refusing the write. Never stored with the Group.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_unknown_members: bool,
 }
 
 impl CohortRequest {
@@ -83,6 +88,7 @@ impl CohortRequest {
     pub fn stored_form(&self) -> Self {
         let mut stored = Self {
             expected_version: None,
+            skip_unknown_members: false,
             ..self.clone()
         };
         if self.is_member_based() {
@@ -134,6 +140,7 @@ pub fn validate(body: &[u8]) -> Result<CohortRequest, GroupError> {
         base_patients,
         base_groups,
         expected_version: None,
+        skip_unknown_members: false,
     })
 }
 

@@ -48,16 +48,27 @@ pub const MEMBER_ENTRY_LIMIT: usize = 1000;
 impl Groups {
     /// Computes `request`'s members and stores them as Group `id` (a new
     /// version when it exists; an update keeps the creator as owner).
+    /// Returns it with the member entries skipped as unknown.
     pub async fn compute_group(
         &self,
         id: &str,
         request: &CohortRequest,
         owner: Option<String>,
         progress: &Progress,
-    ) -> Result<StoredGroup, GroupError> {
-        let (entries, version) = compute(&self.cohorts, request).await?;
+    ) -> Result<(StoredGroup, Vec<String>), GroupError> {
+        let computed = compute(&self.cohorts, request).await?;
         let _writes = self.writes.lock().await;
-        self.write_group(id, request, entries, version, owner, progress).await
+        let stored = self
+            .write_group(
+                id,
+                request,
+                computed.entries,
+                computed.warehouse_version,
+                owner,
+                progress,
+            )
+            .await?;
+        Ok((stored, computed.skipped))
     }
 
     /// What can be checked before a Group job is accepted (an async create
@@ -432,7 +443,7 @@ impl Groups {
                 .compute_group(&id, &stored.request, stored.owner.clone(), &Progress::default())
                 .await
             {
-                Ok(g) => {
+                Ok((g, _)) => {
                     tracing::info!(group = %id, version = g.version, members = %g.resource["quantity"], "cohort refreshed")
                 }
                 Err(e) => tracing::error!(group = %id, error = %e, "cohort refresh failed"),

@@ -203,14 +203,30 @@ pub async fn cohort_plan(
     Ok(engine.plan(queries, base.as_deref())?)
 }
 
+/// A Group's membership as computed for a write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Computed {
+    /// The member entries (a criteria Group's sorted by patient).
+    pub entries: Vec<MemberEntry>,
+    /// The warehouse version they were computed on.
+    pub warehouse_version: u64,
+    /// Member entries left out because they name no Patient of the
+    /// warehouse (only under [`CohortRequest::skip_unknown_members`]).
+    pub skipped: Vec<String>,
+}
+
 /// Computes the member entries of `request` on the current warehouse: the
 /// patients meeting every filter, within the base population when `member`
-/// gives one (sorted); or a member-based Group's own entries. Returns them
-/// and the warehouse version they were computed on.
-pub async fn compute(current: &CurrentEngine, request: &CohortRequest) -> Result<(Vec<MemberEntry>, u64), GroupError> {
+/// gives one (sorted); or a member-based Group's own entries.
+pub async fn compute(current: &CurrentEngine, request: &CohortRequest) -> Result<Computed, GroupError> {
     let engine = current.get().await?;
     if request.is_member_based() {
-        return Ok((roster_entries(&engine, request).await?, engine.version()));
+        let (entries, skipped) = roster_entries(&engine, request).await?;
+        return Ok(Computed {
+            entries,
+            warehouse_version: engine.version(),
+            skipped,
+        });
     }
     if !engine.has_index() {
         return Err(GroupError::NoIndex);
@@ -222,17 +238,21 @@ pub async fn compute(current: &CurrentEngine, request: &CohortRequest) -> Result
         other => other?,
     };
     let result = engine.run(plan).await?;
-    let entries = result.patients.iter().map(|p| MemberEntry::patient(p)).collect();
-    Ok((entries, engine.version()))
+    Ok(Computed {
+        entries: result.patients.iter().map(|p| MemberEntry::patient(p)).collect(),
+        warehouse_version: engine.version(),
+        skipped: Vec::new(),
+    })
 }
 
 /// The `member` entries of a member-based Group, once every entry is known
-/// to name a Patient of the warehouse (unknown ones are listed in
-/// [`GroupError::UnknownMembers`]).
+/// to name a Patient of the warehouse: unknown ones are listed in
+/// [`GroupError::UnknownMembers`], or, when the request says to skip them,
+/// left out and returned (sorted) beside the entries kept.
 pub(crate) async fn roster_entries(
     engine: &CohortEngine,
     request: &CohortRequest,
-) -> Result<Vec<MemberEntry>, GroupError> {
+) -> Result<(Vec<MemberEntry>, Vec<String>), GroupError> {
     let found = identify::existing_patients(engine, &request.base_patients).await?;
     let mut unknown: Vec<String> = request
         .base_patients
@@ -240,10 +260,15 @@ pub(crate) async fn roster_entries(
         .filter(|p| !found.contains(*p))
         .cloned()
         .collect();
-    if !unknown.is_empty() {
-        unknown.sort_unstable();
-        unknown.dedup();
+    unknown.sort_unstable();
+    unknown.dedup();
+    if unknown.is_empty() {
+        return Ok((request.member_entries(), unknown));
+    }
+    if !request.skip_unknown_members {
         return Err(GroupError::UnknownMembers(unknown));
     }
-    Ok(request.member_entries())
+    let mut entries = request.member_entries();
+    entries.retain(|entry| found.contains(&entry.patient));
+    Ok((entries, unknown))
 }

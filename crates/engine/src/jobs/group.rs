@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::approval::{AWAITING_APPROVAL, Approval, ApprovalMode};
 use super::{JobError, JobFailure, new_id, now};
 use crate::export::Progress;
-use crate::group::{CohortRequest, GroupError, MemberChange, MemberEntry, StoredGroup};
+use crate::group::{CohortRequest, Computed, GroupError, MemberChange, StoredGroup};
 use crate::service::Service;
 use crate::store::StoreError;
 
@@ -42,6 +42,9 @@ pub enum JobState {
     Succeeded {
         /// `Group/<id>/_history/<v>`.
         location: String,
+        /// Member entries left out as unknown (`Prefer: handling=lenient`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        skipped_members: Vec<String>,
     },
     /// It failed.
     Failed(JobFailure),
@@ -159,8 +162,9 @@ impl Service {
         }
         let written = self.write_job_group(&job, computed, &progress).await;
         job.state = match written {
-            Ok(stored) => JobState::Succeeded {
+            Ok((stored, skipped_members)) => JobState::Succeeded {
                 location: format!("Group/{}/_history/{}", stored.id, stored.version),
+                skipped_members,
             },
             Err(e) => JobState::Failed(JobFailure::of(&e)),
         };
@@ -174,30 +178,32 @@ impl Service {
 
     /// Writes the Group of `job` (the caller holds the Group-write lock):
     /// its member change, or the membership `computed` for its request.
+    /// Returns it with the member entries skipped as unknown.
     async fn write_job_group(
         &self,
         job: &Job,
-        computed: Option<Result<(Vec<MemberEntry>, u64), GroupError>>,
+        computed: Option<Result<Computed, GroupError>>,
         progress: &Progress,
-    ) -> Result<StoredGroup, GroupError> {
+    ) -> Result<(StoredGroup, Vec<String>), GroupError> {
         let groups = &self.groups;
         if let Some(change) = &job.change {
-            return groups
+            let stored = groups
                 .commit_change(&job.group_id, change, job.request.expected_version, progress)
-                .await;
+                .await?;
+            return Ok((stored, Vec::new()));
         }
-        let computed = computed.unwrap_or_else(|| Err(GroupError::invalid("the job computed no membership")));
-        let (entries, version) = computed?;
-        groups
+        let computed = computed.unwrap_or_else(|| Err(GroupError::invalid("the job computed no membership")))?;
+        let stored = groups
             .write_group(
                 &job.group_id,
                 &job.request,
-                entries,
-                version,
+                computed.entries,
+                computed.warehouse_version,
                 job.owner.clone(),
                 progress,
             )
-            .await
+            .await?;
+        Ok((stored, computed.skipped))
     }
 
     /// Group job `id`, when `visible` says its owner may see it.
