@@ -542,6 +542,29 @@ async fn smart_backend_services_flow_and_attacks() {
     })
     .await;
     refusals.status("no Group scope", &get(&format!("{base}/Group"), Some(&token_c)), 403);
+    // Finding members follows the scopes: C may read and search Patients,
+    // not Coverage; nobody without a token.
+    let patients = get(&format!("{base}/Patient?_count=2"), Some(&token_c));
+    assert_eq!(patients.status, 200, "{}", String::from_utf8_lossy(&patients.body));
+    let first = patients.json()["entry"][0]["resource"]["id"]
+        .as_str()
+        .expect("a Patient")
+        .to_string();
+    assert_eq!(get(&format!("{base}/Patient/{first}"), Some(&token_c)).status, 200);
+    refusals.status(
+        "no Coverage scope",
+        &get(&format!("{base}/Coverage"), Some(&token_c)),
+        403,
+    );
+    refusals.status(
+        "no Coverage scope (read)",
+        &get(&format!("{base}/Coverage/c1"), Some(&token_c)),
+        403,
+    );
+    refusals.check(unauthorized(
+        &get(&format!("{base}/Patient"), None),
+        "Patient search without a token",
+    ));
 
     // The clients file reloads without a restart: B is granted A's Group.
     add_client(

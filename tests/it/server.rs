@@ -129,6 +129,29 @@ async fn cohorts_are_created_polled_read_and_restarted() {
         group_resource["supportedProfile"][0],
         "http://hl7.org/fhir/uv/bulkdata/StructureDefinition/bulk-cohort-group"
     );
+    // Every type a system export returns is in the CapabilityStatement.
+    let listed: Vec<&str> = metadata["rest"][0]["resource"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(|r| r["type"].as_str())
+        .collect();
+    let (_, manifest) = crate::export::export_ok("GET", &format!("{}/$export", server.base), None).await;
+    let exported: std::collections::BTreeSet<&str> = manifest["output"]
+        .as_array()
+        .expect("output")
+        .iter()
+        .filter_map(|o| o["type"].as_str())
+        .collect();
+    assert!(
+        exported.contains("Organization") && exported.contains("Practitioner"),
+        "{exported:?}"
+    );
+    let missing: Vec<&&str> = exported.iter().filter(|t| !listed.contains(t)).collect();
+    assert!(
+        missing.is_empty(),
+        "exported but not in the CapabilityStatement: {missing:?}"
+    );
 
     // The README's two-filter cohorts: each filter may be met by another resource.
     let (x1_id, x1_bundle) = create(

@@ -7,9 +7,11 @@ use serde_json::{Value, json};
 
 use super::SharedState;
 use super::outcome::fhir_json;
+use fhirlake_engine::export::CONTEXT_TYPES;
 use fhirlake_engine::fhir::PatientCompartment;
 use fhirlake_engine::group::{COHORT_PROFILE, FHIR_QUERY};
 use fhirlake_engine::search::SearchRegistry;
+use fhirlake_engine::warehouse::TableKind;
 
 fn param_type_name(t: fhirlake_engine::search::ParamType) -> &'static str {
     use fhirlake_engine::search::ParamType::*;
@@ -215,6 +217,20 @@ pub async fn metadata(State(state): State<SharedState>) -> Response {
                 }]);
             }
             resources.push(entry);
+        }
+    }
+    // Every other loaded type is still returned by a system export.
+    if let Ok(Some(snapshot)) = state.service.warehouse.current().await {
+        let loaded = snapshot.tables.iter().filter(|(_, e)| e.kind == TableKind::Resource);
+        for (resource_type, _) in loaded {
+            if !resources.iter().any(|r| r["type"] == resource_type.as_str()) {
+                let documentation = if CONTEXT_TYPES.contains(&resource_type.as_str()) {
+                    "Loaded data in no Patient compartment: returned by system-level $export, and by Patient- and Group-level $export when an exported resource references it."
+                } else {
+                    "Loaded data in no Patient compartment: returned by system-level $export."
+                };
+                resources.push(json!({"type": resource_type, "documentation": documentation}));
+            }
         }
     }
     let statement = json!({
