@@ -2,7 +2,12 @@
 //! `$member-add` of 1k, 10k and 100k members (time, and bytes the change
 //! wrote under `_server/`), adding one member to the 100k-member Group
 //! (issue 26: well under 1 MiB), and `$export` of the 100k-member roster
-//! against a cohort Group with the same members, alternating, same run.
+//! against a cohort Group with the same members, alternating, same run;
+//! then `Patient/$match` latency over the same 100k Patients (by a unique
+//! identifier, by demographics, by demographics with a misspelt given
+//! name). `fhirlake gen` rewrites ids only, so each name and birth date
+//! occurs once per copy: every demographic query scores ~163 candidates
+//! (a harder case than a real lake's).
 //!
 //! Data: the Patients of `../shared/data/synthea-615` scaled with
 //! `fhirlake gen` (`FHIRLAKE_BENCH_COPIES`, default 163: 100,245 Patients),
@@ -261,9 +266,77 @@ fn main() {
             report.push(json!({"export": label, "round": round, "seconds": seconds}));
         }
     }
+    match_latency(&server, &work, &ids, &mut report);
     std::fs::write(
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-members.json"),
         serde_json::to_vec_pretty(&report).unwrap_or_default(),
     )
     .expect("report");
+}
+
+/// The `$match` bodies for `patient`: (kind, Parameters).
+fn match_bodies(patient: &Value) -> Vec<(&'static str, Value)> {
+    let wrap = |resource: Value| {
+        json!({"resourceType": "Parameters", "parameter": [
+            {"name": "resource", "resource": resource},
+            {"name": "count", "valueInteger": 100},
+        ]})
+    };
+    let record_number = patient["identifier"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["type"]["coding"][0]["code"] == "MR")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let by_identifier = json!({"resourceType": "Patient", "identifier": [record_number]});
+    let mut demographics = patient.clone();
+    if let Some(object) = demographics.as_object_mut() {
+        for dropped in ["id", "identifier", "telecom", "extension", "text", "meta"] {
+            object.remove(dropped);
+        }
+    }
+    let mut misspelt = demographics.clone();
+    if let Some(given) = misspelt["name"][0]["given"][0].as_str() {
+        misspelt["name"][0]["given"][0] = json!(format!("{given}x"));
+    }
+    vec![
+        ("identifier (MRN)", wrap(by_identifier)),
+        ("demographics", wrap(demographics)),
+        ("demographics, given name misspelt", wrap(misspelt)),
+    ]
+}
+
+/// `Patient/$match` latency for 20 Patients spread over `ids`, per kind
+/// of request: median and slowest seconds, and the answers' sizes.
+fn match_latency(server: &Server, work: &Path, ids: &[String], report: &mut Vec<Value>) {
+    let sample: Vec<&String> = ids.iter().step_by((ids.len() / 20).max(1)).take(20).collect();
+    let mut timings: std::collections::BTreeMap<&str, Vec<(f64, usize)>> = Default::default();
+    let file = work.join("match.json");
+    for id in sample {
+        let (status, body, _) = curl("GET", &format!("{}/Patient/{id}", server.base), None, &[]);
+        assert_eq!(status, 200, "{body}");
+        let patient: Value = serde_json::from_str(&body).expect("Patient");
+        for (kind, request) in match_bodies(&patient) {
+            std::fs::write(&file, request.to_string()).expect("write");
+            let url = format!("{}/Patient/$match", server.base);
+            let (status, body, seconds) = curl("POST", &url, Some(&file), &[FHIR_JSON]);
+            assert_eq!(status, 200, "{body}");
+            let answer: Value = serde_json::from_str(&body).expect("Bundle");
+            let found = answer["entry"].as_array().map_or(0, Vec::len);
+            assert!(found > 0, "{kind}: no match for Patient/{id}");
+            timings.entry(kind).or_default().push((seconds, found));
+        }
+    }
+    println!("\n| Patient/$match by | requests | median s | slowest s | median answers |\n|---|---:|---:|---:|---:|");
+    for (kind, mut runs) in timings {
+        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let median = runs[runs.len() / 2].0;
+        let slowest = runs[runs.len() - 1].0;
+        let mut sizes: Vec<usize> = runs.iter().map(|r| r.1).collect();
+        sizes.sort_unstable();
+        let answers = sizes[sizes.len() / 2];
+        println!("| {kind} | {} | {median:.3} | {slowest:.3} | {answers} |", runs.len());
+        report.push(json!({"match": kind, "requests": runs.len(), "median_seconds": median, "slowest_seconds": slowest, "median_answers": answers}));
+    }
 }

@@ -1,8 +1,9 @@
 //! `fhirlake groups pending|approve|reject`: the operator's side of
 //! `serve --group-approval manual`. Decisions are written to the
 //! warehouse's state store; the running server applies them within a
-//! second.
+//! second. `fhirlake groups refreshes ID`: a criteria Group's refresh log.
 
+use fhirlake::group::refresh::read_refresh_log;
 use fhirlake::jobs::approval::{Decision, decide, pending_jobs};
 use fhirlake::state::StateStore;
 use fhirlake::warehouse::Warehouse;
@@ -24,6 +25,11 @@ pub enum Command {
         /// Why (told to the client).
         #[arg(long)]
         reason: String,
+    },
+    /// Print a Group's refresh log (one JSON record per line, oldest first).
+    Refreshes {
+        /// Group id.
+        id: String,
     },
 }
 
@@ -63,6 +69,11 @@ impl Command {
             Command::Reject { id, reason } => {
                 let job = decide(&state, &id, Decision::Reject { reason }).await?;
                 println!("rejected job {} (Group/{})", job.id, job.group_id);
+            }
+            Command::Refreshes { id } => {
+                for record in read_refresh_log(&state, &id).await? {
+                    println!("{}", serde_json::to_string(&record)?);
+                }
             }
         }
         Ok(())

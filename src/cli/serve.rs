@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use fhirlake::group::MembershipMode;
 use fhirlake::ingest::{LoadOptions, load};
 use fhirlake::server::{DownloadMode, ServeOptions, parse_interval};
 use fhirlake::service::ServiceOptions;
@@ -17,6 +18,17 @@ enum ExportDownloads {
     Presigned,
 }
 
+/// A criteria Group's membership mode.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MembershipModeArg {
+    /// At creation and at each update.
+    Snapshot,
+    /// Also after every load.
+    Refreshed,
+    /// At each use.
+    OnDemand,
+}
+
 /// Arguments of `fhirlake serve`.
 #[derive(clap::Args)]
 pub struct Args {
@@ -26,7 +38,15 @@ pub struct Args {
     /// Absolute base URL clients use (default: http://ADDR).
     #[arg(long)]
     base_url: Option<String>,
-    /// Recompute cohort Groups this often after new loads (30s, 15m, 1h; default off).
+    /// When criteria Groups that name no membership mode get their
+    /// members: `snapshot` (at creation and update), `refreshed` (also
+    /// after every load), `on-demand` (at each export kick-off and
+    /// $members). Default: snapshot, or refreshed when --refresh-interval
+    /// is given.
+    #[arg(long, value_enum)]
+    membership_mode: Option<MembershipModeArg>,
+    /// The least time between two refreshes of refreshed Groups (30s, 15m,
+    /// 1h; default: after every load).
     #[arg(long, default_value = "off")]
     refresh_interval: String,
     /// Seconds clients are asked to wait between polls (Retry-After).
@@ -121,11 +141,20 @@ impl Args {
         let group_history_retention = required_interval("--group-history-retention", &self.group_history_retention)?;
         let refresh_interval =
             parse_interval(&self.refresh_interval).map_err(|e| anyhow::anyhow!("--refresh-interval: {e}"))?;
+        // Before membership modes, --refresh-interval alone turned the
+        // refresh on: it still does.
+        let default_membership = match (self.membership_mode, refresh_interval) {
+            (Some(MembershipModeArg::Snapshot), _) | (None, None) => MembershipMode::Snapshot,
+            (Some(MembershipModeArg::Refreshed), _) | (None, Some(_)) => MembershipMode::Refreshed,
+            (Some(MembershipModeArg::OnDemand), _) => MembershipMode::OnDemand,
+        };
         Ok(ServeOptions {
             addr: self.addr,
             base_url: self.base_url,
             service: ServiceOptions {
-                refresh_interval,
+                default_membership,
+                refresh_spacing: refresh_interval.unwrap_or_default(),
+                version_poll: Duration::from_secs(1),
                 retry_after: self.retry_after.max(1),
                 job_delay: Duration::from_millis(self.job_delay_ms),
                 max_exports: self.max_exports,

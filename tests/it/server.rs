@@ -85,6 +85,34 @@ async fn create(server: &Server, group: &Value) -> (String, Value) {
     (id, bundle)
 }
 
+/// The refresh of Group `id` on warehouse version `version` (or later)
+/// from its refresh log (`fhirlake groups refreshes`), within a minute.
+pub(crate) async fn wait_for_refresh(warehouse: &Path, id: &str, version: u64) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = crate::common::fhirlake(&[
+            "--warehouse",
+            &warehouse.display().to_string(),
+            "groups",
+            "refreshes",
+            id,
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let found = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|r| r["warehouse_version"].as_u64().is_some_and(|v| v >= version));
+        if let Some(record) = found {
+            return record;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Group/{id}: no refresh on version {version} in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 async fn get_json(url: &str) -> (u16, Value) {
     let response = http("GET", url, &[], None);
     (response.status, response.json())
@@ -196,9 +224,23 @@ async fn cohorts_are_created_polled_read_and_restarted() {
         group["modifierExtension"][1]["url"], MEMBER_FILTER,
         "the stored Group keeps its filters"
     );
+    let extension = |url: &str| {
+        group["extension"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["url"] == url)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
     assert!(
-        group["extension"][0]["valueDateTime"].is_string(),
-        "members-refreshed is set"
+        extension("http://hl7.org/fhir/uv/bulkdata/StructureDefinition/members-refreshed")["valueDateTime"].is_string(),
+        "members-refreshed is set: {group}"
+    );
+    assert_eq!(
+        extension("https://fhirlake.dev/fhir/StructureDefinition/membership-mode")["valueCode"],
+        "snapshot",
+        "the server default is written onto the Group: {group}"
     );
     let (status, members) = get_json(&format!("{}/Group/{x4_id}/$members?_count=20", server.base)).await;
     assert_eq!(status, 200);
@@ -542,20 +584,32 @@ async fn member_based_groups_are_created_exported_and_used_as_bases() {
     let (subset_id, bundle) = create(&server, &subset).await;
     assert_eq!(bundle["entry"][0]["resource"]["quantity"], 1, "{bundle}");
 
-    // After a load the refresh recomputes the criteria Group (version 2)
-    // and leaves the roster at version 1.
+    // After a load the refresh recomputes the criteria Group: its
+    // membership did not change, so neither does its version; the roster
+    // is not recomputed at all.
     load_into(&warehouse, &[&sample_data()], false).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, read) = get_json(&format!("{}/Group/{subset_id}", server.base)).await;
-        if read["meta"]["versionId"] == "2" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "no refresh in 60 s: {read}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let record = wait_for_refresh(dir.path(), &subset_id, 2).await;
+    assert_eq!(record["outcome"], "unchanged", "{record}");
+    assert_eq!(record["trigger"], "load", "{record}");
+    let (_, read) = get_json(&format!("{}/Group/{subset_id}", server.base)).await;
+    assert_eq!(
+        read["meta"]["versionId"], "1",
+        "an unchanged refresh writes no version: {read}"
+    );
     let (_, read) = get_json(&format!("{}/Group/{id}", server.base)).await;
     assert_eq!(read["meta"]["versionId"], "2", "not recomputed by the refresh: {read}");
+    assert!(
+        crate::common::fhirlake(&[
+            "--warehouse",
+            &dir.path().display().to_string(),
+            "groups",
+            "refreshes",
+            &id
+        ])
+        .stdout
+        .is_empty(),
+        "a member-based Group has no refreshes"
+    );
 
     // If-Match: a stale version is a 412 and changes nothing; the current
     // one is accepted; every answer carries the ETag.

@@ -9,7 +9,7 @@ use super::SharedState;
 use super::outcome::fhir_json;
 use fhirlake_engine::export::CONTEXT_TYPES;
 use fhirlake_engine::fhir::PatientCompartment;
-use fhirlake_engine::group::{COHORT_PROFILE, FHIR_QUERY};
+use fhirlake_engine::group::{COHORT_PROFILE, FHIR_QUERY, MEMBERSHIP_MODE_URL};
 use fhirlake_engine::search::SearchRegistry;
 use fhirlake_engine::warehouse::TableKind;
 
@@ -145,13 +145,26 @@ pub async fn metadata(State(state): State<SharedState>) -> Response {
         }
         fhirlake_engine::jobs::approval::ApprovalMode::Auto => "Group changes apply without an operator's approval.",
     };
-    let refresh = match state.service.options.refresh_interval {
-        Some(interval) => format!(
-            "Membership is computed when a cohort Group is created or updated, and recomputed every {} s when the warehouse has changed since (members-refreshed is the time of the last computation).",
-            interval.as_secs()
-        ),
-        None => "Membership is computed when a cohort Group is created or updated (a snapshot; members-refreshed is the time of that computation). It is not refreshed periodically: PUT the Group to recompute it.".into(),
+    let options = &state.service.options;
+    let spacing = if options.refresh_spacing.is_zero() {
+        "after every load".to_string()
+    } else {
+        format!(
+            "after a load, at most once every {} s",
+            options.refresh_spacing.as_secs()
+        )
     };
+    let refresh = format!(
+        "When membership is computed: a criteria Group's membership-mode extension ({MEMBERSHIP_MODE_URL}, valueCode; \
+         default on this server: {default}; written onto the stored Group) decides. snapshot: at creation and at each \
+         update (PUT, PATCH); members-refreshed is the time of that computation. refreshed: also {spacing} (the server \
+         notices every committed warehouse version, loads by other processes included); a new version is written, and \
+         members-refreshed set, only when the membership changed; a failed refresh keeps the last membership and is \
+         recorded in the Group's refresh log. on-demand: at each export kick-off (the export runs on the version that \
+         computation wrote), each $members call and each use as another Group's base population; no members-refreshed. \
+         Member-based Groups are never recomputed.",
+        default = options.default_membership.code(),
+    );
     let mut resources = vec![json!({
         "type": "Group",
         "profile": "http://hl7.org/fhir/StructureDefinition/Group",

@@ -14,7 +14,7 @@ use fhirlake_auth::Permission;
 use fhirlake_engine::export::Progress;
 use fhirlake_engine::group::manage::check_version;
 use fhirlake_engine::group::search::{GROUP_SEARCH_PARAMETERS, GroupSearch};
-use fhirlake_engine::group::{CohortRequest, StoredGroup, validate};
+use fhirlake_engine::group::{CohortRequest, RefreshTrigger, StoredGroup, validate};
 use fhirlake_engine::jobs::approval::ApprovalMode;
 use fhirlake_engine::jobs::{JobKind, JobState, new_id};
 use fhirlake_engine::patch::{apply_fhirpath_patch, apply_json_patch};
@@ -752,6 +752,15 @@ pub async fn members(
     caller.require("Patient", Permission::Read)?;
     check_visible(&state, &caller, &id).await?;
     let (count, offset) = page_params(&params, 100, 1000)?;
+    // An on-demand Group is computed for this call (the first page's:
+    // later pages read the version it wrote).
+    if offset == 0 {
+        state
+            .service
+            .groups
+            .refresh_if_on_demand(&id, RefreshTrigger::Members)
+            .await?;
+    }
     let ids = state.service.groups.group_members(&id).await?;
     let total = ids.len();
     let page: Vec<String> = ids.into_iter().skip(offset).take(count).collect();

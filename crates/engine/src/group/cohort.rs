@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 
 use super::GroupError;
 use super::membership::MemberEntry;
+use super::mode::MembershipMode;
 use crate::cohort::CohortEngine;
 use crate::fhir::compartment::PatientCompartment;
 use crate::fhir::parse_reference;
@@ -124,6 +125,14 @@ pub fn validate(body: &[u8]) -> Result<CohortRequest, GroupError> {
         ));
     }
     check_elements(object, member_based, &mut problems);
+    match MembershipMode::of_group(&group) {
+        Err(problem) => problems.push(problem),
+        Ok(Some(_)) if member_based => problems.push(
+            "the membership-mode extension applies to criteria Groups (with member-filter): \
+             a member-based Group's members are the client's",
+        ),
+        Ok(_) => {}
+    }
     let (base_patients, base_groups) = base_population(object, member_based, &mut problems);
     if !problems.list.is_empty() {
         // One problem that is only unsupported is `not-supported`; any
@@ -298,6 +307,7 @@ pub fn group_resource(id: &str, version: u64, request: &CohortRequest, members: 
         }
         return group;
     }
+    let on_demand = MembershipMode::of_group(&group) == Ok(Some(MembershipMode::OnDemand));
     if let Some(object) = group.as_object_mut() {
         object.insert("id".into(), json!(id));
         let mut profiles = vec![json!(COHORT_PROFILE)];
@@ -323,7 +333,11 @@ pub fn group_resource(id: &str, version: u64, request: &CohortRequest, members: 
                     .collect()
             })
             .unwrap_or_default();
-        extensions.push(json!({"url": MEMBERS_REFRESHED_URL, "valueDateTime": computed_at}));
+        // An on-demand Group's membership is computed at each use: no
+        // refresh time describes it.
+        if !on_demand {
+            extensions.push(json!({"url": MEMBERS_REFRESHED_URL, "valueDateTime": computed_at}));
+        }
         object.insert("extension".into(), Value::Array(extensions));
     }
     group

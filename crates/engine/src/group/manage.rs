@@ -5,7 +5,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::common::TableReference;
@@ -14,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::identify::resolve_members;
 use super::membership::changed_by;
+use super::mode::MembershipMode;
 use super::segments::{MAX_SEGMENTS, MembershipOptions, Segment, delete_segments, write_segments};
 use super::{
     ChangedMember, CohortRequest, GROUPS, GroupError, GroupResolver, Member, MemberAction, MemberChange, MemberEntry,
@@ -39,6 +39,8 @@ pub struct Groups {
     pub writes: Arc<tokio::sync::Mutex<()>>,
     /// How membership segments are written.
     pub membership: MembershipOptions,
+    /// The membership mode of criteria Groups that name none.
+    pub default_mode: MembershipMode,
 }
 
 /// `member` entries a member-based Group's resource lists when read; the
@@ -56,6 +58,7 @@ impl Groups {
         owner: Option<String>,
         progress: &Progress,
     ) -> Result<(StoredGroup, Vec<String>), GroupError> {
+        self.refresh_on_demand_bases(request).await?;
         let computed = compute(&self.cohorts, request).await?;
         let _writes = self.writes.lock().await;
         let stored = self
@@ -131,7 +134,10 @@ impl Groups {
         };
         let at = chrono::Utc::now().timestamp_micros();
         let quantity = next.iter().filter(|m| m.is_current() && m.entry.counts_at(at)).count();
-        let request = request.stored_form();
+        let mut request = request.stored_form();
+        if !request.is_member_based() && matches!(MembershipMode::of_group(&request.group), Ok(None)) {
+            self.default_mode.set_on(&mut request.group);
+        }
         let resource = group_resource(id, version, &request, quantity, &now());
         let stored = StoredGroup {
             id: id.to_string(),
@@ -421,42 +427,6 @@ impl Groups {
             }
         }
         Ok(out)
-    }
-
-    /// Recomputes every stored cohort Group whose membership predates the
-    /// current warehouse version.
-    pub async fn refresh_stale_groups(&self) {
-        let current = match self.warehouse.current().await {
-            Ok(Some(snapshot)) => snapshot.version,
-            _ => return,
-        };
-        let ids = self.state.list(GROUPS).await.unwrap_or_default();
-        for id in ids {
-            let Ok(Some(stored)) = self.state.get::<StoredGroup>(GROUPS, &id).await else {
-                continue;
-            };
-            // A member-based Group's members are the client's, not a query's.
-            if stored.warehouse_version >= current || stored.request.is_member_based() {
-                continue;
-            }
-            match self
-                .compute_group(&id, &stored.request, stored.owner.clone(), &Progress::default())
-                .await
-            {
-                Ok((g, _)) => {
-                    tracing::info!(group = %id, version = g.version, members = %g.resource["quantity"], "cohort refreshed")
-                }
-                Err(e) => tracing::error!(group = %id, error = %e, "cohort refresh failed"),
-            }
-        }
-    }
-
-    /// [`Groups::refresh_stale_groups`] every `interval`, forever.
-    pub async fn refresh_loop(&self, interval: Duration) {
-        loop {
-            tokio::time::sleep(interval).await;
-            self.refresh_stale_groups().await;
-        }
     }
 }
 

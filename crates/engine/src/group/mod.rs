@@ -5,13 +5,16 @@
 //! ([`identify`]), kept versions ([`versions`]), the one
 //! resolver from a Group id to its members ([`resolve`]), and computing a
 //! cohort's membership ([`compute`]), and managing the stored and loaded
-//! Groups of a warehouse ([`manage::Groups`]).
+//! Groups of a warehouse ([`manage::Groups`]); when a criteria Group's
+//! membership is computed ([`mode`]) and refreshing it ([`refresh`]).
 
 pub mod change;
 pub mod cohort;
 pub mod identify;
 pub mod manage;
 pub mod membership;
+pub mod mode;
+pub mod refresh;
 pub mod resolve;
 pub mod search;
 pub mod segments;
@@ -26,6 +29,8 @@ pub use cohort::{
 };
 pub use identify::MemberRef;
 pub use membership::{Member, MemberEntry, membership_batch, membership_schema, next_membership};
+pub use mode::{MEMBERSHIP_MODE_URL, MembershipMode};
+pub use refresh::{RefreshOutcome, RefreshRecord, RefreshStrategy, RefreshTrigger};
 pub use resolve::GroupResolver;
 pub use store::{GROUPS, StoredGroup};
 

@@ -19,6 +19,7 @@ use crate::export::ExportLevel;
 use crate::export::{
     ExportError, ExportOutput, ExportRequest, ExportSettings, ExportTarget, ExportedFile, Progress, run_export,
 };
+use crate::group::RefreshTrigger;
 use crate::service::Service;
 use crate::store::StoreError;
 use crate::warehouse::Warehouse;
@@ -163,7 +164,10 @@ impl Service {
         // Roster membership is judged at transactionTime, on resume too.
         request.members_at = Some(started.timestamp_micros());
         // A stored Group is exported as its current version, on resume too.
+        // (An on-demand Group is computed now, and exported as the version
+        // that wrote.)
         if let ExportLevel::Group(id) = &request.level {
+            self.groups.refresh_if_on_demand(id, RefreshTrigger::Export).await?;
             request.group_version = self.groups.stored_group(id).await?.map(|g| g.version);
         }
         let engine = self.cohorts.get().await?;

@@ -151,7 +151,7 @@ impl Service {
         // A member change applies to the membership found under the lock.
         let computed = match job.change {
             Some(_) => None,
-            None => Some(crate::group::compute(&self.cohorts, &job.request).await),
+            None => Some(self.compute_job(&job.request).await),
         };
         let _writes = self.groups.writes.lock().await;
         // A cancel that won the lock leaves the job cancelled and the Group unwritten.
@@ -204,6 +204,13 @@ impl Service {
             )
             .await?;
         Ok((stored, computed.skipped))
+    }
+
+    /// The membership of a create or update job's request (its on-demand
+    /// base Groups computed first).
+    async fn compute_job(&self, request: &CohortRequest) -> Result<Computed, GroupError> {
+        self.groups.refresh_on_demand_bases(request).await?;
+        crate::group::compute(&self.cohorts, request).await
     }
 
     /// Group job `id`, when `visible` says its owner may see it.

@@ -27,8 +27,14 @@ pub const EXPORT_FILES: &str = "_server/export-files";
 /// How the service runs jobs.
 #[derive(Debug, Clone)]
 pub struct ServiceOptions {
-    /// Recompute every cohort Group this often when the warehouse changed.
-    pub refresh_interval: Option<Duration>,
+    /// The membership mode of criteria Groups that name none.
+    pub default_membership: crate::group::MembershipMode,
+    /// The least time between two refreshes of the *refreshed* Groups (a
+    /// burst of loads is refreshed once); zero: after every load.
+    pub refresh_spacing: Duration,
+    /// How often the service looks for a newly committed warehouse
+    /// version (a load by any process).
+    pub version_poll: Duration,
     /// Seconds a client is asked to wait between polls of a job; polling
     /// faster than half of it is refused.
     pub retry_after: u64,
@@ -60,7 +66,9 @@ pub struct ServiceOptions {
 impl Default for ServiceOptions {
     fn default() -> Self {
         Self {
-            refresh_interval: None,
+            default_membership: crate::group::MembershipMode::Snapshot,
+            refresh_spacing: Duration::ZERO,
+            version_poll: Duration::from_secs(1),
             retry_after: 1,
             job_delay: Duration::ZERO,
             max_exports: 2,
@@ -121,6 +129,7 @@ impl Service {
                 part_rows: options.membership_part_rows,
                 part_delay: options.membership_part_delay,
             },
+            default_mode: options.default_membership,
         };
         Ok(Arc::new(Self {
             cohorts,
@@ -135,7 +144,8 @@ impl Service {
     }
 
     /// Resumes the jobs an earlier process left running, and starts the
-    /// background loops: export expiry, and cohort refresh when set.
+    /// background loops: export expiry, the watch for new warehouse
+    /// versions (refreshing *refreshed* Groups), approvals when manual.
     pub async fn start(self: &Arc<Self>) -> Result<(), StoreError> {
         self.resume_group_jobs().await?;
         self.resume_exports().await?;
@@ -145,10 +155,33 @@ impl Service {
         if self.options.group_approval == crate::jobs::approval::ApprovalMode::Manual {
             tokio::spawn(self.clone().approval_loop());
         }
-        if let Some(interval) = self.options.refresh_interval {
-            let service = self.clone();
-            tokio::spawn(async move { service.groups.refresh_loop(interval).await });
-        }
+        tokio::spawn(self.clone().version_watch());
         Ok(())
+    }
+
+    /// Watches for newly committed warehouse versions (this process's
+    /// loads or another's: the manifests are listed every
+    /// `version_poll`) and refreshes the *refreshed* Groups after each,
+    /// no sooner than `refresh_spacing` after the previous refresh. The
+    /// first look refreshes the Groups a load while no server ran left
+    /// stale.
+    async fn version_watch(self: Arc<Self>) {
+        let mut seen = 0;
+        let mut last_refresh: Option<tokio::time::Instant> = None;
+        loop {
+            match self.warehouse.latest_version().await {
+                Ok(Some(latest)) if latest > seen => {
+                    let spaced = last_refresh.is_none_or(|t| t.elapsed() >= self.options.refresh_spacing);
+                    if spaced {
+                        self.groups.refresh_stale_groups(latest).await;
+                        seen = latest;
+                        last_refresh = Some(tokio::time::Instant::now());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot list the warehouse versions"),
+            }
+            tokio::time::sleep(self.options.version_poll).await;
+        }
     }
 }
