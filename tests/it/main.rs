@@ -3,6 +3,7 @@
 
 mod auth;
 mod cohort;
+mod cohorts_over_time;
 mod common;
 mod compat;
 mod crash;

@@ -14,7 +14,7 @@ use fhirlake_auth::Permission;
 use fhirlake_engine::export::Progress;
 use fhirlake_engine::group::manage::check_version;
 use fhirlake_engine::group::search::{GROUP_SEARCH_PARAMETERS, GroupSearch};
-use fhirlake_engine::group::{CohortRequest, RefreshTrigger, StoredGroup, validate};
+use fhirlake_engine::group::{CohortRequest, StoredGroup, validate};
 use fhirlake_engine::jobs::approval::ApprovalMode;
 use fhirlake_engine::jobs::{JobKind, JobState, new_id};
 use fhirlake_engine::patch::{apply_fhirpath_patch, apply_json_patch};
@@ -737,56 +737,5 @@ pub async fn search(
         }));
     }
     let links = page_links(&format!("{}/Group", state.base_url), &params, total, count, offset);
-    Ok(searchset(total, links, entries))
-}
-
-/// `GET /Group/{id}/$members?_count=…&_offset=…`: the member Patients of a
-/// Group (cohort or loaded), as a paged searchset Bundle of Patient resources.
-pub async fn members(
-    State(state): State<SharedState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    Query(params): Query<Vec<(String, String)>>,
-) -> Result<Response, FhirError> {
-    caller.require("Group", Permission::Read)?;
-    caller.require("Patient", Permission::Read)?;
-    check_visible(&state, &caller, &id).await?;
-    let (count, offset) = page_params(&params, 100, 1000)?;
-    // An on-demand Group is computed for this call (the first page's:
-    // later pages read the version it wrote).
-    if offset == 0 {
-        state
-            .service
-            .groups
-            .refresh_if_on_demand(&id, RefreshTrigger::Members)
-            .await?;
-    }
-    let ids = state.service.groups.group_members(&id).await?;
-    let total = ids.len();
-    let page: Vec<String> = ids.into_iter().skip(offset).take(count).collect();
-    let resources = state.service.groups.patients_by_id(&page).await?;
-    let entries: Vec<Value> = page
-        .iter()
-        .map(|pid| {
-            let resource = resources
-                .iter()
-                .find(|r| r["id"].as_str() == Some(pid.as_str()))
-                .cloned()
-                // A member whose Patient resource is not loaded (referenced only).
-                .unwrap_or_else(|| json!({"resourceType": "Patient", "id": pid}));
-            json!({
-                "fullUrl": format!("{}/Patient/{pid}", state.base_url),
-                "resource": resource,
-                "search": {"mode": "match"},
-            })
-        })
-        .collect();
-    let links = page_links(
-        &format!("{}/Group/{id}/$members", state.base_url),
-        &params,
-        total,
-        count,
-        offset,
-    );
     Ok(searchset(total, links, entries))
 }

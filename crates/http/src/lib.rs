@@ -10,6 +10,7 @@ pub mod capability;
 pub mod export;
 pub mod groups;
 pub mod members;
+pub mod membership;
 pub mod outcome;
 pub mod prefer;
 pub mod resources;
@@ -163,7 +164,7 @@ pub fn router(state: SharedState) -> Router {
         )
         .route("/Group/{id}/_history", get(groups::history))
         .route("/Group/{id}/_history/{version}", get(groups::vread))
-        .route("/Group/{id}/$members", get(groups::members))
+        .route("/Group/{id}/$members", get(membership::members))
         .route("/Group/{id}/$member-add", axum::routing::post(members::member_add))
         .route(
             "/Group/{id}/$member-remove",

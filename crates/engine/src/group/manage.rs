@@ -11,6 +11,7 @@ use datafusion::common::TableReference;
 use datafusion::prelude::{col, lit};
 use serde_json::{Value, json};
 
+use super::history::VersionStamp;
 use super::identify::resolve_members;
 use super::membership::changed_by;
 use super::mode::MembershipMode;
@@ -21,7 +22,7 @@ use super::{
 };
 use crate::cohort::CurrentEngine;
 use crate::export::Progress;
-use crate::state::{StateStore, now};
+use crate::state::StateStore;
 use crate::warehouse::Warehouse;
 use crate::warehouse::catalog::RESOURCE_SCHEMA;
 
@@ -132,13 +133,17 @@ impl Groups {
             Some(replaced) => (replaced, previously_retired),
             None => (previously_retired, Vec::new()),
         };
-        let at = chrono::Utc::now().timestamp_micros();
+        // Millisecond precision: the stamp and `meta.lastUpdated` agree, so
+        // a client may ask for the changes since a lastUpdated it read.
+        let written = chrono::Utc::now();
+        let at = written.timestamp_millis() * 1000;
         let quantity = next.iter().filter(|m| m.is_current() && m.entry.counts_at(at)).count();
         let mut request = request.stored_form();
         if !request.is_member_based() && matches!(MembershipMode::of_group(&request.group), Ok(None)) {
             self.default_mode.set_on(&mut request.group);
         }
-        let resource = group_resource(id, version, &request, quantity, &now());
+        let written_text = written.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let resource = group_resource(id, version, &request, quantity, &written_text);
         let stored = StoredGroup {
             id: id.to_string(),
             version,
@@ -150,6 +155,15 @@ impl Groups {
             retired,
             warehouse_version,
             owner,
+            stamps: {
+                let mut stamps = previous.map(|p| p.stamps).unwrap_or_default();
+                stamps.push(VersionStamp {
+                    version,
+                    at,
+                    warehouse_version,
+                });
+                stamps
+            },
         };
         self.keep_version(&stored).await?;
         self.state.put(GROUPS, id, &stored).await?;

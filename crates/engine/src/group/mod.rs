@@ -10,6 +10,7 @@
 
 pub mod change;
 pub mod cohort;
+pub mod history;
 pub mod identify;
 pub mod manage;
 pub mod membership;
@@ -91,6 +92,14 @@ pub enum GroupError {
     /// `$member-remove` named Patients that are not members.
     #[error("not members of the Group: {}", .0.iter().map(|p| format!("Patient/{p}")).collect::<Vec<_>>().join(", "))]
     NotMembers(Vec<String>),
+    /// A history question about an instant before Group `id`'s history.
+    #[error("Group/{id}'s membership history starts at {}: ask about a later instant", start.as_deref().unwrap_or("its next change"))]
+    BeforeHistory {
+        /// The Group.
+        id: String,
+        /// Where its history starts (`None`: it has none yet).
+        start: Option<String>,
+    },
     /// A member operation on a Group whose members follow its member-filters.
     #[error(
         "Group/{0} is criteria-based: its members are the patients meeting its member-filters; change them with PUT"
@@ -160,6 +169,7 @@ impl HasKind for GroupError {
             | Self::UnknownMembers(_)
             | Self::UnresolvedMembers { .. }
             | Self::NotMembers(_)
+            | Self::BeforeHistory { .. }
             | Self::NotMemberBased(_) => ErrorKind::Invalid,
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::VersionMismatch { .. } => ErrorKind::PreconditionFailed,

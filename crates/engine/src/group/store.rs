@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::GroupError;
 use super::cohort::CohortRequest;
+use super::history::VersionStamp;
 use super::membership::Member;
 use super::segments::{Segment, read_rows};
 use crate::state::StateStore;
@@ -48,6 +49,10 @@ pub struct StoredGroup {
     /// The client that created it (`None` without authorization).
     #[serde(default)]
     pub owner: Option<String>,
+    /// When each version was written, oldest first (empty for Groups
+    /// written before stamps).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stamps: Vec<VersionStamp>,
 }
 
 impl StoredGroup {
