@@ -116,6 +116,11 @@ pub struct ExportRequest {
     /// running export). `None`: a Group of the loaded data, or no Group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_version: Option<u64>,
+    /// `newMemberData=all` (Group level, with `_since`): a member who
+    /// joined the Group after `_since` gets all their data, the others
+    /// only what changed since. Default (`since`): the plain `_since`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub new_members_whole: bool,
 }
 
 /// A request and the parameters set aside under `Prefer: handling=lenient`.
@@ -139,7 +144,12 @@ pub const KNOWN_PARAMETERS: &[&str] = &[
     "includeAssociatedData",
     "organizeOutputBy",
     "allowPartialManifests",
+    NEW_MEMBER_DATA,
 ];
+
+/// The kick-off parameter choosing what a Group export with `_since`
+/// gives members who joined after it (`since`, the default, or `all`).
+pub const NEW_MEMBER_DATA: &str = "newMemberData";
 
 /// Name/value pairs of a POST `Parameters` body (`valueString`,
 /// `valueInstant`, `valueCode`, `valueBoolean`, `valueReference`,
@@ -304,6 +314,7 @@ const PARAMETERS: &[(&str, ParameterHandler)] = &[
         "allowPartialManifests",
         ExportRequestBuilder::allow_partial_manifests_text,
     ),
+    (NEW_MEMBER_DATA, ExportRequestBuilder::new_member_data),
 ];
 
 /// Parameters that may be given once only.
@@ -313,6 +324,7 @@ const SINGLE: &[&str] = &[
     "_until",
     "organizeOutputBy",
     "allowPartialManifests",
+    NEW_MEMBER_DATA,
 ];
 
 impl ExportRequestBuilder {
@@ -338,6 +350,7 @@ impl ExportRequestBuilder {
                 excluded_types: BTreeSet::new(),
                 members_at: None,
                 group_version: None,
+                new_members_whole: false,
             },
             lenient,
             post,
@@ -533,6 +546,24 @@ impl ExportRequestBuilder {
                 format!("organizeOutputBy '{value}' is not supported (only Patient)"),
             )
         }
+    }
+
+    /// `newMemberData`: `all` or `since` (Group level only).
+    pub fn new_member_data(&mut self, value: &str) -> Result<(), ExportError> {
+        if !matches!(self.request.level, ExportLevel::Group(_)) {
+            return self.unsupported(NEW_MEMBER_DATA, "newMemberData applies to Group exports only".into());
+        }
+        match value.trim() {
+            "all" => self.request.new_members_whole = true,
+            "since" => self.request.new_members_whole = false,
+            other => {
+                return Err(ExportError::invalid(
+                    NEW_MEMBER_DATA,
+                    format!("newMemberData takes 'all' or 'since', got '{other}'"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `allowPartialManifests` as `true` or `false`.

@@ -8,9 +8,11 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, ListArray};
 
 use super::ExportError;
-use super::params::{ExportLevel, ExportRequest};
+use super::params::{ExportLevel, ExportRequest, NEW_MEMBER_DATA};
 use crate::cohort::CohortEngine;
-use crate::group::GroupResolver;
+use crate::group::history::joined_since;
+use crate::group::{GROUPS, GroupError, GroupResolver, StoredGroup};
+use crate::state::StateStore;
 
 /// The patients whose compartments an export contains.
 #[derive(Debug, Clone)]
@@ -28,26 +30,10 @@ impl Population {
     /// Parquet filter pushdown the scan decodes the (large) `resource`
     /// column only for the members' rows. `None` when every row may pass.
     pub fn scan_predicate(&self) -> Option<datafusion::prelude::Expr> {
-        use datafusion::arrow::array::{ArrayRef, StringArray};
-        use datafusion::arrow::buffer::OffsetBuffer;
-        use datafusion::arrow::datatypes::{DataType, Field};
         let Self::Members(members) = self else {
             return None;
         };
-        let mut ids: Vec<&str> = members.iter().map(String::as_str).collect();
-        ids.sort_unstable();
-        let values: ArrayRef = Arc::new(StringArray::from(ids));
-        let list = ListArray::new(
-            Arc::new(Field::new_list_field(DataType::Utf8, true)),
-            OffsetBuffer::from_lengths([values.len()]),
-            values,
-            None,
-        );
-        let members = datafusion::prelude::lit(datafusion::common::ScalarValue::List(Arc::new(list)));
-        Some(datafusion::functions_nested::expr_fn::array_has_any(
-            datafusion::prelude::col(crate::warehouse::schema::resource_columns::PATIENTS),
-            members,
-        ))
+        Some(has_any_patient(members))
     }
 
     /// Which rows of a `patients` list column (a resource's compartment
@@ -74,6 +60,54 @@ impl Population {
             }
         }
     }
+}
+
+/// Whether a row's `patients` (its compartment patients) include one of
+/// `members`.
+pub fn has_any_patient(members: &HashSet<String>) -> datafusion::prelude::Expr {
+    use datafusion::arrow::array::{ArrayRef, StringArray};
+    use datafusion::arrow::buffer::OffsetBuffer;
+    use datafusion::arrow::datatypes::{DataType, Field};
+    let mut ids: Vec<&str> = members.iter().map(String::as_str).collect();
+    ids.sort_unstable();
+    let values: ArrayRef = Arc::new(StringArray::from(ids));
+    let list = ListArray::new(
+        Arc::new(Field::new_list_field(DataType::Utf8, true)),
+        OffsetBuffer::from_lengths([values.len()]),
+        values,
+        None,
+    );
+    let members = datafusion::prelude::lit(datafusion::common::ScalarValue::List(Arc::new(list)));
+    datafusion::functions_nested::expr_fn::array_has_any(
+        datafusion::prelude::col(crate::warehouse::schema::resource_columns::PATIENTS),
+        members,
+    )
+}
+
+/// `newMemberData=all`: the members of the exported Group who joined it
+/// after `_since` (`None` when not asked for, or without `_since`). A
+/// Group of the loaded data has no membership history: refused.
+pub async fn joined_after_since(
+    engine: &CohortEngine,
+    request: &ExportRequest,
+) -> Result<Option<HashSet<String>>, ExportError> {
+    let (ExportLevel::Group(id), Some(since), true) = (&request.level, request.since, request.new_members_whole) else {
+        return Ok(None);
+    };
+    let state = StateStore::new(engine.warehouse().root().clone());
+    let Some(stored) = state.get::<StoredGroup>(GROUPS, id).await.map_err(GroupError::from)? else {
+        return Err(ExportError::invalid(
+            NEW_MEMBER_DATA,
+            format!(
+                "Group/{id} was loaded with the data: it has no membership history, so newMemberData=all cannot tell who joined after _since"
+            ),
+        ));
+    };
+    let version = request.group_version.unwrap_or(stored.version);
+    let at = request
+        .members_at
+        .unwrap_or_else(|| chrono::Utc::now().timestamp_micros());
+    Ok(Some(joined_since(&state, &stored, version, since, at).await?))
 }
 
 /// The population of `request`. `patient` narrows a Group to those members

@@ -405,7 +405,8 @@ async fn export_deleted(
     let ctx = engine.session();
     let provider = table_provider(engine.warehouse(), ctx, TOMBSTONES_TABLE, entry).await?;
     let mut frame = ctx.read_table(provider)?;
-    if let Some(filter) = window.filter(col("deleted_at"), col("deleted_at")) {
+    // Deletions: a member who joined late never had what was deleted.
+    if let Some(filter) = window.filter(col("deleted_at"), col("deleted_at"), false) {
         frame = frame.filter(filter)?;
     }
     let frame = frame.select(vec![col("resource_type"), col(ID), col(PATIENTS)])?;
@@ -491,6 +492,9 @@ pub(super) struct ChangeWindow {
     until: Option<i64>,
     /// The earliest `loaded_at` of the loads committed after `since`.
     committed_since: Option<i64>,
+    /// `newMemberData=all`: members who joined after `since`, whose rows
+    /// pass `since` whatever their change time.
+    joined: Option<HashSet<String>>,
 }
 
 impl ChangeWindow {
@@ -521,6 +525,7 @@ impl ChangeWindow {
             since: request.since,
             until: request.until,
             committed_since,
+            joined: population::joined_after_since(engine, request).await?,
         })
     }
 
@@ -530,6 +535,7 @@ impl ChangeWindow {
         &self,
         changed: datafusion::prelude::Expr,
         loaded: datafusion::prelude::Expr,
+        of_patients: bool,
     ) -> Option<datafusion::prelude::Expr> {
         let instant = |micros: i64| lit(ScalarValue::TimestampMicrosecond(Some(micros), Some("UTC".into())));
         let mut filter = None;
@@ -537,6 +543,11 @@ impl ChangeWindow {
             let mut after = changed.clone().gt(instant(since));
             if let Some(floor) = self.committed_since {
                 after = after.or(loaded.gt_eq(instant(floor)));
+            }
+            if let (true, Some(joined)) = (of_patients, &self.joined)
+                && !joined.is_empty()
+            {
+                after = after.or(population::has_any_patient(joined));
             }
             filter = Some(after);
         }
@@ -569,7 +580,7 @@ pub(super) async fn resource_frame(
     let mut frame = engine.session().read_table(provider)?;
     // A resource without meta.lastUpdated changed when it was loaded.
     let changed = datafusion::functions::expr_fn::coalesce(vec![col(LAST_UPDATED), col(LOADED_AT)]);
-    if let Some(filter) = window.filter(changed, col(LOADED_AT)) {
+    if let Some(filter) = window.filter(changed, col(LOADED_AT), true) {
         frame = frame.filter(filter)?;
     }
     Ok(frame.select(vec![

@@ -6,7 +6,7 @@
 //! T) and `$members?_at=T` (the membership as of T), and fill the
 //! `group_membership` SQL table.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{RecordBatch, TimestampMicrosecondArray};
@@ -253,6 +253,34 @@ impl TableProvider for HistoryTable {
             .scan(session, projection, filters, limit)
             .await
     }
+}
+
+/// The members of `stored` at its version `version` (entries counting at
+/// `at`, µs) who were not members at `since` (µs): those who joined after
+/// it. Every member, when the Group's history starts after `since`.
+pub async fn joined_since(
+    state: &StateStore,
+    stored: &StoredGroup,
+    version: u64,
+    since: i64,
+    at: i64,
+) -> Result<HashSet<String>, GroupError> {
+    let rows = stored.rows(state).await?;
+    let members = |version: u64, at: i64| -> HashSet<&str> {
+        rows.iter()
+            .filter(|row| row.is_in(version) && row.entry.counts_at(at))
+            .map(|row| row.entry.patient.as_str())
+            .collect()
+    };
+    let before = match stored.version_at(since) {
+        Some(then) => members(then, since),
+        None => HashSet::new(),
+    };
+    Ok(members(version, at)
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .map(str::to_string)
+        .collect())
 }
 
 /// Refuses an instant before `stored`'s history starts (the answer would

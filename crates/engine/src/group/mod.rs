@@ -218,6 +218,24 @@ pub async fn cohort_plan(
     Ok(engine.plan(queries, base.as_deref())?)
 }
 
+/// The searches a criteria Group's members meet: its member-filters, and
+/// (when the warehouse has Patients) being a loaded Patient, so a deleted
+/// Patient leaves every Group even while resources of theirs remain.
+pub fn member_queries(
+    engine: &CohortEngine,
+    filters: &[String],
+) -> Result<Vec<crate::search::SearchQuery>, GroupError> {
+    let mut queries = CohortEngine::parse(filters)?;
+    let has_patients = engine.snapshot().tables.contains_key("Patient");
+    if has_patients && !queries.iter().any(|q| q.resource_type == "Patient") {
+        queries.push(crate::search::SearchQuery {
+            resource_type: "Patient",
+            clauses: Vec::new(),
+        });
+    }
+    Ok(queries)
+}
+
 /// A Group's membership as computed for a write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Computed {
@@ -246,7 +264,7 @@ pub async fn compute(current: &CurrentEngine, request: &CohortRequest) -> Result
     if !engine.has_index() {
         return Err(GroupError::NoIndex);
     }
-    let queries = CohortEngine::parse(&request.filters)?;
+    let queries = member_queries(&engine, &request.filters)?;
     let plan = match cohort_plan(&engine, &queries, &request.base_patients, &request.base_groups).await {
         // The submitted Group's `member` names it: the body is wrong.
         Err(GroupError::NotFound(id)) => return Err(GroupError::UnknownBase(id)),

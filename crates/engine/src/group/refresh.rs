@@ -6,16 +6,20 @@
 //! log (`_server/refresh-log/<id>/<time>.json`); a failed one keeps the
 //! last good membership.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use serde::{Deserialize, Serialize};
 
 use super::manage::Groups;
 use super::mode::MembershipMode;
 use super::store::{GROUPS, StoredGroup};
-use super::{CohortRequest, Computed, GroupError, MemberEntry, compute};
+use super::{CohortRequest, Computed, GroupError, MemberEntry, compute, member_queries};
+use crate::cohort::CohortEngine;
 use crate::export::Progress;
+use crate::fhir::PatientCompartment;
+use crate::search::{ClauseKind, SearchQuery};
 use crate::state::{StateStore, now};
+use crate::warehouse::touched::touched_by;
 
 /// State kind prefix of refresh logs.
 pub const REFRESH_LOG: &str = "refresh-log";
@@ -132,8 +136,8 @@ impl Groups {
         if self.mode_of(&stored) != Some(MembershipMode::OnDemand) {
             return Ok(());
         }
-        let computed = compute(&self.cohorts, &stored.request).await;
-        let (_, error) = self.record_refresh(&stored, trigger, computed).await?;
+        let (strategy, computed) = self.compute_refresh(&stored).await;
+        let (_, error) = self.record_refresh(&stored, trigger, strategy, computed).await?;
         error.map_or(Ok(()), Err)
     }
 
@@ -154,8 +158,106 @@ impl Groups {
         stored: &StoredGroup,
         trigger: RefreshTrigger,
     ) -> Result<Option<RefreshRecord>, GroupError> {
-        let computed = compute(&self.cohorts, &stored.request).await;
-        Ok(self.record_refresh(stored, trigger, computed).await?.0)
+        let (strategy, computed) = self.compute_refresh(stored).await;
+        Ok(self.record_refresh(stored, trigger, strategy, computed).await?.0)
+    }
+
+    /// Computes `stored`'s membership on the current warehouse: over only
+    /// the patients the loads since its computation touched when that
+    /// gives what a full recompute would ([`Groups::incremental_scope`]),
+    /// else over every patient.
+    async fn compute_refresh(&self, stored: &StoredGroup) -> (RefreshStrategy, Result<Computed, GroupError>) {
+        let engine = match self.cohorts.get().await {
+            Ok(engine) => engine,
+            Err(e) => return (full("the warehouse cannot be read"), Err(e.into())),
+        };
+        match self.incremental_scope(stored, &engine).await {
+            Ok(touched) => {
+                let strategy = RefreshStrategy::Incremental {
+                    patients: touched.len(),
+                };
+                (strategy, self.compute_incremental(stored, &engine, &touched).await)
+            }
+            Err(reason) => (
+                RefreshStrategy::Full { reason },
+                compute(&self.cohorts, &stored.request).await,
+            ),
+        }
+    }
+
+    /// The patients whose membership in `stored` may have changed since it
+    /// was computed: those the loads since touched. `Err` with the reason
+    /// when a full recompute is needed: the Group's base population is a
+    /// Group, a member-filter reaches data outside a patient's own
+    /// compartment, some version since recorded no touched patients, or
+    /// so many were touched that recomputing all costs no more.
+    async fn incremental_scope(&self, stored: &StoredGroup, engine: &CohortEngine) -> Result<BTreeSet<String>, String> {
+        let request = &stored.request;
+        if !request.base_groups.is_empty() {
+            return Err("its base population is a Group, whose members may change".into());
+        }
+        let queries = CohortEngine::parse(&request.filters).map_err(|e| e.to_string())?;
+        compartment_local(&queries)?;
+        let mut touched = BTreeSet::new();
+        for version in stored.warehouse_version + 1..=engine.version() {
+            let snapshot = if version == engine.version() {
+                engine.snapshot().clone()
+            } else {
+                engine
+                    .warehouse()
+                    .snapshot(version)
+                    .await
+                    .map_err(|_| format!("warehouse version {version} can no longer be read"))?
+            };
+            match touched_by(engine.warehouse(), &snapshot).await {
+                Some(patients) => touched.extend(patients),
+                None => {
+                    return Err(format!(
+                        "warehouse version {version} ({}) recorded no touched patients",
+                        snapshot.operation
+                    ));
+                }
+            }
+            if touched.len() > INCREMENTAL_LIMIT {
+                return Err(format!(
+                    "more than {INCREMENTAL_LIMIT} patients were touched: recomputing all costs no more"
+                ));
+            }
+        }
+        Ok(touched)
+    }
+
+    /// `stored`'s membership on `engine` when only `touched` patients may
+    /// have changed: its members that were not touched, and the touched
+    /// ones that meet the filters now.
+    async fn compute_incremental(
+        &self,
+        stored: &StoredGroup,
+        engine: &CohortEngine,
+        touched: &BTreeSet<String>,
+    ) -> Result<Computed, GroupError> {
+        let request = &stored.request;
+        let scope: Vec<String> = match request.base_patients.as_slice() {
+            [] => touched.iter().cloned().collect(),
+            base => base.iter().filter(|p| touched.contains(*p)).cloned().collect(),
+        };
+        let mut members: BTreeSet<String> = stored
+            .current_rows(&self.state)
+            .await?
+            .into_iter()
+            .map(|row| row.entry.patient)
+            .filter(|patient| !touched.contains(patient))
+            .collect();
+        if !scope.is_empty() {
+            let queries = member_queries(engine, &request.filters)?;
+            let plan = engine.plan(&queries, Some(&scope))?;
+            members.extend(engine.run(plan).await?.patients);
+        }
+        Ok(Computed {
+            entries: members.iter().map(|p| MemberEntry::patient(p)).collect(),
+            warehouse_version: engine.version(),
+            skipped: Vec::new(),
+        })
     }
 
     /// Applies and logs a refresh of `stored` that `computed` its
@@ -165,6 +267,7 @@ impl Groups {
         &self,
         stored: &StoredGroup,
         trigger: RefreshTrigger,
+        strategy: RefreshStrategy,
         computed: Result<Computed, GroupError>,
     ) -> Result<(Option<RefreshRecord>, Option<GroupError>), GroupError> {
         let _writes = self.writes.lock().await;
@@ -174,9 +277,6 @@ impl Groups {
         if current.version != stored.version {
             return Ok((None, computed.err()));
         }
-        let strategy = RefreshStrategy::Full {
-            reason: "every patient is recomputed".into(),
-        };
         let (warehouse_version, outcome, error) = match computed {
             Err(e) => {
                 tracing::warn!(group = %current.id, error = %e, "cohort refresh failed; the last membership stays");
@@ -262,6 +362,53 @@ pub async fn read_refresh_log(state: &StateStore, id: &str) -> Result<Vec<Refres
         }
     }
     Ok(records)
+}
+
+/// Touched patients beyond which a refresh recomputes every patient (the
+/// scope is a literal list in the plan).
+const INCREMENTAL_LIMIT: usize = 20_000;
+
+fn full(reason: &str) -> RefreshStrategy {
+    RefreshStrategy::Full { reason: reason.into() }
+}
+
+/// `Ok` when every clause of `queries` depends only on data in the
+/// compartment of the patient it selects (so a patient none of whose
+/// compartment changed keeps their membership): parameters of the
+/// searched resource, and `Patient?_has:T:ref:…` where `ref` is one of the
+/// references that put `T` in the Patient compartment. A chain reads a
+/// referenced resource that may belong to no one, or to someone else.
+fn compartment_local(queries: &[SearchQuery]) -> Result<(), String> {
+    let compartment = PatientCompartment::r4().map_err(|e| e.to_string())?;
+    for query in queries {
+        for clause in &query.clauses {
+            match &clause.kind {
+                ClauseKind::Param { .. } => {}
+                ClauseKind::Chain { target_type, .. } => {
+                    return Err(format!(
+                        "{}?{} reads {target_type} resources through a chain: a change there can move patients whose own data did not change",
+                        query.resource_type, clause.name
+                    ));
+                }
+                ClauseKind::Has {
+                    source_type,
+                    reference,
+                    inner,
+                } => {
+                    let links_patient = query.resource_type == "Patient"
+                        && compartment.paths(source_type).iter().any(|p| p.param == reference.code)
+                        && matches!(inner.kind, ClauseKind::Param { .. });
+                    if !links_patient {
+                        return Err(format!(
+                            "{}?{} reads {source_type} resources that may be in another patient's compartment",
+                            query.resource_type, clause.name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The membership mode of `request` (`None`: member-based), `default` when

@@ -4,7 +4,7 @@
 //! compacting index runs, and committing one new version. A failure
 //! deletes every file the load wrote and commits nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -24,6 +24,7 @@ use crate::view::ViewRunner;
 use crate::view::catalog::view_table_key;
 use crate::view::materialize::rebuild_views;
 use crate::warehouse::merge::{Deletions, has_duplicate_ids, merge_latest, patients_of_deleted};
+use crate::warehouse::touched::{TOUCHED_DETAIL, TOUCHED_TABLE, touched_patients, write_touched};
 use crate::warehouse::{
     DataFile, REJECTS_TABLE, Snapshot, TOMBSTONES_TABLE, TableEntry, TableKind, Warehouse, manifest, now_rfc3339,
 };
@@ -50,6 +51,9 @@ pub(super) struct LoadCommit<'a> {
     /// Files written after reading (merges, rebuilds, compactions): removed
     /// if the load fails.
     merged_files: Vec<DataFile>,
+    /// The compartment patients of every resource the load added, changed
+    /// or deleted (before and after the change).
+    touched: BTreeSet<String>,
     /// Index runs replaced by their compacted form: deleted once committed.
     superseded_runs: Vec<DataFile>,
     /// Resource types whose table was rewritten.
@@ -119,6 +123,7 @@ impl<'a> LoadCommit<'a> {
             snapshot,
             report,
             merged_files: Vec::new(),
+            touched: BTreeSet::new(),
             superseded_runs: Vec::new(),
             merged_types: Vec::new(),
         }
@@ -172,6 +177,14 @@ impl<'a> LoadCommit<'a> {
                 .get(&name)
                 .map(|t| t.files.clone())
                 .unwrap_or_default();
+            if kind == TableKind::Resource {
+                let deleted_ids: Vec<&str> = deleted
+                    .iter()
+                    .flat_map(|d| d.ids.iter().map(|(id, _)| id.as_str()))
+                    .collect();
+                self.touched
+                    .extend(touched_patients(warehouse, &old, &files, &deleted_ids).await?);
+            }
             tracing::debug!(table = name.as_str(), files = files.len(), "checking for duplicate ids");
             let mut merged = false;
             let table_files = if kind == TableKind::Rejects {
@@ -420,8 +433,26 @@ impl<'a> LoadCommit<'a> {
             .unwrap_or_default()
     }
 
+    /// Records the patients the load touched as the snapshot's `_touched`
+    /// table (replacing the previous load's).
+    async fn record_touched(&mut self) -> Result<(), IngestError> {
+        self.snapshot.tables.remove(TOUCHED_TABLE);
+        if self.touched.is_empty() {
+            return Ok(());
+        }
+        let file = write_touched(self.warehouse, &self.prepared.token, &self.touched).await?;
+        self.merged_files.push(file.clone());
+        self.snapshot.tables.insert(
+            TOUCHED_TABLE.to_string(),
+            TableEntry::new(TableKind::Touched, vec![file]),
+        );
+        Ok(())
+    }
+
     /// Commits the snapshot as the load's version.
     async fn commit(&mut self, sources: &[String]) -> Result<(), IngestError> {
+        self.record_touched().await?;
+        let touched = self.touched.len();
         let snapshot = &mut self.snapshot;
         snapshot.version = self.prepared.version;
         snapshot.committed_at = now_rfc3339();
@@ -432,6 +463,7 @@ impl<'a> LoadCommit<'a> {
             "resources": self.report.resources,
             "rejected": self.report.rejected,
             "loaded_at": self.prepared.loaded_at,
+            TOUCHED_DETAIL: touched,
         });
         self.warehouse.commit(snapshot).await?;
         Ok(())

@@ -81,6 +81,7 @@ pub fn schema_of(name: &str, kind: TableKind) -> Option<SchemaRef> {
         TableKind::Resource => Some(resource_schema()),
         TableKind::Rejects => Some(rejects_schema()),
         TableKind::Tombstones => Some(tombstones_schema()),
+        TableKind::Touched => Some(super::touched::touched_schema()),
         TableKind::View => None,
         TableKind::Index => parse_index_table_key(name).map(|(kind, _)| kind.schema()),
     }

@@ -44,6 +44,9 @@ pub enum TableKind {
     Index,
     /// Deleted resources (schema `tombstones_schema`).
     Tombstones,
+    /// The patients the snapshot's load touched (schema `touched_schema`;
+    /// not shown to SQL).
+    Touched,
 }
 
 /// The files of one table in one snapshot.

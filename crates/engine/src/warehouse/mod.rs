@@ -15,6 +15,7 @@ pub mod scan;
 pub mod schema;
 pub mod snapshot_catalog;
 pub mod table;
+pub mod touched;
 pub mod vacuum;
 
 use futures::TryStreamExt;
