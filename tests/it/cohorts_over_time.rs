@@ -246,3 +246,99 @@ async fn membership_modes_follow_loads_and_keep_history() {
 fn url_encode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
+
+/// The Patient and Condition ids of a Group export of `group` with `query`.
+async fn exported(server: &Server, group: &str, query: &str) -> (Vec<String>, Vec<String>) {
+    let (_, manifest) = crate::export::export_ok(
+        "GET",
+        &format!("{}/Group/{group}/$export?_type=Patient,Condition{query}", server.base),
+        None,
+    )
+    .await;
+    let (_, lines) = crate::export::manifest_counts(&manifest, |url| http("GET", url, &[], None).body);
+    let of = |t: &str| {
+        let mut ids: Vec<String> = lines
+            .iter()
+            .filter(|r| r["resourceType"] == t)
+            .filter_map(|r| r["id"].as_str().map(str::to_string))
+            .collect();
+        ids.sort();
+        ids
+    };
+    (of("Patient"), of("Condition"))
+}
+
+/// A man becomes a woman after `_since`: a Group export of the women with
+/// `_since` sends his older Conditions only with `newMemberData=all`;
+/// continuing members get only what changed, in both readings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_who_joined_after_since_get_their_whole_record_when_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = Warehouse::open(&dir.path().display().to_string()).expect("warehouse");
+    load_into(&warehouse, &[&sample_data()], false).await;
+    let men =
+        crate::common::query_strings(&warehouse, "SELECT id FROM patient WHERE gender = 'male' ORDER BY id").await;
+    let man_conditions = crate::common::query_strings(
+        &warehouse,
+        &format!(
+            "SELECT id FROM fhir.\"Condition\" WHERE array_has(patients, '{}') ORDER BY id",
+            men[0]
+        ),
+    )
+    .await;
+    assert!(!man_conditions.is_empty(), "the man has Conditions");
+    let server = Server::start(dir.path(), &[]);
+    let group = create(&server, &women("refreshed"));
+    let id = group["id"].as_str().expect("id").to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
+    // The man, now female (his other resources unchanged since the first load).
+    let line = std::fs::read_dir(sample_data())
+        .expect("sample")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("Patient"))
+        .flat_map(|e| {
+            std::fs::read_to_string(e.path())
+                .expect("read")
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .find(|l| l.contains(&men[0]))
+        .expect("the man's line");
+    let mut patient: Value = serde_json::from_str(&line).expect("JSON");
+    patient["gender"] = json!("female");
+    cli_load(dir.path(), dir.path(), "changed", "Patient.ndjson", &[patient]);
+    let record = wait_for_refresh(dir.path(), &id, 2).await;
+    assert_eq!(record["joined"], 1, "{record}");
+    assert_eq!(record["strategy"], "incremental", "{record}");
+    assert_eq!(record["patients"], 1, "only the man was touched: {record}");
+
+    let since_query = format!("&_since={}", url_encode(&since));
+    let (patients, conditions) = exported(&server, &id, &since_query).await;
+    assert_eq!(patients, vec![men[0].clone()], "only the changed Patient");
+    assert!(conditions.is_empty(), "the plain _since reading: {conditions:?}");
+    let (patients, conditions) = exported(&server, &id, &format!("{since_query}&newMemberData=all")).await;
+    assert_eq!(patients, vec![men[0].clone()]);
+    assert_eq!(
+        conditions, man_conditions,
+        "the new member's whole record, no one else's"
+    );
+
+    // Refused before the 202: a value that is not all or since; a system export.
+    let kickoff = |url: String| {
+        http(
+            "GET",
+            &url,
+            &[("Prefer", "respond-async"), ("Accept", "application/fhir+json")],
+            None,
+        )
+    };
+    let bad = kickoff(format!("{}/Group/{id}/$export?newMemberData=some", server.base));
+    assert_eq!(bad.status, 400, "{}", String::from_utf8_lossy(&bad.body));
+    let system = kickoff(format!("{}/$export?newMemberData=all", server.base));
+    assert_eq!(system.status, 400, "{}", String::from_utf8_lossy(&system.body));
+    server.stop();
+}

@@ -574,5 +574,6 @@ async fn check_against_data(engine: &CohortEngine, request: &ExportRequest) -> R
         }
     }
     crate::export::population::resolve(engine, request).await?;
+    crate::export::population::joined_after_since(engine, request).await?;
     Ok(())
 }
