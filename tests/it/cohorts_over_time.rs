@@ -342,3 +342,340 @@ async fn members_who_joined_after_since_get_their_whole_record_when_asked() {
     assert_eq!(system.status, 400, "{}", String::from_utf8_lossy(&system.body));
     server.stop();
 }
+
+/// A small deterministic generator (the seed is printed, and
+/// `FHIRLAKE_TEST_SEED` replays a run).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+const CODE: &str = "162864005";
+const SNOMED: &str = "http://snomed.info/sct";
+
+/// What the test believes the warehouse holds: Patients (id → resource)
+/// and Conditions (id → resource).
+struct Model {
+    patients: std::collections::BTreeMap<String, Value>,
+    conditions: std::collections::BTreeMap<String, Value>,
+}
+
+impl Model {
+    fn read(data: &Path) -> Model {
+        let mut model = Model {
+            patients: Default::default(),
+            conditions: Default::default(),
+        };
+        for entry in std::fs::read_dir(data).expect("data").filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let target = if name.starts_with("Patient.") {
+                &mut model.patients
+            } else if name.starts_with("Condition.") {
+                &mut model.conditions
+            } else {
+                continue;
+            };
+            for line in std::fs::read_to_string(entry.path()).expect("read").lines() {
+                let resource: Value = serde_json::from_str(line).expect("JSON");
+                target.insert(resource["id"].as_str().expect("id").to_string(), resource);
+            }
+        }
+        model
+    }
+
+    fn subject(condition: &Value) -> String {
+        condition["subject"]["reference"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches("Patient/")
+            .to_string()
+    }
+
+    fn has_code(condition: &Value) -> bool {
+        condition["code"]["coding"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["code"] == CODE)
+    }
+
+    /// The expected members of each refreshed Group's filters.
+    fn women(&self) -> std::collections::BTreeSet<String> {
+        self.patients
+            .iter()
+            .filter(|(_, p)| p["gender"] == "female")
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    fn coded(&self) -> std::collections::BTreeSet<String> {
+        self.conditions
+            .values()
+            .filter(|c| Self::has_code(c))
+            .map(Self::subject)
+            .filter(|s| self.patients.contains_key(s))
+            .collect()
+    }
+}
+
+/// One generated delta: new, changed and deleted Patients and Conditions,
+/// applied to `model`; returns the NDJSON files and the patients touched.
+fn delta(
+    rng: &mut Rng,
+    model: &mut Model,
+    round: usize,
+) -> (Vec<(&'static str, Vec<Value>)>, std::collections::BTreeSet<String>) {
+    let mut touched = std::collections::BTreeSet::new();
+    let (mut patients, mut conditions, mut deletions) = (Vec::new(), Vec::new(), Vec::new());
+    let ids: Vec<String> = model.patients.keys().cloned().collect();
+    for i in 0..2 {
+        let id = format!("new-{round}-{i}");
+        let gender = if rng.below(2) == 0 { "female" } else { "male" };
+        let patient = json!({"resourceType": "Patient", "id": id, "gender": gender});
+        let condition = json!({"resourceType": "Condition", "id": format!("cond-{id}"),
+            "code": {"coding": [{"system": SNOMED, "code": CODE}]}, "subject": {"reference": format!("Patient/{id}")}});
+        model.patients.insert(id.clone(), patient.clone());
+        model.conditions.insert(format!("cond-{id}"), condition.clone());
+        patients.push(patient);
+        conditions.push(condition);
+        touched.insert(id);
+    }
+    for _ in 0..2 {
+        let id = rng.pick(&ids).clone();
+        let Some(patient) = model.patients.get_mut(&id) else {
+            continue;
+        };
+        patient["gender"] = json!(if patient["gender"] == "female" {
+            "male"
+        } else {
+            "female"
+        });
+        patients.push(patient.clone());
+        touched.insert(id);
+    }
+    let condition_ids: Vec<String> = model.conditions.keys().cloned().collect();
+    for change in 0..3 {
+        let id = rng.pick(&condition_ids).clone();
+        let Some(condition) = model.conditions.get_mut(&id) else {
+            continue;
+        };
+        touched.insert(Model::subject(condition));
+        if change < 2 {
+            let code = if Model::has_code(condition) { "38341003" } else { CODE };
+            condition["code"] = json!({"coding": [{"system": SNOMED, "code": code}]});
+        } else {
+            // Moved to another patient: both are touched.
+            let to = rng.pick(&ids).clone();
+            condition["subject"] = json!({"reference": format!("Patient/{to}")});
+            touched.insert(to);
+        }
+        conditions.push(condition.clone());
+    }
+    let gone_condition = rng.pick(&condition_ids).clone();
+    if let Some(condition) = model.conditions.remove(&gone_condition) {
+        touched.insert(Model::subject(&condition));
+        conditions.retain(|c| c["id"] != gone_condition.as_str());
+        deletions.push(json!({"request": {"method": "DELETE", "url": format!("Condition/{gone_condition}")}}));
+    }
+    if round % 2 == 1 {
+        // A Patient deleted while their Conditions remain.
+        let gone = rng.pick(&ids).clone();
+        if model.patients.remove(&gone).is_some() {
+            patients.retain(|p| p["id"] != gone.as_str());
+            touched.insert(gone.clone());
+            deletions.push(json!({"request": {"method": "DELETE", "url": format!("Patient/{gone}")}}));
+        }
+    }
+    let mut files = vec![("Patient.ndjson", patients), ("Condition.ndjson", conditions)];
+    if !deletions.is_empty() {
+        files.push((
+            "deleted.ndjson",
+            vec![json!({"resourceType": "Bundle", "type": "transaction", "entry": deletions})],
+        ));
+    }
+    (files, touched)
+}
+
+/// The member ids of Group `id` (every page).
+fn member_ids(server: &Server, id: &str) -> std::collections::BTreeSet<String> {
+    let (status, bundle) = members(server, id, "");
+    assert_eq!(status, 200, "{bundle}");
+    assert!(bundle["total"].as_u64().is_some_and(|t| t < 1000), "one page holds all");
+    entry_ids(&bundle).into_iter().collect()
+}
+
+/// Randomised delta loads over synthea-100: after each, every refreshed
+/// Group equals a full recompute (a fresh Group) and the test's own model;
+/// Groups whose filters stay in the compartment refresh incrementally over
+/// exactly the touched patients, the chained one fully; the history's joins
+/// and leaves are the differences of consecutive memberships; the snapshot
+/// Group never changes; the on-demand Group's export is computed at its
+/// kick-off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshes_after_random_deltas_equal_full_recomputes() {
+    let Some(data) = crate::common::shared_dataset("synthea-100") else {
+        return;
+    };
+    let seed: u64 = std::env::var("FHIRLAKE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| chrono::Utc::now().timestamp_micros() as u64 | 1);
+    println!("FHIRLAKE_TEST_SEED={seed}");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = Warehouse::open(&dir.path().display().to_string()).expect("warehouse");
+    load_into(&warehouse, &[&data], false).await;
+    let mut model = Model::read(&data);
+    let server = Server::start(dir.path(), &["--membership-mode", "refreshed"]);
+    let coded = format!("Condition?code={SNOMED}|{CODE}");
+    let has = format!("Patient?_has:Condition:patient:code={SNOMED}|{CODE}");
+    let filters: Vec<(&str, Vec<String>)> = vec![
+        ("women", vec!["Patient?gender=female".into()]),
+        ("coded", vec![coded.clone()]),
+        ("has", vec![has]),
+        ("coded women", vec!["Patient?gender=female".into(), coded.clone()]),
+        (
+            "chained",
+            vec![format!("Condition?subject:Patient.gender=female&code={SNOMED}|{CODE}")],
+        ),
+    ];
+    let group_of = |name: &str, filters: &[String]| {
+        let mut group = cohort_group(name, &filters[0]);
+        for filter in &filters[1..] {
+            let mut extension = group["modifierExtension"][0].clone();
+            extension["valueExpression"]["expression"] = json!(filter);
+            group["modifierExtension"].as_array_mut().expect("list").push(extension);
+        }
+        group
+    };
+    let ids: Vec<String> = filters
+        .iter()
+        .map(|(name, f)| {
+            create(&server, &group_of(name, f))["id"]
+                .as_str()
+                .expect("id")
+                .to_string()
+        })
+        .collect();
+    let snapshot = create(&server, &women("snapshot"));
+    let snapshot_id = snapshot["id"].as_str().expect("id").to_string();
+    let snapshot_members = member_ids(&server, &snapshot_id);
+    let on_demand = create(&server, &women("on-demand"))["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let mut women_before = member_ids(&server, &ids[0]);
+    assert_eq!(women_before, model.women());
+    let mut women_updated = read(&server, &ids[0])["meta"]["lastUpdated"]
+        .as_str()
+        .expect("lastUpdated")
+        .to_string();
+
+    for round in 0..4 {
+        let (files, touched) = delta(&mut rng, &mut model, round);
+        let folder = dir.path().join(format!("delta-{round}"));
+        std::fs::create_dir_all(&folder).expect("mkdir");
+        for (name, lines) in &files {
+            let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+            std::fs::write(folder.join(name), text.join("\n") + "\n").expect("write");
+        }
+        let out = fhirlake(&[
+            "--warehouse",
+            &dir.path().display().to_string(),
+            "load",
+            "--quiet",
+            &folder.display().to_string(),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let version = round as u64 + 2;
+        for ((name, group_filters), id) in filters.iter().zip(&ids) {
+            let record = wait_for_refresh(dir.path(), id, version).await;
+            assert_ne!(record["outcome"], "failed", "{name}: {record}");
+            if *name == "chained" {
+                assert_eq!(record["strategy"], "full", "{name}: {record}");
+            } else {
+                assert_eq!(record["strategy"], "incremental", "{name} (seed {seed}): {record}");
+                assert_eq!(
+                    record["patients"],
+                    touched.len(),
+                    "{name} (seed {seed}): {record} vs {touched:?}"
+                );
+            }
+            let fresh = create(&server, &group_of(&format!("{name} now"), group_filters));
+            let fresh_id = fresh["id"].as_str().expect("id");
+            assert_eq!(
+                member_ids(&server, id),
+                member_ids(&server, fresh_id),
+                "{name} after round {round} (seed {seed})"
+            );
+        }
+        let women_now = member_ids(&server, &ids[0]);
+        assert_eq!(women_now, model.women(), "round {round} (seed {seed})");
+        assert_eq!(
+            member_ids(&server, &ids[1]),
+            model.coded(),
+            "round {round} (seed {seed})"
+        );
+        // History: the joins and leaves since the last change.
+        let (status, changes) = members(&server, &ids[0], &format!("&_since={}", url_encode(&women_updated)));
+        assert_eq!(status, 200, "{changes}");
+        let action_of = |e: &Value| {
+            e["search"]["extension"][0]["extension"]
+                .as_array()
+                .and_then(|parts| parts.iter().find(|p| p["url"] == "action"))
+                .and_then(|p| p["valueCode"].as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let listed = |action: &str| -> std::collections::BTreeSet<String> {
+            changes["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| action_of(e) == action)
+                .filter_map(|e| e["resource"]["id"].as_str().map(str::to_string))
+                .collect()
+        };
+        assert_eq!(
+            listed("joined"),
+            women_now.difference(&women_before).cloned().collect(),
+            "round {round}"
+        );
+        assert_eq!(
+            listed("left"),
+            women_before.difference(&women_now).cloned().collect(),
+            "round {round}"
+        );
+        women_before = women_now;
+        women_updated = read(&server, &ids[0])["meta"]["lastUpdated"]
+            .as_str()
+            .expect("lastUpdated")
+            .to_string();
+    }
+    assert_eq!(
+        member_ids(&server, &snapshot_id),
+        snapshot_members,
+        "a snapshot never changes"
+    );
+    assert_eq!(read(&server, &snapshot_id)["meta"]["versionId"], "1");
+    // The on-demand Group, exported: the women at its kick-off.
+    let (patients, _) = exported(&server, &on_demand, "").await;
+    let exported_women: std::collections::BTreeSet<String> = patients.into_iter().collect();
+    assert_eq!(exported_women, model.women(), "seed {seed}");
+    server.stop();
+}
