@@ -117,6 +117,15 @@ pub fn scaled_dataset(
     source: &std::path::Path,
     default_copies: usize,
 ) -> (std::path::PathBuf, std::path::PathBuf, usize) {
+    scaled_dataset_of(source, "synthea-615", default_copies)
+}
+
+/// [`scaled_dataset`] of `source`, named `name` in the work folder.
+pub fn scaled_dataset_of(
+    source: &std::path::Path,
+    name: &str,
+    default_copies: usize,
+) -> (std::path::PathBuf, std::path::PathBuf, usize) {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let copies: usize = std::env::var("FHIRLAKE_BENCH_COPIES")
         .ok()
@@ -124,7 +133,7 @@ pub fn scaled_dataset(
         .unwrap_or(default_copies);
     let work = root.join("target/bench-data");
     std::fs::create_dir_all(&work).expect("bench folder");
-    let scaled = work.join(format!("synthea-615x{copies}"));
+    let scaled = work.join(format!("{name}x{copies}"));
     if !scaled.exists() {
         let status = Command::new(env!("CARGO_BIN_EXE_fhirlake"))
             .args([

@@ -82,6 +82,10 @@ pub struct Args {
     /// watch a large member change written in parts).
     #[arg(long, default_value_t = fhirlake::group::segments::SEGMENT_ROWS, hide = true)]
     membership_part_rows: usize,
+    /// Touched patients beyond which a refresh recomputes every patient
+    /// (0: always recompute all; the refresh benchmark compares).
+    #[arg(long, default_value_t = fhirlake::group::refresh::INCREMENTAL_LIMIT, hide = true)]
+    refresh_incremental_limit: usize,
     /// Pause after each membership part written (tests).
     #[arg(long, default_value_t = 0, hide = true)]
     membership_part_delay_ms: u64,
@@ -155,6 +159,7 @@ impl Args {
                 default_membership,
                 refresh_spacing: refresh_interval.unwrap_or_default(),
                 version_poll: Duration::from_secs(1),
+                incremental_limit: self.refresh_incremental_limit,
                 retry_after: self.retry_after.max(1),
                 job_delay: Duration::from_millis(self.job_delay_ms),
                 max_exports: self.max_exports,

@@ -42,6 +42,8 @@ pub struct Groups {
     pub membership: MembershipOptions,
     /// The membership mode of criteria Groups that name none.
     pub default_mode: MembershipMode,
+    /// Touched patients beyond which a refresh recomputes every patient.
+    pub incremental_limit: usize,
 }
 
 /// `member` entries a member-based Group's resource lists when read; the

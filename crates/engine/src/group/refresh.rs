@@ -82,7 +82,7 @@ pub enum RefreshOutcome {
 }
 
 /// One refresh of one Group, as its refresh log keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RefreshRecord {
     /// When it finished (RFC 3339).
     pub at: String,
@@ -98,6 +98,10 @@ pub struct RefreshRecord {
     /// What it did.
     #[serde(flatten)]
     pub outcome: RefreshOutcome,
+    /// Seconds from the start of the computation to the record (the
+    /// membership written when it changed).
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 impl Groups {
@@ -136,8 +140,11 @@ impl Groups {
         if self.mode_of(&stored) != Some(MembershipMode::OnDemand) {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let (strategy, computed) = self.compute_refresh(&stored).await;
-        let (_, error) = self.record_refresh(&stored, trigger, strategy, computed).await?;
+        let (_, error) = self
+            .record_refresh(&stored, trigger, strategy, computed, started)
+            .await?;
         error.map_or(Ok(()), Err)
     }
 
@@ -158,8 +165,12 @@ impl Groups {
         stored: &StoredGroup,
         trigger: RefreshTrigger,
     ) -> Result<Option<RefreshRecord>, GroupError> {
+        let started = std::time::Instant::now();
         let (strategy, computed) = self.compute_refresh(stored).await;
-        Ok(self.record_refresh(stored, trigger, strategy, computed).await?.0)
+        Ok(self
+            .record_refresh(stored, trigger, strategy, computed, started)
+            .await?
+            .0)
     }
 
     /// Computes `stored`'s membership on the current warehouse: over only
@@ -218,9 +229,10 @@ impl Groups {
                     ));
                 }
             }
-            if touched.len() > INCREMENTAL_LIMIT {
+            let limit = self.incremental_limit;
+            if touched.len() > limit {
                 return Err(format!(
-                    "more than {INCREMENTAL_LIMIT} patients were touched: recomputing all costs no more"
+                    "more than {limit} patients were touched: recomputing all costs no more"
                 ));
             }
         }
@@ -269,6 +281,7 @@ impl Groups {
         trigger: RefreshTrigger,
         strategy: RefreshStrategy,
         computed: Result<Computed, GroupError>,
+        started: std::time::Instant,
     ) -> Result<(Option<RefreshRecord>, Option<GroupError>), GroupError> {
         let _writes = self.writes.lock().await;
         let Some(current) = self.state.get::<StoredGroup>(GROUPS, &stored.id).await? else {
@@ -297,6 +310,7 @@ impl Groups {
             group_version: current.version,
             strategy,
             outcome,
+            seconds: started.elapsed().as_secs_f64(),
         };
         let key = format!("{:020}", chrono::Utc::now().timestamp_micros());
         self.state.put(&refresh_log_kind(&current.id), &key, &record).await?;
@@ -366,7 +380,7 @@ pub async fn read_refresh_log(state: &StateStore, id: &str) -> Result<Vec<Refres
 
 /// Touched patients beyond which a refresh recomputes every patient (the
 /// scope is a literal list in the plan).
-const INCREMENTAL_LIMIT: usize = 20_000;
+pub const INCREMENTAL_LIMIT: usize = 20_000;
 
 fn full(reason: &str) -> RefreshStrategy {
     RefreshStrategy::Full { reason: reason.into() }

@@ -35,6 +35,9 @@ pub struct ServiceOptions {
     /// How often the service looks for a newly committed warehouse
     /// version (a load by any process).
     pub version_poll: Duration,
+    /// Touched patients beyond which a refresh recomputes every patient
+    /// (0: always; benchmarks compare the two).
+    pub incremental_limit: usize,
     /// Seconds a client is asked to wait between polls of a job; polling
     /// faster than half of it is refused.
     pub retry_after: u64,
@@ -69,6 +72,7 @@ impl Default for ServiceOptions {
             default_membership: crate::group::MembershipMode::Snapshot,
             refresh_spacing: Duration::ZERO,
             version_poll: Duration::from_secs(1),
+            incremental_limit: crate::group::refresh::INCREMENTAL_LIMIT,
             retry_after: 1,
             job_delay: Duration::ZERO,
             max_exports: 2,
@@ -130,6 +134,7 @@ impl Service {
                 part_delay: options.membership_part_delay,
             },
             default_mode: options.default_membership,
+            incremental_limit: options.incremental_limit,
         };
         Ok(Arc::new(Self {
             cohorts,
