@@ -679,3 +679,89 @@ async fn refreshes_after_random_deltas_equal_full_recomputes() {
     assert_eq!(exported_women, model.women(), "seed {seed}");
     server.stop();
 }
+
+/// `$member-add` or `$member-remove` of one Patient.
+fn change_member(server: &Server, id: &str, operation: &str, patient: &str) {
+    let body = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "patientReference", "valueReference": {"reference": format!("Patient/{patient}")}}
+    ]});
+    let response = http(
+        "POST",
+        &format!("{}/Group/{id}/${operation}", server.base),
+        &[("Content-Type", "application/fhir+json")],
+        Some(&body.to_string()),
+    );
+    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+}
+
+/// History older than `--group-history-retention` is dropped when the
+/// membership is next compacted: rows of members who left before the
+/// cutoff go, and questions about instants before it are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_older_than_the_retention_is_dropped_at_compaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = Warehouse::open(&dir.path().display().to_string()).expect("warehouse");
+    load_into(&warehouse, &[&sample_data()], false).await;
+    let patients = crate::common::query_strings(&warehouse, "SELECT id FROM patient ORDER BY id").await;
+    let (a, b, c) = (&patients[0], &patients[1], &patients[2]);
+    let server = Server::start(
+        dir.path(),
+        &["--group-history-retention", "2s", "--export-retention", "2s"],
+    );
+    let group = create(
+        &server,
+        &json!({"resourceType": "Group", "type": "person", "actual": true}),
+    );
+    let id = group["id"].as_str().expect("id").to_string();
+    change_member(&server, &id, "member-add", a);
+    change_member(&server, &id, "member-add", b);
+    change_member(&server, &id, "member-remove", a);
+    let early = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let rows_of = |patient: &str| {
+        let sql = format!("SELECT count(*) FROM group_membership WHERE group_id = '{id}' AND patient_id = '{patient}'");
+        let out = fhirlake(&[
+            "--warehouse",
+            &dir.path().display().to_string(),
+            "sql",
+            "--format",
+            "csv",
+            &sql,
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(rows_of(a), "1", "the left member's row is history");
+    let (status, _) = members(&server, &id, &format!("&_since={}", url_encode(&early)));
+    assert_eq!(status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // Enough changes for a compaction (every 16 delta segments).
+    for i in 0..18 {
+        let operation = if i % 2 == 0 { "member-add" } else { "member-remove" };
+        change_member(&server, &id, operation, c);
+    }
+    assert_eq!(
+        rows_of(a),
+        "0",
+        "the row of a member who left before the cutoff is gone"
+    );
+    assert_eq!(rows_of(b), "1", "a current member stays");
+    // The version current at the cutoff (the removal of a) still dates
+    // the history; the Group's creation no longer does.
+    let (status, _) = members(&server, &id, &format!("&_since={}", url_encode(&early)));
+    assert_eq!(status, 200);
+    let created = group["meta"]["lastUpdated"].as_str().expect("lastUpdated");
+    let (status, refused) = members(&server, &id, &format!("&_since={}", url_encode(created)));
+    assert_eq!(status, 400, "{}", refused["issue"]);
+    assert!(refused.to_string().contains("history starts"), "{}", refused["issue"]);
+    let (_, listed) = members(&server, &id, "");
+    assert_eq!(
+        entry_ids(&listed),
+        vec![b.clone()],
+        "added and removed nine times: c is out"
+    );
+    server.stop();
+}

@@ -164,8 +164,11 @@ pub async fn metadata(State(state): State<SharedState>) -> Response {
          members-refreshed set, only when the membership changed; a failed refresh keeps the last membership and is \
          recorded in the Group's refresh log. on-demand: at each export kick-off (the export runs on the version that \
          computation wrote), each $members call and each use as another Group's base population; no members-refreshed. \
-         Member-based Groups are never recomputed.",
+         A refresh recomputes only the patients the loads since touched when every member-filter stays in the patient's \
+         own compartment, else every patient. A deleted Patient leaves every criteria Group. Membership history \
+         ($members?_since, $members?_at) is kept for {history} s (--group-history-retention). Member-based Groups are never recomputed.",
         default = options.default_membership.code(),
+        history = options.group_history_retention.as_secs(),
     );
     let mut resources = vec![json!({
         "type": "Group",

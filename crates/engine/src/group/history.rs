@@ -283,6 +283,25 @@ pub async fn joined_since(
         .collect())
 }
 
+/// Drops the history before `cutoff` (µs): the stamps of versions
+/// superseded by then (the one current at `cutoff` stays, so the history
+/// still answers for it), and the rows that left in a version written by
+/// then. Rows of versions without a stamp are kept.
+pub fn prune_history(rows: Vec<Member>, stamps: &mut Vec<VersionStamp>, cutoff: i64) -> Vec<Member> {
+    let written: BTreeMap<u64, i64> = stamps.iter().map(|s| (s.version, s.at)).collect();
+    let current_at_cutoff = stamps.iter().filter(|s| s.at <= cutoff).map(|s| s.version).max();
+    stamps.retain(|s| s.at > cutoff || Some(s.version) == current_at_cutoff);
+    rows.into_iter()
+        .filter(|row| {
+            let left_by_then = row
+                .removed_in
+                .and_then(|r| written.get(&r))
+                .is_some_and(|at| *at <= cutoff);
+            !left_by_then
+        })
+        .collect()
+}
+
 /// Refuses an instant before `stored`'s history starts (the answer would
 /// be incomplete).
 pub fn check_in_history(stored: &StoredGroup, at: i64) -> Result<(), GroupError> {
@@ -336,5 +355,23 @@ mod tests {
         );
         assert_eq!(changes_since(&v3, &stamps, 0).len(), 5);
         assert!(changes_since(&v3, &stamps, 30).is_empty());
+    }
+
+    #[test]
+    fn pruning_keeps_what_answers_after_the_cutoff() {
+        let entry = |p: &str| MemberEntry::patient(p);
+        let v1 = next_membership(&[], &[entry("a"), entry("b")], 1);
+        let v2 = next_membership(&v1, &[entry("b"), entry("c")], 2);
+        let v3 = next_membership(&v2, &[entry("c")], 3);
+        let mut stamps = vec![stamp(1, 10), stamp(2, 20), stamp(3, 30)];
+        // Cutoff 25: version 2 is current then; a (left in 2) goes, b (left in 3) stays.
+        let kept = prune_history(v3.clone(), &mut stamps, 25);
+        assert_eq!(stamps.iter().map(|s| s.version).collect::<Vec<_>>(), [2, 3]);
+        let patients: Vec<&str> = kept.iter().map(|m| m.entry.patient.as_str()).collect();
+        assert_eq!(patients, ["b", "c"]);
+        assert_eq!(
+            changes_since(&kept, &stamps, 25),
+            changes_since(&v3, &[stamp(1, 10), stamp(2, 20), stamp(3, 30)], 25)
+        );
     }
 }

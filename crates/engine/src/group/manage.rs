@@ -11,7 +11,7 @@ use datafusion::common::TableReference;
 use datafusion::prelude::{col, lit};
 use serde_json::{Value, json};
 
-use super::history::VersionStamp;
+use super::history::{VersionStamp, prune_history};
 use super::identify::resolve_members;
 use super::membership::changed_by;
 use super::mode::MembershipMode;
@@ -44,6 +44,9 @@ pub struct Groups {
     pub default_mode: MembershipMode,
     /// Touched patients beyond which a refresh recomputes every patient.
     pub incremental_limit: usize,
+    /// Membership history (rows that left, version stamps, refresh log)
+    /// is kept this long.
+    pub history_retention: std::time::Duration,
 }
 
 /// `member` entries a member-based Group's resource lists when read; the
@@ -127,6 +130,16 @@ impl Groups {
             None => Vec::new(),
         };
         let next = next_membership(&history, &entries, version);
+        // Millisecond precision: the stamp and `meta.lastUpdated` agree, so
+        // a client may ask for the changes since a lastUpdated it read.
+        let written = chrono::Utc::now();
+        let at = written.timestamp_millis() * 1000;
+        let stamp = VersionStamp {
+            version,
+            at,
+            warehouse_version,
+        };
+        let (next, stamps) = self.next_history(previous.as_ref(), next, stamp);
         let (segments, compacted_away) = self.write_rows(id, previous.as_ref(), &next, version, progress).await?;
         let previously_retired = previous.as_ref().map(|p| p.retired.clone()).unwrap_or_default();
         // A compaction retires the segments it replaced and deletes those
@@ -135,10 +148,6 @@ impl Groups {
             Some(replaced) => (replaced, previously_retired),
             None => (previously_retired, Vec::new()),
         };
-        // Millisecond precision: the stamp and `meta.lastUpdated` agree, so
-        // a client may ask for the changes since a lastUpdated it read.
-        let written = chrono::Utc::now();
-        let at = written.timestamp_millis() * 1000;
         let quantity = next.iter().filter(|m| m.is_current() && m.entry.counts_at(at)).count();
         let mut request = request.stored_form();
         if !request.is_member_based() && matches!(MembershipMode::of_group(&request.group), Ok(None)) {
@@ -157,20 +166,33 @@ impl Groups {
             retired,
             warehouse_version,
             owner,
-            stamps: {
-                let mut stamps = previous.map(|p| p.stamps).unwrap_or_default();
-                stamps.push(VersionStamp {
-                    version,
-                    at,
-                    warehouse_version,
-                });
-                stamps
-            },
+            stamps,
         };
         self.keep_version(&stored).await?;
         self.state.put(GROUPS, id, &stored).await?;
         delete_segments(&self.state, id, &superseded).await;
         Ok(stored)
+    }
+
+    /// The rows and version stamps a new version keeps: `next`, and the
+    /// previous stamps with `stamp`. When the new version compacts its
+    /// segments (rewrites every row), history older than the retention is
+    /// dropped ([`prune_history`]).
+    fn next_history(
+        &self,
+        previous: Option<&StoredGroup>,
+        next: Vec<Member>,
+        stamp: VersionStamp,
+    ) -> (Vec<Member>, Vec<VersionStamp>) {
+        let mut stamps = previous.map(|p| p.stamps.clone()).unwrap_or_default();
+        let cutoff = stamp.at - i64::try_from(self.history_retention.as_micros()).unwrap_or(i64::MAX);
+        stamps.push(stamp);
+        let compacts = previous.is_none_or(|p| p.segments.is_empty() || p.segments.len() >= MAX_SEGMENTS);
+        if !compacts {
+            return (next, stamps);
+        }
+        let next = prune_history(next, &mut stamps, cutoff);
+        (next, stamps)
     }
 
     /// Writes the segments of Group version `version` whose rows are
@@ -377,6 +399,7 @@ impl Groups {
         delete_segments(&self.state, id, &stored.segments).await;
         delete_segments(&self.state, id, &stored.retired).await;
         self.forget_versions(id).await;
+        self.forget_refresh_log(id).await;
         Ok(true)
     }
 

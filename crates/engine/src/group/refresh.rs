@@ -358,6 +358,34 @@ impl Groups {
         })
     }
 
+    /// Deletes refresh records older than the history retention (each
+    /// Group keeps at least its latest).
+    pub async fn purge_refresh_logs(&self) {
+        let cutoff = chrono::Utc::now().timestamp_micros()
+            - i64::try_from(self.history_retention.as_micros()).unwrap_or(i64::MAX);
+        for id in self.state.list(GROUPS).await.unwrap_or_default() {
+            let kind = refresh_log_kind(&id);
+            let mut keys = self.state.list(&kind).await.unwrap_or_default();
+            keys.sort_unstable();
+            keys.pop();
+            for key in keys.iter().filter(|k| k.parse::<i64>().is_ok_and(|t| t < cutoff)) {
+                if let Err(e) = self.state.delete(&kind, key).await {
+                    tracing::warn!(group = %id, error = %e, "cannot delete an old refresh record");
+                }
+            }
+        }
+    }
+
+    /// Deletes the refresh log of Group `id` (it was deleted).
+    pub(crate) async fn forget_refresh_log(&self, id: &str) {
+        let kind = refresh_log_kind(id);
+        for key in self.state.list(&kind).await.unwrap_or_default() {
+            if let Err(e) = self.state.delete(&kind, &key).await {
+                tracing::warn!(group = id, error = %e, "cannot delete a refresh record");
+            }
+        }
+    }
+
     /// The refresh log of Group `id`, oldest first.
     pub async fn refresh_log(&self, id: &str) -> Result<Vec<RefreshRecord>, GroupError> {
         read_refresh_log(&self.state, id).await

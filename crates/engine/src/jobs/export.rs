@@ -494,6 +494,7 @@ impl Service {
             }
             let retention = self.options.group_history_retention;
             self.groups.purge_versions(retention, &pinned).await;
+            self.groups.purge_refresh_logs().await;
         }
     }
 

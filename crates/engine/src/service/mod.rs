@@ -135,6 +135,8 @@ impl Service {
             },
             default_mode: options.default_membership,
             incremental_limit: options.incremental_limit,
+            // Long enough for any export still running on an old version.
+            history_retention: options.group_history_retention.max(options.export_retention),
         };
         Ok(Arc::new(Self {
             cohorts,
