@@ -270,7 +270,7 @@ fn main() {
     let mut taken = HashSet::new();
     let mut report = Vec::new();
     println!(
-        "| refresh | Group | strategy | patients recomputed | joined | left | seconds |\n|---|---|---|---:|---:|---:|---:|"
+        "| refresh | Group | strategy | patients recomputed | joined | left | compute s | total s |\n|---|---|---|---:|---:|---:|---:|---:|"
     );
     for (round, limit) in [("incremental", None), ("full", Some("0"))] {
         let extra: Vec<&str> = limit
@@ -294,11 +294,12 @@ fn main() {
         let (load, records, bytes) = load_and_refresh(&warehouse, &delta, &groups);
         for ((filter, _), record) in groups.iter().zip(&records) {
             println!(
-                "| {round} | `{filter}` | {} | {} | {} | {} | {:.3} |",
+                "| {round} | `{filter}` | {} | {} | {} | {} | {:.3} | {:.3} |",
                 record["strategy"].as_str().unwrap_or("?"),
                 record["patients"].as_u64().map_or("all".into(), |p| p.to_string()),
                 record["joined"],
                 record["left"],
+                record["compute_seconds"].as_f64().unwrap_or(f64::NAN),
                 record["seconds"].as_f64().unwrap_or(f64::NAN)
             );
             report.push(json!({"round": round, "filter": filter, "record": record}));

@@ -49,6 +49,20 @@ pub struct Groups {
     pub history_retention: std::time::Duration,
 }
 
+/// What a new Group version is made of.
+pub(crate) struct GroupWrite<'a> {
+    /// The Group.
+    pub id: &'a str,
+    /// Its request (`If-Match` in `expected_version`).
+    pub request: &'a CohortRequest,
+    /// Its member entries.
+    pub entries: Vec<MemberEntry>,
+    /// The warehouse version they were computed on.
+    pub warehouse_version: u64,
+    /// The client writing it (a new Group's owner).
+    pub owner: Option<String>,
+}
+
 /// `member` entries a member-based Group's resource lists when read; the
 /// rest are paged by `$members` (`quantity` counts all that count now).
 pub const MEMBER_ENTRY_LIMIT: usize = 1000;
@@ -119,17 +133,43 @@ impl Groups {
         progress: &Progress,
     ) -> Result<StoredGroup, GroupError> {
         let previous: Option<StoredGroup> = self.state.get(GROUPS, id).await?;
+        let history = match &previous {
+            Some(previous) => previous.rows(&self.state).await?,
+            None => Vec::new(),
+        };
+        let write = GroupWrite {
+            id,
+            request,
+            entries,
+            warehouse_version,
+            owner,
+        };
+        self.write_over(previous, &history, write, progress).await
+    }
+
+    /// [`Groups::write_group`] over the record read (`previous`) and its
+    /// membership rows (`history`).
+    pub(crate) async fn write_over(
+        &self,
+        previous: Option<StoredGroup>,
+        history: &[Member],
+        write: GroupWrite<'_>,
+        progress: &Progress,
+    ) -> Result<StoredGroup, GroupError> {
+        let GroupWrite {
+            id,
+            request,
+            entries,
+            warehouse_version,
+            owner,
+        } = write;
         check_version(id, previous.as_ref(), request.expected_version)?;
         if previous.is_none() {
             tracing::info!(target: "fhirlake::audit", event = "cohort_created", client_id = owner.as_deref().unwrap_or("-"), group = %id, members = entries.len());
         }
         let owner = previous.as_ref().map_or(owner, |p| p.owner.clone());
         let version = previous.as_ref().map_or(1, |p| p.version + 1);
-        let history = match &previous {
-            Some(previous) => previous.rows(&self.state).await?,
-            None => Vec::new(),
-        };
-        let next = next_membership(&history, &entries, version);
+        let next = next_membership(history, &entries, version);
         // Millisecond precision: the stamp and `meta.lastUpdated` agree, so
         // a client may ask for the changes since a lastUpdated it read.
         let written = chrono::Utc::now();

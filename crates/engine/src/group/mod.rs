@@ -246,6 +246,9 @@ pub struct Computed {
     /// Member entries left out because they name no Patient of the
     /// warehouse (only under [`CohortRequest::skip_unknown_members`]).
     pub skipped: Vec<String>,
+    /// `Some`: an incremental refresh's result: `entries` are the members
+    /// among these patients; every other member keeps their membership.
+    pub scope: Option<std::collections::BTreeSet<String>>,
 }
 
 /// Computes the member entries of `request` on the current warehouse: the
@@ -259,6 +262,7 @@ pub async fn compute(current: &CurrentEngine, request: &CohortRequest) -> Result
             entries,
             warehouse_version: engine.version(),
             skipped,
+            scope: None,
         });
     }
     if !engine.has_index() {
@@ -275,6 +279,7 @@ pub async fn compute(current: &CurrentEngine, request: &CohortRequest) -> Result
         entries: result.patients.iter().map(|p| MemberEntry::patient(p)).collect(),
         warehouse_version: engine.version(),
         skipped: Vec::new(),
+        scope: None,
     })
 }
 

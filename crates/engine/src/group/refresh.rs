@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::manage::Groups;
+use super::manage::{GroupWrite, Groups};
 use super::mode::MembershipMode;
 use super::store::{GROUPS, StoredGroup};
 use super::{CohortRequest, Computed, GroupError, MemberEntry, compute, member_queries};
@@ -98,10 +98,22 @@ pub struct RefreshRecord {
     /// What it did.
     #[serde(flatten)]
     pub outcome: RefreshOutcome,
+    /// Seconds the computation took (of the membership, or of the
+    /// touched patients' part of it).
+    #[serde(default)]
+    pub compute_seconds: f64,
     /// Seconds from the start of the computation to the record (the
     /// membership written when it changed).
     #[serde(default)]
     pub seconds: f64,
+}
+
+/// A refresh under way: what set it off, how it computes, since when.
+struct RefreshRun {
+    trigger: RefreshTrigger,
+    strategy: RefreshStrategy,
+    started: std::time::Instant,
+    compute_seconds: f64,
 }
 
 impl Groups {
@@ -140,11 +152,7 @@ impl Groups {
         if self.mode_of(&stored) != Some(MembershipMode::OnDemand) {
             return Ok(());
         }
-        let started = std::time::Instant::now();
-        let (strategy, computed) = self.compute_refresh(&stored).await;
-        let (_, error) = self
-            .record_refresh(&stored, trigger, strategy, computed, started)
-            .await?;
+        let (_, error) = self.run_refresh(&stored, trigger).await?;
         error.map_or(Ok(()), Err)
     }
 
@@ -165,12 +173,26 @@ impl Groups {
         stored: &StoredGroup,
         trigger: RefreshTrigger,
     ) -> Result<Option<RefreshRecord>, GroupError> {
+        Ok(self.run_refresh(stored, trigger).await?.0)
+    }
+
+    /// Computes, applies and logs a refresh of `stored`; returns the record
+    /// (`None`: the Group changed or went away meanwhile) and the
+    /// computation's error, if it failed.
+    async fn run_refresh(
+        &self,
+        stored: &StoredGroup,
+        trigger: RefreshTrigger,
+    ) -> Result<(Option<RefreshRecord>, Option<GroupError>), GroupError> {
         let started = std::time::Instant::now();
         let (strategy, computed) = self.compute_refresh(stored).await;
-        Ok(self
-            .record_refresh(stored, trigger, strategy, computed, started)
-            .await?
-            .0)
+        let run = RefreshRun {
+            trigger,
+            strategy,
+            started,
+            compute_seconds: started.elapsed().as_secs_f64(),
+        };
+        self.record_refresh(stored, run, computed).await
     }
 
     /// Computes `stored`'s membership on the current warehouse: over only
@@ -187,7 +209,7 @@ impl Groups {
                 let strategy = RefreshStrategy::Incremental {
                     patients: touched.len(),
                 };
-                (strategy, self.compute_incremental(stored, &engine, &touched).await)
+                (strategy, self.compute_incremental(stored, &engine, touched).await)
             }
             Err(reason) => (
                 RefreshStrategy::Full { reason },
@@ -239,49 +261,47 @@ impl Groups {
         Ok(touched)
     }
 
-    /// `stored`'s membership on `engine` when only `touched` patients may
-    /// have changed: its members that were not touched, and the touched
-    /// ones that meet the filters now.
+    /// The members among `touched` on `engine` (those meeting the filters
+    /// now): the rest of `stored`'s membership cannot have changed, and
+    /// is kept when the result is applied.
     async fn compute_incremental(
         &self,
         stored: &StoredGroup,
         engine: &CohortEngine,
-        touched: &BTreeSet<String>,
+        touched: BTreeSet<String>,
     ) -> Result<Computed, GroupError> {
         let request = &stored.request;
         let scope: Vec<String> = match request.base_patients.as_slice() {
             [] => touched.iter().cloned().collect(),
             base => base.iter().filter(|p| touched.contains(*p)).cloned().collect(),
         };
-        let mut members: BTreeSet<String> = stored
-            .current_rows(&self.state)
-            .await?
-            .into_iter()
-            .map(|row| row.entry.patient)
-            .filter(|patient| !touched.contains(patient))
-            .collect();
+        let mut entries = Vec::new();
         if !scope.is_empty() {
             let queries = member_queries(engine, &request.filters)?;
             let plan = engine.plan(&queries, Some(&scope))?;
-            members.extend(engine.run(plan).await?.patients);
+            entries = engine
+                .run(plan)
+                .await?
+                .patients
+                .iter()
+                .map(|p| MemberEntry::patient(p))
+                .collect();
         }
         Ok(Computed {
-            entries: members.iter().map(|p| MemberEntry::patient(p)).collect(),
+            entries,
             warehouse_version: engine.version(),
             skipped: Vec::new(),
+            scope: Some(touched),
         })
     }
 
     /// Applies and logs a refresh of `stored` that `computed` its
-    /// membership; returns the record (`None`: the Group changed or went
-    /// away meanwhile) and the computation's error, if it failed.
+    /// membership (see [`Groups::run_refresh`]).
     async fn record_refresh(
         &self,
         stored: &StoredGroup,
-        trigger: RefreshTrigger,
-        strategy: RefreshStrategy,
+        run: RefreshRun,
         computed: Result<Computed, GroupError>,
-        started: std::time::Instant,
     ) -> Result<(Option<RefreshRecord>, Option<GroupError>), GroupError> {
         let _writes = self.writes.lock().await;
         let Some(current) = self.state.get::<StoredGroup>(GROUPS, &stored.id).await? else {
@@ -297,59 +317,64 @@ impl Groups {
                 (version, RefreshOutcome::Failed { error: e.to_string() }, Some(e))
             }
             Ok(computed) => {
-                let outcome = self
-                    .apply_refresh(&current, computed.entries, computed.warehouse_version)
-                    .await?;
-                (computed.warehouse_version, outcome, None)
+                let version = computed.warehouse_version;
+                (version, self.apply_refresh(&current, computed).await?, None)
             }
         };
         let record = RefreshRecord {
             at: now(),
-            trigger,
+            trigger: run.trigger,
             warehouse_version,
             group_version: current.version,
-            strategy,
+            strategy: run.strategy,
             outcome,
-            seconds: started.elapsed().as_secs_f64(),
+            compute_seconds: run.compute_seconds,
+            seconds: run.started.elapsed().as_secs_f64(),
         };
         let key = format!("{:020}", chrono::Utc::now().timestamp_micros());
         self.state.put(&refresh_log_kind(&current.id), &key, &record).await?;
         Ok((Some(record), error))
     }
 
-    /// Writes `entries` as `current`'s next version when they differ from
-    /// its members; otherwise only notes the warehouse version they were
-    /// computed on. The caller holds the writes lock.
-    async fn apply_refresh(
-        &self,
-        current: &StoredGroup,
-        entries: Vec<MemberEntry>,
-        warehouse_version: u64,
-    ) -> Result<RefreshOutcome, GroupError> {
-        let before: HashSet<MemberEntry> = current
-            .current_rows(&self.state)
-            .await?
-            .into_iter()
-            .map(|m| m.entry)
-            .collect();
+    /// Writes the `computed` membership as `current`'s next version when it
+    /// differs from its members (an incremental result replaces only the
+    /// members among its scope); otherwise only notes the warehouse version
+    /// it was computed on. The caller holds the writes lock. The rows are
+    /// read once, here.
+    async fn apply_refresh(&self, current: &StoredGroup, computed: Computed) -> Result<RefreshOutcome, GroupError> {
+        let rows = current.rows(&self.state).await?;
+        let before: HashSet<&MemberEntry> = rows.iter().filter(|m| m.is_current()).map(|m| &m.entry).collect();
+        let entries: Vec<MemberEntry> = match &computed.scope {
+            None => computed.entries,
+            Some(scope) => {
+                let mut kept: Vec<MemberEntry> = before
+                    .iter()
+                    .filter(|e| !scope.contains(&e.patient))
+                    .map(|e| (*e).clone())
+                    .collect();
+                kept.extend(computed.entries);
+                kept.sort_unstable_by(|a, b| a.patient.cmp(&b.patient));
+                kept
+            }
+        };
         let after: HashSet<&MemberEntry> = entries.iter().collect();
         let joined = after.iter().filter(|e| !before.contains(**e)).count();
-        let left = before.iter().filter(|e| !after.contains(e)).count();
+        let left = before.iter().filter(|e| !after.contains(**e)).count();
         if joined == 0 && left == 0 {
             let mut noted = current.clone();
-            noted.warehouse_version = warehouse_version;
+            noted.warehouse_version = computed.warehouse_version;
             self.state.put(GROUPS, &current.id, &noted).await?;
             return Ok(RefreshOutcome::Unchanged);
         }
+        let write = GroupWrite {
+            id: &current.id,
+            request: &current.request,
+            entries,
+            warehouse_version: computed.warehouse_version,
+            owner: current.owner.clone(),
+        };
         let written = self
-            .write_group(
-                &current.id,
-                &current.request,
-                entries,
-                warehouse_version,
-                current.owner.clone(),
-                &Progress::default(),
-            )
+            .write_over(Some(current.clone()), &rows, write, &Progress::default())
             .await?;
         Ok(RefreshOutcome::Changed {
             version: written.version,
