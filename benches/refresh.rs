@@ -7,8 +7,9 @@
 //! with `fhirlake gen` (`FHIRLAKE_BENCH_COPIES`, default 163: 100,245
 //! Patients, ~741k Conditions), generated and loaded under
 //! `target/bench-data/` when missing, never committed. Each delta picks 1 %
-//! of the patients (seeded), flips their gender and recodes one Condition
-//! each: a delta clustered on patients, as monthly feeds are.
+//! of the patients (seeded by the warehouse version, so reruns pick
+//! others), flips their gender and recodes one Condition each: a delta
+//! clustered on patients, as monthly feeds are.
 //!
 //! Run: `cargo bench --bench refresh`. Prints Markdown, writes
 //! `target/bench-refresh.json`.
@@ -252,7 +253,9 @@ fn main() {
     }
     let mut lines = read_lines(&scaled);
     let ids: Vec<String> = lines.patients.keys().cloned().collect();
-    let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+    // Seeded by the warehouse version: a rerun (over the deltas of the
+    // runs before) picks other patients, whose lines are still current.
+    let mut seed = 0x9E37_79B9_7F4A_7C15_u64 ^ latest_version(&warehouse).wrapping_mul(0x1000_0000_01B3);
     let mut pick = |n: usize, taken: &mut HashSet<String>| -> Vec<String> {
         let mut chosen = Vec::new();
         while chosen.len() < n {

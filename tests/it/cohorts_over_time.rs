@@ -765,3 +765,68 @@ async fn history_older_than_the_retention_is_dropped_at_compaction() {
     );
     server.stop();
 }
+
+/// A refresh that cannot read the warehouse (an index file of the new
+/// version damaged while no server ran) is logged as failed and keeps the
+/// last membership; once the file is whole again, the next load's refresh
+/// applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_refresh_keeps_the_last_membership() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = Warehouse::open(&dir.path().display().to_string()).expect("warehouse");
+    load_into(&warehouse, &[&sample_data()], false).await;
+    let server = Server::start(dir.path(), &[]);
+    let group = create(&server, &women("refreshed"));
+    let id = group["id"].as_str().expect("id").to_string();
+    let quantity = group["quantity"].clone();
+    server.stop();
+    cli_load(
+        dir.path(),
+        dir.path(),
+        "delta-1",
+        "Patient.ndjson",
+        &[json!({"resourceType": "Patient", "id": "another-woman", "gender": "female"})],
+    );
+    // Damage the Patient token index of the new version (kept aside).
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("_manifest/v00000000000000000002.json")).expect("manifest"),
+    )
+    .expect("JSON");
+    let damaged: Vec<std::path::PathBuf> = manifest["tables"]
+        .as_object()
+        .expect("tables")
+        .iter()
+        .filter(|(name, _)| name.starts_with("index/token/Patient"))
+        .flat_map(|(_, table)| table["files"].as_array().cloned().unwrap_or_default())
+        .filter_map(|f| f["path"].as_str().map(|p| dir.path().join(p)))
+        .collect();
+    assert!(!damaged.is_empty(), "{manifest}");
+    for file in &damaged {
+        std::fs::copy(file, file.with_extension("whole")).expect("keep");
+        std::fs::write(file, b"not parquet").expect("damage");
+    }
+    let server = Server::start(dir.path(), &[]);
+    let record = wait_for_refresh(dir.path(), &id, 2).await;
+    assert_eq!(record["outcome"], "failed", "{record}");
+    assert!(record["error"].as_str().is_some_and(|e| !e.is_empty()), "{record}");
+    let after = read(&server, &id);
+    assert_eq!(after["meta"]["versionId"], "1", "the last membership stays");
+    assert_eq!(after["quantity"], quantity);
+    server.stop();
+    for file in &damaged {
+        std::fs::rename(file.with_extension("whole"), file).expect("restore");
+    }
+    let server = Server::start(dir.path(), &[]);
+    cli_load(
+        dir.path(),
+        dir.path(),
+        "delta-2",
+        "Patient.ndjson",
+        &[json!({"resourceType": "Patient", "id": "a-third-woman", "gender": "female"})],
+    );
+    let record = wait_for_refresh(dir.path(), &id, 3).await;
+    assert_eq!(record["outcome"], "changed", "{record}");
+    let both = quantity.as_u64().expect("quantity") + 2;
+    assert_eq!(read(&server, &id)["quantity"], both, "both new women are members");
+    server.stop();
+}
