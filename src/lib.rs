@@ -13,6 +13,7 @@
 //!   (SQL-on-FHIR view tables), [`cohort`] (searches → DataFusion plans),
 //!   [`group`] (Groups and their membership), [`jobs`] (the async job
 //!   model), [`export`] (`$export`), [`query`] (SQL and result output),
+//!   [`analyst`] (the SQL session: catalog, Group tables, `cohort()`),
 //!   [`state`] (durable server state), [`service`] (the engine behind a
 //!   front), [`generate`] (scaled-up test data), [`allocator`] (mimalloc
 //!   for the binary), and [`error`] (error kinds every front maps once)

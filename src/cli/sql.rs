@@ -2,12 +2,10 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
-use fhirlake::group::history::{HISTORY_TABLE, HistoryTable};
-use fhirlake::query::{OutputFormat, open_session, run_statements, write_batches};
-use fhirlake::state::StateStore;
+use fhirlake::analyst::open_analyst_session;
+use fhirlake::query::{OutputFormat, run_statements, write_batches};
 use fhirlake::warehouse::Warehouse;
 
 use super::output::{open_output, output_format};
@@ -39,10 +37,7 @@ impl Args {
             }
         };
         let warehouse = Warehouse::open(warehouse)?;
-        let ctx = open_session(&warehouse).await?;
-        // Groups created through the server: their membership history.
-        let state = StateStore::new(warehouse.root().clone());
-        ctx.register_table(HISTORY_TABLE, Arc::new(HistoryTable::new(state)))?;
+        let ctx = open_analyst_session(&warehouse).await?;
         let results = run_statements(&ctx, &sql).await?;
         let (mut sink, target) = open_output(self.format, self.output.as_deref())?;
         for result in &results {

@@ -231,6 +231,27 @@ async fn membership_modes_follow_loads_and_keep_history() {
     let rows: Vec<&str> = text.lines().skip(1).collect();
     assert_eq!(rows, expected, "{text}");
 
+    // Every Group's members now, in SQL: the refreshed Group's count.
+    let sql = format!("SELECT count(*) FROM group_members WHERE group_id = '{refreshed_id}' AND source = 'server'");
+    let out = fhirlake(&[
+        "--warehouse",
+        &dir.path().display().to_string(),
+        "sql",
+        "--format",
+        "csv",
+        &sql,
+    ]);
+    let count = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        count,
+        v3["quantity"].to_string(),
+        "group_members of the refreshed Group"
+    );
+
     // The snapshot Group was never refreshed.
     let log = fhirlake(&[
         "--warehouse",

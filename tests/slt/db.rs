@@ -9,9 +9,9 @@ use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::SessionContext;
+use fhirlake::analyst::open_analyst_session;
 use fhirlake::cohort::CohortEngine;
 use fhirlake::group::cohort_plan;
-use fhirlake::query::open_session;
 use fhirlake::warehouse::Warehouse;
 use regex::Regex;
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
@@ -71,7 +71,7 @@ pub struct FhirlakeDb {
 impl FhirlakeDb {
     /// A connection to `warehouse`.
     pub async fn open(warehouse: Warehouse, normalize: Normalize) -> Result<Self, SltError> {
-        let ctx = open_session(&warehouse).await.map_err(error)?;
+        let ctx = open_analyst_session(&warehouse).await.map_err(error)?;
         Ok(Self {
             warehouse,
             ctx,

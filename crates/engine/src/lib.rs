@@ -15,6 +15,8 @@
 //! - [`jobs`]: the async job model
 //! - [`export`]: Bulk Data `$export`
 //! - [`query`]: SQL over the warehouse and writing results
+//! - [`analyst`]: the SQL session analysts get (the catalog, Group tables,
+//!   `cohort()`)
 //! - [`state`]: durable server state beside the warehouse
 //! - [`service`]: the engine as one long-lived value behind a front
 //! - [`generate`]: scaled-up benchmark data from a real dataset
@@ -24,6 +26,7 @@
 //! ([`json`], [`fhir`], [`fhirpath`], [`search`], [`error`]).
 
 pub mod allocator;
+pub mod analyst;
 pub mod cohort;
 pub mod export;
 pub mod generate;

@@ -9,6 +9,7 @@
 
 pub mod compile;
 pub mod predicate;
+pub mod sql_function;
 
 use std::sync::Arc;
 use std::time::Instant;

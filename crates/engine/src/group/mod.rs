@@ -13,6 +13,7 @@ pub mod cohort;
 pub mod history;
 pub mod identify;
 pub mod manage;
+pub mod members_table;
 pub mod membership;
 pub mod mode;
 pub mod refresh;
