@@ -18,44 +18,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use common::{Server, bytes_under, fhirlake};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn fhirlake() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_fhirlake"))
-}
-
-fn start(warehouse: &Path) -> Server {
-    let mut child = fhirlake()
-        .args(["--warehouse", warehouse.to_str().unwrap_or_default(), "serve"])
-        .args(["--addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address line");
-    let base = line.trim().trim_start_matches("fhirlake listening on ").to_string();
-    Server { child, base }
-}
 
 /// One request with curl; (status, body, seconds).
 fn curl(method: &str, url: &str, body: Option<&Path>, headers: &[&str]) -> (u16, String, f64) {
@@ -84,22 +53,6 @@ fn create_group(server: &Server, group: &Value, work: &Path) -> String {
     assert_eq!(status, 201, "{body}");
     let created: Value = serde_json::from_str(&body).expect("Group");
     created["id"].as_str().expect("id").to_string()
-}
-
-/// Bytes of the files under `dir` (recursively).
-fn bytes_under(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .filter_map(Result::ok)
-        .map(|e| {
-            let path = e.path();
-            if path.is_dir() {
-                bytes_under(&path)
-            } else {
-                e.metadata().map(|m| m.len()).unwrap_or(0)
-            }
-        })
-        .sum()
 }
 
 /// `$member-add` of `ids` to a new empty Group: (Group id, seconds, bytes written).
@@ -221,7 +174,7 @@ fn main() {
             .map(str::to_string)
             .collect()
     };
-    let server = start(&warehouse);
+    let server = common::start_server(&warehouse, &[]);
     let mut report = Vec::new();
     println!("| change | members | seconds | bytes written |\n|---|---:|---:|---:|");
     let mut largest = String::new();

@@ -16,49 +16,18 @@
 
 mod common;
 
+use common::{Server, bytes_under, fhirlake};
+
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 const CODE: &str = "444814009";
 const MOVED_TO: &str = "38341003";
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn fhirlake() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_fhirlake"))
-}
-
-fn start(warehouse: &Path, extra: &[&str]) -> Server {
-    let mut child = fhirlake()
-        .args(["--warehouse", warehouse.to_str().unwrap_or_default(), "serve"])
-        .args(["--addr", "127.0.0.1:0", "--membership-mode", "refreshed"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address line");
-    let base = line.trim().trim_start_matches("fhirlake listening on ").to_string();
-    Server { child, base }
-}
 
 fn create_group(server: &Server, name: &str, filter: &str, work: &Path) -> String {
     let group = json!({"resourceType": "Group", "name": name, "type": "person", "actual": true,
@@ -74,22 +43,6 @@ fn create_group(server: &Server, name: &str, filter: &str, work: &Path) -> Strin
         .expect("curl");
     let created: Value = serde_json::from_slice(&out.stdout).expect("Group");
     created["id"].as_str().expect("id").to_string()
-}
-
-/// Bytes of the files under `dir` (recursively).
-fn bytes_under(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .filter_map(Result::ok)
-        .map(|e| {
-            let path = e.path();
-            if path.is_dir() {
-                bytes_under(&path)
-            } else {
-                e.metadata().map(|m| m.len()).unwrap_or(0)
-            }
-        })
-        .sum()
 }
 
 /// The Patient and Condition lines of the scaled set, by patient.
@@ -279,7 +232,9 @@ fn main() {
         let extra: Vec<&str> = limit
             .map(|l| vec!["--refresh-incremental-limit", l])
             .unwrap_or_default();
-        let server = start(&warehouse, &extra);
+        let mut flags = vec!["--membership-mode", "refreshed"];
+        flags.extend(&extra);
+        let server = common::start_server(&warehouse, &flags);
         let groups: Vec<(&str, String)> = [
             ("Patient?gender=female", "women"),
             ("Condition?code=http://snomed.info/sct|444814009", "coded"),

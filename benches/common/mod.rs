@@ -186,3 +186,57 @@ pub fn cohort_in_process(url: &str, filters: &[&str], runs: usize) -> (usize, f6
         (patients, first, times[times.len() / 2])
     })
 }
+
+/// The `fhirlake` binary of this build.
+pub fn fhirlake() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fhirlake"))
+}
+
+/// A `fhirlake serve` on a loopback port, stopped when dropped.
+pub struct Server {
+    child: std::process::Child,
+    /// Its base URL.
+    pub base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `fhirlake serve` over `warehouse` with `extra` flags.
+pub fn start_server(warehouse: &std::path::Path, extra: &[&str]) -> Server {
+    use std::io::BufRead;
+    let mut child = fhirlake()
+        .args(["--warehouse", warehouse.to_str().unwrap_or_default(), "serve"])
+        .args(["--addr", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("address line");
+    let base = line.trim().trim_start_matches("fhirlake listening on ").to_string();
+    Server { child, base }
+}
+
+/// Bytes of the files under `dir` (recursively).
+pub fn bytes_under(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                bytes_under(&path)
+            } else {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            }
+        })
+        .sum()
+}

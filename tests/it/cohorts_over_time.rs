@@ -9,7 +9,7 @@ use std::path::Path;
 use fhirlake::warehouse::Warehouse;
 use serde_json::{Value, json};
 
-use crate::common::{cohort_group, fhirlake, load_into, sample_data};
+use crate::common::{cohort_group, fhirlake, load_into, sample_data, sql_csv_rows};
 use crate::http_client::{Server, http};
 use crate::server::wait_for_refresh;
 
@@ -216,39 +216,16 @@ async fn membership_modes_follow_loads_and_keep_history() {
          FROM group_membership WHERE group_id = '{refreshed_id}' AND (patient_id = 'new-woman' OR patient_id = '{gone}') \
          ORDER BY patient_id"
     );
-    let out = fhirlake(&[
-        "--warehouse",
-        &dir.path().display().to_string(),
-        "sql",
-        "--format",
-        "csv",
-        &sql,
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let rows = sql_csv_rows(dir.path(), &sql);
     let mut expected = vec![format!("{gone},1,3,true"), "new-woman,2,,true".to_string()];
     expected.sort();
-    let rows: Vec<&str> = text.lines().skip(1).collect();
-    assert_eq!(rows, expected, "{text}");
+    assert_eq!(rows, expected);
 
     // Every Group's members now, in SQL: the refreshed Group's count.
     let sql = format!("SELECT count(*) FROM group_members WHERE group_id = '{refreshed_id}' AND source = 'server'");
-    let out = fhirlake(&[
-        "--warehouse",
-        &dir.path().display().to_string(),
-        "sql",
-        "--format",
-        "csv",
-        &sql,
-    ]);
-    let count = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
     assert_eq!(
-        count,
-        v3["quantity"].to_string(),
+        sql_csv_rows(dir.path(), &sql),
+        [v3["quantity"].to_string()],
         "group_members of the refreshed Group"
     );
 
@@ -543,7 +520,8 @@ fn member_ids(server: &Server, id: &str) -> std::collections::BTreeSet<String> {
 /// Randomised delta loads over synthea-100: after each, every refreshed
 /// Group equals a full recompute (a fresh Group) and the test's own model;
 /// Groups whose filters stay in the compartment refresh incrementally over
-/// exactly the touched patients, the chained one fully; the history's joins
+/// exactly the touched patients, the chained one and one based on another
+/// refreshed Group fully (after its base); the history's joins
 /// and leaves are the differences of consecutive memberships; the snapshot
 /// Group never changes; the on-demand Group's export is computed at its
 /// kick-off.
@@ -600,6 +578,11 @@ async fn refreshes_after_random_deltas_equal_full_recomputes() {
         .as_str()
         .expect("id")
         .to_string();
+    // A Group whose base population is the refreshed women Group: refreshed
+    // after it, fully.
+    let mut based_group = cohort_group("coded, of the women Group", &coded);
+    based_group["member"] = json!([{"entity": {"reference": format!("Group/{}", ids[0])}}]);
+    let based = create(&server, &based_group)["id"].as_str().expect("id").to_string();
     let mut women_before = member_ids(&server, &ids[0]);
     assert_eq!(women_before, model.women());
     let mut women_updated = read(&server, &ids[0])["meta"]["lastUpdated"]
@@ -645,6 +628,15 @@ async fn refreshes_after_random_deltas_equal_full_recomputes() {
                 "{name} after round {round} (seed {seed})"
             );
         }
+        let record = wait_for_refresh(dir.path(), &based, version).await;
+        assert_eq!(record["strategy"], "full", "{record}");
+        let expected: std::collections::BTreeSet<String> =
+            model.women().intersection(&model.coded()).cloned().collect();
+        assert_eq!(
+            member_ids(&server, &based),
+            expected,
+            "the based Group after round {round} (seed {seed})"
+        );
         let women_now = member_ids(&server, &ids[0]);
         assert_eq!(women_now, model.women(), "round {round} (seed {seed})");
         assert_eq!(
@@ -716,8 +708,9 @@ fn change_member(server: &Server, id: &str, operation: &str, patient: &str) {
 }
 
 /// History older than `--group-history-retention` is dropped when the
-/// membership is next compacted: rows of members who left before the
-/// cutoff go, and questions about instants before it are refused.
+/// membership is next compacted, once no kept version needs it: rows of
+/// members who left before the cutoff go, and questions about instants
+/// before it are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_older_than_the_retention_is_dropped_at_compaction() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -740,25 +733,27 @@ async fn history_older_than_the_retention_is_dropped_at_compaction() {
     let early = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let rows_of = |patient: &str| {
         let sql = format!("SELECT count(*) FROM group_membership WHERE group_id = '{id}' AND patient_id = '{patient}'");
-        let out = fhirlake(&[
-            "--warehouse",
-            &dir.path().display().to_string(),
-            "sql",
-            "--format",
-            "csv",
-            &sql,
-        ]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .nth(1)
-            .unwrap_or_default()
-            .to_string()
+        sql_csv_rows(dir.path(), &sql).concat()
     };
     assert_eq!(rows_of(a), "1", "the left member's row is history");
     let (status, _) = members(&server, &id, &format!("&_since={}", url_encode(&early)));
     assert_eq!(status, 200);
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // The superseded versions expire (the expiry loop, every 2 s here):
+    // rows only they needed may then go.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let history = http("GET", &format!("{}/Group/{id}/_history", server.base), &[], None).json();
+        if history["total"].as_u64().is_some_and(|t| t <= 1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "old versions not purged: {}",
+            history["total"]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
     // Enough changes for a compaction (every 16 delta segments).
     for i in 0..18 {
         let operation = if i % 2 == 0 { "member-add" } else { "member-remove" };

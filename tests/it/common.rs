@@ -99,6 +99,25 @@ pub fn fhirlake(args: &[&str]) -> Output {
         .expect("run fhirlake")
 }
 
+/// The rows (CSV lines, header dropped) of `sql` run by `fhirlake sql`
+/// over the warehouse at `warehouse`; the command must succeed.
+pub fn sql_csv_rows(warehouse: &Path, sql: &str) -> Vec<String> {
+    let out = fhirlake(&[
+        "--warehouse",
+        &warehouse.display().to_string(),
+        "sql",
+        "--format",
+        "csv",
+        sql,
+    ]);
+    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect()
+}
+
 /// Per-type line counts from a dataset's `dataset-stats.json`.
 pub fn expected_counts(dataset: &Path) -> Vec<(String, i64)> {
     let stats: serde_json::Value =

@@ -456,19 +456,11 @@ async fn loaded_groups_are_bases_and_cohorts_refresh_after_loads() {
     assert_eq!(plan["member"].as_array().map(Vec::len), Some(3));
     let response = http("DELETE", &format!("{}/Group/plan", server.base), &[], None);
     assert_eq!(response.status, 405);
-    let out = crate::common::fhirlake(&[
-        "--warehouse",
-        &dir.path().display().to_string(),
-        "sql",
-        "--format",
-        "csv",
-        "SELECT count(*) FROM group_members WHERE group_id = 'plan' AND source = 'data'",
-    ]);
+    let sql = "SELECT count(*) FROM group_members WHERE group_id = 'plan' AND source = 'data'";
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).lines().nth(1),
-        Some("3"),
-        "the loaded Group's members in SQL: {}",
-        String::from_utf8_lossy(&out.stderr)
+        crate::common::sql_csv_rows(dir.path(), sql),
+        ["3"],
+        "the loaded Group's members in SQL"
     );
     let mut based = cohort_group("plan women", &["Patient?gender=female"]);
     based["member"] = json!([{"entity": {"reference": "Group/plan"}}]);

@@ -11,22 +11,33 @@ use datafusion::prelude::SessionContext;
 
 use crate::cohort::CohortEngine;
 use crate::cohort::sql_function::{COHORT_FUNCTION, CohortFunction};
-use crate::group::history::{HISTORY_TABLE, HistoryTable};
-use crate::group::members_table::{MEMBERS_TABLE, MembersTable};
-use crate::query::{QueryError, open_session};
+use crate::group::history::{HISTORY_TABLE, history_table};
+use crate::group::members_table::{MEMBERS_TABLE, members_table};
+use crate::query::QueryError;
 use crate::state::StateStore;
 use crate::warehouse::Warehouse;
+use crate::warehouse::catalog::session_for;
 
 /// A session over `warehouse`'s current snapshot with the Group tables and
-/// `cohort()` (which needs a loaded warehouse: on an empty one it is
-/// absent and says so by not resolving).
+/// `cohort()` (on an empty warehouse, which has nothing to plan over, the
+/// function is absent).
 pub async fn open_analyst_session(warehouse: &Warehouse) -> Result<SessionContext, QueryError> {
-    let ctx = open_session(warehouse).await?;
+    let (ctx, snapshot) = session_for(warehouse).await?;
     let state = StateStore::new(warehouse.root().clone());
-    ctx.register_table(HISTORY_TABLE, Arc::new(HistoryTable::new(state)))?;
-    ctx.register_table(MEMBERS_TABLE, Arc::new(MembersTable::new(warehouse.clone())))?;
-    if let Ok(engine) = CohortEngine::open(warehouse).await {
-        ctx.register_udtf(COHORT_FUNCTION, Arc::new(CohortFunction::new(Arc::new(engine))));
+    ctx.register_table(HISTORY_TABLE, Arc::new(history_table(state)))?;
+    ctx.register_table(MEMBERS_TABLE, Arc::new(members_table(warehouse.clone())))?;
+    // `cohort()` plans over the snapshot the session's tables read.
+    if snapshot.is_none() {
+        tracing::warn!(
+            "warehouse {} holds no data yet: run `fhirlake load` first",
+            warehouse.root().url()
+        );
+    }
+    if let Some(snapshot) = snapshot {
+        match CohortEngine::for_snapshot(warehouse, snapshot).await {
+            Ok(engine) => ctx.register_udtf(COHORT_FUNCTION, Arc::new(CohortFunction::new(Arc::new(engine)))),
+            Err(e) => tracing::warn!(error = %e, "cohort() is not available in this session"),
+        }
     }
     Ok(ctx)
 }

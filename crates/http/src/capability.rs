@@ -137,8 +137,27 @@ pub async fn members_definition(State(state): State<SharedState>) -> Response {
     fhir_json(StatusCode::OK, &definition)
 }
 
-/// `GET /metadata`.
-pub async fn metadata(State(state): State<SharedState>) -> Response {
+/// Adds an entry for every loaded resource type `resources` lacks: a
+/// system export returns those too.
+async fn add_loaded_types(state: &super::AppState, resources: &mut Vec<Value>) {
+    if let Ok(Some(snapshot)) = state.service.warehouse.current().await {
+        let loaded = snapshot.tables.iter().filter(|(_, e)| e.kind == TableKind::Resource);
+        for (resource_type, _) in loaded {
+            if !resources.iter().any(|r| r["type"] == resource_type.as_str()) {
+                let documentation = if CONTEXT_TYPES.contains(&resource_type.as_str()) {
+                    "Loaded data in no Patient compartment: returned by system-level $export, and by Patient- and Group-level $export when an exported resource references it."
+                } else {
+                    "Loaded data in no Patient compartment: returned by system-level $export."
+                };
+                resources.push(json!({"type": resource_type, "documentation": documentation}));
+            }
+        }
+    }
+}
+
+/// The CapabilityStatement's account of when Group membership is computed
+/// and whether changes wait for an operator: (refresh, approval).
+fn group_policies(state: &super::AppState) -> (String, &'static str) {
     let approval = match state.service.options.group_approval {
         fhirlake_engine::jobs::approval::ApprovalMode::Manual => {
             "Every Group change (create, update, PATCH, $member-add, $member-remove) waits for an operator's approval: \
@@ -168,13 +187,19 @@ pub async fn metadata(State(state): State<SharedState>) -> Response {
          own compartment, else every patient. A deleted Patient leaves every criteria Group. Membership history \
          ($members?_since, $members?_at) is kept for {history} s (--group-history-retention). Member-based Groups are never recomputed.",
         default = options.default_membership.code(),
-        history = options.group_history_retention.as_secs(),
+        history = state.service.groups.history_retention.as_secs(),
     );
+    (refresh, approval)
+}
+
+/// `GET /metadata`.
+pub async fn metadata(State(state): State<SharedState>) -> Response {
+    let (refresh, approval) = group_policies(&state);
     let mut resources = vec![json!({
         "type": "Group",
         "profile": "http://hl7.org/fhir/StructureDefinition/Group",
         "supportedProfile": [COHORT_PROFILE],
-        "documentation": format!("Bulk Cohort API: POST a bulk-cohort-group Group with Prefer: respond-async (or synchronously) and poll the Content-Location URL. member-filter expressions use {FHIR_QUERY} with the search parameters listed for each resource type below; several member-filters are ANDed; member entries (Patients, Groups) set the base population; member-filters on types in no Patient compartment are refused. A Group without member-filter (and without the bulk-cohort-group profile) is member-based: its member entries are its members (existing Patients only, checked before the 202: unknown ones are a 400 naming them, or with Prefer: handling=lenient are left out and listed as warnings in the batch-response entry's outcome, or in the body with Prefer: return=OperationOutcome), kept with their period and inactive, replaced by PUT, changed by PATCH (JSON Patch as application/json-patch+json; FHIRPath Patch as a Parameters, with paths of the form Type.element, [n], .where(a.b = 'value'), .first(), .last()) or by $member-add and $member-remove, never recomputed; a read lists the first 1000 member entries (meta.tag SUBSETTED when there are more; quantity counts the members that count now). PUT and DELETE honour If-Match (W/\"version\"; stale: 412); deleting a Group another Group uses as its base population is a 409. Every version stays readable (_history/[v], listed by _history) for --group-history-retention after it is superseded, and while an unexpired export names it; a Group export runs against the version current at kick-off (named in the manifest's extension). {refresh} {approval} GET /Group/[id]/$members pages through the members (Patient resources). Groups in the loaded data are read-only; a roster member counts only while not inactive and within its period (at an export's transactionTime)."),
+        "documentation": format!("Bulk Cohort API: POST a bulk-cohort-group Group with Prefer: respond-async (or synchronously) and poll the Content-Location URL. member-filter expressions use {FHIR_QUERY} with the search parameters listed for each resource type below; several member-filters are ANDed; member entries (Patients, Groups) set the base population; member-filters on types in no Patient compartment are refused. A Group without member-filter (and without the bulk-cohort-group profile) is member-based: its member entries are its members (existing Patients only, checked before the 202: unknown ones are a 400 naming them, or with Prefer: handling=lenient are left out, listed as warnings in the batch-response entry's outcome (async) or, synchronously, in the body with Prefer: return=OperationOutcome), kept with their period and inactive, replaced by PUT, changed by PATCH (JSON Patch as application/json-patch+json; FHIRPath Patch as a Parameters, with paths of the form Type.element, [n], .where(a.b = 'value'), .first(), .last()) or by $member-add and $member-remove, never recomputed; a read lists the first 1000 member entries (meta.tag SUBSETTED when there are more; quantity counts the members that count now). PUT and DELETE honour If-Match (W/\"version\"; stale: 412); deleting a Group another Group uses as its base population is a 409. Every version stays readable (_history/[v], listed by _history) for --group-history-retention after it is superseded, and while an unexpired export names it; a Group export runs against the version current at kick-off (named in the manifest's extension). {refresh} {approval} GET /Group/[id]/$members pages through the members (Patient resources). Groups in the loaded data are read-only; a roster member counts only while not inactive and within its period (at an export's transactionTime)."),
         "operation": group_operations(&state.base_url, state.read_only_groups),
         "interaction": if state.read_only_groups {
             json!([{"code": "read"}, {"code": "vread"}, {"code": "history-instance"}, {"code": "search-type"}])
@@ -237,20 +262,7 @@ pub async fn metadata(State(state): State<SharedState>) -> Response {
             resources.push(entry);
         }
     }
-    // Every other loaded type is still returned by a system export.
-    if let Ok(Some(snapshot)) = state.service.warehouse.current().await {
-        let loaded = snapshot.tables.iter().filter(|(_, e)| e.kind == TableKind::Resource);
-        for (resource_type, _) in loaded {
-            if !resources.iter().any(|r| r["type"] == resource_type.as_str()) {
-                let documentation = if CONTEXT_TYPES.contains(&resource_type.as_str()) {
-                    "Loaded data in no Patient compartment: returned by system-level $export, and by Patient- and Group-level $export when an exported resource references it."
-                } else {
-                    "Loaded data in no Patient compartment: returned by system-level $export."
-                };
-                resources.push(json!({"type": resource_type, "documentation": documentation}));
-            }
-        }
-    }
+    add_loaded_types(&state, &mut resources).await;
     let statement = json!({
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -170,8 +170,9 @@ pub async fn create(
 /// Writes Group `id` from `request` as a create or update: a job (after
 /// what can be checked is, before the 202) with `Prefer: respond-async`,
 /// else at once (checked as it computes). With `Prefer: handling=lenient`
-/// a member-based Group's unknown Patients are left out and listed (in the
-/// batch-response's outcome, or the `return=OperationOutcome` body).
+/// a member-based Group's unknown Patients are left out, and listed in the
+/// batch-response's outcome (async) or the body when the client asks for
+/// `return=OperationOutcome` (sync; the default body is the Group).
 async fn write(
     state: &AppState,
     headers: &HeaderMap,

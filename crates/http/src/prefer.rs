@@ -46,12 +46,17 @@ impl Prefer {
     /// 7240 asks).
     pub fn of(headers: &HeaderMap) -> Self {
         let mut prefer = Self::default();
+        // `token[=value]` with optional `; parameter`s and a quoted value
+        // (`handling="lenient"`, `respond-async; wait=10`).
         let tokens = headers
             .get_all("prefer")
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .map(|p| p.trim().to_ascii_lowercase().replace(' ', ""));
+            .map(|p| {
+                let preference = p.split(';').next().unwrap_or_default();
+                preference.to_ascii_lowercase().replace([' ', '\t', '"'], "")
+            });
         for token in tokens {
             match token.as_str() {
                 "respond-async" => prefer.respond_async = true,
@@ -87,7 +92,7 @@ mod tests {
     fn reads_tokens_across_headers() {
         let mut headers = HeaderMap::new();
         headers.append("prefer", HeaderValue::from_static("respond-async, handling=lenient"));
-        headers.append("prefer", HeaderValue::from_static("return=OperationOutcome"));
+        headers.append("prefer", HeaderValue::from_static("return=\"OperationOutcome\"; x=1"));
         let prefer = Prefer::of(&headers);
         assert!(prefer.respond_async);
         assert!(prefer.lenient());

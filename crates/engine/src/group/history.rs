@@ -11,14 +11,10 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{RecordBatch, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::catalog::{MemTable, Session, TableProvider};
-use datafusion::datasource::TableType;
-use datafusion::error::DataFusionError;
-use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::Expr;
 
 use serde::{Deserialize, Serialize};
 
+use super::live_table::{LiveTable, RowSource};
 use super::manage::Groups;
 use super::membership::{membership_batch, membership_schema};
 use super::store::{GROUPS, StoredGroup};
@@ -209,55 +205,21 @@ pub async fn history_batches(state: &StateStore) -> Result<Vec<RecordBatch>, Gro
     Ok(batches)
 }
 
-/// The membership history as a SQL table ([`HISTORY_TABLE`]): read from
-/// the state store when a query scans it, so each query sees the Groups
-/// as they are then.
-pub struct HistoryTable {
-    state: StateStore,
-}
-
-impl std::fmt::Debug for HistoryTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HistoryTable")
-    }
-}
-
-impl HistoryTable {
-    /// The table over the Groups stored in `state`.
-    pub fn new(state: StateStore) -> Self {
-        Self { state }
-    }
-}
-
-#[async_trait::async_trait]
-impl TableProvider for HistoryTable {
-    fn schema(&self) -> SchemaRef {
-        history_schema()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
-        &self,
-        session: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let batches = history_batches(&self.state)
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        MemTable::try_new(history_schema(), vec![batches])?
-            .scan(session, projection, filters, limit)
-            .await
-    }
+/// The membership history as a SQL table ([`HISTORY_TABLE`]), read from
+/// `state` at each scan.
+pub fn history_table(state: StateStore) -> LiveTable {
+    let rows: RowSource = Arc::new(move || {
+        let state = state.clone();
+        Box::pin(async move { history_batches(&state).await })
+    });
+    LiveTable::new(HISTORY_TABLE, history_schema(), rows)
 }
 
 /// The members of `stored` at its version `version` (entries counting at
 /// `at`, µs) who were not members at `since` (µs): those who joined after
-/// it. Every member, when the Group's history starts after `since`.
+/// it. Every member when the Group was created after `since`; refused when
+/// its history no longer reaches back to `since` (pruned, or written
+/// before history was kept).
 pub async fn joined_since(
     state: &StateStore,
     stored: &StoredGroup,
@@ -274,7 +236,11 @@ pub async fn joined_since(
     };
     let before = match stored.version_at(since) {
         Some(then) => members(then, since),
-        None => HashSet::new(),
+        None if stored.stamps.first().is_some_and(|first| first.version == 1) => HashSet::new(),
+        None => {
+            check_in_history(stored, since)?;
+            HashSet::new()
+        }
     };
     Ok(members(version, at)
         .into_iter()
@@ -286,8 +252,15 @@ pub async fn joined_since(
 /// Drops the history before `cutoff` (µs): the stamps of versions
 /// superseded by then (the one current at `cutoff` stays, so the history
 /// still answers for it), and the rows that left in a version written by
-/// then. Rows of versions without a stamp are kept.
-pub fn prune_history(rows: Vec<Member>, stamps: &mut Vec<VersionStamp>, cutoff: i64) -> Vec<Member> {
+/// then, unless a version still kept (`oldest_kept`: the oldest readable
+/// version record, which an unexpired export may pin) had them. Rows of
+/// versions without a stamp are kept.
+pub fn prune_history(
+    rows: Vec<Member>,
+    stamps: &mut Vec<VersionStamp>,
+    cutoff: i64,
+    oldest_kept: Option<u64>,
+) -> Vec<Member> {
     let written: BTreeMap<u64, i64> = stamps.iter().map(|s| (s.version, s.at)).collect();
     let current_at_cutoff = stamps.iter().filter(|s| s.at <= cutoff).map(|s| s.version).max();
     stamps.retain(|s| s.at > cutoff || Some(s.version) == current_at_cutoff);
@@ -295,6 +268,7 @@ pub fn prune_history(rows: Vec<Member>, stamps: &mut Vec<VersionStamp>, cutoff: 
         .filter(|row| {
             let left_by_then = row
                 .removed_in
+                .filter(|r| oldest_kept.is_none_or(|kept| *r <= kept))
                 .and_then(|r| written.get(&r))
                 .is_some_and(|at| *at <= cutoff);
             !left_by_then
@@ -365,7 +339,7 @@ mod tests {
         let v3 = next_membership(&v2, &[entry("c")], 3);
         let mut stamps = vec![stamp(1, 10), stamp(2, 20), stamp(3, 30)];
         // Cutoff 25: version 2 is current then; a (left in 2) goes, b (left in 3) stays.
-        let kept = prune_history(v3.clone(), &mut stamps, 25);
+        let kept = prune_history(v3.clone(), &mut stamps, 25, None);
         assert_eq!(stamps.iter().map(|s| s.version).collect::<Vec<_>>(), [2, 3]);
         let patients: Vec<&str> = kept.iter().map(|m| m.entry.patient.as_str()).collect();
         assert_eq!(patients, ["b", "c"]);

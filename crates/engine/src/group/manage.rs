@@ -179,7 +179,7 @@ impl Groups {
             at,
             warehouse_version,
         };
-        let (next, stamps) = self.next_history(previous.as_ref(), next, stamp);
+        let (next, stamps) = self.next_history(previous.as_ref(), next, stamp).await;
         let (segments, compacted_away) = self.write_rows(id, previous.as_ref(), &next, version, progress).await?;
         let previously_retired = previous.as_ref().map(|p| p.retired.clone()).unwrap_or_default();
         // A compaction retires the segments it replaced and deletes those
@@ -217,8 +217,8 @@ impl Groups {
     /// The rows and version stamps a new version keeps: `next`, and the
     /// previous stamps with `stamp`. When the new version compacts its
     /// segments (rewrites every row), history older than the retention is
-    /// dropped ([`prune_history`]).
-    fn next_history(
+    /// dropped ([`prune_history`]), except what a kept version needs.
+    async fn next_history(
         &self,
         previous: Option<&StoredGroup>,
         next: Vec<Member>,
@@ -227,11 +227,15 @@ impl Groups {
         let mut stamps = previous.map(|p| p.stamps.clone()).unwrap_or_default();
         let cutoff = stamp.at - i64::try_from(self.history_retention.as_micros()).unwrap_or(i64::MAX);
         stamps.push(stamp);
-        let compacts = previous.is_none_or(|p| p.segments.is_empty() || p.segments.len() >= MAX_SEGMENTS);
-        if !compacts {
+        let Some(previous) = previous.filter(|p| compacts(Some(p))) else {
             return (next, stamps);
-        }
-        let next = prune_history(next, &mut stamps, cutoff);
+        };
+        // Unknown which versions are kept: keep every row.
+        let Ok(kept) = self.state.list(&super::versions::versions_kind(&previous.id)).await else {
+            return (next, stamps);
+        };
+        let oldest_kept = kept.iter().filter_map(|v| v.parse::<u64>().ok()).min();
+        let next = prune_history(next, &mut stamps, cutoff, oldest_kept);
         (next, stamps)
     }
 
@@ -250,7 +254,7 @@ impl Groups {
         progress: &Progress,
     ) -> Result<(Vec<Segment>, Option<Vec<Segment>>), GroupError> {
         let kept = previous.map(|p| p.segments.clone()).unwrap_or_default();
-        if kept.is_empty() || kept.len() >= MAX_SEGMENTS {
+        if compacts(previous) {
             let written = write_segments(&self.state, id, version, next, &self.membership, progress).await?;
             return Ok((written, Some(kept)));
         }
@@ -507,6 +511,13 @@ impl Groups {
         }
         Ok(out)
     }
+}
+
+/// Whether the version after `previous` rewrites every membership row
+/// (a new Group, one written before segments, or one with
+/// [`MAX_SEGMENTS`] already) rather than adding a delta segment.
+fn compacts(previous: Option<&StoredGroup>) -> bool {
+    previous.is_none_or(|p| p.segments.is_empty() || p.segments.len() >= MAX_SEGMENTS)
 }
 
 /// `If-Match`: refused unless `expected` (when given) is `current`'s

@@ -8,13 +8,10 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::{MemTable, Session, TableProvider};
-use datafusion::datasource::TableType;
-use datafusion::error::DataFusionError;
-use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::{Expr, col};
+use datafusion::prelude::col;
 use serde_json::Value;
 
+use super::live_table::{LiveTable, RowSource};
 use super::store::{GROUPS, StoredGroup};
 use super::{GroupError, MemberEntry};
 use crate::fhir::parse_reference;
@@ -135,51 +132,17 @@ fn members_batch(rows: &[Row]) -> Result<RecordBatch, QueryError> {
     Ok(RecordBatch::try_new(members_schema(), columns)?)
 }
 
-/// The `group_members` table over the Groups of `warehouse` and its
-/// state store.
-pub struct MembersTable {
-    state: StateStore,
-    warehouse: Warehouse,
-}
-
-impl MembersTable {
-    /// The table over `warehouse` (its Groups stored under `_server/`).
-    pub fn new(warehouse: Warehouse) -> Self {
-        Self {
-            state: StateStore::new(warehouse.root().clone()),
-            warehouse,
-        }
-    }
-}
-
-impl std::fmt::Debug for MembersTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MembersTable")
-    }
-}
-
-#[async_trait::async_trait]
-impl TableProvider for MembersTable {
-    fn schema(&self) -> SchemaRef {
-        members_schema()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
-        &self,
-        session: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let external = |e: GroupError| DataFusionError::External(Box::new(e));
-        let rows = members_rows(&self.state, &self.warehouse).await.map_err(external)?;
-        let batch = members_batch(&rows).map_err(|e| external(e.into()))?;
-        MemTable::try_new(members_schema(), vec![vec![batch]])?
-            .scan(session, projection, filters, limit)
-            .await
-    }
+/// The `group_members` table over the Groups of `warehouse` (those
+/// stored under its `_server/` and those loaded with its data), read at
+/// each scan.
+pub fn members_table(warehouse: Warehouse) -> LiveTable {
+    let rows: RowSource = Arc::new(move || {
+        let warehouse = warehouse.clone();
+        Box::pin(async move {
+            let state = StateStore::new(warehouse.root().clone());
+            let rows = members_rows(&state, &warehouse).await?;
+            Ok(vec![members_batch(&rows)?])
+        })
+    });
+    LiveTable::new(MEMBERS_TABLE, members_schema(), rows)
 }

@@ -12,6 +12,7 @@ pub mod change;
 pub mod cohort;
 pub mod history;
 pub mod identify;
+pub mod live_table;
 pub mod manage;
 pub mod members_table;
 pub mod membership;

@@ -125,13 +125,26 @@ impl Groups {
     }
 
     /// Refreshes every *refreshed* Group computed on a warehouse version
-    /// older than `current`.
-    pub async fn refresh_stale_groups(&self, current: u64) {
+    /// older than `current`, and with `with_based` every one whose base
+    /// population is a Group (its base may have changed), bases before
+    /// the Groups using them.
+    pub async fn refresh_stale_groups(&self, current: u64, with_based: bool) {
+        let mut refreshed = Vec::new();
         for id in self.state.list(GROUPS).await.unwrap_or_default() {
+            if let Ok(Some(stored)) = self.state.get::<StoredGroup>(GROUPS, &id).await
+                && self.mode_of(&stored) == Some(MembershipMode::Refreshed)
+            {
+                refreshed.push(stored);
+            }
+        }
+        for id in bases_first(&refreshed) {
+            // Re-read: refreshing a base may not change this record, but a
+            // client's write meanwhile may have.
             let Ok(Some(stored)) = self.state.get::<StoredGroup>(GROUPS, &id).await else {
                 continue;
             };
-            if self.mode_of(&stored) != Some(MembershipMode::Refreshed) || stored.warehouse_version >= current {
+            let based = with_based && !stored.request.base_groups.is_empty();
+            if stored.warehouse_version >= current && !based {
                 continue;
             }
             match self.refresh_group(&stored, RefreshTrigger::Load).await {
@@ -143,8 +156,9 @@ impl Groups {
     }
 
     /// Refreshes stored Group `id` when it is *on-demand* (before a use
-    /// named by `trigger`); other Groups are left as they are. A failed
-    /// computation is logged and returned.
+    /// named by `trigger`) and something it depends on may have changed
+    /// (a load since its computation, or a base Group); other Groups are
+    /// left as they are. A failed computation is logged and returned.
     pub async fn refresh_if_on_demand(&self, id: &str, trigger: RefreshTrigger) -> Result<(), GroupError> {
         let Some(stored) = self.stored_group(id).await? else {
             return Ok(());
@@ -152,12 +166,17 @@ impl Groups {
         if self.mode_of(&stored) != Some(MembershipMode::OnDemand) {
             return Ok(());
         }
-        let (_, error) = self.run_refresh(&stored, trigger).await?;
+        let latest = self.warehouse.latest_version().await?.unwrap_or_default();
+        if stored.warehouse_version >= latest && stored.request.base_groups.is_empty() {
+            return Ok(());
+        }
+        let (_, error) = Box::pin(self.run_refresh(&stored, trigger, trigger != RefreshTrigger::Base)).await?;
         error.map_or(Ok(()), Err)
     }
 
     /// Refreshes the *on-demand* Groups `request` uses as its base
-    /// population (one level: their own bases are used as stored).
+    /// population (one level: a base's own on-demand bases are used as
+    /// stored, so a cycle of bases ends).
     pub async fn refresh_on_demand_bases(&self, request: &CohortRequest) -> Result<(), GroupError> {
         for base in &request.base_groups {
             self.refresh_if_on_demand(base, RefreshTrigger::Base).await?;
@@ -173,18 +192,29 @@ impl Groups {
         stored: &StoredGroup,
         trigger: RefreshTrigger,
     ) -> Result<Option<RefreshRecord>, GroupError> {
-        Ok(self.run_refresh(stored, trigger).await?.0)
+        Ok(self.run_refresh(stored, trigger, true).await?.0)
     }
 
     /// Computes, applies and logs a refresh of `stored`; returns the record
     /// (`None`: the Group changed or went away meanwhile) and the
     /// computation's error, if it failed.
+    /// With `with_bases`, its on-demand base Groups are refreshed first.
     async fn run_refresh(
         &self,
         stored: &StoredGroup,
         trigger: RefreshTrigger,
+        with_bases: bool,
     ) -> Result<(Option<RefreshRecord>, Option<GroupError>), GroupError> {
         let started = std::time::Instant::now();
+        if with_bases && let Err(e) = self.refresh_on_demand_bases(&stored.request).await {
+            let run = RefreshRun {
+                trigger,
+                strategy: full("its base population is a Group"),
+                started,
+                compute_seconds: 0.0,
+            };
+            return self.record_refresh(stored, run, Err(e)).await;
+        }
         let (strategy, computed) = self.compute_refresh(stored).await;
         let run = RefreshRun {
             trigger,
@@ -231,6 +261,18 @@ impl Groups {
         }
         let queries = CohortEngine::parse(&request.filters).map_err(|e| e.to_string())?;
         compartment_local(&queries)?;
+        // Members must be loaded Patients once there is a Patient table
+        // (`member_queries`): its arrival changes every patient's answer.
+        let had_patients = engine
+            .warehouse()
+            .snapshot(stored.warehouse_version)
+            .await
+            .map_err(|_| format!("warehouse version {} can no longer be read", stored.warehouse_version))?
+            .tables
+            .contains_key("Patient");
+        if had_patients != engine.snapshot().tables.contains_key("Patient") {
+            return Err("the Patient table appeared or went since it was computed".into());
+        }
         let mut touched = BTreeSet::new();
         for version in stored.warehouse_version + 1..=engine.version() {
             let snapshot = if version == engine.version() {
@@ -307,7 +349,12 @@ impl Groups {
         let Some(current) = self.state.get::<StoredGroup>(GROUPS, &stored.id).await? else {
             return Ok((None, computed.err()));
         };
-        if current.version != stored.version {
+        // A write meanwhile computed afresh; a refresh that finished first
+        // on a newer warehouse version is not undone by an older result.
+        let older = computed
+            .as_ref()
+            .is_ok_and(|c| c.warehouse_version < current.warehouse_version);
+        if current.version != stored.version || older {
             return Ok((None, computed.err()));
         }
         let (warehouse_version, outcome, error) = match computed {
@@ -331,8 +378,18 @@ impl Groups {
             compute_seconds: run.compute_seconds,
             seconds: run.started.elapsed().as_secs_f64(),
         };
-        let key = format!("{:020}", chrono::Utc::now().timestamp_micros());
-        self.state.put(&refresh_log_kind(&current.id), &key, &record).await?;
+        // A failure retried (the sweep) is logged once per warehouse version.
+        let repeated = match &record.outcome {
+            RefreshOutcome::Failed { .. } => read_refresh_log(&self.state, &current.id)
+                .await?
+                .last()
+                .is_some_and(|last| last.outcome == record.outcome && last.warehouse_version == warehouse_version),
+            _ => false,
+        };
+        if !repeated {
+            let key = format!("{:020}", chrono::Utc::now().timestamp_micros());
+            self.state.put(&refresh_log_kind(&current.id), &key, &record).await?;
+        }
         Ok((Some(record), error))
     }
 
@@ -429,6 +486,34 @@ pub async fn read_refresh_log(state: &StateStore, id: &str) -> Result<Vec<Refres
         }
     }
     Ok(records)
+}
+
+/// The ids of `groups` ordered so that a Group comes after the Groups of
+/// `groups` it uses as its base population (a cycle is broken where it is
+/// met).
+fn bases_first(groups: &[StoredGroup]) -> Vec<String> {
+    let by_id: std::collections::HashMap<&str, &StoredGroup> = groups.iter().map(|g| (g.id.as_str(), g)).collect();
+    let mut ordered = Vec::with_capacity(groups.len());
+    let mut placed: HashSet<&str> = HashSet::new();
+    fn visit<'a>(
+        id: &'a str,
+        by_id: &std::collections::HashMap<&'a str, &'a StoredGroup>,
+        placed: &mut HashSet<&'a str>,
+        ordered: &mut Vec<String>,
+    ) {
+        let Some(group) = by_id.get(id) else { return };
+        if !placed.insert(id) {
+            return;
+        }
+        for base in &group.request.base_groups {
+            visit(base, by_id, placed, ordered);
+        }
+        ordered.push(id.to_string());
+    }
+    for group in groups {
+        visit(&group.id, &by_id, &mut placed, &mut ordered);
+    }
+    ordered
 }
 
 /// Touched patients beyond which a refresh recomputes every patient (the

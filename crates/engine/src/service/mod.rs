@@ -24,6 +24,10 @@ use crate::warehouse::Warehouse;
 /// job, unless the service is given an export store.
 pub const EXPORT_FILES: &str = "_server/export-files";
 
+/// How often the version watch also looks for Groups left on an older
+/// warehouse version than the one it last refreshed for.
+const STALE_SWEEP: Duration = Duration::from_secs(30);
+
 /// How the service runs jobs.
 #[derive(Debug, Clone)]
 pub struct ServiceOptions {
@@ -171,21 +175,26 @@ impl Service {
     /// `version_poll`) and refreshes the *refreshed* Groups after each,
     /// no sooner than `refresh_spacing` after the previous refresh. The
     /// first look refreshes the Groups a load while no server ran left
-    /// stale.
+    /// stale; a sweep every [`STALE_SWEEP`] catches a Group a write
+    /// computed on a version older than one already seen.
     async fn version_watch(self: Arc<Self>) {
         let mut seen = 0;
         let mut last_refresh: Option<tokio::time::Instant> = None;
+        let mut last_sweep = tokio::time::Instant::now();
         loop {
             match self.warehouse.latest_version().await {
-                Ok(Some(latest)) if latest > seen => {
+                Ok(Some(latest)) => {
                     let spaced = last_refresh.is_none_or(|t| t.elapsed() >= self.options.refresh_spacing);
-                    if spaced {
-                        self.groups.refresh_stale_groups(latest).await;
+                    if latest > seen && spaced {
+                        self.groups.refresh_stale_groups(latest, true).await;
                         seen = latest;
                         last_refresh = Some(tokio::time::Instant::now());
+                    } else if last_sweep.elapsed() >= STALE_SWEEP && latest <= seen {
+                        self.groups.refresh_stale_groups(latest, false).await;
+                        last_sweep = tokio::time::Instant::now();
                     }
                 }
-                Ok(_) => {}
+                Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot list the warehouse versions"),
             }
             tokio::time::sleep(self.options.version_poll).await;

@@ -28,14 +28,14 @@ pub fn touched_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new("patient_id", DataType::Utf8, false)]))
 }
 
-/// The distinct values of the one-column query `sql`.
+/// The distinct values of the one-column query `sql` (any string type: a
+/// column of another type is an error, never an empty answer that would
+/// make a refresh skip patients).
 async fn distinct_strings(ctx: &SessionContext, sql: &str, out: &mut BTreeSet<String>) -> Result<(), WarehouseError> {
     for batch in ctx.sql(sql).await?.collect().await? {
-        let column = batch.column(0);
-        let Some(values) = column.as_string_opt::<i32>() else {
-            continue;
-        };
-        out.extend(values.iter().flatten().map(str::to_string));
+        let column = datafusion::arrow::compute::cast(batch.column(0), &DataType::Utf8)
+            .map_err(datafusion::error::DataFusionError::from)?;
+        out.extend(column.as_string::<i32>().iter().flatten().map(str::to_string));
     }
     Ok(())
 }
