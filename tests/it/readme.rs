@@ -143,6 +143,15 @@ fn readme_curl_flow_against_serve() {
     }
     let patients = output.iter().find(|f| f["type"] == "Patient").expect("Patient file");
     assert_eq!(patients["count"].as_u64(), Some(members));
+
+    // The README's $viewdefinition-run: the sample's Patients as CSV.
+    let run = at(&command(
+        &blocks,
+        "curl -s -X POST \"http://127.0.0.1:8080/\\$viewdefinition-run",
+    ));
+    let csv = sh(&run);
+    assert!(csv.starts_with("id,gender\n"), "{csv}");
+    assert_eq!(csv.lines().count(), 1 + 10, "{csv}");
     server.stop();
 }
 

@@ -301,3 +301,119 @@ async fn view_refresh_materializes_views_added_after_the_load() {
     assert!(!earlier.tables.keys().any(|k| k.starts_with("views/")));
     assert_eq!(earlier.tables.len(), before.tables.len());
 }
+
+/// `POST /$viewdefinition-run` (SQL-on-FHIR 2.1) over real HTTP: an inline
+/// ViewDefinition over the warehouse (the same rows as `fhirlake view run`),
+/// in every `_format`, with `_limit` and `header`; over inline resources
+/// only; refusals of what is not supported or not valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewdefinition_run_over_http() {
+    use crate::http_client::{Server, http};
+    use serde_json::{Value, json};
+    let tmp = tempfile::tempdir().unwrap();
+    let wh = tmp.path().join("wh");
+    let wh_text = wh.to_str().unwrap();
+    assert!(
+        fhirlake(&[
+            "--warehouse",
+            wh_text,
+            "load",
+            "--quiet",
+            sample_data().to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    let view_file = repo().join("sql/views/condition.json");
+    let view: Value = serde_json::from_str(&std::fs::read_to_string(&view_file).unwrap()).unwrap();
+    let cli = fhirlake(&[
+        "--warehouse",
+        wh_text,
+        "view",
+        "run",
+        view_file.to_str().unwrap(),
+        "--format",
+        "csv",
+    ]);
+    let mut expected: Vec<String> = String::from_utf8(cli.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let server = Server::start(&wh, &[]);
+    let url = format!("{}/$viewdefinition-run", server.base);
+    let run = |query: &str, extra: Vec<Value>| {
+        let mut parameters = vec![json!({"name": "viewResource", "resource": view})];
+        parameters.extend(extra);
+        let body = json!({"resourceType": "Parameters", "parameter": parameters}).to_string();
+        http(
+            "POST",
+            &format!("{url}{query}"),
+            &[("Content-Type", "application/fhir+json")],
+            Some(&body),
+        )
+    };
+
+    // csv through the query's _format: the CLI's rows.
+    let csv = run("?_format=csv", vec![]);
+    assert_eq!(csv.status, 200, "{}", String::from_utf8_lossy(&csv.body));
+    assert_eq!(csv.header("content-type"), Some("text/csv"));
+    let mut rows: Vec<String> = String::from_utf8(csv.body)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(rows.len(), 1 + 68);
+    expected.sort();
+    rows.sort();
+    assert_eq!(rows, expected, "the same rows as fhirlake view run");
+    // json (default), _limit; csv without header; ndjson; parquet.
+    let limited = run("", vec![json!({"name": "_limit", "valueInteger": 5})]);
+    assert_eq!(limited.status, 200);
+    assert_eq!(limited.json().as_array().map(Vec::len), Some(5), "_limit");
+    let headless = run(
+        "",
+        vec![
+            json!({"name": "_format", "valueCode": "csv"}),
+            json!({"name": "header", "valueBoolean": false}),
+        ],
+    );
+    assert_eq!(
+        String::from_utf8(headless.body).unwrap().lines().count(),
+        68,
+        "no header row"
+    );
+    let ndjson = run("?_format=ndjson", vec![]);
+    assert_eq!(String::from_utf8(ndjson.body).unwrap().lines().count(), 68);
+    let parquet = run("?_format=parquet", vec![]);
+    assert_eq!(parquet.status, 200);
+    assert!(
+        parquet.body.starts_with(b"PAR1") && parquet.body.ends_with(b"PAR1"),
+        "a whole Parquet file"
+    );
+
+    // Inline resources only: the warehouse is not read.
+    let inline = run(
+        "",
+        vec![
+            json!({"name": "resource", "resource": {"resourceType": "Condition", "id": "inline-1",
+            "subject": {"reference": "Patient/p1"}, "code": {"coding": [{"system": "http://snomed.info/sct", "code": "1"}]}}}),
+        ],
+    );
+    assert_eq!(inline.status, 200, "{}", String::from_utf8_lossy(&inline.body));
+    let rows = inline.json();
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    assert_eq!(rows[0]["id"], "inline-1");
+
+    // Refusals: a stored view reference (not supported), an invalid view,
+    // an unknown format.
+    let body = json!({"resourceType": "Parameters", "parameter": [{"name": "viewReference", "valueReference": {"reference": "ViewDefinition/x"}}]});
+    let refused = http("POST", &url, &[], Some(&body.to_string()));
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.json()["resourceType"], "OperationOutcome");
+    let bad_view = json!({"resourceType": "Parameters", "parameter": [{"name": "viewResource", "resource": {"resourceType": "ViewDefinition", "resource": "Condition", "select": [{"column": [{"name": "x", "path": "id.where("}]}]}}]});
+    let invalid = http("POST", &url, &[], Some(&bad_view.to_string()));
+    assert_eq!(invalid.status, 422, "{}", String::from_utf8_lossy(&invalid.body));
+    assert_eq!(run("?_format=xml", vec![]).status, 400);
+    server.stop();
+}

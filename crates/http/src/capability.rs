@@ -284,6 +284,10 @@ pub async fn metadata(State(state): State<SharedState>) -> Response {
                 "name": "export",
                 "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
                 "documentation": "System-level $export (GET or POST)."
+            }, {
+                "name": "viewdefinition-run",
+                "definition": "http://sql-on-fhir.org/OperationDefinition/$viewdefinition-run",
+                "documentation": "SQL-on-FHIR $viewdefinition-run (POST, also at /ViewDefinition/$viewdefinition-run): viewResource (inline ViewDefinition) over the resources given as resource parameters, or else the warehouse's resources of the view's type (streamed); _format json (default), ndjson, csv (header, default true) or parquet, in the Parameters or the query; _limit. viewReference, patient, group and _since are not supported yet (400). Needs read access to the view's resource type."
             }],
         }],
     });

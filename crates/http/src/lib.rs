@@ -14,6 +14,7 @@ pub mod membership;
 pub mod outcome;
 pub mod prefer;
 pub mod resources;
+pub mod views;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -145,6 +146,8 @@ pub fn router(state: SharedState) -> Router {
         .layer(compression);
     let fhir = Router::new()
         .route("/$export", get(export::kickoff_system).post(export::kickoff_system))
+        .route("/$viewdefinition-run", axum::routing::post(views::run))
+        .route("/ViewDefinition/$viewdefinition-run", axum::routing::post(views::run))
         .route(
             "/Patient/$export",
             get(export::kickoff_system).post(export::kickoff_system),
@@ -241,8 +244,14 @@ fn request_span(request: &Request) -> tracing::Span {
 
 /// Honours `_format` and `Accept`: JSON forms are served (as
 /// `application/json` when that is what was asked for); XML and other
-/// formats get 406.
+/// formats get 406 (except on `$viewdefinition-run`, whose `_format`
+/// chooses the rows' format).
 async fn negotiate(request: Request, next: Next) -> Response {
+    // `$viewdefinition-run` answers in the `_format` it is asked for
+    // (json, ndjson, csv, parquet) and checks it itself.
+    if request.uri().path().ends_with("/$viewdefinition-run") {
+        return next.run(request).await;
+    }
     let format = request.uri().query().and_then(|q| {
         url::form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == "_format")

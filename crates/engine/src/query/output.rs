@@ -95,6 +95,15 @@ impl<W: Write + Send> StreamingWriter<W> {
         })
     }
 
+    /// A CSV writer into `out`, with or without the header row.
+    pub fn csv(out: W, header: bool) -> Self {
+        Self::Csv(
+            datafusion::arrow::csv::WriterBuilder::new()
+                .with_header(header)
+                .build(out),
+        )
+    }
+
     /// Writes one batch.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<(), QueryError> {
         match self {
