@@ -99,7 +99,12 @@ fn typed_batch(runner: &ViewRunner<'_>, resources: &[JsonValue<'_>]) -> Result<R
 }
 
 fn check(test: &Json, resources: &[JsonValue<'_>]) -> Result<(), String> {
-    let outcome = run_view(&test["view"], resources);
+    check_outcome(test, run_view(&test["view"], resources))
+}
+
+/// Judges a run's `outcome` (column names and row objects, or the error)
+/// against `test`'s expectation.
+pub(crate) fn check_outcome(test: &Json, outcome: Result<(Vec<String>, Vec<Json>), String>) -> Result<(), String> {
     if test.get("expectError").and_then(Json::as_bool) == Some(true) {
         return match outcome {
             Err(_) => Ok(()),
@@ -209,5 +214,60 @@ fn harness_detects_wrong_rows_and_missing_errors() {
     assert!(
         err.contains("'given'") && err.contains("name.given") && err.contains("2 values"),
         "{err}"
+    );
+}
+
+/// The suite through `POST /$viewdefinition-run` over real HTTP: each
+/// test's view with the suite's resources inline, rows as JSON; the same
+/// pass count as the in-process runner above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_on_fhir_v2_suite_over_viewdefinition_run() {
+    use crate::http_client::{Server, http};
+    let dir = repo().join("tests/conformance/sql-on-fhir-v2/tests");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let warehouse = tempfile::tempdir().unwrap();
+    let server = Server::start(warehouse.path(), &[]);
+    let url = format!("{}/$viewdefinition-run", server.base);
+    let (mut passed, mut failures) = (0, Vec::new());
+    for file in files {
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        let suite: Json = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        for test in suite["tests"].as_array().unwrap() {
+            let mut parameters = vec![json!({"name": "viewResource", "resource": test["view"]})];
+            for resource in suite["resources"].as_array().unwrap() {
+                parameters.push(json!({"name": "resource", "resource": resource}));
+            }
+            let body = json!({"resourceType": "Parameters", "parameter": parameters}).to_string();
+            let response = http("POST", &url, &[("Content-Type", "application/fhir+json")], Some(&body));
+            let outcome = match response.status {
+                200 => {
+                    let names: Vec<String> = ViewDefinition::from_json(&test["view"])
+                        .map(|v| v.columns.iter().map(|c| c.name.clone()).collect())
+                        .unwrap_or_default();
+                    let rows: Vec<Json> = serde_json::from_slice(&response.body).unwrap_or_default();
+                    Ok((names, rows))
+                }
+                status => Err(format!("{status}: {}", String::from_utf8_lossy(&response.body))),
+            };
+            match check_outcome(test, outcome) {
+                Ok(()) => passed += 1,
+                Err(e) => failures.push(format!("{name} › {}: {e}", test["title"])),
+            }
+        }
+    }
+    server.stop();
+    for f in &failures {
+        eprintln!("FAILED over HTTP {f}");
+    }
+    println!(
+        "sql-on-fhir-v2 over $viewdefinition-run: {passed} passed, {} failed",
+        failures.len()
+    );
+    assert_eq!(passed + failures.len(), 144, "the suite has 144 tests");
+    assert!(
+        failures.is_empty(),
+        "{} SQL-on-FHIR tests failed over HTTP",
+        failures.len()
     );
 }

@@ -3,7 +3,9 @@
 //! synchronously over the resources given inline (`resource`) or, without
 //! them, over the warehouse's resources of the view's type, streamed as
 //! `_format` json, ndjson, csv (`header`) or parquet, at most `_limit`
-//! rows. Stored views (`viewReference`), `patient`, `group` and `_since`
+//! rows. Inline runs answer JSON from the runner's typed values (every
+//! column, nulls explicit); warehouse runs stream Arrow batches (decimals
+//! as numbers; null cells omitted, as Arrow's JSON writer does). Stored views (`viewReference`), `patient`, `group` and `_since`
 //! are refused as not supported (400), never ignored.
 
 use std::io::Write;
@@ -16,9 +18,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fhirlake_auth::Permission;
 use fhirlake_engine::json;
-use fhirlake_engine::query::{OutputFormat, StreamingWriter};
+use fhirlake_engine::query::{OutputFormat, StreamingWriter, decimals_as_numbers};
 use fhirlake_engine::view::materialize::run_view;
-use fhirlake_engine::view::{ViewDefinition, ViewRunner, rows_to_batch, view_schema};
+use fhirlake_engine::view::{Cell, CellValue, Row, ViewDefinition, ViewRunner, rows_to_batch, view_schema};
 use serde_json::Value;
 
 use super::SharedState;
@@ -75,7 +77,7 @@ pub async fn run(
                 return;
             }
         };
-        if let Err(e) = stream_view(&warehouse, &view, writer, limit).await {
+        if let Err(e) = stream_view(&warehouse, &view, format, writer, limit).await {
             tracing::warn!(error = %e, "$viewdefinition-run stopped");
             let _ = error_tx.send(Err(std::io::Error::other(e))).await;
         }
@@ -200,6 +202,9 @@ fn run_inline(runner: &ViewRunner<'_>, request: &RunRequest) -> Result<Vec<u8>, 
     if let Some(limit) = request.limit {
         rows.truncate(limit);
     }
+    if matches!(request.format, OutputFormat::Json | OutputFormat::Ndjson) {
+        return Ok(rows_json(runner.view(), &rows, request.format));
+    }
     let batch = rows_to_batch(runner.schema(), &rows).map_err(|e| unprocessable(e.to_string()))?;
     let mut out = Vec::new();
     let mut writer =
@@ -211,11 +216,43 @@ fn run_inline(runner: &ViewRunner<'_>, request: &RunRequest) -> Result<Vec<u8>, 
     Ok(out)
 }
 
+/// `rows` of `view` as JSON (an array) or NDJSON objects: every column,
+/// null when empty, values in their FHIR types (a decimal as a number).
+fn rows_json(view: &ViewDefinition, rows: &[Row], format: OutputFormat) -> Vec<u8> {
+    let cell_value = |value: &CellValue| match value {
+        CellValue::Bool(b) => Value::Bool(*b),
+        CellValue::Int(i) => Value::from(*i),
+        CellValue::Decimal(d) => serde_json::from_str(d).unwrap_or_else(|_| Value::String(d.clone())),
+        CellValue::Str(s) => Value::String(s.clone()),
+    };
+    let objects = rows.iter().map(|row| {
+        let object: serde_json::Map<String, Value> = view
+            .columns
+            .iter()
+            .zip(row)
+            .map(|(column, cell)| {
+                let value = match cell {
+                    Cell::Null => Value::Null,
+                    Cell::One(v) => cell_value(v),
+                    Cell::Many(values) => Value::Array(values.iter().map(cell_value).collect()),
+                };
+                (column.name.clone(), value)
+            })
+            .collect();
+        Value::Object(object)
+    });
+    match format {
+        OutputFormat::Ndjson => objects.map(|o| o.to_string() + "\n").collect::<String>().into_bytes(),
+        _ => Value::Array(objects.collect()).to_string().into_bytes(),
+    }
+}
+
 /// Streams the view over the warehouse into `writer` (at most `limit`
 /// rows: the scan stops once they are written), then finishes it.
 async fn stream_view(
     warehouse: &fhirlake_engine::warehouse::Warehouse,
     view: &Value,
+    format: OutputFormat,
     writer: Arc<Mutex<Option<StreamingWriter<BodyWriter>>>>,
     limit: Option<usize>,
 ) -> Result<(), String> {
@@ -223,11 +260,16 @@ async fn stream_view(
     let runner = ViewRunner::new(&definition).map_err(|e| e.to_string())?;
     let for_sink = writer.clone();
     let mut left = limit.unwrap_or(usize::MAX);
+    let json = matches!(format, OutputFormat::Json | OutputFormat::Ndjson);
     let result = run_view(warehouse, &runner, move |batch| {
         let mut guard = for_sink.lock().map_err(|_| "output writer poisoned")?;
         let Some(writer) = guard.as_mut() else { return Ok(()) };
         let take = batch.num_rows().min(left);
-        writer.write(&batch.slice(0, take))?;
+        let mut part = batch.slice(0, take);
+        if json {
+            part = decimals_as_numbers(&part)?;
+        }
+        writer.write(&part)?;
         left -= take;
         if left == 0 {
             return Err(LIMIT_REACHED.into());

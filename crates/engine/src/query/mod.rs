@@ -8,7 +8,7 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::DFParser;
 
-pub use output::{OutputFormat, StreamingWriter, write_batches};
+pub use output::{OutputFormat, StreamingWriter, decimals_as_numbers, write_batches};
 
 use crate::warehouse::catalog::session_for;
 use crate::warehouse::{Warehouse, WarehouseError};

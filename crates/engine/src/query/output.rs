@@ -64,6 +64,29 @@ pub fn write_batches(
     writer.finish(target)
 }
 
+/// `batch` with its decimal columns as floats, for JSON readers that take
+/// a decimal for a number (Arrow's JSON writer writes decimals as strings,
+/// to keep their precision; SQL-on-FHIR's JSON output has numbers).
+pub fn decimals_as_numbers(batch: &RecordBatch) -> Result<RecordBatch, QueryError> {
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let is_decimal = |t: &DataType| matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..));
+    if !batch.schema().fields().iter().any(|f| is_decimal(f.data_type())) {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        if is_decimal(field.data_type()) {
+            columns.push(datafusion::arrow::compute::cast(column, &DataType::Float64)?);
+            fields.push(Field::new(field.name(), DataType::Float64, field.is_nullable()));
+        } else {
+            columns.push(column.clone());
+            fields.push(field.as_ref().clone());
+        }
+    }
+    Ok(RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns)?)
+}
+
 /// Writes batches one at a time (for results too large to hold): CSV, NDJSON,
 /// JSON and Parquet stream; `table` collects (a text table needs all widths).
 pub enum StreamingWriter<W: Write + Send> {
