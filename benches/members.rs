@@ -110,44 +110,11 @@ fn export(server: &Server, group: &str) -> f64 {
 
 /// The Patient-only scaled dataset and its warehouse, made when missing.
 fn prepare(source: &Path) -> (PathBuf, PathBuf) {
-    let copies: usize = std::env::var("FHIRLAKE_BENCH_COPIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(163);
     let work = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
-    let patients = work.join("patients-only-source");
-    std::fs::create_dir_all(&patients).expect("mkdir");
-    for entry in std::fs::read_dir(source).expect("source").filter_map(Result::ok) {
-        let name = entry.file_name().to_string_lossy().to_string();
-        if name.starts_with("Patient.") && !patients.join(&name).exists() {
-            std::fs::copy(entry.path(), patients.join(&name)).expect("copy Patients");
-        }
-    }
-    let scaled = work.join(format!("patients-x{copies}"));
+    let patients = common::types_subset(source, &work, "patients-only-source", &["Patient."]);
+    let (work, scaled, copies) = common::scaled_dataset_of(&patients, "patients-only", 163);
     let warehouse = work.join(format!("members-warehouse-x{copies}"));
-    if !warehouse.exists() {
-        let _ = std::fs::remove_dir_all(&scaled);
-        let gen_args = [
-            "gen",
-            "--from",
-            patients.to_str().unwrap_or_default(),
-            "--copies",
-            &copies.to_string(),
-        ];
-        let status = fhirlake()
-            .args(gen_args)
-            .arg("--out")
-            .arg(&scaled)
-            .status()
-            .expect("gen");
-        assert!(status.success());
-        let status = fhirlake()
-            .args(["--warehouse", warehouse.to_str().unwrap_or_default(), "load", "--quiet"])
-            .arg(&scaled)
-            .status()
-            .expect("load");
-        assert!(status.success());
-    }
+    common::loaded_warehouse(&warehouse, &scaled);
     (work, warehouse)
 }
 

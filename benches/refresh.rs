@@ -186,24 +186,15 @@ fn main() {
         return;
     };
     let work = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
-    let subset = work.join("patients-conditions-source");
-    std::fs::create_dir_all(&subset).expect("mkdir");
-    for entry in std::fs::read_dir(&source).expect("source").filter_map(Result::ok) {
-        let name = entry.file_name().to_string_lossy().to_string();
-        if (name.starts_with("Patient.") || name.starts_with("Condition.")) && !subset.join(&name).exists() {
-            std::fs::copy(entry.path(), subset.join(&name)).expect("copy");
-        }
-    }
+    let subset = common::types_subset(
+        &source,
+        &work,
+        "patients-conditions-source",
+        &["Patient.", "Condition."],
+    );
     let (work, scaled, copies) = common::scaled_dataset_of(&subset, "patients-conditions", 163);
     let warehouse = work.join(format!("refresh-warehouse-x{copies}"));
-    if !warehouse.exists() {
-        let status = fhirlake()
-            .args(["--warehouse", warehouse.to_str().unwrap_or_default(), "load", "--quiet"])
-            .arg(&scaled)
-            .status()
-            .expect("load");
-        assert!(status.success());
-    }
+    common::loaded_warehouse(&warehouse, &scaled);
     let mut lines = read_lines(&scaled);
     let ids: Vec<String> = lines.patients.keys().cloned().collect();
     // Seeded by the warehouse version: a rerun (over the deltas of the

@@ -240,3 +240,36 @@ pub fn bytes_under(dir: &std::path::Path) -> u64 {
         })
         .sum()
 }
+
+/// A folder `work/name` holding the files of `source` whose names start
+/// with one of `prefixes` (copied once): a dataset of some types only.
+pub fn types_subset(
+    source: &std::path::Path,
+    work: &std::path::Path,
+    name: &str,
+    prefixes: &[&str],
+) -> std::path::PathBuf {
+    let subset = work.join(name);
+    std::fs::create_dir_all(&subset).expect("mkdir");
+    for entry in std::fs::read_dir(source).expect("source").filter_map(Result::ok) {
+        let file = entry.file_name().to_string_lossy().to_string();
+        if prefixes.iter().any(|p| file.starts_with(p)) && !subset.join(&file).exists() {
+            std::fs::copy(entry.path(), subset.join(&file)).expect("copy");
+        }
+    }
+    subset
+}
+
+/// The warehouse `warehouse`, loaded from `data` with `fhirlake load` when
+/// it does not exist yet.
+pub fn loaded_warehouse(warehouse: &std::path::Path, data: &std::path::Path) {
+    if warehouse.exists() {
+        return;
+    }
+    let status = fhirlake()
+        .args(["--warehouse", warehouse.to_str().unwrap_or_default(), "load", "--quiet"])
+        .arg(data)
+        .status()
+        .expect("load");
+    assert!(status.success(), "fhirlake load {} failed", data.display());
+}
