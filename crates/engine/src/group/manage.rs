@@ -303,10 +303,6 @@ impl Groups {
 
     /// The current `member` entries of a member-based Group.
     async fn current_entries(&self, stored: &StoredGroup) -> Result<Vec<MemberEntry>, GroupError> {
-        if !stored.has_segments() && stored.membership.is_empty() {
-            // Written before segments: its entries are in its request.
-            return Ok(stored.request.member_entries());
-        }
         Ok(stored
             .current_rows(&self.state)
             .await?

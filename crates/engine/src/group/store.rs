@@ -64,13 +64,20 @@ impl StoredGroup {
 
     /// Every membership row, with the Group versions that added and
     /// removed it. For a Group written before rows were kept, its members
-    /// as added by its current version (the earliest version known).
+    /// (or a member-based Group's request entries) as added by its current
+    /// version (the earliest version known).
     pub async fn rows(&self, state: &StateStore) -> Result<Vec<Member>, GroupError> {
         if self.has_segments() {
             return read_rows(state, &self.id, &self.segments).await;
         }
         if self.membership.is_empty() && !self.members.is_empty() {
             return Ok(self.members.iter().map(|p| Member::added(p, self.version)).collect());
+        }
+        if self.membership.is_empty() && self.request.is_member_based() {
+            // A member-based Group written before segments: its entries are
+            // in its request.
+            let entries = self.request.member_entries();
+            return Ok(entries.into_iter().map(|e| Member::of(e, self.version)).collect());
         }
         Ok(self.membership.clone())
     }
