@@ -25,3 +25,4 @@
 pub use fhirlake_auth as auth;
 pub use fhirlake_engine::*;
 pub use fhirlake_http as server;
+pub use fhirlake_pg as pg;

@@ -114,6 +114,18 @@ pub struct Args {
     /// Groups (a server of rosters loaded with the data).
     #[arg(long)]
     read_only_groups: bool,
+    /// Also serve SQL over the Postgres wire protocol on this address
+    /// (psql, psycopg, JDBC, BI tools; read-only; with --clients the
+    /// password is an access token from /auth/token).
+    #[arg(long)]
+    pg_addr: Option<std::net::SocketAddr>,
+    /// Memory one SQL query of the network fronts may hold in sorts,
+    /// joins and aggregates before it spills (MiB).
+    #[arg(long, default_value_t = 1024, env = "FHIRLAKE_SQL_MEMORY_MIB")]
+    sql_memory_mib: usize,
+    /// Longest a SQL query of the network fronts may run (30s, 10m).
+    #[arg(long, default_value = "10m")]
+    sql_timeout: String,
     /// Lifetime of access tokens in seconds (1 to 300).
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=300))]
     access_token_seconds: u64,
@@ -186,6 +198,11 @@ impl Args {
     /// Serves until SIGINT/SIGTERM; an empty warehouse gets the bundled
     /// sample first.
     pub async fn run(self, warehouse: &str) -> anyhow::Result<()> {
+        let pg_addr = self.pg_addr;
+        let sql_limits = fhirlake::sql::SqlLimits {
+            memory_bytes: self.sql_memory_mib.max(1) * 1024 * 1024,
+            timeout: required_interval("--sql-timeout", &self.sql_timeout)?,
+        };
         let options = self.options()?;
         let warehouse = Warehouse::open(warehouse)?;
         if warehouse.current().await?.is_none() {
@@ -197,7 +214,19 @@ impl Args {
             };
             load(&warehouse, &[sample], &options).await?;
         }
-        fhirlake::server::serve(warehouse, options).await?;
+        let front = fhirlake::server::HttpFront::bind(warehouse.clone(), options).await?;
+        if let Some(addr) = pg_addr {
+            let authentication = match front.token_issuer() {
+                Some(issuer) => fhirlake::pg::Authentication::AccessToken(issuer),
+                None => fhirlake::pg::Authentication::Off,
+            };
+            let pg = fhirlake::pg::PgFront::bind(addr, warehouse, sql_limits, authentication).await?;
+            let local = pg.local_addr()?;
+            tracing::info!(addr = %local, "serving SQL over the Postgres wire protocol");
+            println!("fhirlake postgres listening on {local}");
+            tokio::spawn(pg.run());
+        }
+        front.run().await?;
         Ok(())
     }
 }

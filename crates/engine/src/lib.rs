@@ -36,6 +36,7 @@ pub mod ingest;
 pub mod jobs;
 pub mod query;
 pub mod service;
+pub mod sql;
 pub mod state;
 pub mod store;
 pub mod view;

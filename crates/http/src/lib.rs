@@ -322,6 +322,42 @@ async fn negotiate(request: Request, next: Next) -> Response {
 /// Serves until SIGINT/SIGTERM. Jobs that were running when an earlier
 /// process stopped are resumed first.
 pub async fn serve(warehouse: Warehouse, options: ServeOptions) -> Result<(), ServerError> {
+    HttpFront::bind(warehouse, options).await?.run().await
+}
+
+/// The FHIR front, bound, with its jobs resumed, not yet serving: what
+/// other fronts of the same process (the Postgres front) share with it.
+pub struct HttpFront {
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+}
+
+impl HttpFront {
+    /// The token issuer (`None`: authorization is off).
+    pub fn token_issuer(&self) -> Option<Arc<fhirlake_auth::TokenIssuer>> {
+        self.state.auth.clone()
+    }
+
+    /// Serves until SIGINT/SIGTERM.
+    pub async fn run(self) -> Result<(), ServerError> {
+        let base_url = self.state.base_url.clone();
+        tracing::info!(%base_url, "fhirlake serving");
+        // A line on stdout for whoever started us (scripts wait for it).
+        println!("fhirlake listening on {base_url}");
+        axum::serve(self.listener, router(self.state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(ServerError::Serve)
+    }
+
+    /// Binds `options.addr`, sets up authorization and resumes the jobs of
+    /// an earlier process.
+    pub async fn bind(warehouse: Warehouse, options: ServeOptions) -> Result<Self, ServerError> {
+        bind_front(warehouse, options).await
+    }
+}
+
+async fn bind_front(warehouse: Warehouse, options: ServeOptions) -> Result<HttpFront, ServerError> {
     let listener = tokio::net::TcpListener::bind(options.addr)
         .await
         .map_err(|source| ServerError::Bind {
@@ -374,18 +410,12 @@ pub async fn serve(warehouse: Warehouse, options: ServeOptions) -> Result<(), Se
     service.start().await?;
     let state = Arc::new(AppState {
         service,
-        base_url: base_url.clone(),
+        base_url,
         downloads: options.export_downloads,
         auth,
         read_only_groups: options.read_only_groups,
     });
-    tracing::info!(%base_url, "fhirlake serving");
-    // A line on stdout for whoever started us (scripts wait for it).
-    println!("fhirlake listening on {base_url}");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(ServerError::Serve)
+    Ok(HttpFront { listener, state })
 }
 
 async fn shutdown_signal() {

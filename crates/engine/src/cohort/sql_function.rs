@@ -19,10 +19,15 @@ use crate::index::columns::PATIENT;
 /// The name SQL calls the function by.
 pub const COHORT_FUNCTION: &str = "cohort";
 
+/// Whether a session may read resources of a type (a front's
+/// authorization rule, [`crate::query::ReadAccess`]).
+pub type TypeCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// `cohort(…)` over one cohort engine (one warehouse snapshot).
 #[derive(Clone)]
 pub struct CohortFunction {
     engine: Arc<CohortEngine>,
+    readable: Option<TypeCheck>,
 }
 
 impl std::fmt::Debug for CohortFunction {
@@ -34,7 +39,32 @@ impl std::fmt::Debug for CohortFunction {
 impl CohortFunction {
     /// The function over `engine`'s snapshot.
     pub fn new(engine: Arc<CohortEngine>) -> Self {
-        Self { engine }
+        Self { engine, readable: None }
+    }
+
+    /// The function refusing filters that read a type `readable` denies
+    /// (every filter yields Patients, so `Patient` too).
+    pub fn readable_by(self, readable: TypeCheck) -> Self {
+        Self {
+            readable: Some(readable),
+            ..self
+        }
+    }
+
+    /// Fails if a filter reads a type the session may not read.
+    fn check_types(&self, queries: &[crate::search::SearchQuery]) -> Result<()> {
+        let Some(readable) = &self.readable else {
+            return Ok(());
+        };
+        let read = queries.iter().flat_map(|q| q.types_read()).chain(["Patient"]);
+        for resource_type in read {
+            if !readable(resource_type) {
+                return Err(datafusion::error::DataFusionError::External(Box::new(
+                    crate::query::AccessDenied::cohort_type(resource_type),
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -63,6 +93,7 @@ impl TableFunctionImpl for CohortFunction {
             Ok(queries) => queries,
             Err(e) => return plan_err!("cohort(): {e}"),
         };
+        self.check_types(&queries)?;
         let plan = match self.engine.plan(&queries, None) {
             Ok(plan) => plan,
             Err(e) => return plan_err!("cohort(): {e}"),

@@ -277,7 +277,7 @@ impl<'a> LoadCommit<'a> {
             for (&i, files) in indexes.iter().zip(rebuilt) {
                 self.merged_files.extend(files.iter().cloned());
                 let key = view_table_key(views.name(i));
-                let entry = TableEntry::new(TableKind::View, files);
+                let entry = TableEntry::view(files, resource_type);
                 let loaded = self.new_files.get(&key).map_or(0, |(_, n)| *n);
                 let report = TableReport {
                     loaded,
@@ -297,7 +297,11 @@ impl<'a> LoadCommit<'a> {
             if self.report.tables.contains_key(name) {
                 continue;
             }
-            let entry = TableEntry::new(TableKind::View, files.clone());
+            let name_of_view = name.strip_prefix("views/").unwrap_or(name);
+            let entry = match self.prepared.views.resource_of(name_of_view) {
+                Some(resource_type) => TableEntry::view(files.clone(), resource_type),
+                None => TableEntry::new(TableKind::View, files.clone()),
+            };
             let report = TableReport {
                 loaded: *loaded,
                 rows: entry.rows(),

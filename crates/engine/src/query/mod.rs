@@ -1,5 +1,6 @@
 //! Running SQL over the warehouse and writing the results.
 
+mod access;
 mod output;
 
 use datafusion::arrow::datatypes::SchemaRef;
@@ -8,6 +9,7 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::DFParser;
 
+pub use access::{AccessDenied, ReadAccess, TableReads};
 pub use output::{OutputFormat, StreamingWriter, decimals_as_numbers, write_batches};
 
 use crate::warehouse::catalog::session_for;

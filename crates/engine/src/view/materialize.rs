@@ -333,7 +333,7 @@ pub async fn refresh_views(warehouse: &Warehouse, catalog: &ViewCatalog) -> Resu
             let rebuilt = rebuild_views(warehouse, &files, &type_runners, &names, &token).await?;
             for (&i, files) in indexes.iter().zip(rebuilt) {
                 written.extend(files.iter().cloned());
-                let entry = TableEntry::new(TableKind::View, files);
+                let entry = TableEntry::view(files, resource_type);
                 let key = view_table_key(catalog.name(i));
                 tables.insert(key.clone(), entry.rows());
                 snapshot.tables.insert(key, entry);

@@ -43,11 +43,18 @@ const METADATA_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// A DataFusion session with fhirlake's settings and SQL functions (the JSON
 /// functions `json_get_str`, `->>`, … over the `resource` column).
 pub fn new_session() -> Result<SessionContext, WarehouseError> {
+    new_session_with_memory(QUERY_MEMORY_LIMIT)
+}
+
+/// Like [`new_session`], whose queries may hold `memory_limit` bytes in
+/// sorts, joins and aggregates before they spill (or fail where an
+/// operator cannot spill).
+pub fn new_session_with_memory(memory_limit: usize) -> Result<SessionContext, WarehouseError> {
     let caches = CacheManagerConfig::default()
         .with_file_metadata_cache(Some(shared_metadata_cache()))
         .with_metadata_cache_limit(METADATA_CACHE_BYTES);
     let runtime = RuntimeEnvBuilder::new()
-        .with_memory_limit(QUERY_MEMORY_LIMIT, 1.0)
+        .with_memory_limit(memory_limit, 1.0)
         .with_cache_manager(caches)
         .build_arc()?;
     // DataFusion's own settings from `DATAFUSION_*` variables, as
@@ -65,7 +72,15 @@ pub fn new_session() -> Result<SessionContext, WarehouseError> {
 /// [`ReadCache`], so repeated requests find the pages they read in memory.
 /// Loads and merges use plain sessions: what they read is read once.
 pub fn new_query_session(warehouse: &Warehouse) -> Result<SessionContext, WarehouseError> {
-    let ctx = new_session()?;
+    new_query_session_with_memory(warehouse, QUERY_MEMORY_LIMIT)
+}
+
+/// [`new_query_session`] with its own memory limit (see [`new_session_with_memory`]).
+pub fn new_query_session_with_memory(
+    warehouse: &Warehouse,
+    memory_limit: usize,
+) -> Result<SessionContext, WarehouseError> {
+    let ctx = new_session_with_memory(memory_limit)?;
     let root = warehouse.root();
     let store_url = root.store_url.as_str();
     // Data files live under `tables/` and are never rewritten; manifests,
@@ -183,7 +198,15 @@ pub const RESOURCE_SCHEMA: &str = "fhir";
 /// committed), its tables resolved by a [`SnapshotCatalog`] as queries name
 /// them.
 pub async fn session_for(warehouse: &Warehouse) -> Result<(SessionContext, Option<Snapshot>), WarehouseError> {
-    let ctx = new_query_session(warehouse)?;
+    session_with_memory(warehouse, QUERY_MEMORY_LIMIT).await
+}
+
+/// [`session_for`] with its own memory limit.
+pub async fn session_with_memory(
+    warehouse: &Warehouse,
+    memory_limit: usize,
+) -> Result<(SessionContext, Option<Snapshot>), WarehouseError> {
+    let ctx = new_query_session_with_memory(warehouse, memory_limit)?;
     let snapshot = warehouse.current().await?;
     let catalog = SnapshotCatalog::new(warehouse, snapshot.clone().map(Arc::new))?;
     let default_catalog = ctx.state().config().options().catalog.default_catalog.clone();

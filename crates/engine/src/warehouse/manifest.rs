@@ -64,6 +64,11 @@ pub struct TableEntry {
     /// written before this existed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub compartment_references: Vec<String>,
+    /// View tables only: the resource type the view reads (what a login
+    /// must be allowed to read to query it). `None` in views written
+    /// before this was recorded: only logins that read every type see them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_type: Option<String>,
 }
 
 impl TableEntry {
@@ -73,6 +78,15 @@ impl TableEntry {
             kind,
             files,
             compartment_references: Vec::new(),
+            resource_type: None,
+        }
+    }
+
+    /// A view table over resources of `resource_type`.
+    pub fn view(files: Vec<DataFile>, resource_type: &str) -> Self {
+        Self {
+            resource_type: Some(resource_type.to_string()),
+            ..Self::new(TableKind::View, files)
         }
     }
 

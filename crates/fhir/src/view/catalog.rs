@@ -117,6 +117,12 @@ impl ViewCatalog {
         self.by_type.get(resource_type).map(Vec::as_slice).unwrap_or_default()
     }
 
+    /// The resource type the view named `name` reads.
+    pub fn resource_of(&self, name: &str) -> Option<&str> {
+        let view = self.views.iter().find(|v| v.name.as_deref() == Some(name))?;
+        Some(view.resource.as_str())
+    }
+
     /// The table name of view `index`.
     pub fn name(&self, index: usize) -> &str {
         self.views[index].name.as_deref().unwrap_or("view")
