@@ -21,6 +21,17 @@ if [ ! -x "$s3s_fs" ]; then
     s3s_fs="$tools/bin/s3s-fs"
 fi
 export FHIRLAKE_S3S_FS="$s3s_fs"
+# The Postgres front's tests drive it with real clients: psql (from the
+# system, .ci/run installs Debian's postgresql-client) and psycopg and
+# SQLAlchemy in a virtualenv made here once.
+venv="$tools/pg-venv"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import psycopg, sqlalchemy" 2>/dev/null; then
+    echo "installing psycopg and SQLAlchemy into $venv (once)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "psycopg[binary]==3.3.9" "SQLAlchemy==2.1.9"
+fi
+export FHIRLAKE_PYTHON="$venv/bin/python"
+export FHIRLAKE_REQUIRE_PG_CLIENTS=1
 # With the server installed, an S3 test that cannot start it fails instead
 # of skipping.
 export FHIRLAKE_REQUIRE_S3=1

@@ -16,7 +16,7 @@ use crate::http_client::{HttpResponse, Server, http, poll_status};
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// A private key (PEM file) and its public half, made by openssl.
-struct Key {
+pub(crate) struct Key {
     private: PathBuf,
     public: PathBuf,
 }
@@ -33,7 +33,7 @@ fn openssl(args: &[&str]) {
     );
 }
 
-fn make_key(dir: &Path, name: &str, rsa: bool) -> Key {
+pub(crate) fn make_key(dir: &Path, name: &str, rsa: bool) -> Key {
     let private = dir.join(format!("{name}.pem"));
     let public = dir.join(format!("{name}.pub.pem"));
     let private_s = private.to_str().expect("path");
@@ -69,7 +69,7 @@ fn make_key(dir: &Path, name: &str, rsa: bool) -> Key {
     Key { private, public }
 }
 
-fn add_client(file: &Path, id: &str, key: &Key, kid: &str, scopes: &str, groups: &[&str]) {
+pub(crate) fn add_client(file: &Path, id: &str, key: &Key, kid: &str, scopes: &str, groups: &[&str]) {
     let mut args = vec![
         "clients",
         "add",
@@ -96,7 +96,7 @@ fn now() -> i64 {
 }
 
 /// A signed client assertion.
-fn assertion(key: &Key, alg: Algorithm, kid: &str, claims: &Value) -> String {
+pub(crate) fn assertion(key: &Key, alg: Algorithm, kid: &str, claims: &Value) -> String {
     let pem = std::fs::read(&key.private).expect("key");
     let encoding = match alg {
         Algorithm::RS384 => EncodingKey::from_rsa_pem(&pem).expect("rsa key"),
@@ -107,7 +107,7 @@ fn assertion(key: &Key, alg: Algorithm, kid: &str, claims: &Value) -> String {
     jsonwebtoken::encode(&header, claims, &encoding).expect("sign")
 }
 
-fn claims(client: &str, aud: &str) -> Value {
+pub(crate) fn claims(client: &str, aud: &str) -> Value {
     json!({"iss": client, "sub": client, "aud": aud, "exp": now() + 240, "jti": uuid::Uuid::new_v4().to_string()})
 }
 
@@ -126,7 +126,7 @@ fn token_request(base: &str, assertion: &str, scope: &str) -> HttpResponse {
     )
 }
 
-fn token(base: &str, assertion: &str, scope: &str) -> String {
+pub(crate) fn token(base: &str, assertion: &str, scope: &str) -> String {
     let response = token_request(base, assertion, scope);
     assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
     response.json()["access_token"]

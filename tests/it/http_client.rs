@@ -13,6 +13,8 @@ pub struct Server {
     child: Child,
     /// Base URL (`http://127.0.0.1:PORT`).
     pub base: String,
+    /// The Postgres front's address (`127.0.0.1:PORT`), when `--pg-addr` was given.
+    pub pg: Option<String>,
 }
 
 impl Server {
@@ -24,6 +26,11 @@ impl Server {
     /// Starts the server over the warehouse at `warehouse` (a path or URL)
     /// with `extra` arguments and environment variables `envs`.
     pub fn start_with(warehouse: &str, extra: &[&str], envs: &[(String, String)]) -> Server {
+        Self::start_logged(warehouse, extra, envs, Stdio::null())
+    }
+
+    /// [`Server::start_with`], its log (stderr) going to `log`.
+    pub fn start_logged(warehouse: &str, extra: &[&str], envs: &[(String, String)], log: Stdio) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_fhirlake"));
         crate::common::isolate_aws(&mut command);
         command.args(["--warehouse", warehouse, "serve"]);
@@ -34,20 +41,27 @@ impl Server {
             .args(extra)
             .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start fhirlake serve");
         let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("server announces its address");
-        let base = line
-            .trim()
-            .strip_prefix("fhirlake listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-            .to_string();
-        Server { child, base }
+        let mut reader = BufReader::new(stdout);
+        let mut pg = None;
+        // The Postgres front (if any) announces itself first.
+        let base = loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("server announces its address");
+            let line = line.trim();
+            if let Some(addr) = line.strip_prefix("fhirlake postgres listening on ") {
+                pg = Some(addr.to_string());
+                continue;
+            }
+            break line
+                .strip_prefix("fhirlake listening on ")
+                .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+                .to_string();
+        };
+        Server { child, base, pg }
     }
 
     /// SIGTERM, then wait: the graceful path.

@@ -14,6 +14,7 @@ mod http_client;
 mod json_differential;
 mod load;
 mod members;
+mod postgres;
 mod readme;
 mod s3;
 mod server;

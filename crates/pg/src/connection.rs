@@ -14,22 +14,24 @@ use pgwire::api::auth::{
     DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
     save_startup_parameters_to_metadata,
 };
+use pgwire::api::portal::PortalExecutionState;
 use pgwire::api::portal::{Format, Portal};
-use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler, send_query_response};
 use pgwire::api::results::{DescribePortalResponse, DescribeStatementResponse, FieldInfo, Response, Tag};
 use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::Entry;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
-    ClientInfo, ClientPortalStore, METADATA_USER, PgWireConnectionState, PgWireServerHandlers, PidSecretKeyGenerator,
-    RandomPidSecretKeyGenerator, Type,
+    ClientInfo, ClientPortalStore, DEFAULT_NAME, METADATA_USER, PgWireConnectionState, PgWireServerHandlers,
+    PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
 };
 use pgwire::error::{PgWireError, PgWireResult};
+use pgwire::messages::extendedquery::Execute;
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
 use tokio::sync::Mutex;
 
-use crate::catalog::pg_catalog_hook;
 use crate::errors::{to_wire, wire_error};
 use crate::results::{parameter_types, parameter_values, query_response, show_fields, show_response};
 use crate::{Authentication as LoginRule, Shared, login};
@@ -79,9 +81,11 @@ impl Connection {
     /// Parses `sql` into statements, Postgres dialect, with the rewrites
     /// client catalog queries need.
     fn parse(sql: &str) -> Result<Vec<Statement>, SqlError> {
-        PostgresCompatibilityParser::new()
+        let mut statements = PostgresCompatibilityParser::new()
             .parse(sql)
-            .map_err(|e| SqlError::Syntax(e.to_string()))
+            .map_err(|e| SqlError::Syntax(e.to_string()))?;
+        statements.iter_mut().for_each(crate::rewrite::rewrite);
+        Ok(statements)
     }
 
     /// Runs one statement of the simple protocol.
@@ -332,6 +336,42 @@ impl ExtendedQueryHandler for Connection {
         self.parser.clone()
     }
 
+    /// Streams a whole result (`max_rows` 0, what psycopg and libpq ask
+    /// for) with backpressure: pgwire's default collects every row of
+    /// the portal in memory first. Partial fetches (`max_rows` > 0, JDBC's
+    /// fetch size) hold at most that many rows and take pgwire's path.
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PgStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        let portal = match client.portal_store().get_portal(name) {
+            Some(Entry::Value(portal)) => portal,
+            _ => return self._on_execute(client, message).await,
+        };
+        let fresh = matches!(*portal.state().lock().await, PortalExecutionState::Initial);
+        let is_query = matches!(portal.statement.statement, PgStatement::Query(_));
+        if message.max_rows > 0 || !fresh || !is_query {
+            return self._on_execute(client, message).await;
+        }
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let response = ExtendedQueryHandler::do_query(self, client, portal.as_ref(), 0).await;
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        match response? {
+            Response::Query(results) => {
+                *portal.state().lock().await = PortalExecutionState::Finished;
+                send_query_response(client, results, false).await
+            }
+            _ => Err(wire_error("XX000", "a query answered without rows")),
+        }
+    }
+
     async fn do_describe_statement<C>(
         &self,
         _client: &mut C,
@@ -402,9 +442,4 @@ impl ExtendedQueryHandler for Connection {
         };
         result.map_err(to_wire)
     }
-}
-
-/// The session hook every Postgres session context gets.
-pub(crate) fn session_hook() -> fhirlake_engine::sql::SessionHook {
-    pg_catalog_hook()
 }

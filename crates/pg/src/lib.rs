@@ -11,6 +11,7 @@ mod connection;
 mod errors;
 mod login;
 mod results;
+mod rewrite;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -85,7 +86,7 @@ impl PgFront {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| PgError::Bind { addr, source })?;
-        let sql = SqlService::with_hook(warehouse, limits, "postgres", Some(connection::session_hook()));
+        let sql = SqlService::with_hook(warehouse, limits, "postgres", Some(catalog::pg_catalog_hook()));
         Ok(Self {
             listener,
             shared: Arc::new(Shared {

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::catalog::TableProvider;
-use datafusion::common::Column;
+use datafusion::common::{Column, TableReference};
 use datafusion::datasource::empty::EmptyTable;
 use datafusion::datasource::provider_as_source;
 use datafusion::logical_expr::{Expr, JoinType, LogicalPlan, LogicalPlanBuilder, col, lit};
@@ -44,6 +44,16 @@ pub struct Compiler<'a> {
     compartment_references: &'a CompartmentReferences,
     registry: &'static SearchRegistry,
     next_alias: std::cell::Cell<usize>,
+}
+
+/// The schema the compiler's own scans are named in: no catalog has it, so
+/// a scan named in it comes from a cohort plan (which checked the types it
+/// reads when it was built), never from a table a query named.
+pub const INTERNAL_SCHEMA: &str = "cohort_internal";
+
+/// A scan name in [`INTERNAL_SCHEMA`].
+pub(crate) fn internal_table(name: impl Into<String>) -> TableReference {
+    TableReference::partial(INTERNAL_SCHEMA, name.into())
 }
 
 impl<'a> Compiler<'a> {
@@ -79,7 +89,11 @@ impl<'a> Compiler<'a> {
             .cloned()
             .unwrap_or_else(|| Arc::new(EmptyTable::new(kind.schema())));
         let name = self.alias(&format!("{}_{}", kind.name(), resource_type.to_lowercase()));
-        Ok(LogicalPlanBuilder::scan(name, provider_as_source(provider), None)?)
+        Ok(LogicalPlanBuilder::scan(
+            internal_table(name),
+            provider_as_source(provider),
+            None,
+        )?)
     }
 
     /// `(resource_id, patient)` of the rows of `param` in the `kind` index of
@@ -142,14 +156,16 @@ impl<'a> Compiler<'a> {
         let no_patient = lit(ScalarValue::try_from(patients_type)?);
         let patients = when(cardinality(col(PATIENTS)).eq(lit(0u64)), no_patient).otherwise(col(PATIENTS))?;
         let name = self.alias(&format!("resources_{}", resource_type.to_lowercase()));
-        Ok(LogicalPlanBuilder::scan(name, provider_as_source(provider), None)?
-            .project(vec![
-                col(ID).alias(RESOURCE_ID),
-                patients.alias(PATIENT),
-                col(LAST_UPDATED),
-                col(LOADED_AT),
-            ])?
-            .unnest_column_with_options(PATIENT, UnnestOptions::new().with_preserve_nulls(true))?)
+        Ok(
+            LogicalPlanBuilder::scan(internal_table(name), provider_as_source(provider), None)?
+                .project(vec![
+                    col(ID).alias(RESOURCE_ID),
+                    patients.alias(PATIENT),
+                    col(LAST_UPDATED),
+                    col(LOADED_AT),
+                ])?
+                .unnest_column_with_options(PATIENT, UnnestOptions::new().with_preserve_nulls(true))?,
+        )
     }
 
     /// `_id` as token index rows (`code` = the id), read from the resource

@@ -347,21 +347,25 @@ impl CohortEngine {
             return Ok(None);
         };
         // The referencing rows (few) are the build side; the targets stream by.
-        let plan = LogicalPlanBuilder::scan("referencing", provider_as_source(references.clone()), None)?
-            .filter(compiler.param_rows(source_type, param))?
-            .project(vec![col(RESOURCE_ID), col("target_type"), col("target_id")])?
-            .join(
-                targets.build()?,
-                JoinType::LeftSemi,
-                (
-                    vec![Column::from_name("target_type"), Column::from_name("target_id")],
-                    vec![Column::from_name("t_type"), Column::from_name("t_id")],
-                ),
-                None,
-            )?
-            .project(vec![col(RESOURCE_ID)])?
-            .distinct()?
-            .build()?;
+        let plan = LogicalPlanBuilder::scan(
+            compile::internal_table("referencing"),
+            provider_as_source(references.clone()),
+            None,
+        )?
+        .filter(compiler.param_rows(source_type, param))?
+        .project(vec![col(RESOURCE_ID), col("target_type"), col("target_id")])?
+        .join(
+            targets.build()?,
+            JoinType::LeftSemi,
+            (
+                vec![Column::from_name("target_type"), Column::from_name("target_id")],
+                vec![Column::from_name("t_type"), Column::from_name("t_id")],
+            ),
+            None,
+        )?
+        .project(vec![col(RESOURCE_ID)])?
+        .distinct()?
+        .build()?;
         Ok(Some(plan))
     }
 

@@ -8,12 +8,13 @@
 //! | `fhir.compartment`, `index_*`, `_rejects`, `_tombstones` | every type |
 //! | `group_members`, `group_membership` | every type (Groups of every client) |
 //! | `information_schema.*`, `pg_catalog.*` | no resource data |
-//! | `cohort(…)` | checked by the function: the types its filters read, and Patient |
+//! | `cohort(…)` (its inlined scans, schema `cohort_internal`) | checked by the function: the types its filters read, and Patient |
 
 use datafusion::common::TableReference;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::logical_expr::LogicalPlan;
 
+use crate::cohort::compile::INTERNAL_SCHEMA;
 use crate::cohort::sql_function::COHORT_FUNCTION;
 use crate::query::{AccessDenied, ReadAccess, TableReads};
 use crate::warehouse::catalog::RESOURCE_SCHEMA;
@@ -31,6 +32,11 @@ pub fn table_reads(snapshot: Option<&Snapshot>, table: &TableReference, default_
         return TableReads::Nothing;
     }
     if table.schema().is_none() && name == format!("{COHORT_FUNCTION}()") {
+        return TableReads::Nothing;
+    }
+    // The scans of an inlined `cohort()` plan: the function checked the
+    // types its filters read.
+    if schema == INTERNAL_SCHEMA {
         return TableReads::Nothing;
     }
     let Some(snapshot) = snapshot else {

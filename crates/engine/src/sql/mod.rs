@@ -409,7 +409,10 @@ impl SqlSession {
             }
             Statement::StartTransaction { .. } => Prepared::Command("BEGIN"),
             Statement::Commit { .. } => Prepared::Command("COMMIT"),
+            Statement::Rollback { savepoint: Some(_), .. } => Prepared::Command("ROLLBACK"),
             Statement::Rollback { .. } => Prepared::Command("ROLLBACK"),
+            Statement::Savepoint { .. } => Prepared::Command("SAVEPOINT"),
+            Statement::ReleaseSavepoint { .. } => Prepared::Command("RELEASE"),
             _ => return Ok(None),
         };
         if let Prepared::Set { name, .. } = &prepared
@@ -491,7 +494,9 @@ pub fn answers_itself(statement: &Statement) -> bool {
         | Statement::Discard { .. }
         | Statement::StartTransaction { .. }
         | Statement::Commit { .. }
-        | Statement::Rollback { .. } => true,
+        | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. } => true,
         // DataFusion's own `SHOW ALL` / `SHOW datafusion.…` are queries.
         Statement::ShowVariable { variable } => {
             let name = show_name(variable);
