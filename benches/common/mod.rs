@@ -217,11 +217,16 @@ pub fn start_server(warehouse: &std::path::Path, extra: &[&str]) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .expect("serve");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("address line");
-    let base = line.trim().trim_start_matches("fhirlake listening on ").to_string();
+    let mut reader = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    // Other fronts (`--pg-addr`) announce themselves before the HTTP one.
+    let base = loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("address line");
+        if let Some(base) = line.trim().strip_prefix("fhirlake listening on ") {
+            break base.to_string();
+        }
+        assert!(!line.is_empty(), "fhirlake serve stopped before listening");
+    };
     Server { child, base }
 }
 

@@ -53,13 +53,14 @@ def queries(port):
             cur.execute("SELECT count(*) FROM patient WHERE gender = %s", (gender,), prepare=True)
             counts.append(cur.fetchone()[0])
         out["prepared_counts"] = counts
-        # cohort() is planned with its filters, so they are literals: a
-        # client-side cursor quotes the value into the text.
-        client_side = psycopg.ClientCursor(conn)
-        client_side.execute(
-            "SELECT count(*) FROM condition c JOIN cohort(%s) p ON c.patient_id = p.id", ("Patient?gender=female",)
-        )
-        out["cohort_join"] = client_side.fetchone()[0]
+        # cohort() with its filter as a bound parameter (planned at Bind).
+        cur.execute("SELECT count(*) FROM condition c JOIN cohort(%s) p ON c.patient_id = p.id", ("Patient?gender=female",))
+        out["cohort_join"] = cur.fetchone()[0]
+        try:
+            cur.execute("SELECT count(*) FROM cohort(%s)", ("Patient?gender=female') UNION SELECT 'x' --",))
+            out["cohort_injection"] = cur.fetchone()[0]
+        except psycopg.Error as e:
+            out["cohort_injection"] = error_of(e)
         # A client-side statement_timeout cancels a long query.
         cur.execute("SET statement_timeout = 300")
         try:

@@ -46,6 +46,12 @@ pub enum PgStatement {
         /// The statement.
         statement: Box<Statement>,
     },
+    /// A statement with placeholders that plans only with its values
+    /// (`cohort($1)`): planned at Bind/Execute ([`crate::deferred`]).
+    Deferred {
+        /// The statement.
+        statement: Box<Statement>,
+    },
 }
 
 /// One connection's state and handlers.
@@ -100,6 +106,21 @@ impl Connection {
             .prepare(DfStatement::Statement(Box::new(statement)), &sql)
             .await?;
         respond(session, prepared, None, &Format::UnifiedText, format).await
+    }
+}
+
+impl Connection {
+    /// Plans a deferred statement with the values bound to `portal`.
+    async fn plan_bound(&self, statement: &Statement, portal: &Portal<PgStatement>) -> PgWireResult<PlannedQuery> {
+        let bound = crate::deferred::bind(statement, portal)?;
+        let sql = bound.to_string();
+        let mut guard = self.session.lock().await;
+        let session = guard.as_mut().ok_or_else(not_logged_in)?;
+        match session.prepare(DfStatement::Statement(Box::new(bound)), &sql).await {
+            Ok(Prepared::Query(query)) => Ok(query),
+            Ok(_) => Err(wire_error("XX000", "a session statement was planned as a query")),
+            Err(e) => Err(to_wire(e)),
+        }
     }
 }
 
@@ -291,12 +312,17 @@ impl QueryParser for StatementParser {
         let mut guard = connection.session.lock().await;
         let session = guard.as_mut().ok_or_else(not_logged_in)?;
         let text = statement.to_string();
+        let placeholders = crate::deferred::placeholder_count(&statement);
         match session
-            .prepare(DfStatement::Statement(Box::new(statement)), &text)
+            .prepare(DfStatement::Statement(Box::new(statement.clone())), &text)
             .await
         {
             Ok(Prepared::Query(query)) => Ok(Some(PgStatement::Query(Box::new(query)))),
             Ok(_) => Err(wire_error("XX000", "a session statement was planned as a query")),
+            // Plannable only with its values (`cohort($1)`): at Bind.
+            Err(SqlError::Query(_)) if placeholders > 0 => Ok(Some(PgStatement::Deferred {
+                statement: Box::new(statement),
+            })),
             Err(e) => Err(to_wire(e)),
         }
     }
@@ -305,6 +331,9 @@ impl QueryParser for StatementParser {
         match statement {
             PgStatement::Query(query) => Ok(parameter_types(query)?.into_iter().map(|(_, t)| t).collect()),
             PgStatement::Session { .. } => Ok(Vec::new()),
+            PgStatement::Deferred { statement } => {
+                Ok(vec![Type::UNKNOWN; crate::deferred::placeholder_count(statement)])
+            }
         }
     }
 
@@ -323,6 +352,8 @@ impl QueryParser for StatementParser {
                 }
                 _ => Ok(Vec::new()),
             },
+            // Known once bound (Describe of the portal).
+            PgStatement::Deferred { .. } => Ok(Vec::new()),
         }
     }
 }
@@ -353,7 +384,10 @@ impl ExtendedQueryHandler for Connection {
             _ => return self._on_execute(client, message).await,
         };
         let fresh = matches!(*portal.state().lock().await, PortalExecutionState::Initial);
-        let is_query = matches!(portal.statement.statement, PgStatement::Query(_));
+        let is_query = matches!(
+            portal.statement.statement,
+            PgStatement::Query(_) | PgStatement::Deferred { .. }
+        );
         if message.max_rows > 0 || !fresh || !is_query {
             return self._on_execute(client, message).await;
         }
@@ -399,6 +433,15 @@ impl ExtendedQueryHandler for Connection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if let PgStatement::Deferred { statement } = &target.statement.statement {
+            let query = self.plan_bound(statement, target).await?;
+            let fields = arrow_pg::datatypes::arrow_schema_to_pg_fields(
+                query.plan().schema().as_arrow(),
+                &target.result_column_format,
+                None,
+            )?;
+            return Ok(DescribePortalResponse::new(fields));
+        }
         let fields = self
             .parser
             .get_result_schema(&target.statement.statement, Some(&target.result_column_format))?;
@@ -427,6 +470,20 @@ impl ExtendedQueryHandler for Connection {
                     session,
                     Prepared::Query(query.as_ref().clone()),
                     Some(params),
+                    &portal.result_column_format,
+                    format,
+                )
+                .await
+            }
+            PgStatement::Deferred { statement } => {
+                drop(guard);
+                let query = self.plan_bound(statement, portal).await?;
+                let mut guard = self.session.lock().await;
+                let session = guard.as_mut().ok_or_else(not_logged_in)?;
+                respond(
+                    session,
+                    Prepared::Query(query),
+                    None,
                     &portal.result_column_format,
                     format,
                 )

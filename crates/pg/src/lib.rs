@@ -8,6 +8,7 @@
 
 mod catalog;
 mod connection;
+mod deferred;
 mod errors;
 mod login;
 mod results;

@@ -462,6 +462,7 @@ impl SqlSession {
             None => inner.limits.timeout,
         };
         let memory = inner.limits.memory_bytes;
+        let began = std::time::Instant::now();
         let started = tokio::time::timeout(timeout, async {
             let frame = ctx.execute_logical_plan(plan).await?;
             frame.execute_stream().await
@@ -475,9 +476,11 @@ impl SqlSession {
             tables: query.tables.clone(),
             sql: query.sql.clone(),
         };
+        // The limit covers planning and results together.
+        let left = timeout.saturating_sub(began.elapsed());
         Ok(ResultStream::new(
             started,
-            timeout,
+            (left, timeout),
             memory,
             record,
             inner.running.clone(),

@@ -49,9 +49,10 @@ pub struct ResultStream {
 }
 
 impl ResultStream {
+    /// `time`: (what is left of the limit, the limit as configured).
     pub(super) fn new(
         inner: SendableRecordBatchStream,
-        limit: Duration,
+        time: (Duration, Duration),
         memory_limit: usize,
         record: QueryRecord,
         running: Arc<AtomicUsize>,
@@ -60,8 +61,8 @@ impl ResultStream {
         Self {
             schema: inner.schema(),
             inner,
-            deadline: Box::pin(tokio::time::sleep(limit)),
-            limit,
+            deadline: Box::pin(tokio::time::sleep(time.0)),
+            limit: time.1,
             memory_limit,
             rows: 0,
             started: Instant::now(),
