@@ -336,7 +336,8 @@ fn postgres_logins_use_access_tokens_and_follow_their_scopes() {
     let file = dir.path().join("clients.json");
     let key = make_key(dir.path(), "pg", false);
     add_client(&file, "pg-patients", &key, "k1", "system/Patient.rs", &[]);
-    add_client(&file, "pg-all", &key, "k1", "system/*.rs", &[]);
+    add_client(&file, "pg-all", &key, "k1", "system/*.rs", &["roster-a"]);
+    add_client(&file, "pg-groups", &key, "k1", "system/Group.rs system/Patient.rs", &[]);
     let server = Server::start(
         &warehouse,
         &["--clients", file.to_str().expect("path"), "--pg-addr", "127.0.0.1:0"],
@@ -375,6 +376,30 @@ fn postgres_logins_use_access_tokens_and_follow_their_scopes() {
         let refused = login("pg-patients", &patients_token, sql);
         assert_eq!(state(&refused), "42501", "{sql}: {refused}");
     }
+    // Group tables show a login its own and its granted Groups: a roster
+    // loaded while the server runs (the next statement reads the new
+    // version) is seen by the client it is granted to only.
+    let ids = sql_csv_rows(&warehouse, "SELECT id FROM patient ORDER BY id LIMIT 2");
+    let roster = serde_json::json!({
+        "resourceType": "Group", "id": "roster-a", "type": "person", "actual": true,
+        "member": ids.iter().map(|id| serde_json::json!({"entity": {"reference": format!("Patient/{id}")}})).collect::<Vec<_>>()
+    });
+    let roster_file = dir.path().join("Group.ndjson");
+    std::fs::write(&roster_file, format!("{roster}\n")).expect("roster");
+    let loaded = fhirlake(&[
+        "--warehouse",
+        warehouse.to_str().expect("path"),
+        "load",
+        "--quiet",
+        roster_file.to_str().expect("path"),
+    ]);
+    assert!(loaded.status.success(), "{loaded:?}");
+    let members_sql = "SELECT count(*) FROM group_members WHERE group_id = 'roster-a'";
+    let granted = login("pg-all", &all_token, members_sql);
+    assert_eq!(granted["rows"][0][0], 2, "{granted}");
+    let groups_token = token_of("pg-groups", "system/Group.rs system/Patient.rs");
+    let not_granted = login("pg-groups", &groups_token, members_sql);
+    assert_eq!(not_granted["rows"][0][0], 0, "{not_granted}");
     let all = login("pg-all", &all_token, "SELECT count(*) FROM condition");
     assert_eq!(
         all["rows"][0][0].to_string(),

@@ -13,7 +13,7 @@ use crate::cohort::CohortEngine;
 use crate::cohort::sql_function::{COHORT_FUNCTION, CohortFunction};
 use crate::group::history::{HISTORY_TABLE, history_table};
 use crate::group::members_table::{MEMBERS_TABLE, members_table};
-use crate::query::{QueryError, ReadAccess};
+use crate::query::{GroupVisibility, QueryError, ReadAccess};
 use crate::state::StateStore;
 use crate::warehouse::catalog::{QUERY_MEMORY_LIMIT, session_with_memory};
 use crate::warehouse::{Snapshot, Warehouse};
@@ -26,6 +26,8 @@ pub struct AnalystOptions {
     pub memory_limit: usize,
     /// What `cohort()` may read.
     pub access: ReadAccess,
+    /// The Groups `group_members` and `group_membership` show.
+    pub groups: GroupVisibility,
 }
 
 impl Default for AnalystOptions {
@@ -33,6 +35,7 @@ impl Default for AnalystOptions {
         Self {
             memory_limit: QUERY_MEMORY_LIMIT,
             access: ReadAccess::Everything,
+            groups: GroupVisibility::All,
         }
     }
 }
@@ -54,8 +57,9 @@ pub async fn open_analyst_session_with(
 ) -> Result<(SessionContext, Option<Snapshot>), QueryError> {
     let (ctx, snapshot) = session_with_memory(warehouse, options.memory_limit).await?;
     let state = StateStore::new(warehouse.root().clone());
-    ctx.register_table(HISTORY_TABLE, Arc::new(history_table(state)))?;
-    ctx.register_table(MEMBERS_TABLE, Arc::new(members_table(warehouse.clone())))?;
+    let groups = options.groups.clone();
+    ctx.register_table(HISTORY_TABLE, Arc::new(history_table(state, groups.clone())))?;
+    ctx.register_table(MEMBERS_TABLE, Arc::new(members_table(warehouse.clone(), groups)))?;
     // `cohort()` plans over the snapshot the session's tables read.
     if snapshot.is_none() {
         tracing::warn!(

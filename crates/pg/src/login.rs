@@ -3,7 +3,7 @@
 //! types its scopes may read.
 
 use fhirlake_auth::{Permission, TokenIssuer, TokenRejection};
-use fhirlake_engine::query::ReadAccess;
+use fhirlake_engine::query::{GroupVisibility, ReadAccess};
 use fhirlake_engine::sql::Login;
 
 /// Why a password was refused (the message the client sees).
@@ -24,6 +24,14 @@ pub(crate) fn check_token(issuer: &TokenIssuer, user: Option<&str>, password: &s
             grant.client_id
         ));
     }
+    let granted = issuer
+        .client(&grant.client_id)
+        .map(|c| c.config.groups.clone())
+        .unwrap_or_default();
+    let groups = GroupVisibility::Only {
+        owner: grant.client_id.clone(),
+        granted,
+    };
     let access = if grant.scopes.allows_all_types(Permission::Read) {
         ReadAccess::Everything
     } else {
@@ -32,6 +40,7 @@ pub(crate) fn check_token(issuer: &TokenIssuer, user: Option<&str>, password: &s
     Ok(Login {
         name: grant.client_id,
         access,
+        groups,
     })
 }
 
@@ -40,5 +49,6 @@ pub(crate) fn local(user: Option<&str>) -> Login {
     Login {
         name: format!("local:{}", user.unwrap_or("-")),
         access: ReadAccess::Everything,
+        groups: GroupVisibility::All,
     }
 }

@@ -6,6 +6,7 @@
 //! T) and `$members?_at=T` (the membership as of T), and fill the
 //! `group_membership` SQL table.
 
+use crate::query::GroupVisibility;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
@@ -185,12 +186,15 @@ pub fn history_schema() -> SchemaRef {
 /// Every membership row of every Group stored in `state` (one batch per
 /// Group) as [`history_schema`]: who joined which Group in which version
 /// and when, and left when.
-pub async fn history_batches(state: &StateStore) -> Result<Vec<RecordBatch>, GroupError> {
+pub async fn history_batches(state: &StateStore, visibility: &GroupVisibility) -> Result<Vec<RecordBatch>, GroupError> {
     let mut batches = Vec::new();
     for id in state.list(GROUPS).await? {
         let Some(stored) = state.get::<StoredGroup>(GROUPS, &id).await? else {
             continue;
         };
+        if !visibility.sees(&id, stored.owner.as_deref()) {
+            continue;
+        }
         let rows = stored.rows(state).await?;
         let rows_batch = membership_batch(&[(id.as_str(), &rows)]).map_err(QueryError::from)?;
         let time = |version: Option<u64>| version.and_then(|v| stored.version_time(v));
@@ -207,10 +211,11 @@ pub async fn history_batches(state: &StateStore) -> Result<Vec<RecordBatch>, Gro
 
 /// The membership history as a SQL table ([`HISTORY_TABLE`]), read from
 /// `state` at each scan.
-pub fn history_table(state: StateStore) -> LiveTable {
+pub fn history_table(state: StateStore, visibility: GroupVisibility) -> LiveTable {
     let rows: RowSource = Arc::new(move || {
         let state = state.clone();
-        Box::pin(async move { history_batches(&state).await })
+        let visibility = visibility.clone();
+        Box::pin(async move { history_batches(&state, &visibility).await })
     });
     LiveTable::new(HISTORY_TABLE, history_schema(), rows)
 }

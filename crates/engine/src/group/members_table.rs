@@ -4,6 +4,7 @@
 //! that name Patients (a nested Group entry is not expanded here). Read
 //! when a query scans it.
 
+use crate::query::GroupVisibility;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray};
@@ -45,12 +46,19 @@ struct Row {
 }
 
 /// Every row: stored Groups' current membership, loaded Groups' Patient entries.
-async fn members_rows(state: &StateStore, warehouse: &Warehouse) -> Result<Vec<Row>, GroupError> {
+async fn members_rows(
+    state: &StateStore,
+    warehouse: &Warehouse,
+    visibility: &GroupVisibility,
+) -> Result<Vec<Row>, GroupError> {
     let mut rows = Vec::new();
     for id in state.list(GROUPS).await? {
         let Some(stored) = state.get::<StoredGroup>(GROUPS, &id).await? else {
             continue;
         };
+        if !visibility.sees(&id, stored.owner.as_deref()) {
+            continue;
+        }
         for member in stored.current_rows(state).await? {
             rows.push(Row {
                 group: id.clone(),
@@ -73,7 +81,9 @@ async fn members_rows(state: &StateStore, warehouse: &Warehouse) -> Result<Vec<R
         let texts = batch.column(0).as_string::<i32>();
         for text in texts.iter().flatten() {
             if let Ok(group) = serde_json::from_str::<Value>(text) {
-                rows.extend(loaded_rows(&group));
+                if visibility.sees(group["id"].as_str().unwrap_or_default(), None) {
+                    rows.extend(loaded_rows(&group));
+                }
             }
         }
     }
@@ -135,12 +145,13 @@ fn members_batch(rows: &[Row]) -> Result<RecordBatch, QueryError> {
 /// The `group_members` table over the Groups of `warehouse` (those
 /// stored under its `_server/` and those loaded with its data), read at
 /// each scan.
-pub fn members_table(warehouse: Warehouse) -> LiveTable {
+pub fn members_table(warehouse: Warehouse, visibility: GroupVisibility) -> LiveTable {
     let rows: RowSource = Arc::new(move || {
         let warehouse = warehouse.clone();
+        let visibility = visibility.clone();
         Box::pin(async move {
             let state = StateStore::new(warehouse.root().clone());
-            let rows = members_rows(&state, &warehouse).await?;
+            let rows = members_rows(&state, &warehouse, &visibility).await?;
             Ok(vec![members_batch(&rows)?])
         })
     });

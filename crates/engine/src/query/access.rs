@@ -48,6 +48,33 @@ impl ReadAccess {
     }
 }
 
+/// Which Groups a login sees in the Group tables (`group_members`,
+/// `group_membership`): the FHIR front's rule — its own Groups and the
+/// rosters granted to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupVisibility {
+    /// Every Group (no authentication).
+    All,
+    /// The Groups `owner` created and the `granted` ones.
+    Only {
+        /// The login's client id.
+        owner: String,
+        /// Group ids granted to it (the clients file's `groups`).
+        granted: Vec<String>,
+    },
+}
+
+impl GroupVisibility {
+    /// Whether Group `id`, created by `owner` (`None`: loaded with the
+    /// data), is seen.
+    pub fn sees(&self, id: &str, owner: Option<&str>) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only { owner: me, granted } => owner == Some(me.as_str()) || granted.iter().any(|g| g == id),
+        }
+    }
+}
+
 /// What resource data a table holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TableReads {

@@ -9,7 +9,7 @@ use datafusion::error::DataFusionError;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::DFParser;
 
-pub use access::{AccessDenied, ReadAccess, TableReads};
+pub use access::{AccessDenied, GroupVisibility, ReadAccess, TableReads};
 pub use output::{OutputFormat, StreamingWriter, decimals_as_numbers, write_batches};
 
 use crate::warehouse::catalog::session_for;

@@ -6,7 +6,7 @@
 //! | `fhir.<Type>` | that type |
 //! | a view (`patient`, `condition`, …) | the type its ViewDefinition reads |
 //! | `fhir.compartment`, `index_*`, `_rejects`, `_tombstones` | every type |
-//! | `group_members`, `group_membership` | every type (Groups of every client) |
+//! | `group_members`, `group_membership` | Group and Patient (rows: the login's own and granted Groups) |
 //! | `information_schema.*`, `pg_catalog.*` | no resource data |
 //! | `cohort(…)` (its inlined scans, schema `cohort_internal`) | checked by the function: the types its filters read, and Patient |
 
@@ -16,6 +16,8 @@ use datafusion::logical_expr::LogicalPlan;
 
 use crate::cohort::compile::INTERNAL_SCHEMA;
 use crate::cohort::sql_function::COHORT_FUNCTION;
+use crate::group::history::HISTORY_TABLE;
+use crate::group::members_table::MEMBERS_TABLE;
 use crate::query::{AccessDenied, ReadAccess, TableReads};
 use crate::warehouse::catalog::RESOURCE_SCHEMA;
 use crate::warehouse::snapshot_catalog::COMPARTMENT_VIEW;
@@ -54,6 +56,9 @@ pub fn table_reads(snapshot: Option<&Snapshot>, table: &TableReference, default_
             Some((key, _)) => TableReads::Types(vec![key.clone()]),
             None => TableReads::AllTypes,
         };
+    }
+    if name == MEMBERS_TABLE || name == HISTORY_TABLE {
+        return TableReads::Types(vec!["Group".into(), "Patient".into()]);
     }
     match snapshot.tables.get(&format!("views/{name}")) {
         Some(entry) if entry.kind == TableKind::View => match &entry.resource_type {

@@ -29,7 +29,7 @@ pub use stream::ResultStream;
 
 use crate::analyst::{AnalystOptions, open_analyst_session_with};
 use crate::error::{ErrorKind, HasKind};
-use crate::query::{AccessDenied, QueryError, ReadAccess};
+use crate::query::{AccessDenied, GroupVisibility, QueryError, ReadAccess};
 use crate::warehouse::catalog::QUERY_MEMORY_LIMIT;
 use crate::warehouse::{Snapshot, Warehouse, WarehouseError};
 use stream::{QueryRecord, is_memory_exhausted};
@@ -64,6 +64,8 @@ pub struct Login {
     pub name: String,
     /// What it may read.
     pub access: ReadAccess,
+    /// The Groups it sees in the Group tables.
+    pub groups: GroupVisibility,
 }
 
 /// Errors of network SQL.
@@ -305,6 +307,7 @@ impl SqlSession {
         let options = AnalystOptions {
             memory_limit: inner.limits.memory_bytes,
             access: self.login.access.clone(),
+            groups: self.login.groups.clone(),
         };
         let (ctx, snapshot) = open_analyst_session_with(&inner.warehouse, &options).await?;
         if let Some(hook) = &inner.hook {
