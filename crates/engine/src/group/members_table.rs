@@ -80,10 +80,10 @@ async fn members_rows(
     for batch in frame.collect().await? {
         let texts = batch.column(0).as_string::<i32>();
         for text in texts.iter().flatten() {
-            if let Ok(group) = serde_json::from_str::<Value>(text) {
-                if visibility.sees(group["id"].as_str().unwrap_or_default(), None) {
-                    rows.extend(loaded_rows(&group));
-                }
+            if let Ok(group) = serde_json::from_str::<Value>(text)
+                && visibility.sees(group["id"].as_str().unwrap_or_default(), None)
+            {
+                rows.extend(loaded_rows(&group));
             }
         }
     }
