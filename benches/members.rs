@@ -18,7 +18,7 @@
 
 mod common;
 
-use common::{Server, bytes_under, fhirlake};
+use common::{Server, bytes_under};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -124,14 +124,7 @@ fn main() {
     };
     let (work, warehouse) = prepare(&source);
     let ids: Vec<String> = {
-        let out = fhirlake()
-            .args([
-                "--warehouse",
-                warehouse.to_str().unwrap_or_default(),
-                "sql",
-                "--format",
-                "csv",
-            ])
+        let out = common::sql_csv(&warehouse)
             .arg("SELECT id FROM patient ORDER BY id")
             .output()
             .expect("sql");

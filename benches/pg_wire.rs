@@ -14,7 +14,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{fhirlake, loaded_warehouse, median, scaled_dataset_of, types_subset};
+use common::{loaded_warehouse, median, scaled_dataset_of, types_subset};
 use serde_json::Value;
 
 const QUERY: &str = "SELECT * FROM observation";
@@ -116,8 +116,7 @@ fn run(command: &mut Command) {
 
 /// The view's columns with the PostgreSQL type holding the same values.
 fn columns(warehouse: &Path) -> Vec<(String, &'static str)> {
-    let out = fhirlake()
-        .args(["--warehouse", warehouse.to_str().unwrap_or_default(), "sql", "--format", "csv"])
+    let out = common::sql_csv(warehouse)
         .arg("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'observation' ORDER BY ordinal_position")
         .output()
         .expect("sql");
@@ -154,15 +153,8 @@ fn main() {
     let csv = work.join(format!("observation-x{copies}.csv"));
     if !csv.exists() {
         let file = std::fs::File::create(&csv).expect("csv");
-        let status = fhirlake()
-            .args([
-                "--warehouse",
-                warehouse.to_str().unwrap_or_default(),
-                "sql",
-                "--format",
-                "csv",
-                QUERY,
-            ])
+        let status = common::sql_csv(&warehouse)
+            .arg(QUERY)
             .stdout(file)
             .status()
             .expect("export csv");

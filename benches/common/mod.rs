@@ -192,6 +192,19 @@ pub fn fhirlake() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fhirlake"))
 }
 
+/// `fhirlake --warehouse WAREHOUSE sql --format csv`, waiting for its query.
+pub fn sql_csv(warehouse: &std::path::Path) -> Command {
+    let mut command = fhirlake();
+    command.args([
+        "--warehouse",
+        warehouse.to_str().unwrap_or_default(),
+        "sql",
+        "--format",
+        "csv",
+    ]);
+    command
+}
+
 /// A `fhirlake serve` on a loopback port, stopped when dropped.
 pub struct Server {
     child: std::process::Child,
