@@ -279,6 +279,12 @@ fn psql_psycopg_and_sqlalchemy_read_the_warehouse() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // A cancel request (psycopg's cancel_safe, from another thread) stops
+    // a result being streamed; the connection stays usable.
+    let cancelled = python_client(&python, "cancel", &port, &[]);
+    assert_eq!(cancelled["outcome"]["sqlstate"], "57014", "{cancelled}");
+    assert_eq!(cancelled["after"], 1, "{cancelled}");
+
     // SQLAlchemy's inspector and the catalog queries BI tools send.
     let queries = repo().join("tests/pg/catalog-queries");
     let inspected = python_client(&python, "inspect", &port, &[queries.to_str().expect("path")]);

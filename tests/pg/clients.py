@@ -103,6 +103,25 @@ def queries(port):
     return out
 
 
+def cancel(port):
+    """Cancels a long result from another thread while reading it."""
+    import threading
+
+    with connect(port, autocommit=True) as conn:
+        cur = conn.cursor()
+        read = 0
+        outcome = "ran to the end"
+        try:
+            for _ in cur.stream("SELECT value FROM generate_series(1, 2000000000)"):
+                read += 1
+                if read == 1000:
+                    threading.Thread(target=conn.cancel_safe).start()
+        except psycopg.Error as e:
+            outcome = error_of(e)
+        after = conn.execute("SELECT 1").fetchone()[0]
+    return {"read": read, "outcome": outcome, "after": after}
+
+
 def memory(port):
     with connect(port, autocommit=True) as conn:
         try:
@@ -176,6 +195,7 @@ def main():
     result = {
         "queries": lambda: queries(port),
         "memory": lambda: memory(port),
+        "cancel": lambda: cancel(port),
         "disconnect": lambda: disconnect(port),
         "login": lambda: login(port, *rest),
         "inspect": lambda: inspect(port, *rest),

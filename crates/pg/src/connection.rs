@@ -14,6 +14,7 @@ use pgwire::api::auth::{
     DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
     save_startup_parameters_to_metadata,
 };
+use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use pgwire::api::portal::PortalExecutionState;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler, send_query_response};
@@ -22,8 +23,8 @@ use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::Entry;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
-    ClientInfo, ClientPortalStore, DEFAULT_NAME, METADATA_USER, PgWireConnectionState, PgWireServerHandlers,
-    PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
+    ClientInfo, ClientPortalStore, ConnectionHandle, DEFAULT_NAME, METADATA_USER, PgWireConnectionState,
+    PgWireServerHandlers, PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
 };
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::extendedquery::Execute;
@@ -58,6 +59,8 @@ pub enum PgStatement {
 pub struct Connection {
     shared: Arc<Shared>,
     session: Mutex<Option<SqlSession>>,
+    /// The cancel signal of the result being streamed (extended protocol).
+    stream_cancel: Mutex<Option<futures::channel::oneshot::Receiver<()>>>,
     parser: Arc<StatementParser>,
 }
 
@@ -71,6 +74,7 @@ impl Connection {
         Arc::new_cyclic(|weak| Self {
             shared,
             session: Mutex::new(None),
+            stream_cancel: Mutex::new(None),
             parser: Arc::new(StatementParser {
                 connection: weak.clone(),
             }),
@@ -105,7 +109,7 @@ impl Connection {
         let prepared = session
             .prepare(DfStatement::Statement(Box::new(statement)), &sql)
             .await?;
-        respond(session, prepared, None, &Format::UnifiedText, format).await
+        respond(session, prepared, None, &Format::UnifiedText, format, None).await
     }
 }
 
@@ -131,11 +135,12 @@ async fn respond(
     params: Option<datafusion::common::ParamValues>,
     format: &Format,
     options: Arc<FormatOptions>,
+    cancel: Option<futures::channel::oneshot::Receiver<()>>,
 ) -> Result<Response, SqlError> {
     Ok(match prepared {
         Prepared::Query(query) => {
             let stream = session.execute(&query, params).await?;
-            Response::Query(query_response(stream, format, options)?)
+            Response::Query(query_response(stream, format, options, cancel)?)
         }
         Prepared::Set { .. } => Response::Execution(Tag::new("SET")),
         Prepared::Show { name, value } => Response::Query(show_response(&name, &value, format)?),
@@ -160,6 +165,17 @@ impl PgWireServerHandlers for Handlers {
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
         self.0.clone()
     }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        Arc::new(DefaultCancelHandler::new(self.0.shared.connections.clone()))
+    }
+}
+
+/// A receiver that fires when the client's cancel request arrives (pgwire
+/// keeps one per connection; each query takes a new one).
+async fn cancel_signal<C: ClientInfo>(client: &C) -> Option<futures::channel::oneshot::Receiver<()>> {
+    let handle = client.session_extensions().get::<Arc<ConnectionHandle>>()?;
+    Some(handle.start_query().await)
 }
 
 fn user_of<C: ClientInfo>(client: &C) -> Option<String> {
@@ -395,6 +411,7 @@ impl ExtendedQueryHandler for Connection {
             return Err(PgWireError::NotReadyForQuery);
         }
         client.set_state(PgWireConnectionState::QueryInProgress);
+        *self.stream_cancel.lock().await = cancel_signal(client).await;
         let response = ExtendedQueryHandler::do_query(self, client, portal.as_ref(), 0).await;
         client.set_state(PgWireConnectionState::ReadyForQuery);
         match response? {
@@ -461,6 +478,9 @@ impl ExtendedQueryHandler for Connection {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let format = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
+        // Set by the streaming `on_execute` (pgwire's own path watches
+        // for cancel requests while this runs).
+        let cancel = self.stream_cancel.lock().await.take();
         let mut guard = self.session.lock().await;
         let session = guard.as_mut().ok_or_else(not_logged_in)?;
         let result = match &portal.statement.statement {
@@ -472,6 +492,7 @@ impl ExtendedQueryHandler for Connection {
                     Some(params),
                     &portal.result_column_format,
                     format,
+                    cancel,
                 )
                 .await
             }
@@ -486,13 +507,14 @@ impl ExtendedQueryHandler for Connection {
                     None,
                     &portal.result_column_format,
                     format,
+                    cancel,
                 )
                 .await
             }
             PgStatement::Session { statement } => {
                 let sql = statement.to_string();
                 match session.prepare(DfStatement::Statement(statement.clone()), &sql).await {
-                    Ok(prepared) => respond(session, prepared, None, &portal.result_column_format, format).await,
+                    Ok(prepared) => respond(session, prepared, None, &portal.result_column_format, format, None).await,
                     Err(e) => Err(e),
                 }
             }

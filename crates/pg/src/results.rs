@@ -3,6 +3,9 @@
 //! the parameters of prepared statements decoded into DataFusion values.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::channel::oneshot;
 
 use arrow_pg::datatypes::df::deserialize_parameters_with_server_types;
 use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
@@ -18,13 +21,14 @@ use pgwire::messages::data::DataRow;
 use pgwire::types::format::FormatOptions;
 
 use crate::connection::PgStatement;
-use crate::errors::to_wire;
+use crate::errors::{to_wire, wire_error};
 
 /// The rows of `results`, streamed as the client reads them.
 pub(crate) fn query_response(
     results: ResultStream,
     format: &Format,
     options: Arc<FormatOptions>,
+    cancel: Option<oneshot::Receiver<()>>,
 ) -> Result<QueryResponse, SqlError> {
     let schema = results.schema();
     let fields = arrow_schema_to_pg_fields(&schema, format, Some(options))
@@ -41,7 +45,36 @@ pub(crate) fn query_response(
             },
         )
         .flat_map(stream::iter);
-    Ok(QueryResponse::new(fields, rows))
+    Ok(QueryResponse::new(fields, cancellable(rows, cancel)))
+}
+
+/// `rows`, ended by a cancel request (`pg_cancel_backend`, psql's Ctrl-C,
+/// psycopg's `cancel()`) with Postgres' "canceling statement" error;
+/// ending the stream drops the query's `ResultStream`, which stops it.
+fn cancellable(
+    rows: impl futures::Stream<Item = PgWireResult<DataRow>> + Send + 'static,
+    cancel: Option<oneshot::Receiver<()>>,
+) -> impl futures::Stream<Item = PgWireResult<DataRow>> + Send + 'static {
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let flag = cancelled.clone();
+    let until = async move {
+        let fired = match cancel {
+            Some(receiver) => receiver.await.is_ok(),
+            None => false,
+        };
+        // A dropped sender (the next query replaced it) is no cancel.
+        if !fired {
+            futures::future::pending::<()>().await;
+        }
+        flag.store(true, Ordering::SeqCst);
+    };
+    let error = stream::once(async move {
+        cancelled
+            .load(Ordering::SeqCst)
+            .then(|| Err(wire_error("57014", "canceling statement due to user request")))
+    })
+    .filter_map(futures::future::ready);
+    rows.take_until(until).chain(error)
 }
 
 /// The one column of `SHOW name`.
