@@ -23,7 +23,7 @@ use fhirlake_engine::warehouse::Warehouse;
 use pgwire::api::ConnectionManager;
 use tokio::net::TcpListener;
 
-pub use connection::Connection;
+use connection::Connection;
 pub use errors::sqlstate;
 
 /// Errors starting the front.

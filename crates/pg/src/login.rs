@@ -6,14 +6,17 @@ use fhirlake_auth::{Permission, TokenIssuer, TokenRejection};
 use fhirlake_engine::query::{GroupVisibility, ReadAccess};
 use fhirlake_engine::sql::Login;
 
-/// Why a password was refused (the message the client sees).
+/// The login whose password is access token `password`, or why it is
+/// refused (the message the client sees).
 pub(crate) fn check_token(issuer: &TokenIssuer, user: Option<&str>, password: &str) -> Result<Login, String> {
     let grant = issuer.check(password.trim()).map_err(|rejection| match rejection {
         TokenRejection::Unknown => {
-            "password authentication failed: the password must be an access token from the server's token endpoint"
+            "password authentication failed: the password must be a current access token from the FHIR server's /auth/token (tokens do not survive a server restart)"
                 .to_string()
         }
-        TokenRejection::Expired => "password authentication failed: the access token has expired".to_string(),
+        TokenRejection::Expired => {
+            "password authentication failed: the access token has expired: request a new one from /auth/token".to_string()
+        }
     })?;
     if let Some(user) = user
         && !user.is_empty()

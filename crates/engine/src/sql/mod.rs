@@ -150,12 +150,6 @@ impl HasKind for SqlError {
     }
 }
 
-impl From<DataFusionError> for SqlError {
-    fn from(error: DataFusionError) -> Self {
-        Self::from_execution(error, 0)
-    }
-}
-
 impl From<WarehouseError> for SqlError {
     fn from(error: WarehouseError) -> Self {
         Self::Query(QueryError::Warehouse(error))
@@ -291,14 +285,13 @@ impl SqlSession {
     /// after a commit, here).
     pub async fn context(&mut self) -> Result<&SessionContext, SqlError> {
         let latest = self.service.inner.warehouse.latest_version().await?;
-        let current = self.opened.as_ref().map(|o| o.snapshot.as_ref().map(|s| s.version));
-        if current != Some(latest) {
-            self.opened = Some(self.open_context().await?);
-        }
-        let opened = self
-            .opened
-            .as_ref()
-            .ok_or_else(|| SqlError::Unsupported("a session without context".into()))?;
+        let opened = match self.opened.take() {
+            Some(opened) if opened.snapshot.as_ref().map(|s| s.version) == latest => self.opened.insert(opened),
+            _ => {
+                let opened = self.open_context().await?;
+                self.opened.insert(opened)
+            }
+        };
         Ok(&opened.ctx)
     }
 
@@ -311,7 +304,7 @@ impl SqlSession {
         };
         let (ctx, snapshot) = open_analyst_session_with(&inner.warehouse, &options).await?;
         if let Some(hook) = &inner.hook {
-            hook(&ctx)?;
+            hook(&ctx).map_err(|e| self.failed(e))?;
         }
         self.apply_search_path(&ctx);
         Ok(Opened {
@@ -332,6 +325,11 @@ impl SqlSession {
         state.config_mut().options_mut().catalog.default_schema = schema;
     }
 
+    /// The error of a failed plan or run, with this session's memory limit.
+    fn failed(&self, error: DataFusionError) -> SqlError {
+        SqlError::from_execution(error, self.service.inner.limits.memory_bytes)
+    }
+
     /// Decides what `statement` is: settings and transaction statements
     /// are applied here; a query is planned over the newest snapshot and
     /// checked (read-only, the login's access).
@@ -349,7 +347,7 @@ impl SqlSession {
             .state()
             .statement_to_plan(statement)
             .await
-            .map_err(|e| SqlError::from_execution(e, 0))?;
+            .map_err(|e| self.failed(e))?;
         let prepared_statement = prepared_statement_tag(&plan);
         let options = SQLOptions::new()
             .with_allow_ddl(false)
@@ -372,7 +370,7 @@ impl SqlSession {
         if let Some(tag) = prepared_statement {
             // `PREPARE` (checked above through its query) and `DEALLOCATE`
             // change the session's prepared statements now.
-            ctx.execute_logical_plan(plan).await?;
+            ctx.execute_logical_plan(plan).await.map_err(|e| self.failed(e))?;
             return Ok(Prepared::Command(tag));
         }
         Ok(Prepared::Query(PlannedQuery {
@@ -455,9 +453,18 @@ impl SqlSession {
         params: Option<ParamValues>,
     ) -> Result<ResultStream, SqlError> {
         let inner = self.service.inner.clone();
-        let ctx = self.context().await?.clone();
+        // The plan reads the snapshot it was planned on; the context it
+        // was planned in runs it (no second listing of the manifests).
+        let ctx = match &self.opened {
+            Some(opened) => opened.ctx.clone(),
+            None => self.context().await?.clone(),
+        };
         let plan = match params {
-            Some(params) => query.plan.clone().replace_params_with_values(&params)?,
+            Some(params) => query
+                .plan
+                .clone()
+                .replace_params_with_values(&params)
+                .map_err(|e| self.failed(e))?,
             None => query.plan.clone(),
         };
         let timeout = match self.settings.statement_timeout() {
